@@ -1,0 +1,152 @@
+//! Credential checks for the POP3 suite.
+//!
+//! This crate hashes and verifies passwords (argon2id, stored as PHC strings). It knows no
+//! storage and no wire framing: the caller looks the account up and hands over the stored hash
+//! (or `None` for an unknown user), so the mechanisms that come later (APOP, SASL) can be step
+//! machines that *ask* the caller for the secret they need instead of reading it themselves.
+//!
+//! Verification is deliberately slow (that is the point of argon2); callers on an async runtime
+//! run it on a blocking thread.
+
+use std::sync::OnceLock;
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+/// Errors of this crate. They never carry a password.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("hashing the password failed: {0}")]
+    Hash(String),
+    #[error("the stored password hash is not a valid PHC string: {0}")]
+    BadStoredHash(String),
+    #[error("the password is empty")]
+    EmptyPassword,
+}
+
+/// The argon2id instance used for new hashes: argon2's defaults (RFC 9106's second
+/// recommended option scaled down: 19 MiB, 2 passes, 1 lane).
+fn hasher() -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::default())
+}
+
+/// Hashes a password into an argon2id PHC string with a fresh random salt.
+pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
+    if password.is_empty() {
+        return Err(AuthError::EmptyPassword);
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    hasher()
+        .hash_password(password, &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// Checks that a stored hash is an argon2 PHC string this crate can verify, so tools can
+/// refuse to store anything else.
+pub fn validate_phc(phc: &str) -> Result<(), AuthError> {
+    let parsed = PasswordHash::new(phc).map_err(|e| AuthError::BadStoredHash(e.to_string()))?;
+    match parsed.algorithm.as_str() {
+        "argon2id" | "argon2i" | "argon2d" => Ok(()),
+        other => Err(AuthError::BadStoredHash(format!(
+            "unsupported algorithm {other:?}"
+        ))),
+    }
+}
+
+/// A hash of a random password with the same parameters as real ones: verifying against it
+/// costs what a real verification costs, so an unknown user cannot be told from a wrong
+/// password by timing.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        // A fresh random salt string doubles as a random password nobody knows.
+        let random = SaltString::generate(&mut OsRng);
+        hash_password(random.as_str().as_bytes()).unwrap_or_default()
+    })
+}
+
+/// Outcome of a password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password matches the stored hash.
+    Accepted,
+    /// Wrong password, unknown user or unusable stored hash: callers answer all the same.
+    Rejected,
+}
+
+/// Verifies `password` against `stored` (a PHC string), or against a dummy hash of equal cost
+/// when the user is unknown (`stored` is `None`), so both cases take the same time.
+pub fn verify_password(stored: Option<&str>, password: &[u8]) -> Verdict {
+    let (phc, known) = match stored {
+        Some(phc) => (phc, true),
+        None => (dummy_hash(), false),
+    };
+    let parsed = match PasswordHash::new(phc) {
+        Ok(p) => p,
+        Err(_) => match PasswordHash::new(dummy_hash()) {
+            // An unusable stored hash still costs a verification, then fails.
+            Ok(p) => {
+                let _ = Argon2::default().verify_password(password, &p);
+                return Verdict::Rejected;
+            }
+            Err(_) => return Verdict::Rejected,
+        },
+    };
+    // `Argon2::default()` verifies with the parameters recorded in the PHC string.
+    let ok = Argon2::default().verify_password(password, &parsed).is_ok();
+    if ok && known {
+        Verdict::Accepted
+    } else {
+        Verdict::Rejected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_then_verify() {
+        let phc = hash_password(b"correct horse").expect("hash");
+        assert!(phc.starts_with("$argon2id$v=19$"));
+        assert_eq!(
+            verify_password(Some(&phc), b"correct horse"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verify_password(Some(&phc), b"correct horsf"),
+            Verdict::Rejected
+        );
+        assert_eq!(verify_password(Some(&phc), b""), Verdict::Rejected);
+    }
+
+    #[test]
+    fn unknown_user_and_garbage_hash_are_rejected() {
+        assert_eq!(verify_password(None, b"anything"), Verdict::Rejected);
+        assert_eq!(
+            verify_password(Some("not a phc"), b"anything"),
+            Verdict::Rejected
+        );
+    }
+
+    #[test]
+    fn salts_differ() {
+        let a = hash_password(b"pw").expect("hash");
+        let b = hash_password(b"pw").expect("hash");
+        assert_ne!(a, b);
+        assert!(validate_phc(&a).is_ok());
+        assert!(validate_phc("$md5$nope").is_err());
+        assert!(matches!(hash_password(b""), Err(AuthError::EmptyPassword)));
+    }
+
+    #[test]
+    fn spaces_and_eight_bit_bytes_are_part_of_the_password() {
+        let pw = b"pass word \xe9\xff";
+        let phc = hash_password(pw).expect("hash");
+        assert_eq!(verify_password(Some(&phc), pw), Verdict::Accepted);
+        assert_eq!(verify_password(Some(&phc), b"pass word"), Verdict::Rejected);
+    }
+}

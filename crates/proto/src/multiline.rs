@@ -1,0 +1,296 @@
+//! Multi-line reply bodies: dot-stuffing on the way out, unstuffing on the way in
+//! (RFC 1939 section 3).
+
+/// Writes a multi-line body incrementally: a line that begins with `.` gets one more `.`,
+/// bare LF becomes CRLF, and [`DotStuffer::finish`] ends the body with `CRLF.CRLF`, adding the
+/// line end first when the body did not end with one. Chunk boundaries may fall anywhere,
+/// including between CR and LF.
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    pending_cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer::new()
+    }
+}
+
+impl DotStuffer {
+    pub fn new() -> DotStuffer {
+        DotStuffer {
+            at_line_start: true,
+            pending_cr: false,
+        }
+    }
+
+    /// Stuffs `input` onto `out`.
+    pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + input.len() / 64 + 4);
+        while !input.is_empty() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if input[0] == b'\n' {
+                    out.extend_from_slice(b"\r\n");
+                    self.at_line_start = true;
+                    input = &input[1..];
+                    continue;
+                }
+                // A CR that does not end a line is just an octet of the line.
+                out.push(b'\r');
+                self.at_line_start = false;
+            }
+            if self.at_line_start && input[0] == b'.' {
+                out.push(b'.');
+            }
+            // Copy the run up to the next CR or LF as it is.
+            let run = input
+                .iter()
+                .position(|&b| b == b'\r' || b == b'\n')
+                .unwrap_or(input.len());
+            if run > 0 {
+                out.extend_from_slice(&input[..run]);
+                self.at_line_start = false;
+                input = &input[run..];
+                continue;
+            }
+            if input[0] == b'\r' {
+                self.pending_cr = true;
+            } else {
+                // A bare LF ends the line as CRLF would.
+                out.extend_from_slice(b"\r\n");
+                self.at_line_start = true;
+            }
+            input = &input[1..];
+        }
+    }
+
+    /// Ends the body: the missing line end if any, then the `.` line.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if self.pending_cr || !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnstuffState {
+    LineStart,
+    InLine,
+    /// A `.` opened the line.
+    Dot,
+    /// `.` then CR opened the line.
+    DotCr,
+    Done,
+}
+
+/// Reads a multi-line body back (the client side): removes the stuffed `.`, stops at the
+/// `.` line (CRLF or bare LF) and reports how much of the input belonged to the body.
+#[derive(Debug, Clone)]
+pub struct Unstuffer {
+    state: UnstuffState,
+}
+
+impl Default for Unstuffer {
+    fn default() -> Self {
+        Unstuffer::new()
+    }
+}
+
+impl Unstuffer {
+    pub fn new() -> Unstuffer {
+        Unstuffer {
+            state: UnstuffState::LineStart,
+        }
+    }
+
+    /// True once the terminating `.` line was read.
+    pub fn is_done(&self) -> bool {
+        self.state == UnstuffState::Done
+    }
+
+    /// Appends the body octets in `input` to `out`. Returns `Some(n)` when the terminator
+    /// ended within the first `n` octets of `input` (the rest belongs to what follows), or
+    /// `None` when all of `input` was body and more is needed.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        use UnstuffState as S;
+        for (i, &b) in input.iter().enumerate() {
+            self.state = match (self.state, b) {
+                (S::Done, _) => return Some(i),
+                (S::LineStart, b'.') => S::Dot,
+                (S::Dot, b'\r') => S::DotCr,
+                (S::Dot, b'\n') | (S::DotCr, b'\n') => {
+                    self.state = S::Done;
+                    return Some(i + 1);
+                }
+                (S::DotCr, other) => {
+                    // ".\r" followed by something else: a line ".\rX..." that was stuffed.
+                    out.push(b'\r');
+                    out.push(other);
+                    if other == b'\n' {
+                        S::LineStart
+                    } else {
+                        S::InLine
+                    }
+                }
+                (S::LineStart | S::InLine, b'\n') => {
+                    out.push(b'\n');
+                    S::LineStart
+                }
+                (S::LineStart | S::InLine | S::Dot, other) => {
+                    out.push(other);
+                    S::InLine
+                }
+            };
+        }
+        if self.state == S::Done {
+            Some(input.len())
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuff(input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut s = DotStuffer::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            s.push(piece, &mut out);
+        }
+        s.finish(&mut out);
+        out
+    }
+
+    fn unstuff(input: &[u8], chunk: usize) -> (Vec<u8>, usize) {
+        let mut u = Unstuffer::new();
+        let mut out = Vec::new();
+        let mut consumed = 0;
+        for piece in input.chunks(chunk.max(1)) {
+            match u.push(piece, &mut out) {
+                Some(n) => {
+                    consumed += n;
+                    break;
+                }
+                None => consumed += piece.len(),
+            }
+        }
+        assert!(
+            u.is_done(),
+            "no terminator in {:?}",
+            String::from_utf8_lossy(input)
+        );
+        (out, consumed)
+    }
+
+    #[test]
+    fn stuffing_table_at_every_chunk_size() {
+        // RFC 1939 section 3: lines starting with "." get another "."; CRLF.CRLF ends it.
+        let table: &[(&[u8], &[u8])] = &[
+            (b"", b".\r\n"),
+            (b"a\r\n", b"a\r\n.\r\n"),
+            (b".\r\n", b"..\r\n.\r\n"),
+            (b"..x\r\n.\r\n", b"...x\r\n..\r\n.\r\n"),
+            (b"a\r\n.b\r\nc", b"a\r\n..b\r\nc\r\n.\r\n"),
+            // Bare LF becomes CRLF; a "." after a bare LF is at a line start.
+            (b"a\n.\nb\n", b"a\r\n..\r\nb\r\n.\r\n"),
+            // A body that does not end in CRLF still gets a correct terminator.
+            (b"no newline", b"no newline\r\n.\r\n"),
+            (b"ends in cr\r", b"ends in cr\r\n.\r\n"),
+            // A CR inside a line is not a line end, so no stuffing after it.
+            (b"a\r.b\r\n", b"a\r.b\r\n.\r\n"),
+            (b"\r\n\r\n", b"\r\n\r\n.\r\n"),
+            (b"8bit \xe9\xff\0\r\n", b"8bit \xe9\xff\0\r\n.\r\n"),
+        ];
+        for (input, expected) in table {
+            for chunk in 1..=input.len().max(1) {
+                assert_eq!(
+                    stuff(input, chunk),
+                    *expected,
+                    "{:?} at chunk {chunk}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unstuffing_table_at_every_chunk_size() {
+        let table: &[(&[u8], &[u8], usize)] = &[
+            (b".\r\n", b"", 3),
+            (b".\r\nextra", b"", 3),
+            (b"a\r\n..b\r\n.\r\n+OK", b"a\r\n.b\r\n", 11),
+            (b"..\r\n.\n", b".\r\n", 6),
+            (b"x\n.\n", b"x\n", 4),
+        ];
+        for (input, body, consumed) in table {
+            for chunk in 1..=input.len() {
+                assert_eq!(unstuff(input, chunk), (body.to_vec(), *consumed));
+            }
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// What the stuffer promises to carry: CRLF line ends, ending in one.
+    fn normalised(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut prev_cr = false;
+        for &b in input {
+            if b == b'\n' && !prev_cr {
+                out.push(b'\r');
+            }
+            out.push(b);
+            prev_cr = b == b'\r';
+        }
+        if prev_cr {
+            out.push(b'\n');
+        } else if !out.is_empty() && !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                4 => any::<u8>(),
+                2 => Just(b'.'),
+                2 => Just(b'\r'),
+                2 => Just(b'\n'),
+            ],
+            0..300,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn stuff_then_unstuff_round_trips(input in body(), a in 1usize..40, b in 1usize..40) {
+            let wire = stuff(&input, a);
+            let (back, consumed) = unstuff(&wire, b);
+            prop_assert_eq!(consumed, wire.len());
+            prop_assert_eq!(back, normalised(&input));
+            // No line of the stuffed body is a lone "." before the end.
+            let body = &wire[..wire.len() - 3];
+            prop_assert!(!body.windows(5).any(|w| w == b"\r\n.\r\n"));
+            prop_assert!(!body.starts_with(b".\r\n"));
+        }
+
+        #[test]
+        fn unstuffer_never_panics(input in proptest::collection::vec(any::<u8>(), 0..400), c in 1usize..50) {
+            let mut u = Unstuffer::new();
+            let mut out = Vec::new();
+            for piece in input.chunks(c) {
+                if let Some(n) = u.push(piece, &mut out) {
+                    prop_assert!(n <= piece.len());
+                    break;
+                }
+            }
+        }
+    }
+}
