@@ -1,1 +1,206 @@
+//! The maildrop store: accounts, their credentials (PHC strings) and their messages, behind one
+//! [`Store`] trait so a second backend (PostgreSQL) can sit beside the embedded SQLite one.
+//!
+//! The store deals in stable message ids, sizes, UIDs and byte chunks. It knows nothing of the
+//! POP3 wire: message *numbers* (1..n of a session), dot-stuffing and `+OK` belong to the
+//! `server` and `proto` crates. It is synchronous; async callers run it on blocking threads.
+//!
+//! Invariants every backend keeps:
+//! - a message is stored whole or not at all (one transaction per delivery or import);
+//! - message bytes are normalised to CRLF line ends at delivery and end with CRLF; `size` is the
+//!   exact octet count of those bytes, `header_octets` and `body_lines` are computed at delivery;
+//! - a UID is assigned at delivery, is 1 to 70 octets in 0x21..=0x7E (RFC 1939 section 7), and
+//!   is never given to another message of the same maildrop, even after deletion or restart;
+//! - at most one live [`MaildropLock`] exists per account; an expired lease, or a holder
+//!   process on this host that no longer exists, does not keep others out;
+//! - [`Store::commit_deletions`] removes all the listed messages in one transaction, and only
+//!   while the caller still holds the lock it names (its fencing token).
 
+mod holder;
+mod ingest;
+mod name;
+mod sqlite;
+
+use std::io::Read;
+use std::time::Duration;
+
+pub use holder::holder_string;
+pub use ingest::{normalise, Ingest, IngestSummary};
+pub use name::AccountName;
+pub use sqlite::SqliteStore;
+
+/// Row id of an account.
+pub type AccountId = i64;
+/// Stable id of a stored message; ascending in delivery order within a maildrop.
+pub type MessageId = i64;
+
+/// Size of the slices in which message bodies are stored and read back.
+pub const CHUNK_SIZE: usize = 128 * 1024;
+
+/// Default limit on the size of one delivered message.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 * 1024 * 1024;
+
+/// An account as the login path needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub name: AccountName,
+    /// PHC string of the password hash (argon2id).
+    pub password_hash: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Who holds a maildrop lock and until when (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInfo {
+    pub holder: String,
+    pub acquired_at: i64,
+    pub expires_at: i64,
+}
+
+/// What `popadm user list` and `popadm stat` show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    pub name: AccountName,
+    pub messages: u64,
+    pub octets: u64,
+    /// Present only while a live (unexpired) lock is held.
+    pub lock: Option<LockInfo>,
+}
+
+/// What a session sees of one message; fixed for the session once listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub id: MessageId,
+    pub uid: String,
+    /// Exact octets sent by RETR before dot-stuffing (CRLF line ends).
+    pub size: u64,
+    /// Octets of the header section including the empty line that ends it (or the whole
+    /// message when it has no empty line).
+    pub header_octets: u64,
+    /// Number of lines after the header section.
+    pub body_lines: u64,
+}
+
+/// A held maildrop lock. `token` is a fencing token: it changes every time the lock is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaildropLock {
+    pub account: AccountId,
+    pub token: i64,
+    pub holder: String,
+}
+
+/// One stored message, as delivery reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub id: MessageId,
+    pub uid: String,
+    pub size: u64,
+}
+
+/// A message for [`Store::import`], optionally with the UID another server gave it.
+pub struct ImportMessage {
+    pub bytes: Vec<u8>,
+    pub uid: Option<String>,
+}
+
+/// Errors of the store. Transient ones ([`StoreError::is_transient`]) are worth a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such account: {0}")]
+    NoSuchAccount(String),
+    #[error("account already exists: {0}")]
+    AccountExists(String),
+    #[error("invalid account name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("maildrop is locked by {holder}")]
+    Locked { holder: String },
+    #[error("the maildrop lock is no longer held by this session")]
+    LockLost,
+    #[error("message of {size} octets exceeds the limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("invalid message: {0}")]
+    InvalidMessage(&'static str),
+    #[error("invalid UID {uid:?}: {reason}")]
+    InvalidUid { uid: String, reason: &'static str },
+    #[error("UID {0:?} is already in use in this maildrop")]
+    DuplicateUid(String),
+    #[error("the database is busy")]
+    Busy,
+    #[error("the storage is full")]
+    Full,
+    #[error("database schema version {found} is newer than this program ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("reading the message: {0}")]
+    Input(#[source] std::io::Error),
+    #[error("storage I/O: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("database: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// True for trouble that may go away by itself (busy database, full disk, I/O errors):
+    /// POP3 answers `[SYS/TEMP]`, delivery exits 75.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Busy | StoreError::Full | StoreError::Io(_)
+        )
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The maildrop store. Implementations are cheap to share (`Arc<dyn Store>`) and synchronous.
+pub trait Store: Send + Sync + 'static {
+    /// Creates an account with its password hash (PHC string).
+    fn create_account(&self, name: &AccountName, password_hash: &str) -> Result<AccountId>;
+    /// Deletes an account and all its messages. Refuses with `Locked` while a session holds it.
+    fn delete_account(&self, name: &AccountName) -> Result<()>;
+    /// Replaces an account's password hash.
+    fn set_password(&self, name: &AccountName, password_hash: &str) -> Result<()>;
+    /// Looks an account up by name.
+    fn account(&self, name: &AccountName) -> Result<Option<Account>>;
+    /// All accounts with their message counts, octets and live lock, ordered by name.
+    fn list_accounts(&self) -> Result<Vec<AccountSummary>>;
+    /// One account's summary.
+    fn account_summary(&self, name: &AccountName) -> Result<AccountSummary>;
+
+    /// Stores one message read from `message`, normalised to CRLF, whole or not at all.
+    /// Allowed while a session holds the lock: the message appears in the next session.
+    fn deliver(
+        &self,
+        name: &AccountName,
+        message: &mut dyn Read,
+        max_size: u64,
+    ) -> Result<Delivered>;
+    /// Stores several messages in one transaction, in order, keeping given UIDs (validated,
+    /// unique in the maildrop) and assigning fresh ones otherwise. All or nothing.
+    fn import(
+        &self,
+        name: &AccountName,
+        messages: &mut dyn Iterator<Item = ImportMessage>,
+    ) -> Result<Vec<Delivered>>;
+
+    /// Takes the exclusive maildrop lock for `holder`, for `lease`.
+    fn lock_maildrop(
+        &self,
+        account: AccountId,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<MaildropLock>;
+    /// Extends a held lock; `LockLost` if it was taken over.
+    fn renew_lock(&self, lock: &MaildropLock, lease: Duration) -> Result<()>;
+    /// Releases a held lock (no error if it was already gone).
+    fn release_lock(&self, lock: &MaildropLock) -> Result<()>;
+    /// The messages of a maildrop in delivery order.
+    fn list_messages(&self, account: AccountId) -> Result<Vec<MessageMeta>>;
+    /// Slice `index` (0-based, [`CHUNK_SIZE`] octets except the last) of a message's bytes,
+    /// `None` past the end.
+    fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>>;
+    /// Deletes the listed messages of the locked maildrop in one transaction, after checking
+    /// the lock's token; `LockLost` (and nothing deleted) if the lock is no longer ours.
+    fn commit_deletions(&self, lock: &MaildropLock, ids: &[MessageId]) -> Result<()>;
+}
