@@ -1,1 +1,402 @@
+//! Harness of the end-to-end suite: starts the real `pop3d` on an ephemeral loopback port with
+//! a temporary data directory, runs the real `popadm`, and speaks POP3 over TCP.
+//!
+//! The binaries are taken from `POP3D_BIN` / `POPADM_BIN`, or else from the cargo target
+//! directory this test binary runs from (`cargo xtask test` builds them first).
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::Unstuffer;
+
+/// How long any single wait in the suite may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let var = format!("{}_BIN", name.to_ascii_uppercase());
+    if let Ok(p) = std::env::var(&var) {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found; build it first (`cargo build --bins`) or run `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "pop3-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `popadm --data-dir DIR ARGS` with `stdin` as its standard input.
+pub fn popadm(data_dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(bin("popadm"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn popadm");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait popadm");
+    let _ = writer.join();
+    out
+}
+
+/// `popadm` that must succeed.
+pub fn popadm_ok(data_dir: &Path, args: &[&str], stdin: &[u8]) -> String {
+    let out = popadm(data_dir, args, stdin);
+    assert!(
+        out.status.success(),
+        "popadm {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running `pop3d` on a loopback port, killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts pop3d on `data_dir` with extra flags, and waits until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(bin("pop3d"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--log", "info,server=debug"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pop3d");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(addr) = listening_addr(&line) {
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(TIMEOUT) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "pop3d did not start: {}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    /// What pop3d logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal with kill(1) (e.g. "TERM", "KILL").
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "pop3d did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Connects and logs in with USER/PASS, asserting success.
+    pub fn login(&self, user: &str, pass: &str) -> Client {
+        let mut c = self.connect();
+        c.ok(&format!("USER {user}"));
+        c.ok(&format!("PASS {pass}"));
+        c
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let start = line.find("addr=")? + 5;
+    let rest = &line[start..];
+    let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// A synchronous POP3 client for tests.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    /// The greeting line.
+    pub greeting: String,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let writer = stream.try_clone().expect("clone");
+        let mut c = Client {
+            reader: BufReader::new(stream),
+            writer,
+            greeting: String::new(),
+        };
+        c.greeting = c.line();
+        c
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    /// Sends one command line (CRLF added).
+    pub fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+    }
+
+    /// Reads one line, without its CRLF; panics on EOF.
+    pub fn line(&mut self) -> String {
+        let mut buf = Vec::new();
+        let n = self.reader.read_until(b'\n', &mut buf).expect("read line");
+        assert!(n > 0, "connection closed while a line was expected");
+        assert!(buf.ends_with(b"\r\n"), "line without CRLF: {buf:?}");
+        buf.truncate(buf.len() - 2);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Sends a command and returns its status line.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(line);
+        self.line()
+    }
+
+    /// Sends a command that must answer `+OK`.
+    pub fn ok(&mut self, line: &str) -> String {
+        let r = self.cmd(line);
+        assert!(r.starts_with("+OK"), "{line:?} answered {r:?}");
+        r
+    }
+
+    /// Sends a command that must answer `-ERR`.
+    pub fn err(&mut self, line: &str) -> String {
+        let r = self.cmd(line);
+        assert!(r.starts_with("-ERR "), "{line:?} answered {r:?}");
+        r
+    }
+
+    /// Reads a multi-line body after a `+OK`, unstuffed.
+    pub fn body(&mut self) -> Vec<u8> {
+        let mut u = Unstuffer::new();
+        let mut out = Vec::new();
+        loop {
+            let buf = self.reader.fill_buf().expect("read body");
+            assert!(
+                !buf.is_empty(),
+                "connection closed inside a multi-line reply"
+            );
+            let len = buf.len();
+            match u.push(buf, &mut out) {
+                Some(n) => {
+                    self.reader.consume(n);
+                    return out;
+                }
+                None => self.reader.consume(len),
+            }
+        }
+    }
+
+    /// A multi-line command: status line and unstuffed body; asserts `+OK`.
+    pub fn multi(&mut self, line: &str) -> (String, Vec<u8>) {
+        let status = self.ok(line);
+        (status, self.body())
+    }
+
+    /// Body lines of a listing (LIST, UIDL, CAPA).
+    pub fn listing(&mut self, line: &str) -> Vec<String> {
+        let (_, body) = self.multi(line);
+        String::from_utf8_lossy(&body)
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// True once the server closed the connection (reads EOF within the timeout).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).is_ok() && rest.is_empty()
+    }
+
+    /// Drops the connection without QUIT.
+    pub fn drop_connection(self) {
+        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A data directory with pop3d running on it and helpers to provision users.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub server: Server,
+}
+
+impl Fixture {
+    pub fn new(tag: &str) -> Fixture {
+        Fixture::with_flags(tag, &[])
+    }
+
+    pub fn with_flags(tag: &str, flags: &[&str]) -> Fixture {
+        let dir = TempDir::new(tag);
+        let server = Server::start(dir.path(), flags);
+        Fixture { dir, server }
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        popadm_ok(
+            self.data(),
+            &["user", "add", name, "--password-stdin"],
+            format!("{password}\n").as_bytes(),
+        );
+    }
+
+    pub fn deliver(&self, name: &str, message: &[u8]) {
+        popadm_ok(self.data(), &["deliver", name], message);
+    }
+
+    /// Restarts pop3d on the same data directory (SIGTERM, wait, start).
+    pub fn restart(&mut self, flags: &[&str]) {
+        if self.server.running() {
+            self.server.signal("TERM");
+            self.server.wait();
+        }
+        self.server = Server::start(self.dir.path(), flags);
+    }
+}
+
+/// The bytes a message is stored and retrieved as: CRLF line ends, ending in CRLF.
+pub fn crlf(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 16);
+    let mut prev = 0u8;
+    for &b in message {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Reads the whole of `r` (for client outputs).
+pub fn read_all(mut r: impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}

@@ -1,1 +1,264 @@
+//! `popadm`: the administration tool of the POP3 suite, as a library with [`run`] plus a thin
+//! `main`.
+//!
+//! It manages accounts (`user add|del|list|passwd`), shows a maildrop (`stat`), delivers one
+//! message for an MTA (`deliver`, exit codes after sysexits) and imports mailboxes from other
+//! servers (`import mbox|maildir`, all or nothing, keeping qpopper `X-UIDL:` UIDs). It works
+//! through the `store` crate's [`store::Store`] trait and hashes passwords with `auth`; it knows
+//! nothing of the POP3 wire, and it never takes a password from the command line.
 
+mod deliver;
+mod exit;
+mod import;
+mod output;
+#[cfg(test)]
+mod test_util;
+mod users;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use store::{AccountName, SqliteStore, DB_FILE, DEFAULT_MAX_MESSAGE_SIZE};
+
+pub use exit::{EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE};
+pub use import::maildir::{MaildirEntry, UidSource, XUidlHeader};
+
+/// Data directory used when neither `--data-dir` nor `POP3D_DATA_DIR` is given (the same default
+/// as the pop3d server).
+pub const DEFAULT_DATA_DIR: &str = "./pop3d-data";
+/// Environment variable naming the data directory when `--data-dir` is absent.
+pub const DATA_DIR_ENV: &str = "POP3D_DATA_DIR";
+
+/// Administer the pop3d maildrop store.
+#[derive(Debug, Parser)]
+#[command(name = "popadm", version, about, long_about = None)]
+pub struct Cli {
+    /// Data directory of the maildrop store [env: POP3D_DATA_DIR] [default: ./pop3d-data]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of `popadm`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage accounts
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Deliver one message read from stdin (for an MTA; exit codes follow sysexits:
+    /// 0 delivered, 65 bad message or name, 67 no such user, 75 try again later)
+    Deliver {
+        /// Account name (`local` or `local@domain`)
+        name: String,
+        /// Refuse messages larger than this many octets
+        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_SIZE,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        max_size: u64,
+    },
+    /// Import a mailbox into an existing account, all or nothing
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Show an account's message count, size and lock
+    Stat {
+        /// Account name (`local` or `local@domain`)
+        name: String,
+    },
+}
+
+/// `popadm user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account (asks for the password twice on the terminal)
+    Add {
+        /// Account name (`local` or `local@domain`)
+        name: String,
+        /// Read the password as one line from stdin instead of the terminal
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete an account and all its messages
+    Del {
+        /// Account name (`local` or `local@domain`)
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// List accounts (tab-separated, with a header line)
+    List,
+    /// Change an account's password (asks twice on the terminal)
+    Passwd {
+        /// Account name (`local` or `local@domain`)
+        name: String,
+        /// Read the password as one line from stdin instead of the terminal
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+/// `popadm import ...`
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Import an mbox file (mboxrd quoting undone; `X-UIDL:` headers kept as UIDs)
+    Mbox {
+        /// The mbox file
+        file: PathBuf,
+        /// Account name (`local` or `local@domain`)
+        name: String,
+    },
+    /// Import a maildir (`cur/` and `new/`, in delivery order; `X-UIDL:` headers kept as UIDs)
+    Maildir {
+        /// The maildir (the directory holding `cur/` and `new/`)
+        dir: PathBuf,
+        /// Account name (`local` or `local@domain`)
+        name: String,
+    },
+}
+
+/// Parses the command line. Clap's usage errors are printed and give [`EX_USAGE`]; `--help` and
+/// `--version` print and give success. `main` exits with the code in `Err`.
+pub fn parse<I, T>(args: I) -> Result<Cli, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            // Printing help or an error to a closed pipe is not worth a panic.
+            let _ = e.print();
+            if e.use_stderr() {
+                Err(ExitCode::from(EX_USAGE))
+            } else {
+                Err(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
+
+/// Runs one command. Errors are printed once, as `popadm: ...` with their causes, on stderr.
+pub fn run(cli: Cli) -> ExitCode {
+    let data_dir = resolve_data_dir(cli.data_dir, std::env::var_os(DATA_DIR_ENV));
+    let (result, code_for) = match cli.command {
+        Command::User(cmd) => (users::run(&data_dir, cmd), exit::admin_code as fn(_) -> u8),
+        Command::Stat { name } => (users::stat(&data_dir, &name), exit::admin_code as _),
+        Command::Import(cmd) => (import::run(&data_dir, cmd), exit::admin_code as _),
+        Command::Deliver { name, max_size } => (
+            deliver::run(&data_dir, &name, max_size),
+            exit::deliver_code as _,
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("popadm: {e:#}");
+            ExitCode::from(code_for(&e))
+        }
+    }
+}
+
+/// `--data-dir`, else a non-empty `POP3D_DATA_DIR`, else [`DEFAULT_DATA_DIR`].
+fn resolve_data_dir(flag: Option<PathBuf>, env: Option<OsString>) -> PathBuf {
+    flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// Parses an account name given on the command line.
+fn account_name(name: &str) -> anyhow::Result<AccountName> {
+    Ok(AccountName::parse(name)?)
+}
+
+/// Opens (and creates if needed) the store: only `user add` creates a data directory.
+fn open_or_create(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open(data_dir)
+        .with_context(|| format!("opening the maildrop store in {}", data_dir.display()))
+}
+
+/// Opens the store only if its database already exists: every command but `user add` needs
+/// an account, so none of them creates a data directory.
+fn open_existing(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    match existing_store(data_dir)? {
+        Some(store) => Ok(store),
+        None => anyhow::bail!(
+            "no maildrop database in {} (wrong --data-dir or {DATA_DIR_ENV}? \
+             `popadm user add` creates it)",
+            data_dir.display()
+        ),
+    }
+}
+
+/// The store if its database exists, `None` if it does not (nothing is created).
+fn existing_store(data_dir: &Path) -> anyhow::Result<Option<SqliteStore>> {
+    if !store_exists(data_dir)? {
+        return Ok(None);
+    }
+    open_or_create(data_dir).map(Some)
+}
+
+/// Whether the data directory holds a database.
+fn store_exists(data_dir: &Path) -> anyhow::Result<bool> {
+    match std::fs::metadata(data_dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => anyhow::bail!("{} is not a directory", data_dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("reading the data directory {}", data_dir.display()))
+        }
+    }
+    let db = data_dir.join(DB_FILE);
+    match std::fs::metadata(&db) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("reading {}", db.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn data_dir_precedence() {
+        let flag = Some(PathBuf::from("/flag"));
+        let env = Some(OsString::from("/env"));
+        assert_eq!(
+            resolve_data_dir(flag.clone(), env.clone()),
+            PathBuf::from("/flag")
+        );
+        assert_eq!(resolve_data_dir(None, env), PathBuf::from("/env"));
+        assert_eq!(
+            resolve_data_dir(None, Some(OsString::new())),
+            PathBuf::from(DEFAULT_DATA_DIR)
+        );
+        assert_eq!(
+            resolve_data_dir(None, None),
+            PathBuf::from(DEFAULT_DATA_DIR)
+        );
+    }
+
+    #[test]
+    fn usage_errors_and_help() {
+        assert!(parse(["popadm", "user", "add", "bob", "secret"]).is_err());
+        assert!(parse(["popadm", "user", "add", "bob", "--password-stdin"]).is_ok());
+        assert!(parse(["popadm", "deliver", "bob", "--max-size", "0"]).is_err());
+        let cli = parse(["popadm", "deliver", "bob"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Deliver { max_size, .. } if max_size == DEFAULT_MAX_MESSAGE_SIZE
+        ));
+        let cli = parse(["popadm", "stat", "bob", "--data-dir", "/x"]).expect("parses");
+        assert_eq!(cli.data_dir, Some(PathBuf::from("/x")));
+    }
+}

@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use proto::response::{write_end, write_err, write_listing_line, write_ok};
 use proto::{Command, CommandError, Decoder, DotStuffer, Secret};
@@ -169,8 +169,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async fn run(&mut self) -> io::Result<()> {
-        let greeting = format!("POP3 server ready {}", self.timestamp());
-        write_ok(&mut self.out, &greeting);
+        // No APOP timestamp (RFC 1939 section 7) while APOP is not offered: clients such as
+        // curl treat a timestamp as an APOP offer and do not fall back to USER/PASS.
+        write_ok(&mut self.out, "POP3 server ready");
         let mut shutdown = self.shared.shutdown.clone();
         let mut buf = vec![0u8; READ_BUF];
         loop {
@@ -209,21 +210,6 @@ where
             };
             self.decoder.feed(&buf[..n]);
         }
-    }
-
-    /// A msg-id style timestamp, different for every greeting (RFC 1939 section 7, APOP).
-    fn timestamp(&self) -> String {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        format!(
-            "<{}.{}.{}@{}>",
-            std::process::id(),
-            self.id,
-            nanos,
-            self.shared.config.hostname
-        )
     }
 
     async fn flush(&mut self) -> io::Result<()> {

@@ -27,7 +27,7 @@ use std::time::Duration;
 pub use holder::holder_string;
 pub use ingest::{normalise, Ingest, IngestSummary};
 pub use name::AccountName;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, DB_FILE};
 
 /// Row id of an account.
 pub type AccountId = i64;

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Name of the database file inside the data directory.
-const DB_FILE: &str = "maildrops.sqlite3";
+pub const DB_FILE: &str = "maildrops.sqlite3";
 /// Idle connections kept for reuse; more are closed when given back.
 const MAX_IDLE: usize = 16;
 /// How long a statement waits for another connection's lock before `Busy`.

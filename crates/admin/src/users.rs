@@ -1,0 +1,263 @@
+//! `user add|del|list|passwd` and `stat`: accounts and their passwords.
+//!
+//! Passwords come from the terminal (asked twice) or, with `--password-stdin`, as one line of
+//! stdin; never from argv. They are hashed here (argon2id) before they reach the store.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, IsTerminal as _, Write as _};
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use store::{AccountName, AccountSummary, LockInfo, Store, StoreError};
+
+use crate::output::{print, rfc3339};
+use crate::{account_name, existing_store, open_existing, open_or_create, UserCommand};
+
+pub fn run(data_dir: &Path, cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            password_stdin,
+        } => add(data_dir, &name, password_stdin),
+        UserCommand::Del { name, yes } => del(data_dir, &name, yes),
+        UserCommand::List => list(data_dir),
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => passwd(data_dir, &name, password_stdin),
+    }
+}
+
+fn add(data_dir: &Path, name: &str, password_stdin: bool) -> anyhow::Result<()> {
+    let name = account_name(name)?;
+    // Refuse a taken name before asking for a password; the database is created only once the
+    // password is in hand, so a mistyped password leaves nothing behind.
+    if let Some(store) = existing_store(data_dir)? {
+        if store
+            .account(&name)
+            .context("looking the account up")?
+            .is_some()
+        {
+            return Err(StoreError::AccountExists(name.to_string()).into());
+        }
+    }
+    let hash = read_and_hash(&name, password_stdin)?;
+    let store = open_or_create(data_dir)?;
+    store
+        .create_account(&name, &hash)
+        .with_context(|| format!("creating account {name}"))?;
+    print(&format!("created {name}\n"))
+}
+
+fn passwd(data_dir: &Path, name: &str, password_stdin: bool) -> anyhow::Result<()> {
+    let name = account_name(name)?;
+    let store = open_existing(data_dir)?;
+    if store
+        .account(&name)
+        .context("looking the account up")?
+        .is_none()
+    {
+        return Err(StoreError::NoSuchAccount(name.to_string()).into());
+    }
+    let hash = read_and_hash(&name, password_stdin)?;
+    store
+        .set_password(&name, &hash)
+        .with_context(|| format!("setting the password of {name}"))?;
+    print(&format!("password changed for {name}\n"))
+}
+
+fn del(data_dir: &Path, name: &str, yes: bool) -> anyhow::Result<()> {
+    let name = account_name(name)?;
+    let store = open_existing(data_dir)?;
+    let summary = store
+        .account_summary(&name)
+        .with_context(|| format!("looking up {name}"))?;
+    if !yes
+        && !confirm(&format!(
+            "delete {name} and its {} messages? [y/N] ",
+            summary.messages
+        ))?
+    {
+        bail!("not deleted: {name}");
+    }
+    store
+        .delete_account(&name)
+        .with_context(|| format!("deleting account {name}"))?;
+    print(&format!("deleted {name}\n"))
+}
+
+fn list(data_dir: &Path) -> anyhow::Result<()> {
+    let store = open_existing(data_dir)?;
+    let accounts = store.list_accounts().context("listing accounts")?;
+    print(&list_text(&accounts))
+}
+
+pub fn stat(data_dir: &Path, name: &str) -> anyhow::Result<()> {
+    let name = account_name(name)?;
+    let store = open_existing(data_dir)?;
+    let summary = store
+        .account_summary(&name)
+        .with_context(|| format!("looking up {name}"))?;
+    print(&stat_text(&summary))
+}
+
+/// `user list`: a header line, then one tab-separated line per account. The lock column is `-`
+/// when the maildrop is not locked.
+fn list_text(accounts: &[AccountSummary]) -> String {
+    let mut out = String::from("NAME\tMESSAGES\tOCTETS\tLOCK\n");
+    for a in accounts {
+        let lock = match &a.lock {
+            Some(l) => format!(
+                "locked by {} until {}",
+                one_line(&l.holder),
+                rfc3339(l.expires_at)
+            ),
+            None => "-".to_owned(),
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{}\t{}\t{}\t{lock}", a.name, a.messages, a.octets);
+    }
+    out
+}
+
+/// `stat NAME`.
+fn stat_text(s: &AccountSummary) -> String {
+    let lock = match &s.lock {
+        Some(LockInfo {
+            holder, expires_at, ..
+        }) => format!("{} (until {})", one_line(holder), rfc3339(*expires_at)),
+        None => "none".to_owned(),
+    };
+    format!(
+        "messages: {}\noctets: {}\nlock: {lock}\n",
+        s.messages, s.octets
+    )
+}
+
+/// A holder name made safe for one tab-separated line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Asks a yes/no question on the terminal; refuses to guess when stdin is not one.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("refusing to delete without confirmation: stdin is not a terminal (pass --yes)");
+    }
+    let mut err = std::io::stderr().lock();
+    err.write_all(question.as_bytes())
+        .and_then(|()| err.flush())
+        .context("writing the question")?;
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// Reads the new password (terminal or stdin) and hashes it.
+fn read_and_hash(name: &AccountName, from_stdin: bool) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        read_password_line(&mut std::io::stdin().lock())
+            .context("reading the password from stdin")?
+    } else {
+        prompt_twice(name)?
+    };
+    if password.is_empty() {
+        bail!("refusing an empty password");
+    }
+    auth::hash_password(&password).context("hashing the password")
+}
+
+fn prompt_twice(name: &AccountName) -> anyhow::Result<Vec<u8>> {
+    const HINT: &str = "reading the password from the terminal (without one, use --password-stdin)";
+    let first = rpassword::prompt_password(format!("password for {name}: ")).context(HINT)?;
+    let second = rpassword::prompt_password("retype the password: ").context(HINT)?;
+    if first != second {
+        bail!("the passwords do not match");
+    }
+    Ok(first.into_bytes())
+}
+
+/// One line of `input` without its line end (LF or CRLF). Spaces and other bytes are kept:
+/// they are part of the password (RFC 1939 section 7 lets PASS carry spaces).
+fn read_password_line(input: &mut dyn BufRead) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    input.read_until(b'\n', &mut line)?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_line_keeps_spaces_and_drops_the_line_end() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"secret\n", b"secret"),
+            (b"secret\r\n", b"secret"),
+            (b" pass word \n", b" pass word "),
+            (b"no newline", b"no newline"),
+            (b"first\nsecond\n", b"first"),
+            (b"\n", b""),
+            (b"", b""),
+            (b"tab\t\r\r\n", b"tab\t\r"),
+            (b"\xe9t\xe9\n", b"\xe9t\xe9"),
+        ];
+        for (input, want) in cases {
+            let mut r: &[u8] = input;
+            assert_eq!(
+                read_password_line(&mut r).expect("read"),
+                *want,
+                "{input:?}"
+            );
+        }
+    }
+
+    fn summary(name: &str, lock: Option<LockInfo>) -> AccountSummary {
+        AccountSummary {
+            name: AccountName::parse(name).expect("valid name"),
+            messages: 3,
+            octets: 1234,
+            lock,
+        }
+    }
+
+    #[test]
+    fn list_and_stat_formats() {
+        let lock = LockInfo {
+            holder: "pop3d[42]@host".into(),
+            acquired_at: 0,
+            expires_at: 60,
+        };
+        let accounts = [
+            summary("alice", None),
+            summary("bob@example.org", Some(lock)),
+        ];
+        let want = "NAME\tMESSAGES\tOCTETS\tLOCK\n\
+                    alice\t3\t1234\t-\n\
+                    bob@example.org\t3\t1234\tlocked by pop3d[42]@host until 1970-01-01T00:01:00Z\n";
+        assert_eq!(list_text(&accounts), want);
+        assert_eq!(
+            stat_text(&accounts[0]),
+            "messages: 3\noctets: 1234\nlock: none\n"
+        );
+        assert_eq!(
+            stat_text(&accounts[1]),
+            "messages: 3\noctets: 1234\nlock: pop3d[42]@host (until 1970-01-01T00:01:00Z)\n"
+        );
+    }
+}

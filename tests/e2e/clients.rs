@@ -1,0 +1,154 @@
+//! Real POP3 clients against the real pop3d: curl and Python's poplib. A client that is not
+//! installed is skipped with a printed reason (`cargo xtask deps` installs them; CI runs it),
+//! unless `E2E_REQUIRE_CLIENTS=1`, which turns a missing client into a failure.
+
+use std::process::Command;
+
+use e2e::{crlf, Fixture};
+
+const PW: &str = "s3cret pass";
+
+fn available(program: &str, version_arg: &str) -> bool {
+    let found = Command::new(program)
+        .arg(version_arg)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        let required = std::env::var("E2E_REQUIRE_CLIENTS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "{program} is required (E2E_REQUIRE_CLIENTS=1) but not installed"
+        );
+        eprintln!("SKIPPED: {program} is not installed (run `cargo xtask deps`)");
+    }
+    found
+}
+
+fn messages() -> Vec<Vec<u8>> {
+    vec![
+        b"From: a@example.org\r\nSubject: one\r\n\r\nHello.\r\n.leading dot\r\n".to_vec(),
+        b"Subject: two\n\n8-bit \xe9\xe8 and a lone dot:\n.\nend".to_vec(),
+    ]
+}
+
+fn fixture(tag: &str) -> Fixture {
+    let f = Fixture::new(tag);
+    f.add_user("carol@example.org", PW);
+    for m in messages() {
+        f.deliver("carol@example.org", &m);
+    }
+    f
+}
+
+fn curl(f: &Fixture, path: &str, extra: &[&str]) -> Vec<u8> {
+    let url = format!("pop3://{}{path}", f.server.addr);
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(["--user", &format!("carol@example.org:{PW}")])
+        .args(extra)
+        .arg(&url)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {url} {extra:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn curl_lists_retrieves_and_lists_uids() {
+    if !available("curl", "--version") {
+        return;
+    }
+    let f = fixture("curl");
+    let expected: Vec<Vec<u8>> = messages().iter().map(|m| crlf(m)).collect();
+    // LIST: curl prints the listing body.
+    let list = String::from_utf8(curl(&f, "/", &[])).expect("utf8");
+    assert_eq!(
+        list,
+        format!("1 {}\r\n2 {}\r\n", expected[0].len(), expected[1].len())
+    );
+    // RETR: curl un-stuffs and writes the message; byte-exact.
+    for (i, m) in expected.iter().enumerate() {
+        assert_eq!(
+            &curl(&f, &format!("/{}", i + 1), &[]),
+            m,
+            "message {}",
+            i + 1
+        );
+    }
+    // UIDL through a custom request.
+    let uidl = String::from_utf8(curl(&f, "/", &["-X", "UIDL"])).expect("utf8");
+    let lines: Vec<&str> = uidl.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].starts_with("1 ") && lines[1].starts_with("2 "));
+    // Nothing was deleted by curl's sessions.
+    let mut c = f.server.login("carol@example.org", PW);
+    assert!(c.ok("STAT").starts_with("+OK 2 "));
+    c.ok("QUIT");
+}
+
+#[test]
+fn python_poplib_fetches_byte_exact() {
+    if !available("python3", "--version") {
+        return;
+    }
+    let f = fixture("poplib");
+    let script = r#"
+import poplib, sys, json
+host, port, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+p = poplib.POP3(host, port, timeout=20)
+p.user(user)
+p.pass_(pw)
+count, size = p.stat()
+out = {"count": count, "size": size, "uidl": [u.decode() for u in p.uidl()[1]], "capa": sorted(p.capa().keys()), "msgs": []}
+for i in range(1, count + 1):
+    resp, lines, octets = p.retr(i)
+    out["msgs"].append({"hex": b"\r\n".join(lines).hex(), "octets": octets})
+top = p.top(1, 0)[1]
+out["top"] = b"\r\n".join(top).hex()
+p.dele(1)
+p.quit()
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(f.server.addr.ip().to_string())
+        .arg(f.server.addr.port().to_string())
+        .arg("carol@example.org")
+        .arg(PW)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "poplib failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8(out.stdout).expect("utf8");
+    let expected: Vec<Vec<u8>> = messages().iter().map(|m| crlf(m)).collect();
+    let total: usize = expected.iter().map(Vec::len).sum();
+    assert!(
+        json.contains(&format!("\"count\": 2, \"size\": {total}")),
+        "{json}"
+    );
+    for m in &expected {
+        // poplib returns lines without their CRLF, un-stuffed.
+        let joined = &m[..m.len() - 2];
+        let hex: String = joined.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(json.contains(&hex), "message missing from {json}");
+    }
+    assert!(json.contains("\"PIPELINING\""), "{json}");
+    let top: String = b"From: a@example.org\r\nSubject: one\r\n"
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(json.contains(&format!("\"top\": \"{top}")), "{json}");
+    // poplib's DELE 1 + QUIT removed exactly one message.
+    let mut c = f.server.login("carol@example.org", PW);
+    assert!(c.ok("STAT").starts_with("+OK 1 "));
+    c.ok("QUIT");
+}

@@ -1,0 +1,171 @@
+//! The real popadm binary: account management, delivery exit codes, imports, stat.
+
+use e2e::{crlf, popadm, popadm_ok, Fixture, TempDir};
+
+#[test]
+fn user_lifecycle() {
+    let dir = TempDir::new("users");
+    let d = dir.path();
+    assert!(popadm_ok(
+        d,
+        &["user", "add", "dave@Example.org", "--password-stdin"],
+        b"pw one\n"
+    )
+    .contains("dave@example.org"));
+    // Duplicate account: clear error, non-zero exit.
+    let dup = popadm(
+        d,
+        &["user", "add", "dave@example.org", "--password-stdin"],
+        b"x\n",
+    );
+    assert!(!dup.status.success());
+    assert!(!dup.stderr.is_empty());
+    // Empty password refused.
+    let empty = popadm(d, &["user", "add", "erin", "--password-stdin"], b"\n");
+    assert!(!empty.status.success());
+    // Invalid names refused.
+    for bad in ["a b", "@example.org", "a@b@c", ""] {
+        let out = popadm(d, &["user", "add", bad, "--password-stdin"], b"pw\n");
+        assert!(!out.status.success(), "{bad:?} accepted");
+    }
+    popadm_ok(d, &["user", "add", "erin", "--password-stdin"], b"pw two\n");
+    let list = popadm_ok(d, &["user", "list"], b"");
+    assert!(
+        list.contains("dave@example.org") && list.contains("erin"),
+        "{list}"
+    );
+
+    // The password change takes effect for POP3 logins.
+    popadm_ok(
+        d,
+        &["user", "passwd", "erin", "--password-stdin"],
+        b"new pw\n",
+    );
+    let server = e2e::Server::start(d, &[]);
+    let mut c = server.connect();
+    c.ok("USER erin");
+    c.err("PASS pw two");
+    c.ok("USER erin");
+    c.ok("PASS new pw");
+    c.ok("QUIT");
+    drop(server);
+
+    // Deleting without --yes and without a terminal is refused; with --yes it goes.
+    let refused = popadm(d, &["user", "del", "erin"], b"y\n");
+    assert!(!refused.status.success());
+    popadm_ok(d, &["user", "del", "erin", "--yes"], b"");
+    assert!(!popadm_ok(d, &["user", "list"], b"").contains("erin"));
+    let gone = popadm(d, &["user", "del", "erin", "--yes"], b"");
+    assert!(!gone.status.success());
+}
+
+#[test]
+fn deliver_uses_sysexits() {
+    let dir = TempDir::new("deliver");
+    let d = dir.path();
+    // No database yet: temporary failure, so an MTA keeps the mail queued.
+    let out = popadm(d, &["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n");
+    assert_eq!(out.status.code(), Some(75));
+    popadm_ok(d, &["user", "add", "frank", "--password-stdin"], b"pw\n");
+    let out = popadm(d, &["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n");
+    assert_eq!(
+        out.status.code(),
+        Some(67),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = popadm(d, &["deliver", "frank"], b"");
+    assert_eq!(out.status.code(), Some(65));
+    let out = popadm(
+        d,
+        &["deliver", "frank", "--max-size", "10"],
+        b"Subject: too big\r\n\r\n",
+    );
+    assert_eq!(out.status.code(), Some(65));
+    let out = popadm(d, &["deliver", "frank"], b"Subject: ok\r\n\r\nok\r\n");
+    assert_eq!(out.status.code(), Some(0));
+    let stat = popadm_ok(d, &["stat", "frank"], b"");
+    assert!(stat.contains("messages: 1"), "{stat}");
+    assert!(
+        stat.contains(&format!("octets: {}", b"Subject: ok\r\n\r\nok\r\n".len())),
+        "{stat}"
+    );
+    assert!(stat.contains("lock: none"), "{stat}");
+}
+
+#[test]
+fn stat_shows_the_lock_holder_during_a_session() {
+    let f = Fixture::new("statlock");
+    f.add_user("gina", "pw");
+    let mut c = f.server.login("gina", "pw");
+    let stat = popadm_ok(f.data(), &["stat", "gina"], b"");
+    assert!(stat.contains("lock: pop3d@"), "{stat}");
+    // Deleting a locked account is refused.
+    let out = popadm(f.data(), &["user", "del", "gina", "--yes"], b"");
+    assert!(!out.status.success());
+    c.ok("QUIT");
+}
+
+#[test]
+fn imports_are_byte_exact_and_all_or_nothing() {
+    let f = Fixture::new("import");
+    f.add_user("hank", "pw");
+    let mbox = b"From a@example.org Thu Nov 26 10:00:00 2026\nSubject: one\nX-UIDL: legacy-uid-1\n\nbody\n>From quoted\n\nFrom b@example.org Thu Nov 26 10:00:01 2026\nSubject: two\n\n.dot\n";
+    let path = f.data().join("box.mbox");
+    std::fs::write(&path, mbox).expect("write");
+    let p = path.to_str().expect("utf8");
+    assert!(popadm_ok(f.data(), &["import", "mbox", p, "hank"], b"").contains("imported 2"));
+
+    // A maildir with new/ and cur/, ordered by delivery time.
+    let md = f.data().join("Maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
+    }
+    std::fs::write(
+        md.join("cur/1700000002.M1P1.host:2,S"),
+        b"Subject: md2\n\nsecond\n",
+    )
+    .expect("w");
+    std::fs::write(
+        md.join("new/1700000001.M1P1.host"),
+        b"Subject: md1\n\nfirst\n",
+    )
+    .expect("w");
+    let m = md.to_str().expect("utf8");
+    assert!(popadm_ok(f.data(), &["import", "maildir", m, "hank"], b"").contains("imported 2"));
+
+    let mut c = f.server.login("hank", "pw");
+    let expected: Vec<Vec<u8>> = vec![
+        crlf(b"Subject: one\nX-UIDL: legacy-uid-1\n\nbody\nFrom quoted\n"),
+        crlf(b"Subject: two\n\n.dot\n"),
+        crlf(b"Subject: md1\n\nfirst\n"),
+        crlf(b"Subject: md2\n\nsecond\n"),
+    ];
+    for (i, m) in expected.iter().enumerate() {
+        let (_, body) = c.multi(&format!("RETR {}", i + 1));
+        assert_eq!(&body, m, "message {}", i + 1);
+    }
+    // qpopper's X-UIDL is kept, so clients do not download again after a migration.
+    assert_eq!(c.ok("UIDL 1"), "+OK 1 legacy-uid-1");
+    c.ok("QUIT");
+
+    // A failing import stores nothing: the second message repeats an existing UID.
+    let bad = b"From x Thu Nov 26 10:00:00 2026\nSubject: fine\n\nok\n\nFrom y Thu Nov 26 10:00:00 2026\nX-UIDL: legacy-uid-1\n\ndup\n";
+    std::fs::write(&path, bad).expect("write");
+    let out = popadm(f.data(), &["import", "mbox", p, "hank"], b"");
+    assert!(!out.status.success());
+    let stat = popadm_ok(f.data(), &["stat", "hank"], b"");
+    assert!(stat.contains("messages: 4"), "{stat}");
+    // Not an mbox at all.
+    std::fs::write(&path, b"hello\n").expect("write");
+    assert!(!popadm(f.data(), &["import", "mbox", p, "hank"], b"")
+        .status
+        .success());
+}
+
+#[test]
+fn passwords_are_never_taken_from_argv() {
+    let dir = TempDir::new("argv");
+    let out = popadm(dir.path(), &["user", "add", "ivan", "--password", "x"], b"");
+    assert!(!out.status.success());
+}
