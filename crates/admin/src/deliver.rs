@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use store::{Store, StoreError};
 
-use crate::{account_name, open_existing};
+use crate::{account_name, open_existing, require_account};
 
 pub fn run(data_dir: &Path, name: &str, max_size: u64) -> anyhow::Result<()> {
     let name = account_name(name)?;
@@ -17,13 +17,7 @@ pub fn run(data_dir: &Path, name: &str, max_size: u64) -> anyhow::Result<()> {
     // mail that a fixed configuration could still deliver. Exit 75 keeps it queued.
     let store = open_existing(data_dir)?;
     // Look the account up before reading anything, so an unknown user costs no I/O.
-    if store
-        .account(&name)
-        .context("looking the account up")?
-        .is_none()
-    {
-        return Err(StoreError::NoSuchAccount(name.to_string()).into());
-    }
+    require_account(&store, &name)?;
     let mut stdin = std::io::stdin().lock();
     // Peeking keeps the bytes in stdin's buffer: the store still reads the whole message.
     let empty = stdin

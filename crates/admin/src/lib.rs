@@ -174,6 +174,18 @@ fn account_name(name: &str) -> anyhow::Result<AccountName> {
 }
 
 /// Opens (and creates if needed) the store: only `user add` creates a data directory.
+/// Fails with `NoSuchAccount` unless `name` exists.
+fn require_account(store: &dyn store::Store, name: &AccountName) -> anyhow::Result<()> {
+    if store
+        .account(name)
+        .context("looking the account up")?
+        .is_none()
+    {
+        return Err(store::StoreError::NoSuchAccount(name.to_string()).into());
+    }
+    Ok(())
+}
+
 fn open_or_create(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     SqliteStore::open(data_dir)
         .with_context(|| format!("opening the maildrop store in {}", data_dir.display()))

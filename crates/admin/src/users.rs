@@ -11,7 +11,9 @@ use anyhow::{bail, Context as _};
 use store::{AccountName, AccountSummary, LockInfo, Store, StoreError};
 
 use crate::output::{print, rfc3339};
-use crate::{account_name, existing_store, open_existing, open_or_create, UserCommand};
+use crate::{
+    account_name, existing_store, open_existing, open_or_create, require_account, UserCommand,
+};
 
 pub fn run(data_dir: &Path, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
@@ -52,13 +54,7 @@ fn add(data_dir: &Path, name: &str, password_stdin: bool) -> anyhow::Result<()> 
 fn passwd(data_dir: &Path, name: &str, password_stdin: bool) -> anyhow::Result<()> {
     let name = account_name(name)?;
     let store = open_existing(data_dir)?;
-    if store
-        .account(&name)
-        .context("looking the account up")?
-        .is_none()
-    {
-        return Err(StoreError::NoSuchAccount(name.to_string()).into());
-    }
+    require_account(&store, &name)?;
     let hash = read_and_hash(&name, password_stdin)?;
     store
         .set_password(&name, &hash)
