@@ -8,23 +8,6 @@ use e2e::{crlf, Fixture};
 
 const PW: &str = "s3cret pass";
 
-fn available(program: &str, version_arg: &str) -> bool {
-    let found = Command::new(program)
-        .arg(version_arg)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        let required = std::env::var("E2E_REQUIRE_CLIENTS").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "{program} is required (E2E_REQUIRE_CLIENTS=1) but not installed"
-        );
-        eprintln!("SKIPPED: {program} is not installed (run `cargo xtask deps`)");
-    }
-    found
-}
-
 fn messages() -> Vec<Vec<u8>> {
     vec![
         b"From: a@example.org\r\nSubject: one\r\n\r\nHello.\r\n.leading dot\r\n".to_vec(),
@@ -60,7 +43,7 @@ fn curl(f: &Fixture, path: &str, extra: &[&str]) -> Vec<u8> {
 
 #[test]
 fn curl_lists_retrieves_and_lists_uids() {
-    if !available("curl", "--version") {
+    if !e2e::client_available("curl", "--version") {
         return;
     }
     let f = fixture("curl");
@@ -93,7 +76,7 @@ fn curl_lists_retrieves_and_lists_uids() {
 
 #[test]
 fn python_poplib_fetches_byte_exact() {
-    if !available("python3", "--version") {
+    if !e2e::client_available("python3", "--version") {
         return;
     }
     let f = fixture("poplib");

@@ -38,6 +38,25 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Whether a client program the suite drives is installed. When it is not, the calling test
+/// skips with a printed reason, unless `E2E_REQUIRE_CLIENTS=1` (set in CI), which makes a
+/// missing client a failure.
+pub fn client_available(program: &str, version_arg: &str) -> bool {
+    let found = Command::new(program)
+        .arg(version_arg)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let required = std::env::var("E2E_REQUIRE_CLIENTS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "{program} is required (E2E_REQUIRE_CLIENTS=1) but not installed"
+        );
+        eprintln!("SKIPPED: {program} is not installed (run `cargo xtask deps`)");
+    }
+    found
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -101,17 +120,34 @@ pub fn popadm_ok(data_dir: &Path, args: &[&str], stdin: &[u8]) -> String {
 /// A running `pop3d` on a loopback port, killed on drop.
 pub struct Server {
     child: Child,
+    /// The first cleartext (POP3, STLS) listener.
     pub addr: SocketAddr,
+    /// The first implicit-TLS (POP3S) listener, if any.
+    pub tls_addr: Option<SocketAddr>,
+    /// Every listener as logged: kind (`pop3`, `pop3+stls`, `pop3s`) and address.
+    pub listeners: Vec<(String, SocketAddr)>,
+    data_dir: PathBuf,
     log: Arc<Mutex<String>>,
 }
 
 impl Server {
-    /// Starts pop3d on `data_dir` with extra flags, and waits until it listens.
+    /// Starts pop3d on `data_dir` with extra flags, and waits until it listens. Unless the
+    /// flags name a `--config` or listeners of their own, it listens on an ephemeral POP3 and
+    /// an ephemeral POP3S port.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let own_listeners = extra
+            .iter()
+            .any(|a| ["--config", "--listen", "--listen-tls"].contains(a));
+        let default_listeners: &[&str] = if own_listeners {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"]
+        };
         let mut child = Command::new(bin("pop3d"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--log", "info,server=debug"])
+            .args(["--log", "info,server=debug"])
+            .args(default_listeners)
             .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -124,30 +160,53 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
         std::thread::spawn(move || {
-            let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = listening_addr(&line) {
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
+                if let Some(listener) = listening(&line) {
+                    let _ = tx.send(Some(listener));
+                } else if line.contains(" ready") || line.contains(" ERROR ") {
+                    // pop3d logs "ready" once every listener is logged.
+                    let _ = tx.send(None);
                 }
                 let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
                 l.push_str(&line);
                 l.push('\n');
             }
+            let _ = tx.send(None);
         });
-        let addr = match rx.recv_timeout(TIMEOUT) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "pop3d did not start: {}",
-                    log.lock().map(|l| l.clone()).unwrap_or_default()
-                );
-            }
+        // Listeners are logged one after another, then "ready".
+        let mut listeners = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while let Ok(Some(l)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            listeners.push(l);
+        }
+        if listeners.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "pop3d did not start: {}",
+                log.lock().map(|l| l.clone()).unwrap_or_default()
+            );
+        }
+        let find = |tls: bool| {
+            listeners
+                .iter()
+                .find(|(kind, _)| (kind == "pop3s") == tls)
+                .map(|(_, a)| *a)
         };
-        Server { child, addr, log }
+        Server {
+            addr: find(false).or(find(true)).unwrap_or(listeners[0].1),
+            tls_addr: find(true),
+            listeners: listeners.clone(),
+            data_dir: data_dir.to_path_buf(),
+            child,
+            log,
+        }
+    }
+
+    /// The self-signed certificate pop3d generated in its data directory.
+    pub fn self_signed_cert(&self) -> PathBuf {
+        self.data_dir.join("tls").join("cert.pem")
     }
 
     /// What pop3d logged so far.
@@ -213,14 +272,18 @@ impl Drop for Server {
     }
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    if !line.contains("listening") {
+/// The kind and address of a `listening` log line.
+fn listening(line: &str) -> Option<(String, SocketAddr)> {
+    if !line.contains(" listening ") {
         return None;
     }
-    let start = line.find("addr=")? + 5;
-    let rest = &line[start..];
-    let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-    rest[..end].parse().ok()
+    let field = |name: &str| -> Option<String> {
+        let start = line.find(&format!("{name}="))? + name.len() + 1;
+        let rest = &line[start..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        Some(rest[..end].trim_matches('"').to_string())
+    };
+    Some((field("kind")?, field("addr")?.parse().ok()?))
 }
 
 /// A synchronous POP3 client for tests.

@@ -1,7 +1,8 @@
 //! `popadm`: the administration tool of the POP3 suite, as a library with [`run`] plus a thin
 //! `main`.
 //!
-//! It manages accounts (`user add|del|list|passwd`), shows a maildrop (`stat`), delivers one
+//! It manages accounts (`user add|del|list|passwd`) and their RFC 2449 LOGIN-DELAY and EXPIRE
+//! overrides (`user set`), shows a maildrop (`stat`), delivers one
 //! message for an MTA (`deliver`, exit codes after sysexits) and imports mailboxes from other
 //! servers (`import mbox|maildir`, all or nothing, keeping qpopper `X-UIDL:` UIDs). It works
 //! through the `store` crate's [`store::Store`] trait and hashes passwords with `auth`; it knows
@@ -11,6 +12,7 @@ mod deliver;
 mod exit;
 mod import;
 mod output;
+mod policy;
 #[cfg(test)]
 mod test_util;
 mod users;
@@ -20,11 +22,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use store::{AccountName, SqliteStore, DB_FILE, DEFAULT_MAX_MESSAGE_SIZE};
+use clap::{ArgGroup, Parser, Subcommand};
+use store::{AccountName, Expire, SqliteStore, DB_FILE, DEFAULT_MAX_MESSAGE_SIZE};
 
 pub use exit::{EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE};
 pub use import::maildir::{MaildirEntry, UidSource, XUidlHeader};
+pub use policy::Override;
 
 /// Data directory used when neither `--data-dir` nor `POP3D_DATA_DIR` is given (the same default
 /// as the pop3d server).
@@ -63,7 +66,7 @@ pub enum Command {
     /// Import a mailbox into an existing account, all or nothing
     #[command(subcommand)]
     Import(ImportCommand),
-    /// Show an account's message count, size and lock
+    /// Show an account's message count, size, lock, policy overrides and last login
     Stat {
         /// Account name (`local` or `local@domain`)
         name: String,
@@ -91,6 +94,22 @@ pub enum UserCommand {
     },
     /// List accounts (tab-separated, with a header line)
     List,
+    /// Set an account's LOGIN-DELAY and EXPIRE overrides (RFC 2449); `default` clears one so
+    /// that the server's setting applies. Options not given are left as they are.
+    #[command(group(ArgGroup::new("policy").required(true).multiple(true)))]
+    Set {
+        /// Account name (`local` or `local@domain`)
+        name: String,
+        /// Minimum seconds between two logins, or `default`
+        #[arg(long, value_name = "SECS|default", group = "policy",
+              value_parser = policy::parse_login_delay, allow_hyphen_values = true)]
+        login_delay: Option<Override<u32>>,
+        /// Days a retrieved message is kept (0: removed at the end of the session that
+        /// retrieved it), `never`, or `default`
+        #[arg(long, value_name = "DAYS|never|default", group = "policy",
+              value_parser = policy::parse_expire, allow_hyphen_values = true)]
+        expire: Option<Override<Expire>>,
+    },
     /// Change an account's password (asks twice on the terminal)
     Passwd {
         /// Account name (`local` or `local@domain`)

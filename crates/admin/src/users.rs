@@ -1,4 +1,5 @@
-//! `user add|del|list|passwd` and `stat`: accounts and their passwords.
+//! `user add|del|list|passwd` and `stat`: accounts and their passwords (`user set` is in
+//! [`crate::policy`]).
 //!
 //! Passwords come from the terminal (asked twice) or, with `--password-stdin`, as one line of
 //! stdin; never from argv. They are hashed here (argon2id) before they reach the store.
@@ -11,6 +12,7 @@ use anyhow::{bail, Context as _};
 use store::{AccountName, AccountSummary, LockInfo, Store, StoreError};
 
 use crate::output::{print, rfc3339};
+use crate::policy::{self, expire_text, last_login_text, login_delay_text};
 use crate::{
     account_name, existing_store, open_existing, open_or_create, require_account, UserCommand,
 };
@@ -23,6 +25,11 @@ pub fn run(data_dir: &Path, cmd: UserCommand) -> anyhow::Result<()> {
         } => add(data_dir, &name, password_stdin),
         UserCommand::Del { name, yes } => del(data_dir, &name, yes),
         UserCommand::List => list(data_dir),
+        UserCommand::Set {
+            name,
+            login_delay,
+            expire,
+        } => policy::run(data_dir, &name, login_delay, expire),
         UserCommand::Passwd {
             name,
             password_stdin,
@@ -98,9 +105,11 @@ pub fn stat(data_dir: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 /// `user list`: a header line, then one tab-separated line per account. The lock column is `-`
-/// when the maildrop is not locked.
+/// when the maildrop is not locked. The policy columns come last, so the older columns keep
+/// their places: LOGIN-DELAY (seconds or `default`), EXPIRE (days, `never` or `default`) and
+/// LAST-LOGIN (RFC 3339 or `never`).
 fn list_text(accounts: &[AccountSummary]) -> String {
-    let mut out = String::from("NAME\tMESSAGES\tOCTETS\tLOCK\n");
+    let mut out = String::from("NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\n");
     for a in accounts {
         let lock = match &a.lock {
             Some(l) => format!(
@@ -111,7 +120,16 @@ fn list_text(accounts: &[AccountSummary]) -> String {
             None => "-".to_owned(),
         };
         // Writing to a String cannot fail.
-        let _ = writeln!(out, "{}\t{}\t{}\t{lock}", a.name, a.messages, a.octets);
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\t{lock}\t{}\t{}\t{}",
+            a.name,
+            a.messages,
+            a.octets,
+            login_delay_text(a.policy.login_delay),
+            expire_text(a.policy.expire),
+            last_login_text(a.last_login)
+        );
     }
     out
 }
@@ -125,8 +143,12 @@ fn stat_text(s: &AccountSummary) -> String {
         None => "none".to_owned(),
     };
     format!(
-        "messages: {}\noctets: {}\nlock: {lock}\n",
-        s.messages, s.octets
+        "messages: {}\noctets: {}\nlock: {lock}\nlogin-delay: {}\nexpire: {}\nlast login: {}\n",
+        s.messages,
+        s.octets,
+        login_delay_text(s.policy.login_delay),
+        expire_text(s.policy.expire),
+        last_login_text(s.last_login)
     )
 }
 
@@ -199,6 +221,7 @@ fn read_password_line(input: &mut dyn BufRead) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use store::{AccountPolicy, Expire};
 
     #[test]
     fn password_line_keeps_spaces_and_drops_the_line_end() {
@@ -229,6 +252,8 @@ mod tests {
             messages: 3,
             octets: 1234,
             lock,
+            policy: AccountPolicy::default(),
+            last_login: None,
         }
     }
 
@@ -239,21 +264,46 @@ mod tests {
             acquired_at: 0,
             expires_at: 60,
         };
+        let mut carol = summary("carol", None);
+        carol.policy = AccountPolicy {
+            login_delay: Some(300),
+            expire: Some(Expire::Never),
+        };
+        carol.last_login = Some(1_709_251_199);
+        let mut dave = summary("dave", None);
+        dave.policy.expire = Some(Expire::Days(0));
         let accounts = [
             summary("alice", None),
             summary("bob@example.org", Some(lock)),
+            carol,
+            dave,
         ];
-        let want = "NAME\tMESSAGES\tOCTETS\tLOCK\n\
-                    alice\t3\t1234\t-\n\
-                    bob@example.org\t3\t1234\tlocked by pop3d[42]@host until 1970-01-01T00:01:00Z\n";
+        let want = "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\n\
+                    alice\t3\t1234\t-\tdefault\tdefault\tnever\n\
+                    bob@example.org\t3\t1234\tlocked by pop3d[42]@host until 1970-01-01T00:01:00Z\t\
+                    default\tdefault\tnever\n\
+                    carol\t3\t1234\t-\t300\tnever\t2024-02-29T23:59:59Z\n\
+                    dave\t3\t1234\t-\tdefault\t0\tnever\n";
         assert_eq!(list_text(&accounts), want);
         assert_eq!(
             stat_text(&accounts[0]),
-            "messages: 3\noctets: 1234\nlock: none\n"
+            "messages: 3\noctets: 1234\nlock: none\n\
+             login-delay: default\nexpire: default\nlast login: never\n"
         );
         assert_eq!(
             stat_text(&accounts[1]),
-            "messages: 3\noctets: 1234\nlock: pop3d[42]@host (until 1970-01-01T00:01:00Z)\n"
+            "messages: 3\noctets: 1234\nlock: pop3d[42]@host (until 1970-01-01T00:01:00Z)\n\
+             login-delay: default\nexpire: default\nlast login: never\n"
+        );
+        assert_eq!(
+            stat_text(&accounts[2]),
+            "messages: 3\noctets: 1234\nlock: none\n\
+             login-delay: 300\nexpire: never\nlast login: 2024-02-29T23:59:59Z\n"
+        );
+        assert_eq!(
+            stat_text(&accounts[3]),
+            "messages: 3\noctets: 1234\nlock: none\n\
+             login-delay: default\nexpire: 0\nlast login: never\n"
         );
     }
 }

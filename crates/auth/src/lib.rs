@@ -8,6 +8,7 @@
 //! Verification is deliberately slow (that is the point of argon2); callers on an async runtime
 //! run it on a blocking thread.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use argon2::password_hash::{
@@ -32,6 +33,25 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::default())
 }
 
+/// SASLprep (RFC 4013) of a user name or password, as RFC 6856 section 3.2 asks for UTF-8
+/// credentials; `None` when the string holds characters SASLprep prohibits.
+pub fn saslprep(s: &str) -> Option<String> {
+    stringprep::saslprep(s).ok().map(Cow::into_owned)
+}
+
+/// The octets a password is hashed and verified as: a password that is valid UTF-8 is
+/// SASLprep-ed (so the same password typed as composed or decomposed Unicode matches; ASCII
+/// passwords are unchanged), anything else (legacy 8-bit charsets) is taken as it is.
+fn prepare(password: &[u8]) -> Cow<'_, [u8]> {
+    match std::str::from_utf8(password) {
+        Ok(s) if !s.is_ascii() => match stringprep::saslprep(s) {
+            Ok(Cow::Owned(p)) => Cow::Owned(p.into_bytes()),
+            Ok(Cow::Borrowed(_)) | Err(_) => Cow::Borrowed(password),
+        },
+        _ => Cow::Borrowed(password),
+    }
+}
+
 /// Hashes a password into an argon2id PHC string with a fresh random salt.
 pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
     if password.is_empty() {
@@ -39,7 +59,7 @@ pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
     }
     let salt = SaltString::generate(&mut OsRng);
     hasher()
-        .hash_password(password, &salt)
+        .hash_password(&prepare(password), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Hash(e.to_string()))
 }
@@ -96,7 +116,9 @@ pub fn verify_password(stored: Option<&str>, password: &[u8]) -> Verdict {
         },
     };
     // `Argon2::default()` verifies with the parameters recorded in the PHC string.
-    let ok = Argon2::default().verify_password(password, &parsed).is_ok();
+    let ok = Argon2::default()
+        .verify_password(&prepare(password), &parsed)
+        .is_ok();
     if ok && known {
         Verdict::Accepted
     } else {
@@ -140,6 +162,22 @@ mod tests {
         assert!(validate_phc(&a).is_ok());
         assert!(validate_phc("$md5$nope").is_err());
         assert!(matches!(hash_password(b""), Err(AuthError::EmptyPassword)));
+    }
+
+    #[test]
+    fn utf8_passwords_are_saslprepped() {
+        // RFC 4013: NFKC, so a decomposed "é" matches a composed one; U+00A0 maps to space.
+        let phc = hash_password("caf\u{e9} x".as_bytes()).expect("hash");
+        assert_eq!(
+            verify_password(Some(&phc), "cafe\u{301} x".as_bytes()),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verify_password(Some(&phc), "caf\u{e9}\u{a0}x".as_bytes()),
+            Verdict::Accepted
+        );
+        assert_eq!(saslprep("User\u{2168}").as_deref(), Some("UserIX"));
+        assert_eq!(saslprep("a\u{7}b"), None);
     }
 
     #[test]

@@ -1,70 +1,132 @@
-//! `pop3d`: the POP3 server binary. It turns flags into a [`server::Config`], opens the
-//! maildrop store, binds the listeners, sets up logging and signal handling, and hands over
-//! to [`server::run`]. Everything else lives in the library crates.
+//! `pop3d`: the POP3 server binary. It reads the configuration file and flags into a
+//! [`server::Config`], opens the maildrop store, loads (or generates) certificates, binds the
+//! listeners, sets up logging and signal handling, and hands over to [`server::run`].
+//! Everything else lives in the library crates.
+
+mod config;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use tracing::{error, info};
+use server::{CertFiles, Cleartext, ListenerKind, Tls, TlsVersion};
+use tracing::{error, info, warn};
 
-/// POP3 server (RFC 1939) with a SQLite maildrop store.
+use crate::config::{parse_cleartext, parse_min_tls, secs, File, ListenSpec};
+
+/// POP3 server (RFC 1939, 2449, 2595, 8314, 6856) with a SQLite maildrop store.
+///
+/// Without any flag it serves the embedded defaults: data in ./pop3d-data, POP3 with STLS on
+/// 127.0.0.1:1110 and POP3S on 127.0.0.1:1995, with a self-signed certificate generated into
+/// ./pop3d-data/tls. Flags override the configuration file.
 #[derive(Debug, Parser)]
 #[command(name = "pop3d", version, about)]
 struct Args {
-    /// Directory of the maildrop database; created on first start.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "./pop3d-data",
-        env = "POP3D_DATA_DIR"
-    )]
-    data_dir: PathBuf,
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, value_name = "FILE", env = "POP3D_CONFIG")]
+    config: Option<PathBuf>,
 
-    /// Address to listen on; repeat for several. Default 127.0.0.1:1110.
+    /// Directory of the maildrop database [default: ./pop3d-data].
+    #[arg(long, value_name = "DIR", env = "POP3D_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Cleartext POP3 listener (STLS offered when a certificate exists); repeatable.
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
 
-    /// Inactivity autologout in seconds (RFC 1939: at least 600).
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
-    idle_timeout: u64,
+    /// Implicit-TLS POP3S listener (RFC 8314); repeatable.
+    #[arg(long = "listen-tls", value_name = "ADDR")]
+    listen_tls: Vec<SocketAddr>,
 
-    /// Connections served at once; more are refused with -ERR [SYS/TEMP].
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    max_connections: usize,
+    /// Cleartext login policy of the listeners given by flags: never, loopback or always.
+    #[arg(long, value_name = "POLICY")]
+    cleartext: Option<String>,
 
-    /// Lease of a maildrop lock in seconds; renewed while the session lives.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    lock_lease: u64,
+    /// Lowest TLS version of the listeners given by flags: 1.2 or 1.3.
+    #[arg(long, value_name = "VERSION")]
+    min_tls: Option<String>,
 
-    /// Seconds shutdown waits for sessions to finish the command in hand.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    shutdown_grace: u64,
+    /// Certificate chain (PEM); with --tls-key. Replaces the file's certificates.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
 
-    /// Host name for the greeting; default: the machine's.
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Do not generate a self-signed certificate when none is configured (no STLS, no POP3S).
+    #[arg(long)]
+    no_self_signed: bool,
+
+    /// Inactivity autologout in seconds (RFC 1939: at least 600) [default: 600].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
+
+    /// Connections served at once; more get -ERR [SYS/TEMP] [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Lease of a maildrop lock in seconds, renewed while the session lives [default: 120].
+    #[arg(long, value_name = "SECS")]
+    lock_lease: Option<u64>,
+
+    /// Seconds shutdown waits for sessions to finish the command in hand [default: 30].
+    #[arg(long, value_name = "SECS")]
+    shutdown_grace: Option<u64>,
+
+    /// RFC 2449 LOGIN-DELAY in seconds between logins of a user [default: 0].
+    #[arg(long, value_name = "SECS")]
+    login_delay: Option<u64>,
+
+    /// Extra logins allowed within one LOGIN-DELAY period [default: 0].
+    #[arg(long, value_name = "N")]
+    login_delay_burst: Option<u32>,
+
+    /// RFC 2449 EXPIRE: days retrieved messages are kept, or "never" [default: never].
+    #[arg(long, value_name = "DAYS|never")]
+    expire: Option<String>,
+
+    /// Host name for lock holder names [default: the machine's].
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
 
-    /// Log filter (tracing env-filter syntax), e.g. `info` or `server=debug`.
-    #[arg(long, value_name = "FILTER", default_value = "info", env = "POP3D_LOG")]
-    log: String,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `server=debug` [default: info].
+    #[arg(long, value_name = "FILTER", env = "POP3D_LOG")]
+    log: Option<String>,
 
     /// Testing only: allow an idle timeout below RFC 1939's 10 minutes.
     #[arg(long, hide = true)]
     allow_short_idle_timeout: bool,
 }
 
+/// Everything `run` needs, resolved from the file, the flags and the defaults.
+#[derive(Debug)]
+struct Settings {
+    data_dir: PathBuf,
+    log: String,
+    server: server::Config,
+    listeners: Vec<ListenSpec>,
+    certificates: Vec<CertFiles>,
+    self_signed: bool,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = init_logging(&args.log) {
+    let settings = match resolve(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pop3d: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    if let Err(e) = init_logging(&settings.log) {
         eprintln!("pop3d: {e:#}");
         return ExitCode::from(64);
     }
-    match run(args) {
+    match run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -84,55 +146,237 @@ fn init_logging(filter: &str) -> Result<()> {
     Ok(())
 }
 
-fn config(args: &Args) -> Result<server::Config> {
-    let idle = Duration::from_secs(args.idle_timeout);
+fn resolve(args: &Args) -> Result<Settings> {
+    let file = match &args.config {
+        Some(path) => File::read(path)?,
+        None => File::default(),
+    };
+    let defaults = server::Config::default();
+    let idle = args
+        .idle_timeout
+        .or(file.idle_timeout)
+        .map(secs)
+        .unwrap_or(defaults.idle_timeout);
     if idle < server::RFC_MIN_IDLE_TIMEOUT && !args.allow_short_idle_timeout {
         bail!(
-            "--idle-timeout {} is below RFC 1939's minimum of 600 seconds",
-            args.idle_timeout
+            "idle timeout of {} seconds is below RFC 1939's minimum of 600 seconds",
+            idle.as_secs()
         );
     }
-    if args.max_connections == 0 {
-        bail!("--max-connections must be at least 1");
+    let max_connections = args
+        .max_connections
+        .or(file.max_connections)
+        .unwrap_or(defaults.max_connections);
+    if max_connections == 0 {
+        bail!("max_connections must be at least 1");
     }
-    if args.lock_lease == 0 {
-        bail!("--lock-lease must be at least 1 second");
+    let lock_lease = args
+        .lock_lease
+        .or(file.lock_lease)
+        .map(secs)
+        .unwrap_or(defaults.lock_lease);
+    if lock_lease.is_zero() {
+        bail!("lock_lease must be at least 1 second");
     }
-    let defaults = server::Config::default();
-    Ok(server::Config {
-        hostname: args.hostname.clone().unwrap_or(defaults.hostname),
+    let expire = match (&args.expire, &file.expire) {
+        (Some(flag), _) => config::ExpireSetting::Word(flag.clone()).resolve()?,
+        (None, Some(setting)) => setting.resolve()?,
+        (None, None) => defaults.expire,
+    };
+    let implementation = match file.implementation {
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(s),
+        None => defaults.implementation,
+    };
+    let server = server::Config {
+        hostname: args
+            .hostname
+            .clone()
+            .or(file.hostname)
+            .unwrap_or(defaults.hostname),
         idle_timeout: idle,
-        max_connections: args.max_connections,
-        lock_lease: Duration::from_secs(args.lock_lease),
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        max_connections,
+        lock_lease,
+        shutdown_grace: args
+            .shutdown_grace
+            .or(file.shutdown_grace)
+            .map(secs)
+            .unwrap_or(defaults.shutdown_grace),
+        tls_handshake_timeout: file
+            .tls_handshake_timeout
+            .map(secs)
+            .unwrap_or(defaults.tls_handshake_timeout),
+        greeting: file.greeting.unwrap_or(defaults.greeting),
+        implementation,
+        login_delay: args
+            .login_delay
+            .or(file.login_delay)
+            .map(secs)
+            .unwrap_or(defaults.login_delay),
+        login_delay_burst: args
+            .login_delay_burst
+            .or(file.login_delay_burst)
+            .unwrap_or(defaults.login_delay_burst),
+        expire,
+    };
+
+    // Listeners: flags replace the file's; neither means the embedded defaults.
+    let mut listeners = Vec::new();
+    if args.listen.is_empty() && args.listen_tls.is_empty() {
+        for l in &file.listen {
+            listeners.push(l.resolve()?);
+        }
+    } else {
+        let cleartext = args
+            .cleartext
+            .as_deref()
+            .map(parse_cleartext)
+            .transpose()?
+            .unwrap_or_default();
+        let min_tls = args
+            .min_tls
+            .as_deref()
+            .map(parse_min_tls)
+            .transpose()?
+            .unwrap_or_default();
+        let spec = |address, kind| ListenSpec {
+            address,
+            kind,
+            cleartext,
+            min_tls,
+        };
+        listeners.extend(args.listen.iter().map(|&a| spec(a, ListenerKind::Plain)));
+        listeners.extend(
+            args.listen_tls
+                .iter()
+                .map(|&a| spec(a, ListenerKind::ImplicitTls)),
+        );
+    }
+    if listeners.is_empty() {
+        listeners = vec![
+            ListenSpec {
+                address: SocketAddr::from(([127, 0, 0, 1], 1110)),
+                kind: ListenerKind::Plain,
+                cleartext: Cleartext::default(),
+                min_tls: TlsVersion::default(),
+            },
+            ListenSpec {
+                address: SocketAddr::from(([127, 0, 0, 1], 1995)),
+                kind: ListenerKind::ImplicitTls,
+                cleartext: Cleartext::default(),
+                min_tls: TlsVersion::default(),
+            },
+        ];
+    }
+
+    let certificates = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => vec![CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }],
+        _ => file
+            .certificate
+            .iter()
+            .map(|c| CertFiles {
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            })
+            .collect(),
+    };
+    let self_signed = !args.no_self_signed && file.self_signed.unwrap_or(true);
+    Ok(Settings {
+        data_dir: args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./pop3d-data")),
+        log: args
+            .log
+            .clone()
+            .or(file.log)
+            .unwrap_or_else(|| "info".into()),
+        server,
+        listeners,
+        certificates,
+        self_signed,
     })
 }
 
-fn run(args: Args) -> Result<()> {
-    let config = config(&args)?;
-    let store = store::SqliteStore::open(&args.data_dir)
-        .with_context(|| format!("opening the maildrop store in {}", args.data_dir.display()))?;
-    info!(data_dir = %args.data_dir.display(), "maildrop store open");
-    let addrs = if args.listen.is_empty() {
-        vec![SocketAddr::from(([127, 0, 0, 1], 1110))]
+/// The certificates to serve: the configured ones, or the self-signed one of the defaults.
+fn load_tls(settings: &Settings) -> Result<Option<Arc<Tls>>> {
+    let files = if !settings.certificates.is_empty() {
+        settings.certificates.clone()
+    } else if settings.self_signed {
+        let dir = settings.data_dir.join("tls");
+        let (files, fingerprint) = server::tls::self_signed(&dir, &settings.server.hostname)
+            .context("preparing the self-signed certificate")?;
+        info!(
+            cert = %files.cert.display(),
+            sha256 = %fingerprint,
+            "using a self-signed certificate; configure a real one for production"
+        );
+        vec![files]
     } else {
-        args.listen.clone()
+        return Ok(None);
     };
+    let tls = Tls::load(files).context("loading the TLS certificates")?;
+    Ok(Some(Arc::new(tls)))
+}
+
+fn run(settings: Settings) -> Result<()> {
+    let store = store::SqliteStore::open(&settings.data_dir).with_context(|| {
+        format!(
+            "opening the maildrop store in {}",
+            settings.data_dir.display()
+        )
+    })?;
+    info!(data_dir = %settings.data_dir.display(), "maildrop store open");
+    let tls = load_tls(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let mut listeners = Vec::new();
-        for addr in addrs {
-            let l = tokio::net::TcpListener::bind(addr)
+        for spec in &settings.listeners {
+            let socket = tokio::net::TcpListener::bind(spec.address)
                 .await
-                .with_context(|| format!("listening on {addr}"))?;
-            listeners.push(l);
+                .with_context(|| format!("listening on {}", spec.address))?;
+            listeners.push(server::Listener {
+                socket,
+                kind: spec.kind,
+                min_tls: spec.min_tls,
+                cleartext: spec.cleartext,
+            });
         }
-        server::run(listeners, Arc::new(store), config, shutdown_signal()).await?;
+        if let Some(tls) = &tls {
+            tokio::spawn(reload_on_sighup(tls.clone()));
+        }
+        server::run(
+            listeners,
+            Arc::new(store),
+            settings.server,
+            tls,
+            shutdown_signal(),
+        )
+        .await?;
         Ok(())
     })
+}
+
+/// Reloads the certificates on SIGHUP; sessions in progress are not touched.
+async fn reload_on_sighup(tls: Arc<Tls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot watch SIGHUP; certificates will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(n) => info!(certificates = n, "SIGHUP: certificates reloaded"),
+            Err(e) => error!(error = %e, "SIGHUP: reload failed; keeping the old certificates"),
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -165,7 +409,7 @@ mod tests {
     #[test]
     fn idle_timeout_below_rfc_minimum_is_refused() {
         let args = Args::parse_from(["pop3d", "--idle-timeout", "30"]);
-        assert!(config(&args).is_err());
+        assert!(resolve(&args).is_err());
         let args = Args::parse_from([
             "pop3d",
             "--idle-timeout",
@@ -173,8 +417,52 @@ mod tests {
             "--allow-short-idle-timeout",
         ]);
         assert_eq!(
-            config(&args).map(|c| c.idle_timeout.as_secs()).ok(),
+            resolve(&args).map(|s| s.server.idle_timeout.as_secs()).ok(),
             Some(30)
         );
+    }
+
+    #[test]
+    fn embedded_defaults() {
+        let s = resolve(&Args::parse_from(["pop3d"])).expect("defaults");
+        assert_eq!(s.data_dir, PathBuf::from("./pop3d-data"));
+        let addrs: Vec<String> = s.listeners.iter().map(|l| l.address.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:1110", "127.0.0.1:1995"]);
+        assert_eq!(s.listeners[1].kind, ListenerKind::ImplicitTls);
+        assert!(s.self_signed && s.certificates.is_empty());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("pop3d-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("pop3d.toml");
+        std::fs::write(
+            &path,
+            "idle_timeout = 900\nlogin_delay = 60\nexpire = 30\n[[listen]]\naddress = \"127.0.0.1:2110\"\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf8");
+        let s = resolve(&Args::parse_from(["pop3d", "--config", p])).expect("file");
+        assert_eq!(s.server.idle_timeout.as_secs(), 900);
+        assert_eq!(s.server.login_delay.as_secs(), 60);
+        assert_eq!(s.server.expire, store::Expire::Days(30));
+        assert_eq!(s.listeners.len(), 1);
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--config",
+            p,
+            "--login-delay",
+            "5",
+            "--expire",
+            "never",
+            "--listen",
+            "127.0.0.1:3110",
+        ]))
+        .expect("flags");
+        assert_eq!(s.server.login_delay.as_secs(), 5);
+        assert_eq!(s.server.expire, store::Expire::Never);
+        assert_eq!(s.listeners[0].address.to_string(), "127.0.0.1:3110");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

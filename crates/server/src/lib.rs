@@ -6,9 +6,14 @@
 //! sessions. The caller binds the listeners and owns the shutdown signal, so tests can pass
 //! `127.0.0.1:0` and stop the server when they like.
 
+mod conn;
+pub mod lang;
+mod lock;
 mod maildrop;
 mod reply;
 mod session;
+pub mod tls;
+mod topcut;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,13 +21,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::Store;
+use store::{Expire, Store};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 pub use session::MAX_BAD_COMMANDS;
+pub use tls::{CertFiles, Tls, TlsError, TlsVersion};
+
+use crate::conn::Conn;
 
 /// RFC 1939 section 3: an inactivity autologout timer, if any, is at least 10 minutes.
 pub const RFC_MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -41,11 +49,25 @@ pub struct Config {
     pub lock_lease: Duration,
     /// How long shutdown waits for sessions to finish the command in hand.
     pub shutdown_grace: Duration,
+    /// How long a TLS handshake (implicit TLS or after STLS) may take.
+    pub tls_handshake_timeout: Duration,
+    /// Text of the greeting after `+OK `.
+    pub greeting: String,
+    /// The CAPA `IMPLEMENTATION` value; `None` leaves the capability out.
+    pub implementation: Option<String>,
+    /// RFC 2449 LOGIN-DELAY: least time between two logins of a user (0: no delay);
+    /// accounts may override it.
+    pub login_delay: Duration,
+    /// Logins allowed beyond the first within one `login_delay` (a token bucket).
+    pub login_delay_burst: u32,
+    /// RFC 2449 EXPIRE: how long retrieved messages are kept; accounts may override it.
+    pub expire: Expire,
 }
 
 impl Default for Config {
     /// Host name from the kernel, 10 minutes idle timeout, 1,024 connections, a 2 minute lock
-    /// lease and 30 seconds of shutdown grace.
+    /// lease, 30 seconds of shutdown grace, 30 seconds for a TLS handshake, greeting
+    /// "POP3 server ready", IMPLEMENTATION "pop3d", no login delay, EXPIRE NEVER.
     fn default() -> Self {
         Config {
             hostname: local_hostname(),
@@ -53,6 +75,12 @@ impl Default for Config {
             max_connections: 1024,
             lock_lease: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(30),
+            greeting: lang::default_language().text(lang::Text::Ready).to_string(),
+            implementation: Some("pop3d".to_string()),
+            login_delay: Duration::ZERO,
+            login_delay_burst: 0,
+            expire: Expire::Never,
         }
     }
 }
@@ -67,6 +95,57 @@ pub fn local_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// Whether USER/PASS (and cleartext SASL mechanisms) are allowed before TLS on a listener
+/// (RFC 2595 section 2.2, RFC 8314 section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cleartext {
+    /// Never before TLS.
+    Never,
+    /// Only from loopback peers (the default).
+    #[default]
+    Loopback,
+    /// Always (an explicit operator choice, e.g. behind a TLS-terminating proxy).
+    Always,
+}
+
+/// How a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Cleartext POP3, with STLS when certificates are configured.
+    Plain,
+    /// TLS from the first byte (RFC 8314, port 995).
+    ImplicitTls,
+}
+
+/// A bound socket and how to serve it.
+#[derive(Debug)]
+pub struct Listener {
+    pub socket: TcpListener,
+    pub kind: ListenerKind,
+    pub min_tls: TlsVersion,
+    pub cleartext: Cleartext,
+}
+
+impl Listener {
+    /// A cleartext listener with the default policy.
+    pub fn plain(socket: TcpListener) -> Listener {
+        Listener {
+            socket,
+            kind: ListenerKind::Plain,
+            min_tls: TlsVersion::default(),
+            cleartext: Cleartext::default(),
+        }
+    }
+}
+
+/// What a session knows of the listener it came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ListenerInfo {
+    pub kind: ListenerKind,
+    pub min_tls: TlsVersion,
+    pub cleartext: Cleartext,
+}
+
 /// Errors that stop the server as a whole (a failed session never does).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -74,6 +153,8 @@ pub enum ServerError {
     NoListener,
     #[error("reading a listener's address: {0}")]
     Listener(#[source] std::io::Error),
+    #[error("an implicit-TLS listener needs a certificate")]
+    TlsWithoutCertificate,
 }
 
 /// What every session shares.
@@ -82,23 +163,35 @@ pub(crate) struct Shared {
     pub config: Config,
     pub next_session: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
-/// session finish the command in hand (up to `shutdown_grace`) and returns.
+/// session finish the command in hand (up to `shutdown_grace`) and returns. `tls` serves STLS
+/// on plain listeners and is required by implicit-TLS ones.
 pub async fn run(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     store: Arc<dyn Store>,
     config: Config,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     if listeners.is_empty() {
         return Err(ServerError::NoListener);
     }
     for l in &listeners {
-        let addr = l.local_addr().map_err(ServerError::Listener)?;
-        info!(%addr, "listening");
+        if l.kind == ListenerKind::ImplicitTls && tls.is_none() {
+            return Err(ServerError::TlsWithoutCertificate);
+        }
+        let addr = l.socket.local_addr().map_err(ServerError::Listener)?;
+        let kind = match l.kind {
+            ListenerKind::Plain if tls.is_some() => "pop3+stls",
+            ListenerKind::Plain => "pop3",
+            ListenerKind::ImplicitTls => "pop3s",
+        };
+        info!(%addr, kind, cleartext = ?l.cleartext, "listening");
     }
+    info!(listeners = listeners.len(), "ready");
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -108,6 +201,7 @@ pub async fn run(
         config,
         next_session: AtomicU64::new(1),
         shutdown: stop_rx,
+        tls,
     });
     let acceptors: Vec<_> = listeners
         .into_iter()
@@ -132,9 +226,14 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, slots: Arc<Semaphore>) {
+async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semaphore>) {
+    let info = ListenerInfo {
+        kind: listener.kind,
+        min_tls: listener.min_tls,
+        cleartext: listener.cleartext,
+    };
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.socket.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: wait a little instead of spinning.
@@ -151,33 +250,65 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, slots: Arc<Sema
                     "session",
                     id,
                     peer = %peer,
+                    tls = info.kind == ListenerKind::ImplicitTls,
                     user = tracing::field::Empty
                 );
                 let shared = shared.clone();
                 tokio::spawn(
                     async move {
-                        session::serve(stream, peer, id, shared).await;
+                        if let Some(conn) = open(stream, info, &shared).await {
+                            session::serve(conn, peer, id, info, shared).await;
+                        }
                         drop(permit);
                     }
                     .instrument(span),
                 );
             }
             Err(_) => {
-                tokio::spawn(refuse_busy(stream, peer));
+                tokio::spawn(refuse_busy(stream, peer, info, shared.clone()));
             }
         }
     }
 }
 
-/// Answers a connection over the cap and closes it.
-async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
+/// The connection as the session starts it: as it is, or after the TLS handshake of an
+/// implicit-TLS listener (`None` if that fails).
+async fn open(stream: TcpStream, info: ListenerInfo, shared: &Shared) -> Option<Conn> {
+    match (info.kind, &shared.tls) {
+        (ListenerKind::Plain, _) => Some(Conn::Plain(stream)),
+        (ListenerKind::ImplicitTls, Some(tls)) => {
+            let handshake = tls.acceptor(info.min_tls).accept(stream);
+            match tokio::time::timeout(shared.config.tls_handshake_timeout, handshake).await {
+                Ok(Ok(s)) => Some(Conn::Tls(Box::new(s))),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    debug!("TLS handshake timed out");
+                    None
+                }
+            }
+        }
+        (ListenerKind::ImplicitTls, None) => None,
+    }
+}
+
+/// Answers a connection over the cap and closes it (over TLS on a TLS listener, so the
+/// client can read why).
+async fn refuse_busy(stream: TcpStream, peer: SocketAddr, info: ListenerInfo, shared: Arc<Shared>) {
     warn!(%peer, "connection limit reached; refusing");
     let mut out = Vec::new();
     proto::response::write_err(
         &mut out,
         Some(proto::ResponseCode::SysTemp),
-        "too many connections, try again later",
+        lang::default_language().text(lang::Text::TooManyConnections),
     );
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out)).await;
-    let _ = stream.shutdown().await;
+    let refuse = async {
+        if let Some(mut conn) = open(stream, info, &shared).await {
+            let _ = conn.write_all(&out).await;
+            let _ = conn.shutdown().await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), refuse).await;
 }

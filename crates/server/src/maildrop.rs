@@ -17,6 +17,8 @@ pub enum NumberError {
 pub struct Maildrop {
     messages: Vec<MessageMeta>,
     deleted: Vec<bool>,
+    /// Fully retrieved (RETR) in this session; recorded at UPDATE for EXPIRE.
+    retrieved: Vec<bool>,
     deleted_count: usize,
     deleted_octets: u64,
 }
@@ -25,6 +27,7 @@ impl Maildrop {
     pub fn new(messages: Vec<MessageMeta>) -> Maildrop {
         let deleted = vec![false; messages.len()];
         Maildrop {
+            retrieved: deleted.clone(),
             messages,
             deleted,
             deleted_count: 0,
@@ -51,6 +54,28 @@ impl Maildrop {
         self.deleted_count += 1;
         self.deleted_octets += size;
         Ok(())
+    }
+
+    /// Number of messages listed at login, deleted ones included.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Records that message `n` was retrieved whole.
+    pub fn mark_retrieved(&mut self, n: u32) {
+        if self.get(n).is_ok() {
+            self.retrieved[n as usize - 1] = true;
+        }
+    }
+
+    /// Ids of the messages retrieved in this session and not marked deleted.
+    pub fn retrieved(&self) -> Vec<MessageId> {
+        self.messages
+            .iter()
+            .zip(self.retrieved.iter().zip(&self.deleted))
+            .filter(|(_, (&r, &d))| r && !d)
+            .map(|(m, _)| m.id)
+            .collect()
     }
 
     /// Unmarks every message (RSET).
@@ -101,6 +126,7 @@ mod tests {
             size,
             header_octets: 0,
             body_lines: 0,
+            utf8_headers: false,
         }
     }
 
@@ -120,6 +146,9 @@ mod tests {
         assert_eq!(m.stat(), (2, 400));
         assert_eq!(m.live().map(|(n, _)| n).collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(m.marked(), vec![11]);
+        m.mark_retrieved(1);
+        m.mark_retrieved(2);
+        assert_eq!(m.retrieved(), vec![10]);
         m.reset();
         assert_eq!(m.stat(), (3, 600));
         assert!(m.marked().is_empty());

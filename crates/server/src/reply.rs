@@ -3,16 +3,17 @@
 use proto::{CommandError, ResponseCode};
 use store::StoreError;
 
+use crate::lang::Text;
 use crate::maildrop::NumberError;
 
-/// A `-ERR` reply: its response code and text.
+/// A `-ERR` reply: its response code and text (rendered in the session's language).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrReply {
     pub code: Option<ResponseCode>,
-    pub text: &'static str,
+    pub text: Text,
 }
 
-const fn err(code: Option<ResponseCode>, text: &'static str) -> ErrReply {
+const fn err(code: Option<ResponseCode>, text: Text) -> ErrReply {
     ErrReply { code, text }
 }
 
@@ -25,73 +26,55 @@ pub enum SessionError {
     Task(#[from] tokio::task::JoinError),
 }
 
-pub const BAD_CREDENTIALS: ErrReply =
-    err(Some(ResponseCode::Auth), "invalid user name or password");
-pub const SHUTTING_DOWN: ErrReply = err(
-    Some(ResponseCode::SysTemp),
-    "server shutting down, try again later",
-);
-pub const TOO_MANY_BAD_COMMANDS: ErrReply = err(None, "too many bad commands, closing");
+pub const BAD_CREDENTIALS: ErrReply = err(Some(ResponseCode::Auth), Text::BadCredentials);
+pub const SHUTTING_DOWN: ErrReply = err(Some(ResponseCode::SysTemp), Text::ShuttingDown);
+pub const TOO_MANY_BAD_COMMANDS: ErrReply = err(None, Text::TooManyBad);
+/// RFC 2595 section 2.2 / RFC 8314: cleartext credentials refused before TLS.
+pub const CLEARTEXT_REFUSED: ErrReply = err(Some(ResponseCode::Auth), Text::CleartextRefused);
+/// RFC 6856 section 3.3: a message with UTF-8 headers needs UTF8 mode.
+pub const UTF8_NEEDED: ErrReply = err(Some(ResponseCode::Utf8), Text::Utf8Needed);
 
 /// Maps a store or task failure to its reply.
 pub fn session_error(e: &SessionError) -> ErrReply {
     match e {
         SessionError::Store(e) => store_error(e),
-        SessionError::Task(_) => err(
-            Some(ResponseCode::SysTemp),
-            "internal error, try again later",
-        ),
+        SessionError::Task(_) => err(Some(ResponseCode::SysTemp), Text::Internal),
     }
 }
 
 fn store_error(e: &StoreError) -> ErrReply {
     match e {
         // RFC 2449 section 8.1.1: the credentials were fine but the maildrop is busy.
-        StoreError::Locked { .. } => err(
-            Some(ResponseCode::InUse),
-            "maildrop already locked by another session",
-        ),
-        StoreError::LockLost => err(
-            Some(ResponseCode::SysTemp),
-            "maildrop lock lost; nothing was deleted",
-        ),
+        StoreError::Locked { .. } => err(Some(ResponseCode::InUse), Text::InUse),
+        StoreError::LockLost => err(Some(ResponseCode::SysTemp), Text::LockLost),
         // A login that names no account is refused like a wrong password.
         StoreError::NoSuchAccount(_) | StoreError::InvalidName { .. } => BAD_CREDENTIALS,
-        StoreError::SchemaTooNew { .. } => err(
-            Some(ResponseCode::SysPerm),
-            "maildrop store needs an operator",
-        ),
-        e if e.is_transient() => err(
-            Some(ResponseCode::SysTemp),
-            "maildrop temporarily unavailable, try again later",
-        ),
-        _ => err(
-            Some(ResponseCode::SysPerm),
-            "maildrop unavailable; please contact the administrator",
-        ),
+        StoreError::SchemaTooNew { .. } => err(Some(ResponseCode::SysPerm), Text::Operator),
+        e if e.is_transient() => err(Some(ResponseCode::SysTemp), Text::TempFailure),
+        _ => err(Some(ResponseCode::SysPerm), Text::PermFailure),
     }
 }
 
 /// Maps a message-number problem to its reply.
 pub fn number_error(e: NumberError) -> ErrReply {
     match e {
-        NumberError::NoSuchMessage => err(None, "no such message"),
-        NumberError::Deleted => err(None, "message already deleted"),
+        NumberError::NoSuchMessage => err(None, Text::NoSuchMessage),
+        NumberError::Deleted => err(None, Text::AlreadyDeleted),
     }
 }
 
 /// Maps a command line the codec refused to its reply.
 pub fn command_error(e: &CommandError) -> ErrReply {
     match e {
-        CommandError::LineTooLong => err(None, "line too long (limit 255 octets)"),
-        CommandError::Empty => err(None, "empty command"),
-        CommandError::Unknown => err(None, "unknown command"),
-        CommandError::MissingArgument(_) => err(None, "missing argument"),
-        CommandError::TooManyArguments(_) => err(None, "too many arguments"),
-        CommandError::InvalidNumber(_) => err(None, "invalid number"),
-        CommandError::InvalidArgument(_) => err(None, "invalid argument"),
-        CommandError::ControlCharacter => err(None, "control character in command"),
-        CommandError::NotUtf8 => err(None, "command is not valid UTF-8"),
+        CommandError::LineTooLong => err(None, Text::LineTooLong),
+        CommandError::Empty => err(None, Text::EmptyCommand),
+        CommandError::Unknown => err(None, Text::UnknownCommand),
+        CommandError::MissingArgument(_) => err(None, Text::MissingArgument),
+        CommandError::TooManyArguments(_) => err(None, Text::TooManyArguments),
+        CommandError::InvalidNumber(_) => err(None, Text::InvalidNumber),
+        CommandError::InvalidArgument(_) => err(None, Text::InvalidArgument),
+        CommandError::ControlCharacter => err(None, Text::ControlCharacter),
+        CommandError::NotUtf8 => err(None, Text::NotUtf8),
     }
 }
 

@@ -1,22 +1,25 @@
-//! One POP3 session: AUTHORIZATION, TRANSACTION and UPDATE (RFC 1939 sections 3 to 6).
+//! One POP3 session: AUTHORIZATION, TRANSACTION and UPDATE (RFC 1939 sections 3 to 6), with
+//! CAPA (RFC 2449), STLS (RFC 2595), UTF8 and LANG (RFC 6856).
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::response::{write_end, write_err, write_listing_line, write_ok};
-use proto::{Command, CommandError, Decoder, DotStuffer, Secret};
-use store::{Account, AccountName, MaildropLock, MessageMeta, Store, StoreError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use proto::{Command, CommandError, Decoder, DotStuffer, ResponseCode, Secret};
+use store::{Account, AccountName, Expire, LoginDelay, MessageMeta, StoreError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::conn::Conn;
+use crate::lang::{self, Language, Text};
+use crate::lock::HeldLock;
 use crate::maildrop::Maildrop;
 use crate::reply::{self, ErrReply, SessionError};
-use crate::Shared;
+use crate::topcut::TopCut;
+use crate::{Cleartext, ListenerInfo, ListenerKind, Shared};
 
 /// Invalid command lines a session may send before it is closed (unknown commands, syntax
 /// errors, over-long lines, commands in the wrong state).
@@ -35,87 +38,13 @@ enum Flow {
     Close,
 }
 
-/// The maildrop lock of a logged-in session, renewed in the background while held.
-struct HeldLock {
-    store: Arc<dyn Store>,
-    lock: MaildropLock,
-    renewer: JoinHandle<()>,
-    lost: Arc<AtomicBool>,
-    released: bool,
-}
-
-impl HeldLock {
-    fn new(store: Arc<dyn Store>, lock: MaildropLock, lease: Duration) -> HeldLock {
-        let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew_lock(store.clone(), lock.clone(), lease, lost.clone()));
-        HeldLock {
-            store,
-            lock,
-            renewer,
-            lost,
-            released: false,
-        }
-    }
-
-    fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
-    }
-
-    /// Releases the lock and waits until the store has done it.
-    async fn release(mut self) {
-        self.released = true;
-        self.renewer.abort();
-        let (store, lock) = (self.store.clone(), self.lock.clone());
-        match tokio::task::spawn_blocking(move || store.release_lock(&lock)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "releasing the maildrop lock failed; it will expire"),
-            Err(e) => warn!(error = %e, "releasing the maildrop lock failed; it will expire"),
-        }
-    }
-}
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        if !self.released {
-            // A session that ended without `release` (a panic, a cancelled task): release in
-            // the background; the lease covers the case where even that fails.
-            self.renewer.abort();
-            let (store, lock) = (self.store.clone(), self.lock.clone());
-            tokio::task::spawn_blocking(move || store.release_lock(&lock));
-        }
-    }
-}
-
-async fn renew_lock(
-    store: Arc<dyn Store>,
-    lock: MaildropLock,
-    lease: Duration,
-    lost: Arc<AtomicBool>,
-) {
-    let mut every = tokio::time::interval((lease / 3).max(Duration::from_millis(100)));
-    every.tick().await;
-    loop {
-        every.tick().await;
-        let (store, lock) = (store.clone(), lock.clone());
-        match tokio::task::spawn_blocking(move || store.renew_lock(&lock, lease)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(StoreError::LockLost)) => {
-                warn!("maildrop lock was taken over");
-                lost.store(true, Ordering::Relaxed);
-                return;
-            }
-            // Busy database and the like: try again at the next tick, within the lease.
-            Ok(Err(e)) => warn!(error = %e, "renewing the maildrop lock failed"),
-            Err(e) => warn!(error = %e, "renewing the maildrop lock failed"),
-        }
-    }
-}
-
 /// A logged-in session's state.
 struct Transaction {
     account: Account,
     maildrop: Maildrop,
     lock: HeldLock,
+    login_delay: Duration,
+    expire: Expire,
 }
 
 enum State {
@@ -126,52 +55,62 @@ enum State {
     Transaction(Box<Transaction>),
 }
 
-struct Session<S> {
-    io: S,
+struct Session {
+    conn: Conn,
+    peer: SocketAddr,
+    listener: ListenerInfo,
     shared: Arc<Shared>,
-    id: u64,
     decoder: Decoder,
     out: Vec<u8>,
     state: State,
     bad_commands: u32,
+    lang: &'static Language,
+    /// RFC 6856 UTF8 mode is on.
+    utf8: bool,
+    id: u64,
 }
 
 /// Serves one connection until QUIT, a drop, the idle timeout or shutdown.
-pub(crate) async fn serve<S>(io: S, peer: SocketAddr, id: u64, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    debug!(%peer, "connected");
+pub(crate) async fn serve(
+    conn: Conn,
+    peer: SocketAddr,
+    id: u64,
+    listener: ListenerInfo,
+    shared: Arc<Shared>,
+) {
+    debug!("connected");
     let mut session = Session {
-        io,
+        conn,
+        peer,
+        listener,
         shared,
-        id,
         decoder: Decoder::new(),
         out: Vec::with_capacity(4096),
         state: State::Authorization { user: None },
         bad_commands: 0,
+        lang: lang::default_language(),
+        utf8: false,
+        id,
     };
     if let Err(e) = session.run().await {
         debug!(error = %e, "connection ended");
     }
     // Any way out but QUIT removes nothing (RFC 1939 section 6); just let the lock go.
-    if let State::Transaction(t) =
-        std::mem::replace(&mut session.state, State::Authorization { user: None })
-    {
+    if let State::Transaction(t) = session.take_state() {
         t.lock.release().await;
     }
-    let _ = session.io.shutdown().await;
+    let _ = session.conn.shutdown().await;
     debug!("closed");
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+impl Session {
+    fn take_state(&mut self) -> State {
+        std::mem::replace(&mut self.state, State::Authorization { user: None })
+    }
+
     async fn run(&mut self) -> io::Result<()> {
-        // No APOP timestamp (RFC 1939 section 7) while APOP is not offered: clients such as
-        // curl treat a timestamp as an APOP offer and do not fall back to USER/PASS.
-        write_ok(&mut self.out, "POP3 server ready");
+        let greeting = self.shared.config.greeting.clone();
+        write_ok(&mut self.out, &greeting);
         let mut shutdown = self.shared.shutdown.clone();
         let mut buf = vec![0u8; READ_BUF];
         loop {
@@ -196,7 +135,7 @@ where
             self.flush().await?;
             let idle = self.shared.config.idle_timeout;
             let n = tokio::select! {
-                read = tokio::time::timeout(idle, self.io.read(&mut buf)) => match read {
+                read = tokio::time::timeout(idle, self.conn.read(&mut buf)) => match read {
                     // RFC 1939 section 3: autologout closes without a reply and without UPDATE.
                     Err(_) => {
                         info!("idle timeout; closing without UPDATE");
@@ -217,7 +156,7 @@ where
             return Ok(());
         }
         let idle = self.shared.config.idle_timeout;
-        match tokio::time::timeout(idle, self.io.write_all(&self.out)).await {
+        match tokio::time::timeout(idle, self.conn.write_all(&self.out)).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(io::Error::new(
@@ -227,36 +166,77 @@ where
             }
         }
         self.out.clear();
-        self.io.flush().await
+        self.conn.flush().await
+    }
+
+    fn ok(&mut self, text: Text) {
+        write_ok(&mut self.out, self.lang.text(text));
+    }
+
+    fn ok_with(&mut self, text: Text, args: &[&dyn std::fmt::Display]) {
+        let line = self.lang.fill(text, args);
+        write_ok(&mut self.out, &line);
     }
 
     fn send_err(&mut self, e: ErrReply) {
-        write_err(&mut self.out, e.code, e.text);
+        write_err(&mut self.out, e.code, self.lang.text(e.text));
+    }
+
+    fn err(&mut self, text: Text) {
+        self.send_err(ErrReply { code: None, text });
     }
 
     fn bad_command(&mut self, e: &CommandError) -> Flow {
+        debug!(error = %e, "bad command");
+        self.refuse(reply::command_error(e))
+    }
+
+    /// A refused command line: counts towards [`MAX_BAD_COMMANDS`].
+    fn refuse(&mut self, e: ErrReply) -> Flow {
         self.bad_commands += 1;
-        debug!(error = %e, count = self.bad_commands, "bad command");
         if self.bad_commands >= MAX_BAD_COMMANDS {
             self.send_err(reply::TOO_MANY_BAD_COMMANDS);
             return Flow::Close;
         }
-        self.send_err(reply::command_error(e));
+        self.send_err(e);
         Flow::Continue
     }
 
-    fn wrong_state(&mut self, text: &'static str) -> Flow {
-        self.bad_commands += 1;
-        if self.bad_commands >= MAX_BAD_COMMANDS {
-            self.send_err(reply::TOO_MANY_BAD_COMMANDS);
-            return Flow::Close;
-        }
-        write_err(&mut self.out, None, text);
-        Flow::Continue
+    fn wrong_state(&mut self, text: Text) -> Flow {
+        self.refuse(ErrReply { code: None, text })
+    }
+
+    /// RFC 2595 section 2.2, RFC 8314: may cleartext credentials be sent on this connection?
+    fn cleartext_ok(&self) -> bool {
+        self.conn.is_tls()
+            || match self.listener.cleartext {
+                Cleartext::Always => true,
+                Cleartext::Never => false,
+                Cleartext::Loopback => self.peer.ip().to_canonical().is_loopback(),
+            }
+    }
+
+    /// STLS is possible: a certificate, a cleartext listener, not yet under TLS.
+    fn stls_offered(&self) -> bool {
+        self.shared.tls.is_some()
+            && self.listener.kind == ListenerKind::Plain
+            && !self.conn.is_tls()
     }
 
     async fn handle(&mut self, cmd: Command) -> io::Result<Flow> {
         debug!(command = %cmd.keyword(), "command");
+        // Valid in every state.
+        match cmd {
+            Command::Capa => {
+                self.capa();
+                return Ok(Flow::Continue);
+            }
+            Command::Lang(tag) => {
+                self.language(tag.as_deref());
+                return Ok(Flow::Continue);
+            }
+            _ => {}
+        }
         match &self.state {
             State::Authorization { .. } => self.authorization(cmd).await,
             State::Transaction(t) => {
@@ -272,37 +252,45 @@ where
     }
 
     async fn authorization(&mut self, cmd: Command) -> io::Result<Flow> {
-        let pending = match &mut self.state {
-            State::Authorization { user } => user,
-            State::Transaction(_) => return Ok(Flow::Continue),
-        };
+        let has_user = matches!(self.state, State::Authorization { user: Some(_) });
         match cmd {
+            Command::User(_) | Command::Pass(_) if !self.cleartext_ok() => {
+                self.set_pending_user(None);
+                return Ok(self.refuse(reply::CLEARTEXT_REFUSED));
+            }
             Command::User(name) => {
                 // RFC 1939 section 7: USER only after the greeting or a failed USER/PASS.
-                if pending.is_some() {
-                    return Ok(self.wrong_state("USER already given; send PASS"));
+                if has_user {
+                    return Ok(self.wrong_state(Text::UserGiven));
                 }
-                *pending = Some(name);
-                write_ok(&mut self.out, "send PASS");
+                // RFC 6856 section 3.2: UTF-8 user names only in UTF8 mode.
+                if !self.utf8 && !name.is_ascii() {
+                    return Ok(self.refuse(ErrReply {
+                        code: Some(ResponseCode::Utf8),
+                        text: Text::NotAscii,
+                    }));
+                }
+                self.set_pending_user(Some(name));
+                self.ok(Text::SendPass);
             }
-            Command::Pass(password) => match pending.take() {
-                None => return Ok(self.wrong_state("send USER first")),
+            Command::Pass(password) => match self.set_pending_user(None) {
+                None => return Ok(self.wrong_state(Text::UserFirst)),
                 Some(name) => self.login(name, password).await,
             },
             Command::Quit => {
-                write_ok(&mut self.out, "bye");
+                self.ok(Text::Bye);
                 return Ok(Flow::Close);
             }
-            Command::Capa => self.capa(),
+            Command::Stls => return self.starttls().await,
+            Command::Utf8 => {
+                self.utf8 = true;
+                self.ok(Text::Utf8On);
+            }
             Command::Apop { .. } => {
-                *pending = None;
-                write_err(&mut self.out, None, "APOP is not available on this server");
+                self.set_pending_user(None);
+                self.err(Text::ApopUnavailable);
             }
-            Command::Auth { .. } => {
-                write_err(&mut self.out, None, "no SASL mechanism is available");
-            }
-            Command::Stls => write_err(&mut self.out, None, "TLS is not configured"),
-            Command::Utf8 | Command::Lang(_) => write_err(&mut self.out, None, "not supported"),
+            Command::Auth { .. } => self.err(Text::NoSasl),
             Command::Stat
             | Command::List(_)
             | Command::Retr(_)
@@ -310,27 +298,91 @@ where
             | Command::Noop
             | Command::Rset
             | Command::Top { .. }
-            | Command::Uidl(_) => return Ok(self.wrong_state("not valid before login")),
+            | Command::Uidl(_) => return Ok(self.wrong_state(Text::BeforeLogin)),
+            Command::Capa | Command::Lang(_) => {}
         }
         Ok(Flow::Continue)
+    }
+
+    /// Sets the name waiting for PASS and returns the previous one.
+    fn set_pending_user(&mut self, name: Option<String>) -> Option<String> {
+        match &mut self.state {
+            State::Authorization { user } => std::mem::replace(user, name),
+            State::Transaction(_) => None,
+        }
+    }
+
+    /// STLS (RFC 2595 section 4): `+OK`, the handshake, then a fresh session: everything
+    /// received after the STLS line is discarded, and nothing learned before is kept.
+    async fn starttls(&mut self) -> io::Result<Flow> {
+        if !self.stls_offered() {
+            let text = if self.conn.is_tls() {
+                Text::StlsActive
+            } else {
+                Text::StlsUnconfigured
+            };
+            return Ok(self.refuse(ErrReply { code: None, text }));
+        }
+        let Some(tls) = self.shared.tls.clone() else {
+            return Ok(Flow::Continue);
+        };
+        self.ok(Text::StlsGo);
+        self.flush().await?;
+        let discarded = self.decoder.clear();
+        if discarded > 0 {
+            warn!(
+                discarded,
+                "discarded octets sent after STLS before the handshake"
+            );
+        }
+        let Conn::Plain(tcp) = std::mem::replace(&mut self.conn, Conn::Gone) else {
+            return Ok(Flow::Close);
+        };
+        let handshake = tls.acceptor(self.listener.min_tls).accept(tcp);
+        match tokio::time::timeout(self.shared.config.tls_handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => {
+                self.conn = Conn::Tls(Box::new(stream));
+                tracing::Span::current().record("tls", true);
+                self.decoder = Decoder::new();
+                self.state = State::Authorization { user: None };
+                self.utf8 = false;
+                self.lang = lang::default_language();
+                debug!("TLS active");
+                Ok(Flow::Continue)
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake after STLS failed");
+                Ok(Flow::Close)
+            }
+            Err(_) => {
+                debug!("TLS handshake after STLS timed out");
+                Ok(Flow::Close)
+            }
+        }
     }
 
     /// PASS: check the credentials, take the maildrop lock and list the messages.
     async fn login(&mut self, name: String, password: Secret<Vec<u8>>) {
         match self.open_maildrop(name, password).await {
-            Ok(Some(t)) => {
+            Ok(Ok(t)) => {
                 let (count, octets) = t.maildrop.stat();
                 tracing::Span::current().record("user", tracing::field::display(&t.account.name));
                 info!(messages = count, octets, "logged in");
-                write_ok(
-                    &mut self.out,
-                    &format!("maildrop has {count} messages ({octets} octets)"),
-                );
+                self.ok_with(Text::LoggedIn, &[&count, &octets]);
                 self.state = State::Transaction(t);
             }
-            Ok(None) => {
-                info!("login failed");
-                self.send_err(reply::BAD_CREDENTIALS);
+            Ok(Err(refusal)) => {
+                info!(reason = ?refusal.text, "login refused");
+                match refusal.wait {
+                    Some(secs) => {
+                        let text = self.lang.fill(Text::LoginDelay, &[&secs]);
+                        write_err(&mut self.out, refusal.code, &text);
+                    }
+                    None => self.send_err(ErrReply {
+                        code: refusal.code,
+                        text: refusal.text,
+                    }),
+                }
             }
             Err(e) => {
                 warn!(error = %e, "login could not be completed");
@@ -343,9 +395,16 @@ where
         &self,
         name: String,
         password: Secret<Vec<u8>>,
-    ) -> Result<Option<Box<Transaction>>, SessionError> {
+    ) -> Result<Result<Box<Transaction>, Refusal>, SessionError> {
         let store = self.shared.store.clone();
+        let utf8 = self.utf8;
         let account = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            // RFC 6856 section 3.2: in UTF8 mode the name is prepared with SASLprep.
+            let name = if utf8 {
+                auth::saslprep(&name).unwrap_or(name)
+            } else {
+                name
+            };
             // An invalid or unknown name costs a full verification too, and gets the same
             // reply as a wrong password.
             let account = match AccountName::parse(&name) {
@@ -358,11 +417,12 @@ where
         })
         .await??;
         let Some(account) = account else {
-            return Ok(None);
+            return Ok(Err(Refusal::new(reply::BAD_CREDENTIALS)));
         };
 
+        let config = &self.shared.config;
         let store = self.shared.store.clone();
-        let lease = self.shared.config.lock_lease;
+        let lease = config.lock_lease;
         let holder = store::holder_string(self.id);
         let account_id = account.id;
         let lock =
@@ -370,13 +430,52 @@ where
                 .await??;
         // From here the lock is held: every way out below releases it.
         let lock = HeldLock::new(self.shared.store.clone(), lock, lease);
+        let login_delay = account
+            .policy
+            .login_delay
+            .map(|s| Duration::from_secs(u64::from(s)))
+            .unwrap_or(config.login_delay);
+        let expire = account.policy.expire.unwrap_or(config.expire);
         let store = self.shared.store.clone();
-        match tokio::task::spawn_blocking(move || store.list_messages(account_id)).await {
-            Ok(Ok(messages)) => Ok(Some(Box::new(Transaction {
+        let burst = config.login_delay_burst;
+        let fence = lock.lock.clone();
+        let prepared = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            // RFC 2449 section 8.1.2: a login too soon after the last one is refused.
+            if !login_delay.is_zero() {
+                if let LoginDelay::TooSoon { retry_after } =
+                    store.check_login_delay(account_id, login_delay, burst)?
+                {
+                    return Ok(Err(retry_after));
+                }
+            }
+            // RFC 2449 section 6.7: messages retrieved in earlier sessions expire.
+            if let Expire::Days(days) = expire {
+                let retention = Duration::from_secs(u64::from(days) * 86_400);
+                let n = store.expire_messages(&fence, retention)?;
+                if n > 0 {
+                    info!(expired = n, days, "expired retrieved messages");
+                }
+            }
+            Ok(Ok(store.list_messages(account_id)?))
+        })
+        .await;
+        match prepared {
+            Ok(Ok(Ok(messages))) => Ok(Ok(Box::new(Transaction {
                 account,
                 maildrop: Maildrop::new(messages),
                 lock,
+                login_delay,
+                expire,
             }))),
+            Ok(Ok(Err(retry_after))) => {
+                lock.release().await;
+                let mut refusal = Refusal::new(ErrReply {
+                    code: Some(ResponseCode::LoginDelay),
+                    text: Text::LoginDelay,
+                });
+                refusal.wait = Some(retry_after.as_secs().max(1));
+                Ok(Err(refusal))
+            }
             Ok(Err(e)) => {
                 lock.release().await;
                 Err(e.into())
@@ -388,20 +487,68 @@ where
         }
     }
 
+    /// CAPA (RFC 2449 section 5): what is true for this connection in this state. What is
+    /// usable before login is announced after login too.
     fn capa(&mut self) {
-        write_ok(&mut self.out, "capability list follows");
-        for cap in [
-            "TOP",
-            "UIDL",
-            "USER",
-            "RESP-CODES",
-            "AUTH-RESP-CODE",
-            "PIPELINING",
-            concat!("IMPLEMENTATION pop3d-", env!("CARGO_PKG_VERSION")),
-        ] {
+        let mut caps: Vec<String> = vec!["TOP".into(), "UIDL".into()];
+        if self.cleartext_ok() {
+            caps.push("USER".into());
+        }
+        if self.stls_offered() {
+            caps.push("STLS".into());
+        }
+        caps.extend(["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"].map(String::from));
+        let config = &self.shared.config;
+        match &self.state {
+            State::Authorization { .. } => {
+                caps.push(format!("LOGIN-DELAY {} USER", config.login_delay.as_secs()));
+                caps.push(format!("EXPIRE {} USER", expire_value(config.expire)));
+            }
+            State::Transaction(t) => {
+                caps.push(format!("LOGIN-DELAY {}", t.login_delay.as_secs()));
+                caps.push(format!("EXPIRE {}", expire_value(t.expire)));
+            }
+        }
+        caps.push("UTF8 USER".into());
+        caps.push("LANG".into());
+        if let Some(imp) = &config.implementation {
+            caps.push(format!("IMPLEMENTATION {imp}"));
+        }
+        self.ok(Text::CapaFollows);
+        for cap in caps {
             write_listing_line(&mut self.out, cap.as_bytes());
         }
         write_end(&mut self.out);
+    }
+
+    /// LANG (RFC 6856 section 4): list the languages, or switch to one (`*`: the default).
+    fn language(&mut self, tag: Option<&str>) {
+        match tag {
+            None => {
+                self.ok(Text::LangFollows);
+                for l in lang::languages() {
+                    write_listing_line(
+                        &mut self.out,
+                        format!("{} {}", l.tag, l.description).as_bytes(),
+                    );
+                }
+                write_end(&mut self.out);
+            }
+            Some(tag) => {
+                let found = if tag == "*" {
+                    Some(lang::default_language())
+                } else {
+                    lang::find(tag)
+                };
+                match found {
+                    Some(l) => {
+                        self.lang = l;
+                        self.ok(Text::LangSet);
+                    }
+                    None => self.err(Text::LangUnknown),
+                }
+            }
+        }
     }
 
     async fn transaction(&mut self, cmd: Command) -> io::Result<Flow> {
@@ -416,10 +563,8 @@ where
             }
             Command::List(None) => {
                 let (count, octets) = md.stat();
-                write_ok(
-                    &mut self.out,
-                    &format!("{count} messages ({octets} octets)"),
-                );
+                let text = self.lang.fill(Text::ListFollows, &[&count, &octets]);
+                write_ok(&mut self.out, &text);
                 for (n, m) in md.live() {
                     write_listing_line(&mut self.out, format!("{n} {}", m.size).as_bytes());
                 }
@@ -430,7 +575,7 @@ where
                 Err(e) => self.send_err(reply::number_error(e)),
             },
             Command::Uidl(None) => {
-                write_ok(&mut self.out, "unique-id listing follows");
+                write_ok(&mut self.out, self.lang.text(Text::UidlFollows));
                 for (n, m) in md.live() {
                     write_listing_line(&mut self.out, format!("{n} {}", m.uid).as_bytes());
                 }
@@ -441,89 +586,87 @@ where
                 Err(e) => self.send_err(reply::number_error(e)),
             },
             Command::Retr(n) => match md.get(n) {
+                Ok(m) if m.utf8_headers && !self.utf8 => self.send_err(reply::UTF8_NEEDED),
                 Ok(m) => {
                     let m = m.clone();
-                    write_ok(&mut self.out, &format!("{} octets", m.size));
+                    md.mark_retrieved(n);
+                    self.ok_with(Text::Octets, &[&m.size]);
                     self.send_message(m, None).await?;
                 }
                 Err(e) => self.send_err(reply::number_error(e)),
             },
             Command::Top { msg, lines } => match md.get(msg) {
+                Ok(m) if m.utf8_headers && !self.utf8 => self.send_err(reply::UTF8_NEEDED),
                 Ok(m) => {
                     let m = m.clone();
-                    write_ok(&mut self.out, "top of message follows");
+                    self.ok(Text::TopFollows);
                     self.send_message(m, Some(lines)).await?;
                 }
                 Err(e) => self.send_err(reply::number_error(e)),
             },
             Command::Dele(n) => match md.delete(n) {
-                Ok(()) => write_ok(&mut self.out, &format!("message {n} deleted")),
+                Ok(()) => self.ok_with(Text::Deleted, &[&n]),
                 Err(e) => self.send_err(reply::number_error(e)),
             },
             Command::Rset => {
                 md.reset();
                 let (count, octets) = md.stat();
-                write_ok(
-                    &mut self.out,
-                    &format!("maildrop has {count} messages ({octets} octets)"),
-                );
+                self.ok_with(Text::LoggedIn, &[&count, &octets]);
             }
             Command::Noop => write_ok(&mut self.out, ""),
-            Command::Capa => self.capa(),
             Command::Quit => {
                 self.update().await;
                 return Ok(Flow::Close);
             }
+            Command::Utf8 => return Ok(self.wrong_state(Text::Utf8Refused)),
             Command::User(_)
             | Command::Pass(_)
             | Command::Apop { .. }
             | Command::Auth { .. }
-            | Command::Stls
-            | Command::Utf8 => return Ok(self.wrong_state("already logged in")),
-            Command::Lang(_) => write_err(&mut self.out, None, "not supported"),
+            | Command::Stls => return Ok(self.wrong_state(Text::AfterLogin)),
+            Command::Capa | Command::Lang(_) => {}
         }
         Ok(Flow::Continue)
     }
 
-    /// The UPDATE state (RFC 1939 section 6): remove the marked messages in one
-    /// transaction, release the lock, say goodbye.
+    /// The UPDATE state (RFC 1939 section 6): remove the marked messages and record the
+    /// retrieved ones in one transaction, release the lock, say goodbye. With EXPIRE 0
+    /// (RFC 2449 section 6.7) what was retrieved is removed too.
     async fn update(&mut self) {
-        let State::Transaction(t) =
-            std::mem::replace(&mut self.state, State::Authorization { user: None })
-        else {
+        let State::Transaction(t) = self.take_state() else {
             return;
         };
-        let marked = t.maildrop.marked();
-        let result = if marked.is_empty() {
+        let mut deleted = t.maildrop.marked();
+        let retrieved = t.maildrop.retrieved();
+        if t.expire == Expire::Days(0) {
+            deleted.extend(&retrieved);
+        }
+        let result = if deleted.is_empty() && retrieved.is_empty() {
             Ok(())
         } else {
             let store = self.shared.store.clone();
             let lock = t.lock.lock.clone();
-            match tokio::task::spawn_blocking(move || store.commit_deletions(&lock, &marked)).await
-            {
+            let (d, r) = (deleted.clone(), retrieved);
+            match tokio::task::spawn_blocking(move || store.commit_update(&lock, &d, &r)).await {
                 Ok(r) => r.map_err(SessionError::from),
                 Err(e) => Err(e.into()),
             }
         };
-        let deleted = t.maildrop.stat();
         t.lock.release().await;
         match result {
             Ok(()) => {
-                let n = t.maildrop.marked().len();
-                info!(deleted = n, remaining = deleted.0, "update done");
-                write_ok(
-                    &mut self.out,
-                    &format!("signing off ({n} messages deleted, {} left)", deleted.0),
-                );
+                let n = deleted.len();
+                let left = t.maildrop.len() - n;
+                info!(deleted = n, left, "update done");
+                self.ok_with(Text::SigningOff, &[&n, &left]);
             }
             Err(e) => {
                 warn!(error = %e, "update failed; nothing was deleted");
                 let r = reply::session_error(&e);
-                write_err(
-                    &mut self.out,
-                    r.code,
-                    &format!("some deleted messages not removed: {}", r.text),
-                );
+                let text = self
+                    .lang
+                    .fill(Text::UpdateFailed, &[&self.lang.text(r.text)]);
+                write_err(&mut self.out, r.code, &text);
             }
         }
     }
@@ -584,72 +727,28 @@ where
     }
 }
 
-/// Where TOP stops: after the header section and `lines` more line ends.
-struct TopCut {
-    header_left: u64,
-    lines_left: u32,
+/// Why a login was refused, with the seconds to wait for LOGIN-DELAY.
+#[derive(Debug)]
+struct Refusal {
+    code: Option<ResponseCode>,
+    text: Text,
+    wait: Option<u64>,
 }
 
-impl TopCut {
-    fn new(header_octets: u64, lines: u32) -> TopCut {
-        TopCut {
-            header_left: header_octets,
-            lines_left: lines,
+impl Refusal {
+    fn new(e: ErrReply) -> Refusal {
+        Refusal {
+            code: e.code,
+            text: e.text,
+            wait: None,
         }
-    }
-
-    /// The part of `chunk` that TOP sends, and whether TOP is complete after it.
-    fn take<'a>(&mut self, chunk: &'a [u8]) -> (&'a [u8], bool) {
-        let header = (self.header_left.min(chunk.len() as u64)) as usize;
-        self.header_left -= header as u64;
-        if self.header_left > 0 {
-            return (chunk, false);
-        }
-        if self.lines_left == 0 {
-            return (&chunk[..header], true);
-        }
-        for (i, &b) in chunk[header..].iter().enumerate() {
-            if b == b'\n' {
-                self.lines_left -= 1;
-                if self.lines_left == 0 {
-                    return (&chunk[..header + i + 1], true);
-                }
-            }
-        }
-        (chunk, false)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::TopCut;
-
-    fn top(message: &[u8], header: u64, lines: u32, chunk: usize) -> Vec<u8> {
-        let mut cut = TopCut::new(header, lines);
-        let mut out = Vec::new();
-        for piece in message.chunks(chunk) {
-            let (part, done) = cut.take(piece);
-            out.extend_from_slice(part);
-            if done {
-                break;
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn top_sends_headers_blank_line_and_n_lines() {
-        // RFC 1939 section 7 (TOP): the headers, the blank line, then n body lines, or the
-        // whole body if it has fewer.
-        let msg = b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\nl3\r\n";
-        let header = 14;
-        for chunk in 1..=msg.len() {
-            assert_eq!(top(msg, header, 0, chunk), b"A: 1\r\nB: 2\r\n\r\n");
-            assert_eq!(
-                top(msg, header, 2, chunk),
-                b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\n"
-            );
-            assert_eq!(top(msg, header, 9, chunk), msg);
-        }
+/// The EXPIRE capability's value (RFC 2449 section 6.7).
+fn expire_value(e: Expire) -> String {
+    match e {
+        Expire::Never => "NEVER".into(),
+        Expire::Days(d) => d.to_string(),
     }
 }

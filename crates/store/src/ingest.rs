@@ -7,6 +7,10 @@
 //! Stored messages always end with CRLF: [`Ingest::finish`] appends one when the input does
 //! not end with a line end, so the stored size is exactly what RETR sends (before
 //! dot-stuffing and the terminating `.` line, RFC 1939 section 3).
+//!
+//! While normalising, the header section is checked for UTF-8 headers (RFC 6856 section 3,
+//! RFC 6532): it holds at least one octet >= 0x80 and is valid UTF-8 as a whole. The check is
+//! incremental, with constant memory, so a multi-octet sequence may span `push` slices.
 
 /// What [`Ingest`] learned about a normalised message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +22,81 @@ pub struct IngestSummary {
     pub header_octets: u64,
     /// CRLF-terminated lines after the header section; 0 when there is no empty line.
     pub body_lines: u64,
+    /// The header section (as `header_octets` counts it) holds at least one octet >= 0x80 and
+    /// is valid UTF-8 as a whole (RFC 6856 section 3).
+    pub utf8_headers: bool,
+}
+
+/// An incremental UTF-8 validator (RFC 3629 section 4: no overlong forms, no surrogates,
+/// nothing above U+10FFFF) that also notes whether any non-ASCII octet was seen.
+#[derive(Debug, Clone, Copy)]
+struct Utf8Check {
+    /// Continuation octets still expected by the current sequence.
+    need: u8,
+    /// Inclusive range allowed for the next continuation octet.
+    lo: u8,
+    hi: u8,
+    /// No invalid octet seen so far.
+    valid: bool,
+    /// At least one octet >= 0x80 seen.
+    non_ascii: bool,
+}
+
+impl Utf8Check {
+    const fn new() -> Utf8Check {
+        Utf8Check {
+            need: 0,
+            lo: 0x80,
+            hi: 0xBF,
+            valid: true,
+            non_ascii: false,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while self.valid {
+            if self.need == 0 {
+                // Fast path: skip ASCII between sequences.
+                match rest.iter().position(|&b| b >= 0x80) {
+                    None => return,
+                    Some(pos) => rest = &rest[pos..],
+                }
+            }
+            let Some((&b, tail)) = rest.split_first() else {
+                return;
+            };
+            rest = tail;
+            if self.need > 0 {
+                if b < self.lo || b > self.hi {
+                    self.valid = false;
+                }
+                self.need -= 1;
+                (self.lo, self.hi) = (0x80, 0xBF);
+                continue;
+            }
+            self.non_ascii = true;
+            (self.need, self.lo, self.hi) = match b {
+                0xC2..=0xDF => (1, 0x80, 0xBF),
+                0xE0 => (2, 0xA0, 0xBF), // no overlong 3-octet forms
+                0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
+                0xED => (2, 0x80, 0x9F), // no surrogates
+                0xF0 => (3, 0x90, 0xBF), // no overlong 4-octet forms
+                0xF1..=0xF3 => (3, 0x80, 0xBF),
+                0xF4 => (3, 0x80, 0x8F), // nothing above U+10FFFF
+                _ => {
+                    // A stray continuation octet, C0, C1 or F5..FF.
+                    self.valid = false;
+                    return;
+                }
+            };
+        }
+    }
+
+    /// True when everything fed so far is complete, valid UTF-8 with a non-ASCII octet.
+    fn is_utf8(&self) -> bool {
+        self.valid && self.need == 0 && self.non_ascii
+    }
 }
 
 /// A streaming CRLF normaliser: feed it with [`Ingest::push`], end with [`Ingest::finish`].
@@ -32,6 +111,8 @@ pub struct Ingest {
     size: u64,
     header_octets: u64,
     body_lines: u64,
+    /// UTF-8 check of the header section, fed while `in_header`.
+    header_utf8: Utf8Check,
 }
 
 impl Default for Ingest {
@@ -50,6 +131,7 @@ impl Ingest {
             size: 0,
             header_octets: 0,
             body_lines: 0,
+            header_utf8: Utf8Check::new(),
         }
     }
 
@@ -106,6 +188,7 @@ impl Ingest {
             size: self.size,
             header_octets: self.header_octets,
             body_lines: self.body_lines,
+            utf8_headers: self.header_utf8.is_utf8(),
         }
     }
 
@@ -115,6 +198,9 @@ impl Ingest {
     }
 
     fn content(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if self.in_header {
+            self.header_utf8.feed(bytes);
+        }
         out.extend_from_slice(bytes);
         let n = bytes.len() as u64;
         self.line_len += n;
@@ -125,6 +211,8 @@ impl Ingest {
         out.extend_from_slice(b"\r\n");
         self.size += 2;
         if self.in_header {
+            // A line end inside a multi-octet sequence makes the header invalid UTF-8.
+            self.header_utf8.feed(b"\r\n");
             self.header_octets += self.line_len + 2;
             if self.line_len == 0 {
                 self.in_header = false;
@@ -204,6 +292,7 @@ mod tests {
                 size: expected.len() as u64,
                 header_octets,
                 body_lines,
+                utf8_headers: false,
             };
             let (out, summary) = normalise(input);
             assert_eq!(out, expected, "{:?}", input.escape_ascii().to_string());
@@ -213,6 +302,95 @@ mod tests {
                 let shown = input.escape_ascii().to_string();
                 assert_eq!(out, expected, "{shown:?} split {split}");
                 assert_eq!(summary, want, "{shown:?} split {split}");
+            }
+        }
+    }
+
+    /// Input, and whether its header section is UTF-8 (RFC 6856 section 3).
+    const UTF8_CASES: &[(&[u8], bool)] = &[
+        (b"", false),
+        (b"Subject: plain\n\nbody\n", false),
+        (b"Subject: caf\xc3\xa9\n\nbody\n", true),
+        (b"Subject: caf\xc3\xa9\r\n\r\n", true),
+        (b"Subject: caf\xe9\n\nbody\n", false), // Latin-1
+        (b"Subject: x\n\nbody caf\xc3\xa9\n", false), // 8-bit in the body only
+        (b"Subject: x\n\n\xff\xfe\n", false),
+        (b"Subject: caf\xc3\xa9\n\n\xff\n", true), // invalid body does not matter
+        (b"\xc3\xa9", true),                       // no empty line: the whole message
+        (b"\xc3\xa9\r", true),                     // a trailing bare CR is content
+        (b"A: \xe2\x82\xac \xf0\x9f\x98\x80\n\n", true),
+        (b"A: \xef\xbf\xbf \xf4\x8f\xbf\xbf \xc2\x80\n\n", true),
+        (b"A: \xc3\xa9\nB: \xe9\n\n", false), // valid, then Latin-1 in a later field
+        (b"A: \xe9\nB: \xc3\xa9\n\n", false),
+        (b"A: \xc3\n\xa9\n\n", false), // a line end splits the sequence
+        (b"A: \xc3\r\xa9\n\n", false), // so does a bare CR
+        (b"A: \xc3", false),           // truncated at the end of the message
+        (b"A: \xe2\x82", false),
+        (b"A: \xf0\x9f\x98\n\n", false),
+        (b"A: \xc3\n\n", false),     // truncated at the end of the header
+        (b"A: \xc0\xaf\n\n", false), // overlong
+        (b"A: \xc1\xbf\n\n", false),
+        (b"A: \xe0\x80\xaf\n\n", false),
+        (b"A: \xf0\x80\x80\xaf\n\n", false),
+        (b"A: \xed\xa0\x80\n\n", false),     // surrogate
+        (b"A: \xed\x9f\xbf\n\n", true),      // U+D7FF
+        (b"A: \xf4\x90\x80\x80\n\n", false), // above U+10FFFF
+        (b"A: \xf5\x80\x80\x80\n\n", false),
+        (b"A: \x80\n\n", false), // stray continuation octet
+        (b"A: \xc3\xa9\xa9\n\n", false),
+        (b"A: \xff\n\n", false),
+    ];
+
+    /// The header section of the normalised message, checked with the standard library.
+    fn reference_utf8_headers(input: &[u8]) -> bool {
+        let (out, summary) = normalise(input);
+        let header = &out[..usize::try_from(summary.header_octets).expect("fits in memory")];
+        !header.is_ascii() && std::str::from_utf8(header).is_ok()
+    }
+
+    #[test]
+    fn utf8_headers_table_at_every_split() {
+        for &(input, want) in UTF8_CASES {
+            let shown = input.escape_ascii().to_string();
+            assert_eq!(reference_utf8_headers(input), want, "{shown:?} reference");
+            assert_eq!(normalise(input).1.utf8_headers, want, "{shown:?}");
+            for split in 1..=input.len() {
+                let (_, summary) = replay(input, split);
+                assert_eq!(summary.utf8_headers, want, "{shown:?} split {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn utf8_headers_agree_with_std_on_short_sequences() {
+        // Every one- and two-octet field value, and three- and four-octet ones built from the
+        // octets where UTF-8's rules change (also pushed one octet at a time).
+        let edges: &[u8] = &[
+            0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0,
+            0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF,
+        ];
+        let mut values: Vec<Vec<u8>> = (0..=255u8).map(|a| vec![a]).collect();
+        for a in 0..=255u8 {
+            values.extend((0..=255u8).map(|b| vec![a, b]));
+        }
+        for &a in edges {
+            for &b in edges {
+                for &c in edges {
+                    values.push(vec![a, b, c]);
+                    // A fourth octet only decides between a continuation and anything else.
+                    values.extend([0x41, 0x80, 0xBF, 0xC3].map(|d| vec![a, b, c, d]));
+                }
+            }
+        }
+        for value in values {
+            let mut input = b"A: ".to_vec();
+            input.extend_from_slice(&value);
+            input.extend_from_slice(b"\n\nbody\n");
+            let want = reference_utf8_headers(&input);
+            let shown = input.escape_ascii().to_string();
+            assert_eq!(normalise(&input).1.utf8_headers, want, "{shown:?}");
+            if value.len() > 2 {
+                assert_eq!(replay(&input, 1).1.utf8_headers, want, "{shown:?} split 1");
             }
         }
     }

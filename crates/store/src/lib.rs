@@ -13,8 +13,13 @@
 //!   is never given to another message of the same maildrop, even after deletion or restart;
 //! - at most one live [`MaildropLock`] exists per account; an expired lease, or a holder
 //!   process on this host that no longer exists, does not keep others out;
-//! - [`Store::commit_deletions`] removes all the listed messages in one transaction, and only
-//!   while the caller still holds the lock it names (its fencing token).
+//! - [`Store::commit_update`] marks the retrieved messages and removes the deleted ones in one
+//!   transaction, and only while the caller still holds the lock it names (its fencing token);
+//!   [`Store::expire_messages`] is fenced the same way;
+//! - `utf8_headers` is computed at delivery (RFC 6856); messages stored before schema v2 keep
+//!   `false`, as nothing is recomputed by the migration;
+//! - [`Store::check_login_delay`] decides and records a login in one transaction, so that
+//!   processes sharing the database cannot both take the last token (RFC 2449 LOGIN-DELAY).
 
 mod holder;
 mod ingest;
@@ -49,6 +54,39 @@ pub struct Account {
     pub password_hash: String,
     /// Unix seconds.
     pub created_at: i64,
+    /// The account's LOGIN-DELAY and EXPIRE overrides.
+    pub policy: AccountPolicy,
+}
+
+/// Per-account policy overrides; `None` = the server's global setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccountPolicy {
+    /// Minimum seconds between logins (RFC 2449 section 6.5, LOGIN-DELAY).
+    pub login_delay: Option<u32>,
+    /// How long retrieved messages are kept (RFC 2449 section 6.7, EXPIRE).
+    pub expire: Option<Expire>,
+}
+
+/// Retention of retrieved messages (RFC 2449 section 6.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Expire {
+    /// Retrieved messages are kept until the client deletes them (`EXPIRE NEVER`).
+    Never,
+    /// Retrieved messages are removed this many days after their first retrieval; 0 means at
+    /// the end of the session that retrieved them.
+    Days(u32),
+}
+
+/// The verdict of [`Store::check_login_delay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginDelay {
+    /// The login may proceed; it has been recorded.
+    Allowed,
+    /// Too soon after the previous login(s); nothing was recorded.
+    TooSoon {
+        /// Time until the next login would be allowed.
+        retry_after: Duration,
+    },
 }
 
 /// Who holds a maildrop lock and until when (unix seconds).
@@ -67,6 +105,11 @@ pub struct AccountSummary {
     pub octets: u64,
     /// Present only while a live (unexpired) lock is held.
     pub lock: Option<LockInfo>,
+    /// The account's LOGIN-DELAY and EXPIRE overrides.
+    pub policy: AccountPolicy,
+    /// Unix seconds of the last successful login, if any (recorded by
+    /// [`Store::check_login_delay`]).
+    pub last_login: Option<i64>,
 }
 
 /// What a session sees of one message; fixed for the session once listed.
@@ -81,6 +124,8 @@ pub struct MessageMeta {
     pub header_octets: u64,
     /// Number of lines after the header section.
     pub body_lines: u64,
+    /// The header section holds non-ASCII octets and is valid UTF-8 (RFC 6856 section 3).
+    pub utf8_headers: bool,
 }
 
 /// A held maildrop lock. `token` is a fencing token: it changes every time the lock is taken.
@@ -167,6 +212,22 @@ pub trait Store: Send + Sync + 'static {
     fn list_accounts(&self) -> Result<Vec<AccountSummary>>;
     /// One account's summary.
     fn account_summary(&self, name: &AccountName) -> Result<AccountSummary>;
+    /// Replaces both policy overrides of an account.
+    fn set_policy(&self, name: &AccountName, policy: AccountPolicy) -> Result<()>;
+    /// Decides whether a login to `account` may proceed now (RFC 2449 LOGIN-DELAY), in one
+    /// transaction that is atomic across processes.
+    ///
+    /// A token bucket: it holds `1 + burst` tokens, starts full and refills at one token per
+    /// `delay`. With a token available one is taken, the login time is recorded and the answer
+    /// is `Allowed`; otherwise the answer is `TooSoon` with the time until a token is back, and
+    /// nothing changes. A zero `delay` always allows (and records the login time). The state
+    /// is persisted, so it survives restarts.
+    fn check_login_delay(
+        &self,
+        account: AccountId,
+        delay: Duration,
+        burst: u32,
+    ) -> Result<LoginDelay>;
 
     /// Stores one message read from `message`, normalised to CRLF, whole or not at all.
     /// Allowed while a session holds the lock: the message appears in the next session.
@@ -200,7 +261,19 @@ pub trait Store: Send + Sync + 'static {
     /// Slice `index` (0-based, [`CHUNK_SIZE`] octets except the last) of a message's bytes,
     /// `None` past the end.
     fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>>;
-    /// Deletes the listed messages of the locked maildrop in one transaction, after checking
-    /// the lock's token; `LockLost` (and nothing deleted) if the lock is no longer ours.
-    fn commit_deletions(&self, lock: &MaildropLock, ids: &[MessageId]) -> Result<()>;
+    /// The UPDATE state (RFC 1939 section 6) in one transaction, after checking the lock's
+    /// token (`LockLost`, and nothing changed, if the lock is no longer ours or has expired):
+    /// records now as the first retrieval time of the `retrieved` messages that have none, then
+    /// deletes the `deleted` messages. Ids of other maildrops are ignored; either list may be
+    /// empty.
+    fn commit_update(
+        &self,
+        lock: &MaildropLock,
+        deleted: &[MessageId],
+        retrieved: &[MessageId],
+    ) -> Result<()>;
+    /// Deletes every message of the locked maildrop first retrieved at least `retention` ago
+    /// (RFC 2449 section 6.7, EXPIRE) and returns how many; fenced like
+    /// [`Store::commit_update`]. With a zero `retention` every retrieved message goes.
+    fn expire_messages(&self, lock: &MaildropLock, retention: Duration) -> Result<u64>;
 }

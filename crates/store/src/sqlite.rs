@@ -7,6 +7,10 @@
 //!
 //! Message bytes live in `chunks` rows of [`CHUNK_SIZE`] octets (the last one shorter), so no
 //! message is ever read or written whole.
+//!
+//! Times are unix seconds (INTEGER), read once per transaction after its write lock is held.
+//! The LOGIN-DELAY token bucket keeps sub-second precision without a REAL timestamp: see
+//! [`login_bucket`].
 
 use std::fmt;
 use std::io::{ErrorKind, Read};
@@ -21,8 +25,9 @@ use tracing::{debug, info, warn};
 
 use crate::holder::holder_is_dead;
 use crate::{
-    Account, AccountId, AccountName, AccountSummary, Delivered, ImportMessage, Ingest, LockInfo,
-    MaildropLock, MessageId, MessageMeta, Result, Store, StoreError, CHUNK_SIZE,
+    Account, AccountId, AccountName, AccountPolicy, AccountSummary, Delivered, Expire,
+    ImportMessage, Ingest, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta, Result,
+    Store, StoreError, CHUNK_SIZE,
 };
 
 /// Name of the database file inside the data directory.
@@ -37,7 +42,7 @@ const READ_BUF: usize = 64 * 1024;
 const MAX_UID_OCTETS: usize = 70;
 
 /// Schema migrations; `PRAGMA user_version` counts those applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// Accounts and messages use AUTOINCREMENT so that a row id is never handed out twice: a
 /// session whose lock was taken over must not read or delete a newer message under an old id.
@@ -93,8 +98,39 @@ CREATE TABLE locks (
 );
 ";
 
+/// RFC 2449 LOGIN-DELAY and EXPIRE (per-account overrides, login history, first retrieval
+/// times) and RFC 6856 UTF-8 headers.
+///
+/// - `accounts.login_delay`: seconds, NULL = the server's global setting.
+/// - `accounts.expire_days`: NULL = the server's global setting, -1 = NEVER, else days.
+/// - `accounts.last_login`, `accounts.login_tokens`: the LOGIN-DELAY token bucket, see
+///   [`login_bucket`]; NULL tokens = a full bucket.
+/// - `messages.retrieved_at`: unix seconds of the first retrieval in a session that reached
+///   UPDATE; NULL = never retrieved.
+/// - `messages.utf8_headers`: 1 when the header section has non-ASCII octets and is valid
+///   UTF-8. Messages stored before this migration are not re-read: they keep 0.
+///
+/// The index makes EXPIRE's sweep at each login a range scan of one maildrop.
+const SCHEMA_V2: &str = "
+ALTER TABLE accounts ADD COLUMN login_delay INTEGER NULL
+    CHECK (login_delay BETWEEN 0 AND 4294967295);
+ALTER TABLE accounts ADD COLUMN expire_days INTEGER NULL
+    CHECK (expire_days BETWEEN -1 AND 4294967295);
+ALTER TABLE accounts ADD COLUMN last_login INTEGER NULL;
+ALTER TABLE accounts ADD COLUMN login_tokens REAL NULL;
+
+ALTER TABLE messages ADD COLUMN retrieved_at INTEGER NULL;
+ALTER TABLE messages ADD COLUMN utf8_headers INTEGER NOT NULL DEFAULT 0
+    CHECK (utf8_headers IN (0, 1));
+CREATE INDEX messages_retrieved ON messages (account_id, retrieved_at);
+";
+
+/// `expire_days` value of [`Expire::Never`].
+const EXPIRE_NEVER: i64 = -1;
+
 /// Finds an account by name; `d.name IS ?2` matches a NULL domain too.
-const FIND_ACCOUNT: &str = "SELECT a.id, a.password_hash, a.created_at, a.uidvalidity
+const FIND_ACCOUNT: &str = "SELECT a.id, a.password_hash, a.created_at, a.uidvalidity,
+        a.login_delay, a.expire_days
      FROM accounts a LEFT JOIN domains d ON d.id = a.domain_id
      WHERE a.local = ?1 AND d.name IS ?2";
 
@@ -102,7 +138,8 @@ const FIND_ACCOUNT: &str = "SELECT a.id, a.password_hash, a.created_at, a.uidval
 const SUMMARIES: &str = "SELECT a.local, d.name,
         (SELECT count(*) FROM messages m WHERE m.account_id = a.id),
         (SELECT ifnull(sum(m.size), 0) FROM messages m WHERE m.account_id = a.id),
-        l.holder, l.acquired_at, l.expires_at
+        l.holder, l.acquired_at, l.expires_at,
+        a.login_delay, a.expire_days, a.last_login
      FROM accounts a
      LEFT JOIN domains d ON d.id = a.domain_id
      LEFT JOIN locks l ON l.account_id = a.id AND l.expires_at > ?1";
@@ -262,15 +299,27 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Id, password hash, creation time and uidvalidity of the named account.
-fn find_account(
-    conn: &Connection,
-    name: &AccountName,
-) -> Result<Option<(AccountId, String, i64, i64)>> {
+/// An `accounts` row as [`FIND_ACCOUNT`] reads it.
+struct AccountRow {
+    id: AccountId,
+    password_hash: String,
+    created_at: i64,
+    uidvalidity: i64,
+    policy: AccountPolicy,
+}
+
+/// The named account's row.
+fn find_account(conn: &Connection, name: &AccountName) -> Result<Option<AccountRow>> {
     let mut stmt = conn.prepare_cached(FIND_ACCOUNT)?;
     let row = stmt
         .query_row(params![name.local(), name.domain()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            Ok(AccountRow {
+                id: row.get(0)?,
+                password_hash: row.get(1)?,
+                created_at: row.get(2)?,
+                uidvalidity: row.get(3)?,
+                policy: policy_from_row(row, 4)?,
+            })
         })
         .optional()?;
     Ok(row)
@@ -279,9 +328,113 @@ fn find_account(
 /// Id and uidvalidity of the named account, or `NoSuchAccount`.
 fn account_id(conn: &Connection, name: &AccountName) -> Result<(AccountId, i64)> {
     match find_account(conn, name)? {
-        Some((id, _, _, uidvalidity)) => Ok((id, uidvalidity)),
+        Some(row) => Ok((row.id, row.uidvalidity)),
         None => Err(StoreError::NoSuchAccount(name.to_string())),
     }
+}
+
+/// The policy in columns `first` (`login_delay`) and `first + 1` (`expire_days`).
+fn policy_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<AccountPolicy> {
+    let login_delay: Option<u32> = row.get(first)?;
+    let expire = match row.get::<_, Option<i64>>(first + 1)? {
+        None => None,
+        Some(EXPIRE_NEVER) => Some(Expire::Never),
+        Some(days) => {
+            Some(Expire::Days(u32::try_from(days).map_err(|_| {
+                rusqlite::Error::IntegralValueOutOfRange(first + 1, days)
+            })?))
+        }
+    };
+    Ok(AccountPolicy {
+        login_delay,
+        expire,
+    })
+}
+
+/// `expire_days` of an EXPIRE override.
+fn expire_to_sql(expire: Option<Expire>) -> Option<i64> {
+    expire.map(|e| match e {
+        Expire::Never => EXPIRE_NEVER,
+        Expire::Days(days) => i64::from(days),
+    })
+}
+
+/// `LockLost` unless `lock` is the account's current lock and unexpired at `now` (unix
+/// seconds). Callers read `now` inside their write transaction.
+fn check_fence(tx: &Transaction<'_>, lock: &MaildropLock, now: i64) -> Result<()> {
+    let expires_at: Option<i64> = tx
+        .query_row(
+            "SELECT expires_at FROM locks WHERE account_id = ?1 AND token = ?2",
+            params![lock.account, lock.token],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if expires_at.is_none_or(|expires_at| expires_at <= now) {
+        return Err(StoreError::LockLost);
+    }
+    Ok(())
+}
+
+/// The LOGIN-DELAY token bucket (RFC 2449 section 6.5) of one account: holds `capacity`
+/// tokens and refills at one token per `delay_secs`.
+///
+/// Stored as `last_login` (whole unix seconds) and `login_tokens`, the bucket's level *at the
+/// instant `last_login`*, projected back from the precise (sub-second) time of the login that
+/// was recorded. As refilling is linear, `tokens + (t - last_login) / delay` is then the exact
+/// level at any later time `t` (before the cap), so whole-second storage loses no precision.
+/// The projected value may be slightly below zero; NULL tokens mean a full bucket.
+#[derive(Debug, Clone, Copy)]
+struct LoginBucket {
+    capacity: f64,
+    delay_secs: f64,
+}
+
+/// Tolerance for float rounding when a token has just come back.
+const TOKEN_EPSILON: f64 = 1e-9;
+
+impl LoginBucket {
+    /// The level at `now` (unix seconds, fractional) given the stored state.
+    fn level(&self, last_login: Option<i64>, tokens: Option<f64>, now: f64) -> f64 {
+        match (last_login, tokens) {
+            (Some(last), Some(tokens)) if tokens.is_finite() => {
+                // A clock that went backwards refills nothing.
+                let elapsed = (now - last as f64).max(0.0);
+                (tokens + elapsed / self.delay_secs).min(self.capacity)
+            }
+            _ => self.capacity,
+        }
+    }
+
+    /// What to store after taking one token at `now` from a bucket at `level`: whole seconds
+    /// and the level at that earlier instant.
+    fn take(&self, level: f64, now: f64) -> (i64, f64) {
+        let second = now.floor();
+        let tokens = level - 1.0 - (now - second) / self.delay_secs;
+        (second as i64, tokens)
+    }
+
+    /// Time until a bucket at `level` (< 1) holds one token, within (0, delay].
+    fn retry_after(&self, level: f64) -> Duration {
+        let secs = ((1.0 - level) * self.delay_secs).clamp(0.0, self.delay_secs);
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_nanos(1))
+    }
+}
+
+/// See [`LoginBucket`].
+fn login_bucket(delay: Duration, burst: u32) -> LoginBucket {
+    LoginBucket {
+        capacity: 1.0 + f64::from(burst),
+        delay_secs: delay.as_secs_f64(),
+    }
+}
+
+/// Now as fractional unix seconds.
+fn now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `NoSuchAccount("#ID")` unless the account exists.
@@ -424,7 +577,8 @@ fn store_message(
         seq += 1;
     }
     tx.prepare_cached(
-        "UPDATE messages SET size = ?2, header_octets = ?3, body_lines = ?4, chunks = ?5
+        "UPDATE messages SET size = ?2, header_octets = ?3, body_lines = ?4, chunks = ?5,
+                             utf8_headers = ?6
          WHERE id = ?1",
     )?
     .execute(params![
@@ -432,7 +586,8 @@ fn store_message(
         to_i64(summary.size),
         to_i64(summary.header_octets),
         to_i64(summary.body_lines),
-        seq
+        seq,
+        summary.utf8_headers
     ])?;
     Ok(Delivered {
         id,
@@ -456,6 +611,8 @@ fn summary_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
         messages: to_u64(row.get(2)?),
         octets: to_u64(row.get(3)?),
         lock,
+        policy: policy_from_row(row, 7)?,
+        last_login: row.get(9)?,
     })
 }
 
@@ -535,14 +692,13 @@ impl Store for SqliteStore {
 
     fn account(&self, name: &AccountName) -> Result<Option<Account>> {
         self.with_conn(|conn| {
-            Ok(
-                find_account(conn, name)?.map(|(id, password_hash, created_at, _)| Account {
-                    id,
-                    name: name.clone(),
-                    password_hash,
-                    created_at,
-                }),
-            )
+            Ok(find_account(conn, name)?.map(|row| Account {
+                id: row.id,
+                name: name.clone(),
+                password_hash: row.password_hash,
+                created_at: row.created_at,
+                policy: row.policy,
+            }))
         })
     }
 
@@ -561,6 +717,58 @@ impl Store for SqliteStore {
             let (id, _) = account_id(tx, name)?;
             let mut stmt = tx.prepare_cached(&format!("{SUMMARIES} WHERE a.id = ?2"))?;
             Ok(stmt.query_row(params![now(), id], summary_row)?)
+        })
+    }
+
+    fn set_policy(&self, name: &AccountName, policy: AccountPolicy) -> Result<()> {
+        self.write(|tx| {
+            let (id, _) = account_id(tx, name)?;
+            tx.execute(
+                "UPDATE accounts SET login_delay = ?2, expire_days = ?3 WHERE id = ?1",
+                params![id, policy.login_delay, expire_to_sql(policy.expire)],
+            )?;
+            info!(account = id, name = %name, ?policy, "account policy set");
+            Ok(())
+        })
+    }
+
+    fn check_login_delay(
+        &self,
+        account: AccountId,
+        delay: Duration,
+        burst: u32,
+    ) -> Result<LoginDelay> {
+        self.write(|tx| {
+            let state: Option<(Option<i64>, Option<f64>)> = tx
+                .query_row(
+                    "SELECT last_login, login_tokens FROM accounts WHERE id = ?1",
+                    [account],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let Some((last_login, tokens)) = state else {
+                return Err(StoreError::NoSuchAccount(format!("#{account}")));
+            };
+            // Read under the write lock, so concurrent logins are ordered by their clocks.
+            let now = now_f64();
+            let mut record = tx.prepare_cached(
+                "UPDATE accounts SET last_login = ?2, login_tokens = ?3 WHERE id = ?1",
+            )?;
+            if delay.is_zero() {
+                // No delay, no debt: the bucket stays full.
+                record.execute(params![account, now.floor() as i64, None::<f64>])?;
+                return Ok(LoginDelay::Allowed);
+            }
+            let bucket = login_bucket(delay, burst);
+            let level = bucket.level(last_login, tokens, now);
+            if level < 1.0 - TOKEN_EPSILON {
+                let retry_after = bucket.retry_after(level);
+                debug!(account, ?retry_after, "login refused: LOGIN-DELAY");
+                return Ok(LoginDelay::TooSoon { retry_after });
+            }
+            let (second, tokens) = bucket.take(level.max(1.0), now);
+            record.execute(params![account, second, tokens])?;
+            Ok(LoginDelay::Allowed)
         })
     }
 
@@ -671,7 +879,7 @@ impl Store for SqliteStore {
         self.read(|tx| {
             ensure_account_exists(tx, account)?;
             let mut stmt = tx.prepare_cached(
-                "SELECT id, uid, size, header_octets, body_lines FROM messages
+                "SELECT id, uid, size, header_octets, body_lines, utf8_headers FROM messages
                  WHERE account_id = ?1 ORDER BY id",
             )?;
             let rows = stmt.query_map([account], |row| {
@@ -681,6 +889,7 @@ impl Store for SqliteStore {
                     size: to_u64(row.get(2)?),
                     header_octets: to_u64(row.get(3)?),
                     body_lines: to_u64(row.get(4)?),
+                    utf8_headers: row.get(5)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -697,27 +906,68 @@ impl Store for SqliteStore {
         })
     }
 
-    fn commit_deletions(&self, lock: &MaildropLock, ids: &[MessageId]) -> Result<()> {
+    fn commit_update(
+        &self,
+        lock: &MaildropLock,
+        deleted: &[MessageId],
+        retrieved: &[MessageId],
+    ) -> Result<()> {
         self.write(|tx| {
-            let expires_at: Option<i64> = tx
-                .query_row(
-                    "SELECT expires_at FROM locks WHERE account_id = ?1 AND token = ?2",
-                    params![lock.account, lock.token],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if expires_at.is_none_or(|expires_at| expires_at <= now()) {
-                return Err(StoreError::LockLost);
+            let now = now();
+            check_fence(tx, lock, now)?;
+            // Ids of other maildrops are ignored; a first retrieval time is never moved.
+            let mut mark = tx.prepare_cached(
+                "UPDATE messages SET retrieved_at = ?3
+                 WHERE id = ?1 AND account_id = ?2 AND retrieved_at IS NULL",
+            )?;
+            let mut marked = 0;
+            for id in retrieved {
+                marked += mark.execute(params![id, lock.account, now])?;
             }
-            // Chunks go by ON DELETE CASCADE; ids of other maildrops are ignored.
+            // Chunks go by ON DELETE CASCADE.
             let mut delete =
                 tx.prepare_cached("DELETE FROM messages WHERE id = ?1 AND account_id = ?2")?;
-            let mut deleted = 0;
-            for id in ids {
-                deleted += delete.execute(params![id, lock.account])?;
+            let mut removed = 0;
+            for id in deleted {
+                removed += delete.execute(params![id, lock.account])?;
             }
-            debug!(account = lock.account, deleted, "deletions committed");
+            debug!(
+                account = lock.account,
+                marked,
+                deleted = removed,
+                "update committed"
+            );
             Ok(())
+        })
+    }
+
+    fn expire_messages(&self, lock: &MaildropLock, retention: Duration) -> Result<u64> {
+        self.write(|tx| {
+            let start = SystemTime::now();
+            check_fence(tx, lock, unix_secs(start))?;
+            // Whole seconds: a message first retrieved during second R (stored as R) goes once
+            // R <= now - retention, i.e. R <= floor(now - retention).
+            let Some(cutoff) = start
+                .checked_sub(retention)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            else {
+                // Retention reaches before 1970: nothing is old enough.
+                return Ok(0);
+            };
+            let expired = tx
+                .prepare_cached(
+                    "DELETE FROM messages
+                     WHERE account_id = ?1 AND retrieved_at IS NOT NULL AND retrieved_at <= ?2",
+                )?
+                .execute(params![lock.account, cutoff])?;
+            if expired > 0 {
+                debug!(
+                    account = lock.account,
+                    expired, "retrieved messages expired"
+                );
+            }
+            Ok(u64::try_from(expired).unwrap_or(u64::MAX))
         })
     }
 }
@@ -1025,7 +1275,7 @@ mod tests {
             // Delete the newest message: its UID must not come back.
             let newest = store.list_messages(account).unwrap()[2].id;
             let lock = store.lock_maildrop(account, "t@h:1#1", HOUR).unwrap();
-            store.commit_deletions(&lock, &[newest]).unwrap();
+            store.commit_update(&lock, &[newest], &[]).unwrap();
             store.release_lock(&lock).unwrap();
             fresh(deliver(&store, &to, b"after deletion\n").uid);
         }
@@ -1131,7 +1381,7 @@ mod tests {
     }
 
     #[test]
-    fn commit_deletions_is_exact_atomic_and_fenced() {
+    fn commit_update_deletions_are_exact_atomic_and_fenced() {
         let (_dir, store) = setup();
         let (to, other) = (name("user"), name("other"));
         let account = store.create_account(&to, "h").unwrap();
@@ -1143,7 +1393,7 @@ mod tests {
 
         let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
         store
-            .commit_deletions(&lock, &[ids[0], ids[2], foreign])
+            .commit_update(&lock, &[ids[0], ids[2], foreign], &[])
             .unwrap();
         let left: Vec<MessageId> = store
             .list_messages(account)
@@ -1162,12 +1412,12 @@ mod tests {
             .lock_maildrop(account, "a@h:1#2", Duration::ZERO)
             .unwrap();
         assert!(matches!(
-            store.commit_deletions(&lapsed, &[ids[1]]),
+            store.commit_update(&lapsed, &[ids[1]], &[]),
             Err(StoreError::LockLost)
         ));
         let thief = store.lock_maildrop(account, "b@h:2#1", HOUR).unwrap();
         assert!(matches!(
-            store.commit_deletions(&lapsed, &[ids[1], ids[3]]),
+            store.commit_update(&lapsed, &[ids[1], ids[3]], &[]),
             Err(StoreError::LockLost)
         ));
         assert!(matches!(
@@ -1175,7 +1425,7 @@ mod tests {
             Err(StoreError::LockLost)
         ));
         assert_eq!(store.list_messages(account).unwrap().len(), 2);
-        store.commit_deletions(&thief, &[]).unwrap();
+        store.commit_update(&thief, &[], &[]).unwrap();
     }
 
     #[test]
@@ -1192,7 +1442,7 @@ mod tests {
             store.read_chunk(snapshot[0].id, 0).unwrap().unwrap(),
             b"one\r\n"
         );
-        store.commit_deletions(&lock, &[snapshot[0].id]).unwrap();
+        store.commit_update(&lock, &[snapshot[0].id], &[]).unwrap();
         store.release_lock(&lock).unwrap();
         let next = store.list_messages(account).unwrap();
         assert_eq!(next.len(), 1);
@@ -1324,7 +1574,7 @@ mod tests {
             SqliteStore::open(&dir.0),
             Err(StoreError::SchemaTooNew {
                 found: 999,
-                supported: 1
+                supported: 2
             })
         ));
     }
@@ -1376,5 +1626,446 @@ mod tests {
         let other = StoreError::from(rusqlite::Error::QueryReturnedNoRows);
         assert!(matches!(other, StoreError::Backend(_)));
         assert!(!other.is_transient());
+    }
+
+    fn exec(store: &SqliteStore, sql: &str) -> usize {
+        store.with_conn(|c| Ok(c.execute(sql, [])?)).unwrap()
+    }
+
+    fn retrieved_at(store: &SqliteStore, id: MessageId) -> Option<i64> {
+        store
+            .with_conn(|c| {
+                Ok(c.query_row(
+                    "SELECT retrieved_at FROM messages WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap()
+    }
+
+    fn ids(store: &SqliteStore, account: AccountId) -> Vec<MessageId> {
+        let list = store.list_messages(account).unwrap();
+        list.into_iter().map(|m| m.id).collect()
+    }
+
+    /// A lock whose lease is over, then taken over by another holder.
+    fn lapsed_and_taken_over(
+        store: &SqliteStore,
+        account: AccountId,
+    ) -> (MaildropLock, MaildropLock) {
+        let lapsed = store
+            .lock_maildrop(account, "a@h:1#2", Duration::ZERO)
+            .unwrap();
+        let thief = store.lock_maildrop(account, "b@h:2#1", HOUR).unwrap();
+        (lapsed, thief)
+    }
+
+    #[test]
+    fn migrates_a_v1_database() {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let (bytes, summary) = normalise(b"Subject: caf\xc3\xa9\n\nkept\n");
+        {
+            let conn = Connection::open(dir.0.join(DB_FILE)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO accounts (local, domain_id, password_hash, uidvalidity, created_at)
+                 VALUES ('old', NULL, '$h', 1700000000, 1700000000)",
+                [],
+            )
+            .unwrap();
+            let account = conn.last_insert_rowid();
+            conn.execute(
+                "INSERT INTO messages (account_id, uid, size, header_octets, body_lines, chunks,
+                                       delivered_at)
+                 VALUES (?1, 'OLD-1', ?2, ?3, ?4, 1, 1700000000)",
+                params![
+                    account,
+                    to_i64(summary.size),
+                    to_i64(summary.header_octets),
+                    to_i64(summary.body_lines)
+                ],
+            )
+            .unwrap();
+            let message = conn.last_insert_rowid();
+            conn.execute(
+                "INSERT INTO chunks (message_id, seq, data) VALUES (?1, 0, ?2)",
+                params![message, bytes],
+            )
+            .unwrap();
+        }
+
+        let store = SqliteStore::open(&dir.0).unwrap();
+        let version: i64 = store
+            .with_conn(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(version, 2);
+        let old = name("old");
+        let account = store.account(&old).unwrap().unwrap();
+        assert_eq!(account.policy, AccountPolicy::default());
+        let summary_row = store.account_summary(&old).unwrap();
+        assert_eq!((summary_row.messages, summary_row.last_login), (1, None));
+        // Existing messages are not re-read: their UTF-8 flag stays false.
+        let listed = store.list_messages(account.id).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].uid.as_str(), listed[0].utf8_headers),
+            ("OLD-1", false)
+        );
+        assert_eq!(read_all(&store, listed[0].id).concat(), bytes);
+        assert_eq!(retrieved_at(&store, listed[0].id), None);
+        // The sweep of EXPIRE uses the new index.
+        let plan: String = store
+            .with_conn(|c| {
+                Ok(c.query_row(
+                    "EXPLAIN QUERY PLAN DELETE FROM messages
+                     WHERE account_id = 1 AND retrieved_at IS NOT NULL AND retrieved_at <= 5",
+                    [],
+                    |r| r.get(3),
+                )?)
+            })
+            .unwrap();
+        assert!(plan.contains("messages_retrieved"), "{plan}");
+
+        // And everything works on the migrated database.
+        let fresh = deliver(&store, &old, b"Subject: caf\xc3\xa9\n\nnew\n");
+        assert!(store.list_messages(account.id).unwrap()[1].utf8_headers);
+        assert_ne!(fresh.uid, "OLD-1");
+        let policy = AccountPolicy {
+            login_delay: Some(60),
+            expire: Some(Expire::Days(3)),
+        };
+        store.set_policy(&old, policy).unwrap();
+        assert_eq!(store.account(&old).unwrap().unwrap().policy, policy);
+        assert_eq!(
+            store
+                .check_login_delay(account.id, Duration::from_secs(60), 0)
+                .unwrap(),
+            LoginDelay::Allowed
+        );
+        let lock = store.lock_maildrop(account.id, "a@h:1#1", HOUR).unwrap();
+        store.commit_update(&lock, &[], &[listed[0].id]).unwrap();
+        assert_eq!(store.expire_messages(&lock, Duration::ZERO).unwrap(), 1);
+        assert_eq!(ids(&store, account.id), [fresh.id]);
+        drop(store);
+        // Reopening applies nothing more.
+        SqliteStore::open(&dir.0).unwrap();
+    }
+
+    #[test]
+    fn policy_round_trip() {
+        let (_dir, store) = setup();
+        let (alice, bob) = (name("alice@example.org"), name("bob"));
+        store.create_account(&alice, "h").unwrap();
+        store.create_account(&bob, "h").unwrap();
+        let policy = |login_delay, expire| AccountPolicy {
+            login_delay,
+            expire,
+        };
+        assert_eq!(
+            store.account(&alice).unwrap().unwrap().policy,
+            AccountPolicy::default()
+        );
+        let cases = [
+            policy(Some(0), Some(Expire::Never)),
+            policy(Some(300), Some(Expire::Days(0))),
+            policy(Some(u32::MAX), Some(Expire::Days(u32::MAX))),
+            policy(None, Some(Expire::Days(30))),
+            policy(Some(1), None),
+            AccountPolicy::default(),
+        ];
+        for want in cases {
+            store.set_policy(&alice, want).unwrap();
+            assert_eq!(store.account(&alice).unwrap().unwrap().policy, want);
+            assert_eq!(store.account_summary(&alice).unwrap().policy, want);
+            let list = store.list_accounts().unwrap();
+            assert_eq!(list[0].policy, want);
+            // The other account is untouched.
+            assert_eq!(list[1].policy, AccountPolicy::default());
+        }
+        assert!(matches!(
+            store.set_policy(&name("carol"), AccountPolicy::default()),
+            Err(StoreError::NoSuchAccount(n)) if n == "carol"
+        ));
+    }
+
+    /// RFC 2449 section 6.5 and 8.1.2: LOGIN-DELAY as a persisted token bucket.
+    #[test]
+    fn login_delay_token_bucket() {
+        let dir = TempDir::new();
+        let store = SqliteStore::open(&dir.0).unwrap();
+        let [free, strict, bursty, fine] = ["free", "strict", "bursty", "fine"]
+            .map(|n| store.create_account(&name(n), "h").unwrap());
+        let two = Duration::from_secs(2);
+        let refused = |verdict| match verdict {
+            LoginDelay::TooSoon { retry_after } => {
+                assert!(
+                    retry_after > Duration::ZERO && retry_after <= two,
+                    "{retry_after:?}"
+                );
+                retry_after
+            }
+            LoginDelay::Allowed => panic!("allowed too soon"),
+        };
+        let state = |account: AccountId| -> (Option<i64>, Option<f64>) {
+            store
+                .with_conn(|c| {
+                    Ok(c.query_row(
+                        "SELECT last_login, login_tokens FROM accounts WHERE id = ?1",
+                        [account],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?)
+                })
+                .unwrap()
+        };
+
+        // No delay: always allowed, the login still recorded.
+        assert_eq!(
+            store.account_summary(&name("free")).unwrap().last_login,
+            None
+        );
+        for _ in 0..5 {
+            let v = store.check_login_delay(free, Duration::ZERO, 0).unwrap();
+            assert_eq!(v, LoginDelay::Allowed);
+        }
+        let last = store.account_summary(&name("free")).unwrap().last_login;
+        assert!(last.is_some_and(|t| (now() - t).abs() <= 1), "{last:?}");
+
+        // Delay 2 s, no burst: the second login is too soon, and a refusal changes nothing.
+        assert_eq!(
+            store.check_login_delay(strict, two, 0).unwrap(),
+            LoginDelay::Allowed
+        );
+        let before = state(strict);
+        refused(store.check_login_delay(strict, two, 0).unwrap());
+        assert_eq!(state(strict), before);
+
+        // Burst 2: three quick logins, then a refusal.
+        for _ in 0..3 {
+            let v = store.check_login_delay(bursty, two, 2).unwrap();
+            assert_eq!(v, LoginDelay::Allowed);
+        }
+        refused(store.check_login_delay(bursty, two, 2).unwrap());
+
+        // The state survives reopening the store.
+        drop(store);
+        let store = SqliteStore::open(&dir.0).unwrap();
+        refused(store.check_login_delay(strict, two, 0).unwrap());
+        refused(store.check_login_delay(bursty, two, 2).unwrap());
+
+        // Two seconds later (simulated), one token is back; much later, the bucket is full
+        // but holds no more than 1 + burst.
+        exec(&store, "UPDATE accounts SET last_login = last_login - 2");
+        for account in [strict, bursty] {
+            let burst = if account == strict { 0 } else { 2 };
+            let v = store.check_login_delay(account, two, burst).unwrap();
+            assert_eq!(v, LoginDelay::Allowed);
+            refused(store.check_login_delay(account, two, burst).unwrap());
+        }
+        exec(&store, "UPDATE accounts SET last_login = last_login - 1000");
+        for _ in 0..3 {
+            let v = store.check_login_delay(bursty, two, 2).unwrap();
+            assert_eq!(v, LoginDelay::Allowed);
+        }
+        refused(store.check_login_delay(bursty, two, 2).unwrap());
+        // A zero delay allows even an account that a delay would refuse.
+        assert_eq!(
+            store.check_login_delay(bursty, Duration::ZERO, 2).unwrap(),
+            LoginDelay::Allowed
+        );
+
+        // Sub-second precision although last_login holds whole seconds.
+        let short = Duration::from_millis(300);
+        assert_eq!(
+            store.check_login_delay(fine, short, 0).unwrap(),
+            LoginDelay::Allowed
+        );
+        let wait = match store.check_login_delay(fine, short, 0).unwrap() {
+            LoginDelay::TooSoon { retry_after } => retry_after,
+            LoginDelay::Allowed => panic!("allowed too soon"),
+        };
+        assert!(
+            wait > Duration::from_millis(200) && wait <= short,
+            "{wait:?}"
+        );
+        std::thread::sleep(wait + Duration::from_millis(30));
+        assert_eq!(
+            store.check_login_delay(fine, short, 0).unwrap(),
+            LoginDelay::Allowed
+        );
+        assert!(matches!(
+            store.check_login_delay(fine, short, 0).unwrap(),
+            LoginDelay::TooSoon { retry_after } if retry_after > Duration::from_millis(200)
+        ));
+
+        assert!(matches!(
+            store.check_login_delay(fine + 100, two, 0),
+            Err(StoreError::NoSuchAccount(_))
+        ));
+    }
+
+    /// Two stores on one file stand for two processes: the bucket is never overdrawn.
+    #[test]
+    fn login_delay_is_atomic_across_connections() {
+        let dir = TempDir::new();
+        let first = Arc::new(SqliteStore::open(&dir.0).unwrap());
+        let second = Arc::new(SqliteStore::open(&dir.0).unwrap());
+        let account = first.create_account(&name("user"), "h").unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let store = Arc::clone(if i % 2 == 0 { &first } else { &second });
+                std::thread::spawn(move || {
+                    (0..3)
+                        .filter(|_| {
+                            store.check_login_delay(account, HOUR, 2).unwrap()
+                                == LoginDelay::Allowed
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let allowed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(allowed, 3);
+    }
+
+    #[test]
+    fn commit_update_marks_first_retrieval_once_and_deletes() {
+        let (_dir, store) = setup();
+        let (to, other) = (name("user"), name("other"));
+        let account = store.create_account(&to, "h").unwrap();
+        let other_account = store.create_account(&other, "h").unwrap();
+        let msgs: Vec<MessageId> = (0..4)
+            .map(|i| deliver(&store, &to, format!("message {i}\n").as_bytes()).id)
+            .collect();
+        let foreign = deliver(&store, &other, b"not yours\n").id;
+
+        let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
+        store
+            .commit_update(&lock, &[msgs[2]], &[msgs[0], msgs[1], msgs[2], foreign])
+            .unwrap();
+        for id in [msgs[0], msgs[1]] {
+            let at = retrieved_at(&store, id);
+            assert!(at.is_some_and(|t| (now() - t).abs() <= 1), "{at:?}");
+        }
+        assert_eq!(retrieved_at(&store, msgs[3]), None);
+        assert_eq!(retrieved_at(&store, foreign), None);
+        assert_eq!(ids(&store, account), [msgs[0], msgs[1], msgs[3]]);
+        assert_eq!(ids(&store, other_account), [foreign]);
+
+        // A later retrieval does not move the first retrieval time.
+        exec(
+            &store,
+            &format!(
+                "UPDATE messages SET retrieved_at = 1000 WHERE id = {}",
+                msgs[0]
+            ),
+        );
+        store.commit_update(&lock, &[], &[msgs[0]]).unwrap();
+        assert_eq!(retrieved_at(&store, msgs[0]), Some(1000));
+        store.commit_update(&lock, &[], &[]).unwrap();
+        store.release_lock(&lock).unwrap();
+
+        // Fencing: after a takeover nothing is marked or deleted.
+        let (lapsed, thief) = lapsed_and_taken_over(&store, account);
+        assert!(matches!(
+            store.commit_update(&lapsed, &[msgs[1]], &[msgs[3]]),
+            Err(StoreError::LockLost)
+        ));
+        assert!(matches!(
+            store.commit_update(&lapsed, &[], &[msgs[3]]),
+            Err(StoreError::LockLost)
+        ));
+        assert_eq!(retrieved_at(&store, msgs[3]), None);
+        assert_eq!(ids(&store, account), [msgs[0], msgs[1], msgs[3]]);
+        store.commit_update(&thief, &[msgs[1]], &[msgs[3]]).unwrap();
+        assert!(retrieved_at(&store, msgs[3]).is_some());
+        assert_eq!(ids(&store, account), [msgs[0], msgs[3]]);
+    }
+
+    /// RFC 2449 section 6.7: EXPIRE removes messages retrieved at least `retention` ago.
+    #[test]
+    fn expire_messages_deletes_only_old_retrieved_ones() {
+        let (_dir, store) = setup();
+        let (to, other) = (name("user"), name("other"));
+        let account = store.create_account(&to, "h").unwrap();
+        let other_account = store.create_account(&other, "h").unwrap();
+        let day = 86_400;
+        let [never, old, recent, just_now] = ["never", "old", "recent", "just now"]
+            .map(|s| deliver(&store, &to, &vec![b'x'; CHUNK_SIZE + s.len()]).id);
+        let foreign = deliver(&store, &other, b"retrieved long ago\n").id;
+        let age = |id: MessageId, secs: i64| {
+            exec(
+                &store,
+                &format!(
+                    "UPDATE messages SET retrieved_at = {} WHERE id = {id}",
+                    now() - secs
+                ),
+            )
+        };
+        age(old, 10 * day);
+        age(recent, day);
+        age(just_now, 0);
+        age(foreign, 10 * day);
+
+        let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
+        let five_days = Duration::from_secs(5 * 86_400);
+        assert_eq!(store.expire_messages(&lock, five_days).unwrap(), 1);
+        assert_eq!(ids(&store, account), [never, recent, just_now]);
+        assert!(store.read_chunk(old, 0).unwrap().is_none());
+        assert_eq!(ids(&store, other_account), [foreign]);
+        // A retention reaching before 1970 expires nothing.
+        assert_eq!(store.expire_messages(&lock, Duration::MAX).unwrap(), 0);
+        // Retention zero: every retrieved message goes, never-retrieved ones stay.
+        assert_eq!(store.expire_messages(&lock, Duration::ZERO).unwrap(), 2);
+        assert_eq!(ids(&store, account), [never]);
+        assert_eq!(count(&store, "SELECT count(*) FROM chunks"), 2 + 1);
+        assert_eq!(store.expire_messages(&lock, Duration::ZERO).unwrap(), 0);
+        store.release_lock(&lock).unwrap();
+
+        // Fencing: after a takeover nothing expires.
+        age(never, 10 * day);
+        let (lapsed, thief) = lapsed_and_taken_over(&store, account);
+        assert!(matches!(
+            store.expire_messages(&lapsed, Duration::ZERO),
+            Err(StoreError::LockLost)
+        ));
+        assert_eq!(ids(&store, account), [never]);
+        assert_eq!(store.expire_messages(&thief, five_days).unwrap(), 1);
+        assert!(ids(&store, account).is_empty());
+    }
+
+    /// RFC 6856 section 3: the flag is stored at delivery and import.
+    #[test]
+    fn utf8_headers_flag_is_stored() {
+        let (_dir, store) = setup();
+        let to = name("user");
+        let account = store.create_account(&to, "h").unwrap();
+        let cases: &[(&[u8], bool)] = &[
+            (b"Subject: caf\xc3\xa9\n\nbody\n", true),
+            (b"Subject: caf\xe9\n\nbody\n", false),
+            (b"Subject: cafe\n\ncaf\xc3\xa9 \xe9\n", false),
+            (b"Subject: cafe\n\nbody\n", false),
+        ];
+        for (input, _) in cases {
+            deliver(&store, &to, input);
+        }
+        let imported: Vec<ImportMessage> = cases
+            .iter()
+            .map(|(input, _)| ImportMessage {
+                bytes: input.to_vec(),
+                uid: None,
+            })
+            .collect();
+        store.import(&to, &mut imported.into_iter()).unwrap();
+        let flags: Vec<bool> = store
+            .list_messages(account)
+            .unwrap()
+            .iter()
+            .map(|m| m.utf8_headers)
+            .collect();
+        let want: Vec<bool> = cases.iter().chain(cases).map(|&(_, w)| w).collect();
+        assert_eq!(flags, want);
     }
 }

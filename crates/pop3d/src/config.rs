@@ -1,0 +1,225 @@
+//! The TOML configuration file (`--config FILE`), and how flags override it.
+//! Every key is documented in docs/configuration.md; unknown keys are an error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use server::{Cleartext, ListenerKind, TlsVersion};
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub data_dir: Option<PathBuf>,
+    pub hostname: Option<String>,
+    pub log: Option<String>,
+    pub greeting: Option<String>,
+    /// `""` leaves IMPLEMENTATION out of CAPA.
+    pub implementation: Option<String>,
+    pub idle_timeout: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub lock_lease: Option<u64>,
+    pub shutdown_grace: Option<u64>,
+    pub tls_handshake_timeout: Option<u64>,
+    pub login_delay: Option<u64>,
+    pub login_delay_burst: Option<u32>,
+    pub expire: Option<ExpireSetting>,
+    /// Generate a self-signed certificate when none is configured (default true).
+    pub self_signed: Option<bool>,
+    #[serde(default)]
+    pub listen: Vec<ListenFile>,
+    #[serde(default)]
+    pub certificate: Vec<CertFile>,
+}
+
+/// `expire = 30` (days) or `expire = "never"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ExpireSetting {
+    Days(u32),
+    Word(String),
+}
+
+impl ExpireSetting {
+    pub fn resolve(&self) -> Result<store::Expire> {
+        match self {
+            ExpireSetting::Days(d) => Ok(store::Expire::Days(*d)),
+            ExpireSetting::Word(w) if w.eq_ignore_ascii_case("never") => Ok(store::Expire::Never),
+            ExpireSetting::Word(w) => {
+                w.parse::<u32>().map(store::Expire::Days).with_context(|| {
+                    format!("expire must be a number of days or \"never\", not {w:?}")
+                })
+            }
+        }
+    }
+}
+
+/// One `[[listen]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    pub address: SocketAddr,
+    /// `"pop3"` (cleartext, STLS when a certificate exists) or `"pop3s"` (implicit TLS).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// `"never"`, `"loopback"` (default) or `"always"`.
+    #[serde(default)]
+    pub cleartext: Option<String>,
+    /// `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_tls: Option<String>,
+}
+
+fn default_kind() -> String {
+    "pop3".into()
+}
+
+/// One `[[certificate]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A listener as resolved from the file and the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub address: SocketAddr,
+    pub kind: ListenerKind,
+    pub cleartext: Cleartext,
+    pub min_tls: TlsVersion,
+}
+
+impl File {
+    /// Reads and checks a configuration file; errors name the file and the offending key.
+    pub fn read(path: &Path) -> Result<File> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the configuration file {}", path.display()))?;
+        File::parse(&text).with_context(|| format!("in the configuration file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<File> {
+        let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for l in &file.listen {
+            l.resolve()?;
+        }
+        if let Some(e) = &file.expire {
+            e.resolve()?;
+        }
+        Ok(file)
+    }
+}
+
+pub fn parse_cleartext(s: &str) -> Result<Cleartext> {
+    match s {
+        "never" => Ok(Cleartext::Never),
+        "loopback" => Ok(Cleartext::Loopback),
+        "always" => Ok(Cleartext::Always),
+        other => bail!("cleartext must be \"never\", \"loopback\" or \"always\", not {other:?}"),
+    }
+}
+
+pub fn parse_min_tls(s: &str) -> Result<TlsVersion> {
+    match s {
+        "1.2" => Ok(TlsVersion::Tls12),
+        "1.3" => Ok(TlsVersion::Tls13),
+        other => bail!("min_tls must be \"1.2\" or \"1.3\", not {other:?}"),
+    }
+}
+
+impl ListenFile {
+    pub fn resolve(&self) -> Result<ListenSpec> {
+        let kind = match self.kind.as_str() {
+            "pop3" => ListenerKind::Plain,
+            "pop3s" => ListenerKind::ImplicitTls,
+            other => bail!(
+                "listener {}: kind must be \"pop3\" or \"pop3s\", not {other:?}",
+                self.address
+            ),
+        };
+        let cleartext = self
+            .cleartext
+            .as_deref()
+            .map(parse_cleartext)
+            .transpose()
+            .with_context(|| format!("listener {}", self.address))?
+            .unwrap_or_default();
+        let min_tls = self
+            .min_tls
+            .as_deref()
+            .map(parse_min_tls)
+            .transpose()
+            .with_context(|| format!("listener {}", self.address))?
+            .unwrap_or_default();
+        Ok(ListenSpec {
+            address: self.address,
+            kind,
+            cleartext,
+            min_tls,
+        })
+    }
+}
+
+/// Seconds to a `Duration`.
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let f = File::parse(include_str!("../../../docs/pop3d.example.toml")).expect("example");
+        assert_eq!(f.listen.len(), 3);
+        assert_eq!(f.certificate.len(), 2);
+        assert_eq!(
+            f.listen[1].resolve().expect("listener").kind,
+            ListenerKind::ImplicitTls
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = File::parse("idle_timeot = 5\n").expect_err("unknown key");
+        assert!(format!("{err:#}").contains("idle_timeot"), "{err:#}");
+        let err = File::parse("[[listen]]\naddress = \"127.0.0.1:1\"\nport = 1\n")
+            .expect_err("unknown key");
+        assert!(format!("{err:#}").contains("port"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (text, needle) in [
+            (
+                "[[listen]]\naddress = \"127.0.0.1:1\"\nkind = \"imap\"\n",
+                "pop3s",
+            ),
+            (
+                "[[listen]]\naddress = \"127.0.0.1:1\"\ncleartext = \"yes\"\n",
+                "loopback",
+            ),
+            (
+                "[[listen]]\naddress = \"127.0.0.1:1\"\nmin_tls = \"1.1\"\n",
+                "1.3",
+            ),
+            ("expire = \"sometimes\"\n", "never"),
+            ("idle_timeout = \"ten\"\n", "idle_timeout"),
+        ] {
+            let err = File::parse(text).expect_err(text);
+            assert!(format!("{err:#}").contains(needle), "{text}: {err:#}");
+        }
+        assert!(matches!(
+            File::parse("expire = 7\n")
+                .ok()
+                .and_then(|f| f.expire)
+                .map(|e| e.resolve().ok()),
+            Some(Some(store::Expire::Days(7)))
+        ));
+    }
+}

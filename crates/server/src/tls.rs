@@ -1,0 +1,309 @@
+//! TLS for STLS (RFC 2595) and implicit-TLS listeners (RFC 8314): certificates from PEM files,
+//! chosen by SNI, reloadable without dropping sessions, and a self-signed fallback for the
+//! embedded defaults.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::crypto::ring::sign::any_supported_type;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::TlsAcceptor;
+use tracing::info;
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Lowest protocol version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// Errors loading certificates or keys. They name the file, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("no certificate configured")]
+    NoCertificate,
+    #[error("reading certificates from {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("reading the private key from {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("the key in {path} does not fit its certificate or is unsupported: {reason}")]
+    Mismatch { path: PathBuf, reason: String },
+    #[error("generating a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A loaded certificate with the chain's end-entity DER kept for SNI matching.
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+}
+
+impl Loaded {
+    fn matches(&self, name: &ServerName<'_>) -> bool {
+        self.key
+            .end_entity_cert()
+            .ok()
+            .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+            .is_some_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
+    }
+}
+
+fn load_pair(files: &CertFiles) -> Result<Loaded, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: files.cert.clone(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: files.cert.clone(),
+            reason: "no certificate in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Key {
+        path: files.key.clone(),
+        reason: e.to_string(),
+    })?;
+    let signing = any_supported_type(&key).map_err(|e| TlsError::Mismatch {
+        path: files.key.clone(),
+        reason: e.to_string(),
+    })?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified.keys_match().map_err(|e| TlsError::Mismatch {
+        path: files.key.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Loaded {
+        key: Arc::new(certified),
+    })
+}
+
+/// Picks the certificate whose names cover the client's SNI name; the first one otherwise
+/// (and for clients that send no SNI).
+#[derive(Debug)]
+struct SniResolver {
+    loaded: RwLock<Arc<Vec<Loaded>>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let loaded = self
+            .loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let by_name = hello
+            .server_name()
+            .and_then(|n| ServerName::try_from(n).ok())
+            .and_then(|name| loaded.iter().find(|l| l.matches(&name)));
+        by_name.or_else(|| loaded.first()).map(|l| l.key.clone())
+    }
+}
+
+/// The server's certificates and the acceptors built on them.
+pub struct Tls {
+    files: Vec<CertFiles>,
+    resolver: Arc<SniResolver>,
+    tls12: TlsAcceptor,
+    tls13: TlsAcceptor,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Loads every certificate; the first one is the default for clients without SNI.
+    pub fn load(files: Vec<CertFiles>) -> Result<Tls, TlsError> {
+        let resolver = Arc::new(SniResolver {
+            loaded: RwLock::new(Arc::new(load_all(&files)?)),
+        });
+        let acceptor = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .map(|b| {
+                    let mut config = b
+                        .with_no_client_auth()
+                        .with_cert_resolver(resolver.clone() as Arc<dyn ResolvesServerCert>);
+                    config.ignore_client_order = true;
+                    TlsAcceptor::from(Arc::new(config))
+                })
+                .map_err(|e| TlsError::Generate(e.to_string()))
+        };
+        Ok(Tls {
+            tls12: acceptor(&[&rustls::version::TLS13, &rustls::version::TLS12])?,
+            tls13: acceptor(&[&rustls::version::TLS13])?,
+            files,
+            resolver,
+        })
+    }
+
+    /// Reads the certificate files again; on any error the old certificates stay in use.
+    /// Sessions in progress keep the certificate they were started with.
+    pub fn reload(&self) -> Result<usize, TlsError> {
+        let fresh = load_all(&self.files)?;
+        let n = fresh.len();
+        *self
+            .resolver
+            .loaded
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(n)
+    }
+
+    /// The acceptor for listeners whose minimum version is `min`.
+    pub fn acceptor(&self, min: TlsVersion) -> &TlsAcceptor {
+        match min {
+            TlsVersion::Tls12 => &self.tls12,
+            TlsVersion::Tls13 => &self.tls13,
+        }
+    }
+}
+
+fn load_all(files: &[CertFiles]) -> Result<Vec<Loaded>, TlsError> {
+    if files.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
+    files.iter().map(load_pair).collect()
+}
+
+/// The self-signed certificate of the embedded defaults: `dir/cert.pem` and `dir/key.pem`,
+/// generated on first use for `hostname`, `localhost`, 127.0.0.1 and ::1, then reused.
+/// Returns the files and the certificate's SHA-256 fingerprint (hex, colon-separated).
+pub fn self_signed(dir: &Path, hostname: &str) -> Result<(CertFiles, String), TlsError> {
+    let files = CertFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    if !(files.cert.exists() && files.key.exists()) {
+        let names = vec![
+            hostname.to_string(),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        let generated = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let write = |path: &Path, data: &[u8], mode: u32| -> Result<(), TlsError> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let err = |source| TlsError::Write {
+                path: path.to_path_buf(),
+                source,
+            };
+            std::fs::create_dir_all(dir).map_err(err)?;
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&tmp)
+                .map_err(err)?;
+            f.write_all(data).map_err(err)?;
+            f.sync_all().map_err(err)?;
+            std::fs::rename(&tmp, path).map_err(err)
+        };
+        write(
+            &files.key,
+            generated.signing_key.serialize_pem().as_bytes(),
+            0o600,
+        )?;
+        write(&files.cert, generated.cert.pem().as_bytes(), 0o644)?;
+        info!(cert = %files.cert.display(), "generated a self-signed certificate");
+    }
+    let der = CertificateDer::from_pem_file(&files.cert).map_err(|e| TlsError::Cert {
+        path: files.cert.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((files, fingerprint(&der)))
+}
+
+/// SHA-256 fingerprint of a DER certificate as `AB:CD:...`.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("pop3-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn self_signed_is_generated_once_and_loads() {
+        let dir = temp_dir("selfsigned");
+        let (files, fp1) = self_signed(&dir, "mail.example.org").expect("generate");
+        let (_, fp2) = self_signed(&dir, "mail.example.org").expect("reuse");
+        assert_eq!(fp1, fp2, "the certificate must be reused, not regenerated");
+        assert_eq!(fp1.len(), 32 * 3 - 1);
+        let tls = Tls::load(vec![files]).expect("load");
+        assert_eq!(tls.reload().expect("reload"), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_files_are_named_in_errors() {
+        let dir = temp_dir("bad");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let cert = dir.join("c.pem");
+        std::fs::write(&cert, "not a pem").expect("write");
+        let err = Tls::load(vec![CertFiles {
+            cert: cert.clone(),
+            key: dir.join("missing.pem"),
+        }])
+        .expect_err("must fail");
+        assert!(err.to_string().contains("c.pem"), "{err}");
+        assert!(matches!(Tls::load(vec![]), Err(TlsError::NoCertificate)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sni_picks_the_matching_certificate() {
+        let a = temp_dir("sni-a");
+        let b = temp_dir("sni-b");
+        let (fa, _) = self_signed(&a, "a.example.org").expect("a");
+        let (fb, fpb) = self_signed(&b, "b.example.org").expect("b");
+        let tls = Tls::load(vec![fa, fb]).expect("load");
+        let loaded = tls.resolver.loaded.read().expect("lock").clone();
+        let name = ServerName::try_from("b.example.org").expect("name");
+        let hit = loaded.iter().find(|l| l.matches(&name)).expect("match");
+        let der = hit.key.end_entity_cert().expect("ee");
+        assert_eq!(fingerprint(der), fpb);
+        let _ = std::fs::remove_dir_all(&a);
+        let _ = std::fs::remove_dir_all(&b);
+    }
+}
