@@ -21,6 +21,8 @@ pub struct File {
     pub implementation: Option<String>,
     pub idle_timeout: Option<u64>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub login_timeout: Option<u64>,
     pub lock_lease: Option<u64>,
     pub shutdown_grace: Option<u64>,
     pub tls_handshake_timeout: Option<u64>,

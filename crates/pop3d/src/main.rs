@@ -69,6 +69,14 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
+    /// Connections served at once per client address, IPv6 by /64 [default: 20].
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+
+    /// Seconds a client has from connecting to completing its login [default: 60].
+    #[arg(long, value_name = "SECS")]
+    login_timeout: Option<u64>,
+
     /// Lease of a maildrop lock in seconds, renewed while the session lives [default: 120].
     #[arg(long, value_name = "SECS")]
     lock_lease: Option<u64>,
@@ -170,6 +178,21 @@ fn resolve(args: &Args) -> Result<Settings> {
     if max_connections == 0 {
         bail!("max_connections must be at least 1");
     }
+    let max_connections_per_ip = args
+        .max_connections_per_ip
+        .or(file.max_connections_per_ip)
+        .unwrap_or(defaults.max_connections_per_ip);
+    if max_connections_per_ip == 0 {
+        bail!("max_connections_per_ip must be at least 1");
+    }
+    let login_timeout = args
+        .login_timeout
+        .or(file.login_timeout)
+        .map(secs)
+        .unwrap_or(defaults.login_timeout);
+    if login_timeout.is_zero() {
+        bail!("login_timeout must be at least 1 second");
+    }
     let lock_lease = args
         .lock_lease
         .or(file.lock_lease)
@@ -196,6 +219,8 @@ fn resolve(args: &Args) -> Result<Settings> {
             .unwrap_or(defaults.hostname),
         idle_timeout: idle,
         max_connections,
+        max_connections_per_ip,
+        login_timeout,
         lock_lease,
         shutdown_grace: args
             .shutdown_grace

@@ -8,6 +8,7 @@
 
 mod conn;
 pub mod lang;
+mod limits;
 mod lock;
 mod maildrop;
 mod reply;
@@ -44,6 +45,12 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Connections served at once; more are answered `-ERR [SYS/TEMP]` and closed.
     pub max_connections: usize,
+    /// Connections served at once per client address (IPv6 counted by /64).
+    pub max_connections_per_ip: usize,
+    /// Time a client has from connecting to completing a login; then `-ERR` and close.
+    /// This is a login deadline, not RFC 1939's inactivity autologout (which is
+    /// `idle_timeout` and resets with every command).
+    pub login_timeout: Duration,
     /// Lease of the maildrop lock; a session renews it every third of the lease, so a crashed
     /// server's locks free themselves after at most this long.
     pub lock_lease: Duration,
@@ -65,7 +72,8 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// Host name from the kernel, 10 minutes idle timeout, 1,024 connections, a 2 minute lock
+    /// Host name from the kernel, 10 minutes idle timeout, 1,024 connections (20 per client
+    /// address), 60 seconds to log in, a 2 minute lock
     /// lease, 30 seconds of shutdown grace, 30 seconds for a TLS handshake, greeting
     /// "POP3 server ready", IMPLEMENTATION "pop3d", no login delay, EXPIRE NEVER.
     fn default() -> Self {
@@ -73,6 +81,8 @@ impl Default for Config {
             hostname: local_hostname(),
             idle_timeout: RFC_MIN_IDLE_TIMEOUT,
             max_connections: 1024,
+            max_connections_per_ip: 20,
+            login_timeout: Duration::from_secs(60),
             lock_lease: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(30),
@@ -164,6 +174,7 @@ pub(crate) struct Shared {
     pub next_session: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
     pub tls: Option<Arc<Tls>>,
+    pub per_client: Arc<limits::PerClient>,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
@@ -196,12 +207,14 @@ pub async fn run(
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let max = config.max_connections;
+    let max_per_ip = config.max_connections_per_ip;
     let shared = Arc::new(Shared {
         store,
         config,
         next_session: AtomicU64::new(1),
         shutdown: stop_rx,
         tls,
+        per_client: limits::PerClient::new(max_per_ip),
     });
     let acceptors: Vec<_> = listeners
         .into_iter()
@@ -244,8 +257,13 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
         };
         let _ = stream.set_nodelay(true);
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let slot = slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .and_then(|permit| Some((permit, shared.per_client.try_acquire(peer.ip())?)));
+        match slot {
+            Some((permit, client_slot)) => {
                 let span = tracing::info_span!(
                     "session",
                     id,
@@ -259,12 +277,13 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
                         if let Some(conn) = open(stream, info, &shared).await {
                             session::serve(conn, peer, id, info, shared).await;
                         }
+                        drop(client_slot);
                         drop(permit);
                     }
                     .instrument(span),
                 );
             }
-            Err(_) => {
+            None => {
                 tokio::spawn(refuse_busy(stream, peer, info, shared.clone()));
             }
         }

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto::response::{write_end, write_err, write_listing_line, write_ok};
 use proto::{Command, CommandError, Decoder, DotStuffer, ResponseCode, Secret};
@@ -68,6 +68,8 @@ struct Session {
     /// RFC 6856 UTF8 mode is on.
     utf8: bool,
     id: u64,
+    /// A login must be complete by then.
+    login_deadline: Instant,
 }
 
 /// Serves one connection until QUIT, a drop, the idle timeout or shutdown.
@@ -79,6 +81,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
 ) {
     debug!("connected");
+    let shared_login_timeout = shared.config.login_timeout;
     let mut session = Session {
         conn,
         peer,
@@ -91,6 +94,7 @@ pub(crate) async fn serve(
         lang: lang::default_language(),
         utf8: false,
         id,
+        login_deadline: Instant::now() + shared_login_timeout,
     };
     if let Err(e) = session.run().await {
         debug!(error = %e, "connection ended");
@@ -134,8 +138,22 @@ impl Session {
             }
             self.flush().await?;
             let idle = self.shared.config.idle_timeout;
+            let logging_in = matches!(self.state, State::Authorization { .. });
+            let wait = if logging_in {
+                idle.min(
+                    self.login_deadline
+                        .saturating_duration_since(Instant::now()),
+                )
+            } else {
+                idle
+            };
             let n = tokio::select! {
-                read = tokio::time::timeout(idle, self.conn.read(&mut buf)) => match read {
+                read = tokio::time::timeout(wait, self.conn.read(&mut buf)) => match read {
+                    Err(_) if logging_in && Instant::now() >= self.login_deadline => {
+                        info!("login timeout; closing");
+                        self.err(Text::LoginTimeout);
+                        return self.flush().await;
+                    }
                     // RFC 1939 section 3: autologout closes without a reply and without UPDATE.
                     Err(_) => {
                         info!("idle timeout; closing without UPDATE");
