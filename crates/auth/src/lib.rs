@@ -8,13 +8,74 @@
 //! Verification is deliberately slow (that is the point of argon2); callers on an async runtime
 //! run it on a blocking thread.
 
+mod legacy;
+pub mod sasl;
+pub mod scram;
+
 use std::borrow::Cow;
 use std::sync::OnceLock;
+
+pub use legacy::{verify_apop, verify_cram_md5};
+pub use sasl::{Credentials, Exchange, Mechanism, Step};
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
 use argon2::{Algorithm, Argon2, Params, Version};
+
+/// Why a SASL exchange failed. Never carries a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SaslError {
+    #[error("malformed SASL response")]
+    Malformed,
+    #[error("unsupported SASL option")]
+    Unsupported,
+    #[error("the authorization identity differs from the authentication identity")]
+    AuthzidMismatch,
+    #[error("a field contains CR, LF or NUL")]
+    ControlInField,
+    #[error("invalid credentials")]
+    BadCredentials,
+}
+
+/// Everything stored for a password: the argon2id hash, the SCRAM-SHA-256 keys, and for
+/// accounts that opted in to APOP/CRAM-MD5 the password-equivalent legacy secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSecrets {
+    pub password_hash: String,
+    pub scram_sha256: String,
+    pub legacy_secret: Option<String>,
+}
+
+impl std::fmt::Debug for StoredSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSecrets")
+            .field("legacy", &self.legacy_secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Derives what is stored for `password`. `legacy` keeps the password itself for APOP and
+/// CRAM-MD5, which need it (they then require the password to be UTF-8).
+pub fn derive_secrets(password: &[u8], legacy: bool) -> Result<StoredSecrets, AuthError> {
+    let password_hash = hash_password(password)?;
+    let mut salt = [0u8; 16];
+    argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, &mut salt);
+    let scram_sha256 = scram::Record::derive(&prepare(password), &salt, scram::ITERATIONS).encode();
+    let legacy_secret = if legacy {
+        Some(
+            String::from_utf8(prepare(password).into_owned())
+                .map_err(|_| AuthError::LegacyNotUtf8)?,
+        )
+    } else {
+        None
+    };
+    Ok(StoredSecrets {
+        password_hash,
+        scram_sha256,
+        legacy_secret,
+    })
+}
 
 /// Errors of this crate. They never carry a password.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +86,8 @@ pub enum AuthError {
     BadStoredHash(String),
     #[error("the password is empty")]
     EmptyPassword,
+    #[error("APOP and CRAM-MD5 need a password in UTF-8")]
+    LegacyNotUtf8,
 }
 
 /// The argon2id instance used for new hashes: argon2's defaults (RFC 9106's second
@@ -162,6 +225,17 @@ mod tests {
         assert!(validate_phc(&a).is_ok());
         assert!(validate_phc("$md5$nope").is_err());
         assert!(matches!(hash_password(b""), Err(AuthError::EmptyPassword)));
+    }
+
+    #[test]
+    fn derived_secrets_verify() {
+        let s = derive_secrets(b"pencil", true).expect("derive");
+        assert_eq!(verify_password(Some(&s.password_hash), b"pencil"), Verdict::Accepted);
+        assert!(scram::Record::parse(&s.scram_sha256).is_some());
+        assert_eq!(s.legacy_secret.as_deref(), Some("pencil"));
+        assert!(!format!("{s:?}").contains("pencil"));
+        assert_eq!(derive_secrets(b"x", false).expect("derive").legacy_secret, None);
+        assert!(matches!(derive_secrets(b"\xff", true), Err(AuthError::LegacyNotUtf8)));
     }
 
     #[test]

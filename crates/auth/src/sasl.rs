@@ -1,0 +1,459 @@
+//! SASL mechanisms (RFC 4422) as step machines: PLAIN (RFC 4616), LOGIN, CRAM-MD5 (RFC 2195)
+//! and SCRAM-SHA-256 (RFC 7677).
+//!
+//! An [`Exchange`] never reads the store and does no I/O: it returns a [`Step`] that tells the
+//! caller what to send, or what it needs (an account's stored secrets, or an argon2 check of a
+//! password), and the caller feeds the answer back. Framing (base64, `+ ` lines, `*`) is the
+//! caller's business too.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+
+use crate::legacy::verify_cram_md5;
+use crate::scram::{self, ClientFirst, Record};
+use crate::{SaslError, Verdict};
+
+/// The mechanisms this crate implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Login,
+    CramMd5,
+    ScramSha256,
+}
+
+impl Mechanism {
+    pub const ALL: [Mechanism; 4] = [
+        Mechanism::ScramSha256,
+        Mechanism::CramMd5,
+        Mechanism::Plain,
+        Mechanism::Login,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+            Mechanism::CramMd5 => "CRAM-MD5",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+        }
+    }
+
+    /// Case-insensitive lookup.
+    pub fn parse(name: &str) -> Option<Mechanism> {
+        Mechanism::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The password crosses the wire as it is: only over TLS, or where the cleartext
+    /// policy allows (RFC 4616 section 6, RFC 8314).
+    pub fn is_cleartext(self) -> bool {
+        matches!(self, Mechanism::Plain | Mechanism::Login)
+    }
+
+    /// Needs the account's password-equivalent legacy secret.
+    pub fn needs_legacy_secret(self) -> bool {
+        matches!(self, Mechanism::CramMd5)
+    }
+}
+
+/// What the caller has of an account, for the mechanisms that need stored secrets. `None`
+/// fields mean the account has no such secret.
+#[derive(Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    pub legacy_secret: Option<&'a str>,
+    pub scram: Option<&'a str>,
+}
+
+/// What to do next.
+pub enum Step {
+    /// Send this challenge (the caller base64-encodes it) and feed the reply to
+    /// [`Exchange::respond`].
+    Challenge(Vec<u8>),
+    /// Look the account up and call [`Exchange::credentials`] (with `None` for an unknown
+    /// account: the exchange then fails the way a wrong password does).
+    NeedCredentials { authcid: String },
+    /// Check this password against the account's argon2 hash; the exchange is over and the
+    /// outcome of that check is the outcome of the login.
+    CheckPassword { authcid: String, password: Vec<u8> },
+    /// Authenticated as `authcid`.
+    Success { authcid: String },
+    /// The exchange failed.
+    Failure(SaslError),
+}
+
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Challenge(c) => write!(f, "Challenge({} octets)", c.len()),
+            Step::NeedCredentials { authcid } => write!(f, "NeedCredentials({authcid:?})"),
+            Step::CheckPassword { authcid, .. } => {
+                write!(f, "CheckPassword({authcid:?}, <redacted>)")
+            }
+            Step::Success { authcid } => write!(f, "Success({authcid:?})"),
+            Step::Failure(e) => write!(f, "Failure({e})"),
+        }
+    }
+}
+
+/// Per-exchange values the caller makes: the CRAM-MD5 challenge (a msg-id) and the SCRAM
+/// server nonce.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub challenge: String,
+    pub nonce: String,
+}
+
+impl Context {
+    /// A fresh context for `hostname` with random values.
+    pub fn new(hostname: &str) -> Context {
+        let mut random = [0u8; 18];
+        OsRng.fill_bytes(&mut random);
+        let nonce: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        Context {
+            challenge: format!("<{}.{now}@{hostname}>", &nonce[..16]),
+            nonce,
+        }
+    }
+}
+
+enum State {
+    Plain,
+    LoginUser,
+    LoginPassword { user: String },
+    Cram { challenge: String },
+    CramNeedSecret { challenge: String, user: String, digest: String },
+    ScramFirst { server_nonce: String },
+    ScramNeedRecord { first: ClientFirst, server_nonce: String },
+    ScramFinal { first: ClientFirst, server_first: String, nonce: String, record: Record, known: bool },
+    ScramOutcome { user: String },
+    Done,
+}
+
+/// One SASL exchange on the server side.
+pub struct Exchange {
+    state: State,
+}
+
+/// Longest field of PLAIN (RFC 4616 section 2: up to 255 octets each).
+const MAX_FIELD: usize = 255;
+
+fn field(bytes: &[u8]) -> Result<String, SaslError> {
+    if bytes.len() > MAX_FIELD {
+        return Err(SaslError::Malformed);
+    }
+    if bytes.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(SaslError::ControlInField);
+    }
+    String::from_utf8(bytes.to_vec()).map_err(|_| SaslError::Malformed)
+}
+
+impl Exchange {
+    /// Starts `mechanism`, with the client's initial response if it sent one.
+    pub fn start(mechanism: Mechanism, initial: Option<Vec<u8>>, ctx: &Context) -> (Exchange, Step) {
+        let state = match mechanism {
+            Mechanism::Plain => State::Plain,
+            Mechanism::Login => State::LoginUser,
+            Mechanism::CramMd5 => State::Cram {
+                challenge: ctx.challenge.clone(),
+            },
+            Mechanism::ScramSha256 => State::ScramFirst {
+                server_nonce: ctx.nonce.clone(),
+            },
+        };
+        let mut exchange = Exchange { state };
+        let step = match (initial, mechanism) {
+            (Some(data), Mechanism::Plain | Mechanism::Login | Mechanism::ScramSha256) => {
+                exchange.respond(&data)
+            }
+            // CRAM-MD5 starts with the server's challenge; an initial response is an error.
+            (Some(_), Mechanism::CramMd5) => {
+                exchange.state = State::Done;
+                Step::Failure(SaslError::Malformed)
+            }
+            (None, Mechanism::Plain | Mechanism::ScramSha256) => Step::Challenge(Vec::new()),
+            (None, Mechanism::Login) => Step::Challenge(b"Username:".to_vec()),
+            (None, Mechanism::CramMd5) => Step::Challenge(ctx.challenge.as_bytes().to_vec()),
+        };
+        (exchange, step)
+    }
+
+    /// Feeds the client's (decoded) response.
+    pub fn respond(&mut self, data: &[u8]) -> Step {
+        let state = std::mem::replace(&mut self.state, State::Done);
+        match self.advance(state, data) {
+            Ok(step) => step,
+            Err(e) => {
+                self.state = State::Done;
+                Step::Failure(e)
+            }
+        }
+    }
+
+    fn advance(&mut self, state: State, data: &[u8]) -> Result<Step, SaslError> {
+        match state {
+            State::Plain => {
+                // RFC 4616 section 2: [authzid] NUL authcid NUL passwd
+                let mut parts = data.split(|&b| b == 0);
+                let (Some(authzid), Some(authcid), Some(password), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(SaslError::Malformed);
+                };
+                let authzid = field(authzid)?;
+                let authcid = field(authcid)?;
+                if authcid.is_empty() || password.is_empty() || password.len() > MAX_FIELD {
+                    return Err(SaslError::Malformed);
+                }
+                if password.iter().any(|&b| b == b'\r' || b == b'\n') {
+                    return Err(SaslError::ControlInField);
+                }
+                if !authzid.is_empty() && authzid != authcid {
+                    return Err(SaslError::AuthzidMismatch);
+                }
+                Ok(Step::CheckPassword {
+                    authcid,
+                    password: password.to_vec(),
+                })
+            }
+            State::LoginUser => {
+                let user = field(data)?;
+                if user.is_empty() {
+                    return Err(SaslError::Malformed);
+                }
+                self.state = State::LoginPassword { user };
+                Ok(Step::Challenge(b"Password:".to_vec()))
+            }
+            State::LoginPassword { user } => {
+                if data.is_empty() || data.len() > MAX_FIELD {
+                    return Err(SaslError::Malformed);
+                }
+                if data.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+                    return Err(SaslError::ControlInField);
+                }
+                Ok(Step::CheckPassword {
+                    authcid: user,
+                    password: data.to_vec(),
+                })
+            }
+            State::Cram { challenge } => {
+                // RFC 2195 section 2: "user SP digest", the digest 32 lower-case hex digits.
+                let text = field(data)?;
+                let (user, digest) = text.rsplit_once(' ').ok_or(SaslError::Malformed)?;
+                if user.is_empty()
+                    || digest.len() != 32
+                    || !digest.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(SaslError::Malformed);
+                }
+                self.state = State::CramNeedSecret {
+                    challenge,
+                    user: user.to_string(),
+                    digest: digest.to_string(),
+                };
+                Ok(Step::NeedCredentials {
+                    authcid: user.to_string(),
+                })
+            }
+            State::ScramFirst { server_nonce } => {
+                let first = scram::parse_client_first(data)?;
+                let authcid = first.user.clone();
+                self.state = State::ScramNeedRecord {
+                    first,
+                    server_nonce,
+                };
+                Ok(Step::NeedCredentials { authcid })
+            }
+            State::ScramFinal {
+                first,
+                server_first,
+                nonce,
+                record,
+                known,
+            } => {
+                let v = scram::verify_client_final(data, &first, &server_first, &nonce, &record)?;
+                if !known {
+                    return Err(SaslError::BadCredentials);
+                }
+                self.state = State::ScramOutcome { user: first.user };
+                Ok(Step::Challenge(v.into_bytes()))
+            }
+            State::ScramOutcome { user } => {
+                // RFC 5034 section 4: the client answers the final challenge with an empty line.
+                if !data.is_empty() {
+                    return Err(SaslError::Malformed);
+                }
+                Ok(Step::Success { authcid: user })
+            }
+            State::CramNeedSecret { .. } | State::ScramNeedRecord { .. } | State::Done => {
+                Err(SaslError::Malformed)
+            }
+        }
+    }
+
+    /// Feeds the account's stored secrets after [`Step::NeedCredentials`] (`None`: unknown
+    /// account).
+    pub fn credentials(&mut self, creds: Option<Credentials<'_>>) -> Step {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::CramNeedSecret {
+                challenge,
+                user,
+                digest,
+            } => {
+                let secret = creds.and_then(|c| c.legacy_secret);
+                match verify_cram_md5(&challenge, secret, &digest) {
+                    Verdict::Accepted => Step::Success { authcid: user },
+                    Verdict::Rejected => Step::Failure(SaslError::BadCredentials),
+                }
+            }
+            State::ScramNeedRecord {
+                first,
+                server_nonce,
+            } => {
+                let stored = creds.and_then(|c| c.scram).and_then(Record::parse);
+                let known = stored.is_some();
+                // An unknown user (or one without SCRAM keys) gets a plausible, stable salt
+                // and fails only at the proof, as a wrong password would.
+                let record = stored.unwrap_or_else(|| fake_record(&first.user));
+                let nonce = format!("{}{}", first.nonce, server_nonce);
+                let server_first = scram::server_first(&nonce, &record);
+                self.state = State::ScramFinal {
+                    first,
+                    server_first: server_first.clone(),
+                    nonce,
+                    record,
+                    known,
+                };
+                Step::Challenge(server_first.into_bytes())
+            }
+            _ => Step::Failure(SaslError::Malformed),
+        }
+    }
+}
+
+/// A record for a user the store does not know: same shape every time for that name.
+fn fake_record(user: &str) -> Record {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut k = [0u8; 32];
+        OsRng.fill_bytes(&mut k);
+        k
+    });
+    let digest = Sha256::new()
+        .chain_update(key)
+        .chain_update(user.as_bytes())
+        .finalize();
+    let mut random = [0u8; 64];
+    OsRng.fill_bytes(&mut random);
+    Record {
+        iterations: scram::ITERATIONS,
+        salt: digest[..16].to_vec(),
+        stored_key: random[..32].try_into().unwrap_or([0; 32]),
+        server_key: random[32..].try_into().unwrap_or([0; 32]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+
+    fn ctx() -> Context {
+        Context {
+            challenge: "<1896.697170952@postoffice.reston.mci.net>".into(),
+            nonce: "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into(),
+        }
+    }
+
+    #[test]
+    fn rfc4616_plain_examples() {
+        // RFC 4616 section 4.
+        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"\0tim\0tanstaaftanstaaf".to_vec()), &ctx());
+        match step {
+            Step::CheckPassword { authcid, password } => {
+                assert_eq!(authcid, "tim");
+                assert_eq!(password, b"tanstaaftanstaaf");
+            }
+            other => panic!("{other:?}"),
+        }
+        // "Ursel" acting as "Kurt": no proxy authorisation here.
+        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"Ursel\0Kurt\0xipj3plmq".to_vec()), &ctx());
+        assert!(matches!(step, Step::Failure(SaslError::AuthzidMismatch)));
+        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"tim\0tim\0pw".to_vec()), &ctx());
+        assert!(matches!(step, Step::CheckPassword { .. }));
+        // Fields with CR or LF are refused before use (they could smuggle commands).
+        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"\0tim\r\nQUIT\0pw".to_vec()), &ctx());
+        assert!(matches!(step, Step::Failure(SaslError::ControlInField)));
+        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"\0tim".to_vec()), &ctx());
+        assert!(matches!(step, Step::Failure(SaslError::Malformed)));
+        // Without an initial response the server sends an empty challenge.
+        let (mut ex, step) = Exchange::start(Mechanism::Plain, None, &ctx());
+        assert!(matches!(step, Step::Challenge(c) if c.is_empty()));
+        assert!(matches!(ex.respond(b"\0u\0p"), Step::CheckPassword { .. }));
+    }
+
+    #[test]
+    fn login_asks_for_user_then_password() {
+        let (mut ex, step) = Exchange::start(Mechanism::Login, None, &ctx());
+        assert!(matches!(step, Step::Challenge(c) if c == b"Username:"));
+        assert!(matches!(ex.respond(b"tim"), Step::Challenge(c) if c == b"Password:"));
+        assert!(matches!(ex.respond(b"pass word"), Step::CheckPassword { authcid, .. } if authcid == "tim"));
+    }
+
+    #[test]
+    fn rfc2195_cram_md5_exchange() {
+        let (mut ex, step) = Exchange::start(Mechanism::CramMd5, None, &ctx());
+        assert!(matches!(step, Step::Challenge(c) if c == ctx().challenge.as_bytes()));
+        let step = ex.respond(b"tim b913a602c7eda7a495b4e6e7334d3890");
+        assert!(matches!(step, Step::NeedCredentials { ref authcid } if authcid == "tim"));
+        let creds = Credentials { legacy_secret: Some("tanstaaftanstaaf"), scram: None };
+        assert!(matches!(ex.credentials(Some(creds)), Step::Success { authcid } if authcid == "tim"));
+        // Unknown user, or a user without a legacy secret: the same failure.
+        let (mut ex, _) = Exchange::start(Mechanism::CramMd5, None, &ctx());
+        ex.respond(b"tim b913a602c7eda7a495b4e6e7334d3890");
+        assert!(matches!(ex.credentials(None), Step::Failure(SaslError::BadCredentials)));
+    }
+
+    #[test]
+    fn rfc7677_scram_exchange() {
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").expect("salt");
+        let record = Record::derive(b"pencil", &salt, 4096).encode();
+        let (mut ex, step) = Exchange::start(
+            Mechanism::ScramSha256,
+            Some(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO".to_vec()),
+            &ctx(),
+        );
+        assert!(matches!(step, Step::NeedCredentials { ref authcid } if authcid == "user"));
+        let creds = Credentials { legacy_secret: None, scram: Some(&record) };
+        let Step::Challenge(sf) = ex.credentials(Some(creds)) else { panic!("server-first") };
+        assert_eq!(sf, b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096");
+        let step = ex.respond(b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+        assert!(matches!(step, Step::Challenge(v) if v == b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="));
+        assert!(matches!(ex.respond(b""), Step::Success { authcid } if authcid == "user"));
+
+        // An unknown user gets a server-first with a stable fake salt, then fails.
+        let (mut ex, _) = Exchange::start(Mechanism::ScramSha256, Some(b"n,,n=ghost,r=abc".to_vec()), &ctx());
+        let Step::Challenge(a) = ex.credentials(None) else { panic!("server-first") };
+        let (mut ex2, _) = Exchange::start(Mechanism::ScramSha256, Some(b"n,,n=ghost,r=abc".to_vec()), &ctx());
+        let Step::Challenge(b) = ex2.credentials(None) else { panic!("server-first") };
+        assert_eq!(a, b, "the fake salt must not give the unknown user away");
+        let step = ex.respond(b"c=biws,r=abc%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+        assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));
+    }
+
+    #[test]
+    fn mechanism_names() {
+        assert_eq!(Mechanism::parse("cram-md5"), Some(Mechanism::CramMd5));
+        assert_eq!(Mechanism::parse("GSSAPI"), None);
+        assert!(Mechanism::Plain.is_cleartext() && !Mechanism::ScramSha256.is_cleartext());
+    }
+}
