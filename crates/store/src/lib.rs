@@ -52,10 +52,30 @@ pub struct Account {
     pub name: AccountName,
     /// PHC string of the password hash (argon2id).
     pub password_hash: String,
+    /// The other stored secrets (SCRAM keys, legacy APOP/CRAM-MD5 secret).
+    pub secrets: AccountSecrets,
     /// Unix seconds.
     pub created_at: i64,
     /// The account's LOGIN-DELAY and EXPIRE overrides.
     pub policy: AccountPolicy,
+}
+
+/// What is stored for a password besides its argon2id hash. `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct AccountSecrets {
+    /// RFC 5803 `SCRAM-SHA-256$...` record, if derived.
+    pub scram_sha256: Option<String>,
+    /// The password-equivalent secret for APOP and CRAM-MD5, for accounts that opted in.
+    pub legacy_secret: Option<String>,
+}
+
+impl std::fmt::Debug for AccountSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSecrets")
+            .field("scram_sha256", &self.scram_sha256.is_some())
+            .field("legacy_secret", &self.legacy_secret.is_some())
+            .finish()
+    }
 }
 
 /// Per-account policy overrides; `None` = the server's global setting.
@@ -110,6 +130,8 @@ pub struct AccountSummary {
     /// Unix seconds of the last successful login, if any (recorded by
     /// [`Store::check_login_delay`]).
     pub last_login: Option<i64>,
+    /// The account has a legacy (APOP/CRAM-MD5) secret.
+    pub legacy: bool,
 }
 
 /// What a session sees of one message; fixed for the session once listed.
@@ -200,12 +222,31 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The maildrop store. Implementations are cheap to share (`Arc<dyn Store>`) and synchronous.
 pub trait Store: Send + Sync + 'static {
-    /// Creates an account with its password hash (PHC string).
-    fn create_account(&self, name: &AccountName, password_hash: &str) -> Result<AccountId>;
+    /// Creates an account with its password hash (PHC string) and other secrets.
+    fn create_account_with(
+        &self,
+        name: &AccountName,
+        password_hash: &str,
+        secrets: &AccountSecrets,
+    ) -> Result<AccountId>;
+    /// Creates an account with only a password hash.
+    fn create_account(&self, name: &AccountName, password_hash: &str) -> Result<AccountId> {
+        self.create_account_with(name, password_hash, &AccountSecrets::default())
+    }
     /// Deletes an account and all its messages. Refuses with `Locked` while a session holds it.
     fn delete_account(&self, name: &AccountName) -> Result<()>;
-    /// Replaces an account's password hash.
-    fn set_password(&self, name: &AccountName, password_hash: &str) -> Result<()>;
+    /// Replaces an account's password hash and every other secret in one transaction (a
+    /// secret derived from an old password never survives a change).
+    fn set_secrets(
+        &self,
+        name: &AccountName,
+        password_hash: &str,
+        secrets: &AccountSecrets,
+    ) -> Result<()>;
+    /// Replaces the password hash and drops the other secrets.
+    fn set_password(&self, name: &AccountName, password_hash: &str) -> Result<()> {
+        self.set_secrets(name, password_hash, &AccountSecrets::default())
+    }
     /// Looks an account up by name.
     fn account(&self, name: &AccountName) -> Result<Option<Account>>;
     /// All accounts with their message counts, octets and live lock, ordered by name.

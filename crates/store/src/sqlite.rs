@@ -25,9 +25,9 @@ use tracing::{debug, info, warn};
 
 use crate::holder::holder_is_dead;
 use crate::{
-    Account, AccountId, AccountName, AccountPolicy, AccountSummary, Delivered, Expire,
-    ImportMessage, Ingest, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta, Result,
-    Store, StoreError, CHUNK_SIZE,
+    Account, AccountId, AccountName, AccountPolicy, AccountSecrets, AccountSummary, Delivered,
+    Expire, ImportMessage, Ingest, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta,
+    Result, Store, StoreError, CHUNK_SIZE,
 };
 
 /// Name of the database file inside the data directory.
@@ -42,7 +42,7 @@ const READ_BUF: usize = 64 * 1024;
 const MAX_UID_OCTETS: usize = 70;
 
 /// Schema migrations; `PRAGMA user_version` counts those applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// Accounts and messages use AUTOINCREMENT so that a row id is never handed out twice: a
 /// session whose lock was taken over must not read or delete a newer message under an old id.
@@ -125,12 +125,19 @@ ALTER TABLE messages ADD COLUMN utf8_headers INTEGER NOT NULL DEFAULT 0
 CREATE INDEX messages_retrieved ON messages (account_id, retrieved_at);
 ";
 
+/// Schema v3: SCRAM-SHA-256 keys (RFC 5803 format) and the opt-in legacy secret for APOP and
+/// CRAM-MD5. Accounts from before have neither until their password is set again.
+const SCHEMA_V3: &str = "
+ALTER TABLE accounts ADD COLUMN scram_sha256 TEXT NULL;
+ALTER TABLE accounts ADD COLUMN legacy_secret TEXT NULL;
+";
+
 /// `expire_days` value of [`Expire::Never`].
 const EXPIRE_NEVER: i64 = -1;
 
 /// Finds an account by name; `d.name IS ?2` matches a NULL domain too.
 const FIND_ACCOUNT: &str = "SELECT a.id, a.password_hash, a.created_at, a.uidvalidity,
-        a.login_delay, a.expire_days
+        a.login_delay, a.expire_days, a.scram_sha256, a.legacy_secret
      FROM accounts a LEFT JOIN domains d ON d.id = a.domain_id
      WHERE a.local = ?1 AND d.name IS ?2";
 
@@ -139,7 +146,7 @@ const SUMMARIES: &str = "SELECT a.local, d.name,
         (SELECT count(*) FROM messages m WHERE m.account_id = a.id),
         (SELECT ifnull(sum(m.size), 0) FROM messages m WHERE m.account_id = a.id),
         l.holder, l.acquired_at, l.expires_at,
-        a.login_delay, a.expire_days, a.last_login
+        a.login_delay, a.expire_days, a.last_login, a.legacy_secret IS NOT NULL
      FROM accounts a
      LEFT JOIN domains d ON d.id = a.domain_id
      LEFT JOIN locks l ON l.account_id = a.id AND l.expires_at > ?1";
@@ -306,6 +313,7 @@ struct AccountRow {
     created_at: i64,
     uidvalidity: i64,
     policy: AccountPolicy,
+    secrets: AccountSecrets,
 }
 
 /// The named account's row.
@@ -319,6 +327,10 @@ fn find_account(conn: &Connection, name: &AccountName) -> Result<Option<AccountR
                 created_at: row.get(2)?,
                 uidvalidity: row.get(3)?,
                 policy: policy_from_row(row, 4)?,
+                secrets: AccountSecrets {
+                    scram_sha256: row.get(6)?,
+                    legacy_secret: row.get(7)?,
+                },
             })
         })
         .optional()?;
@@ -613,11 +625,17 @@ fn summary_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
         lock,
         policy: policy_from_row(row, 7)?,
         last_login: row.get(9)?,
+        legacy: row.get(10)?,
     })
 }
 
 impl Store for SqliteStore {
-    fn create_account(&self, name: &AccountName, password_hash: &str) -> Result<AccountId> {
+    fn create_account_with(
+        &self,
+        name: &AccountName,
+        password_hash: &str,
+        secrets: &AccountSecrets,
+    ) -> Result<AccountId> {
         self.write(|tx| {
             if find_account(tx, name)?.is_some() {
                 return Err(StoreError::AccountExists(name.to_string()));
@@ -650,14 +668,17 @@ impl Store for SqliteStore {
                 [uidvalidity],
             )?;
             tx.execute(
-                "INSERT INTO accounts (local, domain_id, password_hash, uidvalidity, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO accounts (local, domain_id, password_hash, uidvalidity, created_at,
+                                       scram_sha256, legacy_secret)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     name.local(),
                     domain_id,
                     password_hash,
                     uidvalidity,
-                    created_at
+                    created_at,
+                    secrets.scram_sha256,
+                    secrets.legacy_secret
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -679,12 +700,23 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_password(&self, name: &AccountName, password_hash: &str) -> Result<()> {
+    fn set_secrets(
+        &self,
+        name: &AccountName,
+        password_hash: &str,
+        secrets: &AccountSecrets,
+    ) -> Result<()> {
         self.write(|tx| {
             let (id, _) = account_id(tx, name)?;
             tx.execute(
-                "UPDATE accounts SET password_hash = ?2 WHERE id = ?1",
-                params![id, password_hash],
+                "UPDATE accounts SET password_hash = ?2, scram_sha256 = ?3, legacy_secret = ?4
+                 WHERE id = ?1",
+                params![
+                    id,
+                    password_hash,
+                    secrets.scram_sha256,
+                    secrets.legacy_secret
+                ],
             )?;
             Ok(())
         })
@@ -696,6 +728,7 @@ impl Store for SqliteStore {
                 id: row.id,
                 name: name.clone(),
                 password_hash: row.password_hash,
+                secrets: row.secrets,
                 created_at: row.created_at,
                 policy: row.policy,
             }))
@@ -1574,7 +1607,7 @@ mod tests {
             SqliteStore::open(&dir.0),
             Err(StoreError::SchemaTooNew {
                 found: 999,
-                supported: 2
+                supported: 3
             })
         ));
     }
@@ -1701,7 +1734,7 @@ mod tests {
         let version: i64 = store
             .with_conn(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, MIGRATIONS.len() as i64);
         let old = name("old");
         let account = store.account(&old).unwrap().unwrap();
         assert_eq!(account.policy, AccountPolicy::default());
@@ -2067,5 +2100,27 @@ mod tests {
             .collect();
         let want: Vec<bool> = cases.iter().chain(cases).map(|&(_, w)| w).collect();
         assert_eq!(flags, want);
+    }
+
+    #[test]
+    fn secrets_are_stored_replaced_together_and_not_debugged() {
+        let (_dir, store) = setup();
+        let n = name("sec");
+        let secrets = AccountSecrets {
+            scram_sha256: Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into()),
+            legacy_secret: Some("hunter2".into()),
+        };
+        store
+            .create_account_with(&n, "$argon2id$x", &secrets)
+            .unwrap();
+        let acct = store.account(&n).unwrap().unwrap();
+        assert_eq!(acct.secrets, secrets);
+        assert!(!format!("{acct:?}").contains("hunter2"));
+        assert!(store.account_summary(&n).unwrap().legacy);
+        // A new password drops secrets derived from the old one.
+        store.set_password(&n, "$argon2id$y").unwrap();
+        let acct = store.account(&n).unwrap().unwrap();
+        assert_eq!(acct.secrets, AccountSecrets::default());
+        assert!(!store.account_summary(&n).unwrap().legacy);
     }
 }
