@@ -143,11 +143,18 @@ impl Server {
         } else {
             &["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"]
         };
+        // Failed logins are not delayed unless a test asks (the penalty has tests of its own).
+        let no_penalty: &[&str] = if extra.contains(&"--auth-failure-delay") {
+            &[]
+        } else {
+            &["--auth-failure-delay", "0"]
+        };
         let mut child = Command::new(bin("pop3d"))
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--log", "info,server=debug"])
             .args(default_listeners)
+            .args(no_penalty)
             .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

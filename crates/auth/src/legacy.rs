@@ -64,10 +64,16 @@ mod tests {
         let ts = "<1896.697170952@dbc.mtview.ca.us>";
         let digest = "c4c9334bac560ecc979e58001b3e22fb";
         assert_eq!(verify_apop(ts, Some("tanstaaf"), digest), Verdict::Accepted);
-        assert_eq!(verify_apop(ts, Some("tanstaaf"), &digest.to_uppercase()), Verdict::Accepted);
+        assert_eq!(
+            verify_apop(ts, Some("tanstaaf"), &digest.to_uppercase()),
+            Verdict::Accepted
+        );
         assert_eq!(verify_apop(ts, Some("tanstaag"), digest), Verdict::Rejected);
         assert_eq!(verify_apop(ts, None, digest), Verdict::Rejected);
-        assert_eq!(verify_apop("<other@x>", Some("tanstaaf"), digest), Verdict::Rejected);
+        assert_eq!(
+            verify_apop("<other@x>", Some("tanstaaf"), digest),
+            Verdict::Rejected
+        );
     }
 
     #[test]
@@ -75,8 +81,14 @@ mod tests {
         // RFC 2195 section 2.
         let challenge = "<1896.697170952@postoffice.reston.mci.net>";
         let digest = "b913a602c7eda7a495b4e6e7334d3890";
-        assert_eq!(verify_cram_md5(challenge, Some("tanstaaftanstaaf"), digest), Verdict::Accepted);
-        assert_eq!(verify_cram_md5(challenge, Some("tanstaaf"), digest), Verdict::Rejected);
+        assert_eq!(
+            verify_cram_md5(challenge, Some("tanstaaftanstaaf"), digest),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verify_cram_md5(challenge, Some("tanstaaf"), digest),
+            Verdict::Rejected
+        );
         assert_eq!(verify_cram_md5(challenge, None, digest), Verdict::Rejected);
     }
 

@@ -230,12 +230,21 @@ mod tests {
     #[test]
     fn derived_secrets_verify() {
         let s = derive_secrets(b"pencil", true).expect("derive");
-        assert_eq!(verify_password(Some(&s.password_hash), b"pencil"), Verdict::Accepted);
+        assert_eq!(
+            verify_password(Some(&s.password_hash), b"pencil"),
+            Verdict::Accepted
+        );
         assert!(scram::Record::parse(&s.scram_sha256).is_some());
         assert_eq!(s.legacy_secret.as_deref(), Some("pencil"));
         assert!(!format!("{s:?}").contains("pencil"));
-        assert_eq!(derive_secrets(b"x", false).expect("derive").legacy_secret, None);
-        assert!(matches!(derive_secrets(b"\xff", true), Err(AuthError::LegacyNotUtf8)));
+        assert_eq!(
+            derive_secrets(b"x", false).expect("derive").legacy_secret,
+            None
+        );
+        assert!(matches!(
+            derive_secrets(b"\xff", true),
+            Err(AuthError::LegacyNotUtf8)
+        ));
     }
 
     #[test]

@@ -128,13 +128,34 @@ impl Context {
 enum State {
     Plain,
     LoginUser,
-    LoginPassword { user: String },
-    Cram { challenge: String },
-    CramNeedSecret { challenge: String, user: String, digest: String },
-    ScramFirst { server_nonce: String },
-    ScramNeedRecord { first: ClientFirst, server_nonce: String },
-    ScramFinal { first: ClientFirst, server_first: String, nonce: String, record: Record, known: bool },
-    ScramOutcome { user: String },
+    LoginPassword {
+        user: String,
+    },
+    Cram {
+        challenge: String,
+    },
+    CramNeedSecret {
+        challenge: String,
+        user: String,
+        digest: String,
+    },
+    ScramFirst {
+        server_nonce: String,
+    },
+    ScramNeedRecord {
+        first: ClientFirst,
+        server_nonce: String,
+    },
+    ScramFinal {
+        first: ClientFirst,
+        server_first: String,
+        nonce: String,
+        record: Record,
+        known: bool,
+    },
+    ScramOutcome {
+        user: String,
+    },
     Done,
 }
 
@@ -158,7 +179,11 @@ fn field(bytes: &[u8]) -> Result<String, SaslError> {
 
 impl Exchange {
     /// Starts `mechanism`, with the client's initial response if it sent one.
-    pub fn start(mechanism: Mechanism, initial: Option<Vec<u8>>, ctx: &Context) -> (Exchange, Step) {
+    pub fn start(
+        mechanism: Mechanism,
+        initial: Option<Vec<u8>>,
+        ctx: &Context,
+    ) -> (Exchange, Step) {
         let state = match mechanism {
             Mechanism::Plain => State::Plain,
             Mechanism::Login => State::LoginUser,
@@ -377,7 +402,11 @@ mod tests {
     #[test]
     fn rfc4616_plain_examples() {
         // RFC 4616 section 4.
-        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"\0tim\0tanstaaftanstaaf".to_vec()), &ctx());
+        let (_, step) = Exchange::start(
+            Mechanism::Plain,
+            Some(b"\0tim\0tanstaaftanstaaf".to_vec()),
+            &ctx(),
+        );
         match step {
             Step::CheckPassword { authcid, password } => {
                 assert_eq!(authcid, "tim");
@@ -386,12 +415,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // "Ursel" acting as "Kurt": no proxy authorisation here.
-        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"Ursel\0Kurt\0xipj3plmq".to_vec()), &ctx());
+        let (_, step) = Exchange::start(
+            Mechanism::Plain,
+            Some(b"Ursel\0Kurt\0xipj3plmq".to_vec()),
+            &ctx(),
+        );
         assert!(matches!(step, Step::Failure(SaslError::AuthzidMismatch)));
         let (_, step) = Exchange::start(Mechanism::Plain, Some(b"tim\0tim\0pw".to_vec()), &ctx());
         assert!(matches!(step, Step::CheckPassword { .. }));
         // Fields with CR or LF are refused before use (they could smuggle commands).
-        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"\0tim\r\nQUIT\0pw".to_vec()), &ctx());
+        let (_, step) = Exchange::start(
+            Mechanism::Plain,
+            Some(b"\0tim\r\nQUIT\0pw".to_vec()),
+            &ctx(),
+        );
         assert!(matches!(step, Step::Failure(SaslError::ControlInField)));
         let (_, step) = Exchange::start(Mechanism::Plain, Some(b"\0tim".to_vec()), &ctx());
         assert!(matches!(step, Step::Failure(SaslError::Malformed)));
@@ -406,7 +443,9 @@ mod tests {
         let (mut ex, step) = Exchange::start(Mechanism::Login, None, &ctx());
         assert!(matches!(step, Step::Challenge(c) if c == b"Username:"));
         assert!(matches!(ex.respond(b"tim"), Step::Challenge(c) if c == b"Password:"));
-        assert!(matches!(ex.respond(b"pass word"), Step::CheckPassword { authcid, .. } if authcid == "tim"));
+        assert!(
+            matches!(ex.respond(b"pass word"), Step::CheckPassword { authcid, .. } if authcid == "tim")
+        );
     }
 
     #[test]
@@ -415,12 +454,20 @@ mod tests {
         assert!(matches!(step, Step::Challenge(c) if c == ctx().challenge.as_bytes()));
         let step = ex.respond(b"tim b913a602c7eda7a495b4e6e7334d3890");
         assert!(matches!(step, Step::NeedCredentials { ref authcid } if authcid == "tim"));
-        let creds = Credentials { legacy_secret: Some("tanstaaftanstaaf"), scram: None };
-        assert!(matches!(ex.credentials(Some(creds)), Step::Success { authcid } if authcid == "tim"));
+        let creds = Credentials {
+            legacy_secret: Some("tanstaaftanstaaf"),
+            scram: None,
+        };
+        assert!(
+            matches!(ex.credentials(Some(creds)), Step::Success { authcid } if authcid == "tim")
+        );
         // Unknown user, or a user without a legacy secret: the same failure.
         let (mut ex, _) = Exchange::start(Mechanism::CramMd5, None, &ctx());
         ex.respond(b"tim b913a602c7eda7a495b4e6e7334d3890");
-        assert!(matches!(ex.credentials(None), Step::Failure(SaslError::BadCredentials)));
+        assert!(matches!(
+            ex.credentials(None),
+            Step::Failure(SaslError::BadCredentials)
+        ));
     }
 
     #[test]
@@ -433,18 +480,37 @@ mod tests {
             &ctx(),
         );
         assert!(matches!(step, Step::NeedCredentials { ref authcid } if authcid == "user"));
-        let creds = Credentials { legacy_secret: None, scram: Some(&record) };
-        let Step::Challenge(sf) = ex.credentials(Some(creds)) else { panic!("server-first") };
+        let creds = Credentials {
+            legacy_secret: None,
+            scram: Some(&record),
+        };
+        let Step::Challenge(sf) = ex.credentials(Some(creds)) else {
+            panic!("server-first")
+        };
         assert_eq!(sf, b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096");
         let step = ex.respond(b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
-        assert!(matches!(step, Step::Challenge(v) if v == b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="));
+        assert!(
+            matches!(step, Step::Challenge(v) if v == b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+        );
         assert!(matches!(ex.respond(b""), Step::Success { authcid } if authcid == "user"));
 
         // An unknown user gets a server-first with a stable fake salt, then fails.
-        let (mut ex, _) = Exchange::start(Mechanism::ScramSha256, Some(b"n,,n=ghost,r=abc".to_vec()), &ctx());
-        let Step::Challenge(a) = ex.credentials(None) else { panic!("server-first") };
-        let (mut ex2, _) = Exchange::start(Mechanism::ScramSha256, Some(b"n,,n=ghost,r=abc".to_vec()), &ctx());
-        let Step::Challenge(b) = ex2.credentials(None) else { panic!("server-first") };
+        let (mut ex, _) = Exchange::start(
+            Mechanism::ScramSha256,
+            Some(b"n,,n=ghost,r=abc".to_vec()),
+            &ctx(),
+        );
+        let Step::Challenge(a) = ex.credentials(None) else {
+            panic!("server-first")
+        };
+        let (mut ex2, _) = Exchange::start(
+            Mechanism::ScramSha256,
+            Some(b"n,,n=ghost,r=abc".to_vec()),
+            &ctx(),
+        );
+        let Step::Challenge(b) = ex2.credentials(None) else {
+            panic!("server-first")
+        };
         assert_eq!(a, b, "the fake salt must not give the unknown user away");
         let step = ex.respond(b"c=biws,r=abc%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
         assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));

@@ -88,7 +88,7 @@ pub struct ClientFirst {
     pub nonce: String,
 }
 
-fn attr<'a>(part: &'a str, name: char) -> Option<&'a str> {
+fn attr(part: &str, name: char) -> Option<&str> {
     part.strip_prefix(name)?.strip_prefix('=')
 }
 
@@ -153,7 +153,11 @@ fn decode_name(s: &str) -> Option<String> {
 
 /// `r=<client+server nonce>,s=<salt>,i=<iterations>`.
 pub fn server_first(nonce: &str, record: &Record) -> String {
-    format!("r={nonce},s={},i={}", B64.encode(&record.salt), record.iterations)
+    format!(
+        "r={nonce},s={},i={}",
+        B64.encode(&record.salt),
+        record.iterations
+    )
 }
 
 /// Checks the client-final message; returns the server-final message (`v=...`) on success.
@@ -239,7 +243,10 @@ mod tests {
             parse_client_first(b"n,,n=a=2Cb=3Dc,r=x").map(|f| f.user),
             Ok("a,b=c".to_string())
         );
-        assert_eq!(parse_client_first(b"n,,n=a=zz,r=x"), Err(SaslError::Malformed));
+        assert_eq!(
+            parse_client_first(b"n,,n=a=zz,r=x"),
+            Err(SaslError::Malformed)
+        );
         assert_eq!(parse_client_first(b"garbage"), Err(SaslError::Malformed));
         assert_eq!(parse_client_first(b"n,,n=u,r="), Err(SaslError::Malformed));
     }

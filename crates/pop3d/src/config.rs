@@ -29,6 +29,10 @@ pub struct File {
     pub login_delay: Option<u64>,
     pub login_delay_burst: Option<u32>,
     pub expire: Option<ExpireSetting>,
+    pub legacy_auth: Option<bool>,
+    pub default_domain: Option<String>,
+    pub auth_failure_delay: Option<u64>,
+    pub max_auth_failures: Option<u32>,
     /// Generate a self-signed certificate when none is configured (default true).
     pub self_signed: Option<bool>,
     #[serde(default)]

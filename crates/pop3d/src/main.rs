@@ -97,6 +97,22 @@ struct Args {
     #[arg(long, value_name = "DAYS|never")]
     expire: Option<String>,
 
+    /// Offer APOP and CRAM-MD5 to accounts with a legacy secret (popadm --legacy-auth).
+    #[arg(long)]
+    legacy_auth: bool,
+
+    /// Domain for bare user names (`john` logs in as `john@DOMAIN` if `john` is no account).
+    #[arg(long, value_name = "DOMAIN")]
+    default_domain: Option<String>,
+
+    /// Seconds the first failed-login reply is delayed; doubles up to 15 (0: none) [default: 2].
+    #[arg(long, value_name = "SECS")]
+    auth_failure_delay: Option<u64>,
+
+    /// Failed logins after which a connection is closed [default: 3].
+    #[arg(long, value_name = "N")]
+    max_auth_failures: Option<u32>,
+
     /// Host name for lock holder names [default: the machine's].
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
@@ -243,6 +259,22 @@ fn resolve(args: &Args) -> Result<Settings> {
             .or(file.login_delay_burst)
             .unwrap_or(defaults.login_delay_burst),
         expire,
+        legacy_auth: args.legacy_auth || file.legacy_auth.unwrap_or(defaults.legacy_auth),
+        default_domain: args
+            .default_domain
+            .clone()
+            .or(file.default_domain)
+            .map(|d| d.to_lowercase()),
+        auth_failure_delay: args
+            .auth_failure_delay
+            .or(file.auth_failure_delay)
+            .map(secs)
+            .unwrap_or(defaults.auth_failure_delay),
+        max_auth_failures: args
+            .max_auth_failures
+            .or(file.max_auth_failures)
+            .unwrap_or(defaults.max_auth_failures)
+            .max(1),
     };
 
     // Listeners: flags replace the file's; neither means the embedded defaults.

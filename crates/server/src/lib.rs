@@ -11,6 +11,7 @@ pub mod lang;
 mod limits;
 mod lock;
 mod maildrop;
+mod penalty;
 mod reply;
 mod session;
 pub mod tls;
@@ -69,13 +70,27 @@ pub struct Config {
     pub login_delay_burst: u32,
     /// RFC 2449 EXPIRE: how long retrieved messages are kept; accounts may override it.
     pub expire: Expire,
+    /// Offer APOP (RFC 1939 section 7; the greeting then carries a timestamp) and CRAM-MD5
+    /// (RFC 2195). Off by default: only accounts with a legacy secret can use them, and
+    /// clients such as curl pick them whenever offered and do not fall back.
+    pub legacy_auth: bool,
+    /// Domain for bare user names that name no account by themselves.
+    pub default_domain: Option<String>,
+    /// First delay of a failed-login reply; doubles per failure up to 15 s (0: none).
+    pub auth_failure_delay: Duration,
+    /// Failed logins after which a connection is closed.
+    pub max_auth_failures: u32,
 }
+
+/// The longest failed-login delay.
+pub const MAX_AUTH_FAILURE_DELAY: Duration = Duration::from_secs(15);
 
 impl Default for Config {
     /// Host name from the kernel, 10 minutes idle timeout, 1,024 connections (20 per client
     /// address), 60 seconds to log in, a 2 minute lock
     /// lease, 30 seconds of shutdown grace, 30 seconds for a TLS handshake, greeting
-    /// "POP3 server ready", IMPLEMENTATION "pop3d", no login delay, EXPIRE NEVER.
+    /// "POP3 server ready", IMPLEMENTATION "pop3d", no login delay, EXPIRE NEVER, no APOP or CRAM-MD5,
+    /// no default domain, failed logins delayed from 2 s and closed after 3.
     fn default() -> Self {
         Config {
             hostname: local_hostname(),
@@ -91,6 +106,10 @@ impl Default for Config {
             login_delay: Duration::ZERO,
             login_delay_burst: 0,
             expire: Expire::Never,
+            legacy_auth: false,
+            default_domain: None,
+            auth_failure_delay: Duration::from_secs(2),
+            max_auth_failures: 3,
         }
     }
 }
@@ -175,6 +194,7 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     pub tls: Option<Arc<Tls>>,
     pub per_client: Arc<limits::PerClient>,
+    pub penalties: penalty::Penalties,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
@@ -208,6 +228,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let max = config.max_connections;
     let max_per_ip = config.max_connections_per_ip;
+    let failure_delay = config.auth_failure_delay;
     let shared = Arc::new(Shared {
         store,
         config,
@@ -215,6 +236,7 @@ pub async fn run(
         shutdown: stop_rx,
         tls,
         per_client: limits::PerClient::new(max_per_ip),
+        penalties: penalty::Penalties::new(failure_delay, MAX_AUTH_FAILURE_DELAY),
     });
     let acceptors: Vec<_> = listeners
         .into_iter()

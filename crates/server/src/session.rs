@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::response::{write_end, write_err, write_listing_line, write_ok};
-use proto::{Command, CommandError, Decoder, DotStuffer, ResponseCode, Secret};
+use auth::{Credentials, Exchange, Mechanism, Step};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use proto::response::{write_continuation, write_end, write_err, write_listing_line, write_ok};
+use proto::{Command, CommandError, Decoder, DotStuffer, ResponseCode, Secret, MAX_COMMAND_LINE};
 use store::{Account, AccountName, Expire, LoginDelay, MessageMeta, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -31,6 +34,8 @@ const READ_BUF: usize = 8 * 1024;
 const FLUSH_AT: usize = 64 * 1024;
 /// Message chunks read ahead of the socket during RETR/TOP; bounds memory per transfer.
 const READ_AHEAD_CHUNKS: usize = 2;
+/// Longest SASL response line (RFC 5034 section 4 lets responses exceed 255 octets).
+const SASL_MAX_LINE: usize = 12 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -70,6 +75,13 @@ struct Session {
     id: u64,
     /// A login must be complete by then.
     login_deadline: Instant,
+    /// The SASL exchange in progress (AUTH), and the account it named.
+    sasl: Option<Exchange>,
+    sasl_account: Option<Account>,
+    /// The greeting's timestamp, when APOP is offered (RFC 1939 section 7).
+    apop_timestamp: Option<String>,
+    /// Failed logins on this connection.
+    auth_failures: u32,
 }
 
 /// Serves one connection until QUIT, a drop, the idle timeout or shutdown.
@@ -95,6 +107,10 @@ pub(crate) async fn serve(
         utf8: false,
         id,
         login_deadline: Instant::now() + shared_login_timeout,
+        sasl: None,
+        sasl_account: None,
+        apop_timestamp: None,
+        auth_failures: 0,
     };
     if let Err(e) = session.run().await {
         debug!(error = %e, "connection ended");
@@ -113,7 +129,13 @@ impl Session {
     }
 
     async fn run(&mut self) -> io::Result<()> {
-        let greeting = self.shared.config.greeting.clone();
+        let mut greeting = self.shared.config.greeting.clone();
+        if self.shared.config.legacy_auth {
+            // RFC 1939 section 7: a msg-id that differs for every greeting.
+            let ts = apop_timestamp(self.id, &self.shared.config.hostname);
+            greeting = format!("{greeting} {ts}");
+            self.apop_timestamp = Some(ts);
+        }
         write_ok(&mut self.out, &greeting);
         let mut shutdown = self.shared.shutdown.clone();
         let mut buf = vec![0u8; READ_BUF];
@@ -124,10 +146,25 @@ impl Session {
                     self.send_err(reply::SHUTTING_DOWN);
                     return self.flush().await;
                 }
-                let flow = match self.decoder.next_command() {
-                    Ok(Some(cmd)) => self.handle(cmd).await?,
-                    Ok(None) => break,
-                    Err(e) => self.bad_command(&e),
+                let flow = if self.sasl.is_some() {
+                    // RFC 5034 section 4: inside AUTH each line is a base64 response.
+                    match self.decoder.next_line() {
+                        Ok(Some(line)) => {
+                            let line = line.to_vec();
+                            self.sasl_line(line).await
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            self.end_sasl();
+                            self.bad_command(&CommandError::LineTooLong)
+                        }
+                    }
+                } else {
+                    match self.decoder.next_command() {
+                        Ok(Some(cmd)) => self.handle(cmd).await?,
+                        Ok(None) => break,
+                        Err(e) => self.bad_command(&e),
+                    }
                 };
                 if flow == Flow::Close {
                     return self.flush().await;
@@ -293,7 +330,7 @@ impl Session {
             }
             Command::Pass(password) => match self.set_pending_user(None) {
                 None => return Ok(self.wrong_state(Text::UserFirst)),
-                Some(name) => self.login(name, password).await,
+                Some(name) => return Ok(self.login(name, password).await),
             },
             Command::Quit => {
                 self.ok(Text::Bye);
@@ -304,11 +341,17 @@ impl Session {
                 self.utf8 = true;
                 self.ok(Text::Utf8On);
             }
-            Command::Apop { .. } => {
+            Command::Apop { name, digest } => {
                 self.set_pending_user(None);
-                self.err(Text::ApopUnavailable);
+                return Ok(self.apop(name, digest).await);
             }
-            Command::Auth { .. } => self.err(Text::NoSasl),
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                self.set_pending_user(None);
+                return Ok(self.start_auth(mechanism, initial_response).await);
+            }
             Command::Stat
             | Command::List(_)
             | Command::Retr(_)
@@ -365,6 +408,7 @@ impl Session {
                 self.state = State::Authorization { user: None };
                 self.utf8 = false;
                 self.lang = lang::default_language();
+                self.end_sasl();
                 debug!("TLS active");
                 Ok(Flow::Continue)
             }
@@ -379,9 +423,234 @@ impl Session {
         }
     }
 
-    /// PASS: check the credentials, take the maildrop lock and list the messages.
-    async fn login(&mut self, name: String, password: Secret<Vec<u8>>) {
-        match self.open_maildrop(name, password).await {
+    /// PASS (and SASL PLAIN/LOGIN): check the password against the argon2id hash.
+    async fn login(&mut self, name: String, password: Secret<Vec<u8>>) -> Flow {
+        let fingerprint = self.shared.penalties.fingerprint(password.expose());
+        let store = self.shared.store.clone();
+        let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
+        let attempted = name.clone();
+        let verified = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            // An invalid or unknown name costs a full verification too, and gets the same
+            // reply as a wrong password.
+            let account = resolve_account(&*store, &name, utf8, domain.as_deref())?;
+            let stored = account.as_ref().map(|a| a.password_hash.as_str());
+            let verdict = auth::verify_password(stored, password.expose());
+            Ok(account.filter(|_| verdict == auth::Verdict::Accepted))
+        })
+        .await;
+        let verified = match verified {
+            Ok(r) => r.map_err(SessionError::from),
+            Err(e) => Err(e.into()),
+        };
+        self.finish_login(verified, &attempted, Some(fingerprint))
+            .await
+    }
+
+    /// APOP (RFC 1939 section 7): the digest of the greeting's timestamp and the account's
+    /// legacy secret.
+    async fn apop(&mut self, name: String, digest: String) -> Flow {
+        let Some(timestamp) = self.apop_timestamp.clone() else {
+            self.err(Text::ApopUnavailable);
+            return Flow::Continue;
+        };
+        let store = self.shared.store.clone();
+        let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
+        let attempted = name.clone();
+        let verified = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let account = resolve_account(&*store, &name, utf8, domain.as_deref())?;
+            let secret = account
+                .as_ref()
+                .and_then(|a| a.secrets.legacy_secret.as_deref());
+            let verdict = auth::verify_apop(&timestamp, secret, &digest);
+            Ok(account.filter(|_| verdict == auth::Verdict::Accepted))
+        })
+        .await;
+        let verified = match verified {
+            Ok(r) => r.map_err(SessionError::from),
+            Err(e) => Err(e.into()),
+        };
+        self.finish_login(verified, &attempted, None).await
+    }
+
+    /// SASL mechanisms offered on this connection now.
+    fn mechanisms(&self) -> Vec<Mechanism> {
+        let cleartext = self.cleartext_ok();
+        let legacy = self.shared.config.legacy_auth;
+        Mechanism::ALL
+            .into_iter()
+            .filter(|m| cleartext || !m.is_cleartext())
+            .filter(|m| legacy || !m.needs_legacy_secret())
+            .collect()
+    }
+
+    /// AUTH (RFC 5034): bare AUTH lists the mechanisms (an old Outlook habit); otherwise the
+    /// exchange starts, with the initial response if given (`=` is an empty one).
+    async fn start_auth(
+        &mut self,
+        mechanism: Option<String>,
+        initial: Option<Secret<String>>,
+    ) -> Flow {
+        let offered = self.mechanisms();
+        let Some(name) = mechanism else {
+            self.ok(Text::MechanismsFollow);
+            for m in &offered {
+                write_listing_line(&mut self.out, m.name().as_bytes());
+            }
+            write_end(&mut self.out);
+            return Flow::Continue;
+        };
+        let mech = match Mechanism::parse(&name) {
+            Some(m) if offered.contains(&m) => m,
+            Some(m) if m.is_cleartext() => return self.refuse(reply::CLEARTEXT_REFUSED),
+            _ => {
+                self.err(Text::UnknownMechanism);
+                return Flow::Continue;
+            }
+        };
+        let initial = match initial.as_ref().map(|s| s.expose().as_str()) {
+            None => None,
+            Some("=") => Some(Vec::new()),
+            Some(data) => match B64.decode(data) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    self.err(Text::BadBase64);
+                    return Flow::Continue;
+                }
+            },
+        };
+        let ctx = auth::sasl::Context::new(&self.shared.config.hostname);
+        let (exchange, step) = Exchange::start(mech, initial, &ctx);
+        debug!(mechanism = mech.name(), "AUTH");
+        self.sasl = Some(exchange);
+        self.decoder.set_max_line(SASL_MAX_LINE);
+        self.sasl_step(step).await
+    }
+
+    fn end_sasl(&mut self) {
+        self.sasl = None;
+        self.sasl_account = None;
+        self.decoder.set_max_line(MAX_COMMAND_LINE);
+    }
+
+    /// One client line inside AUTH: `*` cancels (RFC 5034 section 4), anything else must be
+    /// base64.
+    async fn sasl_line(&mut self, line: Vec<u8>) -> Flow {
+        if line == b"*" {
+            self.end_sasl();
+            self.err(Text::AuthCancelled);
+            return Flow::Continue;
+        }
+        let Ok(data) = B64.decode(line.trim_ascii()) else {
+            self.end_sasl();
+            self.err(Text::BadBase64);
+            return Flow::Continue;
+        };
+        let step = match self.sasl.as_mut() {
+            Some(exchange) => exchange.respond(&data),
+            None => return Flow::Continue,
+        };
+        self.sasl_step(step).await
+    }
+
+    /// Carries a SASL exchange on until it needs the client again or ends.
+    async fn sasl_step(&mut self, mut step: Step) -> Flow {
+        loop {
+            step = match step {
+                Step::Challenge(c) => {
+                    write_continuation(&mut self.out, &B64.encode(c));
+                    return Flow::Continue;
+                }
+                Step::NeedCredentials { authcid } => {
+                    let store = self.shared.store.clone();
+                    let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
+                    let found = tokio::task::spawn_blocking(move || {
+                        resolve_account(&*store, &authcid, utf8, domain.as_deref())
+                    })
+                    .await;
+                    let account = match found {
+                        Ok(Ok(a)) => a,
+                        Ok(Err(e)) => return self.sasl_error(e.into()),
+                        Err(e) => return self.sasl_error(e.into()),
+                    };
+                    let creds = account.as_ref().map(|a| Credentials {
+                        legacy_secret: a.secrets.legacy_secret.as_deref(),
+                        scram: a.secrets.scram_sha256.as_deref(),
+                    });
+                    let next = match self.sasl.as_mut() {
+                        Some(exchange) => exchange.credentials(creds),
+                        None => return Flow::Continue,
+                    };
+                    self.sasl_account = account;
+                    next
+                }
+                Step::CheckPassword { authcid, password } => {
+                    self.end_sasl();
+                    return self.login(authcid, Secret::new(password)).await;
+                }
+                Step::Success { authcid } => {
+                    let account = self.sasl_account.take();
+                    self.end_sasl();
+                    return self.finish_login(Ok(account), &authcid, None).await;
+                }
+                Step::Failure(e) => {
+                    debug!(error = %e, "SASL exchange failed");
+                    let attempted = self.sasl_account.take().map(|a| a.name.to_string());
+                    self.end_sasl();
+                    return self.auth_failure(attempted.as_deref(), None).await;
+                }
+            };
+        }
+    }
+
+    fn sasl_error(&mut self, e: SessionError) -> Flow {
+        warn!(error = %e, "AUTH could not be completed");
+        self.end_sasl();
+        self.send_err(reply::session_error(&e));
+        Flow::Continue
+    }
+
+    /// A failed login: penalty delay (a timer, no thread held), then `-ERR [AUTH]`; after
+    /// `max_auth_failures` on this connection it is closed.
+    async fn auth_failure(&mut self, attempted: Option<&str>, password: Option<u64>) -> Flow {
+        self.auth_failures += 1;
+        info!(failures = self.auth_failures, "login failed");
+        let account = attempted.map(str::to_lowercase);
+        let delay = self.shared.penalties.failure(
+            self.peer.ip(),
+            account.as_deref(),
+            password,
+            Instant::now(),
+        );
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if self.auth_failures >= self.shared.config.max_auth_failures {
+            self.send_err(reply::TOO_MANY_AUTH_FAILURES);
+            return Flow::Close;
+        }
+        self.send_err(reply::BAD_CREDENTIALS);
+        Flow::Continue
+    }
+
+    /// After the credentials were checked: on success take the maildrop, on failure the
+    /// penalty.
+    async fn finish_login(
+        &mut self,
+        verified: Result<Option<Account>, SessionError>,
+        attempted: &str,
+        password: Option<u64>,
+    ) -> Flow {
+        let account = match verified {
+            Ok(Some(account)) => account,
+            Ok(None) => return self.auth_failure(Some(attempted), password).await,
+            Err(e) => {
+                warn!(error = %e, "login could not be completed");
+                self.send_err(reply::session_error(&e));
+                return Flow::Continue;
+            }
+        };
+        self.shared.penalties.success(&account.name.to_string());
+        match self.open_maildrop(account).await {
             Ok(Ok(t)) => {
                 let (count, octets) = t.maildrop.stat();
                 tracing::Span::current().record("user", tracing::field::display(&t.account.name));
@@ -407,37 +676,15 @@ impl Session {
                 self.send_err(reply::session_error(&e));
             }
         }
+        Flow::Continue
     }
 
+    /// Takes the maildrop of an authenticated account: the lock, LOGIN-DELAY, EXPIRE, the
+    /// listing.
     async fn open_maildrop(
         &self,
-        name: String,
-        password: Secret<Vec<u8>>,
+        account: Account,
     ) -> Result<Result<Box<Transaction>, Refusal>, SessionError> {
-        let store = self.shared.store.clone();
-        let utf8 = self.utf8;
-        let account = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            // RFC 6856 section 3.2: in UTF8 mode the name is prepared with SASLprep.
-            let name = if utf8 {
-                auth::saslprep(&name).unwrap_or(name)
-            } else {
-                name
-            };
-            // An invalid or unknown name costs a full verification too, and gets the same
-            // reply as a wrong password.
-            let account = match AccountName::parse(&name) {
-                Ok(n) => store.account(&n)?,
-                Err(_) => None,
-            };
-            let stored = account.as_ref().map(|a| a.password_hash.as_str());
-            let verdict = auth::verify_password(stored, password.expose());
-            Ok(account.filter(|_| verdict == auth::Verdict::Accepted))
-        })
-        .await??;
-        let Some(account) = account else {
-            return Ok(Err(Refusal::new(reply::BAD_CREDENTIALS)));
-        };
-
         let config = &self.shared.config;
         let store = self.shared.store.clone();
         let lease = config.lock_lease;
@@ -514,6 +761,10 @@ impl Session {
         }
         if self.stls_offered() {
             caps.push("STLS".into());
+        }
+        let mechanisms: Vec<&str> = self.mechanisms().iter().map(|m| m.name()).collect();
+        if !mechanisms.is_empty() {
+            caps.push(format!("SASL {}", mechanisms.join(" ")));
         }
         caps.extend(["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"].map(String::from));
         let config = &self.shared.config;
@@ -761,6 +1012,48 @@ impl Refusal {
             wait: None,
         }
     }
+}
+
+/// Looks up the account a client named: SASLprep in UTF8 mode (RFC 6856 section 3.2), then
+/// the name as given, `user+domain` as `user@domain` (the SDPS convention), and a bare name in
+/// the default domain.
+fn resolve_account(
+    store: &dyn store::Store,
+    raw: &str,
+    utf8: bool,
+    default_domain: Option<&str>,
+) -> Result<Option<Account>, StoreError> {
+    let name = if utf8 {
+        auth::saslprep(raw).unwrap_or_else(|| raw.to_string())
+    } else {
+        raw.to_string()
+    };
+    let mut candidates = vec![name.clone()];
+    if !name.contains('@') {
+        if let Some((local, domain)) = name.rsplit_once('+') {
+            candidates.push(format!("{local}@{domain}"));
+        }
+        if let Some(d) = default_domain {
+            candidates.push(format!("{name}@{d}"));
+        }
+    }
+    for candidate in candidates {
+        if let Ok(n) = AccountName::parse(&candidate) {
+            if let Some(account) = store.account(&n)? {
+                return Ok(Some(account));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A msg-id style timestamp for the APOP greeting, unique per connection.
+fn apop_timestamp(session: u64, hostname: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("<{}.{session}.{nanos}@{hostname}>", std::process::id())
 }
 
 /// The EXPIRE capability's value (RFC 2449 section 6.7).

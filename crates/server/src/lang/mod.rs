@@ -63,6 +63,11 @@ pub enum Text {
     InvalidArgument,
     ControlCharacter,
     NotUtf8,
+    MechanismsFollow,
+    AuthCancelled,
+    BadBase64,
+    UnknownMechanism,
+    TooManyAuthFailures,
 }
 
 impl Text {
@@ -119,6 +124,11 @@ impl Text {
         Text::InvalidArgument,
         Text::ControlCharacter,
         Text::NotUtf8,
+        Text::MechanismsFollow,
+        Text::AuthCancelled,
+        Text::BadBase64,
+        Text::UnknownMechanism,
+        Text::TooManyAuthFailures,
     ];
 
     /// The key of this text in the catalog files.
@@ -176,6 +186,11 @@ impl Text {
             Text::InvalidArgument => "invalid-argument",
             Text::ControlCharacter => "control-character",
             Text::NotUtf8 => "not-utf8",
+            Text::TooManyAuthFailures => "too-many-auth-failures",
+            Text::UnknownMechanism => "unknown-mechanism",
+            Text::BadBase64 => "bad-base64",
+            Text::AuthCancelled => "auth-cancelled",
+            Text::MechanismsFollow => "mechanisms-follow",
         }
     }
 }
