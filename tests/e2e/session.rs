@@ -537,3 +537,51 @@ fn connections_over_the_cap_get_sys_temp() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_sessions_end_with_a_summary() {
+    use std::io::BufRead;
+    let dir = e2e::TempDir::new("jsonlog");
+    let mut child = std::process::Command::new(e2e::bin("pop3d"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--no-self-signed",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut addr = None;
+    for line in lines.by_ref().take(20) {
+        let line = line.expect("line");
+        assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+        if line.contains("\"listening\"") {
+            let start = line.find("\"addr\":\"").expect("addr") + 8;
+            let end = line[start..].find('"').expect("end") + start;
+            addr = Some(
+                line[start..end]
+                    .parse::<std::net::SocketAddr>()
+                    .expect("socket addr"),
+            );
+            break;
+        }
+    }
+    let mut c = Client::connect(addr.expect("listening line"));
+    c.ok("QUIT");
+    let summary = lines
+        .take(20)
+        .map_while(Result::ok)
+        .find(|l| l.contains("session end"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let summary = summary.expect("a session end line");
+    for field in ["\"retrieved\":0", "\"deleted\":0", "\"peer\":\"127.0.0.1:"] {
+        assert!(summary.contains(field), "{field} missing in {summary}");
+    }
+}

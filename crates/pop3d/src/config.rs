@@ -16,6 +16,7 @@ pub struct File {
     pub data_dir: Option<PathBuf>,
     pub hostname: Option<String>,
     pub log: Option<String>,
+    pub log_format: Option<String>,
     pub greeting: Option<String>,
     /// `""` leaves IMPLEMENTATION out of CAPA.
     pub implementation: Option<String>,

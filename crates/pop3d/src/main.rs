@@ -121,6 +121,11 @@ struct Args {
     #[arg(long, value_name = "FILTER", env = "POP3D_LOG")]
     log: Option<String>,
 
+    /// Log format on stderr: `text`, or `json` (one JSON object per line, for journald or a
+    /// log shipper) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+
     /// Testing only: allow an idle timeout below RFC 1939's 10 minutes.
     #[arg(long, hide = true)]
     allow_short_idle_timeout: bool,
@@ -131,6 +136,7 @@ struct Args {
 struct Settings {
     data_dir: PathBuf,
     log: String,
+    json_logs: bool,
     server: server::Config,
     listeners: Vec<ListenSpec>,
     certificates: Vec<CertFiles>,
@@ -146,7 +152,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    if let Err(e) = init_logging(&settings.log) {
+    if let Err(e) = init_logging(&settings.log, settings.json_logs) {
         eprintln!("pop3d: {e:#}");
         return ExitCode::from(64);
     }
@@ -160,13 +166,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) -> Result<()> {
+fn init_logging(filter: &str, json: bool) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid log filter {filter:?}"))?;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
     Ok(())
 }
 
@@ -341,7 +351,13 @@ fn resolve(args: &Args) -> Result<Settings> {
             .collect(),
     };
     let self_signed = !args.no_self_signed && file.self_signed.unwrap_or(true);
+    let json_logs = match args.log_format.clone().or(file.log_format).as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => bail!("log format must be \"text\" or \"json\", not {other:?}"),
+    };
     Ok(Settings {
+        json_logs,
         data_dir: args
             .data_dir
             .clone()

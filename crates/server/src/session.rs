@@ -82,6 +82,10 @@ struct Session {
     apop_timestamp: Option<String>,
     /// Failed logins on this connection.
     auth_failures: u32,
+    /// What the session did, for the summary line at its end.
+    retrieved: u64,
+    retrieved_octets: u64,
+    deleted: u64,
 }
 
 /// Serves one connection until QUIT, a drop, the idle timeout or shutdown.
@@ -111,7 +115,11 @@ pub(crate) async fn serve(
         sasl_account: None,
         apop_timestamp: None,
         auth_failures: 0,
+        retrieved: 0,
+        retrieved_octets: 0,
+        deleted: 0,
     };
+    let started = Instant::now();
     if let Err(e) = session.run().await {
         debug!(error = %e, "connection ended");
     }
@@ -120,7 +128,15 @@ pub(crate) async fn serve(
         t.lock.release().await;
     }
     let _ = session.conn.shutdown().await;
-    debug!("closed");
+    // One stable line per session (fail2ban and log analysis read it; no secrets in it).
+    info!(
+        retrieved = session.retrieved,
+        retrieved_octets = session.retrieved_octets,
+        deleted = session.deleted,
+        auth_failures = session.auth_failures,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session end"
+    );
 }
 
 impl Session {
@@ -859,6 +875,8 @@ impl Session {
                 Ok(m) => {
                     let m = m.clone();
                     md.mark_retrieved(n);
+                    self.retrieved += 1;
+                    self.retrieved_octets += m.size;
                     self.ok_with(Text::Octets, &[&m.size]);
                     self.send_message(m, None).await?;
                 }
@@ -925,6 +943,7 @@ impl Session {
         match result {
             Ok(()) => {
                 let n = deleted.len();
+                self.deleted = n as u64;
                 let left = t.maildrop.len() - n;
                 info!(deleted = n, left, "update done");
                 self.ok_with(Text::SigningOff, &[&n, &left]);
