@@ -90,10 +90,47 @@ pub enum AuthError {
     LegacyNotUtf8,
 }
 
-/// The argon2id instance used for new hashes: argon2's defaults (RFC 9106's second
-/// recommended option scaled down: 19 MiB, 2 passes, 1 lane).
-fn hasher() -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::default())
+/// Cost parameters of new argon2id hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Params {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Params {
+    /// OWASP's recommendation for argon2id: 19 MiB, 2 iterations, 1 lane.
+    fn default() -> Self {
+        Argon2Params {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl Argon2Params {
+    fn hasher(self) -> Result<Argon2<'static>, AuthError> {
+        let params = Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| AuthError::Hash(e.to_string()))?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+}
+
+/// True when `phc` is not an argon2id hash with exactly these parameters, so a successful
+/// login should store a fresh hash of the password.
+pub fn needs_rehash(phc: &str, params: Argon2Params) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let Ok(current) = Params::try_from(&parsed) else {
+        return false;
+    };
+    parsed.algorithm.as_str() != "argon2id"
+        || parsed.version != Some(0x13)
+        || current.m_cost() != params.memory_kib
+        || current.t_cost() != params.iterations
+        || current.p_cost() != params.parallelism
 }
 
 /// SASLprep (RFC 4013) of a user name or password, as RFC 6856 section 3.2 asks for UTF-8
@@ -115,13 +152,20 @@ fn prepare(password: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Hashes a password into an argon2id PHC string with a fresh random salt.
+/// Hashes a password into an argon2id PHC string with a fresh random salt and the default
+/// parameters.
 pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
+    hash_password_with(password, Argon2Params::default())
+}
+
+/// Hashes a password into an argon2id PHC string with a fresh random salt.
+pub fn hash_password_with(password: &[u8], params: Argon2Params) -> Result<String, AuthError> {
     if password.is_empty() {
         return Err(AuthError::EmptyPassword);
     }
     let salt = SaltString::generate(&mut OsRng);
-    hasher()
+    params
+        .hasher()?
         .hash_password(&prepare(password), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Hash(e.to_string()))
@@ -225,6 +269,31 @@ mod tests {
         assert!(validate_phc(&a).is_ok());
         assert!(validate_phc("$md5$nope").is_err());
         assert!(matches!(hash_password(b""), Err(AuthError::EmptyPassword)));
+    }
+
+    #[test]
+    fn rehash_is_needed_only_when_parameters_change() {
+        let defaults = Argon2Params::default();
+        let phc = hash_password(b"pw").expect("hash");
+        assert!(!needs_rehash(&phc, defaults));
+        let cheaper = Argon2Params {
+            memory_kib: 8 * 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        assert!(needs_rehash(&phc, cheaper));
+        let rehashed = hash_password_with(b"pw", cheaper).expect("hash");
+        assert!(!needs_rehash(&rehashed, cheaper));
+        assert_eq!(verify_password(Some(&rehashed), b"pw"), Verdict::Accepted);
+        assert!(hash_password_with(
+            b"pw",
+            Argon2Params {
+                memory_kib: 1,
+                iterations: 0,
+                parallelism: 0
+            }
+        )
+        .is_err());
     }
 
     #[test]

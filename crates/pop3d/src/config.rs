@@ -40,6 +40,16 @@ pub struct File {
     pub listen: Vec<ListenFile>,
     #[serde(default)]
     pub certificate: Vec<CertFile>,
+    pub argon2: Option<Argon2File>,
+}
+
+/// `[argon2]`: cost of stored password hashes (OWASP's defaults when absent).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Argon2File {
+    pub memory_kib: Option<u32>,
+    pub iterations: Option<u32>,
+    pub parallelism: Option<u32>,
 }
 
 /// `expire = 30` (days) or `expire = "never"`.

@@ -285,7 +285,18 @@ fn resolve(args: &Args) -> Result<Settings> {
             .or(file.max_auth_failures)
             .unwrap_or(defaults.max_auth_failures)
             .max(1),
+        argon2: match &file.argon2 {
+            Some(a) => auth::Argon2Params {
+                memory_kib: a.memory_kib.unwrap_or(defaults.argon2.memory_kib),
+                iterations: a.iterations.unwrap_or(defaults.argon2.iterations),
+                parallelism: a.parallelism.unwrap_or(defaults.argon2.parallelism),
+            },
+            None => defaults.argon2,
+        },
     };
+    if auth::hash_password_with(b"check", server.argon2).is_err() {
+        bail!("invalid [argon2] parameters: {:?}", server.argon2);
+    }
 
     // Listeners: flags replace the file's; neither means the embedded defaults.
     let mut listeners = Vec::new();

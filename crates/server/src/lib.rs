@@ -80,6 +80,8 @@ pub struct Config {
     pub auth_failure_delay: Duration,
     /// Failed logins after which a connection is closed.
     pub max_auth_failures: u32,
+    /// argon2id cost of stored hashes; a login with a hash of other parameters re-hashes.
+    pub argon2: auth::Argon2Params,
 }
 
 /// The longest failed-login delay.
@@ -110,6 +112,7 @@ impl Default for Config {
             default_domain: None,
             auth_failure_delay: Duration::from_secs(2),
             max_auth_failures: 3,
+            argon2: auth::Argon2Params::default(),
         }
     }
 }

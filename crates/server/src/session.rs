@@ -445,13 +445,18 @@ impl Session {
         let store = self.shared.store.clone();
         let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
         let attempted = name.clone();
+        let params = self.shared.config.argon2;
         let verified = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             // An invalid or unknown name costs a full verification too, and gets the same
             // reply as a wrong password.
             let account = resolve_account(&*store, &name, utf8, domain.as_deref())?;
             let stored = account.as_ref().map(|a| a.password_hash.as_str());
             let verdict = auth::verify_password(stored, password.expose());
-            Ok(account.filter(|_| verdict == auth::Verdict::Accepted))
+            let account = account.filter(|_| verdict == auth::Verdict::Accepted);
+            if let Some(a) = &account {
+                rehash_if_needed(&*store, a, password.expose(), params);
+            }
+            Ok(account)
         })
         .await;
         let verified = match verified {
@@ -1064,6 +1069,27 @@ fn resolve_account(
         }
     }
     Ok(None)
+}
+
+/// Stores a fresh hash when the stored one has other argon2 parameters than configured
+/// (the password is at hand only now). Failure only costs the upgrade.
+fn rehash_if_needed(
+    store: &dyn store::Store,
+    account: &Account,
+    password: &[u8],
+    params: auth::Argon2Params,
+) {
+    if !auth::needs_rehash(&account.password_hash, params) {
+        return;
+    }
+    match auth::hash_password_with(password, params) {
+        Ok(new) => match store.rehash_password(account.id, &account.password_hash, &new) {
+            Ok(true) => info!("password re-hashed with the configured argon2 parameters"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "storing the re-hashed password failed"),
+        },
+        Err(e) => warn!(error = %e, "re-hashing the password failed"),
+    }
 }
 
 /// A msg-id style timestamp for the APOP greeting, unique per connection.

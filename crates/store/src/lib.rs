@@ -253,6 +253,10 @@ pub trait Store: Send + Sync + 'static {
     fn list_accounts(&self) -> Result<Vec<AccountSummary>>;
     /// One account's summary.
     fn account_summary(&self, name: &AccountName) -> Result<AccountSummary>;
+    /// Replaces the password hash with a re-hash of the same password (new argon2
+    /// parameters), only if it is still `old_hash`: a password changed meanwhile wins.
+    /// Returns whether it was replaced. The other secrets stay.
+    fn rehash_password(&self, account: AccountId, old_hash: &str, new_hash: &str) -> Result<bool>;
     /// Replaces both policy overrides of an account.
     fn set_policy(&self, name: &AccountName, policy: AccountPolicy) -> Result<()>;
     /// Decides whether a login to `account` may proceed now (RFC 2449 LOGIN-DELAY), in one

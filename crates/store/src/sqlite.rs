@@ -24,6 +24,8 @@ use rusqlite::{
 use tracing::{debug, info, warn};
 
 use crate::holder::holder_is_dead;
+
+mod backup;
 use crate::{
     Account, AccountId, AccountName, AccountPolicy, AccountSecrets, AccountSummary, Delivered,
     Expire, ImportMessage, Ingest, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta,
@@ -750,6 +752,16 @@ impl Store for SqliteStore {
             let (id, _) = account_id(tx, name)?;
             let mut stmt = tx.prepare_cached(&format!("{SUMMARIES} WHERE a.id = ?2"))?;
             Ok(stmt.query_row(params![now(), id], summary_row)?)
+        })
+    }
+
+    fn rehash_password(&self, account: AccountId, old_hash: &str, new_hash: &str) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE accounts SET password_hash = ?3 WHERE id = ?1 AND password_hash = ?2",
+                params![account, old_hash, new_hash],
+            )?;
+            Ok(n == 1)
         })
     }
 
@@ -2122,5 +2134,25 @@ mod tests {
         let acct = store.account(&n).unwrap().unwrap();
         assert_eq!(acct.secrets, AccountSecrets::default());
         assert!(!store.account_summary(&n).unwrap().legacy);
+    }
+
+    #[test]
+    fn rehash_replaces_only_the_hash_it_was_given() {
+        let (_dir, store) = setup();
+        let n = name("rehash");
+        let secrets = AccountSecrets {
+            scram_sha256: Some("s".into()),
+            legacy_secret: None,
+        };
+        let id = store.create_account_with(&n, "$old", &secrets).unwrap();
+        assert!(store.rehash_password(id, "$old", "$new").unwrap());
+        let acct = store.account(&n).unwrap().unwrap();
+        assert_eq!(
+            (acct.password_hash.as_str(), acct.secrets),
+            ("$new", secrets)
+        );
+        // A stale "old" hash (the password was changed meanwhile) changes nothing.
+        assert!(!store.rehash_password(id, "$old", "$other").unwrap());
+        assert_eq!(store.account(&n).unwrap().unwrap().password_hash, "$new");
     }
 }
