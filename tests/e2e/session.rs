@@ -585,3 +585,34 @@ fn json_logs_are_one_object_per_line_and_sessions_end_with_a_summary() {
         assert!(summary.contains(field), "{field} missing in {summary}");
     }
 }
+
+#[test]
+fn pop3d_drops_privileges_after_binding() {
+    let uid_line = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    };
+    if !uid_line("self").starts_with("Uid:\t0\t") {
+        eprintln!("SKIPPED: dropping privileges needs root");
+        return;
+    }
+    let dir = e2e::TempDir::new("dropprivs");
+    // nobody:nogroup owns the data directory.
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).expect("chown");
+    let server = Server::start(dir.path(), &["--user", "nobody"]);
+    let uid = uid_line(&server.pid().to_string());
+    assert!(uid.starts_with("Uid:\t65534\t65534\t65534"), "{uid}");
+    popadm_ok(
+        dir.path(),
+        &["user", "add", "alice", "--password-stdin"],
+        b"pw\n",
+    );
+    let mut c = server.login("alice", "pw");
+    c.ok("QUIT");
+}

@@ -14,6 +14,7 @@ use server::{Cleartext, ListenerKind, TlsVersion};
 #[serde(deny_unknown_fields)]
 pub struct File {
     pub data_dir: Option<PathBuf>,
+    pub user: Option<String>,
     pub hostname: Option<String>,
     pub log: Option<String>,
     pub log_format: Option<String>,

@@ -126,6 +126,11 @@ struct Args {
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
 
+    /// After binding the listeners, run as this user (and its group); the data directory must
+    /// be theirs.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+
     /// Testing only: allow an idle timeout below RFC 1939's 10 minutes.
     #[arg(long, hide = true)]
     allow_short_idle_timeout: bool,
@@ -135,6 +140,7 @@ struct Args {
 #[derive(Debug)]
 struct Settings {
     data_dir: PathBuf,
+    user: Option<String>,
     log: String,
     json_logs: bool,
     server: server::Config,
@@ -368,6 +374,7 @@ fn resolve(args: &Args) -> Result<Settings> {
         Some(other) => bail!("log format must be \"text\" or \"json\", not {other:?}"),
     };
     Ok(Settings {
+        user: args.user.clone().or(file.user),
         json_logs,
         data_dir: args
             .data_dir
@@ -408,6 +415,19 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<Tls>>> {
 }
 
 fn run(settings: Settings) -> Result<()> {
+    // Bind first (privileged ports need root), then drop privileges, then touch files.
+    let mut sockets = Vec::new();
+    for spec in &settings.listeners {
+        let socket = std::net::TcpListener::bind(spec.address)
+            .with_context(|| format!("listening on {}", spec.address))?;
+        socket
+            .set_nonblocking(true)
+            .context("making the listener non-blocking")?;
+        sockets.push((socket, spec.clone()));
+    }
+    if let Some(user) = &settings.user {
+        drop_privileges(user)?;
+    }
     let store = store::SqliteStore::open(&settings.data_dir).with_context(|| {
         format!(
             "opening the maildrop store in {}",
@@ -422,12 +442,10 @@ fn run(settings: Settings) -> Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let mut listeners = Vec::new();
-        for spec in &settings.listeners {
-            let socket = tokio::net::TcpListener::bind(spec.address)
-                .await
-                .with_context(|| format!("listening on {}", spec.address))?;
+        for (socket, spec) in sockets {
             listeners.push(server::Listener {
-                socket,
+                socket: tokio::net::TcpListener::from_std(socket)
+                    .context("registering a listener")?,
                 kind: spec.kind,
                 min_tls: spec.min_tls,
                 cleartext: spec.cleartext,
@@ -446,6 +464,22 @@ fn run(settings: Settings) -> Result<()> {
         .await?;
         Ok(())
     })
+}
+
+/// Switches to `name`'s user and group (and only its group), for good.
+fn drop_privileges(name: &str) -> Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, User};
+    let user = User::from_name(name)
+        .with_context(|| format!("looking up user {name}"))?
+        .with_context(|| format!("no such user: {name}"))?;
+    setgroups(&[user.gid]).context("dropping supplementary groups")?;
+    setgid(user.gid).context("switching group")?;
+    setuid(user.uid).context("switching user")?;
+    if nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok() && !user.uid.is_root() {
+        bail!("privileges could be regained after dropping them");
+    }
+    info!(user = name, uid = user.uid.as_raw(), "dropped privileges");
+    Ok(())
 }
 
 /// Reloads the certificates on SIGHUP; sessions in progress are not touched.
