@@ -1,6 +1,6 @@
 //! The real popadm binary: account management, delivery exit codes, imports, stat.
 
-use e2e::{crlf, popadm, popadm_ok, Fixture, TempDir};
+use e2e::{crlf, popadm, popadm_ok, Fixture, Server, TempDir};
 
 #[test]
 fn user_lifecycle() {
@@ -82,15 +82,98 @@ fn deliver_uses_sysexits() {
         b"Subject: too big\r\n\r\n",
     );
     assert_eq!(out.status.code(), Some(65));
+    // A sender that would inject a header line is refused for good (EX_DATAERR).
+    let out = popadm(
+        d,
+        &["deliver", "-f", "a@b\r\nBcc: x", "frank"],
+        b"Subject: x\r\n\r\n",
+    );
+    assert_eq!(out.status.code(), Some(65));
     let out = popadm(d, &["deliver", "frank"], b"Subject: ok\r\n\r\nok\r\n");
     assert_eq!(out.status.code(), Some(0));
     let stat = popadm_ok(d, &["stat", "frank"], b"");
     assert!(stat.contains("messages: 1"), "{stat}");
+    let stored = b"Delivered-To: frank\r\nSubject: ok\r\n\r\nok\r\n";
     assert!(
-        stat.contains(&format!("octets: {}", b"Subject: ok\r\n\r\nok\r\n".len())),
+        stat.contains(&format!("octets: {}", stored.len())),
         "{stat}"
     );
     assert!(stat.contains("lock: none"), "{stat}");
+}
+
+/// `deliver` as a local delivery agent: `Return-Path:` and `Delivered-To:` on top (RFC 5321
+/// section 4.4), the sender from `-f`, else `$SENDER`, else a leading mbox `From ` line, which
+/// is removed; `--no-lda-headers` stores the bytes as given.
+#[test]
+fn deliver_adds_lda_headers() {
+    let f = Fixture::new("lda");
+    f.add_user("Kim@Example.org", "pw");
+    let body = b"Subject: hi\n\nbody\n";
+    let run = |args: &[&str], sender_env: Option<&str>, input: &[u8]| {
+        let mut cmd = std::process::Command::new(e2e::bin("popadm"));
+        cmd.arg("--data-dir").arg(f.data()).args(args);
+        cmd.env_remove("SENDER");
+        if let Some(s) = sender_env {
+            cmd.env("SENDER", s);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn popadm");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input)
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        &["deliver", "-f", "<bob@example.net>", "kim@example.org"],
+        Some("env@x"),
+        body,
+    );
+    run(
+        &["deliver", "kim@example.org"],
+        Some("env@example.net"),
+        body,
+    );
+    let mut from_line = b"From carol@example.com Thu Nov 26 10:00:00 2026\n".to_vec();
+    from_line.extend_from_slice(body);
+    run(&["deliver", "kim@example.org"], None, &from_line);
+    run(&["deliver", "--from", "", "kim@example.org"], None, body);
+    run(
+        &["deliver", "--no-lda-headers", "kim@example.org"],
+        Some("env@x"),
+        body,
+    );
+    let want: Vec<Vec<u8>> = [
+        "Return-Path: <bob@example.net>\r\nDelivered-To: kim@example.org\r\n",
+        "Return-Path: <env@example.net>\r\nDelivered-To: kim@example.org\r\n",
+        "Return-Path: <carol@example.com>\r\nDelivered-To: kim@example.org\r\n",
+        "Return-Path: <>\r\nDelivered-To: kim@example.org\r\n",
+        "",
+    ]
+    .iter()
+    .map(|h| {
+        let mut m = h.as_bytes().to_vec();
+        m.extend_from_slice(&crlf(body));
+        m
+    })
+    .collect();
+    let mut c = f.server.login("kim@example.org", "pw");
+    for (i, m) in want.iter().enumerate() {
+        let (_, got) = c.multi(&format!("RETR {}", i + 1));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(m),
+            "message {}",
+            i + 1
+        );
+    }
+    c.ok("QUIT");
 }
 
 #[test]
@@ -168,4 +251,91 @@ fn passwords_are_never_taken_from_argv() {
     let dir = TempDir::new("argv");
     let out = popadm(dir.path(), &["user", "add", "ivan", "--password", "x"], b"");
     assert!(!out.status.success());
+}
+
+/// A maildir left by Dovecot keeps its POP3 UIDLs (Dovecot's default `%08Xu%08Xv` from
+/// `dovecot-uidlist`), so clients do not download again after the move (RFC 1939 section 7).
+#[test]
+fn dovecot_maildir_import_keeps_uidls() {
+    let f = Fixture::new("dovecot");
+    f.add_user("lena", "pw");
+    let md = f.data().join("dovecot-maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
+    }
+    std::fs::write(
+        md.join("dovecot-uidlist"),
+        "3 V1700000000 N3 G6f1ab2c3d4e5f60718293a4b5c6d7e8f\n\
+         1 :1700000001.M1P1.host,S=15\n\
+         2 W30 :1700000002.M2P2.host:2,S\n",
+    )
+    .expect("write");
+    std::fs::write(
+        md.join("cur/1700000001.M1P1.host,S=15:2,S"),
+        b"Subject: a\n\na\n",
+    )
+    .expect("w");
+    std::fs::write(
+        md.join("cur/1700000002.M2P2.host:2,RS"),
+        b"Subject: b\n\nb\n",
+    )
+    .expect("w");
+    std::fs::write(md.join("new/1700000003.M3P3.host"), b"Subject: c\n\nc\n").expect("w");
+    let map = f.data().join("uidl.map");
+    std::fs::write(&map, "1700000003.M3P3.host from-map\n").expect("w");
+    let m = md.to_str().expect("utf8");
+    let out = popadm_ok(
+        f.data(),
+        &[
+            "import",
+            "maildir",
+            m,
+            "lena",
+            "--uidl-format",
+            "dovecot",
+            "--uidl-map",
+            map.to_str().expect("utf8"),
+        ],
+        b"",
+    );
+    assert!(out.contains("imported 3"), "{out}");
+    let mut c = f.server.login("lena", "pw");
+    assert_eq!(
+        c.listing("UIDL"),
+        ["1 000000016553F100", "2 000000026553F100", "3 from-map"]
+    );
+    c.ok("QUIT");
+}
+
+/// `popadm backup` copies the database while a session holds a maildrop lock and mail is
+/// delivered; the copy serves the same maildrop.
+#[test]
+fn backup_while_a_session_runs() {
+    let f = Fixture::new("backup");
+    f.add_user("nina", "pw");
+    f.deliver("nina", b"Subject: one\r\n\r\n1\r\n");
+    let mut c = f.server.login("nina", "pw");
+    let (_, first) = c.multi("RETR 1");
+    f.deliver("nina", b"Subject: two\r\n\r\n2\r\n");
+    let copy_dir = TempDir::new("backup-copy");
+    let copy = copy_dir.path().join(store_file());
+    let out = popadm_ok(f.data(), &["backup", copy.to_str().expect("utf8")], b"");
+    assert!(out.starts_with("backup written to "), "{out}");
+    // The session goes on undisturbed.
+    assert!(c.ok("STAT").starts_with("+OK 1 "));
+    c.ok("QUIT");
+    // An existing file is never overwritten.
+    let again = popadm(f.data(), &["backup", copy.to_str().expect("utf8")], b"");
+    assert!(!again.status.success());
+    // The copy is a complete store: pop3d serves both messages from it.
+    let server = Server::start(copy_dir.path(), &[]);
+    let mut c = server.login("nina", "pw");
+    assert!(c.ok("STAT").starts_with("+OK 2 "));
+    let (_, body) = c.multi("RETR 1");
+    assert_eq!(body, first);
+    c.ok("QUIT");
+}
+
+fn store_file() -> &'static str {
+    "maildrops.sqlite3"
 }

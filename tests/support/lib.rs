@@ -433,8 +433,10 @@ impl Fixture {
         );
     }
 
+    /// Delivers `message` byte for byte (`--no-lda-headers`), so tests can compare what a
+    /// client retrieves with what was delivered.
     pub fn deliver(&self, name: &str, message: &[u8]) {
-        popadm_ok(self.data(), &["deliver", name], message);
+        popadm_ok(self.data(), &["deliver", "--no-lda-headers", name], message);
     }
 
     /// Restarts pop3d on the same data directory (SIGTERM, wait, start).

@@ -17,7 +17,14 @@ commands:
   deps    install the real clients the end-to-end suite uses (curl, python3) with apt-get";
 
 /// Programs the end-to-end suite drives, and the Debian packages that bring them.
-const CLIENTS: &[(&str, &str)] = &[("curl", "curl"), ("python3", "python3")];
+const CLIENTS: &[(&str, &str)] = &[
+    ("curl", "curl"),
+    ("python3", "python3"),
+    ("fetchmail", "fetchmail"),
+    ("mpop", "mpop"),
+    ("getmail", "getmail6"),
+    ("perl", "perl"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -111,11 +118,24 @@ fn have(program: &str) -> bool {
 
 /// `cargo xtask deps`: apt-get install what is missing.
 fn deps() -> Result<(), String> {
-    let missing: Vec<&str> = CLIENTS
+    // Perl modules the suite uses beyond the core (Net::POP3 is core): module, package.
+    const PERL_MODULES: &[(&str, &str)] = &[("IO::Socket::SSL", "libio-socket-ssl-perl")];
+    let mut missing: Vec<&str> = CLIENTS
         .iter()
         .filter(|(program, _)| !have(program))
         .map(|(_, package)| *package)
         .collect();
+    missing.extend(
+        PERL_MODULES
+            .iter()
+            .filter(|(module, _)| {
+                !Command::new("perl")
+                    .args([&format!("-M{module}"), "-e", "1"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .map(|(_, package)| *package),
+    );
     if missing.is_empty() {
         eprintln!("xtask: every client the suite uses is installed");
         return Ok(());

@@ -4,6 +4,8 @@
 
 use store::StoreError;
 
+use crate::deliver::BadSender;
+
 /// EX_USAGE: the command line was wrong.
 pub const EX_USAGE: u8 = 64;
 /// EX_DATAERR: the message (or account name) is unacceptable; the MTA bounces.
@@ -33,6 +35,9 @@ pub fn admin_code(e: &anyhow::Error) -> u8 {
 /// kept in the MTA's queue can still be delivered once the trouble is fixed, a bounced one is
 /// lost to its recipient.
 pub fn deliver_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<BadSender>()) {
+        return EX_DATAERR;
+    }
     match store_error(e) {
         Some(StoreError::NoSuchAccount(_)) => EX_NOUSER,
         Some(
@@ -85,6 +90,8 @@ mod tests {
             assert_eq!(deliver_code(&wrapped(err)), code, "{msg}");
         }
         assert_eq!(deliver_code(&anyhow::anyhow!("stdin closed")), EX_TEMPFAIL);
+        let bad = anyhow::Error::new(BadSender("a\nb".into())).context("delivering");
+        assert_eq!(deliver_code(&bad), EX_DATAERR);
     }
 
     #[test]

@@ -8,11 +8,14 @@
 //! rolls the whole import back, and reports the source error instead of the store's.
 //!
 //! UIDs given by the old server are kept, so clients do not download everything again after the
-//! migration: qpopper's `X-UIDL:` header for both formats, and for maildirs any [`UidSource`]
-//! (`maildir::UidSource`) plugged in.
+//! migration: qpopper's `X-UIDL:` header for both formats, and for maildirs Dovecot's
+//! `dovecot-uidlist` ([`dovecot`]) or a map file, through the pluggable
+//! [`maildir::UidSource`] ([`uidl::MaildirUids`]).
 
+pub mod dovecot;
 pub mod maildir;
 pub mod mbox;
+pub mod uidl;
 
 use std::fs::File;
 use std::io::BufReader;
@@ -34,13 +37,32 @@ pub fn run(data_dir: &Path, cmd: ImportCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {what}"))?;
             import_all(data_dir, &name, &mut source, &what)
         }
-        ImportCommand::Maildir { dir, name } => {
+        ImportCommand::Maildir {
+            dir,
+            name,
+            uidl_format,
+            dovecot_uidl_format,
+            uidl_map,
+        } => {
             let name = account_name(&name)?;
             let what = dir.display().to_string();
             let entries = maildir::list(&dir)?;
-            let mut source =
-                maildir::Messages::new(entries, &maildir::XUidlHeader, DEFAULT_MAX_MESSAGE_SIZE);
-            import_all(data_dir, &name, &mut source, &what)
+            let uids = uidl::MaildirUids::new(
+                &dir,
+                uidl_format,
+                &dovecot_uidl_format,
+                uidl_map.as_deref(),
+            )?;
+            let mut source = maildir::Messages::new(entries, &uids, DEFAULT_MAX_MESSAGE_SIZE);
+            import_all(data_dir, &name, &mut source, &what)?;
+            let unnamed = uids.unnamed.get();
+            if unnamed > 0 && uidl_format != uidl::UidlPolicy::None {
+                eprintln!(
+                    "popadm: {unnamed} messages had no UIDL in the sources used \
+                     (--uidl-format, --uidl-map) and got new ones: clients will download them again"
+                );
+            }
+            Ok(())
         }
     }
 }
@@ -61,7 +83,7 @@ fn import_all(
 }
 
 /// One [`Store::import`] call with everything `source` yields; on any error nothing is stored.
-fn import_into(
+pub(crate) fn import_into(
     store: &dyn Store,
     name: &AccountName,
     source: &mut dyn Iterator<Item = anyhow::Result<ImportMessage>>,
@@ -146,7 +168,7 @@ fn poison() -> ImportMessage {
 
 /// The `X-UIDL:` header of a message (qpopper keeps its UIDs there), unfolded and trimmed;
 /// `None` when absent or empty. Only the header section is searched.
-pub(crate) fn x_uidl(message: &[u8]) -> Option<String> {
+pub fn x_uidl(message: &[u8]) -> Option<String> {
     let mut value: Option<Vec<u8>> = None;
     for line in message.split_inclusive(|&b| b == b'\n') {
         let content = strip_line_end(line);
@@ -186,7 +208,7 @@ fn strip_line_end(line: &[u8]) -> &[u8] {
 }
 
 /// Octets the message takes once stored with CRLF line ends (what LIST reports).
-pub(crate) fn stored_size(message: &[u8]) -> u64 {
+pub fn stored_size(message: &[u8]) -> u64 {
     let bare_lf = message
         .iter()
         .enumerate()

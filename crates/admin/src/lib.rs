@@ -11,8 +11,10 @@
 mod deliver;
 mod exit;
 mod import;
+mod migrate;
 mod output;
 mod policy;
+mod pop3;
 #[cfg(test)]
 mod test_util;
 mod users;
@@ -27,6 +29,10 @@ use store::{AccountName, Expire, SqliteStore, DB_FILE, DEFAULT_MAX_MESSAGE_SIZE}
 
 pub use exit::{EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE};
 pub use import::maildir::{MaildirEntry, UidSource, XUidlHeader};
+// The importers' parsers, for the fuzz targets (fuzz/targets/bodies.rs).
+pub use import::mbox::Mbox;
+pub use import::uidl::UidlPolicy;
+pub use import::{stored_size, x_uidl};
 pub use policy::Override;
 
 /// Data directory used when neither `--data-dir` nor `POP3D_DATA_DIR` is given (the same default
@@ -53,11 +59,24 @@ pub enum Command {
     /// Manage accounts
     #[command(subcommand)]
     User(UserCommand),
-    /// Deliver one message read from stdin (for an MTA; exit codes follow sysexits:
-    /// 0 delivered, 65 bad message or name, 67 no such user, 75 try again later)
+    /// Deliver one message read from stdin as a local delivery agent: adds `Return-Path:` and
+    /// `Delivered-To:` on top, removes a leading mbox `From ` line (exit codes follow sysexits:
+    /// 0 delivered, 65 bad message, name or sender, 67 no such user, 75 try again later)
     Deliver {
         /// Account name (`local` or `local@domain`)
         name: String,
+        /// Envelope sender for `Return-Path:` (default: $SENDER, else the `From ` line's; `""`
+        /// for the null sender of a bounce)
+        #[arg(
+            short = 'f',
+            long = "from",
+            value_name = "SENDER",
+            allow_hyphen_values = true
+        )]
+        from: Option<String>,
+        /// Store the message exactly as read: no headers added, no `From ` line removed
+        #[arg(long, conflicts_with = "from")]
+        no_lda_headers: bool,
         /// Refuse messages larger than this many octets
         #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_SIZE,
               value_parser = clap::value_parser!(u64).range(1..))]
@@ -66,6 +85,19 @@ pub enum Command {
     /// Import a mailbox into an existing account, all or nothing
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Copy a maildrop from another server, keeping its UIDLs
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+    /// Compare UIDLs with another server
+    #[command(subcommand)]
+    Uidl(UidlCommand),
+    /// Write a consistent copy of the maildrop database to FILE (SQLite's online backup API:
+    /// safe while pop3d runs and mail is delivered). FILE must not exist; to restore, stop
+    /// pop3d and put the copy in place of DATA_DIR/maildrops.sqlite3
+    Backup {
+        /// The new database file
+        file: PathBuf,
+    },
     /// Show an account's message count, size, lock, policy overrides and last login
     Stat {
         /// Account name (`local` or `local@domain`)
@@ -83,6 +115,10 @@ pub enum UserCommand {
         /// Read the password as one line from stdin instead of the terminal
         #[arg(long)]
         password_stdin: bool,
+        /// Also keep the password-equivalent secret APOP and CRAM-MD5 need (see
+        /// docs/authentication.md for the trade-off)
+        #[arg(long)]
+        legacy_auth: bool,
     },
     /// Delete an account and all its messages
     Del {
@@ -110,13 +146,17 @@ pub enum UserCommand {
               value_parser = policy::parse_expire, allow_hyphen_values = true)]
         expire: Option<Override<Expire>>,
     },
-    /// Change an account's password (asks twice on the terminal)
+    /// Change an account's password (asks twice on the terminal); APOP/CRAM-MD5 stay enabled
+    /// only with --legacy-auth
     Passwd {
         /// Account name (`local` or `local@domain`)
         name: String,
         /// Read the password as one line from stdin instead of the terminal
         #[arg(long)]
         password_stdin: bool,
+        /// Also keep the password-equivalent secret APOP and CRAM-MD5 need
+        #[arg(long)]
+        legacy_auth: bool,
     },
 }
 
@@ -130,13 +170,82 @@ pub enum ImportCommand {
         /// Account name (`local` or `local@domain`)
         name: String,
     },
-    /// Import a maildir (`cur/` and `new/`, in delivery order; `X-UIDL:` headers kept as UIDs)
+    /// Import a maildir (`cur/` and `new/`, in delivery order), keeping the UIDLs its clients
+    /// know: Dovecot's (from `dovecot-uidlist`) or qpopper's (`X-UIDL:` headers)
     Maildir {
         /// The maildir (the directory holding `cur/` and `new/`)
         dir: PathBuf,
         /// Account name (`local` or `local@domain`)
         name: String,
+        /// Which UIDLs of the old server to keep
+        #[arg(long, value_enum, default_value_t = UidlPolicy::Auto)]
+        uidl_format: UidlPolicy,
+        /// Dovecot's `pop3_uidl_format`, if it was configured (%u UID, %v UID validity, %g
+        /// GUID, %f file name; widths and X/x for hex)
+        #[arg(long, value_name = "FORMAT", default_value = import::dovecot::DEFAULT_UIDL_FORMAT)]
+        dovecot_uidl_format: String,
+        /// File of `file-name uidl` lines; its UIDLs come before every other source
+        #[arg(long, value_name = "FILE")]
+        uidl_map: Option<PathBuf>,
     },
+}
+
+/// `popadm migrate ...`
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Copy every message of a POP3 maildrop into an existing account, all or nothing, keeping
+    /// the UIDL the server gave it. Messages whose UIDL the account already holds are skipped,
+    /// so a second run fetches only what is new. Nothing is deleted on the server: no DELE is
+    /// sent and the session ends without QUIT (no UPDATE state, RFC 1939 section 6).
+    Pop3 {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Local account name (`local` or `local@domain`)
+        name: String,
+    },
+}
+
+/// `popadm uidl ...`
+#[derive(Debug, Subcommand)]
+pub enum UidlCommand {
+    /// List UIDLs found only on the server (`remote-only`) or only here (`local-only`); exit 0
+    /// and `uidl: identical (N messages)` when they are the same, 1 when they differ
+    Diff {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Local account name (`local` or `local@domain`)
+        name: String,
+    },
+}
+
+/// How to reach and log in to another POP3 server (USER/PASS).
+#[derive(Debug, clap::Args)]
+pub struct RemoteArgs {
+    /// Server host name or address (also the TLS server name)
+    #[arg(long)]
+    pub host: String,
+    /// Server port [default: 110, or 995 with --tls]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Implicit TLS from the first byte (POP3S, RFC 8314)
+    #[arg(long, conflicts_with = "starttls")]
+    pub tls: bool,
+    /// STLS after the greeting (RFC 2595)
+    #[arg(long)]
+    pub starttls: bool,
+    /// PEM file of the CA (or the server's own certificate) to trust [default: the system
+    /// bundle /etc/ssl/certs/ca-certificates.crt]
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub cafile: Option<PathBuf>,
+    /// Do not verify the server's certificate (a known server on a trusted network only)
+    #[arg(long)]
+    pub insecure: bool,
+    /// User name on the server
+    #[arg(long)]
+    pub user: String,
+    /// Read the password as one line from stdin instead of the terminal
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 /// Parses the command line. Clap's usage errors are printed and give [`EX_USAGE`]; `--help` and
@@ -167,8 +276,22 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::User(cmd) => (users::run(&data_dir, cmd), exit::admin_code as fn(_) -> u8),
         Command::Stat { name } => (users::stat(&data_dir, &name), exit::admin_code as _),
         Command::Import(cmd) => (import::run(&data_dir, cmd), exit::admin_code as _),
-        Command::Deliver { name, max_size } => (
-            deliver::run(&data_dir, &name, max_size),
+        Command::Backup { file } => (backup(&data_dir, &file), exit::admin_code as _),
+        Command::Migrate(MigrateCommand::Pop3 { remote, name }) => (
+            migrate::migrate(&data_dir, remote, &name),
+            exit::admin_code as _,
+        ),
+        Command::Uidl(UidlCommand::Diff { remote, name }) => (
+            migrate::diff(&data_dir, remote, &name),
+            exit::admin_code as _,
+        ),
+        Command::Deliver {
+            name,
+            max_size,
+            from,
+            no_lda_headers,
+        } => (
+            deliver::run(&data_dir, &name, max_size, from, !no_lda_headers),
             exit::deliver_code as _,
         ),
     };
@@ -179,6 +302,21 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(code_for(&e))
         }
     }
+}
+
+/// `backup FILE`.
+fn backup(data_dir: &Path, file: &Path) -> anyhow::Result<()> {
+    let store = open_existing(data_dir)?;
+    store
+        .backup_to(file)
+        .with_context(|| format!("backing the database up to {}", file.display()))?;
+    let octets = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    output::print(&format!(
+        "backup written to {} ({octets} octets)\n",
+        file.display()
+    ))
 }
 
 /// `--data-dir`, else a non-empty `POP3D_DATA_DIR`, else [`DEFAULT_DATA_DIR`].
@@ -289,6 +427,10 @@ mod tests {
             cli.command,
             Command::Deliver { max_size, .. } if max_size == DEFAULT_MAX_MESSAGE_SIZE
         ));
+        let cli = parse(["popadm", "deliver", "-f", "a@b", "bob"]).expect("parses");
+        assert!(matches!(cli.command, Command::Deliver { from: Some(f), .. } if f == "a@b"));
+        let cli = parse(["popadm", "deliver", "--from=", "bob"]).expect("parses");
+        assert!(matches!(cli.command, Command::Deliver { from: Some(f), .. } if f.is_empty()));
         let cli = parse(["popadm", "stat", "bob", "--data-dir", "/x"]).expect("parses");
         assert_eq!(cli.data_dir, Some(PathBuf::from("/x")));
     }

@@ -22,7 +22,8 @@ pub fn run(data_dir: &Path, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add {
             name,
             password_stdin,
-        } => add(data_dir, &name, password_stdin),
+            legacy_auth,
+        } => add(data_dir, &name, password_stdin, legacy_auth),
         UserCommand::Del { name, yes } => del(data_dir, &name, yes),
         UserCommand::List => list(data_dir),
         UserCommand::Set {
@@ -33,11 +34,12 @@ pub fn run(data_dir: &Path, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Passwd {
             name,
             password_stdin,
-        } => passwd(data_dir, &name, password_stdin),
+            legacy_auth,
+        } => passwd(data_dir, &name, password_stdin, legacy_auth),
     }
 }
 
-fn add(data_dir: &Path, name: &str, password_stdin: bool) -> anyhow::Result<()> {
+fn add(data_dir: &Path, name: &str, password_stdin: bool, legacy: bool) -> anyhow::Result<()> {
     let name = account_name(name)?;
     // Refuse a taken name before asking for a password; the database is created only once the
     // password is in hand, so a mistyped password leaves nothing behind.
@@ -50,21 +52,21 @@ fn add(data_dir: &Path, name: &str, password_stdin: bool) -> anyhow::Result<()> 
             return Err(StoreError::AccountExists(name.to_string()).into());
         }
     }
-    let hash = read_and_hash(&name, password_stdin)?;
+    let (hash, secrets) = read_and_derive(&name, password_stdin, legacy)?;
     let store = open_or_create(data_dir)?;
     store
-        .create_account(&name, &hash)
+        .create_account_with(&name, &hash, &secrets)
         .with_context(|| format!("creating account {name}"))?;
     print(&format!("created {name}\n"))
 }
 
-fn passwd(data_dir: &Path, name: &str, password_stdin: bool) -> anyhow::Result<()> {
+fn passwd(data_dir: &Path, name: &str, password_stdin: bool, legacy: bool) -> anyhow::Result<()> {
     let name = account_name(name)?;
     let store = open_existing(data_dir)?;
     require_account(&store, &name)?;
-    let hash = read_and_hash(&name, password_stdin)?;
+    let (hash, secrets) = read_and_derive(&name, password_stdin, legacy)?;
     store
-        .set_password(&name, &hash)
+        .set_secrets(&name, &hash, &secrets)
         .with_context(|| format!("setting the password of {name}"))?;
     print(&format!("password changed for {name}\n"))
 }
@@ -109,7 +111,9 @@ pub fn stat(data_dir: &Path, name: &str) -> anyhow::Result<()> {
 /// their places: LOGIN-DELAY (seconds or `default`), EXPIRE (days, `never` or `default`) and
 /// LAST-LOGIN (RFC 3339 or `never`).
 fn list_text(accounts: &[AccountSummary]) -> String {
-    let mut out = String::from("NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\n");
+    let mut out = String::from(
+        "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\n",
+    );
     for a in accounts {
         let lock = match &a.lock {
             Some(l) => format!(
@@ -122,13 +126,14 @@ fn list_text(accounts: &[AccountSummary]) -> String {
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,
-            "{}\t{}\t{}\t{lock}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{lock}\t{}\t{}\t{}\t{}",
             a.name,
             a.messages,
             a.octets,
             login_delay_text(a.policy.login_delay),
             expire_text(a.policy.expire),
-            last_login_text(a.last_login)
+            last_login_text(a.last_login),
+            if a.legacy { "yes" } else { "no" }
         );
     }
     out
@@ -180,8 +185,13 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     ))
 }
 
-/// Reads the new password (terminal or stdin) and hashes it.
-fn read_and_hash(name: &AccountName, from_stdin: bool) -> anyhow::Result<String> {
+/// Reads the new password (terminal or stdin) and derives what is stored for it: the argon2id
+/// hash, SCRAM-SHA-256 keys and, with `legacy`, the APOP/CRAM-MD5 secret.
+fn read_and_derive(
+    name: &AccountName,
+    from_stdin: bool,
+    legacy: bool,
+) -> anyhow::Result<(String, store::AccountSecrets)> {
     let password = if from_stdin {
         read_password_line(&mut std::io::stdin().lock())
             .context("reading the password from stdin")?
@@ -191,7 +201,15 @@ fn read_and_hash(name: &AccountName, from_stdin: bool) -> anyhow::Result<String>
     if password.is_empty() {
         bail!("refusing an empty password");
     }
-    auth::hash_password(&password).context("hashing the password")
+    let derived =
+        auth::derive_secrets(&password, legacy).context("deriving the password's secrets")?;
+    Ok((
+        derived.password_hash,
+        store::AccountSecrets {
+            scram_sha256: Some(derived.scram_sha256),
+            legacy_secret: derived.legacy_secret,
+        },
+    ))
 }
 
 fn prompt_twice(name: &AccountName) -> anyhow::Result<Vec<u8>> {
@@ -206,7 +224,7 @@ fn prompt_twice(name: &AccountName) -> anyhow::Result<Vec<u8>> {
 
 /// One line of `input` without its line end (LF or CRLF). Spaces and other bytes are kept:
 /// they are part of the password (RFC 1939 section 7 lets PASS carry spaces).
-fn read_password_line(input: &mut dyn BufRead) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_password_line(input: &mut dyn BufRead) -> std::io::Result<Vec<u8>> {
     let mut line = Vec::new();
     input.read_until(b'\n', &mut line)?;
     if line.last() == Some(&b'\n') {
@@ -254,6 +272,7 @@ mod tests {
             lock,
             policy: AccountPolicy::default(),
             last_login: None,
+            legacy: false,
         }
     }
 
@@ -270,6 +289,7 @@ mod tests {
             expire: Some(Expire::Never),
         };
         carol.last_login = Some(1_709_251_199);
+        carol.legacy = true;
         let mut dave = summary("dave", None);
         dave.policy.expire = Some(Expire::Days(0));
         let accounts = [
@@ -278,12 +298,12 @@ mod tests {
             carol,
             dave,
         ];
-        let want = "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\n\
-                    alice\t3\t1234\t-\tdefault\tdefault\tnever\n\
+        let want = "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\n\
+                    alice\t3\t1234\t-\tdefault\tdefault\tnever\tno\n\
                     bob@example.org\t3\t1234\tlocked by pop3d[42]@host until 1970-01-01T00:01:00Z\t\
-                    default\tdefault\tnever\n\
-                    carol\t3\t1234\t-\t300\tnever\t2024-02-29T23:59:59Z\n\
-                    dave\t3\t1234\t-\tdefault\t0\tnever\n";
+                    default\tdefault\tnever\tno\n\
+                    carol\t3\t1234\t-\t300\tnever\t2024-02-29T23:59:59Z\tyes\n\
+                    dave\t3\t1234\t-\tdefault\t0\tnever\tno\n";
         assert_eq!(list_text(&accounts), want);
         assert_eq!(
             stat_text(&accounts[0]),

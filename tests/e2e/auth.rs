@@ -1,0 +1,347 @@
+//! Authentication end to end: SASL (RFC 5034) PLAIN, LOGIN, CRAM-MD5 and SCRAM-SHA-256, APOP
+//! (RFC 1939 section 7), multi-domain names, the failed-login penalty.
+//! Clients: curl (`--login-options AUTH=...`), Python's poplib (`apop()`), and a SCRAM client
+//! written in Python (hashlib/hmac) since no packaged POP3 client speaks SCRAM.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::{crlf, popadm_ok, Fixture};
+
+const PW: &str = "s3cret pw";
+const MSG: &[u8] = b"Subject: auth\r\n\r\nauthenticated\r\n";
+
+fn fixture(tag: &str, flags: &[&str]) -> Fixture {
+    let f = Fixture::with_flags(tag, flags);
+    f.add_user("alice", PW);
+    popadm_ok(
+        f.data(),
+        &[
+            "user",
+            "add",
+            "leg@example.org",
+            "--password-stdin",
+            "--legacy-auth",
+        ],
+        b"tanstaaf\n",
+    );
+    f.deliver("alice", MSG);
+    f.deliver("leg@example.org", MSG);
+    f
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn curl(f: &Fixture, user: &str, pass: &str, mech: &str) -> std::process::Output {
+    Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(["--user", &format!("{user}:{pass}")])
+        .args(["--login-options", &format!("AUTH={mech}")])
+        .arg(format!("pop3://{}/1", f.server.addr))
+        .output()
+        .expect("run curl")
+}
+
+#[test]
+fn curl_logs_in_with_plain_login_and_cram_md5() {
+    if !e2e::client_available("curl", "--version") {
+        return;
+    }
+    let f = fixture("curl-sasl", &["--legacy-auth"]);
+    for mech in ["PLAIN", "LOGIN"] {
+        let out = curl(&f, "alice", PW, mech);
+        assert!(
+            out.status.success(),
+            "{mech}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, crlf(MSG), "{mech}");
+    }
+    // RFC 2195: CRAM-MD5 for an account with a legacy secret.
+    let out = curl(&f, "leg@example.org", "tanstaaf", "CRAM-MD5");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, crlf(MSG));
+    // Without a legacy secret CRAM-MD5 fails like a wrong password.
+    assert!(!curl(&f, "alice", PW, "CRAM-MD5").status.success());
+    assert!(!curl(&f, "alice", "wrong", "PLAIN").status.success());
+}
+
+#[test]
+fn poplib_apop_with_the_greeting_timestamp() {
+    if !e2e::client_available("python3", "--version") {
+        return;
+    }
+    let f = fixture("apop", &["--legacy-auth"]);
+    // RFC 1939 section 7: with APOP offered the greeting has a timestamp, new every time.
+    let g1 = f.server.connect().greeting;
+    let g2 = f.server.connect().greeting;
+    assert!(
+        g1.contains('<') && g1.ends_with('>') && g1.contains('@'),
+        "{g1}"
+    );
+    assert_ne!(g1, g2);
+    let script = r#"
+import poplib, sys
+p = poplib.POP3(sys.argv[1], int(sys.argv[2]), timeout=20)
+try:
+    p.apop(sys.argv[3], sys.argv[4])
+except poplib.error_proto as e:
+    print("ERR", e.args[0].decode()); sys.exit(0)
+print("OK", p.stat()[0]); p.quit()
+"#;
+    let run = |user: &str, secret: &str| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                script,
+                "127.0.0.1",
+                &f.server.addr.port().to_string(),
+                user,
+                secret,
+            ])
+            .output()
+            .expect("python3");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run("leg@example.org", "tanstaaf"), "OK 1");
+    let wrong = run("leg@example.org", "nope");
+    let unknown = run("ghost", "nope");
+    let no_secret = run("alice", PW);
+    assert!(wrong.starts_with("ERR -ERR [AUTH] "), "{wrong}");
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong, no_secret);
+}
+
+#[test]
+fn apop_and_cram_md5_are_off_by_default() {
+    let f = fixture("nolegacy", &[]);
+    let mut c = f.server.connect();
+    assert!(!c.greeting.contains('<'), "{}", c.greeting);
+    let caps = c.listing("CAPA");
+    let sasl = caps
+        .iter()
+        .find(|l| l.starts_with("SASL "))
+        .expect("SASL capability");
+    assert!(!sasl.contains("CRAM-MD5"), "{sasl}");
+    assert!(
+        sasl.contains("SCRAM-SHA-256") && sasl.contains("PLAIN"),
+        "{sasl}"
+    );
+    assert!(c
+        .err("APOP leg@example.org c4c9334bac560ecc979e58001b3e22fb")
+        .starts_with("-ERR"));
+    assert!(c.err("AUTH CRAM-MD5").starts_with("-ERR"));
+}
+
+#[test]
+fn auth_exchange_rules() {
+    // RFC 5034 section 4.
+    let f = fixture("saslrules", &[]);
+    let mut c = f.server.connect();
+    // Bare AUTH lists the mechanisms (the old Outlook habit).
+    let mechs = c.listing("AUTH");
+    assert!(mechs.contains(&"PLAIN".to_string()) && mechs.contains(&"SCRAM-SHA-256".to_string()));
+    // "*" cancels with -ERR; the session goes on.
+    assert_eq!(c.cmd("AUTH PLAIN"), "+ ");
+    assert!(c.err("*").contains("cancel"));
+    // Bad base64 gets -ERR.
+    assert_eq!(c.cmd("AUTH LOGIN"), format!("+ {}", b64(b"Username:")));
+    assert!(c.err("!!!not base64!!!").starts_with("-ERR"));
+    c.err("AUTH NOSUCH-MECH");
+    c.err("AUTH PLAIN %%%");
+    // Decoded fields with CR/LF are refused before use.
+    c.err(&format!("AUTH PLAIN {}", b64(b"\0alice\r\nQUIT\0x")));
+    // Another authorization identity is refused (no master users).
+    let wrong_authz = c.err(&format!(
+        "AUTH PLAIN {}",
+        b64(format!("bob\0alice\0{PW}").as_bytes())
+    ));
+    assert!(wrong_authz.starts_with("-ERR [AUTH]"), "{wrong_authz}");
+    // "=" is an empty initial response, then the real one on the next line.
+    let mut c = f.server.connect();
+    assert_eq!(c.cmd("AUTH PLAIN"), "+ ");
+    c.ok(&b64(format!("\0alice\0{PW}").as_bytes()));
+    assert!(c.ok("STAT").starts_with("+OK 1 "));
+    c.ok("QUIT");
+    // Unknown user and wrong password: the same reply.
+    let mut c = f.server.connect();
+    let wrong = c.err(&format!("AUTH PLAIN {}", b64(b"\0alice\0nope")));
+    let unknown = c.err(&format!("AUTH PLAIN {}", b64(b"\0ghost\0nope")));
+    assert_eq!(wrong, unknown);
+}
+
+#[test]
+fn scram_sha_256_logs_in_and_fails_like_a_wrong_password() {
+    if !e2e::client_available("python3", "--version") {
+        return;
+    }
+    let f = fixture("scram", &[]);
+    // A SCRAM-SHA-256 client (RFC 5802 section 3) on Python's hashlib and hmac.
+    let script = r#"
+import base64, hashlib, hmac, os, socket, sys
+host, port, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].encode()
+s = socket.create_connection((host, port), timeout=20); f = s.makefile("rb")
+line = lambda: f.readline().decode().rstrip("\r\n")
+send = lambda t: s.sendall(t.encode() + b"\r\n")
+line()
+cnonce = base64.b64encode(os.urandom(18)).decode()
+first_bare = "n=%s,r=%s" % (user, cnonce)
+send("AUTH SCRAM-SHA-256 " + base64.b64encode(("n,," + first_bare).encode()).decode())
+r = line()
+if not r.startswith("+ "): print(r); sys.exit(0)
+server_first = base64.b64decode(r[2:]).decode()
+attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+salted = hashlib.pbkdf2_hmac("sha256", pw, base64.b64decode(attrs["s"]), int(attrs["i"]))
+ckey = hmac.new(salted, b"Client Key", "sha256").digest()
+skey = hmac.new(salted, b"Server Key", "sha256").digest()
+without = "c=biws,r=" + attrs["r"]
+msg = ",".join([first_bare, server_first, without]).encode()
+sig = hmac.new(hashlib.sha256(ckey).digest(), msg, "sha256").digest()
+proof = bytes(a ^ b for a, b in zip(ckey, sig))
+send(base64.b64encode((without + ",p=" + base64.b64encode(proof).decode()).encode()).decode())
+r = line()
+if not r.startswith("+ "): print(r); sys.exit(0)
+v = base64.b64decode(r[2:]).decode()
+expect = "v=" + base64.b64encode(hmac.new(skey, msg, "sha256").digest()).decode()
+if v != expect: print("BAD SERVER SIGNATURE"); sys.exit(0)
+send("")
+r = line(); send("STAT"); print(r, "|", line())
+"#;
+    let run = |user: &str, pw: &str| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                script,
+                "127.0.0.1",
+                &f.server.addr.port().to_string(),
+                user,
+                pw,
+            ])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let ok = run("alice", PW);
+    assert!(ok.starts_with("+OK") && ok.contains("| +OK 1 "), "{ok}");
+    let wrong = run("alice", "wrong");
+    let unknown = run("ghost", "wrong");
+    assert!(wrong.starts_with("-ERR [AUTH] "), "{wrong}");
+    assert_eq!(wrong, unknown);
+}
+
+#[test]
+fn cleartext_mechanisms_follow_the_cleartext_policy() {
+    let f = fixture(
+        "saslpolicy",
+        &["--listen", "127.0.0.1:0", "--cleartext", "never"],
+    );
+    let mut c = f.server.connect();
+    let caps = c.listing("CAPA");
+    let sasl = caps.iter().find(|l| l.starts_with("SASL ")).expect("SASL");
+    assert!(!sasl.contains("PLAIN") && !sasl.contains("LOGIN"), "{sasl}");
+    assert!(c
+        .err(&format!(
+            "AUTH PLAIN {}",
+            b64(format!("\0alice\0{PW}").as_bytes())
+        ))
+        .starts_with("-ERR [AUTH] "));
+}
+
+#[test]
+fn user_plus_domain_and_default_domain_name_the_same_account() {
+    // The SDPS convention: "john@host" or "john+host".
+    let f = fixture("domains", &["--default-domain", "example.org"]);
+    for name in [
+        "leg@example.org",
+        "leg+example.org",
+        "LEG+Example.org",
+        "leg",
+    ] {
+        let mut c = f.server.connect();
+        c.ok(&format!("USER {name}"));
+        let r = c.cmd("PASS tanstaaf");
+        assert!(r.starts_with("+OK"), "{name}: {r}");
+        c.ok("QUIT");
+    }
+}
+
+#[test]
+fn failed_logins_are_delayed_and_the_connection_closed_after_three() {
+    let f = fixture("penalty", &["--auth-failure-delay", "1"]);
+    let mut c = f.server.connect();
+    let start = Instant::now();
+    c.ok("USER alice");
+    assert!(c.err("PASS wrong1").starts_with("-ERR [AUTH] "));
+    assert!(start.elapsed() >= Duration::from_millis(900), "no delay");
+    c.ok("USER alice");
+    c.err("PASS wrong2");
+    assert!(
+        start.elapsed() >= Duration::from_millis(2700),
+        "the delay must grow"
+    );
+    c.ok("USER alice");
+    let last = c.err("PASS wrong3");
+    assert!(last.contains("too many"), "{last}");
+    assert!(c.closed());
+}
+
+#[test]
+fn a_login_rehashes_with_changed_argon2_parameters() {
+    if !e2e::client_available("python3", "--version") {
+        return;
+    }
+    let dir = e2e::TempDir::new("rehash");
+    popadm_ok(
+        dir.path(),
+        &["user", "add", "alice", "--password-stdin"],
+        b"pw\n",
+    );
+    let config = dir.path().join("pop3d.toml");
+    std::fs::write(
+        &config,
+        "[[listen]]\naddress = \"127.0.0.1:0\"\n[argon2]\nmemory_kib = 8192\niterations = 1\n",
+    )
+    .expect("config");
+    let hash = || {
+        let out = Command::new("python3")
+            .args(["-c", "import sqlite3,sys;print(sqlite3.connect(sys.argv[1]).execute('select password_hash from accounts').fetchone()[0])"])
+            .arg(dir.path().join("maildrops.sqlite3"))
+            .output()
+            .expect("python3");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(hash().contains("m=19456,t=2,p=1"), "{}", hash());
+    let server = e2e::Server::start(dir.path(), &["--config", config.to_str().expect("utf8")]);
+    let mut c = server.login("alice", "pw");
+    c.ok("QUIT");
+    assert!(hash().contains("m=8192,t=1,p=1"), "{}", hash());
+    // The new hash still verifies.
+    let mut c = server.login("alice", "pw");
+    c.ok("QUIT");
+}
