@@ -57,6 +57,25 @@ pub fn client_available(program: &str, version_arg: &str) -> bool {
     found
 }
 
+/// Like [`client_available`] for programs without a `--version` (daemons, admin tools): true
+/// when `program` is an executable on `PATH` (or in /usr/sbin and /sbin, where Debian puts
+/// daemons).
+pub fn client_available_on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|dir| dir.join(program).is_file());
+    if !found {
+        let required = std::env::var("E2E_REQUIRE_CLIENTS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "{program} is required (E2E_REQUIRE_CLIENTS=1) but not installed"
+        );
+        eprintln!("SKIPPED: {program} is not installed (run `cargo xtask deps`)");
+    }
+    found
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -149,10 +168,15 @@ impl Server {
         } else {
             &["--auth-failure-delay", "0"]
         };
+        let default_log: &[&str] = if extra.contains(&"--log") {
+            &[]
+        } else {
+            &["--log", "info,server=debug"]
+        };
         let mut child = Command::new(bin("pop3d"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--log", "info,server=debug"])
+            .args(default_log)
             .args(default_listeners)
             .args(no_penalty)
             .args(extra)

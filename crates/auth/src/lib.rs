@@ -8,6 +8,7 @@
 //! Verification is deliberately slow (that is the point of argon2); callers on an async runtime
 //! run it on a blocking thread.
 
+pub mod gss;
 mod legacy;
 pub mod sasl;
 pub mod scram;
@@ -15,6 +16,7 @@ pub mod scram;
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
+pub use gss::{GssAcceptor, GssAcceptorFactory};
 pub use legacy::{verify_apop, verify_cram_md5};
 pub use sasl::{Credentials, Exchange, Mechanism, Step};
 

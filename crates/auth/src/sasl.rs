@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
+use crate::gss::GssAcceptor;
 use crate::legacy::verify_cram_md5;
 use crate::scram::{self, ClientFirst, Record};
 use crate::{SaslError, Verdict};
@@ -23,10 +24,13 @@ pub enum Mechanism {
     Login,
     CramMd5,
     ScramSha256,
+    /// RFC 4752; needs a [`GssAcceptor`] ([`Exchange::start_gssapi`]).
+    Gssapi,
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 4] = [
+    pub const ALL: [Mechanism; 5] = [
+        Mechanism::Gssapi,
         Mechanism::ScramSha256,
         Mechanism::CramMd5,
         Mechanism::Plain,
@@ -39,6 +43,7 @@ impl Mechanism {
             Mechanism::Login => "LOGIN",
             Mechanism::CramMd5 => "CRAM-MD5",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::Gssapi => "GSSAPI",
         }
     }
 
@@ -156,6 +161,17 @@ enum State {
     ScramOutcome {
         user: String,
     },
+    Gss {
+        acceptor: Box<dyn GssAcceptor>,
+    },
+    /// The context is established and its last token sent; the client answers empty.
+    GssEstablished {
+        acceptor: Box<dyn GssAcceptor>,
+    },
+    /// The security-layer offer is sent; the client answers with its choice and authzid.
+    GssLayer {
+        acceptor: Box<dyn GssAcceptor>,
+    },
     Done,
 }
 
@@ -193,6 +209,12 @@ impl Exchange {
             Mechanism::ScramSha256 => State::ScramFirst {
                 server_nonce: ctx.nonce.clone(),
             },
+            Mechanism::Gssapi => {
+                return (
+                    Exchange { state: State::Done },
+                    Step::Failure(SaslError::Unsupported),
+                );
+            }
         };
         let mut exchange = Exchange { state };
         let step = match (initial, mechanism) {
@@ -207,8 +229,34 @@ impl Exchange {
             (None, Mechanism::Plain | Mechanism::ScramSha256) => Step::Challenge(Vec::new()),
             (None, Mechanism::Login) => Step::Challenge(b"Username:".to_vec()),
             (None, Mechanism::CramMd5) => Step::Challenge(ctx.challenge.as_bytes().to_vec()),
+            (_, Mechanism::Gssapi) => Step::Failure(SaslError::Unsupported),
         };
         (exchange, step)
+    }
+
+    /// Starts GSSAPI (RFC 4752) with a fresh acceptor context.
+    pub fn start_gssapi(
+        acceptor: Box<dyn GssAcceptor>,
+        initial: Option<Vec<u8>>,
+    ) -> (Exchange, Step) {
+        let mut exchange = Exchange {
+            state: State::Gss { acceptor },
+        };
+        let step = match initial {
+            Some(token) => exchange.respond(&token),
+            None => Step::Challenge(Vec::new()),
+        };
+        (exchange, step)
+    }
+
+    /// RFC 4752 section 3.1: after the context, offer "no security layer" (bit 1) with a
+    /// maximum message size of 0, integrity-protected.
+    fn offer_layers(&mut self, mut acceptor: Box<dyn GssAcceptor>) -> Result<Step, SaslError> {
+        let offer = acceptor
+            .wrap(&[0x01, 0, 0, 0])
+            .map_err(|_| SaslError::BadCredentials)?;
+        self.state = State::GssLayer { acceptor };
+        Ok(Step::Challenge(offer))
     }
 
     /// Feeds the client's (decoded) response.
@@ -318,6 +366,45 @@ impl Exchange {
                 }
                 Ok(Step::Success { authcid: user })
             }
+            State::Gss { mut acceptor } => {
+                let (token, established) =
+                    acceptor.step(data).map_err(|_| SaslError::BadCredentials)?;
+                match (established, token.is_empty()) {
+                    (false, _) => {
+                        self.state = State::Gss { acceptor };
+                        Ok(Step::Challenge(token))
+                    }
+                    (true, false) => {
+                        self.state = State::GssEstablished { acceptor };
+                        Ok(Step::Challenge(token))
+                    }
+                    (true, true) => self.offer_layers(acceptor),
+                }
+            }
+            State::GssEstablished { acceptor } => {
+                if !data.is_empty() {
+                    return Err(SaslError::Malformed);
+                }
+                self.offer_layers(acceptor)
+            }
+            State::GssLayer { mut acceptor } => {
+                let reply = acceptor
+                    .unwrap(data)
+                    .map_err(|_| SaslError::BadCredentials)?;
+                // The client must pick "no security layer": we offered nothing else.
+                if reply.len() < 4 || reply[0] != 0x01 {
+                    return Err(SaslError::Unsupported);
+                }
+                let principal = acceptor
+                    .client_name()
+                    .map_err(|_| SaslError::BadCredentials)?;
+                let authzid = field(&reply[4..])?;
+                let user = principal_user(&principal).to_string();
+                if !authzid.is_empty() && authzid != user && authzid != principal {
+                    return Err(SaslError::AuthzidMismatch);
+                }
+                Ok(Step::Success { authcid: user })
+            }
             State::CramNeedSecret { .. } | State::ScramNeedRecord { .. } | State::Done => {
                 Err(SaslError::Malformed)
             }
@@ -362,6 +449,14 @@ impl Exchange {
             _ => Step::Failure(SaslError::Malformed),
         }
     }
+}
+
+/// The user part of a Kerberos principal: `alice@EXAMPLE.ORG` names account `alice`.
+pub fn principal_user(principal: &str) -> &str {
+    principal
+        .rsplit_once('@')
+        .map(|(user, _realm)| user)
+        .unwrap_or(principal)
 }
 
 /// A record for a user the store does not know: same shape every time for that name.
@@ -516,10 +611,82 @@ mod tests {
         assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));
     }
 
+    /// An acceptor that takes "token-1" then "token-2" as a two-leg context for alice.
+    struct FakeGss {
+        legs: u8,
+    }
+
+    impl GssAcceptor for FakeGss {
+        fn step(&mut self, token: &[u8]) -> Result<(Vec<u8>, bool), String> {
+            self.legs += 1;
+            match (self.legs, token) {
+                (1, b"token-1") => Ok((b"reply-1".to_vec(), false)),
+                (2, b"token-2") => Ok((b"final".to_vec(), true)),
+                _ => Err("bad token".into()),
+            }
+        }
+        fn wrap(&mut self, m: &[u8]) -> Result<Vec<u8>, String> {
+            Ok([b"W:".as_slice(), m].concat())
+        }
+        fn unwrap(&mut self, m: &[u8]) -> Result<Vec<u8>, String> {
+            m.strip_prefix(b"W:")
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| "not wrapped".into())
+        }
+        fn client_name(&mut self) -> Result<String, String> {
+            Ok("alice@EXAMPLE.TEST".into())
+        }
+    }
+
+    #[test]
+    fn rfc4752_gssapi_exchange() {
+        let (mut ex, step) =
+            Exchange::start_gssapi(Box::new(FakeGss { legs: 0 }), Some(b"token-1".to_vec()));
+        assert!(matches!(step, Step::Challenge(c) if c == b"reply-1"));
+        assert!(matches!(ex.respond(b"token-2"), Step::Challenge(c) if c == b"final"));
+        // The client answers the last context token with an empty response; then the
+        // wrapped offer: bit 1 (no security layer), max size 0.
+        assert!(matches!(ex.respond(b""), Step::Challenge(c) if c == b"W:\x01\x00\x00\x00"));
+        assert!(
+            matches!(ex.respond(b"W:\x01\x00\x00\x00"), Step::Success { authcid } if authcid == "alice")
+        );
+
+        // A client that asks for a security layer we did not offer, or another identity.
+        let run = |reply: &[u8]| {
+            let (mut ex, _) =
+                Exchange::start_gssapi(Box::new(FakeGss { legs: 0 }), Some(b"token-1".to_vec()));
+            ex.respond(b"token-2");
+            ex.respond(b"");
+            ex.respond(reply)
+        };
+        assert!(matches!(
+            run(b"W:\x04\x00\x10\x00"),
+            Step::Failure(SaslError::Unsupported)
+        ));
+        assert!(matches!(
+            run(b"W:\x01\x00\x00\x00bob"),
+            Step::Failure(SaslError::AuthzidMismatch)
+        ));
+        assert!(matches!(
+            run(b"W:\x01\x00\x00\x00alice"),
+            Step::Success { .. }
+        ));
+        assert!(matches!(
+            run(b"unwrapped"),
+            Step::Failure(SaslError::BadCredentials)
+        ));
+        // A bad token fails the exchange.
+        let (_, step) =
+            Exchange::start_gssapi(Box::new(FakeGss { legs: 0 }), Some(b"junk".to_vec()));
+        assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));
+        assert_eq!(principal_user("pop/host@REALM"), "pop/host");
+    }
+
     #[test]
     fn mechanism_names() {
         assert_eq!(Mechanism::parse("cram-md5"), Some(Mechanism::CramMd5));
-        assert_eq!(Mechanism::parse("GSSAPI"), None);
+        assert_eq!(Mechanism::parse("gssapi"), Some(Mechanism::Gssapi));
+        assert_eq!(Mechanism::parse("NTLM"), None);
         assert!(Mechanism::Plain.is_cleartext() && !Mechanism::ScramSha256.is_cleartext());
     }
 }

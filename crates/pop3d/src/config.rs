@@ -14,6 +14,8 @@ use server::{Cleartext, ListenerKind, TlsVersion};
 #[serde(deny_unknown_fields)]
 pub struct File {
     pub data_dir: Option<PathBuf>,
+    pub gssapi_keytab: Option<PathBuf>,
+    pub gssapi_service: Option<String>,
     pub user: Option<String>,
     pub hostname: Option<String>,
     pub log: Option<String>,
@@ -154,8 +156,9 @@ impl ListenFile {
         let kind = match self.kind.as_str() {
             "pop3" => ListenerKind::Plain,
             "pop3s" => ListenerKind::ImplicitTls,
+            "kpop" => ListenerKind::Kpop,
             other => bail!(
-                "listener {}: kind must be \"pop3\" or \"pop3s\", not {other:?}",
+                "listener {}: kind must be \"pop3\", \"pop3s\" or \"kpop\", not {other:?}",
                 self.address
             ),
         };

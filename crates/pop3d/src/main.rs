@@ -41,6 +41,20 @@ struct Args {
     #[arg(long = "listen-tls", value_name = "ADDR")]
     listen_tls: Vec<SocketAddr>,
 
+    /// KPOP listener: Kerberos only (SASL GSSAPI; port 1109 in production); repeatable.
+    /// Needs --gssapi-keytab.
+    #[arg(long = "listen-kpop", value_name = "ADDR")]
+    listen_kpop: Vec<SocketAddr>,
+
+    /// Keytab holding the service key (`pop/HOST@REALM`); enables SASL GSSAPI (RFC 4752).
+    /// Needs a pop3d built with the `gssapi` feature.
+    #[arg(long, value_name = "FILE")]
+    gssapi_keytab: Option<PathBuf>,
+
+    /// GSSAPI service name; the principal is SERVICE/HOSTNAME [default: pop].
+    #[arg(long, value_name = "NAME")]
+    gssapi_service: Option<String>,
+
     /// Cleartext login policy of the listeners given by flags: never, loopback or always.
     #[arg(long, value_name = "POLICY")]
     cleartext: Option<String>,
@@ -139,6 +153,8 @@ struct Args {
 /// Everything `run` needs, resolved from the file, the flags and the defaults.
 #[derive(Debug)]
 struct Settings {
+    /// Keytab and service name, when GSSAPI is on.
+    gssapi: Option<(PathBuf, String)>,
     data_dir: PathBuf,
     user: Option<String>,
     log: String,
@@ -299,6 +315,8 @@ fn resolve(args: &Args) -> Result<Settings> {
             },
             None => defaults.argon2,
         },
+        // Set in `run`, after privileges are dropped.
+        gssapi: None,
     };
     if auth::hash_password_with(b"check", server.argon2).is_err() {
         bail!("invalid [argon2] parameters: {:?}", server.argon2);
@@ -306,7 +324,7 @@ fn resolve(args: &Args) -> Result<Settings> {
 
     // Listeners: flags replace the file's; neither means the embedded defaults.
     let mut listeners = Vec::new();
-    if args.listen.is_empty() && args.listen_tls.is_empty() {
+    if args.listen.is_empty() && args.listen_tls.is_empty() && args.listen_kpop.is_empty() {
         for l in &file.listen {
             listeners.push(l.resolve()?);
         }
@@ -334,6 +352,11 @@ fn resolve(args: &Args) -> Result<Settings> {
             args.listen_tls
                 .iter()
                 .map(|&a| spec(a, ListenerKind::ImplicitTls)),
+        );
+        listeners.extend(
+            args.listen_kpop
+                .iter()
+                .map(|&a| spec(a, ListenerKind::Kpop)),
         );
     }
     if listeners.is_empty() {
@@ -373,7 +396,19 @@ fn resolve(args: &Args) -> Result<Settings> {
         Some("json") => true,
         Some(other) => bail!("log format must be \"text\" or \"json\", not {other:?}"),
     };
+    let gssapi = args.gssapi_keytab.clone().or(file.gssapi_keytab).map(|k| {
+        let service = args
+            .gssapi_service
+            .clone()
+            .or(file.gssapi_service)
+            .unwrap_or_else(|| "pop".into());
+        (k, service)
+    });
+    if gssapi.is_none() && listeners.iter().any(|l| l.kind == ListenerKind::Kpop) {
+        bail!("a KPOP listener needs --gssapi-keytab");
+    }
     Ok(Settings {
+        gssapi,
         user: args.user.clone().or(file.user),
         json_logs,
         data_dir: args
@@ -428,6 +463,12 @@ fn run(settings: Settings) -> Result<()> {
     if let Some(user) = &settings.user {
         drop_privileges(user)?;
     }
+    let mut settings = settings;
+    if let Some((keytab, service)) = &settings.gssapi {
+        let principal = format!("{service}@{}", settings.server.hostname);
+        settings.server.gssapi = Some(gssapi_acceptors(keytab, &principal)?);
+        info!(%principal, keytab = %keytab.display(), "GSSAPI (Kerberos) enabled");
+    }
     let store = store::SqliteStore::open(&settings.data_dir).with_context(|| {
         format!(
             "opening the maildrop store in {}",
@@ -464,6 +505,28 @@ fn run(settings: Settings) -> Result<()> {
         .await?;
         Ok(())
     })
+}
+
+/// The Kerberos acceptor credentials for `principal` (`service@host`) from `keytab`.
+#[cfg(feature = "gssapi")]
+fn gssapi_acceptors(
+    keytab: &std::path::Path,
+    principal: &str,
+) -> Result<Arc<dyn auth::GssAcceptorFactory>> {
+    // Read by MIT Kerberos when it needs the key; set before any thread that could race.
+    std::env::set_var("KRB5_KTNAME", format!("FILE:{}", keytab.display()));
+    let acceptors = auth::gss::krb5::Krb5Acceptors::new(principal)
+        .map_err(anyhow::Error::msg)
+        .context("setting up GSSAPI")?;
+    Ok(Arc::new(acceptors))
+}
+
+#[cfg(not(feature = "gssapi"))]
+fn gssapi_acceptors(
+    _keytab: &std::path::Path,
+    _principal: &str,
+) -> Result<Arc<dyn auth::GssAcceptorFactory>> {
+    bail!("this pop3d was built without Kerberos support (cargo feature `gssapi`)")
 }
 
 /// Switches to `name`'s user and group (and only its group), for good.

@@ -82,6 +82,8 @@ pub struct Config {
     pub max_auth_failures: u32,
     /// argon2id cost of stored hashes; a login with a hash of other parameters re-hashes.
     pub argon2: auth::Argon2Params,
+    /// Kerberos: SASL GSSAPI (RFC 4752) is offered when set, and KPOP listeners need it.
+    pub gssapi: Option<Arc<dyn auth::GssAcceptorFactory>>,
 }
 
 /// The longest failed-login delay.
@@ -113,6 +115,7 @@ impl Default for Config {
             auth_failure_delay: Duration::from_secs(2),
             max_auth_failures: 3,
             argon2: auth::Argon2Params::default(),
+            gssapi: None,
         }
     }
 }
@@ -147,6 +150,8 @@ pub enum ListenerKind {
     Plain,
     /// TLS from the first byte (RFC 8314, port 995).
     ImplicitTls,
+    /// KPOP (port 1109): only Kerberos authentication (AUTH GSSAPI) is accepted.
+    Kpop,
 }
 
 /// A bound socket and how to serve it.
@@ -187,6 +192,8 @@ pub enum ServerError {
     Listener(#[source] std::io::Error),
     #[error("an implicit-TLS listener needs a certificate")]
     TlsWithoutCertificate,
+    #[error("a KPOP listener needs GSSAPI (a keytab)")]
+    KpopWithoutGssapi,
 }
 
 /// What every session shares.
@@ -217,11 +224,15 @@ pub async fn run(
         if l.kind == ListenerKind::ImplicitTls && tls.is_none() {
             return Err(ServerError::TlsWithoutCertificate);
         }
+        if l.kind == ListenerKind::Kpop && config.gssapi.is_none() {
+            return Err(ServerError::KpopWithoutGssapi);
+        }
         let addr = l.socket.local_addr().map_err(ServerError::Listener)?;
         let kind = match l.kind {
             ListenerKind::Plain if tls.is_some() => "pop3+stls",
             ListenerKind::Plain => "pop3",
             ListenerKind::ImplicitTls => "pop3s",
+            ListenerKind::Kpop => "kpop",
         };
         info!(%addr, kind, cleartext = ?l.cleartext, "listening");
     }
@@ -319,7 +330,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
 /// implicit-TLS listener (`None` if that fails).
 async fn open(stream: TcpStream, info: ListenerInfo, shared: &Shared) -> Option<Conn> {
     match (info.kind, &shared.tls) {
-        (ListenerKind::Plain, _) => Some(Conn::Plain(stream)),
+        (ListenerKind::Plain | ListenerKind::Kpop, _) => Some(Conn::Plain(stream)),
         (ListenerKind::ImplicitTls, Some(tls)) => {
             let handshake = tls.acceptor(info.min_tls).accept(stream);
             match tokio::time::timeout(shared.config.tls_handshake_timeout, handshake).await {

@@ -32,6 +32,8 @@ pub const TOO_MANY_BAD_COMMANDS: ErrReply = err(None, Text::TooManyBad);
 /// Too many failed logins on one connection: it is closed.
 pub const TOO_MANY_AUTH_FAILURES: ErrReply =
     err(Some(ResponseCode::Auth), Text::TooManyAuthFailures);
+/// A KPOP listener accepts Kerberos only.
+pub const KERBEROS_ONLY: ErrReply = err(Some(ResponseCode::Auth), Text::KerberosOnly);
 /// RFC 2595 section 2.2 / RFC 8314: cleartext credentials refused before TLS.
 pub const CLEARTEXT_REFUSED: ErrReply = err(Some(ResponseCode::Auth), Text::CleartextRefused);
 /// RFC 6856 section 3.3: a message with UTF-8 headers needs UTF8 mode.

@@ -279,12 +279,13 @@ impl Session {
 
     /// RFC 2595 section 2.2, RFC 8314: may cleartext credentials be sent on this connection?
     fn cleartext_ok(&self) -> bool {
-        self.conn.is_tls()
-            || match self.listener.cleartext {
-                Cleartext::Always => true,
-                Cleartext::Never => false,
-                Cleartext::Loopback => self.peer.ip().to_canonical().is_loopback(),
-            }
+        !self.kpop() && self.conn.is_tls()
+            || !self.kpop()
+                && match self.listener.cleartext {
+                    Cleartext::Always => true,
+                    Cleartext::Never => false,
+                    Cleartext::Loopback => self.peer.ip().to_canonical().is_loopback(),
+                }
     }
 
     /// STLS is possible: a certificate, a cleartext listener, not yet under TLS.
@@ -325,6 +326,10 @@ impl Session {
     async fn authorization(&mut self, cmd: Command) -> io::Result<Flow> {
         let has_user = matches!(self.state, State::Authorization { user: Some(_) });
         match cmd {
+            Command::User(_) | Command::Pass(_) | Command::Apop { .. } if self.kpop() => {
+                self.set_pending_user(None);
+                return Ok(self.refuse(reply::KERBEROS_ONLY));
+            }
             Command::User(_) | Command::Pass(_) if !self.cleartext_ok() => {
                 self.set_pending_user(None);
                 return Ok(self.refuse(reply::CLEARTEXT_REFUSED));
@@ -495,13 +500,27 @@ impl Session {
 
     /// SASL mechanisms offered on this connection now.
     fn mechanisms(&self) -> Vec<Mechanism> {
+        let gssapi = self.shared.config.gssapi.is_some();
+        if self.kpop() {
+            return if gssapi {
+                vec![Mechanism::Gssapi]
+            } else {
+                Vec::new()
+            };
+        }
         let cleartext = self.cleartext_ok();
         let legacy = self.shared.config.legacy_auth;
         Mechanism::ALL
             .into_iter()
             .filter(|m| cleartext || !m.is_cleartext())
             .filter(|m| legacy || !m.needs_legacy_secret())
+            .filter(|m| gssapi || *m != Mechanism::Gssapi)
             .collect()
+    }
+
+    /// A KPOP listener: Kerberos only.
+    fn kpop(&self) -> bool {
+        self.listener.kind == ListenerKind::Kpop
     }
 
     /// AUTH (RFC 5034): bare AUTH lists the mechanisms (an old Outlook habit); otherwise the
@@ -539,8 +558,27 @@ impl Session {
                 }
             },
         };
-        let ctx = auth::sasl::Context::new(&self.shared.config.hostname);
-        let (exchange, step) = Exchange::start(mech, initial, &ctx);
+        let (exchange, step) = if mech == Mechanism::Gssapi {
+            let acceptor = match self.shared.config.gssapi.as_ref().map(|f| f.acceptor()) {
+                Some(Ok(a)) => a,
+                Some(Err(e)) => {
+                    warn!(error = %e, "GSSAPI acceptor unavailable");
+                    self.send_err(ErrReply {
+                        code: Some(ResponseCode::SysTemp),
+                        text: Text::TempFailure,
+                    });
+                    return Flow::Continue;
+                }
+                None => {
+                    self.err(Text::UnknownMechanism);
+                    return Flow::Continue;
+                }
+            };
+            Exchange::start_gssapi(acceptor, initial)
+        } else {
+            let ctx = auth::sasl::Context::new(&self.shared.config.hostname);
+            Exchange::start(mech, initial, &ctx)
+        };
         debug!(mechanism = mech.name(), "AUTH");
         self.sasl = Some(exchange);
         self.decoder.set_max_line(SASL_MAX_LINE);
@@ -609,9 +647,26 @@ impl Session {
                     return self.login(authcid, Secret::new(password)).await;
                 }
                 Step::Success { authcid } => {
-                    let account = self.sasl_account.take();
                     self.end_sasl();
-                    return self.finish_login(Ok(account), &authcid, None).await;
+                    let account = match self.sasl_account.take() {
+                        Some(a) => Ok(Some(a)),
+                        // GSSAPI names the user only at the end: look the account up now.
+                        None => {
+                            let store = self.shared.store.clone();
+                            let (utf8, domain) =
+                                (self.utf8, self.shared.config.default_domain.clone());
+                            let name = authcid.clone();
+                            match tokio::task::spawn_blocking(move || {
+                                resolve_account(&*store, &name, utf8, domain.as_deref())
+                            })
+                            .await
+                            {
+                                Ok(r) => r.map_err(SessionError::from),
+                                Err(e) => Err(e.into()),
+                            }
+                        }
+                    };
+                    return self.finish_login(account, &authcid, None).await;
                 }
                 Step::Failure(e) => {
                     debug!(error = %e, "SASL exchange failed");

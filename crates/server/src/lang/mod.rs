@@ -68,6 +68,7 @@ pub enum Text {
     BadBase64,
     UnknownMechanism,
     TooManyAuthFailures,
+    KerberosOnly,
 }
 
 impl Text {
@@ -129,6 +130,7 @@ impl Text {
         Text::BadBase64,
         Text::UnknownMechanism,
         Text::TooManyAuthFailures,
+        Text::KerberosOnly,
     ];
 
     /// The key of this text in the catalog files.
@@ -187,6 +189,7 @@ impl Text {
             Text::ControlCharacter => "control-character",
             Text::NotUtf8 => "not-utf8",
             Text::TooManyAuthFailures => "too-many-auth-failures",
+            Text::KerberosOnly => "kerberos-only",
             Text::UnknownMechanism => "unknown-mechanism",
             Text::BadBase64 => "bad-base64",
             Text::AuthCancelled => "auth-cancelled",

@@ -1,0 +1,252 @@
+//! Kerberos for real: an MIT KDC for a throw-away realm on a loopback port, a service keytab
+//! for `pop/localhost`, a ticket from `kinit`, and curl logging in with SASL GSSAPI (RFC 4752),
+//! on a normal listener and on a KPOP listener (Kerberos only).
+//!
+//! Needs the MIT KDC tools (krb5-kdc, krb5-admin-server, krb5-user) and a pop3d built with the
+//! `gssapi` feature (`cargo xtask test` builds it so when libkrb5-dev is installed). Skipped
+//! with a printed reason otherwise, unless `E2E_REQUIRE_CLIENTS=1`.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{crlf, popadm_ok, Server, TempDir};
+
+const REALM: &str = "EXAMPLE.TEST";
+
+/// A KDC process, killed (by its PID) on drop.
+struct Kdc(Child);
+
+impl Drop for Kdc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn have_kerberos_tools() -> bool {
+    ["krb5kdc", "kdb5_util", "kadmin.local", "kinit"]
+        .iter()
+        .all(|tool| e2e::client_available_on_path(tool))
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1.
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+fn run(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .env("KRB5_CONFIG", dir.join("krb5.conf"))
+        .env("KRB5_KDC_PROFILE", dir.join("kdc.conf"))
+        .env("KRB5CCNAME", format!("FILE:{}", dir.join("cc").display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates the realm, the principals and keytabs, starts the KDC, gets alice a ticket.
+fn realm(dir: &Path) -> Kdc {
+    let port = free_port();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("krb5.conf"),
+        format!(
+            "[libdefaults]\n default_realm = {REALM}\n dns_lookup_kdc = false\n dns_lookup_realm = false\n \
+             rdns = false\n dns_canonicalize_hostname = false\n udp_preference_limit = 1\n\
+             [realms]\n {REALM} = {{\n  kdc = 127.0.0.1:{port}\n }}\n"
+        ),
+    )
+    .expect("krb5.conf");
+    std::fs::write(
+        dir.join("kdc.conf"),
+        format!(
+            "[kdcdefaults]\n kdc_ports = {port}\n kdc_tcp_ports = {port}\n\
+             [realms]\n {REALM} = {{\n  database_name = {d}/principal\n  key_stash_file = {d}/stash\n  \
+             acl_file = {d}/kadm5.acl\n }}\n[logging]\n kdc = FILE:{d}/kdc.log\n"
+        ),
+    )
+    .expect("kdc.conf");
+    std::fs::write(dir.join("kadm5.acl"), "").expect("acl");
+    run(
+        dir,
+        "kdb5_util",
+        &["-r", REALM, "-P", "master-password", "create", "-s"],
+    );
+    let kt = |name: &str| dir.join(name).display().to_string();
+    for q in [
+        "addprinc -randkey alice".to_string(),
+        "addprinc -randkey pop/localhost".to_string(),
+        format!("ktadd -k {} pop/localhost", kt("pop.keytab")),
+        format!("ktadd -k {} alice", kt("alice.keytab")),
+    ] {
+        run(dir, "kadmin.local", &["-r", REALM, "-q", &q]);
+    }
+    let kdc = Command::new("krb5kdc")
+        .args(["-n", "-r", REALM])
+        .env("KRB5_CONFIG", dir.join("krb5.conf"))
+        .env("KRB5_KDC_PROFILE", dir.join("kdc.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("krb5kdc");
+    let kdc = Kdc(kdc);
+    // kinit succeeds once the KDC answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = Command::new("kinit")
+            .args(["-k", "-t", &kt("alice.keytab"), "alice"])
+            .env("KRB5_CONFIG", dir.join("krb5.conf"))
+            .env("KRB5CCNAME", format!("FILE:{}", dir.join("cc").display()))
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return kdc;
+        }
+        assert!(Instant::now() < deadline, "the KDC did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn curl_gssapi(dir: &Path, addr: SocketAddr, path: &str) -> std::process::Output {
+    Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        // curl offers GSSAPI only for a user name with a realm; it is also sent as the authzid.
+        .args([
+            "--user",
+            "alice@EXAMPLE.TEST:",
+            "--login-options",
+            "AUTH=GSSAPI",
+        ])
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())])
+        .arg(format!("pop3://localhost:{}{path}", addr.port()))
+        .env("KRB5_CONFIG", dir.join("krb5.conf"))
+        .env("KRB5CCNAME", format!("FILE:{}", dir.join("cc").display()))
+        .output()
+        .expect("curl")
+}
+
+#[test]
+fn curl_logs_in_with_kerberos_and_kpop_accepts_nothing_else() {
+    if !have_kerberos_tools() || !e2e::client_available("curl", "--version") {
+        return;
+    }
+    let krb = TempDir::new("krb5");
+    let data = TempDir::new("krb5-data");
+    let _kdc = realm(krb.path());
+    popadm_ok(
+        data.path(),
+        &["user", "add", "alice", "--password-stdin"],
+        b"unused pw\n",
+    );
+    let msg = b"Subject: kerberos\r\n\r\nvia GSSAPI\r\n";
+    popadm_ok(data.path(), &["deliver", "--no-lda-headers", "alice"], msg);
+    let keytab = krb.path().join("pop.keytab");
+    // pop3d must be built with the gssapi feature.
+    let probe = Command::new(e2e::bin("pop3d"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-self-signed",
+            "--gssapi-keytab",
+        ])
+        .arg(&keytab)
+        .arg("--data-dir")
+        .arg(data.path().join("probe"))
+        .args([
+            "--idle-timeout",
+            "1",
+            "--allow-short-idle-timeout",
+            "--shutdown-grace",
+            "0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pop3d");
+    let probe_out = {
+        let mut child = probe;
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = child.kill();
+        child.wait_with_output().expect("probe")
+    };
+    if String::from_utf8_lossy(&probe_out.stderr).contains("built without Kerberos") {
+        let required = std::env::var("E2E_REQUIRE_CLIENTS").is_ok_and(|v| v == "1");
+        assert!(!required, "pop3d was built without the gssapi feature");
+        eprintln!("SKIPPED: pop3d was built without the gssapi feature");
+        return;
+    }
+    std::env::set_var("KRB5_CONFIG", krb.path().join("krb5.conf"));
+    let server = Server::start(
+        data.path(),
+        &[
+            "--hostname",
+            "localhost",
+            "--gssapi-keytab",
+            keytab.to_str().expect("utf8"),
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-kpop",
+            "127.0.0.1:0",
+        ],
+    );
+    let kpop = server
+        .listeners
+        .iter()
+        .find(|(kind, _)| kind == "kpop")
+        .map(|(_, a)| *a)
+        .unwrap_or_else(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            panic!("kpop listener: {:?}\n{}", server.listeners, server.log())
+        });
+
+    // RFC 4752 through curl's GSS-API, on the normal listener: GSSAPI is in CAPA's SASL.
+    let mut c = server.connect();
+    let caps = c.listing("CAPA");
+    assert!(
+        caps.iter()
+            .any(|l| l.starts_with("SASL ") && l.contains("GSSAPI")),
+        "{caps:?}"
+    );
+    let out = curl_gssapi(krb.path(), server.addr, "/1");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    assert_eq!(out.stdout, crlf(msg));
+
+    // KPOP: Kerberos works, USER/PASS and APOP get [AUTH], CAPA offers GSSAPI only.
+    let out = curl_gssapi(krb.path(), kpop, "/1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut k = e2e::Client::connect(kpop);
+    let caps = k.listing("CAPA");
+    assert!(caps.contains(&"SASL GSSAPI".to_string()), "{caps:?}");
+    assert!(!caps.contains(&"USER".to_string()), "{caps:?}");
+    assert!(k.err("USER alice").starts_with("-ERR [AUTH] "));
+    assert!(k
+        .err("APOP alice c4c9334bac560ecc979e58001b3e22fb")
+        .starts_with("-ERR [AUTH] "));
+    assert!(k.err("AUTH PLAIN AGFsaWNlAHB3").starts_with("-ERR"));
+}
