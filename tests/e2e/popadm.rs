@@ -339,3 +339,39 @@ fn backup_while_a_session_runs() {
 fn store_file() -> &'static str {
     "maildrops.sqlite3"
 }
+
+#[test]
+fn domains_are_listed_added_and_deleted_with_their_accounts() {
+    let dir = TempDir::new("domains");
+    let d = dir.path();
+    popadm_ok(
+        d,
+        &["user", "add", "a@example.org", "--password-stdin"],
+        b"pw\n",
+    );
+    popadm_ok(
+        d,
+        &["user", "add", "b@example.org", "--password-stdin"],
+        b"pw\n",
+    );
+    popadm_ok(d, &["domain", "add", "Empty.TEST"], b"");
+    assert!(!popadm(d, &["domain", "add", "empty.test"], b"")
+        .status
+        .success());
+    let list = popadm_ok(d, &["domain", "list"], b"");
+    assert_eq!(list, "DOMAIN\tACCOUNTS\nempty.test\t0\nexample.org\t2\n");
+    // Deleting a domain with users needs --yes and says what would go.
+    let refused = popadm(d, &["domain", "del", "example.org"], b"y\n");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("a@example.org") && err.contains("b@example.org"),
+        "{err}"
+    );
+    assert!(popadm_ok(d, &["domain", "del", "example.org", "--yes"], b"").contains("2 accounts"));
+    assert!(!popadm_ok(d, &["user", "list"], b"").contains("example.org"));
+    popadm_ok(d, &["domain", "del", "empty.test"], b"");
+    assert!(!popadm(d, &["domain", "del", "nope.test", "--yes"], b"")
+        .status
+        .success());
+}

@@ -9,6 +9,7 @@
 //! nothing of the POP3 wire, and it never takes a password from the command line.
 
 mod deliver;
+mod domains;
 mod exit;
 mod import;
 mod migrate;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Manage accounts
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage domains (`user@domain` accounts; `user+domain` logs in too)
+    #[command(subcommand)]
+    Domain(DomainCommand),
     /// Deliver one message read from stdin as a local delivery agent: adds `Return-Path:` and
     /// `Delivered-To:` on top, removes a leading mbox `From ` line (exit codes follow sysexits:
     /// 0 delivered, 65 bad message, name or sender, 67 no such user, 75 try again later)
@@ -103,6 +107,27 @@ pub enum Command {
         /// Account name (`local` or `local@domain`)
         name: String,
     },
+}
+
+/// `popadm domain ...`
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Add an empty domain
+    Add {
+        /// Domain name, e.g. example.org
+        domain: String,
+    },
+    /// Delete a domain with all its accounts and their mail (asks, and names them, unless
+    /// --yes)
+    Del {
+        /// Domain name
+        domain: String,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// List domains with their account counts (tab-separated, with a header line)
+    List,
 }
 
 /// `popadm user ...`
@@ -274,6 +299,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let data_dir = resolve_data_dir(cli.data_dir, std::env::var_os(DATA_DIR_ENV));
     let (result, code_for) = match cli.command {
         Command::User(cmd) => (users::run(&data_dir, cmd), exit::admin_code as fn(_) -> u8),
+        Command::Domain(cmd) => (domains::run(&data_dir, cmd), exit::admin_code as _),
         Command::Stat { name } => (users::stat(&data_dir, &name), exit::admin_code as _),
         Command::Import(cmd) => (import::run(&data_dir, cmd), exit::admin_code as _),
         Command::Backup { file } => (backup(&data_dir, &file), exit::admin_code as _),

@@ -165,7 +165,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// Asks a yes/no question on the terminal; refuses to guess when stdin is not one.
-fn confirm(question: &str) -> anyhow::Result<bool> {
+pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         bail!("refusing to delete without confirmation: stdin is not a terminal (pass --yes)");

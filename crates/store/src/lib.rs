@@ -179,6 +179,10 @@ pub enum StoreError {
     NoSuchAccount(String),
     #[error("account already exists: {0}")]
     AccountExists(String),
+    #[error("no such domain: {0}")]
+    NoSuchDomain(String),
+    #[error("domain already exists: {0}")]
+    DomainExists(String),
     #[error("invalid account name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("maildrop is locked by {holder}")]
@@ -257,6 +261,15 @@ pub trait Store: Send + Sync + 'static {
     /// parameters), only if it is still `old_hash`: a password changed meanwhile wins.
     /// Returns whether it was replaced. The other secrets stay.
     fn rehash_password(&self, account: AccountId, old_hash: &str, new_hash: &str) -> Result<bool>;
+    /// Every domain with the number of its accounts, by name.
+    fn list_domains(&self) -> Result<Vec<(String, u64)>>;
+    /// Adds an empty domain (domains also appear when an account in them is created).
+    fn add_domain(&self, domain: &str) -> Result<()>;
+    /// The accounts of a domain, by name.
+    fn domain_accounts(&self, domain: &str) -> Result<Vec<AccountName>>;
+    /// Deletes a domain with all its accounts and their mail, in one transaction; refuses with
+    /// `Locked` while any of them is in a session. Returns the deleted accounts.
+    fn delete_domain(&self, domain: &str) -> Result<Vec<AccountName>>;
     /// Replaces both policy overrides of an account.
     fn set_policy(&self, name: &AccountName, policy: AccountPolicy) -> Result<()>;
     /// Decides whether a login to `account` may proceed now (RFC 2449 LOGIN-DELAY), in one

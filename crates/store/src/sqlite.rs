@@ -464,6 +464,26 @@ fn ensure_account_exists(conn: &Connection, account: AccountId) -> Result<()> {
 }
 
 /// The holder of the account's lock if it is unexpired and its holder may be alive.
+/// The accounts of an existing domain, or `NoSuchDomain`.
+fn domain_members(conn: &Connection, domain: &str) -> Result<Vec<AccountName>> {
+    let id: Option<i64> = conn
+        .query_row("SELECT id FROM domains WHERE name = ?1", [domain], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let Some(id) = id else {
+        return Err(StoreError::NoSuchDomain(domain.to_string()));
+    };
+    let mut stmt =
+        conn.prepare_cached("SELECT local FROM accounts WHERE domain_id = ?1 ORDER BY local")?;
+    let rows = stmt.query_map([id], |row| row.get::<_, String>(0))?;
+    let locals = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(locals
+        .into_iter()
+        .map(|local| AccountName::from_stored(local, Some(domain.to_string())))
+        .collect())
+}
+
 fn live_lock_holder(conn: &Connection, account: AccountId, now: i64) -> Result<Option<String>> {
     let lock: Option<(String, i64)> = conn
         .query_row(
@@ -752,6 +772,54 @@ impl Store for SqliteStore {
             let (id, _) = account_id(tx, name)?;
             let mut stmt = tx.prepare_cached(&format!("{SUMMARIES} WHERE a.id = ?2"))?;
             Ok(stmt.query_row(params![now(), id], summary_row)?)
+        })
+    }
+
+    fn list_domains(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT d.name, (SELECT count(*) FROM accounts a WHERE a.domain_id = d.id)
+                 FROM domains d ORDER BY d.name",
+            )?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, to_u64(row.get(1)?))))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn add_domain(&self, domain: &str) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "INSERT INTO domains (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                [domain],
+            )?;
+            if n == 0 {
+                return Err(StoreError::DomainExists(domain.to_string()));
+            }
+            Ok(())
+        })
+    }
+
+    fn domain_accounts(&self, domain: &str) -> Result<Vec<AccountName>> {
+        self.read(|tx| domain_members(tx, domain))
+    }
+
+    fn delete_domain(&self, domain: &str) -> Result<Vec<AccountName>> {
+        self.write(|tx| {
+            let members = domain_members(tx, domain)?;
+            let now = now();
+            for name in &members {
+                let (id, _) = account_id(tx, name)?;
+                if let Some(holder) = live_lock_holder(tx, id, now)? {
+                    return Err(StoreError::Locked { holder });
+                }
+            }
+            tx.execute(
+                "DELETE FROM accounts WHERE domain_id = (SELECT id FROM domains WHERE name = ?1)",
+                [domain],
+            )?;
+            tx.execute("DELETE FROM domains WHERE name = ?1", [domain])?;
+            info!(domain, accounts = members.len(), "domain deleted");
+            Ok(members)
         })
     }
 
@@ -2154,5 +2222,43 @@ mod tests {
         // A stale "old" hash (the password was changed meanwhile) changes nothing.
         assert!(!store.rehash_password(id, "$old", "$other").unwrap());
         assert_eq!(store.account(&n).unwrap().unwrap().password_hash, "$new");
+    }
+
+    #[test]
+    fn domains_list_add_and_delete_with_their_accounts() {
+        let (_dir, store) = setup();
+        store.create_account(&name("a@example.org"), "$x").unwrap();
+        store.create_account(&name("b@example.org"), "$x").unwrap();
+        store.create_account(&name("c@other.test"), "$x").unwrap();
+        store.add_domain("empty.test").unwrap();
+        assert!(matches!(
+            store.add_domain("empty.test"),
+            Err(StoreError::DomainExists(_))
+        ));
+        assert_eq!(
+            store.list_domains().unwrap(),
+            vec![
+                ("empty.test".to_string(), 0),
+                ("example.org".to_string(), 2),
+                ("other.test".to_string(), 1)
+            ]
+        );
+        let id = store.account(&name("a@example.org")).unwrap().unwrap().id;
+        let lock = store
+            .lock_maildrop(id, "pop3d@elsewhere:1#1", Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(
+            store.delete_domain("example.org"),
+            Err(StoreError::Locked { .. })
+        ));
+        store.release_lock(&lock).unwrap();
+        let gone = store.delete_domain("example.org").unwrap();
+        assert_eq!(gone, vec![name("a@example.org"), name("b@example.org")]);
+        assert!(store.account(&name("b@example.org")).unwrap().is_none());
+        assert!(store.account(&name("c@other.test")).unwrap().is_some());
+        assert!(matches!(
+            store.delete_domain("example.org"),
+            Err(StoreError::NoSuchDomain(_))
+        ));
     }
 }
