@@ -13,7 +13,6 @@ use proto::response::{write_continuation, write_end, write_err, write_listing_li
 use proto::{Command, CommandError, Decoder, DotStuffer, ResponseCode, Secret, MAX_COMMAND_LINE};
 use store::{Account, AccountName, Expire, LoginDelay, MessageMeta, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::conn::Conn;
@@ -32,8 +31,6 @@ pub const MAX_BAD_COMMANDS: u32 = 20;
 const READ_BUF: usize = 8 * 1024;
 /// Replies are batched and written once this much is pending (or no command is left).
 const FLUSH_AT: usize = 64 * 1024;
-/// Message chunks read ahead of the socket during RETR/TOP; bounds memory per transfer.
-const READ_AHEAD_CHUNKS: usize = 2;
 /// Longest SASL response line (RFC 5034 section 4 lets responses exceed 255 octets).
 const SASL_MAX_LINE: usize = 12 * 1024;
 
@@ -451,6 +448,9 @@ impl Session {
         let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
         let attempted = name.clone();
         let params = self.shared.config.argon2;
+        // At most one argon2 computation per CPU (see `Shared::hash_slots`).
+        let shared = self.shared.clone();
+        let slot = shared.hash_slots.acquire().await;
         let verified = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             // An invalid or unknown name costs a full verification too, and gets the same
             // reply as a wrong password.
@@ -464,6 +464,7 @@ impl Session {
             Ok(account)
         })
         .await;
+        drop(slot);
         let verified = match verified {
             Ok(r) => r.map_err(SessionError::from),
             Err(e) => Err(e.into()),
@@ -1020,46 +1021,40 @@ impl Session {
     }
 
     /// Streams a message (RETR) or its headers and first `lines` body lines (TOP),
-    /// dot-stuffed, reading ahead at most a few chunks: a client that stops reading stops
-    /// the reading too.
+    /// dot-stuffed. Each chunk is read on a blocking thread while the previous one is being
+    /// written, and no thread waits on the network: a client that stops reading holds no
+    /// thread and at most two chunks of memory.
     async fn send_message(&mut self, meta: MessageMeta, lines: Option<u32>) -> io::Result<()> {
-        let (tx, mut rx) = mpsc::channel(READ_AHEAD_CHUNKS);
-        let store = self.shared.store.clone();
         let id = meta.id;
-        tokio::task::spawn_blocking(move || {
-            for index in 0.. {
-                let item = store.read_chunk(id, index);
-                let end = !matches!(item, Ok(Some(_)));
-                if tx.blocking_send(item).is_err() || end {
-                    return;
-                }
-            }
-        });
+        let store = self.shared.store.clone();
+        let read = |index: u32| {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.read_chunk(id, index))
+        };
         let mut stuffer = DotStuffer::new();
         let mut cut = lines.map(|n| TopCut::new(meta.header_octets, n));
         let mut sent = 0u64;
-        while let Some(item) = rx.recv().await {
-            let chunk = match item {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => {
-                    // The +OK is out; the only honest thing left is to drop the connection
-                    // so the client does not take a truncated message for a whole one.
-                    warn!(error = %e, message = id, "reading a message failed mid-transfer");
-                    return Err(io::Error::other("message read failed"));
-                }
+        let mut index = 0u32;
+        let mut next = Some(read(index));
+        while let Some(pending) = next.take() {
+            let chunk = match pending.await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(self.read_failed(id, &e)),
+                Err(e) => return Err(self.read_failed(id, &e)),
             };
             let (part, done) = match &mut cut {
                 Some(cut) => cut.take(&chunk),
                 None => (&chunk[..], false),
             };
+            if !done {
+                index += 1;
+                next = Some(read(index));
+            }
             sent += part.len() as u64;
             stuffer.push(part, &mut self.out);
             if self.out.len() >= FLUSH_AT {
                 self.flush().await?;
-            }
-            if done {
-                break;
             }
         }
         if lines.is_none() && sent != meta.size {
@@ -1072,6 +1067,13 @@ impl Session {
         }
         stuffer.finish(&mut self.out);
         Ok(())
+    }
+
+    /// The +OK is out when a read fails: the only honest thing left is to drop the connection,
+    /// so the client does not take a truncated message for a whole one.
+    fn read_failed(&self, message: i64, e: &dyn std::fmt::Display) -> io::Error {
+        warn!(error = %e, message, "reading a message failed mid-transfer");
+        io::Error::other("message read failed")
     }
 }
 
