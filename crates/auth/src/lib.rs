@@ -20,9 +20,7 @@ pub use gss::{GssAcceptor, GssAcceptorFactory};
 pub use legacy::{verify_apop, verify_cram_md5};
 pub use sasl::{Credentials, Exchange, Mechanism, Step};
 
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 /// Why a SASL exchange failed. Never carries a secret.
@@ -209,30 +207,73 @@ pub enum Verdict {
 /// Verifies `password` against `stored` (a PHC string), or against a dummy hash of equal cost
 /// when the user is unknown (`stored` is `None`), so both cases take the same time.
 pub fn verify_password(stored: Option<&str>, password: &[u8]) -> Verdict {
-    let (phc, known) = match stored {
-        Some(phc) => (phc, true),
-        None => (dummy_hash(), false),
+    let known = stored.is_some();
+    let parsed = stored
+        .and_then(|phc| PasswordHash::new(phc).ok())
+        // An unknown user, or an unusable stored hash: the same work, then a refusal.
+        .or_else(|| PasswordHash::new(dummy_hash()).ok());
+    let Some(parsed) = parsed else {
+        return Verdict::Rejected;
     };
-    let parsed = match PasswordHash::new(phc) {
-        Ok(p) => p,
-        Err(_) => match PasswordHash::new(dummy_hash()) {
-            // An unusable stored hash still costs a verification, then fails.
-            Ok(p) => {
-                let _ = Argon2::default().verify_password(password, &p);
-                return Verdict::Rejected;
-            }
-            Err(_) => return Verdict::Rejected,
-        },
-    };
-    // `Argon2::default()` verifies with the parameters recorded in the PHC string.
-    let ok = Argon2::default()
-        .verify_password(&prepare(password), &parsed)
-        .is_ok();
-    if ok && known {
+    let matches = verify_reusing_memory(&prepare(password), &parsed);
+    let usable = stored.is_some_and(|phc| PasswordHash::new(phc).is_ok());
+    if matches && known && usable {
         Verdict::Accepted
     } else {
         Verdict::Rejected
     }
+}
+
+std::thread_local! {
+    /// The argon2 working memory of this thread, kept between verifications: allocating and
+    /// freeing 19 MiB per login leaves the C allocator holding hundreds of MiB.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Recomputes the hash with the parameters recorded in the PHC string, into this thread's
+/// reused memory, and compares in constant time.
+fn verify_reusing_memory(password: &[u8], parsed: &PasswordHash<'_>) -> bool {
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(recorded) = Params::try_from(parsed) else {
+        return false;
+    };
+    let expected = expected.as_bytes();
+    let Ok(params) = Params::new(
+        recorded.m_cost(),
+        recorded.t_cost(),
+        recorded.p_cost(),
+        Some(expected.len()),
+    ) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let computed = BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        let need = argon.params().block_count();
+        if blocks.len() != need {
+            blocks.clear();
+            blocks.resize(need, argon2::Block::default());
+        }
+        argon
+            .hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..])
+            .is_ok()
+    });
+    computed && legacy::constant_time_eq(&out, expected)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! `127.0.0.1:0` and stop the server when they like.
 
 mod conn;
+mod hashpool;
 pub mod lang;
 mod limits;
 mod lock;
@@ -194,6 +195,8 @@ pub enum ServerError {
     TlsWithoutCertificate,
     #[error("a KPOP listener needs GSSAPI (a keytab)")]
     KpopWithoutGssapi,
+    #[error("starting the password hashing threads: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 /// What every session shares.
@@ -205,10 +208,8 @@ pub(crate) struct Shared {
     pub tls: Option<Arc<Tls>>,
     pub per_client: Arc<limits::PerClient>,
     pub penalties: penalty::Penalties,
-    /// Password hashes computed at once: one per CPU. argon2id takes 19 MiB and ~30 ms of a
-    /// core; running more at once only adds memory (each blocking thread's allocator arena
-    /// keeps its blocks) and latency, not throughput.
-    pub hash_slots: Semaphore,
+    /// Where password hashes are computed: one thread per CPU (see `hashpool`).
+    pub hashing: hashpool::HashPool,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
@@ -255,11 +256,12 @@ pub async fn run(
         tls,
         per_client: limits::PerClient::new(max_per_ip),
         penalties: penalty::Penalties::new(failure_delay, MAX_AUTH_FAILURE_DELAY),
-        hash_slots: Semaphore::new(
+        hashing: hashpool::HashPool::new(
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-        ),
+        )
+        .map_err(ServerError::Threads)?,
     });
     let acceptors: Vec<_> = listeners
         .into_iter()

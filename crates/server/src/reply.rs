@@ -24,6 +24,8 @@ pub enum SessionError {
     Store(#[from] StoreError),
     #[error("a blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Hashing(#[from] crate::hashpool::PoolGone),
 }
 
 pub const BAD_CREDENTIALS: ErrReply = err(Some(ResponseCode::Auth), Text::BadCredentials);
@@ -43,7 +45,9 @@ pub const UTF8_NEEDED: ErrReply = err(Some(ResponseCode::Utf8), Text::Utf8Needed
 pub fn session_error(e: &SessionError) -> ErrReply {
     match e {
         SessionError::Store(e) => store_error(e),
-        SessionError::Task(_) => err(Some(ResponseCode::SysTemp), Text::Internal),
+        SessionError::Task(_) | SessionError::Hashing(_) => {
+            err(Some(ResponseCode::SysTemp), Text::Internal)
+        }
     }
 }
 

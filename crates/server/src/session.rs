@@ -448,23 +448,23 @@ impl Session {
         let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
         let attempted = name.clone();
         let params = self.shared.config.argon2;
-        // At most one argon2 computation per CPU (see `Shared::hash_slots`).
-        let shared = self.shared.clone();
-        let slot = shared.hash_slots.acquire().await;
-        let verified = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            // An invalid or unknown name costs a full verification too, and gets the same
-            // reply as a wrong password.
-            let account = resolve_account(&*store, &name, utf8, domain.as_deref())?;
-            let stored = account.as_ref().map(|a| a.password_hash.as_str());
-            let verdict = auth::verify_password(stored, password.expose());
-            let account = account.filter(|_| verdict == auth::Verdict::Accepted);
-            if let Some(a) = &account {
-                rehash_if_needed(&*store, a, password.expose(), params);
-            }
-            Ok(account)
-        })
-        .await;
-        drop(slot);
+        // On the hashing threads, one per CPU (see `hashpool`).
+        let verified = self
+            .shared
+            .hashing
+            .run(move || -> Result<_, StoreError> {
+                // An invalid or unknown name costs a full verification too, and gets the same
+                // reply as a wrong password.
+                let account = resolve_account(&*store, &name, utf8, domain.as_deref())?;
+                let stored = account.as_ref().map(|a| a.password_hash.as_str());
+                let verdict = auth::verify_password(stored, password.expose());
+                let account = account.filter(|_| verdict == auth::Verdict::Accepted);
+                if let Some(a) = &account {
+                    rehash_if_needed(&*store, a, password.expose(), params);
+                }
+                Ok(account)
+            })
+            .await;
         let verified = match verified {
             Ok(r) => r.map_err(SessionError::from),
             Err(e) => Err(e.into()),
