@@ -183,6 +183,19 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and brings the schema up to
     /// date; `SchemaTooNew` if a newer program has migrated it further.
     pub fn open_file(path: &Path) -> Result<SqliteStore> {
+        // Create the file private before SQLite does (it would use 0644); SQLite gives the
+        // -wal and -shm files the database file's mode.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(StoreError::Io)?;
+        }
         let mut conn = connect(path)?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
@@ -2260,5 +2273,26 @@ mod tests {
             store.delete_domain("example.org"),
             Err(StoreError::NoSuchDomain(_))
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = setup();
+        store.create_account(&name("p"), "$x").unwrap();
+        for file in [
+            "maildrops.sqlite3",
+            "maildrops.sqlite3-wal",
+            "maildrops.sqlite3-shm",
+        ] {
+            let mode = std::fs::metadata(dir.0.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+        let mode = std::fs::metadata(&dir.0).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }
