@@ -4,8 +4,22 @@
 //!   end-to-end suite in `tests/` against the built `pop3d` and `popadm`.
 //! - `cargo xtask deps`: installs what the end-to-end suite drives (curl, Python's poplib)
 //!   from Debian packages when they are missing.
+//! - `cargo xtask faults [--rounds N] [--seed S]`: kill -9 pop3d and popadm at random moments
+//!   and check the maildrops against a ledger ([`faults`]).
+//! - `cargo xtask fuzz [--seconds N] [--target T]`: the cargo-fuzz targets of `fuzz/` under
+//!   libFuzzer when nightly and cargo-fuzz are there, else the same bodies as proptest
+//!   properties ([`fuzz`]).
+//! - `cargo xtask soak [--minutes N] [--clients C] [--seed S]`: random sessions and deliveries
+//!   for N minutes, then the ledger, descriptor and memory checks ([`soak`]).
 //!
-//! Only the standard library: this crate is built before anything else is.
+//! Few dependencies: the standard library, plus `proto` (to read multi-line replies) and
+//! `rusqlite` (the integrity check), both built for the workspace anyway.
+
+mod bench;
+mod faults;
+mod fuzz;
+mod harness;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -14,7 +28,20 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test    build, run every crate's tests, then the end-to-end suite
-  deps    install the real clients the end-to-end suite uses (curl, python3) with apt-get";
+  deps    install the real clients the end-to-end suite uses (curl, python3) with apt-get
+          (--bench: Dovecot's pop3d instead, for bench --against dovecot)
+  bench [--quick] [--against dovecot] [--reps N]
+          benchmark the release pop3d (and a private Dovecot) with crates/bench; results in
+          target/bench/latest.{json,md}
+  faults [--rounds N] [--seed S]
+          kill -9 pop3d (also inside UPDATE) and delivering popadm processes at random
+          moments, then check every maildrop against a ledger (default 200 rounds)
+  fuzz [--seconds N] [--target T]
+          run the fuzz targets N seconds each (default 60): libFuzzer with nightly and
+          cargo-fuzz, else the same bodies as proptest properties on stable
+  soak [--minutes N] [--clients C] [--seed S]
+          C clients (default 8) run random sessions while mail is delivered, for N minutes
+          (default 1); then the ledger, open descriptors and RSS are checked";
 
 /// Programs the end-to-end suite drives, and the Debian packages that bring them.
 const CLIENTS: &[(&str, &str)] = &[
@@ -30,7 +57,12 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("deps") if args.iter().any(|a| a == "--bench") => bench::deps(),
+        Some("bench") => bench::command(&args[1..]),
         Some("deps") => deps(),
+        Some("faults") => faults::command(&args[1..]),
+        Some("fuzz") => fuzz::command(&args[1..]),
+        Some("soak") => soak::command(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -84,14 +116,27 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
 /// `cargo xtask test [-- <test filter and libtest args>]`
 fn test(extra: &[String]) -> Result<(), String> {
     let passthrough: Vec<&String> = extra.iter().skip_while(|a| *a != "--").skip(1).collect();
+    // With Kerberos' development files the binaries carry GSSAPI and the KDC test runs.
+    let features: &[&str] = if kerberos_buildable() {
+        &["--features", "pop3d/gssapi"]
+    } else {
+        eprintln!(
+            "xtask: libkrb5-dev or libclang missing: building without GSSAPI (cargo xtask deps)"
+        );
+        &[]
+    };
 
     let mut build = cargo();
-    build.args(["build", "--workspace", "--bins"]);
+    build
+        .args(["build", "--workspace", "--bins"])
+        .args(features);
     run(build, "building pop3d and popadm")?;
 
     let mut unit = cargo();
-    unit.args(["test", "--workspace", "--exclude", "e2e", "--"]);
-    unit.args(&passthrough);
+    unit.args(["test", "--workspace", "--exclude", "e2e"])
+        .args(features)
+        .arg("--")
+        .args(&passthrough);
     run(unit, "unit and integration tests of every crate")?;
 
     let bins = target_dir().join("debug");
@@ -105,7 +150,18 @@ fn test(extra: &[String]) -> Result<(), String> {
         // not a skip.
         e2e.env("E2E_REQUIRE_CLIENTS", "1");
     }
-    run(e2e, "end-to-end suite (real pop3d, popadm, curl, poplib)")
+    run(e2e, "end-to-end suite (real pop3d, popadm and clients)")?;
+
+    // A short round of fault injection (the full one is `cargo xtask faults`).
+    eprintln!("xtask: fault injection, 10 rounds");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(1);
+    faults::run(&harness::Bins::debug()?, 10, seed)?;
+    // The closing line CI reads: the suites above each printed their own.
+    eprintln!("xtask: all tests passed");
+    Ok(())
 }
 
 fn have(program: &str) -> bool {
@@ -114,6 +170,44 @@ fn have(program: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Kerberos for the GSSAPI build and its end-to-end test: a program (or file) that shows the
+/// package is there, and the Debian package.
+const KERBEROS: &[(&str, &str)] = &[
+    ("krb5-config", "libkrb5-dev"),
+    ("krb5kdc", "krb5-kdc"),
+    ("kadmin.local", "krb5-admin-server"),
+    ("kinit", "krb5-user"),
+];
+
+/// True when `program` is an executable in PATH, /usr/sbin or /sbin.
+fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .any(|dir| dir.join(program).is_file())
+}
+
+/// libclang, which libgssapi's bindings are generated with.
+fn have_libclang() -> bool {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
+        .any(|e| {
+            std::fs::read_dir(e.path().join("lib"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|f| f.file_name().to_string_lossy().starts_with("libclang"))
+        })
+}
+
+/// The Kerberos build (`pop3d/gssapi`) is possible here.
+fn kerberos_buildable() -> bool {
+    on_path("krb5-config") && have_libclang()
 }
 
 /// `cargo xtask deps`: apt-get install what is missing.
@@ -125,6 +219,15 @@ fn deps() -> Result<(), String> {
         .filter(|(program, _)| !have(program))
         .map(|(_, package)| *package)
         .collect();
+    missing.extend(
+        KERBEROS
+            .iter()
+            .filter(|(program, _)| !on_path(program))
+            .map(|(_, package)| *package),
+    );
+    if !have_libclang() {
+        missing.push("libclang-dev");
+    }
     missing.extend(
         PERL_MODULES
             .iter()

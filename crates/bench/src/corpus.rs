@@ -1,0 +1,294 @@
+//! The deterministic corpus: the same seed gives the same messages, byte for byte, so the
+//! load generator can check that what a server sends is what was delivered.
+//!
+//! Every message opens with `X-Bench-Id: SEED/USER/INDEX`, which is how the checker finds what
+//! it should have received whatever order a server lists the maildrop in. Messages are written
+//! with LF line ends (mbox, Maildir); on the wire they are CRLF, and that is what [`Expected`]
+//! records. Bodies contain lines starting with `.` and lines that are a lone `.`, so dot-stuffing
+//! is exercised, and never a line starting with `From ` (mbox separators).
+
+use std::collections::HashMap;
+
+/// splitmix64: small, fast, and the same everywhere.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn mix(seed: u64, user: &str, index: u32) -> u64 {
+    let mut h = seed ^ 0x5151_5151_5151_5151;
+    for &b in user.as_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3);
+    }
+    (h ^ u64::from(index)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Size of message `index` of `user`: 1 KiB plus an exponential tail with a mean of 9 KiB,
+/// capped at 96 KiB, so sizes are mixed and average about 10 KiB.
+pub fn mixed_size(seed: u64, user: &str, index: u32) -> usize {
+    let mut rng = Rng::new(mix(seed, user, index) ^ 0xA5A5);
+    let tail = -(1.0 - rng.unit()).ln() * 9.0 * 1024.0;
+    (1024.0 + tail).min(96.0 * 1024.0) as usize
+}
+
+const WORDS: &[&str] = &[
+    "the",
+    "mail",
+    "server",
+    "message",
+    "drop",
+    "octet",
+    "line",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "post",
+    "office",
+    "protocol",
+    "version",
+    "three",
+    "retrieve",
+    "list",
+    "unique",
+    "id",
+    "listing",
+    "stat",
+    "quit",
+    "update",
+    "state",
+    "transaction",
+    "authorization",
+    "benchmark",
+    "dovecot",
+    "rust",
+    "tokio",
+    "sqlite",
+    "from",
+    "to",
+    "subject",
+    "reply",
+    "12345",
+    "0xdeadbeef",
+    "=?utf-8?q?caf=C3=A9?=",
+    "--",
+    "::",
+];
+
+/// Message `index` of `user`, about `target` octets, LF line ends.
+pub fn message(seed: u64, user: &str, index: u32, target: usize) -> Vec<u8> {
+    let mut rng = Rng::new(mix(seed, user, index));
+    let mut m = Vec::with_capacity(target + 128);
+    m.extend_from_slice(format!("X-Bench-Id: {seed}/{user}/{index}\n").as_bytes());
+    m.extend_from_slice(
+        format!(
+            "From: Bench Sender <bench@example.org>\nTo: {user}@example.org\n\
+             Subject: benchmark message {index} for {user}\n\
+             Date: Mon, 01 Jan 2024 00:00:00 +0000\n\
+             Message-ID: <{seed}.{index}.{user}@bench.example.org>\n\
+             MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n"
+        )
+        .as_bytes(),
+    );
+    while m.len() < target {
+        match rng.below(64) {
+            0 => m.extend_from_slice(b".\n"),
+            1..=4 => m.push(b'.'),
+            5 => {
+                m.push(b'\n');
+                continue;
+            }
+            _ => {}
+        }
+        let width = 20 + rng.below(57) as usize;
+        let start = m.len();
+        loop {
+            let word = WORDS[rng.below(WORDS.len() as u64) as usize];
+            m.extend_from_slice(word.as_bytes());
+            if m.len() - start >= width {
+                break;
+            }
+            m.push(b' ');
+        }
+        m.push(b'\n');
+    }
+    m
+}
+
+/// LF line ends to CRLF (the generator never writes a bare CR).
+pub fn to_crlf(lf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lf.len() + lf.len() / 30);
+    for &b in lf {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// A fast 64-bit digest for comparing received bytes with the corpus (not cryptographic: it
+/// catches a wrong or damaged message, not an adversary).
+pub fn digest(bytes: &[u8]) -> u64 {
+    let mut h = 0x243F_6A88_85A3_08D3u64 ^ bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^= h >> 29;
+    }
+    let mut w = [0u8; 8];
+    w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 32)
+}
+
+/// What every message should look like on the wire: CRLF size and digest by `X-Bench-Id`, and
+/// how many messages each user holds.
+#[derive(Debug, Default)]
+pub struct Expected {
+    pub seed: u64,
+    by_id: HashMap<String, (u64, u64)>,
+    per_user: HashMap<String, u32>,
+}
+
+impl Expected {
+    pub fn new(seed: u64) -> Expected {
+        Expected {
+            seed,
+            ..Expected::default()
+        }
+    }
+
+    /// Records message `index` of `user` given its LF form.
+    pub fn add(&mut self, user: &str, index: u32, lf: &[u8]) {
+        let crlf = to_crlf(lf);
+        self.by_id.insert(
+            format!("{}/{user}/{index}", self.seed),
+            (crlf.len() as u64, digest(&crlf)),
+        );
+        *self.per_user.entry(user.to_string()).or_default() += 1;
+    }
+
+    /// The corpus of `users` x `messages` mixed-size messages (and nothing written anywhere).
+    pub fn mixed(seed: u64, users: &[String], messages: u32) -> Expected {
+        let mut e = Expected::new(seed);
+        for user in users {
+            for i in 0..messages {
+                e.add(user, i, &message(seed, user, i, mixed_size(seed, user, i)));
+            }
+        }
+        e
+    }
+
+    pub fn messages_of(&self, user: &str) -> Option<u32> {
+        self.per_user.get(user).copied()
+    }
+
+    /// Checks one received message (unstuffed, CRLF): its id names `user`, and its size and
+    /// digest are the corpus's. Returns the id.
+    pub fn check<'a>(&self, user: &str, body: &'a [u8]) -> Result<&'a str, String> {
+        let first = body
+            .split(|&b| b == b'\n')
+            .next()
+            .and_then(|l| l.strip_prefix(b"X-Bench-Id: "))
+            .and_then(|l| l.strip_suffix(b"\r"))
+            .and_then(|l| std::str::from_utf8(l).ok())
+            .ok_or("message does not start with an X-Bench-Id header")?;
+        let (size, hash) = self
+            .by_id
+            .get(first)
+            .ok_or_else(|| format!("unknown message id {first}"))?;
+        let owner = first.split('/').nth(1).unwrap_or_default();
+        if owner != user {
+            return Err(format!("message {first} in the maildrop of {user}"));
+        }
+        if body.len() as u64 != *size {
+            return Err(format!(
+                "message {first}: {} octets, delivered {size}",
+                body.len()
+            ));
+        }
+        if digest(body) != *hash {
+            return Err(format!(
+                "message {first}: content differs from what was delivered"
+            ));
+        }
+        Ok(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_mixed() {
+        let a = message(7, "user0", 3, mixed_size(7, "user0", 3));
+        let b = message(7, "user0", 3, mixed_size(7, "user0", 3));
+        assert_eq!(a, b);
+        assert_ne!(a, message(8, "user0", 3, mixed_size(8, "user0", 3)));
+        let sizes: Vec<usize> = (0..2000).map(|i| mixed_size(1, "u", i)).collect();
+        let mean = sizes.iter().sum::<usize>() / sizes.len();
+        assert!((8 * 1024..12 * 1024).contains(&mean), "mean {mean}");
+        assert!(sizes.iter().any(|&s| s < 3000) && sizes.iter().any(|&s| s > 30_000));
+    }
+
+    #[test]
+    fn no_mbox_separators_and_dots_present() {
+        let m = message(1, "user1", 0, 200_000);
+        let text = String::from_utf8(m).expect("ascii");
+        assert!(text.ends_with('\n'));
+        assert!(!text
+            .lines()
+            .any(|l| l.starts_with("From ") || l.starts_with(">From ")));
+        assert!(text.lines().any(|l| l == "."));
+        assert!(text.lines().any(|l| l.starts_with('.') && l.len() > 1));
+        assert!(!text.contains('\r'));
+    }
+
+    #[test]
+    fn check_accepts_the_corpus_and_rejects_changes() {
+        let users = vec!["user0".to_string(), "user1".to_string()];
+        let e = Expected::mixed(5, &users, 3);
+        let good = to_crlf(&message(5, "user1", 2, mixed_size(5, "user1", 2)));
+        assert_eq!(e.check("user1", &good), Ok("5/user1/2"));
+        assert!(e.check("user0", &good).is_err());
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 5] ^= 1;
+        assert!(e.check("user1", &bad).is_err());
+        assert!(e.check("user1", &good[..n - 2]).is_err());
+        assert_eq!(e.messages_of("user0"), Some(3));
+    }
+}

@@ -1,0 +1,1150 @@
+//! The benchmark suite behind `cargo xtask bench`: builds the release binaries, provisions a
+//! temporary pop3d store (and, with `--against dovecot`, a private Dovecot with the same
+//! messages and the same argon2id hashes), runs every scenario against every server in one run,
+//! interleaved repetition by repetition, and writes `target/bench/latest.{json,md}`.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::client::{tls_connector, Target, Work};
+use crate::corpus::{self, Expected};
+use crate::load::{self, Mode, RunResult};
+use crate::procs::{self, RssSampler, ServerProcess};
+
+/// The one password every benchmark account has.
+const PASSWORD: &str = "bench password 1";
+/// Size of the large message of scenario 3.
+const BIG_SIZE: usize = 20 * 1024 * 1024;
+const BIG_USER: &str = "big0";
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Debug, clap::Args)]
+pub struct SuiteArgs {
+    /// Small corpus and short runs (64 users x 20 messages; a few minutes)
+    #[arg(long)]
+    pub quick: bool,
+    /// Also run every scenario against this server, side by side (only `dovecot`)
+    #[arg(long, value_name = "SERVER", value_parser = ["dovecot"])]
+    pub against: Option<String>,
+    /// Repetitions of each measurement (the median is reported)
+    #[arg(long, value_name = "N")]
+    pub reps: Option<usize>,
+    /// Where latest.json and latest.md go (default: target/bench of the workspace)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Corpus seed
+    #[arg(long, default_value_t = 20240101)]
+    pub seed: u64,
+    /// Keep the temporary directory (data, Maildirs, configuration, logs)
+    #[arg(long)]
+    pub keep: bool,
+    /// Do not run `cargo build --release`; use the binaries next to this one
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+struct Sizes {
+    users: usize,
+    messages: u32,
+    s1_sessions: u64,
+    s1_time: Duration,
+    s2_time: Duration,
+    reps: usize,
+    s3_reps: usize,
+}
+
+/// A running server under test.
+struct Endpoint {
+    name: String,
+    plain: u16,
+    tls: u16,
+    process: ServerProcess,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+enum Unit {
+    #[serde(rename = "sessions/s")]
+    Sessions,
+    #[serde(rename = "MiB/s")]
+    Mib,
+}
+
+struct Scenario {
+    id: &'static str,
+    title: String,
+    work: Work,
+    tls: bool,
+    concurrency: usize,
+    users: Arc<Vec<String>>,
+    mode: Mode,
+    unit: Unit,
+    rss: bool,
+    reps: usize,
+    /// Indexes into the endpoints; the first is ours.
+    servers: Vec<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct Rep {
+    run: RunResult,
+    server_cpu_s: f64,
+    client_cpu_s: f64,
+    rss_base_kib: u64,
+    rss_peak_kib: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Cell {
+    server: String,
+    valid: bool,
+    errors: u64,
+    first_error: Option<String>,
+    /// Medians over the repetitions.
+    throughput: f64,
+    sessions_per_s: f64,
+    messages_per_s: f64,
+    mib_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    server_cpu_ms_per_session: f64,
+    server_cpu_ms_per_mib: f64,
+    client_cpu_ms_per_session: f64,
+    rss_growth_mib: f64,
+    rss_peak_mib: f64,
+    reps: Vec<Rep>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    id: &'static str,
+    title: String,
+    transport: &'static str,
+    concurrency: usize,
+    unit: Unit,
+    cells: Vec<Cell>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    date: String,
+    machine: String,
+    cpus: usize,
+    kernel: String,
+    pop3d_commit: String,
+    dovecot: Option<String>,
+    quick: bool,
+    users: usize,
+    messages_per_user: u32,
+    corpus_mib: f64,
+    reps: usize,
+    seed: u64,
+    notes: Vec<String>,
+    rows: Vec<Row>,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    Command::new(cmd)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+}
+
+fn check(mut cmd: Command, what: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start"))?;
+    if !status.success() {
+        bail!("{what}: {status}");
+    }
+    Ok(())
+}
+
+pub fn dovecot_version() -> Option<String> {
+    output("dovecot", &["--version"])
+}
+
+/// `pop3-bench deps`: install Dovecot's POP3 server from Debian packages when it is missing.
+pub fn deps() -> Result<()> {
+    if let Some(v) = dovecot_version() {
+        eprintln!("pop3-bench: dovecot {v} is installed");
+        return Ok(());
+    }
+    if output("apt-get", &["--version"]).is_none() {
+        bail!("dovecot is missing and there is no apt-get: install Dovecot 2.3's pop3d yourself");
+    }
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-qq"]);
+    check(update, "apt-get update")?;
+    let mut install = Command::new("apt-get");
+    install
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "dovecot-pop3d",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    check(install, "apt-get install dovecot-pop3d")?;
+    // The package starts the system instance; the benchmark never uses it (it runs its own).
+    eprintln!(
+        "pop3-bench: installed dovecot {}",
+        dovecot_version().unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn popadm(bin: &Path, data: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("--data-dir").arg(data).args(args);
+    c
+}
+
+/// Users `user0..`, their mbox files (and Maildirs for Dovecot), and the expected corpus.
+fn write_corpus(
+    tmp: &Path,
+    users: &[String],
+    sizes: &Sizes,
+    seed: u64,
+    maildirs: bool,
+) -> Result<(Expected, f64)> {
+    let mut expected = Expected::new(seed);
+    let mut octets = 0u64;
+    std::fs::create_dir_all(tmp.join("mbox"))?;
+    let mut all: Vec<(String, Vec<(u32, usize)>)> = users
+        .iter()
+        .map(|u| {
+            let msgs = (0..sizes.messages)
+                .map(|i| (i, corpus::mixed_size(seed, u, i)))
+                .collect();
+            (u.clone(), msgs)
+        })
+        .collect();
+    all.push((BIG_USER.to_string(), vec![(0, BIG_SIZE)]));
+    for (ui, (user, msgs)) in all.iter().enumerate() {
+        let mut mbox = std::io::BufWriter::new(std::fs::File::create(
+            tmp.join("mbox").join(format!("{user}.mbox")),
+        )?);
+        let maildir = tmp.join("mail").join(user).join("Maildir");
+        if maildirs {
+            for d in ["cur", "new", "tmp"] {
+                std::fs::create_dir_all(maildir.join(d))?;
+            }
+        }
+        for &(i, size) in msgs {
+            let lf = corpus::message(seed, user, i, size);
+            mbox.write_all(b"From bench@example.org Mon Jan  1 00:00:00 2024\n")?;
+            mbox.write_all(&lf)?;
+            mbox.write_all(b"\n")?;
+            let crlf_len = lf.len() + lf.iter().filter(|&&b| b == b'\n').count();
+            if maildirs {
+                let name = format!(
+                    "{}.M{i}P{ui}.bench,S={},W={crlf_len}:2,",
+                    1_700_000_000 + u64::from(i),
+                    lf.len()
+                );
+                std::fs::write(maildir.join("cur").join(name), &lf)?;
+            }
+            expected.add(user, i, &lf);
+            if user != BIG_USER {
+                octets += crlf_len as u64;
+            }
+        }
+        mbox.flush()?;
+    }
+    Ok((expected, octets as f64 / MIB))
+}
+
+/// Creates the accounts and imports their mail, two popadm processes at a time.
+fn provision(popadm_bin: &Path, data: &Path, tmp: &Path, users: &[String]) -> Result<()> {
+    let mut all: Vec<&str> = users.iter().map(String::as_str).collect();
+    all.push(BIG_USER);
+    for pair in all.chunks(2) {
+        let mut children = Vec::new();
+        for user in pair {
+            let mut c = popadm(popadm_bin, data, &["user", "add", user, "--password-stdin"]);
+            let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+            if let Some(mut stdin) = child.stdin.take() {
+                writeln!(stdin, "{PASSWORD}")?;
+            }
+            children.push((*user, child));
+        }
+        for (user, mut child) in children {
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("popadm user add {user}: {status}");
+            }
+        }
+    }
+    for pair in all.chunks(2) {
+        let mut children = Vec::new();
+        for user in pair {
+            let file = tmp.join("mbox").join(format!("{user}.mbox"));
+            let file = file.to_string_lossy().into_owned();
+            let mut c = popadm(popadm_bin, data, &["import", "mbox", &file, user]);
+            children.push((*user, c.stdout(Stdio::null()).spawn()?));
+        }
+        for (user, mut child) in children {
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("popadm import mbox for {user}: {status}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The argon2id PHC strings pop3d's store holds, by account name.
+fn stored_hashes(data: &Path) -> Result<Vec<(String, String)>> {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("maildrops.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .context("opening pop3d's store")?;
+    let mut stmt =
+        db.prepare("SELECT local, password_hash FROM accounts WHERE domain_id IS NULL")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+    Ok(rows)
+}
+
+struct DovecotIds {
+    uid: String,
+    gid: String,
+    internal_user: String,
+    login_user: String,
+}
+
+fn dovecot_ids() -> Result<DovecotIds> {
+    let root = output("id", &["-u"]).as_deref() == Some("0");
+    if root {
+        let (Some(uid), Some(gid)) = (
+            output("id", &["-u", "nobody"]),
+            output("id", &["-g", "nobody"]),
+        ) else {
+            bail!("no user nobody to own the Dovecot mail");
+        };
+        let known = |u: &str| output("id", &["-u", u]).is_some();
+        Ok(DovecotIds {
+            uid,
+            gid,
+            internal_user: if known("dovecot") {
+                "dovecot"
+            } else {
+                "nobody"
+            }
+            .into(),
+            login_user: if known("dovenull") {
+                "dovenull"
+            } else {
+                "nobody"
+            }
+            .into(),
+        })
+    } else {
+        let me = output("id", &["-un"]).context("id -un")?;
+        Ok(DovecotIds {
+            uid: output("id", &["-u"]).context("id -u")?,
+            gid: output("id", &["-g"]).context("id -g")?,
+            internal_user: me.clone(),
+            login_user: me,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dovecot_conf(
+    dir: &Path,
+    mail: &Path,
+    passwd: &Path,
+    ids: &DovecotIds,
+    plain: u16,
+    tls: u16,
+    cert: &Path,
+    key: &Path,
+    cache: bool,
+) -> String {
+    let (d, m, p) = (dir.display(), mail.display(), passwd.display());
+    let (uid, gid) = (&ids.uid, &ids.gid);
+    let cache = if cache {
+        "auth_cache_size = 10M\nauth_cache_ttl = 1 hour\nauth_cache_negative_ttl = 0\n"
+    } else {
+        "auth_cache_size = 0\n"
+    };
+    format!(
+        "# Private Dovecot for pop3-bench; tuned mode: pop3 processes reused, long-lived
+# high-performance login processes.
+base_dir = {d}/run
+state_dir = {d}/state
+instance_name = pop3-bench-{plain}
+log_path = {d}/dovecot.log
+protocols = pop3
+listen = 127.0.0.1
+default_internal_user = {internal}
+default_login_user = {login}
+first_valid_uid = {uid}
+first_valid_gid = {gid}
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+disable_plaintext_auth = no
+auth_mechanisms = plain
+{cache}mail_location = maildir:{m}/%u/Maildir
+pop3_uidl_format = %08Xu%08Xv
+passdb {{
+  driver = passwd-file
+  args = {p}
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={m}/%u
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {plain}
+  }}
+  inet_listener pop3s {{
+    port = {tls}
+    ssl = yes
+  }}
+  service_count = 0
+  process_min_avail = 2
+}}
+service pop3 {{
+  service_count = 1000
+}}
+",
+        internal = ids.internal_user,
+        login = ids.login_user,
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn own_cpu_seconds(ticks: f64) -> f64 {
+    // Only this process (its threads), not the servers it started.
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| {
+            let rest = t[t.rfind(')')? + 2..].to_string();
+            let f: Vec<u64> = rest
+                .split(' ')
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(f.iter().sum::<u64>() as f64 / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
+/// `retr_only`: throughput over the time spent in RETR (scenario 3), not whole sessions.
+fn cell(server: &str, reps: Vec<Rep>, unit: Unit, retr_only: bool) -> Cell {
+    let m = |f: &dyn Fn(&Rep) -> f64| median(reps.iter().map(f).collect());
+    let mib = |r: &Rep| r.run.octets as f64 / MIB;
+    let sessions_per_s = m(&|r| r.run.sessions as f64 / r.run.seconds);
+    let mib_per_s = m(&|r| {
+        mib(r)
+            / if retr_only {
+                r.run.retr_seconds.max(1e-9)
+            } else {
+                r.run.seconds
+            }
+    });
+    let errors = reps.iter().map(|r| r.run.errors).sum();
+    Cell {
+        server: server.to_string(),
+        valid: errors == 0 && reps.iter().all(|r| !r.run.truncated && r.run.sessions > 0),
+        errors,
+        first_error: reps.iter().find_map(|r| r.run.first_error.clone()),
+        throughput: if unit == Unit::Sessions {
+            sessions_per_s
+        } else {
+            mib_per_s
+        },
+        sessions_per_s,
+        messages_per_s: m(&|r| r.run.messages as f64 / r.run.seconds),
+        mib_per_s,
+        p50_ms: m(&|r| r.run.p50_ms),
+        p99_ms: m(&|r| r.run.p99_ms),
+        server_cpu_ms_per_session: m(&|r| 1000.0 * r.server_cpu_s / r.run.sessions.max(1) as f64),
+        server_cpu_ms_per_mib: m(&|r| 1000.0 * r.server_cpu_s / mib(r).max(1e-9)),
+        client_cpu_ms_per_session: m(&|r| 1000.0 * r.client_cpu_s / r.run.sessions.max(1) as f64),
+        rss_growth_mib: m(&|r| r.rss_peak_kib.saturating_sub(r.rss_base_kib) as f64 / 1024.0),
+        rss_peak_mib: m(&|r| r.rss_peak_kib as f64 / 1024.0),
+        reps,
+    }
+}
+
+pub fn run(args: SuiteArgs) -> Result<()> {
+    let root = workspace_root();
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let out_dir = args.out.clone().unwrap_or_else(|| target_dir.join("bench"));
+    if !args.no_build {
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build
+            .current_dir(&root)
+            .args(["build", "--release", "--bin", "pop3d", "--bin", "popadm"]);
+        eprintln!("pop3-bench: building pop3d and popadm (release)");
+        check(build, "cargo build --release")?;
+    }
+    let bins = match std::env::current_exe()?.parent() {
+        Some(p) if args.no_build => p.to_path_buf(),
+        _ => target_dir.join("release"),
+    };
+    let (pop3d_bin, popadm_bin) = (bins.join("pop3d"), bins.join("popadm"));
+
+    let sizes = if args.quick {
+        Sizes {
+            users: 64,
+            messages: 20,
+            s1_sessions: 400,
+            s1_time: Duration::from_secs(3),
+            s2_time: Duration::from_secs(60),
+            reps: args.reps.unwrap_or(3),
+            s3_reps: args.reps.unwrap_or(3),
+        }
+    } else {
+        Sizes {
+            users: 200,
+            messages: 100,
+            s1_sessions: 3000,
+            s1_time: Duration::from_secs(15),
+            s2_time: Duration::from_secs(300),
+            reps: args.reps.unwrap_or(3),
+            s3_reps: args.reps.unwrap_or(5),
+        }
+    };
+    let mut notes = vec![
+        "The load generator runs on the same machine and shares its CPUs with the server under \
+         test; its CPU time per session is in the JSON (client_cpu_ms_per_session)."
+            .to_string(),
+        "Every session is checked: UIDL and LIST agree, each RETR's unstuffed size equals LIST, \
+         ends with CRLF, and its bytes equal the delivered corpus (by X-Bench-Id and digest)."
+            .to_string(),
+        "S1 and S2 rates are whole sessions (connect, USER/PASS with an argon2id check, ..., \
+         QUIT), so the password hash weighs on both. S3's MiB/s is over the RETR alone (command \
+         sent to terminating dot); its CPU per MiB includes the login."
+            .to_string(),
+        "TLS: implicit TLS (pop3s), full handshake every session (client resumption off), same \
+         self-signed ECDSA certificate on both servers."
+            .to_string(),
+    ];
+    let dovecot = match args.against.as_deref() {
+        Some("dovecot") => match dovecot_version() {
+            Some(v) => Some(v),
+            None => {
+                let msg = "--against dovecot: dovecot is not installed (cargo xtask deps \
+                           --bench installs it); running pop3d alone";
+                eprintln!("pop3-bench: {msg}");
+                notes.push(msg.to_string());
+                None
+            }
+        },
+        _ => None,
+    };
+
+    let tmp = std::env::temp_dir().join(format!("pop3-bench-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let result = run_in(
+        &args,
+        &sizes,
+        &tmp,
+        &pop3d_bin,
+        &popadm_bin,
+        dovecot,
+        notes,
+        &out_dir,
+    );
+    if args.keep {
+        eprintln!("pop3-bench: kept {}", tmp.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&tmp) {
+        eprintln!("pop3-bench: removing {}: {e}", tmp.display());
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    args: &SuiteArgs,
+    sizes: &Sizes,
+    tmp: &Path,
+    pop3d_bin: &Path,
+    popadm_bin: &Path,
+    dovecot: Option<String>,
+    notes: Vec<String>,
+    out_dir: &Path,
+) -> Result<()> {
+    let users: Vec<String> = (0..sizes.users).map(|n| format!("user{n}")).collect();
+    let data = tmp.join("pop3d-data");
+    eprintln!(
+        "pop3-bench: corpus: {} users x {} messages (seed {}), plus one {} MiB message",
+        sizes.users,
+        sizes.messages,
+        args.seed,
+        BIG_SIZE >> 20
+    );
+    let (expected, corpus_mib) = write_corpus(tmp, &users, sizes, args.seed, dovecot.is_some())?;
+    let expected = Arc::new(expected);
+    eprintln!("pop3-bench: provisioning pop3d ({corpus_mib:.1} MiB; argon2id hashes)");
+    provision(popadm_bin, &data, tmp, &users)?;
+
+    let mut endpoints = Vec::new();
+    let (plain, tls) = (procs::free_port()?, procs::free_port()?);
+    let mut cmd = Command::new(pop3d_bin);
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{plain}")])
+        .args(["--listen-tls", &format!("127.0.0.1:{tls}")])
+        .args(["--log", "warn", "--max-connections", "20000"])
+        .args([
+            "--max-connections-per-ip",
+            "20000",
+            "--auth-failure-delay",
+            "0",
+        ]);
+    let process = ServerProcess::start("pop3d", cmd, &tmp.join("pop3d.log"), plain)?;
+    endpoints.push(Endpoint {
+        name: "pop3d".into(),
+        plain,
+        tls,
+        process,
+    });
+    let cert = data.join("tls").join("cert.pem");
+    let key = data.join("tls").join("key.pem");
+
+    if dovecot.is_some() {
+        let ids = dovecot_ids()?;
+        let passwd = tmp.join("passwd");
+        let mut text = String::new();
+        for (user, phc) in stored_hashes(&data)? {
+            if !phc.starts_with("$argon2id$") {
+                bail!("{user}: stored hash is not argon2id");
+            }
+            writeln!(text, "{user}:{{ARGON2ID}}{phc}::::::")?;
+        }
+        std::fs::write(&passwd, text)?;
+        let mail = tmp.join("mail");
+        check(
+            {
+                let mut c = Command::new("chown");
+                c.arg("-R")
+                    .arg(format!("{}:{}", ids.uid, ids.gid))
+                    .arg(&mail);
+                c
+            },
+            "chown the Maildirs",
+        )?;
+        for (name, cache) in [("dovecot", false), ("dovecot+cache", true)] {
+            let dir = tmp.join(name.replace('+', "-"));
+            std::fs::create_dir_all(&dir)?;
+            let (plain, tls) = (procs::free_port()?, procs::free_port()?);
+            let conf = dir.join("dovecot.conf");
+            std::fs::write(
+                &conf,
+                dovecot_conf(&dir, &mail, &passwd, &ids, plain, tls, &cert, &key, cache),
+            )?;
+            let mut cmd = Command::new("dovecot");
+            cmd.arg("-F").arg("-c").arg(&conf);
+            let process = ServerProcess::start(name, cmd, &dir.join("stderr.log"), plain)?;
+            endpoints.push(Endpoint {
+                name: name.into(),
+                plain,
+                tls,
+                process,
+            });
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let connector = tls_connector(Some(&cert))?;
+    let target = |ep: &Endpoint, tls: bool| {
+        Arc::new(Target {
+            host: "127.0.0.1".into(),
+            port: if tls { ep.tls } else { ep.plain },
+            tls: tls.then(|| {
+                (
+                    connector.clone(),
+                    rustls_pki_types::ServerName::try_from("localhost").expect("valid name"),
+                )
+            }),
+            password: PASSWORD.into(),
+        })
+    };
+    let users = Arc::new(users);
+    let big = Arc::new(vec![BIG_USER.to_string()]);
+
+    // Warm-up (not measured): every maildrop downloaded once from every server, so Dovecot has
+    // built its indexes and both have the mail in the page cache.
+    for ep in &endpoints {
+        eprintln!("pop3-bench: warm-up download from {}", ep.name);
+        for who in [users.clone(), big.clone()] {
+            let r = rt.block_on(load::run(
+                target(ep, false),
+                who,
+                Work::Download,
+                4,
+                Mode::EachOnce {
+                    time: sizes.s2_time,
+                },
+                Some(expected.clone()),
+            ))?;
+            if r.errors > 0 {
+                bail!(
+                    "{}: warm-up failed: {}",
+                    ep.name,
+                    r.first_error.unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    let ours_and = |cached: bool| -> Vec<usize> {
+        let mut v = vec![0];
+        if endpoints.len() > 1 {
+            v.push(if cached { 2 } else { 1 });
+        }
+        v
+    };
+    let s1 = Mode::Repeat {
+        sessions: sizes.s1_sessions,
+        time: sizes.s1_time,
+    };
+    let s2 = Mode::EachOnce {
+        time: sizes.s2_time,
+    };
+    let mut scenarios = Vec::new();
+    for c in [1, 16, 64] {
+        scenarios.push(Scenario {
+            id: "S1",
+            title: "login+STAT+QUIT".into(),
+            work: Work::Login,
+            tls: false,
+            concurrency: c,
+            users: users.clone(),
+            mode: s1,
+            unit: Unit::Sessions,
+            rss: false,
+            reps: sizes.reps,
+            servers: ours_and(false),
+        });
+    }
+    if endpoints.len() > 1 {
+        scenarios.push(Scenario {
+            id: "S1c",
+            title: "login+STAT+QUIT, Dovecot auth cache on (pop3d has no cache yet)".into(),
+            work: Work::Login,
+            tls: false,
+            concurrency: 16,
+            users: users.clone(),
+            mode: s1,
+            unit: Unit::Sessions,
+            rss: false,
+            reps: sizes.reps,
+            servers: ours_and(true),
+        });
+    }
+    for c in [1, 16, 64] {
+        scenarios.push(Scenario {
+            id: "S2",
+            title: format!(
+                "download {} users x {} msgs (UIDL, LIST, RETR all, QUIT)",
+                sizes.users, sizes.messages
+            ),
+            work: Work::Download,
+            tls: false,
+            concurrency: c,
+            users: users.clone(),
+            mode: s2,
+            unit: Unit::Mib,
+            rss: false,
+            reps: sizes.reps,
+            servers: ours_and(false),
+        });
+    }
+    scenarios.push(Scenario {
+        id: "S3",
+        title: "one 20 MiB RETR".into(),
+        work: Work::Download,
+        tls: false,
+        concurrency: 1,
+        users: big.clone(),
+        mode: s2,
+        unit: Unit::Mib,
+        rss: true,
+        reps: sizes.s3_reps,
+        servers: ours_and(false),
+    });
+    scenarios.push(Scenario {
+        id: "S1-TLS",
+        title: "login+STAT+QUIT over implicit TLS".into(),
+        work: Work::Login,
+        tls: true,
+        concurrency: 16,
+        users: users.clone(),
+        mode: s1,
+        unit: Unit::Sessions,
+        rss: false,
+        reps: sizes.reps,
+        servers: ours_and(false),
+    });
+    scenarios.push(Scenario {
+        id: "S2-TLS",
+        title: "download over implicit TLS".into(),
+        work: Work::Download,
+        tls: true,
+        concurrency: 16,
+        users: users.clone(),
+        mode: s2,
+        unit: Unit::Mib,
+        rss: false,
+        reps: sizes.reps,
+        servers: ours_and(false),
+    });
+
+    let ticks = procs::clock_ticks();
+    let mut rows = Vec::new();
+    for sc in &scenarios {
+        let mut reps: Vec<Vec<Rep>> = sc.servers.iter().map(|_| Vec::new()).collect();
+        for rep in 0..sc.reps {
+            for (k, &si) in sc.servers.iter().enumerate() {
+                let ep = &endpoints[si];
+                let pid = ep.process.pid();
+                let base = if sc.rss { procs::rss_kib(pid) } else { 0 };
+                let sampler = sc.rss.then(|| RssSampler::start(pid));
+                let (cpu0, me0) = (procs::cpu_seconds(pid, ticks), own_cpu_seconds(ticks));
+                let run = rt.block_on(load::run(
+                    target(ep, sc.tls),
+                    sc.users.clone(),
+                    sc.work,
+                    sc.concurrency,
+                    sc.mode,
+                    Some(expected.clone()),
+                ))?;
+                let (cpu1, me1) = (procs::cpu_seconds(pid, ticks), own_cpu_seconds(ticks));
+                let peak = sampler.map(RssSampler::finish).unwrap_or(0);
+                eprintln!(
+                    "pop3-bench: {} c={} {} rep {}: {} sessions in {:.2}s, {:.1} MiB, p50 {:.1} ms, \
+                     p99 {:.1} ms, server CPU {:.2}s{}",
+                    sc.id,
+                    sc.concurrency,
+                    ep.name,
+                    rep + 1,
+                    run.sessions,
+                    run.seconds,
+                    run.octets as f64 / MIB,
+                    run.p50_ms,
+                    run.p99_ms,
+                    cpu1 - cpu0,
+                    match &run.first_error {
+                        Some(e) => format!(", {} ERRORS, first: {e}", run.errors),
+                        None => String::new(),
+                    }
+                );
+                reps[k].push(Rep {
+                    run,
+                    server_cpu_s: cpu1 - cpu0,
+                    client_cpu_s: me1 - me0,
+                    rss_base_kib: base,
+                    rss_peak_kib: peak,
+                });
+            }
+        }
+        rows.push(Row {
+            id: sc.id,
+            title: sc.title.clone(),
+            transport: if sc.tls { "implicit TLS" } else { "plain" },
+            concurrency: sc.concurrency,
+            unit: sc.unit,
+            cells: sc
+                .servers
+                .iter()
+                .zip(reps)
+                .map(|(&si, r)| cell(&endpoints[si].name, r, sc.unit, sc.rss))
+                .collect(),
+        });
+    }
+    let peak_hwm = procs::hwm_kib(endpoints[0].process.pid());
+    for ep in &mut endpoints {
+        ep.process.stop();
+    }
+
+    let mut notes = notes;
+    notes.push(format!(
+        "pop3d's lifetime peak RSS (VmHWM) over the whole run: {:.1} MiB.",
+        peak_hwm as f64 / 1024.0
+    ));
+    if endpoints.len() > 1 {
+        notes.push(
+            "Dovecot: passwd-file with the same {ARGON2ID} PHC strings pop3d stores; \
+             service pop3 { service_count = 1000 }, service pop3-login { service_count = 0, \
+             process_min_avail = 2 }; CPU is summed over the master and all its children \
+             (reaped children included through cutime/cstime)."
+                .to_string(),
+        );
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let report = Report {
+        date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+        machine: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_default(),
+        cpus,
+        kernel: output("uname", &["-sr"]).unwrap_or_default(),
+        pop3d_commit: output(
+            "git",
+            &[
+                "-C",
+                &workspace_root().to_string_lossy(),
+                "describe",
+                "--always",
+                "--dirty",
+            ],
+        )
+        .unwrap_or_default(),
+        dovecot,
+        quick: args.quick,
+        users: sizes.users,
+        messages_per_user: sizes.messages,
+        corpus_mib,
+        reps: sizes.reps,
+        seed: args.seed,
+        notes,
+        rows,
+    };
+    std::fs::create_dir_all(out_dir)?;
+    let md = markdown(&report);
+    std::fs::write(
+        out_dir.join("latest.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out_dir.join("latest.md"), &md)?;
+    println!("{md}");
+    eprintln!(
+        "pop3-bench: wrote {} and {}",
+        out_dir.join("latest.json").display(),
+        out_dir.join("latest.md").display()
+    );
+    let invalid: Vec<String> = report
+        .rows
+        .iter()
+        .flat_map(|r| {
+            r.cells
+                .iter()
+                .filter(|c| !c.valid)
+                .map(move |c| format!("{} c={} {}", r.id, r.concurrency, c.server))
+        })
+        .collect();
+    if !invalid.is_empty() {
+        bail!("failed or incomplete measurements: {}", invalid.join(", "));
+    }
+    Ok(())
+}
+
+fn fmt_num(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let side = r.rows.iter().any(|row| row.cells.len() > 1);
+    let _ = writeln!(
+        s,
+        "# pop3d benchmark{}\n",
+        if side {
+            ", side by side with Dovecot"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "{}; {} ({} CPUs), {}; pop3d {}{}; {} users x {} messages ({:.1} MiB), seed {}, median of {} repetitions{}.\n",
+        r.date,
+        r.machine,
+        r.cpus,
+        r.kernel,
+        r.pop3d_commit,
+        r.dovecot.as_ref().map(|v| format!(", Dovecot {v}")).unwrap_or_default(),
+        r.users,
+        r.messages_per_user,
+        r.corpus_mib,
+        r.seed,
+        r.reps,
+        if r.quick { " (--quick)" } else { "" },
+    );
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}x", a / b)
+        } else {
+            "-".into()
+        }
+    };
+    if side {
+        let _ = writeln!(
+            s,
+            "Ratios are pop3d / Dovecot: above 1 means pop3d is faster for throughput, below 1 \
+             means pop3d uses less CPU.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| scenario | c | unit | pop3d | Dovecot | ratio | p50 ms pop3d / Dovecot | p99 ms pop3d / Dovecot | server CPU pop3d / Dovecot | CPU ratio |"
+        );
+        let _ = writeln!(
+            s,
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "| scenario | c | unit | pop3d | p50 ms | p99 ms | server CPU |"
+        );
+        let _ = writeln!(s, "| --- | ---: | --- | ---: | ---: | ---: | ---: |");
+    }
+    for row in &r.rows {
+        let cpu_unit = if row.unit == Unit::Sessions {
+            "ms/session"
+        } else {
+            "ms/MiB"
+        };
+        let cpu = |c: &Cell| {
+            if row.unit == Unit::Sessions {
+                c.server_cpu_ms_per_session
+            } else {
+                c.server_cpu_ms_per_mib
+            }
+        };
+        let thr = |c: &Cell| {
+            if c.valid {
+                fmt_num(c.throughput)
+            } else {
+                format!("{} (INVALID: {} errors)", fmt_num(c.throughput), c.errors)
+            }
+        };
+        let unit = match row.unit {
+            Unit::Sessions => "sessions/s",
+            Unit::Mib => "MiB/s",
+        };
+        let name = format!("{} {} ({})", row.id, row.title, row.transport);
+        let ours = &row.cells[0];
+        match row.cells.get(1) {
+            Some(theirs) => {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {unit} | {} | {} | **{}** | {} / {} | {} / {} | {} / {} {cpu_unit} | {} |",
+                    row.concurrency,
+                    thr(ours),
+                    thr(theirs),
+                    if ours.valid && theirs.valid { ratio(ours.throughput, theirs.throughput) } else { "-".into() },
+                    fmt_num(ours.p50_ms),
+                    fmt_num(theirs.p50_ms),
+                    fmt_num(ours.p99_ms),
+                    fmt_num(theirs.p99_ms),
+                    fmt_num(cpu(ours)),
+                    fmt_num(cpu(theirs)),
+                    ratio(cpu(ours), cpu(theirs)),
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {unit} | {} | {} | {} | {} {cpu_unit} |",
+                    row.concurrency,
+                    thr(ours),
+                    fmt_num(ours.p50_ms),
+                    fmt_num(ours.p99_ms),
+                    fmt_num(cpu(ours)),
+                );
+            }
+        }
+    }
+    if let Some(row) = r.rows.iter().find(|row| row.id == "S3") {
+        let _ = writeln!(s, "\nS3 server memory while streaming the 20 MiB message (RSS of the whole process tree, sampled every 5 ms):\n");
+        for c in &row.cells {
+            let _ = writeln!(
+                s,
+                "- {}: grew by {:.1} MiB during the transfer (peak {:.1} MiB)",
+                c.server, c.rss_growth_mib, c.rss_peak_mib
+            );
+        }
+    }
+    if let Some(row) = r
+        .rows
+        .iter()
+        .find(|row| row.id == "S2" && row.concurrency == 16)
+    {
+        let _ = writeln!(s, "\nS2 at c=16, messages/s:");
+        for c in &row.cells {
+            let _ = writeln!(s, "- {}: {:.0} messages/s", c.server, c.messages_per_s);
+        }
+    }
+    let _ = writeln!(s, "\nNotes:\n");
+    for n in &r.notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+}

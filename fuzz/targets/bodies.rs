@@ -1,0 +1,212 @@
+//! The bodies of the fuzz targets, shared by the cargo-fuzz targets in `fuzz/fuzz_targets/`
+//! (libFuzzer, nightly) and by the proptest fallback and crash-corpus replay in
+//! `tests/e2e/fuzz.rs` (stable): one copy of the logic, included with `#[path]` by both.
+//!
+//! Each body takes arbitrary bytes and asserts the invariants the code under test documents;
+//! a panic is a finding. Chunk sizes are drawn from the input itself, so one input always
+//! replays the same way.
+//!
+//! Needs the crates `proto`, `store` and `admin` in scope.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt as _;
+
+use proto::{Command, CommandError, Decoder, DotStuffer, Unstuffer, MAX_COMMAND_LINE};
+
+/// The names of the targets, as the files in `fuzz/fuzz_targets/` and the folders of
+/// `fuzz/corpus/regressions/` are named.
+pub const TARGETS: &[&str] = &["decoder", "stuffing", "sasl_line", "mbox", "maildir"];
+
+/// Runs the body of the target `name` on `data`.
+pub fn run(name: &str, data: &[u8]) {
+    match name {
+        "decoder" => decoder(data),
+        "stuffing" => stuffing(data),
+        "sasl_line" => sasl_line(data),
+        "mbox" => mbox(data),
+        "maildir" => maildir(data),
+        other => panic!("no fuzz target {other}"),
+    }
+}
+
+/// Splits `data` into chunks whose sizes (1..=64) come from a byte of the input.
+fn chunks(data: &[u8]) -> (usize, &[u8]) {
+    match data.split_first() {
+        Some((&first, rest)) => (usize::from(first % 64) + 1, rest),
+        None => (1, data),
+    }
+}
+
+/// Everything a decoder yields for `input` fed in chunks of `chunk` octets, drained after
+/// each feed; checks the buffer bound on the way.
+fn decode_all(input: &[u8], chunk: usize) -> Vec<Result<Command, CommandError>> {
+    let mut d = Decoder::new();
+    let mut out = Vec::new();
+    for piece in input.chunks(chunk) {
+        d.feed(piece);
+        assert!(
+            d.buffered() <= MAX_COMMAND_LINE + piece.len(),
+            "decoder holds {} octets after a feed of {}",
+            d.buffered(),
+            piece.len()
+        );
+        // Each pass takes out one line or stops: bounded by the octets fed.
+        for _ in 0..=input.len() {
+            match d.next_command() {
+                Ok(None) => break,
+                Ok(Some(c)) => out.push(Ok(c)),
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        assert!(
+            d.buffered() <= MAX_COMMAND_LINE,
+            "partial line over the cap"
+        );
+    }
+    out
+}
+
+/// Command decoder: never panics; the same commands and errors whatever the chunking; the
+/// buffer stays bounded; every decoded command encodes to a line that decodes to itself.
+pub fn decoder(data: &[u8]) {
+    let (chunk, input) = chunks(data);
+    let whole = decode_all(input, input.len().max(1));
+    let split = decode_all(input, chunk);
+    assert_eq!(whole, split, "chunks of {chunk} decode differently");
+    for c in whole.into_iter().flatten() {
+        let mut line = Vec::new();
+        c.encode(&mut line);
+        let again = decode_all(&line, line.len());
+        assert_eq!(again, vec![Ok(c.clone())], "{c:?} does not round-trip");
+    }
+}
+
+/// Dot-stuffing: what RETR sends is a stored message (CRLF line ends, a final CRLF) through
+/// `DotStuffer`; `Unstuffer` must give those bytes back exactly, find the terminator exactly at
+/// the end, and no body line may read as the terminator. Raw input (not normalised first)
+/// must round-trip too, up to the line end that `finish` supplies.
+pub fn stuffing(data: &[u8]) {
+    let (chunk, raw) = chunks(data);
+    let (stored, _) = store::normalise(raw);
+    assert_eq!(round_trip(&stored, chunk), stored, "RETR bytes change");
+    let back = round_trip(raw, chunk);
+    // A final lone CR is taken as the line end by `finish`, where the store keeps it and adds
+    // CRLF; the store never hands the stuffer such a body.
+    if raw.ends_with(b"\r") {
+        let mut want = stored[..stored.len() - 3].to_vec();
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(back, want, "{raw:?}");
+    } else {
+        assert_eq!(back, stored, "round trip differs from what the store keeps");
+    }
+}
+
+/// `body` through `DotStuffer` and back through `Unstuffer`, both fed `chunk` octets at a time.
+fn round_trip(body: &[u8], chunk: usize) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let mut s = DotStuffer::new();
+    for piece in body.chunks(chunk) {
+        s.push(piece, &mut wire);
+    }
+    s.finish(&mut wire);
+    assert!(wire.ends_with(b".\r\n"));
+    let end = wire.len() - 3;
+    assert!(
+        !wire[..end]
+            .split(|&b| b == b'\n')
+            .any(|l| l == b"." || l == b".\r"),
+        "a body line reads as the terminator"
+    );
+    let mut u = Unstuffer::new();
+    let mut back = Vec::new();
+    let mut consumed = 0;
+    for piece in wire.chunks(chunk) {
+        match u.push(piece, &mut back) {
+            Some(n) => {
+                consumed += n;
+                break;
+            }
+            None => consumed += piece.len(),
+        }
+    }
+    assert!(u.is_done(), "no terminator found");
+    assert_eq!(consumed, wire.len(), "terminator found before the end");
+    back
+}
+
+/// SASL-sized lines (`Decoder::with_max_line`): never panics, no line longer than the cap,
+/// no line holding LF, the buffer bounded by the cap plus one feed.
+pub fn sasl_line(data: &[u8]) {
+    let (chunk, rest) = chunks(data);
+    let (cap, input) = match rest.split_first() {
+        Some((&b, input)) => (usize::from(b) * 48, input),
+        None => (0, rest),
+    };
+    let cap = cap.max(3);
+    let mut d = Decoder::with_max_line(cap);
+    for piece in input.chunks(chunk) {
+        d.feed(piece);
+        assert!(d.buffered() <= cap + piece.len());
+        for _ in 0..=input.len() {
+            match d.next_line() {
+                Ok(None) => break,
+                Ok(Some(line)) => {
+                    assert!(
+                        line.len() + 2 <= cap,
+                        "line of {} over cap {cap}",
+                        line.len()
+                    );
+                    assert!(!line.contains(&b'\n'));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// mbox reader: never panics, ends, and every message it yields is non-empty and within the
+/// size limit once stored.
+pub fn mbox(data: &[u8]) {
+    let max_size = 4096;
+    let Ok(messages) = admin::Mbox::open(std::io::Cursor::new(data), max_size) else {
+        return;
+    };
+    let mut count = 0usize;
+    for m in messages.take(data.len() + 1) {
+        count += 1;
+        let Ok(m) = m else { break };
+        assert!(!m.bytes.is_empty());
+        assert!(admin::stored_size(&m.bytes) <= max_size);
+        assert_eq!(
+            admin::stored_size(&m.bytes),
+            store::normalise(&m.bytes).0.len() as u64,
+            "import size check disagrees with the store"
+        );
+        if let Some(uid) = &m.uid {
+            assert!(!uid.is_empty() && uid.trim() == uid);
+        }
+    }
+    assert!(count <= data.len() / 5 + 1, "more messages than separators");
+}
+
+/// Maildir parsing: `X-UIDL:` extraction and file-name parsing never panic; a UID found is
+/// trimmed and non-empty; the base name is a prefix of the file name.
+pub fn maildir(data: &[u8]) {
+    if let Some(uid) = admin::x_uidl(data) {
+        assert!(!uid.is_empty() && uid.trim() == uid);
+    }
+    let name: Vec<u8> = data
+        .iter()
+        .copied()
+        .take(255)
+        .filter(|&b| b != b'/' && b != 0)
+        .collect();
+    let entry = admin::MaildirEntry {
+        path: std::path::PathBuf::from("cur"),
+        subdir: "cur",
+        file_name: OsString::from_vec(name.clone()),
+    };
+    let _ = entry.delivery_time();
+    let base = entry.base_name();
+    assert!(String::from_utf8_lossy(&name).starts_with(base.as_ref()));
+}

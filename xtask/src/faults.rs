@@ -1,0 +1,708 @@
+//! `cargo xtask faults [--rounds N] [--seed S]`: crash safety under `kill -9`.
+//!
+//! Each round runs, at once: one POP3 session per account (survey, a RETR, DELE of a random
+//! subset, sometimes RSET, sometimes a drop, then QUIT) and a few `popadm deliver` processes
+//! (some of several MiB, so a delivery takes long enough to be interrupted). One fault is
+//! injected per round, chosen at random: `kill -9` of pop3d a few milliseconds after a QUIT
+//! was sent (inside UPDATE), `kill -9` of pop3d at a random moment, `kill -9` of a delivering
+//! popadm, or none. Then pop3d is restarted if it died, and the maildrops are checked against
+//! a ledger of everything sent:
+//!
+//! - a delivery whose popadm exited 0 is present exactly once, byte for byte, unless a session
+//!   deleted it with a QUIT that was answered `+OK`;
+//! - a delivery that was killed or refused is absent or present whole, never partial, never
+//!   twice, and once seen absent it never appears later;
+//! - a session that did not send QUIT deleted nothing; one whose QUIT got `+OK` deleted all it
+//!   marked; one whose QUIT got `-ERR` or no reply deleted all or nothing of what it marked;
+//! - UIDs of messages never change, across sessions and restarts;
+//! - no maildrop stays `[IN-USE]` longer than the lock lease (2 s here) plus a margin;
+//! - `PRAGMA integrity_check` says `ok`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::{self, Bins, Delivery, KillTrigger, Pop3d, Rng, Seen, TempDir};
+
+pub const DEFAULT_ROUNDS: u32 = 200;
+const USERS: usize = 3;
+/// How long a maildrop may stay `[IN-USE]` before it counts as held past its lease: the lease
+/// (`--lock-lease 2` below), one second of rounding (leases are whole unix seconds), and room
+/// for a loaded machine.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2 + 1 + 3);
+const SERVER_FLAGS: &[&str] = &[
+    "--lock-lease",
+    "2",
+    "--shutdown-grace",
+    "5",
+    "--log",
+    "info",
+];
+
+/// `cargo xtask faults [--rounds N] [--seed S]`: builds the binaries, then [`run`].
+pub fn command(args: &[String]) -> Result<(), String> {
+    harness::only_flags(args, &["--rounds", "--seed"])?;
+    let rounds = harness::flag(args, "--rounds")?.unwrap_or(DEFAULT_ROUNDS);
+    let seed = harness::flag(args, "--seed")?.unwrap_or_else(harness::clock_seed);
+    let bins = Bins::build()?;
+    run(&bins, rounds, seed)
+}
+
+/// Runs `rounds` fault rounds with `seed` against already built binaries, prints the summary,
+/// and fails when any invariant was violated (or the harness itself could not go on).
+pub fn run(bins: &Bins, rounds: u32, seed: u64) -> Result<(), String> {
+    eprintln!("xtask faults: {rounds} rounds, seed {seed} (repeat with --seed {seed})");
+    let mut dir = TempDir::new("faults")?;
+    let started = Instant::now();
+    let mut h = Harness::new(bins, dir.path(), seed)?;
+    let result = (0..rounds).try_for_each(|r| h.round(r));
+    let finish = h.finish();
+    println!(
+        "xtask faults: {} in {:.1} s",
+        h.stats,
+        started.elapsed().as_secs_f64()
+    );
+    result?;
+    finish?;
+    harness::verdict(&h.violations, seed, &mut dir)
+}
+
+#[derive(Default)]
+struct Stats {
+    rounds: u32,
+    server_kills_at_quit: u32,
+    server_kills_random: u32,
+    delivery_kills: u32,
+    deliveries_acked: u32,
+    deliveries_unacked: u32,
+    /// Killed or refused deliveries found stored (whole) / not stored.
+    unacked_stored: u32,
+    unacked_absent: u32,
+    quits_ok: u32,
+    /// QUITs without a `+OK`, and whether their UPDATE turned out applied.
+    quits_unanswered_applied: u32,
+    quits_unanswered_not_applied: u32,
+    sessions_without_quit: u32,
+    messages_verified: u32,
+    longest_lock_wait: Duration,
+    violations: usize,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} rounds, {} violations; pop3d killed {} times inside/after QUIT and {} times at \
+             random; {} deliveries killed; deliveries acked {}, not acked {} (then found stored \
+             {}, absent {}); QUIT +OK {}, QUIT unanswered {} (UPDATE applied {}, not applied \
+             {}), sessions ended without QUIT {}; {} messages checked byte for byte; longest \
+             [IN-USE] wait at check {:.2} s",
+            self.rounds,
+            self.violations,
+            self.server_kills_at_quit,
+            self.server_kills_random,
+            self.delivery_kills,
+            self.deliveries_acked,
+            self.deliveries_unacked,
+            self.unacked_stored,
+            self.unacked_absent,
+            self.quits_ok,
+            self.quits_unanswered_applied + self.quits_unanswered_not_applied,
+            self.quits_unanswered_applied,
+            self.quits_unanswered_not_applied,
+            self.sessions_without_quit,
+            self.messages_verified,
+            self.longest_lock_wait.as_secs_f64(),
+        )
+    }
+}
+
+/// What the ledger knows of one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Known {
+    /// Its delivery was not acknowledged and it has not been seen.
+    Unresolved,
+    Present,
+    Gone,
+}
+
+struct Entry {
+    user: usize,
+    /// The size asked of [`harness::message`], which regenerates the bytes from it.
+    target: usize,
+    /// Octets delivered.
+    size: usize,
+    /// Octets stored, once checked byte for byte (delivered plus the trace headers popadm
+    /// puts on top).
+    stored: Option<u64>,
+    acked: bool,
+    known: Known,
+    uid: Option<String>,
+}
+
+/// Whether a LIST size fits what was delivered: exactly the size checked before, or the
+/// delivered size plus at most [`harness::MAX_TRACE`] octets of trace headers.
+fn size_fits(listed: u64, e: &Entry) -> bool {
+    match e.stored {
+        Some(stored) => listed == stored,
+        None => (e.size as u64..(e.size + harness::MAX_TRACE) as u64).contains(&listed),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    KillServerAtQuit,
+    KillServerRandom,
+    KillDelivery,
+    None,
+}
+
+enum Outcome {
+    /// Never got in (pop3d gone, or a lock problem noted in `problems`).
+    NotLoggedIn,
+    /// The session ended before QUIT was sent: nothing it marked may be deleted.
+    NoQuit,
+    /// QUIT answered `+OK`: everything marked is deleted.
+    Applied,
+    /// QUIT sent, answered `-ERR` or not at all: all or nothing.
+    Unanswered,
+}
+
+struct SessionResult {
+    user: usize,
+    seen: Vec<Seen>,
+    marked: Vec<u64>,
+    outcome: Outcome,
+    problems: Vec<String>,
+}
+
+/// Kills pop3d once, a random few milliseconds after the first session sends QUIT.
+struct KillAtQuit {
+    trigger: KillTrigger,
+    delay: Duration,
+    fired: AtomicBool,
+}
+
+impl KillAtQuit {
+    fn fire(&self) {
+        if !self.fired.swap(true, Ordering::SeqCst) {
+            std::thread::sleep(self.delay);
+            self.trigger.fire();
+        }
+    }
+}
+
+struct Harness<'a> {
+    bins: &'a Bins,
+    root: PathBuf,
+    data: PathBuf,
+    rng: Rng,
+    server: Option<Pop3d>,
+    starts: u32,
+    ledger: HashMap<u64, Entry>,
+    next_id: u64,
+    stats: Stats,
+    violations: Vec<String>,
+}
+
+fn user_name(u: usize) -> String {
+    format!("fault{u}")
+}
+
+fn password(u: usize) -> String {
+    format!("fault pw {u}")
+}
+
+impl<'a> Harness<'a> {
+    fn new(bins: &'a Bins, root: &Path, seed: u64) -> Result<Harness<'a>, String> {
+        let data = root.join("data");
+        for u in 0..USERS {
+            bins.popadm_ok(
+                &data,
+                &["user", "add", &user_name(u), "--password-stdin"],
+                format!("{}\n", password(u)).as_bytes(),
+            )?;
+        }
+        let mut h = Harness {
+            bins,
+            root: root.to_path_buf(),
+            data,
+            rng: Rng::new(seed),
+            server: None,
+            starts: 0,
+            ledger: HashMap::new(),
+            next_id: 1,
+            stats: Stats::default(),
+            violations: Vec::new(),
+        };
+        h.ensure_server()?;
+        Ok(h)
+    }
+
+    fn ensure_server(&mut self) -> Result<(SocketAddr, u32), String> {
+        if let Some(s) = self.server.as_mut() {
+            if s.alive() {
+                return Ok((s.addr, s.pid()));
+            }
+        }
+        self.server = None;
+        self.starts += 1;
+        let log = self.root.join(format!("pop3d-{}.log", self.starts));
+        let s = Pop3d::start(self.bins, &self.data, &log, SERVER_FLAGS)?;
+        let r = (s.addr, s.pid());
+        self.server = Some(s);
+        Ok(r)
+    }
+
+    fn violation(&mut self, round: u32, what: String) {
+        self.violations.push(format!("round {round}: {what}"));
+        self.stats.violations = self.violations.len();
+    }
+
+    fn round(&mut self, round: u32) -> Result<(), String> {
+        let (addr, pid) = self.ensure_server()?;
+        let fault = match self.rng.below(100) {
+            0..35 => Fault::KillServerAtQuit,
+            35..60 => Fault::KillServerRandom,
+            60..90 => Fault::KillDelivery,
+            _ => Fault::None,
+        };
+
+        // Deliveries: a few, one of them large when it is to be killed.
+        let count = 1 + self.rng.below(4) as usize;
+        let mut deliveries = Vec::with_capacity(count);
+        for i in 0..count {
+            let id = self.next_id;
+            self.next_id += 1;
+            let user = self.rng.below(USERS as u64) as usize;
+            let victim = fault == Fault::KillDelivery && i == 0;
+            let size = if victim || self.rng.percent(20) {
+                512 * 1024 + self.rng.below(2560 * 1024) as usize
+            } else {
+                200 + self.rng.below(20_000) as usize
+            };
+            let kill_after = victim.then(|| self.rng.millis(500));
+            let bytes = harness::message(id, size);
+            self.ledger.insert(
+                id,
+                Entry {
+                    user,
+                    target: size,
+                    size: bytes.len(),
+                    stored: None,
+                    acked: false,
+                    known: Known::Unresolved,
+                    uid: None,
+                },
+            );
+            let bins = self.bins.clone();
+            let data = self.data.clone();
+            let start_after = self.rng.millis(200);
+            deliveries.push((
+                id,
+                std::thread::spawn(move || {
+                    std::thread::sleep(start_after);
+                    harness::deliver(&bins, &data, &user_name(user), bytes, kill_after)
+                }),
+            ));
+        }
+
+        // Sessions, one per account.
+        let kill_at_quit = if fault == Fault::KillServerAtQuit {
+            // UPDATE takes a few milliseconds: most kills land within that window.
+            let delay = if self.rng.percent(30) {
+                Duration::ZERO
+            } else {
+                Duration::from_micros(self.rng.below(8000))
+            };
+            Some(Arc::new(KillAtQuit {
+                trigger: KillTrigger::arm(pid)?,
+                delay,
+                fired: AtomicBool::new(false),
+            }))
+        } else {
+            None
+        };
+        let ids: HashMap<String, u64> = self
+            .ledger
+            .iter()
+            .filter_map(|(id, e)| e.uid.clone().map(|u| (u, *id)))
+            .collect();
+        let sizes: HashMap<u64, usize> =
+            self.ledger.iter().map(|(id, e)| (*id, e.target)).collect();
+        let ids = Arc::new(ids);
+        let sizes = Arc::new(sizes);
+        let mut sessions = Vec::with_capacity(USERS);
+        for user in 0..USERS {
+            let (ids, sizes, kill) = (ids.clone(), sizes.clone(), kill_at_quit.clone());
+            let rng = self.rng.fork();
+            sessions.push(std::thread::spawn(move || {
+                session(addr, user, &ids, &sizes, rng, kill.as_deref())
+            }));
+        }
+
+        if fault == Fault::KillServerRandom {
+            std::thread::sleep(self.rng.millis(800));
+            if let Some(s) = self.server.as_mut() {
+                s.kill9();
+            }
+            self.stats.server_kills_random += 1;
+        }
+
+        let mut results = Vec::with_capacity(USERS);
+        for s in sessions {
+            results.push(
+                s.join()
+                    .map_err(|_| "a session thread panicked".to_string())?,
+            );
+        }
+        if let Some(k) = kill_at_quit {
+            let fired = k.fired.load(Ordering::SeqCst);
+            // Reaps the armed shell (exits unfired when no session reached QUIT).
+            drop(k);
+            if fired {
+                self.stats.server_kills_at_quit += 1;
+                // SIGKILL is sent; the process may take a moment to be gone.
+                if let Some(s) = self.server.as_mut() {
+                    s.wait_exit(Duration::from_secs(10));
+                }
+            }
+        }
+        for (id, d) in deliveries {
+            let outcome = d
+                .join()
+                .map_err(|_| "a delivery thread panicked".to_string())??;
+            let acked = outcome == Delivery::Acked;
+            if outcome == Delivery::Killed {
+                self.stats.delivery_kills += 1;
+            }
+            if acked {
+                self.stats.deliveries_acked += 1;
+            } else {
+                self.stats.deliveries_unacked += 1;
+            }
+            if let Some(e) = self.ledger.get_mut(&id) {
+                e.acked = acked;
+            }
+        }
+
+        // The state every process left behind is final now; pop3d comes back if it died.
+        self.ensure_server()?;
+        self.check_sessions(round, &results);
+        self.verify(round, &results)?;
+        if let Err(e) = harness::integrity_check(&self.data) {
+            self.violation(round, e);
+        }
+        self.stats.rounds += 1;
+        Ok(())
+    }
+
+    /// What sessions saw mid-round must agree with the ledger.
+    fn check_sessions(&mut self, round: u32, results: &[SessionResult]) {
+        let mut found = Vec::new();
+        for r in results {
+            for p in &r.problems {
+                found.push(format!("{}: {p}", user_name(r.user)));
+            }
+            let mut ids = HashSet::new();
+            for s in &r.seen {
+                let Some(id) = s.id else {
+                    found.push(format!(
+                        "{}: message {} has no ledger id",
+                        user_name(r.user),
+                        s.uid
+                    ));
+                    continue;
+                };
+                if !ids.insert(id) {
+                    found.push(format!("{}: message {id} listed twice", user_name(r.user)));
+                }
+                match self.ledger.get_mut(&id) {
+                    None => found.push(format!("unknown message {id}")),
+                    Some(e) if e.user != r.user => {
+                        found.push(format!("message {id} in the wrong maildrop"));
+                    }
+                    Some(e) => {
+                        match e.known {
+                            Known::Gone => {
+                                found.push(format!("message {id} reappeared after it was gone"));
+                            }
+                            // A session saw it: it is stored, whatever its delivery said.
+                            Known::Unresolved => {
+                                if !e.acked {
+                                    self.stats.unacked_stored += 1;
+                                }
+                                e.known = Known::Present;
+                            }
+                            Known::Present => {}
+                        }
+                        if !size_fits(s.size, e) {
+                            found.push(format!(
+                                "message {id}: LIST says {} octets, {} were delivered",
+                                s.size, e.size
+                            ));
+                        }
+                        match &e.uid {
+                            Some(uid) if *uid != s.uid => found
+                                .push(format!("message {id}: UID changed from {uid} to {}", s.uid)),
+                            Some(_) => {}
+                            None => e.uid = Some(s.uid.clone()),
+                        }
+                    }
+                }
+            }
+        }
+        for v in found {
+            self.violation(round, v);
+        }
+    }
+
+    /// Logs in to every maildrop and checks it against the ledger and the sessions' outcomes.
+    fn verify(&mut self, round: u32, results: &[SessionResult]) -> Result<(), String> {
+        let (addr, _) = self.ensure_server()?;
+        // Expectations from this round's sessions.
+        let mut must_be_absent = HashSet::new();
+        let mut must_be_present = HashSet::new();
+        let mut all_or_nothing = Vec::new();
+        for r in results {
+            match r.outcome {
+                Outcome::Applied => {
+                    self.stats.quits_ok += 1;
+                    must_be_absent.extend(r.marked.iter().copied());
+                }
+                Outcome::NoQuit => {
+                    self.stats.sessions_without_quit += 1;
+                    must_be_present.extend(r.marked.iter().copied());
+                }
+                Outcome::Unanswered => all_or_nothing.push(r.marked.clone()),
+                Outcome::NotLoggedIn => {}
+            }
+        }
+
+        let mut present: HashMap<u64, Seen> = HashMap::new();
+        let mut found = Vec::new();
+        for user in 0..USERS {
+            let name = user_name(user);
+            let (mut c, waited) = match harness::login(addr, &name, &password(user), LOCK_PATIENCE)
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    let status = self.server.as_mut().and_then(Pop3d::exit_status);
+                    found.push(format!(
+                        "check login {name}: {e} (pop3d start {}, exit status {status:?})",
+                        self.starts
+                    ));
+                    continue;
+                }
+            };
+            self.stats.longest_lock_wait = self.stats.longest_lock_wait.max(waited);
+            let ids: HashMap<String, u64> = self
+                .ledger
+                .iter()
+                .filter(|(_, e)| e.user == user)
+                .filter_map(|(id, e)| e.uid.clone().map(|u| (u, *id)))
+                .collect();
+            let seen = harness::survey(&mut c, &ids).map_err(|e| format!("check {name}: {e}"))?;
+            let mut uids = HashSet::new();
+            for s in seen {
+                if !uids.insert(s.uid.clone()) {
+                    found.push(format!("{name}: UID {} listed twice", s.uid));
+                }
+                let Some(id) = s.id else {
+                    found.push(format!("{name}: message {} has no ledger id", s.uid));
+                    continue;
+                };
+                let Some(e) = self.ledger.get_mut(&id) else {
+                    found.push(format!("{name}: unknown message {id}"));
+                    continue;
+                };
+                if e.user != user {
+                    found.push(format!("message {id} in the wrong maildrop {name}"));
+                }
+                if !size_fits(s.size, e) {
+                    found.push(format!(
+                        "message {id}: stored {} octets, {} were delivered (partial?)",
+                        s.size, e.size
+                    ));
+                } else if e.stored.is_none() {
+                    let body = c
+                        .multi(&format!("RETR {}", s.number))
+                        .map_err(|e| format!("check {name}: RETR: {e}"))?;
+                    if !harness::stored_as_delivered(&body, &harness::message(id, e.target)) {
+                        found.push(format!("message {id}: RETR bytes differ from delivered"));
+                    }
+                    e.stored = Some(s.size);
+                    self.stats.messages_verified += 1;
+                }
+                if present.insert(id, s).is_some() {
+                    found.push(format!("message {id} stored twice"));
+                }
+            }
+            c.ok("QUIT").map_err(|e| format!("check {name}: {e}"))?;
+        }
+
+        for ids in all_or_nothing.iter().filter(|ids| !ids.is_empty()) {
+            let here = ids.iter().filter(|id| present.contains_key(id)).count();
+            if here == 0 {
+                self.stats.quits_unanswered_applied += 1;
+            } else if here == ids.len() {
+                self.stats.quits_unanswered_not_applied += 1;
+            } else {
+                found.push(format!(
+                    "unanswered QUIT deleted {} of the {} messages it marked",
+                    ids.len() - here,
+                    ids.len()
+                ));
+            }
+        }
+
+        let in_doubt: HashSet<u64> = all_or_nothing.iter().flatten().copied().collect();
+        for (id, e) in self.ledger.iter_mut() {
+            let seen = present.get(id);
+            let is_here = seen.is_some();
+            if must_be_absent.contains(id) {
+                if is_here {
+                    found.push(format!("message {id} survived a QUIT answered +OK"));
+                }
+            } else if must_be_present.contains(id) {
+                if !is_here {
+                    found.push(format!("message {id} deleted without QUIT"));
+                }
+            } else if !in_doubt.contains(id) {
+                match e.known {
+                    Known::Gone if is_here => {
+                        found.push(format!("message {id} reappeared after it was gone"));
+                    }
+                    Known::Present if !is_here => found.push(format!("message {id} lost")),
+                    Known::Unresolved if e.acked && !is_here => {
+                        found.push(format!("message {id} lost: its delivery exited 0"));
+                    }
+                    Known::Unresolved if !e.acked => {
+                        if is_here {
+                            self.stats.unacked_stored += 1;
+                        } else {
+                            self.stats.unacked_absent += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(s) = seen {
+                match &e.uid {
+                    Some(uid) if *uid != s.uid => {
+                        found.push(format!("message {id}: UID changed from {uid} to {}", s.uid));
+                    }
+                    _ => e.uid = Some(s.uid.clone()),
+                }
+            }
+            e.known = if is_here { Known::Present } else { Known::Gone };
+        }
+        for v in found {
+            self.violation(round, v);
+        }
+        Ok(())
+    }
+
+    /// Stops pop3d gracefully and runs the last integrity check.
+    fn finish(&mut self) -> Result<(), String> {
+        if let Some(s) = self.server.take() {
+            if !s.stop(Duration::from_secs(10)) {
+                self.violations
+                    .push("pop3d did not stop on SIGTERM within 10 s".into());
+            }
+        }
+        if let Err(e) = harness::integrity_check(&self.data) {
+            self.violations.push(format!("after the last round: {e}"));
+        }
+        self.stats.violations = self.violations.len();
+        Ok(())
+    }
+}
+
+/// One session: survey, a RETR, DELE of a random subset (sometimes RSET and again), then QUIT
+/// or a drop.
+fn session(
+    addr: SocketAddr,
+    user: usize,
+    ids: &HashMap<String, u64>,
+    targets: &HashMap<u64, usize>,
+    mut rng: Rng,
+    kill: Option<&KillAtQuit>,
+) -> SessionResult {
+    let mut r = SessionResult {
+        user,
+        seen: Vec::new(),
+        marked: Vec::new(),
+        outcome: Outcome::NotLoggedIn,
+        problems: Vec::new(),
+    };
+    std::thread::sleep(rng.millis(150));
+    let mut c = match harness::login(addr, &user_name(user), &password(user), LOCK_PATIENCE) {
+        Ok((c, _)) => c,
+        Err(e) => {
+            // pop3d killed under us is expected; a maildrop locked past its lease is not.
+            if e.contains("still locked") {
+                r.problems.push(e);
+            }
+            return r;
+        }
+    };
+    r.outcome = Outcome::NoQuit;
+    let Ok(seen) = harness::survey(&mut c, ids) else {
+        return r;
+    };
+    r.seen = seen;
+    if !r.seen.is_empty() {
+        let s = &r.seen[rng.below(r.seen.len() as u64) as usize];
+        if let Some((id, target)) = s.id.and_then(|id| targets.get(&id).map(|t| (id, *t))) {
+            match c.multi(&format!("RETR {}", s.number)) {
+                Ok(body) if !harness::stored_as_delivered(&body, &harness::message(id, target)) => {
+                    r.problems
+                        .push(format!("RETR of message {id} differs from delivered"));
+                }
+                Ok(_) => {}
+                Err(_) => return r,
+            }
+        }
+    }
+    let rounds_of_marking = if rng.percent(10) { 2 } else { 1 };
+    for pass in 0..rounds_of_marking {
+        if pass > 0 {
+            if c.ok("RSET").is_err() {
+                return r;
+            }
+            r.marked.clear();
+        }
+        for s in &r.seen {
+            if rng.percent(40) {
+                if c.ok(&format!("DELE {}", s.number)).is_err() {
+                    return r;
+                }
+                if let Some(id) = s.id {
+                    r.marked.push(id);
+                }
+            }
+        }
+    }
+    if rng.percent(10) {
+        c.drop_connection();
+        return r;
+    }
+    if c.send("QUIT").is_err() {
+        return r;
+    }
+    r.outcome = Outcome::Unanswered;
+    if let Some(k) = kill {
+        k.fire();
+    }
+    if let Ok(reply) = c.line() {
+        if reply.starts_with("+OK") {
+            r.outcome = Outcome::Applied;
+        }
+    }
+    r
+}
