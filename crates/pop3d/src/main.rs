@@ -450,6 +450,7 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<Tls>>> {
 }
 
 fn run(settings: Settings) -> Result<()> {
+    raise_fd_limit();
     // Bind first (privileged ports need root), then drop privileges, then touch files.
     let mut sockets = Vec::new();
     for spec in &settings.listeners {
@@ -527,6 +528,20 @@ fn gssapi_acceptors(
     _principal: &str,
 ) -> Result<Arc<dyn auth::GssAcceptorFactory>> {
     bail!("this pop3d was built without Kerberos support (cargo feature `gssapi`)")
+}
+
+/// A server holds a descriptor per connection: lift the soft limit to the hard one (often
+/// 1,024 against 1,048,576), so `max_connections` and not the default limit decides.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => warn!(error = %e, soft, "could not raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not read the open-file limit"),
+    }
 }
 
 /// Switches to `name`'s user and group (and only its group), for good.
