@@ -158,7 +158,11 @@ fn test(extra: &[String]) -> Result<(), String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(1);
-    faults::run(&harness::Bins::debug()?, 10, seed)?;
+    let bins = harness::Bins::debug()?;
+    faults::run(&bins, 10, seed)?;
+    // And a short soak (the long one is `cargo xtask soak`).
+    eprintln!("xtask: soak, 20 seconds");
+    soak::run(&bins, std::time::Duration::from_secs(20), 4, seed)?;
     // The closing line CI reads: the suites above each printed their own.
     eprintln!("xtask: all tests passed");
     Ok(())
