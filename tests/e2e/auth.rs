@@ -328,3 +328,39 @@ fn a_login_rehashes_with_changed_argon2_parameters() {
     let mut c = server.login("alice", "pw");
     c.ok("QUIT");
 }
+
+#[test]
+fn the_credential_cache_skips_argon2_and_forgets_a_changed_password() {
+    let f = fixture("credcache", &[]);
+    let mut c = f.server.login("alice", PW);
+    c.ok("QUIT");
+    let mut c = f.server.login("alice", PW);
+    c.ok("QUIT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f
+        .server
+        .log()
+        .contains("verified from the credential cache")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second login did not use the cache"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A wrong password is not accepted from the cache.
+    let mut c = f.server.connect();
+    c.ok("USER alice");
+    c.err("PASS not it");
+    // A password change takes effect at once, cache or not.
+    popadm_ok(
+        f.data(),
+        &["user", "passwd", "alice", "--password-stdin"],
+        b"new pw\n",
+    );
+    let mut c = f.server.connect();
+    c.ok("USER alice");
+    assert!(c.err(&format!("PASS {PW}")).starts_with("-ERR [AUTH] "));
+    let mut c = f.server.login("alice", "new pw");
+    c.ok("QUIT");
+}

@@ -37,6 +37,7 @@ pub struct File {
     pub default_domain: Option<String>,
     pub auth_failure_delay: Option<u64>,
     pub max_auth_failures: Option<u32>,
+    pub credential_cache_ttl: Option<u64>,
     /// Generate a self-signed certificate when none is configured (default true).
     pub self_signed: Option<bool>,
     #[serde(default)]

@@ -123,6 +123,11 @@ struct Args {
     #[arg(long, value_name = "SECS")]
     auth_failure_delay: Option<u64>,
 
+    /// Seconds a verified password is remembered (keyed MAC, never the password) so a repeat
+    /// login skips argon2; 0 turns the cache off [default: 300].
+    #[arg(long, value_name = "SECS")]
+    credential_cache_ttl: Option<u64>,
+
     /// Failed logins after which a connection is closed [default: 3].
     #[arg(long, value_name = "N")]
     max_auth_failures: Option<u32>,
@@ -315,6 +320,11 @@ fn resolve(args: &Args) -> Result<Settings> {
             },
             None => defaults.argon2,
         },
+        credential_cache_ttl: args
+            .credential_cache_ttl
+            .or(file.credential_cache_ttl)
+            .map(secs)
+            .unwrap_or(defaults.credential_cache_ttl),
         // Set in `run`, after privileges are dropped.
         gssapi: None,
     };

@@ -7,6 +7,7 @@
 //! `127.0.0.1:0` and stop the server when they like.
 
 mod conn;
+mod credcache;
 mod hashpool;
 pub mod lang;
 mod limits;
@@ -83,6 +84,8 @@ pub struct Config {
     pub max_auth_failures: u32,
     /// argon2id cost of stored hashes; a login with a hash of other parameters re-hashes.
     pub argon2: auth::Argon2Params,
+    /// How long a verified password is remembered, so a repeat login skips argon2 (0: off).
+    pub credential_cache_ttl: Duration,
     /// Kerberos: SASL GSSAPI (RFC 4752) is offered when set, and KPOP listeners need it.
     pub gssapi: Option<Arc<dyn auth::GssAcceptorFactory>>,
 }
@@ -116,6 +119,7 @@ impl Default for Config {
             auth_failure_delay: Duration::from_secs(2),
             max_auth_failures: 3,
             argon2: auth::Argon2Params::default(),
+            credential_cache_ttl: Duration::from_secs(300),
             gssapi: None,
         }
     }
@@ -210,6 +214,7 @@ pub(crate) struct Shared {
     pub penalties: penalty::Penalties,
     /// Where password hashes are computed: one thread per CPU (see `hashpool`).
     pub hashing: hashpool::HashPool,
+    pub credentials: credcache::CredentialCache,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
@@ -248,6 +253,7 @@ pub async fn run(
     let max = config.max_connections;
     let max_per_ip = config.max_connections_per_ip;
     let failure_delay = config.auth_failure_delay;
+    let cache_ttl = config.credential_cache_ttl;
     let shared = Arc::new(Shared {
         store,
         config,
@@ -262,6 +268,7 @@ pub async fn run(
                 .unwrap_or(2),
         )
         .map_err(ServerError::Threads)?,
+        credentials: credcache::CredentialCache::new(cache_ttl),
     });
     let acceptors: Vec<_> = listeners
         .into_iter()

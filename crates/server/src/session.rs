@@ -448,19 +448,47 @@ impl Session {
         let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
         let attempted = name.clone();
         let params = self.shared.config.argon2;
-        // On the hashing threads, one per CPU (see `hashpool`).
+        // A password verified recently for this account needs no argon2 run (see
+        // `credcache`); the lookup is cheap and runs first.
+        let lookup = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                resolve_account(&*store, &name, utf8, domain.as_deref())
+            })
+            .await
+        };
+        let account = match lookup {
+            Ok(Ok(account)) => account,
+            Ok(Err(e)) => return self.finish_login(Err(e.into()), &attempted, None).await,
+            Err(e) => return self.finish_login(Err(e.into()), &attempted, None).await,
+        };
+        if let Some(account) = &account {
+            if self
+                .shared
+                .credentials
+                .check(account, password.expose(), Instant::now())
+            {
+                debug!("password verified from the credential cache");
+                return self
+                    .finish_login(Ok(Some(account.clone())), &attempted, Some(fingerprint))
+                    .await;
+            }
+        }
+        // On the hashing threads, one per CPU (see `hashpool`). An unknown name costs a full
+        // verification too, and gets the same reply as a wrong password.
+        let shared = self.shared.clone();
         let verified = self
             .shared
             .hashing
             .run(move || -> Result<_, StoreError> {
-                // An invalid or unknown name costs a full verification too, and gets the same
-                // reply as a wrong password.
-                let account = resolve_account(&*store, &name, utf8, domain.as_deref())?;
                 let stored = account.as_ref().map(|a| a.password_hash.as_str());
                 let verdict = auth::verify_password(stored, password.expose());
                 let account = account.filter(|_| verdict == auth::Verdict::Accepted);
                 if let Some(a) = &account {
                     rehash_if_needed(&*store, a, password.expose(), params);
+                    shared
+                        .credentials
+                        .remember(a, password.expose(), Instant::now());
                 }
                 Ok(account)
             })
