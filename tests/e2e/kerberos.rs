@@ -6,12 +6,12 @@
 //! `gssapi` feature (`cargo xtask test` builds it so when libkrb5-dev is installed). Skipped
 //! with a printed reason otherwise, unless `E2E_REQUIRE_CLIENTS=1`.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{crlf, popadm_ok, Server, TempDir};
+use e2e::{crlf, free_port, popadm_ok, Server, TempDir};
 
 const REALM: &str = "EXAMPLE.TEST";
 
@@ -29,18 +29,6 @@ fn have_kerberos_tools() -> bool {
     ["krb5kdc", "kdb5_util", "kadmin.local", "kinit"]
         .iter()
         .all(|tool| e2e::client_available_on_path(tool))
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1.
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
 }
 
 fn run(dir: &Path, program: &str, args: &[&str]) {

@@ -14,11 +14,13 @@
 //! returns lines with LF or CRLF ends (the script makes them CRLF). fetchmail checks only DNS names of a certificate, never an
 //! IP address: the TLS test names `localhost` with `sslcommonname`.
 
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use e2e::{crlf, Fixture, TempDir};
+use e2e::clients::{
+    assert_same, fetchmail, fetchmail_messages, lf, output_text, strip_first_header, Scratch,
+};
+use e2e::{crlf, Fixture};
 
 const USER: &str = "mia@example.org";
 const PW: &str = "s3cret pass";
@@ -42,111 +44,6 @@ fn fixture(tag: &str) -> Fixture {
         f.deliver(USER, &m);
     }
     f
-}
-
-/// A message as a client hands it to an MDA with LF line ends.
-fn lf(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let m = crlf(message);
-    let mut i = 0;
-    while i < m.len() {
-        if m[i] == b'\r' && m.get(i + 1) == Some(&b'\n') {
-            i += 1;
-            continue;
-        }
-        out.push(m[i]);
-        i += 1;
-    }
-    out
-}
-
-/// `message` without its first header field if that field is `name` (continuation lines too).
-fn strip_first_header(message: &[u8], name: &str) -> Vec<u8> {
-    let prefix = format!("{name}:");
-    if !message
-        .get(..prefix.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
-    {
-        return message.to_vec();
-    }
-    let mut rest = message;
-    loop {
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(rest.len(), |p| p + 1);
-        rest = &rest[end..];
-        if !rest.starts_with(b" ") && !rest.starts_with(b"\t") {
-            return rest.to_vec();
-        }
-    }
-}
-
-/// A scratch directory with an MDA script that stores each message it is given as the next
-/// numbered file in `out/`.
-struct Scratch {
-    dir: TempDir,
-}
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = TempDir::new(tag);
-        std::fs::create_dir_all(dir.path().join("out")).expect("mkdir");
-        let script = dir.path().join("mda.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\nn=$(ls '{out}' | wc -l)\ncat > '{out}/'$n\n",
-                out = dir.path().join("out").display()
-            ),
-        )
-        .expect("write mda");
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        Scratch { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn mda(&self) -> String {
-        self.path("mda.sh").display().to_string()
-    }
-
-    /// Every message the MDA stored, in delivery order.
-    fn delivered(&self) -> Vec<Vec<u8>> {
-        let out = self.path("out");
-        let n = std::fs::read_dir(&out).expect("read out").count();
-        (0..n)
-            .map(|i| std::fs::read(out.join(i.to_string())).expect("read message"))
-            .collect()
-    }
-
-    /// A client command with HOME in the scratch directory, so no user configuration is read.
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("HOME", self.dir.path()).current_dir(self.dir.path());
-        c
-    }
-}
-
-fn output_text(out: &Output) -> String {
-    format!(
-        "{}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn assert_same(got: &[Vec<u8>], want: &[Vec<u8>], client: &str) {
-    let show = |v: &[Vec<u8>]| -> Vec<String> {
-        v.iter()
-            .map(|m| String::from_utf8_lossy(m).into_owned())
-            .collect()
-    };
-    assert_eq!(show(got), show(want), "{client}");
-    assert_eq!(got, want, "{client}: bytes differ");
 }
 
 /// The UIDL round trip of a client that leaves mail on the server (RFC 1939 section 7): the
@@ -188,30 +85,6 @@ fn keep_round_trip(
 
 // ---------------------------------------------------------------------------------------------
 // fetchmail
-
-fn fetchmail(s: &Scratch, rc_line: &str) -> Output {
-    let rc = s.path("fetchmailrc");
-    std::fs::write(&rc, format!("{rc_line}\n")).expect("write rc");
-    // fetchmail refuses a run control file others can read.
-    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    s.command("fetchmail")
-        .arg("-f")
-        .arg(&rc)
-        .arg("--idfile")
-        .arg(s.path("fetchids"))
-        .arg("--pidfile")
-        .arg(s.path("fetchmail.pid"))
-        .arg("--nodetach")
-        .output()
-        .expect("run fetchmail")
-}
-
-fn fetchmail_messages(s: &Scratch) -> Vec<Vec<u8>> {
-    s.delivered()
-        .iter()
-        .map(|m| strip_first_header(m, "Received"))
-        .collect()
-}
 
 #[test]
 fn fetchmail_keeps_mail_and_fetches_only_new_uidls() {

@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use e2e::{crlf, popadm, popadm_ok, Fixture, Server, TempDir};
+use e2e::{crlf, popadm, popadm_ok, popadm_remote, Fixture, Server, TempDir};
 
 const PW: &str = "old pw";
 
@@ -37,20 +37,7 @@ fn target(tag: &str) -> TempDir {
 
 /// `popadm --data-dir DIR <cmd> --host 127.0.0.1 --port PORT --user ... [extra] olga`.
 fn remote_cmd(dir: &TempDir, cmd: &[&str], port: u16, extra: &[&str]) -> Output {
-    let port = port.to_string();
-    let mut args: Vec<&str> = cmd.to_vec();
-    args.extend([
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--user",
-        "olga@example.org",
-        "--password-stdin",
-    ]);
-    args.extend(extra);
-    args.push("olga");
-    popadm(dir.path(), &args, format!("{PW}\n").as_bytes())
+    popadm_remote(dir.path(), cmd, port, "olga@example.org", PW, extra, "olga")
 }
 
 fn text(out: &Output) -> String {

@@ -302,7 +302,7 @@ fn dovecot_maildir_import_keeps_uidls() {
     let mut c = f.server.login("lena", "pw");
     assert_eq!(
         c.listing("UIDL"),
-        ["1 000000016553F100", "2 000000026553F100", "3 from-map"]
+        ["1 000000016553f100", "2 000000026553f100", "3 from-map"]
     );
     c.ok("QUIT");
 }

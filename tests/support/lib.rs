@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use proto::Unstuffer;
 
+pub mod clients;
+
 /// How long any single wait in the suite may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -71,6 +73,19 @@ pub fn client_available_on_path(program: &str) -> bool {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .any(|dir| dir.join(program).is_file());
     report_missing(program, found)
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1, for a daemon the suite configures itself
+/// (a KDC, Postfix, Dovecot) and which cannot be handed a bound socket.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
 }
 
 /// A temporary directory removed on drop.
@@ -131,6 +146,26 @@ pub fn popadm_ok(data_dir: &Path, args: &[&str], stdin: &[u8]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `popadm --data-dir DIR CMD --host 127.0.0.1 --port PORT --user USER --password-stdin EXTRA
+/// NAME` with `password` on stdin: `migrate pop3` or `uidl diff` against a server on loopback.
+pub fn popadm_remote(
+    data_dir: &Path,
+    cmd: &[&str],
+    port: u16,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+    name: &str,
+) -> Output {
+    let port = port.to_string();
+    let mut args: Vec<&str> = cmd.to_vec();
+    args.extend(["--host", "127.0.0.1", "--port", &port, "--user", user]);
+    args.push("--password-stdin");
+    args.extend(extra);
+    args.push(name);
+    popadm(data_dir, &args, format!("{password}\n").as_bytes())
 }
 
 /// A running `pop3d` on a loopback port, killed on drop.

@@ -2,8 +2,8 @@
 //!
 //! - `cargo xtask test`: builds the binaries, runs `cargo test` for every crate, then the
 //!   end-to-end suite in `tests/` against the built `pop3d` and `popadm`.
-//! - `cargo xtask deps`: installs what the end-to-end suite drives (curl, Python's poplib)
-//!   from Debian packages when they are missing.
+//! - `cargo xtask deps`: installs what the end-to-end suite drives (the POP3 clients, Postfix,
+//!   Dovecot's pop3d, the Kerberos tools) from Debian packages when they are missing.
 //! - `cargo xtask faults [--rounds N] [--seed S]`: kill -9 pop3d and popadm at random moments
 //!   and check the maildrops against a ledger ([`faults`]).
 //! - `cargo xtask fuzz [--seconds N] [--target T]`: the cargo-fuzz targets of `fuzz/` under
@@ -28,8 +28,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test    build, run every crate's tests, then the end-to-end suite
-  deps    install the real clients the end-to-end suite uses (curl, python3) with apt-get
-          (--bench: Dovecot's pop3d instead, for bench --against dovecot)
+  deps    install what the end-to-end suite drives with apt-get: the POP3 clients, Postfix
+          and Dovecot's pop3d (run privately on loopback), the Kerberos tools
+          (--bench: only Dovecot's pop3d, for bench --against dovecot)
   bench [--quick] [--against dovecot] [--reps N]
           benchmark the release pop3d (and a private Dovecot) with crates/bench; results in
           target/bench/latest.{json,md}
@@ -193,6 +194,12 @@ fn on_path(program: &str) -> bool {
         .any(|dir| dir.join(program).is_file())
 }
 
+/// The mail daemons the end-to-end suite runs privately (their own configuration, loopback
+/// ports, temporary directories): Postfix delivering through `popadm deliver`, Dovecot's POP3
+/// server as the source of a migration. Installing them may start the system's own instances;
+/// the suite never uses or touches those.
+const MAIL_DAEMONS: &[(&str, &str)] = &[("postfix", "postfix"), ("dovecot", "dovecot-pop3d")];
+
 /// libclang, which libgssapi's bindings are generated with.
 fn have_libclang() -> bool {
     std::fs::read_dir("/usr/lib")
@@ -226,6 +233,7 @@ fn deps() -> Result<(), String> {
     missing.extend(
         KERBEROS
             .iter()
+            .chain(MAIL_DAEMONS)
             .filter(|(program, _)| !on_path(program))
             .map(|(_, package)| *package),
     );
@@ -252,6 +260,17 @@ fn deps() -> Result<(), String> {
             "missing {}; install them with your package manager",
             missing.join(" ")
         ));
+    }
+    if missing.contains(&"postfix") {
+        // Without this answer the package would ask, or write a system main.cf; the suite
+        // runs its own private instance and needs none.
+        let mut preseed = Command::new("sh");
+        preseed.args([
+            "-c",
+            "echo 'postfix postfix/main_mailer_type select No configuration' \
+             | debconf-set-selections",
+        ]);
+        run(preseed, "debconf: Postfix without a system configuration")?;
     }
     let mut update = Command::new("apt-get");
     update.args(["update", "-qq"]);

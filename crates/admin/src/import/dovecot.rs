@@ -16,7 +16,9 @@
 //! their base name (the name up to `:2,`), since flags change the file name but not the message.
 //!
 //! The UIDL is Dovecot's `pop3_uidl_format`, by default `%08Xu%08Xv`: the UID and the UID
-//! validity as 8 upper-case hex digits each.
+//! validity as 8 hex digits each, in lower case: Dovecot's `X` modifier prints with `%llx`
+//! (`str_hex` in its lib/var-expand.c), so a real Dovecot 2.3 serves `000000016b08c30b`. The
+//! end-to-end test `tests/e2e/dovecot.rs` compares with a running Dovecot.
 
 use std::collections::HashMap;
 
@@ -142,7 +144,10 @@ fn parse_record(line: &str, version1: bool) -> anyhow::Result<(u32, RecordFields
 }
 
 /// A Dovecot `pop3_uidl_format`: `%u` UID, `%v` UID validity, `%g` GUID, `%f` file base name,
-/// `%%`; `u` and `v` take a zero-padded width and `X`/`x` for hex (`%08Xu`).
+/// `%%`. As in Dovecot's variable expansion, `u` and `v` take a width (`%08u` pads with zeros
+/// to 8, `%4u` keeps the first 4 characters) and then modifiers applied in order: `X` lower-case
+/// hex, `U` upper case, `L` lower case (`%08Xu`; `%08XUu` gives upper-case hex). `x` is taken as
+/// `X` too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UidlFormat(Vec<Piece>);
 
@@ -152,7 +157,10 @@ enum Piece {
     Number {
         which: Number,
         width: usize,
-        hex: Option<bool>, // Some(true) upper-case hex, Some(false) lower-case
+        /// `%0N`: pad with zeros to N; `%N` without the 0: the first N characters.
+        zero_pad: bool,
+        /// `X` (or `x`), `U`, `L`, in the order written.
+        modifiers: Vec<char>,
     },
     Guid,
     FileName,
@@ -178,13 +186,12 @@ impl UidlFormat {
             while let Some(d) = chars.next_if(char::is_ascii_digit) {
                 width.push(d);
             }
-            let hex = match chars.next_if(|c| *c == 'X' || *c == 'x') {
-                Some('X') => Some(true),
-                Some(_) => Some(false),
-                None => None,
-            };
+            let mut modifiers = Vec::new();
+            while let Some(m) = chars.next_if(|c| matches!(c, 'X' | 'x' | 'U' | 'L')) {
+                modifiers.push(m);
+            }
             let piece = match chars.next() {
-                Some('%') if width.is_empty() && hex.is_none() => {
+                Some('%') if width.is_empty() && modifiers.is_empty() => {
                     text.push('%');
                     continue;
                 }
@@ -194,18 +201,19 @@ impl UidlFormat {
                     } else {
                         Number::UidValidity
                     },
+                    zero_pad: width.starts_with('0'),
                     width: if width.is_empty() {
                         0
                     } else {
                         width.parse().context("the width")?
                     },
-                    hex,
+                    modifiers,
                 },
                 Some('g') => Piece::Guid,
                 Some('f') => Piece::FileName,
                 Some(other) => bail!(
                     "%{other} in the UIDL format {format:?} is not supported \
-                     (supported: %u %v %g %f %%, with widths and X/x for u and v)"
+                     (supported: %u %v %g %f %%, with widths and X, U, L for u and v)"
                 ),
                 None => bail!("the UIDL format {format:?} ends with '%'"),
             };
@@ -231,17 +239,30 @@ impl UidlFormat {
         for piece in &self.0 {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Number { which, width, hex } => {
+                Piece::Number {
+                    which,
+                    width,
+                    zero_pad,
+                    modifiers,
+                } => {
                     let n = match which {
                         Number::Uid => record.uid,
                         Number::UidValidity => uid_validity,
                     };
-                    let s = match hex {
-                        Some(true) => format!("{n:0width$X}"),
-                        Some(false) => format!("{n:0width$x}"),
-                        None => format!("{n:0width$}"),
-                    };
-                    out.push_str(&s);
+                    let mut s = n.to_string();
+                    for m in modifiers {
+                        s = match m {
+                            // Dovecot's str_hex: the value as a decimal number, then "%llx".
+                            'X' | 'x' => format!("{:x}", s.parse::<u64>().unwrap_or(0)),
+                            'U' => s.to_uppercase(),
+                            _ => s.to_lowercase(),
+                        };
+                    }
+                    match (*zero_pad, s.len() < *width) {
+                        (true, true) => out.push_str(&format!("{s:0>width$}")),
+                        (false, _) if *width > 0 => out.extend(s.chars().take(*width)),
+                        _ => out.push_str(&s),
+                    }
                 }
                 Piece::Guid => out.push_str(
                     record
@@ -321,15 +342,21 @@ pub(crate) mod tests {
             guid: Some("abc".into()),
         };
         let cases: &[(&str, &str)] = &[
-            // Dovecot's default pop3_uidl_format.
-            (DEFAULT_UIDL_FORMAT, "0000002A6553F100"),
+            // Dovecot's default pop3_uidl_format: X is lower-case hex in Dovecot.
+            (DEFAULT_UIDL_FORMAT, "0000002a6553f100"),
             ("%08xu%08xv", "0000002a6553f100"),
+            ("%08XUu%08XUv", "0000002A6553F100"),
+            // Modifiers apply in order: upper-casing digits, then hex, is lower-case hex.
+            ("%UXu", "2a"),
+            ("%Xu", "2a"),
+            ("%2v", "17"),
             ("%u.%v", "42.1700000000"),
             ("%v-%u", "1700000000-42"),
             ("%g", "abc"),
             ("%f", "1.a.host"),
             ("100%%-%u", "100%-42"),
-            ("%4u", "0042"),
+            ("%04u", "0042"),
+            ("%4u", "42"),
         ];
         for (format, want) in cases {
             let f = UidlFormat::parse(format).expect(format);

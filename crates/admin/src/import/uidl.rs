@@ -168,13 +168,14 @@ mod tests {
     #[test]
     fn dovecot_default_uidls() {
         let dir = maildir();
-        // %08Xu%08Xv: Dovecot's default pop3_uidl_format; 1700000000 = 0x6553F100.
+        // %08Xu%08Xv: Dovecot's default pop3_uidl_format, in lower-case hex as Dovecot prints it;
+        // 1700000000 = 0x6553f100.
         let (got, unnamed) = uids(&dir, UidlPolicy::Dovecot, "%08Xu%08Xv", None).expect("import");
         assert_eq!(
             got,
             some(&[
-                Some("000000016553F100"),
-                Some("000000026553F100"),
+                Some("000000016553f100"),
+                Some("000000026553f100"),
                 Some("0000abcd-legacy"),
                 None
             ])
@@ -183,7 +184,7 @@ mod tests {
         // auto: the X-UIDL header wins over the list.
         let (got, _) = uids(&dir, UidlPolicy::Auto, "%08Xu%08Xv", None).expect("import");
         assert_eq!(got[1].as_deref(), Some("qpop-2"));
-        assert_eq!(got[0].as_deref(), Some("000000016553F100"));
+        assert_eq!(got[0].as_deref(), Some("000000016553f100"));
         // Another configured format.
         let (got, _) = uids(&dir, UidlPolicy::Dovecot, "%v.%u", None).expect("import");
         assert_eq!(got[0].as_deref(), Some("1700000000.1"));
@@ -219,7 +220,7 @@ mod tests {
             got,
             some(&[
                 Some("mapped-1"),
-                Some("000000026553F100"),
+                Some("000000026553f100"),
                 Some("0000abcd-legacy"),
                 Some("mapped-9")
             ])
