@@ -228,8 +228,9 @@ impl Drop for Dovecot {
     }
 }
 
-/// The UIDLs `dovecot-uidlist` implies under `%08Xu%08Xv` (lower-case hex), in UID order: its header line is
-/// `3 V<uidvalidity> N<next uid> ...`, then one `<uid> [fields] :<file name>` line a message.
+/// The UIDLs `dovecot-uidlist` implies under `%08Xu%08Xv` (lower-case hex), in UID order: its
+/// header line is `3 V<uidvalidity> N<next uid> ...`, then one `<uid> [fields] :<file name>`
+/// line a message.
 fn uidlist_uidls(maildir: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(maildir.join("dovecot-uidlist")).expect("dovecot-uidlist");
     let mut lines = text.lines();
@@ -358,7 +359,8 @@ fn fetchmail_state_survives_a_migration_from_dovecot() {
         dovecot.log()
     );
 
-    // The proof before cut-over: `uidl diff` says identical, and pop3d serves the same bytes under the same UIDLs...
+    // The proof before cut-over: `uidl diff` says identical, and pop3d serves the same bytes
+    // under the same UIDLs...
     let pop3d = assert_serves_like_dovecot(
         store.path(),
         &dovecot,

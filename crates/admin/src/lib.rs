@@ -206,7 +206,7 @@ pub enum ImportCommand {
         #[arg(long, value_enum, default_value_t = UidlPolicy::Auto)]
         uidl_format: UidlPolicy,
         /// Dovecot's `pop3_uidl_format`, if it was configured (%u UID, %v UID validity, %g
-        /// GUID, %f file name; widths and X/x for hex)
+        /// GUID, %f file name; widths, X for lower-case hex, U and L, as Dovecot expands them)
         #[arg(long, value_name = "FORMAT", default_value = import::dovecot::DEFAULT_UIDL_FORMAT)]
         dovecot_uidl_format: String,
         /// File of `file-name uidl` lines; its UIDLs come before every other source
