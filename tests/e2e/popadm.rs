@@ -375,3 +375,174 @@ fn domains_are_listed_added_and_deleted_with_their_accounts() {
         .status
         .success());
 }
+
+/// `popadm import passwd`: a Dovecot passwd-file, all or nothing; a user imported from a
+/// `{CRAM-MD5}` line only logs in with CRAM-MD5 (RFC 2195) through curl and nothing else.
+#[test]
+fn dovecot_passwd_import() {
+    let dir = TempDir::new("passwd-import");
+    let d = dir.path();
+    popadm_ok(
+        d,
+        &["user", "add", "bob@example.org", "--password-stdin"],
+        b"old pw\n",
+    );
+    let bob_mail: &[u8] = b"Subject: kept\r\n\r\nbob's mail survives the import\r\n";
+    popadm_ok(
+        d,
+        &["deliver", "--no-lda-headers", "bob@example.org"],
+        bob_mail,
+    );
+    // `doveadm pw` output (Dovecot 2.3.19): CRAM-MD5 of the RFC 2195 secret
+    // "tanstaaftanstaaf", ARGON2ID of "dovecot secret".
+    let file = d.join("passwd");
+    std::fs::write(
+        &file,
+        "# users of the old Dovecot\n\
+         tim:{CRAM-MD5}d06d4e1b26fccaa4b0b61801132340a354b21152711fb604ca3e035e7015116b:1000:1000::/home/tim::\n\
+         ann:{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$yGJLnXGCzr82xREyeXyQBg$eigLtF86yU0Qw1dNpTZY2P71I35eJq6jJDnaLtoGgAI\n\
+         bob:{PLAIN}bob pw::\n\
+         old:{SHA512-CRYPT}$6$rounds=5000$salt$hash\n",
+    )
+    .expect("write passwd");
+    let file = file.to_str().expect("utf8 path");
+    let users = || popadm_ok(d, &["user", "list"], b"");
+    let import = |extra: &[&str]| {
+        let mut args = vec!["import", "passwd", file, "--domain", "example.org"];
+        args.extend_from_slice(extra);
+        popadm(d, &args, b"")
+    };
+
+    // An unsupported scheme fails the whole import, naming the line.
+    let out = import(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":5: old@example.org") && err.contains("{SHA512-CRYPT}"),
+        "{err}"
+    );
+    assert!(!users().contains("tim@"), "half-applied: {}", users());
+    // Skipping it, the existing bob still refuses the import: nothing is written.
+    let out = import(&["--skip-unsupported"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bob@example.org"));
+    assert!(!users().contains("tim@"), "half-applied: {}", users());
+    // A dry run says what would happen and writes nothing.
+    let out = import(&["--skip-unsupported", "--update", "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dry = String::from_utf8_lossy(&out.stdout);
+    assert!(dry.contains("tim@example.org: would be created"), "{dry}");
+    assert!(dry.contains("bob@example.org: would be updated"), "{dry}");
+    assert!(!users().contains("tim@"));
+    // The real thing.
+    let out = import(&["--skip-unsupported", "--update"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("tim@example.org: created") && report.contains("CRAM-MD5 only"),
+        "{report}"
+    );
+    assert!(
+        report.contains("imported 3 accounts") && report.contains("1 skipped"),
+        "{report}"
+    );
+    let list = users();
+    let legacy_column = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit('\t').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        legacy_column("tim@example.org").as_deref(),
+        Some("cram-md5"),
+        "{list}"
+    );
+    assert_eq!(
+        legacy_column("ann@example.org").as_deref(),
+        Some("no"),
+        "{list}"
+    );
+    assert!(!list.contains("old@"), "{list}");
+
+    let tim_mail: &[u8] = b"Subject: hi tim\r\n\r\nCRAM-MD5 from Dovecot states\r\n";
+    popadm_ok(
+        d,
+        &["deliver", "--no-lda-headers", "tim@example.org"],
+        tim_mail,
+    );
+    popadm_ok(d, &["deliver", "ann@example.org"], tim_mail);
+    let server = Server::start(d, &["--legacy-auth"]);
+    if e2e::client_available("curl", "--version") {
+        let curl = |user: &str, pass: &str, mech: &str| {
+            std::process::Command::new("curl")
+                .args(["--silent", "--show-error", "--max-time", "20"])
+                .args(["--user", &format!("{user}:{pass}")])
+                .args(["--login-options", &format!("AUTH={mech}")])
+                .arg(format!("pop3://{}/1", server.addr))
+                .output()
+                .expect("run curl")
+        };
+        let out = curl("tim@example.org", "tanstaaftanstaaf", "CRAM-MD5");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, crlf(tim_mail));
+        assert!(!curl("tim@example.org", "tanstaaf", "CRAM-MD5")
+            .status
+            .success());
+        let out = curl("ann@example.org", "dovecot secret", "PLAIN");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // bob's new password works and his mail is still there.
+        let out = curl("bob@example.org", "bob pw", "PLAIN");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, crlf(bob_mail));
+    }
+    // The states serve CRAM-MD5 only: USER/PASS with the very password is refused.
+    let mut c = server.connect();
+    c.ok("USER tim@example.org");
+    assert!(c.err("PASS tanstaaftanstaaf").starts_with("-ERR [AUTH] "));
+    c.ok("USER bob@example.org");
+    assert!(c.err("PASS old pw").starts_with("-ERR [AUTH] "));
+    drop(c);
+    // APOP needs the password itself: the right digest for tim is refused all the same.
+    if e2e::client_available("python3", "--version") {
+        let mut c = server.connect();
+        let ts = c
+            .greeting
+            .find('<')
+            .map(|i| c.greeting[i..].to_owned())
+            .expect("APOP timestamp in the greeting");
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import hashlib,sys;print(hashlib.md5(sys.argv[1].encode()).hexdigest())",
+                &format!("{ts}tanstaaftanstaaf"),
+            ])
+            .output()
+            .expect("python3");
+        let digest = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(digest.len(), 32);
+        assert!(c
+            .err(&format!("APOP tim@example.org {digest}"))
+            .starts_with("-ERR [AUTH] "));
+    }
+}

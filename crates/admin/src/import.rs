@@ -15,6 +15,7 @@
 pub mod dovecot;
 pub mod maildir;
 pub mod mbox;
+pub mod passwd;
 pub mod uidl;
 
 use std::fs::File;
@@ -29,6 +30,24 @@ use crate::{account_name, open_existing, ImportCommand};
 
 pub fn run(data_dir: &Path, cmd: ImportCommand) -> anyhow::Result<()> {
     match cmd {
+        ImportCommand::Passwd {
+            file,
+            domain,
+            dry_run,
+            update,
+            skip_unsupported,
+            legacy_auth,
+        } => passwd::run(
+            data_dir,
+            &file,
+            &passwd::Options {
+                domain,
+                dry_run,
+                update,
+                skip_unsupported,
+                legacy_auth,
+            },
+        ),
         ImportCommand::Mbox { file, name } => {
             let name = account_name(&name)?;
             let what = file.display().to_string();

@@ -86,7 +86,8 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1..))]
         max_size: u64,
     },
-    /// Import a mailbox into an existing account, all or nothing
+    /// Import a mailbox into an existing account, or accounts from a Dovecot passwd-file; all
+    /// or nothing
     #[command(subcommand)]
     Import(ImportCommand),
     /// Copy a maildrop from another server, keeping its UIDLs
@@ -188,6 +189,31 @@ pub enum UserCommand {
 /// `popadm import ...`
 #[derive(Debug, Subcommand)]
 pub enum ImportCommand {
+    /// Import accounts from a Dovecot passwd-file (`user:{SCHEME}hash:...` lines): {ARGON2ID}
+    /// and {ARGON2I} hashes as they are, {CRAM-MD5} states for CRAM-MD5 only, {PLAIN} and
+    /// {CLEAR} hashed with argon2id. Every line is checked first, then all accounts are
+    /// written in one transaction, or none
+    Passwd {
+        /// The passwd-file
+        file: PathBuf,
+        /// Domain for user names without one (`tim` becomes `tim@DOMAIN`)
+        #[arg(long)]
+        domain: Option<String>,
+        /// Check the file and say what would be done; write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace the password of accounts that already exist (their mail stays); without it
+        /// an existing account fails the whole import
+        #[arg(long)]
+        update: bool,
+        /// Leave out users whose scheme is not supported (SHA512-CRYPT, ...) instead of
+        /// failing
+        #[arg(long)]
+        skip_unsupported: bool,
+        /// Keep {PLAIN}/{CLEAR} passwords for APOP and CRAM-MD5 (see docs/authentication.md)
+        #[arg(long)]
+        legacy_auth: bool,
+    },
     /// Import an mbox file (mboxrd quoting undone; `X-UIDL:` headers kept as UIDs)
     Mbox {
         /// The mbox file

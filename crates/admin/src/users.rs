@@ -110,6 +110,16 @@ pub fn stat(data_dir: &Path, name: &str) -> anyhow::Result<()> {
 /// when the maildrop is not locked. The policy columns come last, so the older columns keep
 /// their places: LOGIN-DELAY (seconds or `default`), EXPIRE (days, `never` or `default`) and
 /// LAST-LOGIN (RFC 3339 or `never`).
+/// The LEGACY-AUTH column: `yes` (APOP and CRAM-MD5), `cram-md5` (imported CRAM-MD5 states
+/// only) or `no`.
+fn legacy_auth_text(a: &AccountSummary) -> &'static str {
+    match (a.legacy, a.cram_md5) {
+        (true, _) => "yes",
+        (false, true) => "cram-md5",
+        (false, false) => "no",
+    }
+}
+
 fn list_text(accounts: &[AccountSummary]) -> String {
     let mut out = String::from(
         "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\n",
@@ -133,7 +143,7 @@ fn list_text(accounts: &[AccountSummary]) -> String {
             login_delay_text(a.policy.login_delay),
             expire_text(a.policy.expire),
             last_login_text(a.last_login),
-            if a.legacy { "yes" } else { "no" }
+            legacy_auth_text(a)
         );
     }
     out
@@ -208,6 +218,7 @@ fn read_and_derive(
         store::AccountSecrets {
             scram_sha256: Some(derived.scram_sha256),
             legacy_secret: derived.legacy_secret,
+            cram_md5_states: None,
         },
     ))
 }
@@ -273,6 +284,7 @@ mod tests {
             policy: AccountPolicy::default(),
             last_login: None,
             legacy: false,
+            cram_md5: false,
         }
     }
 
@@ -292,6 +304,7 @@ mod tests {
         carol.legacy = true;
         let mut dave = summary("dave", None);
         dave.policy.expire = Some(Expire::Days(0));
+        dave.cram_md5 = true;
         let accounts = [
             summary("alice", None),
             summary("bob@example.org", Some(lock)),
@@ -303,7 +316,7 @@ mod tests {
                     bob@example.org\t3\t1234\tlocked by pop3d[42]@host until 1970-01-01T00:01:00Z\t\
                     default\tdefault\tnever\tno\n\
                     carol\t3\t1234\t-\t300\tnever\t2024-02-29T23:59:59Z\tyes\n\
-                    dave\t3\t1234\t-\tdefault\t0\tnever\tno\n";
+                    dave\t3\t1234\t-\tdefault\t0\tnever\tcram-md5\n";
         assert_eq!(list_text(&accounts), want);
         assert_eq!(
             stat_text(&accounts[0]),

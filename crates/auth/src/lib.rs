@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::sync::OnceLock;
 
 pub use gss::{GssAcceptor, GssAcceptorFactory};
-pub use legacy::{verify_apop, verify_cram_md5};
+pub use legacy::{verify_apop, verify_cram_md5, CramKey, CramMd5States};
 pub use sasl::{Credentials, Exchange, Mechanism, Step};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
@@ -171,6 +171,11 @@ pub fn hash_password_with(password: &[u8], params: Argon2Params) -> Result<Strin
         .map_err(|e| AuthError::Hash(e.to_string()))
 }
 
+/// A stored password hash that matches no password (like `!` in `/etc/shadow`): accounts
+/// imported with CRAM-MD5 states only have it until a password is set. Verifying against it
+/// costs a full argon2 run, as an unknown user does.
+pub const NO_PASSWORD_HASH: &str = "!";
+
 /// Checks that a stored hash is an argon2 PHC string this crate can verify, so tools can
 /// refuse to store anything else.
 pub fn validate_phc(phc: &str) -> Result<(), AuthError> {
@@ -300,6 +305,24 @@ mod tests {
         assert_eq!(verify_password(None, b"anything"), Verdict::Rejected);
         assert_eq!(
             verify_password(Some("not a phc"), b"anything"),
+            Verdict::Rejected
+        );
+    }
+
+    #[test]
+    fn dovecot_argon2_hashes_verify() {
+        // `doveadm pw -s ARGON2ID|ARGON2I -p 'dovecot secret'` (Dovecot 2.3.19, libsodium).
+        for phc in [
+            "$argon2id$v=19$m=65536,t=3,p=1$yGJLnXGCzr82xREyeXyQBg$eigLtF86yU0Qw1dNpTZY2P71I35eJq6jJDnaLtoGgAI",
+            "$argon2i$v=19$m=32768,t=4,p=1$s2tPAUJVrgChIFtaol2gDA$qU/AZaJ3Ral2HCEQXOdzK/bQWVNKUe4WZnD+SNdJkK4",
+        ] {
+            assert!(validate_phc(phc).is_ok());
+            assert_eq!(verify_password(Some(phc), b"dovecot secret"), Verdict::Accepted);
+            assert_eq!(verify_password(Some(phc), b"dovecot secreT"), Verdict::Rejected);
+        }
+        assert!(validate_phc(NO_PASSWORD_HASH).is_err());
+        assert_eq!(
+            verify_password(Some(NO_PASSWORD_HASH), b"!"),
             Verdict::Rejected
         );
     }

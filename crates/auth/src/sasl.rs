@@ -13,7 +13,7 @@ use argon2::password_hash::rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
 use crate::gss::GssAcceptor;
-use crate::legacy::verify_cram_md5;
+use crate::legacy::{verify_cram_md5, CramKey};
 use crate::scram::{self, ClientFirst, Record};
 use crate::{SaslError, Verdict};
 
@@ -71,7 +71,18 @@ impl Mechanism {
 #[derive(Clone, Copy, Default)]
 pub struct Credentials<'a> {
     pub legacy_secret: Option<&'a str>,
+    /// Dovecot-style HMAC-MD5 states (64 hex digits), which serve CRAM-MD5 only.
+    pub cram_md5_states: Option<&'a str>,
     pub scram: Option<&'a str>,
+}
+
+impl<'a> Credentials<'a> {
+    /// What CRAM-MD5 verifies with: the legacy secret if there is one, else the states.
+    fn cram_key(&self) -> Option<CramKey<'a>> {
+        self.legacy_secret
+            .map(CramKey::Secret)
+            .or(self.cram_md5_states.map(CramKey::States))
+    }
 }
 
 /// What to do next.
@@ -420,8 +431,8 @@ impl Exchange {
                 user,
                 digest,
             } => {
-                let secret = creds.and_then(|c| c.legacy_secret);
-                match verify_cram_md5(&challenge, secret, &digest) {
+                let key = creds.and_then(|c| c.cram_key());
+                match verify_cram_md5(&challenge, key, &digest) {
                     Verdict::Accepted => Step::Success { authcid: user },
                     Verdict::Rejected => Step::Failure(SaslError::BadCredentials),
                 }
@@ -551,18 +562,32 @@ mod tests {
         assert!(matches!(step, Step::NeedCredentials { ref authcid } if authcid == "tim"));
         let creds = Credentials {
             legacy_secret: Some("tanstaaftanstaaf"),
-            scram: None,
+            ..Credentials::default()
         };
         assert!(
             matches!(ex.credentials(Some(creds)), Step::Success { authcid } if authcid == "tim")
         );
-        // Unknown user, or a user without a legacy secret: the same failure.
+        // An account imported from Dovecot with only the HMAC-MD5 states of that secret.
+        let states = Credentials {
+            cram_md5_states: Some(
+                "d06d4e1b26fccaa4b0b61801132340a354b21152711fb604ca3e035e7015116b",
+            ),
+            ..Credentials::default()
+        };
         let (mut ex, _) = Exchange::start(Mechanism::CramMd5, None, &ctx());
         ex.respond(b"tim b913a602c7eda7a495b4e6e7334d3890");
-        assert!(matches!(
-            ex.credentials(None),
-            Step::Failure(SaslError::BadCredentials)
-        ));
+        assert!(
+            matches!(ex.credentials(Some(states)), Step::Success { authcid } if authcid == "tim")
+        );
+        // Unknown user, or a user with neither: the same failure.
+        for creds in [None, Some(Credentials::default())] {
+            let (mut ex, _) = Exchange::start(Mechanism::CramMd5, None, &ctx());
+            ex.respond(b"tim b913a602c7eda7a495b4e6e7334d3890");
+            assert!(matches!(
+                ex.credentials(creds),
+                Step::Failure(SaslError::BadCredentials)
+            ));
+        }
     }
 
     #[test]
@@ -576,8 +601,8 @@ mod tests {
         );
         assert!(matches!(step, Step::NeedCredentials { ref authcid } if authcid == "user"));
         let creds = Credentials {
-            legacy_secret: None,
             scram: Some(&record),
+            ..Credentials::default()
         };
         let Step::Challenge(sf) = ex.credentials(Some(creds)) else {
             panic!("server-first")

@@ -662,6 +662,7 @@ impl Session {
                     };
                     let creds = account.as_ref().map(|a| Credentials {
                         legacy_secret: a.secrets.legacy_secret.as_deref(),
+                        cram_md5_states: a.secrets.cram_md5_states.as_deref(),
                         scram: a.secrets.scram_sha256.as_deref(),
                     });
                     let next = match self.sasl.as_mut() {

@@ -67,6 +67,9 @@ pub struct AccountSecrets {
     pub scram_sha256: Option<String>,
     /// The password-equivalent secret for APOP and CRAM-MD5, for accounts that opted in.
     pub legacy_secret: Option<String>,
+    /// Precomputed HMAC-MD5 states for CRAM-MD5 only (Dovecot's `{CRAM-MD5}` scheme: 64 hex
+    /// digits), for accounts imported from a Dovecot password file.
+    pub cram_md5_states: Option<String>,
 }
 
 impl std::fmt::Debug for AccountSecrets {
@@ -74,6 +77,7 @@ impl std::fmt::Debug for AccountSecrets {
         f.debug_struct("AccountSecrets")
             .field("scram_sha256", &self.scram_sha256.is_some())
             .field("legacy_secret", &self.legacy_secret.is_some())
+            .field("cram_md5_states", &self.cram_md5_states.is_some())
             .finish()
     }
 }
@@ -132,6 +136,26 @@ pub struct AccountSummary {
     pub last_login: Option<i64>,
     /// The account has a legacy (APOP/CRAM-MD5) secret.
     pub legacy: bool,
+    /// The account has imported CRAM-MD5 states (CRAM-MD5 works without a legacy secret).
+    pub cram_md5: bool,
+}
+
+/// One account for [`Store::import_accounts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountImport {
+    pub name: AccountName,
+    /// PHC string of the password hash; anything else (such as `!`) matches no password.
+    pub password_hash: String,
+    pub secrets: AccountSecrets,
+}
+
+/// What [`Store::import_accounts`] does with a name that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExisting {
+    /// Fail the whole import with [`StoreError::AccountExists`].
+    Refuse,
+    /// Replace the account's password hash and every other secret (its mail stays).
+    Replace,
 }
 
 /// What a session sees of one message; fixed for the session once listed.
@@ -247,6 +271,13 @@ pub trait Store: Send + Sync + 'static {
         password_hash: &str,
         secrets: &AccountSecrets,
     ) -> Result<()>;
+    /// Creates or updates every account of `accounts` in one transaction: all or none.
+    /// Returns, in order, `true` for each account created and `false` for each replaced.
+    fn import_accounts(
+        &self,
+        accounts: &[AccountImport],
+        existing: OnExisting,
+    ) -> Result<Vec<bool>>;
     /// Replaces the password hash and drops the other secrets.
     fn set_password(&self, name: &AccountName, password_hash: &str) -> Result<()> {
         self.set_secrets(name, password_hash, &AccountSecrets::default())

@@ -27,9 +27,9 @@ use crate::holder::holder_is_dead;
 
 mod backup;
 use crate::{
-    Account, AccountId, AccountName, AccountPolicy, AccountSecrets, AccountSummary, Delivered,
-    Expire, ImportMessage, Ingest, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta,
-    Result, Store, StoreError, CHUNK_SIZE,
+    Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
+    Delivered, Expire, ImportMessage, Ingest, LockInfo, LoginDelay, MaildropLock, MessageId,
+    MessageMeta, OnExisting, Result, Store, StoreError, CHUNK_SIZE,
 };
 
 /// Name of the database file inside the data directory.
@@ -44,7 +44,7 @@ const READ_BUF: usize = 64 * 1024;
 const MAX_UID_OCTETS: usize = 70;
 
 /// Schema migrations; `PRAGMA user_version` counts those applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// Accounts and messages use AUTOINCREMENT so that a row id is never handed out twice: a
 /// session whose lock was taken over must not read or delete a newer message under an old id.
@@ -134,12 +134,18 @@ ALTER TABLE accounts ADD COLUMN scram_sha256 TEXT NULL;
 ALTER TABLE accounts ADD COLUMN legacy_secret TEXT NULL;
 ";
 
+/// Schema v4: HMAC-MD5 states for CRAM-MD5 (Dovecot's `{CRAM-MD5}` scheme), imported from a
+/// Dovecot password file; NULL for every account from before.
+const SCHEMA_V4: &str = "
+ALTER TABLE accounts ADD COLUMN cram_md5_states TEXT NULL;
+";
+
 /// `expire_days` value of [`Expire::Never`].
 const EXPIRE_NEVER: i64 = -1;
 
 /// Finds an account by name; `d.name IS ?2` matches a NULL domain too.
 const FIND_ACCOUNT: &str = "SELECT a.id, a.password_hash, a.created_at, a.uidvalidity,
-        a.login_delay, a.expire_days, a.scram_sha256, a.legacy_secret
+        a.login_delay, a.expire_days, a.scram_sha256, a.legacy_secret, a.cram_md5_states
      FROM accounts a LEFT JOIN domains d ON d.id = a.domain_id
      WHERE a.local = ?1 AND d.name IS ?2";
 
@@ -148,7 +154,8 @@ const SUMMARIES: &str = "SELECT a.local, d.name,
         (SELECT count(*) FROM messages m WHERE m.account_id = a.id),
         (SELECT ifnull(sum(m.size), 0) FROM messages m WHERE m.account_id = a.id),
         l.holder, l.acquired_at, l.expires_at,
-        a.login_delay, a.expire_days, a.last_login, a.legacy_secret IS NOT NULL
+        a.login_delay, a.expire_days, a.last_login, a.legacy_secret IS NOT NULL,
+        a.cram_md5_states IS NOT NULL
      FROM accounts a
      LEFT JOIN domains d ON d.id = a.domain_id
      LEFT JOIN locks l ON l.account_id = a.id AND l.expires_at > ?1";
@@ -345,6 +352,7 @@ fn find_account(conn: &Connection, name: &AccountName) -> Result<Option<AccountR
                 secrets: AccountSecrets {
                     scram_sha256: row.get(6)?,
                     legacy_secret: row.get(7)?,
+                    cram_md5_states: row.get(8)?,
                 },
             })
         })
@@ -643,6 +651,82 @@ fn store_message(
     })
 }
 
+/// Inserts a new account (its domain too, if new) with a fresh UID validity.
+fn insert_account(
+    tx: &Transaction<'_>,
+    name: &AccountName,
+    password_hash: &str,
+    secrets: &AccountSecrets,
+) -> Result<AccountId> {
+    let domain_id: Option<i64> = match name.domain() {
+        None => None,
+        Some(domain) => {
+            tx.execute(
+                "INSERT INTO domains (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                [domain],
+            )?;
+            Some(
+                tx.query_row("SELECT id FROM domains WHERE name = ?1", [domain], |row| {
+                    row.get(0)
+                })?,
+            )
+        }
+    };
+    // A fresh uidvalidity, greater than any before, so that an account re-created under an
+    // old name never generates an old UID.
+    let created_at = now();
+    let last: i64 = tx.query_row(
+        "SELECT value FROM meta WHERE key = 'last_uidvalidity'",
+        [],
+        |row| row.get(0),
+    )?;
+    let uidvalidity = created_at.max(last.saturating_add(1));
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'last_uidvalidity'",
+        [uidvalidity],
+    )?;
+    tx.execute(
+        "INSERT INTO accounts (local, domain_id, password_hash, uidvalidity, created_at,
+                               scram_sha256, legacy_secret, cram_md5_states)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            name.local(),
+            domain_id,
+            password_hash,
+            uidvalidity,
+            created_at,
+            secrets.scram_sha256,
+            secrets.legacy_secret,
+            secrets.cram_md5_states
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    info!(account = id, name = %name, "account created");
+    Ok(id)
+}
+
+/// Replaces an account's password hash and all its other secrets.
+fn update_secrets(
+    tx: &Transaction<'_>,
+    id: AccountId,
+    password_hash: &str,
+    secrets: &AccountSecrets,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE accounts SET password_hash = ?2, scram_sha256 = ?3, legacy_secret = ?4,
+                             cram_md5_states = ?5
+         WHERE id = ?1",
+        params![
+            id,
+            password_hash,
+            secrets.scram_sha256,
+            secrets.legacy_secret,
+            secrets.cram_md5_states
+        ],
+    )?;
+    Ok(())
+}
+
 fn summary_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
     let holder: Option<String> = row.get(4)?;
     let lock = match holder {
@@ -661,6 +745,7 @@ fn summary_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
         policy: policy_from_row(row, 7)?,
         last_login: row.get(9)?,
         legacy: row.get(10)?,
+        cram_md5: row.get(11)?,
     })
 }
 
@@ -675,50 +760,34 @@ impl Store for SqliteStore {
             if find_account(tx, name)?.is_some() {
                 return Err(StoreError::AccountExists(name.to_string()));
             }
-            let domain_id: Option<i64> = match name.domain() {
-                None => None,
-                Some(domain) => {
-                    tx.execute(
-                        "INSERT INTO domains (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
-                        [domain],
-                    )?;
-                    Some(tx.query_row(
-                        "SELECT id FROM domains WHERE name = ?1",
-                        [domain],
-                        |row| row.get(0),
-                    )?)
+            insert_account(tx, name, password_hash, secrets)
+        })
+    }
+
+    fn import_accounts(
+        &self,
+        accounts: &[AccountImport],
+        existing: OnExisting,
+    ) -> Result<Vec<bool>> {
+        self.write(|tx| {
+            let mut created = Vec::with_capacity(accounts.len());
+            for a in accounts {
+                match (find_account(tx, &a.name)?, existing) {
+                    (None, _) => {
+                        insert_account(tx, &a.name, &a.password_hash, &a.secrets)?;
+                        created.push(true);
+                    }
+                    (Some(row), OnExisting::Replace) => {
+                        update_secrets(tx, row.id, &a.password_hash, &a.secrets)?;
+                        created.push(false);
+                    }
+                    (Some(_), OnExisting::Refuse) => {
+                        return Err(StoreError::AccountExists(a.name.to_string()));
+                    }
                 }
-            };
-            // A fresh uidvalidity, greater than any before, so that an account re-created
-            // under an old name never generates an old UID.
-            let created_at = now();
-            let last: i64 = tx.query_row(
-                "SELECT value FROM meta WHERE key = 'last_uidvalidity'",
-                [],
-                |row| row.get(0),
-            )?;
-            let uidvalidity = created_at.max(last.saturating_add(1));
-            tx.execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'last_uidvalidity'",
-                [uidvalidity],
-            )?;
-            tx.execute(
-                "INSERT INTO accounts (local, domain_id, password_hash, uidvalidity, created_at,
-                                       scram_sha256, legacy_secret)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    name.local(),
-                    domain_id,
-                    password_hash,
-                    uidvalidity,
-                    created_at,
-                    secrets.scram_sha256,
-                    secrets.legacy_secret
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            info!(account = id, name = %name, "account created");
-            Ok(id)
+            }
+            info!(accounts = accounts.len(), "accounts imported");
+            Ok(created)
         })
     }
 
@@ -743,17 +812,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         self.write(|tx| {
             let (id, _) = account_id(tx, name)?;
-            tx.execute(
-                "UPDATE accounts SET password_hash = ?2, scram_sha256 = ?3, legacy_secret = ?4
-                 WHERE id = ?1",
-                params![
-                    id,
-                    password_hash,
-                    secrets.scram_sha256,
-                    secrets.legacy_secret
-                ],
-            )?;
-            Ok(())
+            update_secrets(tx, id, password_hash, secrets)
         })
     }
 
@@ -1700,7 +1759,7 @@ mod tests {
             SqliteStore::open(&dir.0),
             Err(StoreError::SchemaTooNew {
                 found: 999,
-                supported: 3
+                supported: 4
             })
         ));
     }
@@ -2202,6 +2261,7 @@ mod tests {
         let secrets = AccountSecrets {
             scram_sha256: Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into()),
             legacy_secret: Some("hunter2".into()),
+            cram_md5_states: Some("cd3ba7de".into()),
         };
         store
             .create_account_with(&n, "$argon2id$x", &secrets)
@@ -2209,12 +2269,61 @@ mod tests {
         let acct = store.account(&n).unwrap().unwrap();
         assert_eq!(acct.secrets, secrets);
         assert!(!format!("{acct:?}").contains("hunter2"));
-        assert!(store.account_summary(&n).unwrap().legacy);
+        assert!(!format!("{acct:?}").contains("cd3ba7de"));
+        let summary = store.account_summary(&n).unwrap();
+        assert!(summary.legacy && summary.cram_md5);
         // A new password drops secrets derived from the old one.
         store.set_password(&n, "$argon2id$y").unwrap();
         let acct = store.account(&n).unwrap().unwrap();
         assert_eq!(acct.secrets, AccountSecrets::default());
-        assert!(!store.account_summary(&n).unwrap().legacy);
+        let summary = store.account_summary(&n).unwrap();
+        assert!(!summary.legacy && !summary.cram_md5);
+    }
+
+    #[test]
+    fn account_import_is_all_or_nothing() {
+        let (_dir, store) = setup();
+        let states = |s: &str| AccountSecrets {
+            cram_md5_states: Some(s.into()),
+            ..AccountSecrets::default()
+        };
+        store
+            .create_account_with(&name("old"), "$argon2id$old", &states("o"))
+            .unwrap();
+        let batch = |hash: &str| {
+            ["new@example.org", "old"].map(|n| AccountImport {
+                name: name(n),
+                password_hash: hash.into(),
+                secrets: states(hash),
+            })
+        };
+        // Refused on the second account: the first one is not created either.
+        assert!(matches!(
+            store.import_accounts(&batch("!1"), OnExisting::Refuse),
+            Err(StoreError::AccountExists(n)) if n == "old"
+        ));
+        assert!(store.account(&name("new@example.org")).unwrap().is_none());
+        assert_eq!(
+            store.account(&name("old")).unwrap().unwrap().password_hash,
+            "$argon2id$old"
+        );
+        // Replacing: one created (with its domain), one updated in place.
+        let old_id = store.account(&name("old")).unwrap().unwrap().id;
+        assert_eq!(
+            store
+                .import_accounts(&batch("!2"), OnExisting::Replace)
+                .unwrap(),
+            vec![true, false]
+        );
+        let old = store.account(&name("old")).unwrap().unwrap();
+        assert_eq!((old.id, old.password_hash.as_str()), (old_id, "!2"));
+        assert_eq!(old.secrets, states("!2"));
+        let new = store.account(&name("new@example.org")).unwrap().unwrap();
+        assert_eq!(new.secrets, states("!2"));
+        assert_eq!(
+            store.list_domains().unwrap(),
+            vec![("example.org".into(), 1)]
+        );
     }
 
     #[test]
@@ -2223,7 +2332,7 @@ mod tests {
         let n = name("rehash");
         let secrets = AccountSecrets {
             scram_sha256: Some("s".into()),
-            legacy_secret: None,
+            ..AccountSecrets::default()
         };
         let id = store.create_account_with(&n, "$old", &secrets).unwrap();
         assert!(store.rehash_password(id, "$old", "$new").unwrap());
