@@ -42,9 +42,39 @@ pub const DEFAULT_DATA_DIR: &str = "./pop3d-data";
 /// Environment variable naming the data directory when `--data-dir` is absent.
 pub const DATA_DIR_ENV: &str = "POP3D_DATA_DIR";
 
-/// Administer the pop3d maildrop store.
+/// What `popadm --help` and popadm(8) show after the commands: worked examples, the files, and
+/// where to read on. Headings ending in `:` become man page sections (see the `clidoc` crate).
+const AFTER_HELP: &str = "\
+Examples:
+  # The first account; the password is asked twice (--password-stdin reads one line)
+  popadm --data-dir /var/lib/pop3d user add alice@example.org
+
+  # Deliver one message as an MTA does (Postfix master.cf pipe transport:
+  #   argv=/usr/local/bin/popadm --data-dir /var/lib/pop3d deliver -f ${sender} ${recipient})
+  popadm deliver -f bob@example.net alice@example.org < message.eml
+
+  # Move a user from Dovecot keeping its UIDLs, so no client downloads anything again
+  popadm import maildir /var/vmail/example.org/alice/Maildir alice@example.org
+
+  # Or copy from any live POP3 server, then prove the UIDLs match before the cut-over
+  popadm migrate pop3 --host pop.old.example --tls --user alice --password-stdin alice@example.org
+  popadm uidl diff --host pop.old.example --tls --user alice --password-stdin alice@example.org
+
+  # A consistent copy of the database while pop3d runs
+  popadm backup /var/backups/pop3d-$(date +%F).sqlite3
+
+Files:
+  DATA_DIR/maildrops.sqlite3   every account and message; DATA_DIR is --data-dir, else
+                               $POP3D_DATA_DIR, else ./pop3d-data (pop3d's default too)
+
+See also:
+  pop3d(8), popadm-user(8), popadm-deliver(8), popadm-import(8), popadm-migrate(8);
+  docs/admin-guide.md. Completion scripts: popadm completions bash|zsh|fish";
+
+/// Manage the accounts and mail of the pop3d POP3 server: accounts and domains, local
+/// delivery for an MTA, imports and migrations that keep UIDLs, backups.
 #[derive(Debug, Parser)]
-#[command(name = "popadm", version, about, long_about = None)]
+#[command(name = "popadm", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Data directory of the maildrop store [env: POP3D_DATA_DIR] [default: ./pop3d-data]
     #[arg(long, value_name = "DIR", global = true)]
@@ -57,15 +87,17 @@ pub struct Cli {
 /// The commands of `popadm`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage accounts
+    /// Add, delete, list accounts; change passwords and per-account POP3 policies
     #[command(subcommand)]
     User(UserCommand),
-    /// Manage domains (`user@domain` accounts; `user+domain` logs in too)
+    /// Add, delete, list domains (`user@domain` accounts; `user+domain` logs in too)
     #[command(subcommand)]
     Domain(DomainCommand),
-    /// Deliver one message read from stdin as a local delivery agent: adds `Return-Path:` and
-    /// `Delivered-To:` on top, removes a leading mbox `From ` line (exit codes follow sysexits:
-    /// 0 delivered, 65 bad message, name or sender, 67 no such user, 75 try again later)
+    /// Store one message from stdin in an account, as an MTA's local delivery agent
+    ///
+    /// Adds `Return-Path:` and `Delivered-To:` on top and removes a leading mbox `From ` line.
+    /// Exit codes follow sysexits: 0 delivered, 65 bad message, name or sender, 67 no such
+    /// user, 75 try again later.
     Deliver {
         /// Account name (`local` or `local@domain`)
         name: String,
@@ -86,19 +118,20 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1..))]
         max_size: u64,
     },
-    /// Import a mailbox into an existing account, or accounts from a Dovecot passwd-file; all
-    /// or nothing
+    /// Import mail (mbox, maildir) keeping its UIDLs, or accounts from a Dovecot passwd-file
     #[command(subcommand)]
     Import(ImportCommand),
-    /// Copy a maildrop from another server, keeping its UIDLs
+    /// Copy a maildrop from a live POP3 server, keeping the UIDLs it gave
     #[command(subcommand)]
     Migrate(MigrateCommand),
-    /// Compare UIDLs with another server
+    /// Compare an account's UIDLs with a live POP3 server's before a cut-over
     #[command(subcommand)]
     Uidl(UidlCommand),
-    /// Write a consistent copy of the maildrop database to FILE (SQLite's online backup API:
-    /// safe while pop3d runs and mail is delivered). FILE must not exist; to restore, stop
-    /// pop3d and put the copy in place of DATA_DIR/maildrops.sqlite3
+    /// Write a consistent copy of the maildrop database to FILE while pop3d runs
+    ///
+    /// Uses SQLite's online backup API: safe while pop3d serves sessions and mail is
+    /// delivered. FILE must not exist; to restore, stop pop3d and put the copy in place of
+    /// DATA_DIR/maildrops.sqlite3.
     Backup {
         /// The new database file
         file: PathBuf,
@@ -108,7 +141,32 @@ pub enum Command {
         /// Account name (`local` or `local@domain`)
         name: String,
     },
+    /// Print a shell completion script to stdout
+    ///
+    /// bash: `popadm completions bash > /etc/bash_completion.d/popadm`;
+    /// zsh: `popadm completions zsh > "${fpath[1]}/_popadm"`;
+    /// fish: `popadm completions fish > ~/.config/fish/completions/popadm.fish`.
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clidoc::Shell,
+    },
+    /// Write popadm's manual pages (section 8) into DIR (`cargo xtask man` runs it)
+    #[command(hide = true)]
+    GenerateMan {
+        /// Directory for the pages (created if missing)
+        dir: PathBuf,
+    },
 }
+
+/// The clap definition `popadm` parses its command line with, for manual pages and completion
+/// scripts.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// Manual section of the pages: system administration.
+pub const MAN_SECTION: &str = "8";
 
 /// `popadm domain ...`
 #[derive(Debug, Subcommand)]
@@ -118,8 +176,9 @@ pub enum DomainCommand {
         /// Domain name, e.g. example.org
         domain: String,
     },
-    /// Delete a domain with all its accounts and their mail (asks, and names them, unless
-    /// --yes)
+    /// Delete a domain with all its accounts and their mail
+    ///
+    /// Asks first, naming the accounts, unless --yes.
     Del {
         /// Domain name
         domain: String,
@@ -156,8 +215,10 @@ pub enum UserCommand {
     },
     /// List accounts (tab-separated, with a header line)
     List,
-    /// Set an account's LOGIN-DELAY and EXPIRE overrides (RFC 2449); `default` clears one so
-    /// that the server's setting applies. Options not given are left as they are.
+    /// Set an account's LOGIN-DELAY and EXPIRE overrides (RFC 2449)
+    ///
+    /// `default` clears one so that the server's setting applies. Options not given are left
+    /// as they are.
     #[command(group(ArgGroup::new("policy").required(true).multiple(true)))]
     Set {
         /// Account name (`local` or `local@domain`)
@@ -172,8 +233,9 @@ pub enum UserCommand {
               value_parser = policy::parse_expire, allow_hyphen_values = true)]
         expire: Option<Override<Expire>>,
     },
-    /// Change an account's password (asks twice on the terminal); APOP/CRAM-MD5 stay enabled
-    /// only with --legacy-auth
+    /// Change an account's password (asks twice on the terminal)
+    ///
+    /// APOP and CRAM-MD5 stay enabled only with --legacy-auth.
     Passwd {
         /// Account name (`local` or `local@domain`)
         name: String,
@@ -189,8 +251,9 @@ pub enum UserCommand {
 /// `popadm import ...`
 #[derive(Debug, Subcommand)]
 pub enum ImportCommand {
-    /// Import accounts from a Dovecot passwd-file (`user:{SCHEME}hash:...` lines): {ARGON2ID}
-    /// and {ARGON2I} hashes as they are, {CRAM-MD5} states for CRAM-MD5 only, {PLAIN} and
+    /// Import accounts from a Dovecot passwd-file, all or nothing
+    ///
+    /// Reads `user:{SCHEME}hash:...` lines: {ARGON2ID} and {ARGON2I} hashes as they are, {CRAM-MD5} states for CRAM-MD5 only, {PLAIN} and
     /// {CLEAR} hashed with argon2id. Every line is checked first, then all accounts are
     /// written in one transaction, or none
     Passwd {
@@ -221,8 +284,10 @@ pub enum ImportCommand {
         /// Account name (`local` or `local@domain`)
         name: String,
     },
-    /// Import a maildir (`cur/` and `new/`, in delivery order), keeping the UIDLs its clients
-    /// know: Dovecot's (from `dovecot-uidlist`) or qpopper's (`X-UIDL:` headers)
+    /// Import a maildir (Dovecot, qpopper), keeping the UIDLs its clients know
+    ///
+    /// Reads `cur/` and `new/` in delivery order and keeps Dovecot's UIDLs (from
+    /// `dovecot-uidlist`) or qpopper's (`X-UIDL:` headers).
     Maildir {
         /// The maildir (the directory holding `cur/` and `new/`)
         dir: PathBuf,
@@ -244,8 +309,9 @@ pub enum ImportCommand {
 /// `popadm migrate ...`
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
-    /// Copy every message of a POP3 maildrop into an existing account, all or nothing, keeping
-    /// the UIDL the server gave it. Messages whose UIDL the account already holds are skipped,
+    /// Copy every message of a POP3 maildrop into an account, keeping its UIDLs
+    ///
+    /// All or nothing, each message with the UIDL the server gave it. Messages whose UIDL the account already holds are skipped,
     /// so a second run fetches only what is new. Nothing is deleted on the server: no DELE is
     /// sent and the session ends without QUIT (no UPDATE state, RFC 1939 section 6).
     Pop3 {
@@ -259,8 +325,10 @@ pub enum MigrateCommand {
 /// `popadm uidl ...`
 #[derive(Debug, Subcommand)]
 pub enum UidlCommand {
-    /// List UIDLs found only on the server (`remote-only`) or only here (`local-only`); exit 0
-    /// and `uidl: identical (N messages)` when they are the same, 1 when they differ
+    /// List UIDLs found only on the server or only here
+    ///
+    /// Lines are `remote-only UIDL` or `local-only UIDL`; exit 0 and `uidl: identical (N
+    /// messages)` when they are the same, 1 when they differ.
     Diff {
         #[command(flatten)]
         remote: RemoteArgs,
@@ -329,6 +397,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Stat { name } => (users::stat(&data_dir, &name), exit::admin_code as _),
         Command::Import(cmd) => (import::run(&data_dir, cmd), exit::admin_code as _),
         Command::Backup { file } => (backup(&data_dir, &file), exit::admin_code as _),
+        Command::Completions { shell } => (
+            clidoc::completions(command(), shell, &mut std::io::stdout().lock())
+                .context("writing the completion script"),
+            exit::admin_code as _,
+        ),
+        Command::GenerateMan { dir } => (generate_man(&dir), exit::admin_code as _),
         Command::Migrate(MigrateCommand::Pop3 { remote, name }) => (
             migrate::migrate(&data_dir, remote, &name),
             exit::admin_code as _,
@@ -369,6 +443,17 @@ fn backup(data_dir: &Path, file: &Path) -> anyhow::Result<()> {
         "backup written to {} ({octets} octets)\n",
         file.display()
     ))
+}
+
+/// `generate-man DIR`: the pages, and their names on stdout.
+fn generate_man(dir: &Path) -> anyhow::Result<()> {
+    let written = clidoc::write_man_pages(command(), MAN_SECTION, dir)
+        .with_context(|| format!("writing manual pages into {}", dir.display()))?;
+    let names: String = written
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
+    output::print(&names)
 }
 
 /// `--data-dir`, else a non-empty `POP3D_DATA_DIR`, else [`DEFAULT_DATA_DIR`].
@@ -448,6 +533,52 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_pages_name_every_command_and_flag() {
+        let pages = clidoc::pages(command(), MAN_SECTION);
+        assert_eq!(
+            clidoc::undocumented(command(), &pages, MAN_SECTION),
+            Vec::<String>::new()
+        );
+        let names: Vec<&str> = pages.iter().map(|p| p.file_name.as_str()).collect();
+        for name in ["popadm.8", "popadm-user-add.8", "popadm-import-maildir.8"] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n.contains("generate-man")),
+            "{names:?}"
+        );
+        let top = &pages[0].roff;
+        assert!(top.contains(".SH EXAMPLES"), "{top}");
+    }
+
+    #[test]
+    fn help_teaches() {
+        let help = command().render_help().to_string();
+        for example in [
+            "user add alice",
+            "deliver -f",
+            "import maildir",
+            "migrate pop3",
+            "popadm backup",
+        ] {
+            assert!(help.contains(example), "{example}: {help}");
+        }
+        // Every visible command at every depth has a one-line description.
+        fn one_liners(cmd: &clap::Command) {
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+                assert!(
+                    !about.is_empty() && !about.contains('\n') && about.len() <= 90,
+                    "{}: {about:?}",
+                    sub.get_name()
+                );
+                one_liners(sub);
+            }
+        }
+        one_liners(&command());
     }
 
     #[test]

@@ -17,13 +17,43 @@ use tracing::{error, info, warn};
 
 use crate::config::{parse_cleartext, parse_min_tls, secs, File, ListenSpec};
 
+/// What `pop3d --help` and pop3d(8) show after the flags. Headings ending in `:` become man
+/// page sections (see the `clidoc` crate).
+const AFTER_HELP: &str = "\
+Examples:
+  # Try it: the embedded defaults (./pop3d-data, 1110 and 1995 on loopback, self-signed)
+  pop3d
+
+  # Production: everything from the configuration file, then drop root after binding
+  pop3d --config /etc/pop3d/pop3d.toml
+
+  # Flags override the file, e.g. one more listener and a debug log of the sessions
+  pop3d --config /etc/pop3d/pop3d.toml --listen [::1]:1110 --log info,server=debug
+
+Files:
+  /etc/pop3d/pop3d.toml        the configuration file (--config or $POP3D_CONFIG); every key
+                               is in docs/configuration.md, a production example is
+                               docs/pop3d.example.toml
+  DATA_DIR/maildrops.sqlite3   the maildrops, managed with popadm(8)
+  DATA_DIR/tls/                the self-signed certificate, when no certificate is configured
+
+Signals:
+  SIGHUP reloads the certificates; SIGTERM and SIGINT stop accepting and let sessions finish.
+
+systemd:
+  dist/pop3d.service runs pop3d hardened; with dist/pop3d.socket systemd binds the ports and
+  passes them in (LISTEN_FDS; names pop3, pop3s, kpop); pop3d then binds nothing itself.
+
+See also:
+  popadm(8); docs/admin-guide.md. Completion scripts: pop3d --completions bash|zsh|fish";
+
 /// POP3 server (RFC 1939, 2449, 2595, 8314, 6856) with a SQLite maildrop store.
 ///
 /// Without any flag it serves the embedded defaults: data in ./pop3d-data, POP3 with STLS on
 /// 127.0.0.1:1110 and POP3S on 127.0.0.1:1995, with a self-signed certificate generated into
 /// ./pop3d-data/tls. Flags override the configuration file.
 #[derive(Debug, Parser)]
-#[command(name = "pop3d", version, about)]
+#[command(name = "pop3d", version, about, after_help = AFTER_HELP)]
 struct Args {
     /// TOML configuration file (see docs/configuration.md).
     #[arg(long, value_name = "FILE", env = "POP3D_CONFIG")]
@@ -150,9 +180,42 @@ struct Args {
     #[arg(long, value_name = "USER")]
     user: Option<String>,
 
+    /// Print a shell completion script (bash, zsh, fish, ...) to stdout and exit.
+    #[arg(long, value_name = "SHELL", value_enum, exclusive = true)]
+    completions: Option<clidoc::Shell>,
+
+    /// Write pop3d's manual page (section 8) into DIR and exit (`cargo xtask man` runs it).
+    #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
+    generate_man: Option<PathBuf>,
+
     /// Testing only: allow an idle timeout below RFC 1939's 10 minutes.
     #[arg(long, hide = true)]
     allow_short_idle_timeout: bool,
+}
+
+/// Manual section of the page: system administration (daemons).
+const MAN_SECTION: &str = "8";
+
+/// `--completions` and `--generate-man`: documentation of the command line itself, generated
+/// from the same definition it is parsed with.
+fn self_document(args: &Args) -> Option<Result<()>> {
+    use clap::CommandFactory;
+    if let Some(shell) = args.completions {
+        return Some(
+            clidoc::completions(Args::command(), shell, &mut std::io::stdout().lock())
+                .context("writing the completion script"),
+        );
+    }
+    let dir = args.generate_man.as_ref()?;
+    Some(
+        clidoc::write_man_pages(Args::command(), MAN_SECTION, dir)
+            .with_context(|| format!("writing the manual page into {}", dir.display()))
+            .map(|written| {
+                for p in written {
+                    println!("{}", p.display());
+                }
+            }),
+    )
 }
 
 /// Everything `run` needs, resolved from the file, the flags and the defaults.
@@ -172,6 +235,14 @@ struct Settings {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match self_document(&args) {
+        Some(Ok(())) => return ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            eprintln!("pop3d: {e:#}");
+            return ExitCode::FAILURE;
+        }
+        None => {}
+    }
     let settings = match resolve(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -610,6 +681,24 @@ mod tests {
     #[test]
     fn verify_cli() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn man_page_names_every_flag() {
+        let pages = clidoc::pages(Args::command(), MAN_SECTION);
+        assert_eq!(pages.len(), 1);
+        assert_eq!(pages[0].file_name, "pop3d.8");
+        assert_eq!(
+            clidoc::undocumented(Args::command(), &pages, MAN_SECTION),
+            Vec::<String>::new()
+        );
+        for section in [".SH EXAMPLES", ".SH FILES", ".SH SIGNALS", "pop3d.toml"] {
+            assert!(pages[0].roff.contains(section), "{section}");
+        }
+        assert!(
+            !pages[0].roff.contains("generate\\-man"),
+            "hidden flag documented"
+        );
     }
 
     #[test]
