@@ -253,9 +253,9 @@ pub enum UserCommand {
 pub enum ImportCommand {
     /// Import accounts from a Dovecot passwd-file, all or nothing
     ///
-    /// Reads `user:{SCHEME}hash:...` lines: {ARGON2ID} and {ARGON2I} hashes as they are, {CRAM-MD5} states for CRAM-MD5 only, {PLAIN} and
-    /// {CLEAR} hashed with argon2id. Every line is checked first, then all accounts are
-    /// written in one transaction, or none
+    /// Reads `user:{SCHEME}hash:...` lines: {ARGON2ID} and {ARGON2I} hashes as they are,
+    /// {CRAM-MD5} states for CRAM-MD5 only, {PLAIN} and {CLEAR} hashed with argon2id. Every
+    /// line is checked first, then all accounts are written in one transaction, or none.
     Passwd {
         /// The passwd-file
         file: PathBuf,
