@@ -107,7 +107,11 @@ fn realm(dir: &Path) -> Kdc {
         if ok {
             return kdc;
         }
-        assert!(Instant::now() < deadline, "the KDC did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "the KDC did not come up on port {port}; kdc.log:\n{}",
+            std::fs::read_to_string(dir.join("kdc.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
