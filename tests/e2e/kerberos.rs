@@ -50,7 +50,11 @@ fn run(dir: &Path, program: &str, args: &[&str]) {
 
 /// Creates the realm, the principals and keytabs, starts the KDC, gets alice a ticket.
 fn realm(dir: &Path) -> Kdc {
-    let port = free_port();
+    // The KDC listens on UDP and TCP: the port must be free for both, or it exits at start.
+    let port = (0..50)
+        .map(|_| free_port())
+        .find(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a loopback port free for both TCP and UDP");
     let d = dir.display();
     std::fs::write(
         dir.join("krb5.conf"),
@@ -93,7 +97,7 @@ fn realm(dir: &Path) -> Kdc {
         .stderr(Stdio::null())
         .spawn()
         .expect("krb5kdc");
-    let kdc = Kdc(kdc);
+    let mut kdc = Kdc(kdc);
     // kinit succeeds once the KDC answers.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -107,9 +111,10 @@ fn realm(dir: &Path) -> Kdc {
         if ok {
             return kdc;
         }
+        let exited = kdc.0.try_wait().ok().flatten();
         assert!(
-            Instant::now() < deadline,
-            "the KDC did not come up on port {port}; kdc.log:\n{}",
+            exited.is_none() && Instant::now() < deadline,
+            "the KDC did not come up on port {port} (exit status: {exited:?}); kdc.log:\n{}",
             std::fs::read_to_string(dir.join("kdc.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
