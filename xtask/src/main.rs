@@ -3,7 +3,8 @@
 //! - `cargo xtask test`: builds the binaries, runs `cargo test` for every crate, then the
 //!   end-to-end suite in `tests/` against the built `pop3d` and `popadm`.
 //! - `cargo xtask deps`: installs what the end-to-end suite drives (the POP3 clients, Postfix,
-//!   Dovecot's pop3d, the Kerberos tools) from Debian packages when they are missing.
+//!   Dovecot's pop3d, the Kerberos tools) and PostgreSQL (the store's second backend) from
+//!   Debian packages when they are missing.
 //! - `cargo xtask faults [--rounds N] [--seed S]`: kill -9 pop3d and popadm at random moments
 //!   and check the maildrops against a ledger ([`faults`]).
 //! - `cargo xtask fuzz [--seconds N] [--target T]`: the cargo-fuzz targets of `fuzz/` under
@@ -31,7 +32,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test    build, run every crate's tests, then the end-to-end suite
   deps    install what the end-to-end suite drives with apt-get: the POP3 clients, Postfix
-          and Dovecot's pop3d (run privately on loopback), the Kerberos tools
+          and Dovecot's pop3d (run privately on loopback), the Kerberos tools, PostgreSQL
           (--bench: only Dovecot's pop3d, for bench --against dovecot)
   bench [--quick] [--against dovecot] [--reps N]
           benchmark the release pop3d (and a private Dovecot) with crates/bench; results in
@@ -120,21 +121,23 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
     }
 }
 
-/// The cargo features the binaries are built with: with Kerberos' development files they carry
-/// GSSAPI (and the KDC test runs).
-fn features() -> &'static [&'static str] {
+/// The cargo features the binaries and tests are built with: the PostgreSQL backend always
+/// (pure Rust; its tests run against a throw-away cluster where PostgreSQL is installed), and
+/// with Kerberos' development files GSSAPI (and the KDC test runs).
+fn features() -> Vec<String> {
+    let mut features = vec!["store/postgres"];
     if kerberos_buildable() {
-        &["--features", "pop3d/gssapi"]
+        features.push("pop3d/gssapi");
     } else {
         eprintln!(
             "xtask: libkrb5-dev or libclang missing: building without GSSAPI (cargo xtask deps)"
         );
-        &[]
     }
+    vec!["--features".to_owned(), features.join(",")]
 }
 
 /// Builds every binary of the workspace (debug), with [`features`].
-fn build_bins(features: &[&str]) -> Result<(), String> {
+fn build_bins(features: &[String]) -> Result<(), String> {
     let mut build = cargo();
     build
         .args(["build", "--workspace", "--bins"])
@@ -154,7 +157,7 @@ fn man(args: &[String]) -> Result<(), String> {
         [flag, dir] if flag == "--out" => PathBuf::from(dir),
         _ => return Err("usage: cargo xtask man [--out DIR]".into()),
     };
-    build_bins(features())?;
+    build_bins(&features())?;
     let bins = target_dir().join("debug");
     let completions = out.join("completions");
     std::fs::create_dir_all(&completions)
@@ -200,13 +203,16 @@ fn man(args: &[String]) -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     let passthrough: Vec<&String> = extra.iter().skip_while(|a| *a != "--").skip(1).collect();
     let features = features();
-    build_bins(features)?;
+    build_bins(&features)?;
 
     let mut unit = cargo();
     unit.args(["test", "--workspace", "--exclude", "e2e"])
-        .args(features)
+        .args(&features)
         .arg("--")
         .args(&passthrough);
+    if std::env::var_os("CI").is_some() {
+        unit.env("POP3D_REQUIRE_POSTGRES", "1");
+    }
     run(unit, "unit and integration tests of every crate")?;
 
     let bins = target_dir().join("debug");
@@ -216,9 +222,10 @@ fn test(extra: &[String]) -> Result<(), String> {
     e2e.env("POP3D_BIN", bins.join("pop3d"));
     e2e.env("POPADM_BIN", bins.join("popadm"));
     if std::env::var_os("CI").is_some() {
-        // In CI the clients were installed by `cargo xtask deps`: a missing one is a failure,
-        // not a skip.
+        // In CI the clients and PostgreSQL were installed by `cargo xtask deps`: a missing one
+        // is a failure, not a skip.
         e2e.env("E2E_REQUIRE_CLIENTS", "1");
+        e2e.env("POP3D_REQUIRE_POSTGRES", "1");
     }
     run(e2e, "end-to-end suite (real pop3d, popadm and clients)")?;
 
@@ -308,6 +315,10 @@ fn deps() -> Result<(), String> {
     );
     if !have_libclang() {
         missing.push("libclang-dev");
+    }
+    // The PostgreSQL backend's tests start a throw-away cluster with its server programs.
+    if pgtest::bindir().is_none() {
+        missing.push("postgresql");
     }
     missing.extend(
         PERL_MODULES

@@ -21,10 +21,15 @@
 //! - [`Store::check_login_delay`] decides and records a login in one transaction, so that
 //!   processes sharing the database cannot both take the last token (RFC 2449 LOGIN-DELAY).
 
+mod common;
 mod holder;
 mod ingest;
 mod name;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::io::Read;
 use std::time::Duration;
@@ -32,6 +37,8 @@ use std::time::Duration;
 pub use holder::holder_string;
 pub use ingest::{normalise, Ingest, IngestSummary};
 pub use name::AccountName;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, DB_FILE};
 
 /// Row id of an account.

@@ -10,10 +10,10 @@
 //!
 //! Times are unix seconds (INTEGER), read once per transaction after its write lock is held.
 //! The LOGIN-DELAY token bucket keeps sub-second precision without a REAL timestamp: see
-//! [`login_bucket`].
+//! `common::login_verdict`.
 
 use std::fmt;
-use std::io::{ErrorKind, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,13 +23,17 @@ use rusqlite::{
 };
 use tracing::{debug, info, warn};
 
+use crate::common::{
+    expire_from_sql, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
+    login_verdict, to_i64, to_u64, unix_secs, validate_uid, AccountWriter, LoginVerdict,
+};
 use crate::holder::holder_is_dead;
 
 mod backup;
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, Expire, ImportMessage, Ingest, LockInfo, LoginDelay, MaildropLock, MessageId,
-    MessageMeta, OnExisting, Result, Store, StoreError, CHUNK_SIZE,
+    Delivered, ImportMessage, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta,
+    OnExisting, Result, Store, StoreError,
 };
 
 /// Name of the database file inside the data directory.
@@ -38,10 +42,6 @@ pub const DB_FILE: &str = "maildrops.sqlite3";
 const MAX_IDLE: usize = 16;
 /// How long a statement waits for another connection's lock before `Busy`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Size of the reads from a delivered message.
-const READ_BUF: usize = 64 * 1024;
-/// Longest UID, RFC 1939 section 7.
-const MAX_UID_OCTETS: usize = 70;
 
 /// Schema migrations; `PRAGMA user_version` counts those applied. Append, never edit.
 const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
@@ -106,7 +106,7 @@ CREATE TABLE locks (
 /// - `accounts.login_delay`: seconds, NULL = the server's global setting.
 /// - `accounts.expire_days`: NULL = the server's global setting, -1 = NEVER, else days.
 /// - `accounts.last_login`, `accounts.login_tokens`: the LOGIN-DELAY token bucket, see
-///   [`login_bucket`]; NULL tokens = a full bucket.
+///   `common::login_verdict`; NULL tokens = a full bucket.
 /// - `messages.retrieved_at`: unix seconds of the first retrieval in a session that reached
 ///   UPDATE; NULL = never retrieved.
 /// - `messages.utf8_headers`: 1 when the header section has non-ASCII octets and is valid
@@ -139,9 +139,6 @@ ALTER TABLE accounts ADD COLUMN legacy_secret TEXT NULL;
 const SCHEMA_V4: &str = "
 ALTER TABLE accounts ADD COLUMN cram_md5_states TEXT NULL;
 ";
-
-/// `expire_days` value of [`Expire::Never`].
-const EXPIRE_NEVER: i64 = -1;
 
 /// Finds an account by name; `d.name IS ?2` matches a NULL domain too.
 const FIND_ACCOUNT: &str = "SELECT a.id, a.password_hash, a.created_at, a.uidvalidity,
@@ -308,26 +305,6 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// Unix seconds of `t` (0 before the epoch).
-fn unix_secs(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// Now, in unix seconds.
-fn now() -> i64 {
-    unix_secs(SystemTime::now())
-}
-
-/// Counts stored as INTEGER are never negative; clamp defensively instead of panicking.
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 /// An `accounts` row as [`FIND_ACCOUNT`] reads it.
 struct AccountRow {
     id: AccountId,
@@ -371,26 +348,11 @@ fn account_id(conn: &Connection, name: &AccountName) -> Result<(AccountId, i64)>
 /// The policy in columns `first` (`login_delay`) and `first + 1` (`expire_days`).
 fn policy_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<AccountPolicy> {
     let login_delay: Option<u32> = row.get(first)?;
-    let expire = match row.get::<_, Option<i64>>(first + 1)? {
-        None => None,
-        Some(EXPIRE_NEVER) => Some(Expire::Never),
-        Some(days) => {
-            Some(Expire::Days(u32::try_from(days).map_err(|_| {
-                rusqlite::Error::IntegralValueOutOfRange(first + 1, days)
-            })?))
-        }
-    };
+    let expire = expire_from_sql(row.get(first + 1)?)
+        .map_err(|days| rusqlite::Error::IntegralValueOutOfRange(first + 1, days))?;
     Ok(AccountPolicy {
         login_delay,
         expire,
-    })
-}
-
-/// `expire_days` of an EXPIRE override.
-fn expire_to_sql(expire: Option<Expire>) -> Option<i64> {
-    expire.map(|e| match e {
-        Expire::Never => EXPIRE_NEVER,
-        Expire::Days(days) => i64::from(days),
     })
 }
 
@@ -410,59 +372,9 @@ fn check_fence(tx: &Transaction<'_>, lock: &MaildropLock, now: i64) -> Result<()
     Ok(())
 }
 
-/// The LOGIN-DELAY token bucket (RFC 2449 section 6.5) of one account: holds `capacity`
-/// tokens and refills at one token per `delay_secs`.
-///
-/// Stored as `last_login` (whole unix seconds) and `login_tokens`, the bucket's level *at the
-/// instant `last_login`*, projected back from the precise (sub-second) time of the login that
-/// was recorded. As refilling is linear, `tokens + (t - last_login) / delay` is then the exact
-/// level at any later time `t` (before the cap), so whole-second storage loses no precision.
-/// The projected value may be slightly below zero; NULL tokens mean a full bucket.
-#[derive(Debug, Clone, Copy)]
-struct LoginBucket {
-    capacity: f64,
-    delay_secs: f64,
-}
-
-/// Tolerance for float rounding when a token has just come back.
-const TOKEN_EPSILON: f64 = 1e-9;
-
-impl LoginBucket {
-    /// The level at `now` (unix seconds, fractional) given the stored state.
-    fn level(&self, last_login: Option<i64>, tokens: Option<f64>, now: f64) -> f64 {
-        match (last_login, tokens) {
-            (Some(last), Some(tokens)) if tokens.is_finite() => {
-                // A clock that went backwards refills nothing.
-                let elapsed = (now - last as f64).max(0.0);
-                (tokens + elapsed / self.delay_secs).min(self.capacity)
-            }
-            _ => self.capacity,
-        }
-    }
-
-    /// What to store after taking one token at `now` from a bucket at `level`: whole seconds
-    /// and the level at that earlier instant.
-    fn take(&self, level: f64, now: f64) -> (i64, f64) {
-        let second = now.floor();
-        let tokens = level - 1.0 - (now - second) / self.delay_secs;
-        (second as i64, tokens)
-    }
-
-    /// Time until a bucket at `level` (< 1) holds one token, within (0, delay].
-    fn retry_after(&self, level: f64) -> Duration {
-        let secs = ((1.0 - level) * self.delay_secs).clamp(0.0, self.delay_secs);
-        Duration::try_from_secs_f64(secs)
-            .unwrap_or(Duration::ZERO)
-            .max(Duration::from_nanos(1))
-    }
-}
-
-/// See [`LoginBucket`].
-fn login_bucket(delay: Duration, burst: u32) -> LoginBucket {
-    LoginBucket {
-        capacity: 1.0 + f64::from(burst),
-        delay_secs: delay.as_secs_f64(),
-    }
+/// Now, in unix seconds.
+fn now() -> i64 {
+    unix_secs(SystemTime::now())
 }
 
 /// Now as fractional unix seconds.
@@ -532,23 +444,6 @@ fn uid_in_use(conn: &Connection, account: AccountId, uid: &str) -> Result<bool> 
     Ok(stmt.exists(params![account, uid])?)
 }
 
-/// RFC 1939 section 7: 1 to 70 octets in 0x21..=0x7E.
-fn validate_uid(uid: &str) -> Result<()> {
-    let reason = if uid.is_empty() {
-        "empty"
-    } else if uid.len() > MAX_UID_OCTETS {
-        "longer than 70 octets"
-    } else if !uid.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
-        "contains octets outside 0x21..=0x7E"
-    } else {
-        return Ok(());
-    };
-    Err(StoreError::InvalidUid {
-        uid: uid.to_owned(),
-        reason,
-    })
-}
-
 /// Takes the account's next UID (`%08X%08X` of next_uid and uidvalidity, Dovecot's default
 /// UIDL format), skipping any that an import already used.
 fn generate_uid(conn: &Connection, account: AccountId, uidvalidity: i64) -> Result<String> {
@@ -557,7 +452,7 @@ fn generate_uid(conn: &Connection, account: AccountId, uidvalidity: i64) -> Resu
     )?;
     loop {
         let n: i64 = stmt.query_row([account], |row| row.get(0))?;
-        let uid = format!("{n:08X}{uidvalidity:08X}");
+        let uid = generated_uid(n, uidvalidity);
         if !uid_in_use(conn, account, &uid)? {
             return Ok(uid);
         }
@@ -595,42 +490,10 @@ fn store_message(
 
     let mut insert =
         tx.prepare_cached("INSERT INTO chunks (message_id, seq, data) VALUES (?1, ?2, ?3)")?;
-    let too_large = |size| StoreError::TooLarge {
-        size,
-        limit: max_size,
-    };
-    let mut ingest = Ingest::new();
-    let mut buf = vec![0; READ_BUF];
-    let mut pending = Vec::with_capacity(CHUNK_SIZE + 2 * READ_BUF + 2);
-    let mut seq: i64 = 0;
-    loop {
-        let n = match source.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::Input(e)),
-        };
-        ingest.push(&buf[..n], &mut pending);
-        if ingest.size() > max_size {
-            return Err(too_large(ingest.size()));
-        }
-        while pending.len() >= CHUNK_SIZE {
-            insert.execute(params![id, seq, &pending[..CHUNK_SIZE]])?;
-            pending.drain(..CHUNK_SIZE);
-            seq += 1;
-        }
-    }
-    let summary = ingest.finish(&mut pending);
-    if summary.size == 0 {
-        return Err(StoreError::InvalidMessage("empty message"));
-    }
-    if summary.size > max_size {
-        return Err(too_large(summary.size));
-    }
-    for piece in pending.chunks(CHUNK_SIZE) {
+    let (summary, seq) = ingest_chunks(source, max_size, |seq, piece| {
         insert.execute(params![id, seq, piece])?;
-        seq += 1;
-    }
+        Ok(())
+    })?;
     tx.prepare_cached(
         "UPDATE messages SET size = ?2, header_octets = ?3, body_lines = ?4, chunks = ?5,
                              utf8_headers = ?6
@@ -727,6 +590,23 @@ fn update_secrets(
     Ok(())
 }
 
+/// [`AccountWriter`] over a write transaction.
+struct Accounts<'a, 'c>(&'a Transaction<'c>);
+
+impl AccountWriter for Accounts<'_, '_> {
+    fn find(&mut self, name: &AccountName) -> Result<Option<AccountId>> {
+        Ok(find_account(self.0, name)?.map(|row| row.id))
+    }
+
+    fn insert(&mut self, name: &AccountName, hash: &str, secrets: &AccountSecrets) -> Result<()> {
+        insert_account(self.0, name, hash, secrets).map(drop)
+    }
+
+    fn update(&mut self, id: AccountId, hash: &str, secrets: &AccountSecrets) -> Result<()> {
+        update_secrets(self.0, id, hash, secrets)
+    }
+}
+
 fn summary_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
     let holder: Option<String> = row.get(4)?;
     let lock = match holder {
@@ -770,22 +650,7 @@ impl Store for SqliteStore {
         existing: OnExisting,
     ) -> Result<Vec<bool>> {
         self.write(|tx| {
-            let mut created = Vec::with_capacity(accounts.len());
-            for a in accounts {
-                match (find_account(tx, &a.name)?, existing) {
-                    (None, _) => {
-                        insert_account(tx, &a.name, &a.password_hash, &a.secrets)?;
-                        created.push(true);
-                    }
-                    (Some(row), OnExisting::Replace) => {
-                        update_secrets(tx, row.id, &a.password_hash, &a.secrets)?;
-                        created.push(false);
-                    }
-                    (Some(_), OnExisting::Refuse) => {
-                        return Err(StoreError::AccountExists(a.name.to_string()));
-                    }
-                }
-            }
+            let created = import_accounts(&mut Accounts(tx), accounts, existing)?;
             info!(accounts = accounts.len(), "accounts imported");
             Ok(created)
         })
@@ -936,24 +801,19 @@ impl Store for SqliteStore {
             };
             // Read under the write lock, so concurrent logins are ordered by their clocks.
             let now = now_f64();
-            let mut record = tx.prepare_cached(
-                "UPDATE accounts SET last_login = ?2, login_tokens = ?3 WHERE id = ?1",
-            )?;
-            if delay.is_zero() {
-                // No delay, no debt: the bucket stays full.
-                record.execute(params![account, now.floor() as i64, None::<f64>])?;
-                return Ok(LoginDelay::Allowed);
+            match login_verdict(delay, burst, last_login, tokens, now) {
+                LoginVerdict::Record { last_login, tokens } => {
+                    tx.prepare_cached(
+                        "UPDATE accounts SET last_login = ?2, login_tokens = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![account, last_login, tokens])?;
+                    Ok(LoginDelay::Allowed)
+                }
+                LoginVerdict::TooSoon(retry_after) => {
+                    debug!(account, ?retry_after, "login refused: LOGIN-DELAY");
+                    Ok(LoginDelay::TooSoon { retry_after })
+                }
             }
-            let bucket = login_bucket(delay, burst);
-            let level = bucket.level(last_login, tokens, now);
-            if level < 1.0 - TOKEN_EPSILON {
-                let retry_after = bucket.retry_after(level);
-                debug!(account, ?retry_after, "login refused: LOGIN-DELAY");
-                return Ok(LoginDelay::TooSoon { retry_after });
-            }
-            let (second, tokens) = bucket.take(level.max(1.0), now);
-            record.execute(params![account, second, tokens])?;
-            Ok(LoginDelay::Allowed)
         })
     }
 
@@ -979,20 +839,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Delivered>> {
         self.write(|tx| {
             let (account, uidvalidity) = account_id(tx, name)?;
-            let mut delivered = Vec::new();
-            // No size limit: the messages are already in memory, and a migration must not
-            // drop a large old message.
-            for message in messages {
-                let mut bytes = message.bytes.as_slice();
-                delivered.push(store_message(
-                    tx,
-                    account,
-                    uidvalidity,
-                    message.uid,
-                    &mut bytes,
-                    u64::MAX,
-                )?);
-            }
+            let delivered = import_each(messages, |uid, bytes, max_size| {
+                store_message(tx, account, uidvalidity, uid, bytes, max_size)
+            })?;
             info!(account, count = delivered.len(), "messages imported");
             Ok(delivered)
         })
@@ -1160,35 +1009,34 @@ impl Store for SqliteStore {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::collections::HashSet;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-
     use super::*;
-    use crate::{holder, normalise};
+    use crate::normalise;
+    use crate::tests::{deliver, ids, name, read_all, retrieved_at, TempDir, TestStore, HOUR};
+    use crate::{Expire, LoginDelay};
 
-    const HOUR: Duration = Duration::from_secs(3600);
-
-    /// A directory under the system temp dir, removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            TempDir(std::env::temp_dir().join(format!(
-                "store-test-{}-{nanos}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            )))
+    impl TestStore for SqliteStore {
+        fn exec(&self, sql: &str) -> u64 {
+            self.with_conn(|c| Ok(c.execute(sql, [])?)).unwrap() as u64
         }
-    }
 
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+        fn scalar(&self, sql: &str) -> Option<i64> {
+            self.with_conn(|c| Ok(c.query_row(sql, [], |r| r.get(0))?))
+                .unwrap()
+        }
+
+        fn login_state(&self, account: AccountId) -> (Option<i64>, Option<f64>) {
+            self.with_conn(|c| {
+                Ok(c.query_row(
+                    "SELECT last_login, login_tokens FROM accounts WHERE id = ?1",
+                    [account],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .unwrap()
+        }
+
+        fn pool_within_bounds(&self) -> bool {
+            self.idle.lock().unwrap().len() <= MAX_IDLE
         }
     }
 
@@ -1196,78 +1044,6 @@ mod tests {
         let dir = TempDir::new();
         let store = SqliteStore::open(&dir.0).unwrap();
         (dir, store)
-    }
-
-    fn name(s: &str) -> AccountName {
-        AccountName::parse(s).unwrap()
-    }
-
-    fn deliver(store: &SqliteStore, to: &AccountName, bytes: &[u8]) -> Delivered {
-        store
-            .deliver(to, &mut &bytes[..], crate::DEFAULT_MAX_MESSAGE_SIZE)
-            .unwrap()
-    }
-
-    fn read_all(store: &SqliteStore, id: MessageId) -> Vec<Vec<u8>> {
-        let mut chunks = Vec::new();
-        while let Some(chunk) = store.read_chunk(id, chunks.len() as u32).unwrap() {
-            chunks.push(chunk);
-        }
-        chunks
-    }
-
-    fn count(store: &SqliteStore, sql: &str) -> i64 {
-        store
-            .with_conn(|c| Ok(c.query_row(sql, [], |r| r.get(0))?))
-            .unwrap()
-    }
-
-    fn uids(store: &SqliteStore, account: AccountId) -> Vec<String> {
-        let list = store.list_messages(account).unwrap();
-        list.into_iter().map(|m| m.uid).collect()
-    }
-
-    /// Hands out its data in small, uneven reads, with an `Interrupted` error in between.
-    struct Trickle<'a> {
-        data: &'a [u8],
-        step: usize,
-        interrupt: bool,
-    }
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            self.interrupt = !self.interrupt;
-            if self.interrupt {
-                return Err(ErrorKind::Interrupted.into());
-            }
-            self.step = self.step % 9973 + 1;
-            let n = self.step.min(buf.len()).min(self.data.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
-
-    /// Fails after handing out some bytes.
-    struct Broken(usize);
-
-    impl Read for Broken {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            if self.0 == 0 {
-                return Err(std::io::Error::other("connection reset"));
-            }
-            let n = self.0.min(buf.len());
-            buf[..n].fill(b'x');
-            self.0 -= n;
-            Ok(n)
-        }
-    }
-
-    #[test]
-    fn store_is_send_sync() {
-        fn check<T: Send + Sync + 'static>() {}
-        check::<SqliteStore>();
-        check::<Arc<dyn Store>>();
     }
 
     #[test]
@@ -1285,462 +1061,6 @@ mod tests {
         // Reopening an up-to-date database applies nothing and works.
         let store = SqliteStore::open(&nested).unwrap();
         store.create_account(&name("x"), "h").unwrap();
-    }
-
-    #[test]
-    fn accounts_create_lookup_duplicate() {
-        let (_dir, store) = setup();
-        let alice = store
-            .create_account(&name("Alice@Example.ORG"), "$argon2id$a")
-            .unwrap();
-        let bob = store
-            .create_account(&name("bob@example.org"), "$b")
-            .unwrap();
-        let plain = store.create_account(&name("alice"), "$c").unwrap();
-        assert_eq!(count(&store, "SELECT count(*) FROM domains"), 1);
-        assert_ne!(alice, plain);
-
-        let found = store.account(&name("ALICE@example.org")).unwrap().unwrap();
-        assert_eq!(found.id, alice);
-        assert_eq!(found.name.to_string(), "alice@example.org");
-        assert_eq!(found.password_hash, "$argon2id$a");
-        assert!(found.created_at > 1_600_000_000);
-        assert_eq!(store.account(&name("Alice")).unwrap().unwrap().id, plain);
-        assert!(store.account(&name("carol")).unwrap().is_none());
-        assert!(store.account(&name("alice@example.com")).unwrap().is_none());
-
-        for dup in ["alice@EXAMPLE.org", "ALICE"] {
-            assert!(matches!(
-                store.create_account(&name(dup), "$x"),
-                Err(StoreError::AccountExists(n)) if n == dup.to_lowercase()
-            ));
-        }
-
-        store
-            .set_password(&name("bob@example.org"), "$new")
-            .unwrap();
-        let bob_row = store.account(&name("bob@example.org")).unwrap().unwrap();
-        assert_eq!((bob_row.id, bob_row.password_hash.as_str()), (bob, "$new"));
-        assert!(matches!(
-            store.set_password(&name("carol"), "$x"),
-            Err(StoreError::NoSuchAccount(_))
-        ));
-
-        deliver(&store, &name("bob@example.org"), b"Subject: hi\n\nbody\n");
-        let list = store.list_accounts().unwrap();
-        let names: Vec<String> = list.iter().map(|s| s.name.to_string()).collect();
-        assert_eq!(names, ["alice", "alice@example.org", "bob@example.org"]);
-        assert_eq!((list[2].messages, list[2].octets), (1, 21));
-        let summary = store.account_summary(&name("bob@example.org")).unwrap();
-        assert_eq!(summary, list[2]);
-        assert!(matches!(
-            store.account_summary(&name("carol")),
-            Err(StoreError::NoSuchAccount(_))
-        ));
-    }
-
-    #[test]
-    fn deliver_multi_chunk_round_trip() {
-        let (_dir, store) = setup();
-        let to = name("user");
-        let account = store.create_account(&to, "h").unwrap();
-        // ~300 KiB with bare LFs, one CRLF, a bare CR, and no final newline.
-        let mut input = b"From: a@b\nSubject: big\r\n\n".to_vec();
-        let mut line = 0u32;
-        while input.len() < 300 * 1024 {
-            input.extend_from_slice(format!("line {line} of the body\r..\n").as_bytes());
-            line += 1;
-        }
-        input.extend_from_slice(b"no newline at the end");
-        let (expected, summary) = normalise(&input);
-
-        for source in [0, 1] {
-            let delivered = match source {
-                0 => deliver(&store, &to, &input),
-                _ => {
-                    let mut trickle = Trickle {
-                        data: &input,
-                        step: 0,
-                        interrupt: false,
-                    };
-                    store.deliver(&to, &mut trickle, u64::MAX).unwrap()
-                }
-            };
-            assert_eq!(delivered.size, expected.len() as u64);
-            assert_eq!(delivered.uid.len(), 16);
-            let chunks = read_all(&store, delivered.id);
-            assert_eq!(chunks.len(), expected.len().div_ceil(CHUNK_SIZE));
-            let (last, full) = chunks.split_last().unwrap();
-            assert!(full.iter().all(|c| c.len() == CHUNK_SIZE));
-            assert!(!last.is_empty() && last.len() <= CHUNK_SIZE);
-            assert_eq!(chunks.concat(), expected);
-            assert!(store.read_chunk(delivered.id, 1000).unwrap().is_none());
-        }
-
-        let list = store.list_messages(account).unwrap();
-        assert_eq!(list.len(), 2);
-        assert!(list[0].id < list[1].id);
-        for meta in &list {
-            assert_eq!(meta.size, summary.size);
-            assert_eq!(meta.header_octets, summary.header_octets);
-            assert_eq!(meta.body_lines, summary.body_lines);
-        }
-        assert_eq!(summary.header_octets, 11 + 14 + 2);
-        assert_eq!(summary.body_lines, u64::from(line) + 1);
-        assert!(matches!(
-            store.list_messages(account + 100),
-            Err(StoreError::NoSuchAccount(_))
-        ));
-        assert!(matches!(
-            store.deliver(&name("nobody"), &mut &b"x\n"[..], 100),
-            Err(StoreError::NoSuchAccount(n)) if n == "nobody"
-        ));
-    }
-
-    #[test]
-    fn failed_deliveries_leave_nothing() {
-        let (_dir, store) = setup();
-        let to = name("user");
-        let account = store.create_account(&to, "h").unwrap();
-        let big = vec![b'x'; 3 * CHUNK_SIZE];
-        let lines = b"a\n".repeat(500); // 1000 octets in, 1500 stored
-        let cases: Vec<(&[u8], u64)> = vec![(&big, 2 * CHUNK_SIZE as u64), (&lines, 1499)];
-        for (input, limit) in cases {
-            let err = store.deliver(&to, &mut &input[..], limit).unwrap_err();
-            assert!(
-                matches!(err, StoreError::TooLarge { size, limit: l } if size > limit && l == limit),
-                "{err:?}"
-            );
-        }
-        // "x" becomes "x\r\n": the appended CRLF counts against the limit too.
-        assert!(matches!(
-            store.deliver(&to, &mut &b"x"[..], 2),
-            Err(StoreError::TooLarge { size: 3, limit: 2 })
-        ));
-        assert!(matches!(
-            store.deliver(&to, &mut &b""[..], 100),
-            Err(StoreError::InvalidMessage("empty message"))
-        ));
-        let err = store
-            .deliver(&to, &mut Broken(CHUNK_SIZE * 2 + 5), u64::MAX)
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Input(_)), "{err:?}");
-        assert!(!err.is_transient());
-
-        assert!(store.list_messages(account).unwrap().is_empty());
-        assert_eq!(count(&store, "SELECT count(*) FROM messages"), 0);
-        assert_eq!(count(&store, "SELECT count(*) FROM chunks"), 0);
-
-        // Exactly at the limit is fine.
-        let ok = store.deliver(&to, &mut &lines[..], 1500).unwrap();
-        assert_eq!(ok.size, 1500);
-    }
-
-    #[test]
-    fn generated_uids_are_never_reused() {
-        let dir = TempDir::new();
-        let to = name("user@example.org");
-        let mut seen = HashSet::new();
-        let mut fresh = |uid: String| {
-            assert_eq!(uid.len(), 16, "{uid}");
-            assert!(
-                uid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')),
-                "{uid}"
-            );
-            assert!(seen.insert(uid.clone()), "UID {uid} given twice");
-        };
-        {
-            let store = SqliteStore::open(&dir.0).unwrap();
-            let account = store.create_account(&to, "h").unwrap();
-            for i in 0..3 {
-                let d = deliver(&store, &to, format!("Message {i}\n").as_bytes());
-                assert!(d.uid.starts_with(&format!("{:08X}", i + 1)));
-                fresh(d.uid);
-            }
-            // Delete the newest message: its UID must not come back.
-            let newest = store.list_messages(account).unwrap()[2].id;
-            let lock = store.lock_maildrop(account, "t@h:1#1", HOUR).unwrap();
-            store.commit_update(&lock, &[newest], &[]).unwrap();
-            store.release_lock(&lock).unwrap();
-            fresh(deliver(&store, &to, b"after deletion\n").uid);
-        }
-        // After reopening.
-        let store = SqliteStore::open(&dir.0).unwrap();
-        fresh(deliver(&store, &to, b"after reopening\n").uid);
-        let before = uids(&store, store.account(&to).unwrap().unwrap().id);
-        let old_validity = before[0][8..].to_owned();
-        // After deleting and re-creating the account under the same name.
-        store.delete_account(&to).unwrap();
-        let account = store.create_account(&to, "h").unwrap();
-        for _ in 0..3 {
-            fresh(deliver(&store, &to, b"after re-creation\n").uid);
-        }
-        let after = uids(&store, account);
-        assert!(after.iter().all(|uid| uid[8..] != old_validity));
-    }
-
-    #[test]
-    fn generated_uid_skips_imported_one() {
-        let (_dir, store) = setup();
-        let to = name("user");
-        let account = store.create_account(&to, "h").unwrap();
-        let validity: i64 = count(&store, "SELECT uidvalidity FROM accounts");
-        let taken = format!("{:08X}{validity:08X}", 1);
-        store
-            .import(
-                &to,
-                &mut [ImportMessage {
-                    bytes: b"x\n".to_vec(),
-                    uid: Some(taken.clone()),
-                }]
-                .into_iter(),
-            )
-            .unwrap();
-        let d = deliver(&store, &to, b"y\n");
-        assert_eq!(d.uid, format!("{:08X}{validity:08X}", 2));
-        assert_eq!(uids(&store, account), [taken, d.uid]);
-    }
-
-    #[test]
-    fn locks_exclude_release_expire_and_fence() {
-        let (_dir, store) = setup();
-        let account = store.create_account(&name("user"), "h").unwrap();
-        let one = holder::holder_string(1);
-        let two = holder::holder_string(2);
-
-        let first = store.lock_maildrop(account, &one, HOUR).unwrap();
-        assert_eq!(
-            (first.account, first.holder.as_str()),
-            (account, one.as_str())
-        );
-        assert!(matches!(
-            store.lock_maildrop(account, &two, HOUR),
-            Err(StoreError::Locked { holder }) if holder == one
-        ));
-        let shown = store.account_summary(&name("user")).unwrap().lock.unwrap();
-        assert_eq!(shown.holder, one);
-        assert!(shown.expires_at >= shown.acquired_at + 3599);
-        store.renew_lock(&first, HOUR).unwrap();
-
-        // Release, then another holder gets it with a new token.
-        store.release_lock(&first).unwrap();
-        store.release_lock(&first).unwrap();
-        assert!(store.list_accounts().unwrap()[0].lock.is_none());
-        let second = store.lock_maildrop(account, &two, HOUR).unwrap();
-        assert!(second.token > first.token);
-        assert!(matches!(
-            store.renew_lock(&first, HOUR),
-            Err(StoreError::LockLost)
-        ));
-        // A stale release must not free someone else's lock.
-        store.release_lock(&first).unwrap();
-        assert!(store.lock_maildrop(account, &one, HOUR).is_err());
-        store.release_lock(&second).unwrap();
-
-        // A zero-length lease is expired at once and is not reported.
-        let brief = store.lock_maildrop(account, &one, Duration::ZERO).unwrap();
-        assert!(store.account_summary(&name("user")).unwrap().lock.is_none());
-        let third = store.lock_maildrop(account, &two, HOUR).unwrap();
-        assert!(third.token > brief.token);
-        store.release_lock(&third).unwrap();
-
-        // A holder on this host whose process is gone is taken over before expiry.
-        let host = holder::hostname().unwrap();
-        let dead = format!("pop3d@{host}:{}#9", 0x7FFF_FFF0);
-        let ghost = store.lock_maildrop(account, &dead, HOUR).unwrap();
-        let live = store.lock_maildrop(account, &one, HOUR).unwrap();
-        assert!(live.token > ghost.token);
-        // A holder on another host is respected until expiry.
-        store.release_lock(&live).unwrap();
-        let remote = format!("pop3d@elsewhere-{host}:{}#9", 0x7FFF_FFF0);
-        store.lock_maildrop(account, &remote, HOUR).unwrap();
-        assert!(matches!(
-            store.lock_maildrop(account, &one, HOUR),
-            Err(StoreError::Locked { holder }) if holder == remote
-        ));
-
-        assert!(matches!(
-            store.lock_maildrop(account + 100, &one, HOUR),
-            Err(StoreError::NoSuchAccount(_))
-        ));
-    }
-
-    #[test]
-    fn commit_update_deletions_are_exact_atomic_and_fenced() {
-        let (_dir, store) = setup();
-        let (to, other) = (name("user"), name("other"));
-        let account = store.create_account(&to, "h").unwrap();
-        let other_account = store.create_account(&other, "h").unwrap();
-        let ids: Vec<MessageId> = (0..4)
-            .map(|i| deliver(&store, &to, &vec![b'a' + i; CHUNK_SIZE + 1]).id)
-            .collect();
-        let foreign = deliver(&store, &other, b"not yours\n").id;
-
-        let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
-        store
-            .commit_update(&lock, &[ids[0], ids[2], foreign], &[])
-            .unwrap();
-        let left: Vec<MessageId> = store
-            .list_messages(account)
-            .unwrap()
-            .iter()
-            .map(|m| m.id)
-            .collect();
-        assert_eq!(left, [ids[1], ids[3]]);
-        assert!(store.read_chunk(ids[0], 0).unwrap().is_none());
-        assert_eq!(store.list_messages(other_account).unwrap().len(), 1);
-        assert_eq!(count(&store, "SELECT count(*) FROM chunks"), 5);
-        store.release_lock(&lock).unwrap();
-
-        // Lock lost to another holder: nothing is deleted.
-        let lapsed = store
-            .lock_maildrop(account, "a@h:1#2", Duration::ZERO)
-            .unwrap();
-        assert!(matches!(
-            store.commit_update(&lapsed, &[ids[1]], &[]),
-            Err(StoreError::LockLost)
-        ));
-        let thief = store.lock_maildrop(account, "b@h:2#1", HOUR).unwrap();
-        assert!(matches!(
-            store.commit_update(&lapsed, &[ids[1], ids[3]], &[]),
-            Err(StoreError::LockLost)
-        ));
-        assert!(matches!(
-            store.renew_lock(&lapsed, HOUR),
-            Err(StoreError::LockLost)
-        ));
-        assert_eq!(store.list_messages(account).unwrap().len(), 2);
-        store.commit_update(&thief, &[], &[]).unwrap();
-    }
-
-    #[test]
-    fn delivery_while_locked_shows_in_next_listing() {
-        let (_dir, store) = setup();
-        let to = name("user");
-        let account = store.create_account(&to, "h").unwrap();
-        deliver(&store, &to, b"one\n");
-        let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
-        let snapshot = store.list_messages(account).unwrap();
-        let late = deliver(&store, &to, b"two\n");
-        assert_eq!(snapshot.len(), 1);
-        assert_eq!(
-            store.read_chunk(snapshot[0].id, 0).unwrap().unwrap(),
-            b"one\r\n"
-        );
-        store.commit_update(&lock, &[snapshot[0].id], &[]).unwrap();
-        store.release_lock(&lock).unwrap();
-        let next = store.list_messages(account).unwrap();
-        assert_eq!(next.len(), 1);
-        assert_eq!((next[0].id, &next[0].uid), (late.id, &late.uid));
-    }
-
-    #[test]
-    fn import_keeps_uids_and_is_all_or_nothing() {
-        let (_dir, store) = setup();
-        let to = name("user");
-        let account = store.create_account(&to, "h").unwrap();
-        let msg = |uid: Option<&str>| ImportMessage {
-            bytes: b"Subject: old\n\nkept\n".to_vec(),
-            uid: uid.map(str::to_owned),
-        };
-        let long = "x".repeat(71);
-        let bad: Vec<(Vec<ImportMessage>, &str)> = vec![
-            (vec![msg(Some("ok1")), msg(Some(""))], "invalid"),
-            (vec![msg(Some("ok1")), msg(Some("has space"))], "invalid"),
-            (vec![msg(Some("ok1")), msg(Some("tab\t"))], "invalid"),
-            (vec![msg(Some("ok1")), msg(Some("é"))], "invalid"),
-            (vec![msg(Some("ok1")), msg(Some(&long))], "invalid"),
-            (
-                vec![msg(Some("ok1")), msg(None), msg(Some("ok1"))],
-                "duplicate",
-            ),
-            (
-                vec![
-                    msg(Some("ok1")),
-                    ImportMessage {
-                        bytes: Vec::new(),
-                        uid: None,
-                    },
-                ],
-                "empty",
-            ),
-        ];
-        for (batch, kind) in bad {
-            let err = store.import(&to, &mut batch.into_iter()).unwrap_err();
-            let ok = match kind {
-                "invalid" => matches!(err, StoreError::InvalidUid { .. }),
-                "duplicate" => matches!(&err, StoreError::DuplicateUid(u) if u == "ok1"),
-                _ => matches!(err, StoreError::InvalidMessage(_)),
-            };
-            assert!(ok, "{kind}: {err:?}");
-            assert!(store.list_messages(account).unwrap().is_empty());
-            assert_eq!(count(&store, "SELECT count(*) FROM chunks"), 0);
-        }
-
-        let max = "~".repeat(70);
-        let done = store
-            .import(
-                &to,
-                &mut vec![msg(Some("UID-1")), msg(None), msg(Some(&max))].into_iter(),
-            )
-            .unwrap();
-        assert_eq!(done.len(), 3);
-        assert_eq!(done[0].uid, "UID-1");
-        assert_eq!(done[1].uid.len(), 16);
-        assert_eq!(done[2].uid, max);
-        assert!(done.iter().all(|d| d.size == 22));
-        let listed = store.list_messages(account).unwrap();
-        assert_eq!(uids(&store, account), [&*done[0].uid, &done[1].uid, &max]);
-        assert_eq!((listed[0].header_octets, listed[0].body_lines), (16, 1));
-        assert_eq!(
-            store.read_chunk(done[0].id, 0).unwrap().unwrap(),
-            b"Subject: old\r\n\r\nkept\r\n"
-        );
-        assert!(matches!(
-            store.import(&to, &mut vec![msg(Some("new")), msg(Some("UID-1"))].into_iter()),
-            Err(StoreError::DuplicateUid(u)) if u == "UID-1"
-        ));
-        assert_eq!(store.list_messages(account).unwrap().len(), 3);
-        // The same UID is fine in another maildrop.
-        let other = name("other");
-        store.create_account(&other, "h").unwrap();
-        store
-            .import(&other, &mut vec![msg(Some("UID-1"))].into_iter())
-            .unwrap();
-    }
-
-    #[test]
-    fn delete_account_refuses_while_locked() {
-        let (_dir, store) = setup();
-        let to = name("user@example.org");
-        let account = store.create_account(&to, "h").unwrap();
-        deliver(&store, &to, &vec![b'z'; CHUNK_SIZE * 2]);
-        let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
-        assert!(matches!(
-            store.delete_account(&to),
-            Err(StoreError::Locked { holder }) if holder == "a@h:1#1"
-        ));
-        assert!(store.account(&to).unwrap().is_some());
-        store.release_lock(&lock).unwrap();
-
-        // An expired lock does not block deletion.
-        store
-            .lock_maildrop(account, "a@h:1#2", Duration::ZERO)
-            .unwrap();
-        store.delete_account(&to).unwrap();
-        assert!(store.account(&to).unwrap().is_none());
-        for table in ["messages", "chunks", "locks", "accounts"] {
-            let sql = format!("SELECT count(*) FROM {table}");
-            assert_eq!(count(&store, &sql), 0, "{table}");
-        }
-        assert!(matches!(
-            store.delete_account(&to),
-            Err(StoreError::NoSuchAccount(_))
-        ));
-        assert!(matches!(
-            store.deliver(&to, &mut &b"x\n"[..], 100),
-            Err(StoreError::NoSuchAccount(_))
-        ));
     }
 
     #[test]
@@ -1765,33 +1085,6 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_deliveries_from_shared_store() {
-        let (_dir, store) = setup();
-        let store = Arc::new(store);
-        let to = name("user");
-        let account = store.create_account(&to, "h").unwrap();
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let (store, to) = (Arc::clone(&store), to.clone());
-                std::thread::spawn(move || {
-                    for i in 0..5 {
-                        let body = format!("thread {t} message {i}\n");
-                        deliver(&store, &to, body.as_bytes());
-                        store.list_messages(account).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().unwrap();
-        }
-        let all = uids(&store, account);
-        assert_eq!(all.len(), 20);
-        assert_eq!(all.iter().collect::<HashSet<_>>().len(), 20);
-        assert!(store.idle.lock().unwrap().len() <= MAX_IDLE);
-    }
-
-    #[test]
     fn errors_map_to_store_errors() {
         let busy = rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
@@ -1811,39 +1104,6 @@ mod tests {
         let other = StoreError::from(rusqlite::Error::QueryReturnedNoRows);
         assert!(matches!(other, StoreError::Backend(_)));
         assert!(!other.is_transient());
-    }
-
-    fn exec(store: &SqliteStore, sql: &str) -> usize {
-        store.with_conn(|c| Ok(c.execute(sql, [])?)).unwrap()
-    }
-
-    fn retrieved_at(store: &SqliteStore, id: MessageId) -> Option<i64> {
-        store
-            .with_conn(|c| {
-                Ok(c.query_row(
-                    "SELECT retrieved_at FROM messages WHERE id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )?)
-            })
-            .unwrap()
-    }
-
-    fn ids(store: &SqliteStore, account: AccountId) -> Vec<MessageId> {
-        let list = store.list_messages(account).unwrap();
-        list.into_iter().map(|m| m.id).collect()
-    }
-
-    /// A lock whose lease is over, then taken over by another holder.
-    fn lapsed_and_taken_over(
-        store: &SqliteStore,
-        account: AccountId,
-    ) -> (MaildropLock, MaildropLock) {
-        let lapsed = store
-            .lock_maildrop(account, "a@h:1#2", Duration::ZERO)
-            .unwrap();
-        let thief = store.lock_maildrop(account, "b@h:2#1", HOUR).unwrap();
-        (lapsed, thief)
     }
 
     #[test]
@@ -1937,451 +1197,6 @@ mod tests {
         drop(store);
         // Reopening applies nothing more.
         SqliteStore::open(&dir.0).unwrap();
-    }
-
-    #[test]
-    fn policy_round_trip() {
-        let (_dir, store) = setup();
-        let (alice, bob) = (name("alice@example.org"), name("bob"));
-        store.create_account(&alice, "h").unwrap();
-        store.create_account(&bob, "h").unwrap();
-        let policy = |login_delay, expire| AccountPolicy {
-            login_delay,
-            expire,
-        };
-        assert_eq!(
-            store.account(&alice).unwrap().unwrap().policy,
-            AccountPolicy::default()
-        );
-        let cases = [
-            policy(Some(0), Some(Expire::Never)),
-            policy(Some(300), Some(Expire::Days(0))),
-            policy(Some(u32::MAX), Some(Expire::Days(u32::MAX))),
-            policy(None, Some(Expire::Days(30))),
-            policy(Some(1), None),
-            AccountPolicy::default(),
-        ];
-        for want in cases {
-            store.set_policy(&alice, want).unwrap();
-            assert_eq!(store.account(&alice).unwrap().unwrap().policy, want);
-            assert_eq!(store.account_summary(&alice).unwrap().policy, want);
-            let list = store.list_accounts().unwrap();
-            assert_eq!(list[0].policy, want);
-            // The other account is untouched.
-            assert_eq!(list[1].policy, AccountPolicy::default());
-        }
-        assert!(matches!(
-            store.set_policy(&name("carol"), AccountPolicy::default()),
-            Err(StoreError::NoSuchAccount(n)) if n == "carol"
-        ));
-    }
-
-    /// RFC 2449 section 6.5 and 8.1.2: LOGIN-DELAY as a persisted token bucket.
-    #[test]
-    fn login_delay_token_bucket() {
-        let dir = TempDir::new();
-        let store = SqliteStore::open(&dir.0).unwrap();
-        let [free, strict, bursty, fine] = ["free", "strict", "bursty", "fine"]
-            .map(|n| store.create_account(&name(n), "h").unwrap());
-        let two = Duration::from_secs(2);
-        let refused = |verdict| match verdict {
-            LoginDelay::TooSoon { retry_after } => {
-                assert!(
-                    retry_after > Duration::ZERO && retry_after <= two,
-                    "{retry_after:?}"
-                );
-                retry_after
-            }
-            LoginDelay::Allowed => panic!("allowed too soon"),
-        };
-        let state = |account: AccountId| -> (Option<i64>, Option<f64>) {
-            store
-                .with_conn(|c| {
-                    Ok(c.query_row(
-                        "SELECT last_login, login_tokens FROM accounts WHERE id = ?1",
-                        [account],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )?)
-                })
-                .unwrap()
-        };
-
-        // No delay: always allowed, the login still recorded.
-        assert_eq!(
-            store.account_summary(&name("free")).unwrap().last_login,
-            None
-        );
-        for _ in 0..5 {
-            let v = store.check_login_delay(free, Duration::ZERO, 0).unwrap();
-            assert_eq!(v, LoginDelay::Allowed);
-        }
-        let last = store.account_summary(&name("free")).unwrap().last_login;
-        assert!(last.is_some_and(|t| (now() - t).abs() <= 1), "{last:?}");
-
-        // Delay 2 s, no burst: the second login is too soon, and a refusal changes nothing.
-        assert_eq!(
-            store.check_login_delay(strict, two, 0).unwrap(),
-            LoginDelay::Allowed
-        );
-        let before = state(strict);
-        refused(store.check_login_delay(strict, two, 0).unwrap());
-        assert_eq!(state(strict), before);
-
-        // Burst 2: three quick logins, then a refusal.
-        for _ in 0..3 {
-            let v = store.check_login_delay(bursty, two, 2).unwrap();
-            assert_eq!(v, LoginDelay::Allowed);
-        }
-        refused(store.check_login_delay(bursty, two, 2).unwrap());
-
-        // The state survives reopening the store.
-        drop(store);
-        let store = SqliteStore::open(&dir.0).unwrap();
-        refused(store.check_login_delay(strict, two, 0).unwrap());
-        refused(store.check_login_delay(bursty, two, 2).unwrap());
-
-        // Two seconds later (simulated), one token is back; much later, the bucket is full
-        // but holds no more than 1 + burst.
-        exec(&store, "UPDATE accounts SET last_login = last_login - 2");
-        for account in [strict, bursty] {
-            let burst = if account == strict { 0 } else { 2 };
-            let v = store.check_login_delay(account, two, burst).unwrap();
-            assert_eq!(v, LoginDelay::Allowed);
-            refused(store.check_login_delay(account, two, burst).unwrap());
-        }
-        exec(&store, "UPDATE accounts SET last_login = last_login - 1000");
-        for _ in 0..3 {
-            let v = store.check_login_delay(bursty, two, 2).unwrap();
-            assert_eq!(v, LoginDelay::Allowed);
-        }
-        refused(store.check_login_delay(bursty, two, 2).unwrap());
-        // A zero delay allows even an account that a delay would refuse.
-        assert_eq!(
-            store.check_login_delay(bursty, Duration::ZERO, 2).unwrap(),
-            LoginDelay::Allowed
-        );
-
-        // Sub-second precision although last_login holds whole seconds.
-        let short = Duration::from_millis(300);
-        assert_eq!(
-            store.check_login_delay(fine, short, 0).unwrap(),
-            LoginDelay::Allowed
-        );
-        let wait = match store.check_login_delay(fine, short, 0).unwrap() {
-            LoginDelay::TooSoon { retry_after } => retry_after,
-            LoginDelay::Allowed => panic!("allowed too soon"),
-        };
-        assert!(
-            wait > Duration::from_millis(200) && wait <= short,
-            "{wait:?}"
-        );
-        std::thread::sleep(wait + Duration::from_millis(30));
-        assert_eq!(
-            store.check_login_delay(fine, short, 0).unwrap(),
-            LoginDelay::Allowed
-        );
-        assert!(matches!(
-            store.check_login_delay(fine, short, 0).unwrap(),
-            LoginDelay::TooSoon { retry_after } if retry_after > Duration::from_millis(200)
-        ));
-
-        assert!(matches!(
-            store.check_login_delay(fine + 100, two, 0),
-            Err(StoreError::NoSuchAccount(_))
-        ));
-    }
-
-    /// Two stores on one file stand for two processes: the bucket is never overdrawn.
-    #[test]
-    fn login_delay_is_atomic_across_connections() {
-        let dir = TempDir::new();
-        let first = Arc::new(SqliteStore::open(&dir.0).unwrap());
-        let second = Arc::new(SqliteStore::open(&dir.0).unwrap());
-        let account = first.create_account(&name("user"), "h").unwrap();
-        let threads: Vec<_> = (0..8)
-            .map(|i| {
-                let store = Arc::clone(if i % 2 == 0 { &first } else { &second });
-                std::thread::spawn(move || {
-                    (0..3)
-                        .filter(|_| {
-                            store.check_login_delay(account, HOUR, 2).unwrap()
-                                == LoginDelay::Allowed
-                        })
-                        .count()
-                })
-            })
-            .collect();
-        let allowed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-        assert_eq!(allowed, 3);
-    }
-
-    #[test]
-    fn commit_update_marks_first_retrieval_once_and_deletes() {
-        let (_dir, store) = setup();
-        let (to, other) = (name("user"), name("other"));
-        let account = store.create_account(&to, "h").unwrap();
-        let other_account = store.create_account(&other, "h").unwrap();
-        let msgs: Vec<MessageId> = (0..4)
-            .map(|i| deliver(&store, &to, format!("message {i}\n").as_bytes()).id)
-            .collect();
-        let foreign = deliver(&store, &other, b"not yours\n").id;
-
-        let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
-        store
-            .commit_update(&lock, &[msgs[2]], &[msgs[0], msgs[1], msgs[2], foreign])
-            .unwrap();
-        for id in [msgs[0], msgs[1]] {
-            let at = retrieved_at(&store, id);
-            assert!(at.is_some_and(|t| (now() - t).abs() <= 1), "{at:?}");
-        }
-        assert_eq!(retrieved_at(&store, msgs[3]), None);
-        assert_eq!(retrieved_at(&store, foreign), None);
-        assert_eq!(ids(&store, account), [msgs[0], msgs[1], msgs[3]]);
-        assert_eq!(ids(&store, other_account), [foreign]);
-
-        // A later retrieval does not move the first retrieval time.
-        exec(
-            &store,
-            &format!(
-                "UPDATE messages SET retrieved_at = 1000 WHERE id = {}",
-                msgs[0]
-            ),
-        );
-        store.commit_update(&lock, &[], &[msgs[0]]).unwrap();
-        assert_eq!(retrieved_at(&store, msgs[0]), Some(1000));
-        store.commit_update(&lock, &[], &[]).unwrap();
-        store.release_lock(&lock).unwrap();
-
-        // Fencing: after a takeover nothing is marked or deleted.
-        let (lapsed, thief) = lapsed_and_taken_over(&store, account);
-        assert!(matches!(
-            store.commit_update(&lapsed, &[msgs[1]], &[msgs[3]]),
-            Err(StoreError::LockLost)
-        ));
-        assert!(matches!(
-            store.commit_update(&lapsed, &[], &[msgs[3]]),
-            Err(StoreError::LockLost)
-        ));
-        assert_eq!(retrieved_at(&store, msgs[3]), None);
-        assert_eq!(ids(&store, account), [msgs[0], msgs[1], msgs[3]]);
-        store.commit_update(&thief, &[msgs[1]], &[msgs[3]]).unwrap();
-        assert!(retrieved_at(&store, msgs[3]).is_some());
-        assert_eq!(ids(&store, account), [msgs[0], msgs[3]]);
-    }
-
-    /// RFC 2449 section 6.7: EXPIRE removes messages retrieved at least `retention` ago.
-    #[test]
-    fn expire_messages_deletes_only_old_retrieved_ones() {
-        let (_dir, store) = setup();
-        let (to, other) = (name("user"), name("other"));
-        let account = store.create_account(&to, "h").unwrap();
-        let other_account = store.create_account(&other, "h").unwrap();
-        let day = 86_400;
-        let [never, old, recent, just_now] = ["never", "old", "recent", "just now"]
-            .map(|s| deliver(&store, &to, &vec![b'x'; CHUNK_SIZE + s.len()]).id);
-        let foreign = deliver(&store, &other, b"retrieved long ago\n").id;
-        let age = |id: MessageId, secs: i64| {
-            exec(
-                &store,
-                &format!(
-                    "UPDATE messages SET retrieved_at = {} WHERE id = {id}",
-                    now() - secs
-                ),
-            )
-        };
-        age(old, 10 * day);
-        age(recent, day);
-        age(just_now, 0);
-        age(foreign, 10 * day);
-
-        let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
-        let five_days = Duration::from_secs(5 * 86_400);
-        assert_eq!(store.expire_messages(&lock, five_days).unwrap(), 1);
-        assert_eq!(ids(&store, account), [never, recent, just_now]);
-        assert!(store.read_chunk(old, 0).unwrap().is_none());
-        assert_eq!(ids(&store, other_account), [foreign]);
-        // A retention reaching before 1970 expires nothing.
-        assert_eq!(store.expire_messages(&lock, Duration::MAX).unwrap(), 0);
-        // Retention zero: every retrieved message goes, never-retrieved ones stay.
-        assert_eq!(store.expire_messages(&lock, Duration::ZERO).unwrap(), 2);
-        assert_eq!(ids(&store, account), [never]);
-        assert_eq!(count(&store, "SELECT count(*) FROM chunks"), 2 + 1);
-        assert_eq!(store.expire_messages(&lock, Duration::ZERO).unwrap(), 0);
-        store.release_lock(&lock).unwrap();
-
-        // Fencing: after a takeover nothing expires.
-        age(never, 10 * day);
-        let (lapsed, thief) = lapsed_and_taken_over(&store, account);
-        assert!(matches!(
-            store.expire_messages(&lapsed, Duration::ZERO),
-            Err(StoreError::LockLost)
-        ));
-        assert_eq!(ids(&store, account), [never]);
-        assert_eq!(store.expire_messages(&thief, five_days).unwrap(), 1);
-        assert!(ids(&store, account).is_empty());
-    }
-
-    /// RFC 6856 section 3: the flag is stored at delivery and import.
-    #[test]
-    fn utf8_headers_flag_is_stored() {
-        let (_dir, store) = setup();
-        let to = name("user");
-        let account = store.create_account(&to, "h").unwrap();
-        let cases: &[(&[u8], bool)] = &[
-            (b"Subject: caf\xc3\xa9\n\nbody\n", true),
-            (b"Subject: caf\xe9\n\nbody\n", false),
-            (b"Subject: cafe\n\ncaf\xc3\xa9 \xe9\n", false),
-            (b"Subject: cafe\n\nbody\n", false),
-        ];
-        for (input, _) in cases {
-            deliver(&store, &to, input);
-        }
-        let imported: Vec<ImportMessage> = cases
-            .iter()
-            .map(|(input, _)| ImportMessage {
-                bytes: input.to_vec(),
-                uid: None,
-            })
-            .collect();
-        store.import(&to, &mut imported.into_iter()).unwrap();
-        let flags: Vec<bool> = store
-            .list_messages(account)
-            .unwrap()
-            .iter()
-            .map(|m| m.utf8_headers)
-            .collect();
-        let want: Vec<bool> = cases.iter().chain(cases).map(|&(_, w)| w).collect();
-        assert_eq!(flags, want);
-    }
-
-    #[test]
-    fn secrets_are_stored_replaced_together_and_not_debugged() {
-        let (_dir, store) = setup();
-        let n = name("sec");
-        let secrets = AccountSecrets {
-            scram_sha256: Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into()),
-            legacy_secret: Some("hunter2".into()),
-            cram_md5_states: Some("cd3ba7de".into()),
-        };
-        store
-            .create_account_with(&n, "$argon2id$x", &secrets)
-            .unwrap();
-        let acct = store.account(&n).unwrap().unwrap();
-        assert_eq!(acct.secrets, secrets);
-        assert!(!format!("{acct:?}").contains("hunter2"));
-        assert!(!format!("{acct:?}").contains("cd3ba7de"));
-        let summary = store.account_summary(&n).unwrap();
-        assert!(summary.legacy && summary.cram_md5);
-        // A new password drops secrets derived from the old one.
-        store.set_password(&n, "$argon2id$y").unwrap();
-        let acct = store.account(&n).unwrap().unwrap();
-        assert_eq!(acct.secrets, AccountSecrets::default());
-        let summary = store.account_summary(&n).unwrap();
-        assert!(!summary.legacy && !summary.cram_md5);
-    }
-
-    #[test]
-    fn account_import_is_all_or_nothing() {
-        let (_dir, store) = setup();
-        let states = |s: &str| AccountSecrets {
-            cram_md5_states: Some(s.into()),
-            ..AccountSecrets::default()
-        };
-        store
-            .create_account_with(&name("old"), "$argon2id$old", &states("o"))
-            .unwrap();
-        let batch = |hash: &str| {
-            ["new@example.org", "old"].map(|n| AccountImport {
-                name: name(n),
-                password_hash: hash.into(),
-                secrets: states(hash),
-            })
-        };
-        // Refused on the second account: the first one is not created either.
-        assert!(matches!(
-            store.import_accounts(&batch("!1"), OnExisting::Refuse),
-            Err(StoreError::AccountExists(n)) if n == "old"
-        ));
-        assert!(store.account(&name("new@example.org")).unwrap().is_none());
-        assert_eq!(
-            store.account(&name("old")).unwrap().unwrap().password_hash,
-            "$argon2id$old"
-        );
-        // Replacing: one created (with its domain), one updated in place.
-        let old_id = store.account(&name("old")).unwrap().unwrap().id;
-        assert_eq!(
-            store
-                .import_accounts(&batch("!2"), OnExisting::Replace)
-                .unwrap(),
-            vec![true, false]
-        );
-        let old = store.account(&name("old")).unwrap().unwrap();
-        assert_eq!((old.id, old.password_hash.as_str()), (old_id, "!2"));
-        assert_eq!(old.secrets, states("!2"));
-        let new = store.account(&name("new@example.org")).unwrap().unwrap();
-        assert_eq!(new.secrets, states("!2"));
-        assert_eq!(
-            store.list_domains().unwrap(),
-            vec![("example.org".into(), 1)]
-        );
-    }
-
-    #[test]
-    fn rehash_replaces_only_the_hash_it_was_given() {
-        let (_dir, store) = setup();
-        let n = name("rehash");
-        let secrets = AccountSecrets {
-            scram_sha256: Some("s".into()),
-            ..AccountSecrets::default()
-        };
-        let id = store.create_account_with(&n, "$old", &secrets).unwrap();
-        assert!(store.rehash_password(id, "$old", "$new").unwrap());
-        let acct = store.account(&n).unwrap().unwrap();
-        assert_eq!(
-            (acct.password_hash.as_str(), acct.secrets),
-            ("$new", secrets)
-        );
-        // A stale "old" hash (the password was changed meanwhile) changes nothing.
-        assert!(!store.rehash_password(id, "$old", "$other").unwrap());
-        assert_eq!(store.account(&n).unwrap().unwrap().password_hash, "$new");
-    }
-
-    #[test]
-    fn domains_list_add_and_delete_with_their_accounts() {
-        let (_dir, store) = setup();
-        store.create_account(&name("a@example.org"), "$x").unwrap();
-        store.create_account(&name("b@example.org"), "$x").unwrap();
-        store.create_account(&name("c@other.test"), "$x").unwrap();
-        store.add_domain("empty.test").unwrap();
-        assert!(matches!(
-            store.add_domain("empty.test"),
-            Err(StoreError::DomainExists(_))
-        ));
-        assert_eq!(
-            store.list_domains().unwrap(),
-            vec![
-                ("empty.test".to_string(), 0),
-                ("example.org".to_string(), 2),
-                ("other.test".to_string(), 1)
-            ]
-        );
-        let id = store.account(&name("a@example.org")).unwrap().unwrap().id;
-        let lock = store
-            .lock_maildrop(id, "pop3d@elsewhere:1#1", Duration::from_secs(60))
-            .unwrap();
-        assert!(matches!(
-            store.delete_domain("example.org"),
-            Err(StoreError::Locked { .. })
-        ));
-        store.release_lock(&lock).unwrap();
-        let gone = store.delete_domain("example.org").unwrap();
-        assert_eq!(gone, vec![name("a@example.org"), name("b@example.org")]);
-        assert!(store.account(&name("b@example.org")).unwrap().is_none());
-        assert!(store.account(&name("c@other.test")).unwrap().is_some());
-        assert!(matches!(
-            store.delete_domain("example.org"),
-            Err(StoreError::NoSuchDomain(_))
-        ));
     }
 
     #[cfg(unix)]

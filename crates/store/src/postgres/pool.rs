@@ -1,0 +1,253 @@
+//! A small bounded pool of PostgreSQL connections, each with its own cache of prepared
+//! statements, and the transaction wrapper the backend works through.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are open at once; a caller finding none free waits
+//! up to [`POOL_WAIT`] for one to come back, then gets `Busy` (pop3d runs store calls on up to
+//! hundreds of blocking threads; the database should not see hundreds of connections). A
+//! connection that broke is dropped and replaced on demand, so a PostgreSQL restart costs the
+//! operations in flight, not the process.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement, Transaction};
+
+use super::LOCK_TIMEOUT;
+use crate::{Result, StoreError};
+
+/// Connections open at most.
+pub(super) const MAX_CONNECTIONS: usize = 16;
+/// How long a caller waits for a free connection before `Busy`.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+struct State {
+    idle: Vec<Conn>,
+    /// Connections open, idle or lent out.
+    open: usize,
+}
+
+pub(super) struct Pool {
+    config: postgres::Config,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The configuration may hold a password: show where it points only.
+        f.debug_struct("Pool")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .field("user", &self.config.get_user())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A pool for `url`, with one connection opened now so that a wrong URL fails at once.
+    pub(super) fn new(url: &str) -> Result<Pool> {
+        let mut config = postgres::Config::from_str(url).map_err(|e| {
+            // The parser's message never quotes the password.
+            StoreError::Backend(format!("invalid PostgreSQL connection string: {e}").into())
+        })?;
+        if config.get_application_name().is_none() {
+            config.application_name("pop3d");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let pool = Pool {
+            config,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+        };
+        let first = pool.connect()?;
+        let mut state = pool.lock();
+        state.open = 1;
+        state.idle.push(first);
+        drop(state);
+        Ok(pool)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn connect(&self) -> Result<Conn> {
+        let mut client = self.config.connect(NoTls)?;
+        client.batch_execute(&format!(
+            "SET lock_timeout = {}; SET TIME ZONE 'UTC'",
+            LOCK_TIMEOUT.as_millis()
+        ))?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// A connection: an idle one, a new one while fewer than [`MAX_CONNECTIONS`] are open,
+    /// else the next one given back within [`POOL_WAIT`].
+    fn get(&self) -> Result<Lent<'_>> {
+        let deadline = Instant::now() + POOL_WAIT;
+        let mut state = self.lock();
+        loop {
+            if let Some(conn) = state.idle.pop() {
+                if conn.client.is_closed() {
+                    state.open -= 1;
+                    continue;
+                }
+                return Ok(Lent {
+                    pool: self,
+                    conn: Some(conn),
+                });
+            }
+            if state.open < MAX_CONNECTIONS {
+                state.open += 1;
+                drop(state);
+                return match self.connect() {
+                    Ok(conn) => Ok(Lent {
+                        pool: self,
+                        conn: Some(conn),
+                    }),
+                    Err(e) => {
+                        self.lock().open -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::Busy);
+            }
+            state = self
+                .freed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Runs `f` in one transaction, committed when it succeeds, rolled back otherwise.
+    pub(super) fn tx<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        let mut lent = self.get()?;
+        let Some(conn) = lent.conn.as_mut() else {
+            return Err(StoreError::Busy);
+        };
+        let Conn { client, statements } = conn;
+        let mut tx = Tx {
+            tx: client.transaction()?,
+            statements,
+        };
+        let value = f(&mut tx)?;
+        tx.tx.commit()?;
+        Ok(value)
+    }
+
+    /// Connections open now (idle or lent out).
+    #[cfg(test)]
+    pub(super) fn open_connections(&self) -> usize {
+        self.lock().open
+    }
+}
+
+/// A connection lent out; given back (or, when broken, dropped) when this is dropped.
+struct Lent<'a> {
+    pool: &'a Pool,
+    conn: Option<Conn>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let broken = if conn.client.is_closed() {
+            Some(conn)
+        } else {
+            self.pool.lock().idle.push(conn);
+            None
+        };
+        if broken.is_some() {
+            self.pool.lock().open -= 1;
+        }
+        self.pool.freed.notify_one();
+        // A broken connection is closed outside the mutex.
+        drop(broken);
+    }
+}
+
+/// One transaction on a pooled connection; statements are prepared once per connection.
+pub(super) struct Tx<'a> {
+    tx: Transaction<'a>,
+    statements: &'a mut HashMap<&'static str, Statement>,
+}
+
+type Params<'p> = [&'p (dyn ToSql + Sync)];
+
+impl Tx<'_> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    pub(super) fn query(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.tx.query(&statement, params)?)
+    }
+
+    pub(super) fn query_one(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Row> {
+        let statement = self.statement(sql)?;
+        Ok(self.tx.query_one(&statement, params)?)
+    }
+
+    pub(super) fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Option<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.tx.query_opt(&statement, params)?)
+    }
+
+    pub(super) fn execute(&mut self, sql: &'static str, params: &Params<'_>) -> Result<u64> {
+        let statement = self.statement(sql)?;
+        Ok(self.tx.execute(&statement, params)?)
+    }
+
+    /// One statement given at run time (tests), not cached.
+    #[cfg(test)]
+    pub(super) fn query_dynamic(&mut self, sql: &str) -> Result<Vec<Row>> {
+        Ok(self.tx.query(sql, &[])?)
+    }
+
+    /// One statement given at run time (tests), not cached; the rows it changed.
+    #[cfg(test)]
+    pub(super) fn execute_dynamic(&mut self, sql: &str) -> Result<u64> {
+        Ok(self.tx.execute(sql, &[])?)
+    }
+
+    /// Runs statements without parameters and without preparing them (DDL, migrations).
+    pub(super) fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.tx.batch_execute(sql)?)
+    }
+}

@@ -1,0 +1,1166 @@
+//! The store test suite, run against every backend: each test is a function of a
+//! [`Fixture`] (a database a test may open several stores on), instantiated by [`suite!`]
+//! once for SQLite and once for PostgreSQL. The PostgreSQL half runs on a throw-away cluster
+//! ([`pgtest`]) and prints a skip where PostgreSQL is not installed.
+//!
+//! Backend-specific tests (files and modes, migrations from older schemas, error mapping,
+//! lease fencing across nodes) live next to their backend.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::io::{ErrorKind, Read};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::{
+    holder, normalise, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets,
+    Delivered, Expire, ImportMessage, LoginDelay, MaildropLock, MessageId, OnExisting, SqliteStore,
+    Store, StoreError, CHUNK_SIZE,
+};
+
+/// What the suite needs of a store beyond [`Store`]: raw SQL on its database (statements the
+/// two dialects share) and a look at its connection pool.
+pub(crate) trait TestStore: Store {
+    /// Runs one statement, returns the rows it changed.
+    fn exec(&self, sql: &str) -> u64;
+    /// The first column of the one row `sql` selects, as an integer; `None` for NULL.
+    fn scalar(&self, sql: &str) -> Option<i64>;
+    /// `last_login` and `login_tokens` of an account.
+    fn login_state(&self, account: AccountId) -> (Option<i64>, Option<f64>);
+    /// The pool holds no more connections than its bound.
+    fn pool_within_bounds(&self) -> bool;
+}
+
+/// One database for one test; every [`Fixture::open`] is a new store on it (as another
+/// process, or the same one restarted, would open it).
+pub(crate) trait Fixture {
+    fn open(&self) -> Arc<dyn TestStore>;
+}
+
+/// A data directory for [`SqliteStore`].
+pub(crate) struct SqliteFixture(TempDir);
+
+impl SqliteFixture {
+    pub(crate) fn new() -> SqliteFixture {
+        SqliteFixture(TempDir::new())
+    }
+}
+
+impl Fixture for SqliteFixture {
+    fn open(&self) -> Arc<dyn TestStore> {
+        Arc::new(SqliteStore::open(&self.0 .0).unwrap())
+    }
+}
+
+/// A fresh database on the shared test cluster for `PostgresStore`.
+#[cfg(feature = "postgres")]
+pub(crate) struct PostgresFixture {
+    pub(crate) cluster: &'static pgtest::Cluster,
+    pub(crate) database: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresFixture {
+    /// `None`, with a printed reason, where PostgreSQL is not installed.
+    pub(crate) fn new(test: &str) -> Option<PostgresFixture> {
+        let (cluster, database) = pgtest::fresh_database(test)?;
+        Some(PostgresFixture { cluster, database })
+    }
+
+    pub(crate) fn url(&self) -> String {
+        self.cluster.url(&self.database)
+    }
+
+    /// A store of node `node` on this database.
+    pub(crate) fn open_node(&self, node: Option<&str>) -> crate::PostgresStore {
+        crate::PostgresStore::open(&self.url(), node).unwrap()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Fixture for PostgresFixture {
+    fn open(&self) -> Arc<dyn TestStore> {
+        Arc::new(self.open_node(None))
+    }
+}
+
+/// Instantiates each named test of this module for every backend: `sqlite::NAME` and
+/// `postgres::NAME`.
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::SqliteFixture::new());
+                }
+            )*
+        }
+
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[test]
+                fn $test() {
+                    if let Some(fixture) = super::PostgresFixture::new(stringify!($test)) {
+                        super::$test(&fixture);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    accounts_create_lookup_duplicate,
+    deliver_multi_chunk_round_trip,
+    failed_deliveries_leave_nothing,
+    generated_uids_are_never_reused,
+    generated_uid_skips_imported_one,
+    locks_exclude_release_expire_and_fence,
+    commit_update_deletions_are_exact_atomic_and_fenced,
+    delivery_while_locked_shows_in_next_listing,
+    import_keeps_uids_and_is_all_or_nothing,
+    delete_account_refuses_while_locked,
+    concurrent_deliveries_from_shared_store,
+    policy_round_trip,
+    login_delay_token_bucket,
+    login_delay_is_atomic_across_connections,
+    commit_update_marks_first_retrieval_once_and_deletes,
+    expire_messages_deletes_only_old_retrieved_ones,
+    utf8_headers_flag_is_stored,
+    secrets_are_stored_replaced_together_and_not_debugged,
+    account_import_is_all_or_nothing,
+    rehash_replaces_only_the_hash_it_was_given,
+    domains_list_add_and_delete_with_their_accounts,
+);
+
+#[test]
+fn stores_are_send_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<SqliteStore>();
+    #[cfg(feature = "postgres")]
+    check::<crate::PostgresStore>();
+    check::<Arc<dyn Store>>();
+}
+
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
+
+/// Now, in unix seconds (this host's clock, which is the test database's too).
+pub(crate) fn now() -> i64 {
+    crate::common::unix_secs(SystemTime::now())
+}
+
+/// A directory under the system temp dir, removed when dropped.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    pub(crate) fn new() -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        TempDir(std::env::temp_dir().join(format!(
+            "store-test-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn name(s: &str) -> AccountName {
+    AccountName::parse(s).unwrap()
+}
+
+pub(crate) fn deliver(store: &dyn TestStore, to: &AccountName, bytes: &[u8]) -> Delivered {
+    store
+        .deliver(to, &mut &bytes[..], crate::DEFAULT_MAX_MESSAGE_SIZE)
+        .unwrap()
+}
+
+pub(crate) fn read_all(store: &dyn TestStore, id: MessageId) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    while let Some(chunk) = store.read_chunk(id, chunks.len() as u32).unwrap() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// The one integer (not NULL) that `sql` selects.
+pub(crate) fn count(store: &dyn TestStore, sql: &str) -> i64 {
+    store
+        .scalar(sql)
+        .unwrap_or_else(|| panic!("NULL from {sql}"))
+}
+
+pub(crate) fn uids(store: &dyn TestStore, account: AccountId) -> Vec<String> {
+    let list = store.list_messages(account).unwrap();
+    list.into_iter().map(|m| m.uid).collect()
+}
+
+/// Hands out its data in small, uneven reads, with an `Interrupted` error in between.
+struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+    interrupt: bool,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.interrupt = !self.interrupt;
+        if self.interrupt {
+            return Err(ErrorKind::Interrupted.into());
+        }
+        self.step = self.step % 9973 + 1;
+        let n = self.step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Fails after handing out some bytes.
+struct Broken(usize);
+
+impl Read for Broken {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0 == 0 {
+            return Err(std::io::Error::other("connection reset"));
+        }
+        let n = self.0.min(buf.len());
+        buf[..n].fill(b'x');
+        self.0 -= n;
+        Ok(n)
+    }
+}
+
+pub(crate) fn exec(store: &dyn TestStore, sql: &str) -> u64 {
+    store.exec(sql)
+}
+
+pub(crate) fn retrieved_at(store: &dyn TestStore, id: MessageId) -> Option<i64> {
+    store.scalar(&format!(
+        "SELECT retrieved_at FROM messages WHERE id = {id}"
+    ))
+}
+
+pub(crate) fn ids(store: &dyn TestStore, account: AccountId) -> Vec<MessageId> {
+    let list = store.list_messages(account).unwrap();
+    list.into_iter().map(|m| m.id).collect()
+}
+
+/// A lock whose lease is over, then taken over by another holder.
+pub(crate) fn lapsed_and_taken_over(
+    store: &dyn TestStore,
+    account: AccountId,
+) -> (MaildropLock, MaildropLock) {
+    let lapsed = store
+        .lock_maildrop(account, "a@h:1#2", Duration::ZERO)
+        .unwrap();
+    let thief = store.lock_maildrop(account, "b@h:2#1", HOUR).unwrap();
+    (lapsed, thief)
+}
+
+fn accounts_create_lookup_duplicate(f: &dyn Fixture) {
+    let store = f.open();
+    let alice = store
+        .create_account(&name("Alice@Example.ORG"), "$argon2id$a")
+        .unwrap();
+    let bob = store
+        .create_account(&name("bob@example.org"), "$b")
+        .unwrap();
+    let plain = store.create_account(&name("alice"), "$c").unwrap();
+    assert_eq!(count(&*store, "SELECT count(*) FROM domains"), 1);
+    assert_ne!(alice, plain);
+
+    let found = store.account(&name("ALICE@example.org")).unwrap().unwrap();
+    assert_eq!(found.id, alice);
+    assert_eq!(found.name.to_string(), "alice@example.org");
+    assert_eq!(found.password_hash, "$argon2id$a");
+    assert!(found.created_at > 1_600_000_000);
+    assert_eq!(store.account(&name("Alice")).unwrap().unwrap().id, plain);
+    assert!(store.account(&name("carol")).unwrap().is_none());
+    assert!(store.account(&name("alice@example.com")).unwrap().is_none());
+
+    for dup in ["alice@EXAMPLE.org", "ALICE"] {
+        assert!(matches!(
+            store.create_account(&name(dup), "$x"),
+            Err(StoreError::AccountExists(n)) if n == dup.to_lowercase()
+        ));
+    }
+
+    store
+        .set_password(&name("bob@example.org"), "$new")
+        .unwrap();
+    let bob_row = store.account(&name("bob@example.org")).unwrap().unwrap();
+    assert_eq!((bob_row.id, bob_row.password_hash.as_str()), (bob, "$new"));
+    assert!(matches!(
+        store.set_password(&name("carol"), "$x"),
+        Err(StoreError::NoSuchAccount(_))
+    ));
+
+    deliver(&*store, &name("bob@example.org"), b"Subject: hi\n\nbody\n");
+    let list = store.list_accounts().unwrap();
+    let names: Vec<String> = list.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(names, ["alice", "alice@example.org", "bob@example.org"]);
+    assert_eq!((list[2].messages, list[2].octets), (1, 21));
+    let summary = store.account_summary(&name("bob@example.org")).unwrap();
+    assert_eq!(summary, list[2]);
+    assert!(matches!(
+        store.account_summary(&name("carol")),
+        Err(StoreError::NoSuchAccount(_))
+    ));
+}
+
+fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    // ~300 KiB with bare LFs, one CRLF, a bare CR, and no final newline.
+    let mut input = b"From: a@b\nSubject: big\r\n\n".to_vec();
+    let mut line = 0u32;
+    while input.len() < 300 * 1024 {
+        input.extend_from_slice(format!("line {line} of the body\r..\n").as_bytes());
+        line += 1;
+    }
+    input.extend_from_slice(b"no newline at the end");
+    let (expected, summary) = normalise(&input);
+
+    for source in [0, 1] {
+        let delivered = match source {
+            0 => deliver(&*store, &to, &input),
+            _ => {
+                let mut trickle = Trickle {
+                    data: &input,
+                    step: 0,
+                    interrupt: false,
+                };
+                store.deliver(&to, &mut trickle, u64::MAX).unwrap()
+            }
+        };
+        assert_eq!(delivered.size, expected.len() as u64);
+        assert_eq!(delivered.uid.len(), 16);
+        let chunks = read_all(&*store, delivered.id);
+        assert_eq!(chunks.len(), expected.len().div_ceil(CHUNK_SIZE));
+        let (last, full) = chunks.split_last().unwrap();
+        assert!(full.iter().all(|c| c.len() == CHUNK_SIZE));
+        assert!(!last.is_empty() && last.len() <= CHUNK_SIZE);
+        assert_eq!(chunks.concat(), expected);
+        assert!(store.read_chunk(delivered.id, 1000).unwrap().is_none());
+    }
+
+    let list = store.list_messages(account).unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list[0].id < list[1].id);
+    for meta in &list {
+        assert_eq!(meta.size, summary.size);
+        assert_eq!(meta.header_octets, summary.header_octets);
+        assert_eq!(meta.body_lines, summary.body_lines);
+    }
+    assert_eq!(summary.header_octets, 11 + 14 + 2);
+    assert_eq!(summary.body_lines, u64::from(line) + 1);
+    assert!(matches!(
+        store.list_messages(account + 100),
+        Err(StoreError::NoSuchAccount(_))
+    ));
+    assert!(matches!(
+        store.deliver(&name("nobody"), &mut &b"x\n"[..], 100),
+        Err(StoreError::NoSuchAccount(n)) if n == "nobody"
+    ));
+}
+
+fn failed_deliveries_leave_nothing(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    let big = vec![b'x'; 3 * CHUNK_SIZE];
+    let lines = b"a\n".repeat(500); // 1000 octets in, 1500 stored
+    let cases: Vec<(&[u8], u64)> = vec![(&big, 2 * CHUNK_SIZE as u64), (&lines, 1499)];
+    for (input, limit) in cases {
+        let err = store.deliver(&to, &mut &input[..], limit).unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooLarge { size, limit: l } if size > limit && l == limit),
+            "{err:?}"
+        );
+    }
+    // "x" becomes "x\r\n": the appended CRLF counts against the limit too.
+    assert!(matches!(
+        store.deliver(&to, &mut &b"x"[..], 2),
+        Err(StoreError::TooLarge { size: 3, limit: 2 })
+    ));
+    assert!(matches!(
+        store.deliver(&to, &mut &b""[..], 100),
+        Err(StoreError::InvalidMessage("empty message"))
+    ));
+    let err = store
+        .deliver(&to, &mut Broken(CHUNK_SIZE * 2 + 5), u64::MAX)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Input(_)), "{err:?}");
+    assert!(!err.is_transient());
+
+    assert!(store.list_messages(account).unwrap().is_empty());
+    assert_eq!(count(&*store, "SELECT count(*) FROM messages"), 0);
+    assert_eq!(count(&*store, "SELECT count(*) FROM chunks"), 0);
+
+    // Exactly at the limit is fine.
+    let ok = store.deliver(&to, &mut &lines[..], 1500).unwrap();
+    assert_eq!(ok.size, 1500);
+}
+
+fn generated_uids_are_never_reused(f: &dyn Fixture) {
+    let to = name("user@example.org");
+    let mut seen = HashSet::new();
+    let mut fresh = |uid: String| {
+        assert_eq!(uid.len(), 16, "{uid}");
+        assert!(
+            uid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')),
+            "{uid}"
+        );
+        assert!(seen.insert(uid.clone()), "UID {uid} given twice");
+    };
+    {
+        let store = f.open();
+        let account = store.create_account(&to, "h").unwrap();
+        for i in 0..3 {
+            let d = deliver(&*store, &to, format!("Message {i}\n").as_bytes());
+            assert!(d.uid.starts_with(&format!("{:08X}", i + 1)));
+            fresh(d.uid);
+        }
+        // Delete the newest message: its UID must not come back.
+        let newest = store.list_messages(account).unwrap()[2].id;
+        let lock = store.lock_maildrop(account, "t@h:1#1", HOUR).unwrap();
+        store.commit_update(&lock, &[newest], &[]).unwrap();
+        store.release_lock(&lock).unwrap();
+        fresh(deliver(&*store, &to, b"after deletion\n").uid);
+    }
+    // After reopening.
+    let store = f.open();
+    fresh(deliver(&*store, &to, b"after reopening\n").uid);
+    let before = uids(&*store, store.account(&to).unwrap().unwrap().id);
+    let old_validity = before[0][8..].to_owned();
+    // After deleting and re-creating the account under the same name.
+    store.delete_account(&to).unwrap();
+    let account = store.create_account(&to, "h").unwrap();
+    for _ in 0..3 {
+        fresh(deliver(&*store, &to, b"after re-creation\n").uid);
+    }
+    let after = uids(&*store, account);
+    assert!(after.iter().all(|uid| uid[8..] != old_validity));
+}
+
+fn generated_uid_skips_imported_one(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    let validity: i64 = count(&*store, "SELECT uidvalidity FROM accounts");
+    let taken = format!("{:08X}{validity:08X}", 1);
+    store
+        .import(
+            &to,
+            &mut [ImportMessage {
+                bytes: b"x\n".to_vec(),
+                uid: Some(taken.clone()),
+            }]
+            .into_iter(),
+        )
+        .unwrap();
+    let d = deliver(&*store, &to, b"y\n");
+    assert_eq!(d.uid, format!("{:08X}{validity:08X}", 2));
+    assert_eq!(uids(&*store, account), [taken, d.uid]);
+}
+
+fn locks_exclude_release_expire_and_fence(f: &dyn Fixture) {
+    let store = f.open();
+    let account = store.create_account(&name("user"), "h").unwrap();
+    let one = holder::holder_string(1);
+    let two = holder::holder_string(2);
+
+    let first = store.lock_maildrop(account, &one, HOUR).unwrap();
+    assert_eq!(
+        (first.account, first.holder.as_str()),
+        (account, one.as_str())
+    );
+    assert!(matches!(
+        store.lock_maildrop(account, &two, HOUR),
+        Err(StoreError::Locked { holder }) if holder == one
+    ));
+    let shown = store.account_summary(&name("user")).unwrap().lock.unwrap();
+    assert_eq!(shown.holder, one);
+    assert!(shown.expires_at >= shown.acquired_at + 3599);
+    store.renew_lock(&first, HOUR).unwrap();
+
+    // Release, then another holder gets it with a new token.
+    store.release_lock(&first).unwrap();
+    store.release_lock(&first).unwrap();
+    assert!(store.list_accounts().unwrap()[0].lock.is_none());
+    let second = store.lock_maildrop(account, &two, HOUR).unwrap();
+    assert!(second.token > first.token);
+    assert!(matches!(
+        store.renew_lock(&first, HOUR),
+        Err(StoreError::LockLost)
+    ));
+    // A stale release must not free someone else's lock.
+    store.release_lock(&first).unwrap();
+    assert!(store.lock_maildrop(account, &one, HOUR).is_err());
+    store.release_lock(&second).unwrap();
+
+    // A zero-length lease is expired at once and is not reported.
+    let brief = store.lock_maildrop(account, &one, Duration::ZERO).unwrap();
+    assert!(store.account_summary(&name("user")).unwrap().lock.is_none());
+    let third = store.lock_maildrop(account, &two, HOUR).unwrap();
+    assert!(third.token > brief.token);
+    store.release_lock(&third).unwrap();
+
+    // A holder on this host whose process is gone is taken over before expiry.
+    let host = holder::hostname().unwrap();
+    let dead = format!("pop3d@{host}:{}#9", 0x7FFF_FFF0);
+    let ghost = store.lock_maildrop(account, &dead, HOUR).unwrap();
+    let live = store.lock_maildrop(account, &one, HOUR).unwrap();
+    assert!(live.token > ghost.token);
+    // A holder on another host is respected until expiry.
+    store.release_lock(&live).unwrap();
+    let remote = format!("pop3d@elsewhere-{host}:{}#9", 0x7FFF_FFF0);
+    store.lock_maildrop(account, &remote, HOUR).unwrap();
+    assert!(matches!(
+        store.lock_maildrop(account, &one, HOUR),
+        Err(StoreError::Locked { holder }) if holder == remote
+    ));
+
+    assert!(matches!(
+        store.lock_maildrop(account + 100, &one, HOUR),
+        Err(StoreError::NoSuchAccount(_))
+    ));
+}
+
+fn commit_update_deletions_are_exact_atomic_and_fenced(f: &dyn Fixture) {
+    let store = f.open();
+    let (to, other) = (name("user"), name("other"));
+    let account = store.create_account(&to, "h").unwrap();
+    let other_account = store.create_account(&other, "h").unwrap();
+    let ids: Vec<MessageId> = (0..4)
+        .map(|i| deliver(&*store, &to, &vec![b'a' + i; CHUNK_SIZE + 1]).id)
+        .collect();
+    let foreign = deliver(&*store, &other, b"not yours\n").id;
+
+    let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
+    store
+        .commit_update(&lock, &[ids[0], ids[2], foreign], &[])
+        .unwrap();
+    let left: Vec<MessageId> = store
+        .list_messages(account)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(left, [ids[1], ids[3]]);
+    assert!(store.read_chunk(ids[0], 0).unwrap().is_none());
+    assert_eq!(store.list_messages(other_account).unwrap().len(), 1);
+    assert_eq!(count(&*store, "SELECT count(*) FROM chunks"), 5);
+    store.release_lock(&lock).unwrap();
+
+    // Lock lost to another holder: nothing is deleted.
+    let lapsed = store
+        .lock_maildrop(account, "a@h:1#2", Duration::ZERO)
+        .unwrap();
+    assert!(matches!(
+        store.commit_update(&lapsed, &[ids[1]], &[]),
+        Err(StoreError::LockLost)
+    ));
+    let thief = store.lock_maildrop(account, "b@h:2#1", HOUR).unwrap();
+    assert!(matches!(
+        store.commit_update(&lapsed, &[ids[1], ids[3]], &[]),
+        Err(StoreError::LockLost)
+    ));
+    assert!(matches!(
+        store.renew_lock(&lapsed, HOUR),
+        Err(StoreError::LockLost)
+    ));
+    assert_eq!(store.list_messages(account).unwrap().len(), 2);
+    store.commit_update(&thief, &[], &[]).unwrap();
+}
+
+fn delivery_while_locked_shows_in_next_listing(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    deliver(&*store, &to, b"one\n");
+    let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
+    let snapshot = store.list_messages(account).unwrap();
+    let late = deliver(&*store, &to, b"two\n");
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(
+        store.read_chunk(snapshot[0].id, 0).unwrap().unwrap(),
+        b"one\r\n"
+    );
+    store.commit_update(&lock, &[snapshot[0].id], &[]).unwrap();
+    store.release_lock(&lock).unwrap();
+    let next = store.list_messages(account).unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].id, &next[0].uid), (late.id, &late.uid));
+}
+
+fn import_keeps_uids_and_is_all_or_nothing(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    let msg = |uid: Option<&str>| ImportMessage {
+        bytes: b"Subject: old\n\nkept\n".to_vec(),
+        uid: uid.map(str::to_owned),
+    };
+    let long = "x".repeat(71);
+    let bad: Vec<(Vec<ImportMessage>, &str)> = vec![
+        (vec![msg(Some("ok1")), msg(Some(""))], "invalid"),
+        (vec![msg(Some("ok1")), msg(Some("has space"))], "invalid"),
+        (vec![msg(Some("ok1")), msg(Some("tab\t"))], "invalid"),
+        (vec![msg(Some("ok1")), msg(Some("é"))], "invalid"),
+        (vec![msg(Some("ok1")), msg(Some(&long))], "invalid"),
+        (
+            vec![msg(Some("ok1")), msg(None), msg(Some("ok1"))],
+            "duplicate",
+        ),
+        (
+            vec![
+                msg(Some("ok1")),
+                ImportMessage {
+                    bytes: Vec::new(),
+                    uid: None,
+                },
+            ],
+            "empty",
+        ),
+    ];
+    for (batch, kind) in bad {
+        let err = store.import(&to, &mut batch.into_iter()).unwrap_err();
+        let ok = match kind {
+            "invalid" => matches!(err, StoreError::InvalidUid { .. }),
+            "duplicate" => matches!(&err, StoreError::DuplicateUid(u) if u == "ok1"),
+            _ => matches!(err, StoreError::InvalidMessage(_)),
+        };
+        assert!(ok, "{kind}: {err:?}");
+        assert!(store.list_messages(account).unwrap().is_empty());
+        assert_eq!(count(&*store, "SELECT count(*) FROM chunks"), 0);
+    }
+
+    let max = "~".repeat(70);
+    let done = store
+        .import(
+            &to,
+            &mut vec![msg(Some("UID-1")), msg(None), msg(Some(&max))].into_iter(),
+        )
+        .unwrap();
+    assert_eq!(done.len(), 3);
+    assert_eq!(done[0].uid, "UID-1");
+    assert_eq!(done[1].uid.len(), 16);
+    assert_eq!(done[2].uid, max);
+    assert!(done.iter().all(|d| d.size == 22));
+    let listed = store.list_messages(account).unwrap();
+    assert_eq!(uids(&*store, account), [&*done[0].uid, &done[1].uid, &max]);
+    assert_eq!((listed[0].header_octets, listed[0].body_lines), (16, 1));
+    assert_eq!(
+        store.read_chunk(done[0].id, 0).unwrap().unwrap(),
+        b"Subject: old\r\n\r\nkept\r\n"
+    );
+    assert!(matches!(
+        store.import(&to, &mut vec![msg(Some("new")), msg(Some("UID-1"))].into_iter()),
+        Err(StoreError::DuplicateUid(u)) if u == "UID-1"
+    ));
+    assert_eq!(store.list_messages(account).unwrap().len(), 3);
+    // The same UID is fine in another maildrop.
+    let other = name("other");
+    store.create_account(&other, "h").unwrap();
+    store
+        .import(&other, &mut vec![msg(Some("UID-1"))].into_iter())
+        .unwrap();
+}
+
+fn delete_account_refuses_while_locked(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("user@example.org");
+    let account = store.create_account(&to, "h").unwrap();
+    deliver(&*store, &to, &vec![b'z'; CHUNK_SIZE * 2]);
+    let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
+    assert!(matches!(
+        store.delete_account(&to),
+        Err(StoreError::Locked { holder }) if holder == "a@h:1#1"
+    ));
+    assert!(store.account(&to).unwrap().is_some());
+    store.release_lock(&lock).unwrap();
+
+    // An expired lock does not block deletion.
+    store
+        .lock_maildrop(account, "a@h:1#2", Duration::ZERO)
+        .unwrap();
+    store.delete_account(&to).unwrap();
+    assert!(store.account(&to).unwrap().is_none());
+    for table in ["messages", "chunks", "locks", "accounts"] {
+        let sql = format!("SELECT count(*) FROM {table}");
+        assert_eq!(count(&*store, &sql), 0, "{table}");
+    }
+    assert!(matches!(
+        store.delete_account(&to),
+        Err(StoreError::NoSuchAccount(_))
+    ));
+    assert!(matches!(
+        store.deliver(&to, &mut &b"x\n"[..], 100),
+        Err(StoreError::NoSuchAccount(_))
+    ));
+}
+
+fn concurrent_deliveries_from_shared_store(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (store, to) = (Arc::clone(&store), to.clone());
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    let body = format!("thread {t} message {i}\n");
+                    deliver(&*store, &to, body.as_bytes());
+                    store.list_messages(account).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let all = uids(&*store, account);
+    assert_eq!(all.len(), 20);
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 20);
+    assert!(store.pool_within_bounds());
+}
+
+fn policy_round_trip(f: &dyn Fixture) {
+    let store = f.open();
+    let (alice, bob) = (name("alice@example.org"), name("bob"));
+    store.create_account(&alice, "h").unwrap();
+    store.create_account(&bob, "h").unwrap();
+    let policy = |login_delay, expire| AccountPolicy {
+        login_delay,
+        expire,
+    };
+    assert_eq!(
+        store.account(&alice).unwrap().unwrap().policy,
+        AccountPolicy::default()
+    );
+    let cases = [
+        policy(Some(0), Some(Expire::Never)),
+        policy(Some(300), Some(Expire::Days(0))),
+        policy(Some(u32::MAX), Some(Expire::Days(u32::MAX))),
+        policy(None, Some(Expire::Days(30))),
+        policy(Some(1), None),
+        AccountPolicy::default(),
+    ];
+    for want in cases {
+        store.set_policy(&alice, want).unwrap();
+        assert_eq!(store.account(&alice).unwrap().unwrap().policy, want);
+        assert_eq!(store.account_summary(&alice).unwrap().policy, want);
+        let list = store.list_accounts().unwrap();
+        assert_eq!(list[0].policy, want);
+        // The other account is untouched.
+        assert_eq!(list[1].policy, AccountPolicy::default());
+    }
+    assert!(matches!(
+        store.set_policy(&name("carol"), AccountPolicy::default()),
+        Err(StoreError::NoSuchAccount(n)) if n == "carol"
+    ));
+}
+
+/// RFC 2449 section 6.5 and 8.1.2: LOGIN-DELAY as a persisted token bucket.
+fn login_delay_token_bucket(f: &dyn Fixture) {
+    let store = f.open();
+    let [free, strict, bursty, fine] =
+        ["free", "strict", "bursty", "fine"].map(|n| store.create_account(&name(n), "h").unwrap());
+    let two = Duration::from_secs(2);
+    let refused = |verdict| match verdict {
+        LoginDelay::TooSoon { retry_after } => {
+            assert!(
+                retry_after > Duration::ZERO && retry_after <= two,
+                "{retry_after:?}"
+            );
+            retry_after
+        }
+        LoginDelay::Allowed => panic!("allowed too soon"),
+    };
+    let state = |account: AccountId| store.login_state(account);
+
+    // No delay: always allowed, the login still recorded.
+    assert_eq!(
+        store.account_summary(&name("free")).unwrap().last_login,
+        None
+    );
+    for _ in 0..5 {
+        let v = store.check_login_delay(free, Duration::ZERO, 0).unwrap();
+        assert_eq!(v, LoginDelay::Allowed);
+    }
+    let last = store.account_summary(&name("free")).unwrap().last_login;
+    assert!(last.is_some_and(|t| (now() - t).abs() <= 1), "{last:?}");
+
+    // Delay 2 s, no burst: the second login is too soon, and a refusal changes nothing.
+    assert_eq!(
+        store.check_login_delay(strict, two, 0).unwrap(),
+        LoginDelay::Allowed
+    );
+    let before = state(strict);
+    refused(store.check_login_delay(strict, two, 0).unwrap());
+    assert_eq!(state(strict), before);
+
+    // Burst 2: three quick logins, then a refusal.
+    for _ in 0..3 {
+        let v = store.check_login_delay(bursty, two, 2).unwrap();
+        assert_eq!(v, LoginDelay::Allowed);
+    }
+    refused(store.check_login_delay(bursty, two, 2).unwrap());
+
+    // The state survives reopening the store.
+    drop(store);
+    let store = f.open();
+    refused(store.check_login_delay(strict, two, 0).unwrap());
+    refused(store.check_login_delay(bursty, two, 2).unwrap());
+
+    // Two seconds later (simulated), one token is back; much later, the bucket is full
+    // but holds no more than 1 + burst.
+    exec(&*store, "UPDATE accounts SET last_login = last_login - 2");
+    for account in [strict, bursty] {
+        let burst = if account == strict { 0 } else { 2 };
+        let v = store.check_login_delay(account, two, burst).unwrap();
+        assert_eq!(v, LoginDelay::Allowed);
+        refused(store.check_login_delay(account, two, burst).unwrap());
+    }
+    exec(
+        &*store,
+        "UPDATE accounts SET last_login = last_login - 1000",
+    );
+    for _ in 0..3 {
+        let v = store.check_login_delay(bursty, two, 2).unwrap();
+        assert_eq!(v, LoginDelay::Allowed);
+    }
+    refused(store.check_login_delay(bursty, two, 2).unwrap());
+    // A zero delay allows even an account that a delay would refuse.
+    assert_eq!(
+        store.check_login_delay(bursty, Duration::ZERO, 2).unwrap(),
+        LoginDelay::Allowed
+    );
+
+    // Sub-second precision although last_login holds whole seconds.
+    let short = Duration::from_millis(300);
+    assert_eq!(
+        store.check_login_delay(fine, short, 0).unwrap(),
+        LoginDelay::Allowed
+    );
+    let wait = match store.check_login_delay(fine, short, 0).unwrap() {
+        LoginDelay::TooSoon { retry_after } => retry_after,
+        LoginDelay::Allowed => panic!("allowed too soon"),
+    };
+    assert!(
+        wait > Duration::from_millis(200) && wait <= short,
+        "{wait:?}"
+    );
+    std::thread::sleep(wait + Duration::from_millis(30));
+    assert_eq!(
+        store.check_login_delay(fine, short, 0).unwrap(),
+        LoginDelay::Allowed
+    );
+    assert!(matches!(
+        store.check_login_delay(fine, short, 0).unwrap(),
+        LoginDelay::TooSoon { retry_after } if retry_after > Duration::from_millis(200)
+    ));
+
+    assert!(matches!(
+        store.check_login_delay(fine + 100, two, 0),
+        Err(StoreError::NoSuchAccount(_))
+    ));
+}
+
+/// Two stores on one file stand for two processes: the bucket is never overdrawn.
+fn login_delay_is_atomic_across_connections(f: &dyn Fixture) {
+    let first = f.open();
+    let second = f.open();
+    let account = first.create_account(&name("user"), "h").unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &first } else { &second });
+            std::thread::spawn(move || {
+                (0..3)
+                    .filter(|_| {
+                        store.check_login_delay(account, HOUR, 2).unwrap() == LoginDelay::Allowed
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let allowed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(allowed, 3);
+}
+
+fn commit_update_marks_first_retrieval_once_and_deletes(f: &dyn Fixture) {
+    let store = f.open();
+    let (to, other) = (name("user"), name("other"));
+    let account = store.create_account(&to, "h").unwrap();
+    let other_account = store.create_account(&other, "h").unwrap();
+    let msgs: Vec<MessageId> = (0..4)
+        .map(|i| deliver(&*store, &to, format!("message {i}\n").as_bytes()).id)
+        .collect();
+    let foreign = deliver(&*store, &other, b"not yours\n").id;
+
+    let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
+    store
+        .commit_update(&lock, &[msgs[2]], &[msgs[0], msgs[1], msgs[2], foreign])
+        .unwrap();
+    for id in [msgs[0], msgs[1]] {
+        let at = retrieved_at(&*store, id);
+        assert!(at.is_some_and(|t| (now() - t).abs() <= 1), "{at:?}");
+    }
+    assert_eq!(retrieved_at(&*store, msgs[3]), None);
+    assert_eq!(retrieved_at(&*store, foreign), None);
+    assert_eq!(ids(&*store, account), [msgs[0], msgs[1], msgs[3]]);
+    assert_eq!(ids(&*store, other_account), [foreign]);
+
+    // A later retrieval does not move the first retrieval time.
+    exec(
+        &*store,
+        &format!(
+            "UPDATE messages SET retrieved_at = 1000 WHERE id = {}",
+            msgs[0]
+        ),
+    );
+    store.commit_update(&lock, &[], &[msgs[0]]).unwrap();
+    assert_eq!(retrieved_at(&*store, msgs[0]), Some(1000));
+    store.commit_update(&lock, &[], &[]).unwrap();
+    store.release_lock(&lock).unwrap();
+
+    // Fencing: after a takeover nothing is marked or deleted.
+    let (lapsed, thief) = lapsed_and_taken_over(&*store, account);
+    assert!(matches!(
+        store.commit_update(&lapsed, &[msgs[1]], &[msgs[3]]),
+        Err(StoreError::LockLost)
+    ));
+    assert!(matches!(
+        store.commit_update(&lapsed, &[], &[msgs[3]]),
+        Err(StoreError::LockLost)
+    ));
+    assert_eq!(retrieved_at(&*store, msgs[3]), None);
+    assert_eq!(ids(&*store, account), [msgs[0], msgs[1], msgs[3]]);
+    store.commit_update(&thief, &[msgs[1]], &[msgs[3]]).unwrap();
+    assert!(retrieved_at(&*store, msgs[3]).is_some());
+    assert_eq!(ids(&*store, account), [msgs[0], msgs[3]]);
+}
+
+/// RFC 2449 section 6.7: EXPIRE removes messages retrieved at least `retention` ago.
+fn expire_messages_deletes_only_old_retrieved_ones(f: &dyn Fixture) {
+    let store = f.open();
+    let (to, other) = (name("user"), name("other"));
+    let account = store.create_account(&to, "h").unwrap();
+    let other_account = store.create_account(&other, "h").unwrap();
+    let day = 86_400;
+    let [never, old, recent, just_now] = ["never", "old", "recent", "just now"]
+        .map(|s| deliver(&*store, &to, &vec![b'x'; CHUNK_SIZE + s.len()]).id);
+    let foreign = deliver(&*store, &other, b"retrieved long ago\n").id;
+    let age = |id: MessageId, secs: i64| {
+        exec(
+            &*store,
+            &format!(
+                "UPDATE messages SET retrieved_at = {} WHERE id = {id}",
+                now() - secs
+            ),
+        )
+    };
+    age(old, 10 * day);
+    age(recent, day);
+    age(just_now, 0);
+    age(foreign, 10 * day);
+
+    let lock = store.lock_maildrop(account, "a@h:1#1", HOUR).unwrap();
+    let five_days = Duration::from_secs(5 * 86_400);
+    assert_eq!(store.expire_messages(&lock, five_days).unwrap(), 1);
+    assert_eq!(ids(&*store, account), [never, recent, just_now]);
+    assert!(store.read_chunk(old, 0).unwrap().is_none());
+    assert_eq!(ids(&*store, other_account), [foreign]);
+    // A retention reaching before 1970 expires nothing.
+    assert_eq!(store.expire_messages(&lock, Duration::MAX).unwrap(), 0);
+    // Retention zero: every retrieved message goes, never-retrieved ones stay.
+    assert_eq!(store.expire_messages(&lock, Duration::ZERO).unwrap(), 2);
+    assert_eq!(ids(&*store, account), [never]);
+    assert_eq!(count(&*store, "SELECT count(*) FROM chunks"), 2 + 1);
+    assert_eq!(store.expire_messages(&lock, Duration::ZERO).unwrap(), 0);
+    store.release_lock(&lock).unwrap();
+
+    // Fencing: after a takeover nothing expires.
+    age(never, 10 * day);
+    let (lapsed, thief) = lapsed_and_taken_over(&*store, account);
+    assert!(matches!(
+        store.expire_messages(&lapsed, Duration::ZERO),
+        Err(StoreError::LockLost)
+    ));
+    assert_eq!(ids(&*store, account), [never]);
+    assert_eq!(store.expire_messages(&thief, five_days).unwrap(), 1);
+    assert!(ids(&*store, account).is_empty());
+}
+
+/// RFC 6856 section 3: the flag is stored at delivery and import.
+fn utf8_headers_flag_is_stored(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    let cases: &[(&[u8], bool)] = &[
+        (b"Subject: caf\xc3\xa9\n\nbody\n", true),
+        (b"Subject: caf\xe9\n\nbody\n", false),
+        (b"Subject: cafe\n\ncaf\xc3\xa9 \xe9\n", false),
+        (b"Subject: cafe\n\nbody\n", false),
+    ];
+    for (input, _) in cases {
+        deliver(&*store, &to, input);
+    }
+    let imported: Vec<ImportMessage> = cases
+        .iter()
+        .map(|(input, _)| ImportMessage {
+            bytes: input.to_vec(),
+            uid: None,
+        })
+        .collect();
+    store.import(&to, &mut imported.into_iter()).unwrap();
+    let flags: Vec<bool> = store
+        .list_messages(account)
+        .unwrap()
+        .iter()
+        .map(|m| m.utf8_headers)
+        .collect();
+    let want: Vec<bool> = cases.iter().chain(cases).map(|&(_, w)| w).collect();
+    assert_eq!(flags, want);
+}
+
+fn secrets_are_stored_replaced_together_and_not_debugged(f: &dyn Fixture) {
+    let store = f.open();
+    let n = name("sec");
+    let secrets = AccountSecrets {
+        scram_sha256: Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into()),
+        legacy_secret: Some("hunter2".into()),
+        cram_md5_states: Some("cd3ba7de".into()),
+    };
+    store
+        .create_account_with(&n, "$argon2id$x", &secrets)
+        .unwrap();
+    let acct = store.account(&n).unwrap().unwrap();
+    assert_eq!(acct.secrets, secrets);
+    assert!(!format!("{acct:?}").contains("hunter2"));
+    assert!(!format!("{acct:?}").contains("cd3ba7de"));
+    let summary = store.account_summary(&n).unwrap();
+    assert!(summary.legacy && summary.cram_md5);
+    // A new password drops secrets derived from the old one.
+    store.set_password(&n, "$argon2id$y").unwrap();
+    let acct = store.account(&n).unwrap().unwrap();
+    assert_eq!(acct.secrets, AccountSecrets::default());
+    let summary = store.account_summary(&n).unwrap();
+    assert!(!summary.legacy && !summary.cram_md5);
+}
+
+fn account_import_is_all_or_nothing(f: &dyn Fixture) {
+    let store = f.open();
+    let states = |s: &str| AccountSecrets {
+        cram_md5_states: Some(s.into()),
+        ..AccountSecrets::default()
+    };
+    store
+        .create_account_with(&name("old"), "$argon2id$old", &states("o"))
+        .unwrap();
+    let batch = |hash: &str| {
+        ["new@example.org", "old"].map(|n| AccountImport {
+            name: name(n),
+            password_hash: hash.into(),
+            secrets: states(hash),
+        })
+    };
+    // Refused on the second account: the first one is not created either.
+    assert!(matches!(
+        store.import_accounts(&batch("!1"), OnExisting::Refuse),
+        Err(StoreError::AccountExists(n)) if n == "old"
+    ));
+    assert!(store.account(&name("new@example.org")).unwrap().is_none());
+    assert_eq!(
+        store.account(&name("old")).unwrap().unwrap().password_hash,
+        "$argon2id$old"
+    );
+    // Replacing: one created (with its domain), one updated in place.
+    let old_id = store.account(&name("old")).unwrap().unwrap().id;
+    assert_eq!(
+        store
+            .import_accounts(&batch("!2"), OnExisting::Replace)
+            .unwrap(),
+        vec![true, false]
+    );
+    let old = store.account(&name("old")).unwrap().unwrap();
+    assert_eq!((old.id, old.password_hash.as_str()), (old_id, "!2"));
+    assert_eq!(old.secrets, states("!2"));
+    let new = store.account(&name("new@example.org")).unwrap().unwrap();
+    assert_eq!(new.secrets, states("!2"));
+    assert_eq!(
+        store.list_domains().unwrap(),
+        vec![("example.org".into(), 1)]
+    );
+}
+
+fn rehash_replaces_only_the_hash_it_was_given(f: &dyn Fixture) {
+    let store = f.open();
+    let n = name("rehash");
+    let secrets = AccountSecrets {
+        scram_sha256: Some("s".into()),
+        ..AccountSecrets::default()
+    };
+    let id = store.create_account_with(&n, "$old", &secrets).unwrap();
+    assert!(store.rehash_password(id, "$old", "$new").unwrap());
+    let acct = store.account(&n).unwrap().unwrap();
+    assert_eq!(
+        (acct.password_hash.as_str(), acct.secrets),
+        ("$new", secrets)
+    );
+    // A stale "old" hash (the password was changed meanwhile) changes nothing.
+    assert!(!store.rehash_password(id, "$old", "$other").unwrap());
+    assert_eq!(store.account(&n).unwrap().unwrap().password_hash, "$new");
+}
+
+fn domains_list_add_and_delete_with_their_accounts(f: &dyn Fixture) {
+    let store = f.open();
+    store.create_account(&name("a@example.org"), "$x").unwrap();
+    store.create_account(&name("b@example.org"), "$x").unwrap();
+    store.create_account(&name("c@other.test"), "$x").unwrap();
+    store.add_domain("empty.test").unwrap();
+    assert!(matches!(
+        store.add_domain("empty.test"),
+        Err(StoreError::DomainExists(_))
+    ));
+    assert_eq!(
+        store.list_domains().unwrap(),
+        vec![
+            ("empty.test".to_string(), 0),
+            ("example.org".to_string(), 2),
+            ("other.test".to_string(), 1)
+        ]
+    );
+    let id = store.account(&name("a@example.org")).unwrap().unwrap().id;
+    let lock = store
+        .lock_maildrop(id, "pop3d@elsewhere:1#1", Duration::from_secs(60))
+        .unwrap();
+    assert!(matches!(
+        store.delete_domain("example.org"),
+        Err(StoreError::Locked { .. })
+    ));
+    store.release_lock(&lock).unwrap();
+    let gone = store.delete_domain("example.org").unwrap();
+    assert_eq!(gone, vec![name("a@example.org"), name("b@example.org")]);
+    assert!(store.account(&name("b@example.org")).unwrap().is_none());
+    assert!(store.account(&name("c@other.test")).unwrap().is_some());
+    assert!(matches!(
+        store.delete_domain("example.org"),
+        Err(StoreError::NoSuchDomain(_))
+    ));
+}
