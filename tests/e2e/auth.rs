@@ -153,6 +153,12 @@ fn auth_exchange_rules() {
     assert!(c.err("!!!not base64!!!").starts_with("-ERR"));
     c.err("AUTH NOSUCH-MECH");
     c.err("AUTH PLAIN %%%");
+    // An over-long response line (past the 12 KiB SASL line cap) gets one -ERR, the exchange
+    // ends and the session goes on.
+    assert_eq!(c.cmd("AUTH PLAIN"), "+ ");
+    assert!(c.err(&"QUFB".repeat(4 * 1024)).starts_with("-ERR"));
+    assert!(c.ok("CAPA").starts_with("+OK"));
+    while c.line() != "." {}
     // Decoded fields with CR/LF are refused before use.
     c.err(&format!("AUTH PLAIN {}", b64(b"\0alice\r\nQUIT\0x")));
     // Another authorization identity is refused (no master users).
@@ -363,4 +369,147 @@ fn the_credential_cache_skips_argon2_and_forgets_a_changed_password() {
     assert!(c.err(&format!("PASS {PW}")).starts_with("-ERR [AUTH] "));
     let mut c = f.server.login("alice", "new pw");
     c.ok("QUIT");
+}
+
+/// One failed attempt with `mech` (USER/PASS, APOP or a SASL mechanism) as `user`: the reply
+/// that ends it (every reply of the exchange, joined) and how long the server took from the
+/// first command on. `wrong` is a password (PASS, PLAIN, LOGIN) or, for the digest mechanisms,
+/// stands for any wrong digest: the server cannot tell one from the other.
+fn failed_attempt(f: &Fixture, mech: &str, user: &str) -> (String, Duration) {
+    const WRONG: &str = "wrong password";
+    let mut c = f.server.connect();
+    let start = Instant::now();
+    let replies: Vec<String> = match mech {
+        "USER" => vec![
+            c.cmd(&format!("USER {user}")),
+            c.cmd(&format!("PASS {WRONG}")),
+        ],
+        "APOP" => vec![c.cmd(&format!("APOP {user} 0123456789abcdef0123456789abcdef"))],
+        "PLAIN" => vec![c.cmd(&format!(
+            "AUTH PLAIN {}",
+            b64(format!("\0{user}\0{WRONG}").as_bytes())
+        ))],
+        "LOGIN" => vec![
+            c.cmd("AUTH LOGIN"),
+            c.cmd(&b64(user.as_bytes())),
+            c.cmd(&b64(WRONG.as_bytes())),
+        ],
+        "CRAM-MD5" => {
+            let challenge = c.cmd("AUTH CRAM-MD5");
+            assert!(challenge.starts_with("+ "), "{challenge}");
+            let answer = format!("{user} 0123456789abcdef0123456789abcdef");
+            vec![c.cmd(&b64(answer.as_bytes()))]
+        }
+        "SCRAM-SHA-256" => {
+            // RFC 5802 section 5: a well-formed client-final with a proof that is not the
+            // password's (any other proof is what a wrong password gives).
+            let first = c.cmd(&format!(
+                "AUTH SCRAM-SHA-256 {}",
+                b64(format!("n,,n={user},r=fyko+d2lbbFgONRv9qkxdawL").as_bytes())
+            ));
+            let server_first = first.strip_prefix("+ ").expect("server-first");
+            let server_first =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, server_first)
+                    .expect("server-first base64");
+            let server_first = String::from_utf8(server_first).expect("server-first text");
+            let nonce = server_first
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("r="))
+                .expect("nonce");
+            let proof = b64(&[0x5a; 32]);
+            vec![
+                first.chars().take(2).collect(),
+                c.cmd(&b64(format!("c=biws,r={nonce},p={proof}").as_bytes())),
+            ]
+        }
+        other => panic!("no such mechanism {other}"),
+    };
+    (replies.join(" | "), start.elapsed())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn unknown_user_and_wrong_password_look_alike_for_every_mechanism() {
+    // The penalty off, so that only the server's own work is timed.
+    let f = fixture("lookalike", &["--legacy-auth", "--auth-failure-delay", "0"]);
+    for mech in [
+        "USER",
+        "PLAIN",
+        "LOGIN",
+        "SCRAM-SHA-256",
+        "CRAM-MD5",
+        "APOP",
+    ] {
+        // APOP and CRAM-MD5 check a legacy secret: leg has one, alice has none.
+        let known: &[&str] = if matches!(mech, "APOP" | "CRAM-MD5") {
+            &["leg@example.org", "alice"]
+        } else {
+            &["alice"]
+        };
+        let (mut wrong, mut unknown) = (Vec::new(), Vec::new());
+        let mut replies = std::collections::BTreeSet::new();
+        for _ in 0..7 {
+            for user in known {
+                let (reply, took) = failed_attempt(&f, mech, user);
+                replies.insert(reply);
+                wrong.push(took);
+            }
+            let (reply, took) = failed_attempt(&f, mech, "ghost@example.org");
+            replies.insert(reply);
+            unknown.push(took);
+        }
+        // The same replies, to the letter.
+        assert_eq!(replies.len(), 1, "{mech}: {replies:?}");
+        let reply = replies.into_iter().next().unwrap_or_default();
+        assert!(reply.contains("-ERR [AUTH] "), "{mech}: {reply}");
+        // About the same time: an unknown user costs the same work (a dummy argon2id
+        // verification, a dummy digest, a fake SCRAM salt), so the medians differ by noise
+        // only, not by a skipped hash.
+        let (w, u) = (median(wrong), median(unknown));
+        let slack = w.max(u) / 2 + Duration::from_millis(5);
+        assert!(
+            w.abs_diff(u) <= slack,
+            "{mech}: wrong password {w:?}, unknown user {u:?}"
+        );
+        println!("{mech}: wrong password {w:?}, unknown user {u:?}");
+    }
+}
+
+#[test]
+fn control_characters_in_decoded_fields_fail_every_mechanism() {
+    // CR, LF or NUL inside a decoded user name or password: -ERR [AUTH] before any lookup,
+    // and the session goes on (it reads no smuggled command). Penalty off, so it is quick.
+    let f = fixture(
+        "ctlfields",
+        &[
+            "--legacy-auth",
+            "--auth-failure-delay",
+            "0",
+            "--max-auth-failures",
+            "20",
+        ],
+    );
+    let mut c = f.server.connect();
+    let refused = |r: String| assert!(r.starts_with("-ERR [AUTH] "), "{r}");
+    refused(c.cmd(&format!("AUTH PLAIN {}", b64(b"\0ali\0ce\0x"))));
+    refused(c.cmd(&format!("AUTH PLAIN {}", b64(b"\0alice\0pw\r\nQUIT"))));
+    assert_eq!(c.cmd("AUTH LOGIN"), format!("+ {}", b64(b"Username:")));
+    refused(c.cmd(&b64(b"alice\0")));
+    assert_eq!(c.cmd("AUTH LOGIN"), format!("+ {}", b64(b"Username:")));
+    assert_eq!(c.cmd(&b64(b"alice")), format!("+ {}", b64(b"Password:")));
+    refused(c.cmd(&b64(b"pw\r\nQUIT")));
+    assert!(c.cmd("AUTH CRAM-MD5").starts_with("+ "));
+    refused(c.cmd(&b64(b"leg@example.org\n 0123456789abcdef0123456789abcdef")));
+    refused(c.cmd(&format!(
+        "AUTH SCRAM-SHA-256 {}",
+        b64(b"n,,n=ali\0ce,r=abcdef")
+    )));
+    // Still in AUTHORIZATION, still usable: a good login follows.
+    c.ok("USER alice");
+    c.ok(&format!("PASS {PW}"));
+    assert!(c.ok("STAT").starts_with("+OK 1 "));
 }

@@ -545,6 +545,56 @@ mod tests {
     }
 
     #[test]
+    fn cr_lf_and_nul_in_decoded_fields_are_refused_before_use() {
+        // RFC 5034 section 4 hands the decoded fields to the server as octets; a CR, LF or NUL
+        // in a user name or password could smuggle a line into a log or a lookup. None of
+        // these reaches NeedCredentials or CheckPassword.
+        let refused = |step: Step| {
+            matches!(
+                step,
+                Step::Failure(SaslError::ControlInField | SaslError::Malformed)
+            )
+        };
+        for bad in [
+            &b"\0tim\rx\0pw"[..],
+            b"\0tim\0p\nw",
+            b"ti\nm\0tim\0pw",
+            b"\0tim\0pw\r",
+        ] {
+            let (_, step) = Exchange::start(Mechanism::Plain, Some(bad.to_vec()), &ctx());
+            assert!(refused(step), "PLAIN {bad:?}");
+        }
+        for bad in [&b"ti\0m"[..], b"tim\r\nQUIT", b"tim\n"] {
+            let (mut ex, _) = Exchange::start(Mechanism::Login, None, &ctx());
+            assert!(refused(ex.respond(bad)), "LOGIN user {bad:?}");
+        }
+        for bad in [&b"p\0w"[..], b"pw\r\nQUIT", b"\npw"] {
+            let (mut ex, _) = Exchange::start(Mechanism::Login, None, &ctx());
+            ex.respond(b"tim");
+            assert!(refused(ex.respond(bad)), "LOGIN password {bad:?}");
+        }
+        for bad in [
+            &b"t\0im b913a602c7eda7a495b4e6e7334d3890"[..],
+            b"tim\r\n b913a602c7eda7a495b4e6e7334d3890",
+            b"tim b913a602c7eda7a495b4e6e7334d3890\n",
+        ] {
+            let (mut ex, _) = Exchange::start(Mechanism::CramMd5, None, &ctx());
+            assert!(refused(ex.respond(bad)), "CRAM-MD5 {bad:?}");
+        }
+        for bad in [
+            &b"n,,n=us\0er,r=abc"[..],
+            b"n,,n=us\r\ner,r=abc",
+            b"n,,n=user,r=a\nbc",
+        ] {
+            let (_, step) = Exchange::start(Mechanism::ScramSha256, Some(bad.to_vec()), &ctx());
+            assert!(
+                matches!(step, Step::Failure(_)),
+                "SCRAM-SHA-256 {bad:?}: {step:?}"
+            );
+        }
+    }
+
+    #[test]
     fn login_asks_for_user_then_password() {
         let (mut ex, step) = Exchange::start(Mechanism::Login, None, &ctx());
         assert!(matches!(step, Step::Challenge(c) if c == b"Username:"));

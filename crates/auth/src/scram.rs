@@ -121,6 +121,11 @@ pub fn parse_client_first(data: &[u8]) -> Result<ClientFirst, SaslError> {
         .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
         .ok_or(SaslError::Malformed)?;
     let user = decode_name(user).ok_or(SaslError::Malformed)?;
+    // RFC 5802 section 7: a saslname has no NUL; CR and LF are refused too, before the name
+    // is used for anything (as for PLAIN and LOGIN).
+    if user.contains(['\0', '\r', '\n']) {
+        return Err(SaslError::ControlInField);
+    }
     if !authzid.is_empty() {
         let az = decode_name(attr(authzid, 'a').unwrap_or_default()).ok_or(SaslError::Malformed)?;
         if az != user {
