@@ -1,7 +1,8 @@
 //! Authentication end to end: SASL (RFC 5034) PLAIN, LOGIN, CRAM-MD5 and SCRAM-SHA-256, APOP
 //! (RFC 1939 section 7), multi-domain names, the failed-login penalty.
-//! Clients: curl (`--login-options AUTH=...`), Python's poplib (`apop()`), and a SCRAM client
-//! written in Python (hashlib/hmac) since no packaged POP3 client speaks SCRAM.
+//! Clients: curl (`--login-options AUTH=...`), Python's poplib (`apop()`), mpop (GNU SASL:
+//! PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, APOP), fetchmail (CRAM-MD5), and a SCRAM client
+//! written in Python (hashlib/hmac) that also checks the server's signature.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -512,4 +513,94 @@ fn control_characters_in_decoded_fields_fail_every_mechanism() {
     c.ok("USER alice");
     c.ok(&format!("PASS {PW}"));
     assert!(c.ok("STAT").starts_with("+OK 1 "));
+}
+
+/// `mpop --status-only` (log in, STAT, QUIT) with one authentication method.
+fn mpop_status(
+    f: &Fixture,
+    s: &e2e::clients::Scratch,
+    auth: &str,
+    user: &str,
+    pw: &str,
+) -> std::process::Output {
+    s.command("mpop")
+        .args([
+            "-C",
+            "/dev/null",
+            "--host=127.0.0.1",
+            "--tls=off",
+            "--timeout=20",
+        ])
+        .arg(format!("--port={}", f.server.addr.port()))
+        .arg(format!("--auth={auth}"))
+        .arg(format!("--user={user}"))
+        .arg(format!("--passwordeval=echo '{pw}'"))
+        .arg(format!("--delivery=mda,{}", s.mda()))
+        .arg("--status-only")
+        .output()
+        .expect("run mpop")
+}
+
+#[test]
+fn mpop_and_fetchmail_log_in_with_every_sasl_mechanism() {
+    if !e2e::client_available("mpop", "--version") {
+        return;
+    }
+    let f = fixture("mpop-sasl", &["--legacy-auth"]);
+    // An account imported from a Dovecot passwd-file with only CRAM-MD5 states (RFC 2195's
+    // secret "tanstaaftanstaaf").
+    let passwd = f.data().join("dovecot-users");
+    std::fs::write(
+        &passwd,
+        "tim@example.org:{CRAM-MD5}d06d4e1b26fccaa4b0b61801132340a354b21152711fb604ca3e035e7015116b\n",
+    )
+    .expect("passwd-file");
+    popadm_ok(
+        f.data(),
+        &["import", "passwd", passwd.to_str().expect("utf8")],
+        b"",
+    );
+    f.deliver("tim@example.org", MSG);
+    let s = e2e::clients::Scratch::new("mpop-sasl-run");
+    for (auth, user, pw) in [
+        ("plain", "alice", PW),
+        ("login", "alice", PW),
+        ("scram-sha-256", "alice", PW),
+        ("cram-md5", "leg@example.org", "tanstaaf"),
+        ("apop", "leg@example.org", "tanstaaf"),
+        ("cram-md5", "tim@example.org", "tanstaaftanstaaf"),
+    ] {
+        let out = mpop_status(&f, &s, auth, user, pw);
+        let text = e2e::clients::output_text(&out);
+        assert!(out.status.success(), "mpop --auth={auth} as {user}: {text}");
+        assert!(
+            text.contains("1 message"),
+            "mpop --auth={auth} as {user}: {text}"
+        );
+    }
+    // And a wrong password fails, so the successes above mean something.
+    let out = mpop_status(&f, &s, "scram-sha-256", "alice", "not it");
+    assert!(!out.status.success(), "{}", e2e::clients::output_text(&out));
+
+    if !e2e::client_available("fetchmail", "--version") {
+        return;
+    }
+    // fetchmail's own CRAM-MD5 (RFC 2195), for both kinds of stored key; `--check` logs in,
+    // counts the messages and exits 0 when there is mail.
+    for (user, pw) in [
+        ("leg@example.org", "tanstaaf"),
+        ("tim@example.org", "tanstaaftanstaaf"),
+    ] {
+        let rc = format!(
+            "poll 127.0.0.1 service {} protocol pop3 auth cram-md5 timeout 20 user \"{user}\" \
+             password \"{pw}\" sslproto ''",
+            f.server.addr.port()
+        );
+        let out = e2e::clients::fetchmail_with(&s, &rc, &["--check"]);
+        assert!(
+            out.status.success(),
+            "fetchmail CRAM-MD5 as {user}: {}",
+            e2e::clients::output_text(&out)
+        );
+    }
 }

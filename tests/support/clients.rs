@@ -116,6 +116,11 @@ pub fn assert_same(got: &[Vec<u8>], want: &[Vec<u8>], client: &str) {
 /// Runs fetchmail once with `rc_line` as its run control file, its idfile (UIDL state) kept in
 /// the scratch directory across runs.
 pub fn fetchmail(s: &Scratch, rc_line: &str) -> Output {
+    fetchmail_with(s, rc_line, &[])
+}
+
+/// [`fetchmail`] with extra command-line options (such as `--check`).
+pub fn fetchmail_with(s: &Scratch, rc_line: &str, options: &[&str]) -> Output {
     let rc = s.path("fetchmailrc");
     std::fs::write(&rc, format!("{rc_line}\n")).expect("write rc");
     // fetchmail refuses a run control file others can read.
@@ -128,6 +133,7 @@ pub fn fetchmail(s: &Scratch, rc_line: &str) -> Output {
         .arg("--pidfile")
         .arg(s.path("fetchmail.pid"))
         .arg("--nodetach")
+        .args(options)
         .output()
         .expect("run fetchmail")
 }
