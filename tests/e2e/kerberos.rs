@@ -1,6 +1,6 @@
 //! Kerberos for real: an MIT KDC for a throw-away realm on a loopback port, a service keytab
-//! for `pop/localhost`, a ticket from `kinit`, and curl logging in with SASL GSSAPI (RFC 4752),
-//! on a normal listener and on a KPOP listener (Kerberos only).
+//! for `pop/localhost`, a ticket from `kinit`, and curl (and mpop, where installed) logging in
+//! with SASL GSSAPI (RFC 4752), on a normal listener and on a KPOP listener (Kerberos only).
 //!
 //! Needs the MIT KDC tools (krb5-kdc, krb5-admin-server, krb5-user) and a pop3d built with the
 //! `gssapi` feature (`cargo xtask test` builds it so when libkrb5-dev is installed). Skipped
@@ -139,6 +139,27 @@ fn curl_gssapi(dir: &Path, addr: SocketAddr, path: &str) -> std::process::Output
         .expect("curl")
 }
 
+/// `mpop --auth=gssapi --status-only` with the ticket in the test's credential cache.
+fn mpop_gssapi(dir: &Path, addr: SocketAddr) -> std::process::Output {
+    let s = e2e::clients::Scratch::new("krb5-mpop");
+    s.command("mpop")
+        .args([
+            "-C",
+            "/dev/null",
+            "--host=localhost",
+            "--tls=off",
+            "--timeout=20",
+        ])
+        .arg(format!("--port={}", addr.port()))
+        .args(["--auth=gssapi", "--user=alice"])
+        .arg(format!("--delivery=mda,{}", s.mda()))
+        .arg("--status-only")
+        .env("KRB5_CONFIG", dir.join("krb5.conf"))
+        .env("KRB5CCNAME", format!("FILE:{}", dir.join("cc").display()))
+        .output()
+        .expect("run mpop")
+}
+
 #[test]
 fn curl_logs_in_with_kerberos_and_kpop_accepts_nothing_else() {
     if !have_kerberos_tools() || !e2e::client_available("curl", "--version") {
@@ -229,6 +250,18 @@ fn curl_logs_in_with_kerberos_and_kpop_accepts_nothing_else() {
         server.log()
     );
     assert_eq!(out.stdout, crlf(msg));
+
+    // mpop's GSSAPI (GNU SASL with MIT Kerberos), a second real client of the same mechanism.
+    if e2e::client_available("mpop", "--version") {
+        let out = mpop_gssapi(krb.path(), server.addr);
+        let text = e2e::clients::output_text(&out);
+        assert!(
+            out.status.success(),
+            "mpop GSSAPI: {text}\n{}",
+            server.log()
+        );
+        assert!(text.contains("1 message"), "mpop GSSAPI: {text}");
+    }
 
     // KPOP: Kerberos works, USER/PASS and APOP get [AUTH], CAPA offers GSSAPI only.
     let out = curl_gssapi(krb.path(), kpop, "/1");
