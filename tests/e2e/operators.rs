@@ -1,11 +1,14 @@
 //! What an operator installs besides the binaries: the manual pages and shell completion
 //! scripts the built `pop3d` and `popadm` generate from their own clap definitions
-//! (`cargo xtask man` runs the same entry points).
+//! (`cargo xtask man` runs the same entry points), and systemd socket activation (the
+//! `sd_listen_fds` protocol of dist/pop3d.socket) with its `READY=1` notification.
 
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
-use e2e::{bin, TempDir};
+use e2e::{bin, crlf, popadm_ok, Client, Server, TempDir, TIMEOUT};
 
 fn run_ok(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("spawn");
@@ -182,4 +185,277 @@ fn completion_scripts_are_valid_shell() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket activation
+
+const USER: &str = "sam@example.org";
+const PW: &str = "activated pw";
+const MESSAGE: &[u8] = b"Subject: activated\r\n\r\nserved on a socket systemd passed\r\n";
+
+/// Binds one loopback listener per name, prints `fds NAME=PORT ...` on stderr, moves the sockets
+/// to descriptors 3, 4, ... (inheritable), sets LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its own
+/// pid, or argv[2] when given: the pid survives execve) and becomes pop3d: what systemd does
+/// for a `.socket` unit, without `unsafe` in the suite.
+const ACTIVATE: &str = r#"
+import os, socket, sys
+names = sys.argv[1].split(':')
+socks = []
+for name in names:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(('127.0.0.1', 0))
+    s.listen(64)
+    socks.append(s)
+print('fds ' + ' '.join('%s=%d' % (n, s.getsockname()[1]) for n, s in zip(names, socks)),
+      file=sys.stderr, flush=True)
+# Out of the way first, so that moving one into place never closes another.
+high = [os.dup(s.fileno()) for s in socks]
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i, inheritable=True)
+env = dict(os.environ, LISTEN_FDS=str(len(names)), LISTEN_FDNAMES=sys.argv[1],
+           LISTEN_PID=sys.argv[2] or str(os.getpid()))
+os.execve(sys.argv[3], sys.argv[3:], env)
+"#;
+
+/// pop3d (with the suite's defaults, which name listeners of its own) started through
+/// [`ACTIVATE`] with sockets named `names`; `listen_pid` overrides LISTEN_PID.
+fn activated(data_dir: &Path, names: &str, listen_pid: &str, notify: Option<&Path>) -> Server {
+    let inner = Server::command(data_dir, &[]);
+    let mut outer = Command::new("python3");
+    outer
+        .arg("-c")
+        .arg(ACTIVATE)
+        .arg(names)
+        .arg(listen_pid)
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (key, value) in inner.get_envs() {
+        if let Some(value) = value {
+            outer.env(key, value);
+        }
+    }
+    if let Some(socket) = notify {
+        outer.env("NOTIFY_SOCKET", socket);
+    }
+    Server::spawn(outer, data_dir)
+}
+
+/// The ports [`ACTIVATE`] bound, by name.
+fn passed_ports(log: &str) -> Vec<(String, u16)> {
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("fds "))
+        .expect("the activation line");
+    line.split(' ')
+        .map(|pair| {
+            let (name, port) = pair.split_once('=').expect("name=port");
+            (name.to_owned(), port.parse().expect("port"))
+        })
+        .collect()
+}
+
+/// A scratch directory with a data directory holding [`USER`] and [`MESSAGE`], when python3
+/// (which plays systemd) is there.
+fn provisioned(tag: &str) -> Option<(TempDir, std::path::PathBuf)> {
+    if !e2e::client_available("python3", "--version") {
+        return None;
+    }
+    let dir = TempDir::new(tag);
+    let data = dir.path().join("data");
+    provision(&data);
+    Some((dir, data))
+}
+
+fn provision(data: &Path) {
+    popadm_ok(
+        data,
+        &["user", "add", USER, "--password-stdin"],
+        format!("{PW}\n").as_bytes(),
+    );
+    popadm_ok(data, &["deliver", "--no-lda-headers", USER], MESSAGE);
+}
+
+/// USER/PASS (loopback may log in before TLS), then RETR 1 byte for byte.
+fn fetch_over_plain(client: &mut Client) {
+    client.ok(&format!("USER {USER}"));
+    client.ok(&format!("PASS {PW}"));
+    let (_, body) = client.multi("RETR 1");
+    assert_eq!(body, crlf(MESSAGE));
+    client.ok("QUIT");
+}
+
+#[test]
+fn socket_activation_serves_the_sockets_systemd_passes() {
+    let Some((dir, data)) = provisioned("activation") else {
+        return;
+    };
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+
+    let server = activated(&data, "pop3:pop3s", "", Some(&notify_path));
+    let log = server.log();
+    let ports = passed_ports(&log);
+    // pop3d served exactly the passed sockets, by their names, and bound none of its own
+    // (its flags name two ephemeral listeners, which socket activation replaces).
+    let served: Vec<(String, u16)> = server
+        .listeners
+        .iter()
+        .map(|(kind, addr)| (kind.clone(), addr.port()))
+        .collect();
+    assert_eq!(
+        served,
+        [
+            ("pop3+stls".to_owned(), ports[0].1),
+            ("pop3s".to_owned(), ports[1].1)
+        ],
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("using a socket passed by systemd").count(),
+        2,
+        "{log}"
+    );
+
+    // sd_notify: READY=1 once the listeners are up.
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("READY=1 from pop3d");
+    assert!(
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    fetch_over_plain(&mut server.connect());
+    // The pop3s socket speaks TLS from the first byte (RFC 8314).
+    if e2e::client_available("curl", "--version") {
+        let port = ports[1].1;
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "20"])
+            .arg("--cacert")
+            .arg(server.self_signed_cert())
+            .arg("--resolve")
+            .arg(format!("localhost:{port}:127.0.0.1"))
+            .arg("--user")
+            .arg(format!("{USER}:{PW}"))
+            .arg(format!("pop3s://localhost:{port}/1"))
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, crlf(MESSAGE));
+    }
+    // SIGTERM: STOPPING=1, then a clean exit.
+    let status = server.stop();
+    assert!(status.success(), "{status}");
+    let n = notify.recv(&mut buf).expect("STOPPING=1 from pop3d");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
+
+#[test]
+fn socket_activation_variables_for_another_process_are_ignored() {
+    let Some((_dir, data)) = provisioned("activation-other") else {
+        return;
+    };
+    // LISTEN_PID names another process (pid 1): the descriptors are not ours to take
+    // (sd_listen_fds(3)); pop3d binds the listeners its flags name.
+    let server = activated(&data, "pop3", "1", None);
+    let log = server.log();
+    let passed = passed_ports(&log)[0].1;
+    assert!(!log.contains("passed by systemd"), "{log}");
+    assert_eq!(server.listeners.len(), 2, "{log}");
+    assert!(
+        server.listeners.iter().all(|(_, a)| a.port() != passed),
+        "{log}"
+    );
+    fetch_over_plain(&mut server.connect());
+}
+
+#[test]
+fn socket_activation_refuses_an_unknown_socket_name() {
+    let Some((_dir, data)) = provisioned("activation-typo") else {
+        return;
+    };
+    let inner = Server::command(&data, &[]);
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(ACTIVATE)
+        .arg("pop3:pops")
+        .arg("")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .output()
+        .expect("run pop3d");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("\"pops\"") && stderr.contains("socket 4"),
+        "{stderr}"
+    );
+}
+
+/// A process of this test, killed (by its pid) and reaped on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// systemd's own tool: it listens, waits for the first connection, then executes pop3d with
+/// the socket (an unnamed one, so cleartext POP3), the way a `.socket` unit starts its service
+/// on demand. The first client is served by the pop3d it started.
+#[test]
+fn systemd_socket_activate_starts_pop3d_on_the_first_connection() {
+    if !e2e::client_available_on_path("systemd-socket-activate") {
+        return;
+    }
+    let dir = TempDir::new("socket-activate");
+    let data = dir.path().join("data");
+    provision(&data);
+    // A free port: bound, read, released (systemd-socket-activate needs a number).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let child = Command::new("systemd-socket-activate")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg(bin("pop3d"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--auth-failure-delay", "0", "--no-self-signed"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn systemd-socket-activate");
+    let _guard = Reaped(child);
+    let deadline = Instant::now() + TIMEOUT;
+    let stream = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "systemd-socket-activate never listened: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    drop(stream);
+    // That connection started pop3d; this one is served by it.
+    let mut client = Client::connect(addr);
+    assert!(client.greeting.starts_with("+OK"), "{}", client.greeting);
+    fetch_over_plain(&mut client);
 }

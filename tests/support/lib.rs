@@ -186,6 +186,11 @@ impl Server {
     /// flags name a `--config` or listeners of their own, it listens on an ephemeral POP3 and
     /// an ephemeral POP3S port.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn(Server::command(data_dir, extra), data_dir)
+    }
+
+    /// The command [`Server::start`] runs: pop3d with the suite's defaults and `extra`.
+    pub fn command(data_dir: &Path, extra: &[&str]) -> Command {
         let own_listeners = extra
             .iter()
             .any(|a| ["--config", "--listen", "--listen-tls"].contains(a));
@@ -205,14 +210,21 @@ impl Server {
         } else {
             &["--log", "info,server=debug"]
         };
-        let mut child = Command::new(bin("pop3d"))
-            .arg("--data-dir")
+        let mut cmd = Command::new(bin("pop3d"));
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(default_log)
             .args(default_listeners)
             .args(no_penalty)
             .args(extra)
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Runs `cmd` (pop3d, or a program that becomes pop3d) and waits until pop3d has logged
+    /// its listeners and "ready"; stderr is kept as the log.
+    pub fn spawn(mut cmd: Command, data_dir: &Path) -> Server {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

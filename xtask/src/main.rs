@@ -262,6 +262,13 @@ const KERBEROS: &[(&str, &str)] = &[
     ("kinit", "krb5-user"),
 ];
 
+/// Other programs the suite runs that are found on the path, not by `--version`: program,
+/// Debian package.
+const TOOLS: &[(&str, &str)] = &[
+    // systemd's socket-activation tool, for the socket-activation test (tests/e2e/operators.rs).
+    ("systemd-socket-activate", "systemd"),
+];
+
 /// True when `program` is an executable in PATH, /usr/sbin or /sbin.
 fn on_path(program: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -309,6 +316,7 @@ fn deps() -> Result<(), String> {
     missing.extend(
         KERBEROS
             .iter()
+            .chain(TOOLS)
             .chain(MAIL_DAEMONS)
             .filter(|(program, _)| !on_path(program))
             .map(|(_, package)| *package),

@@ -206,6 +206,37 @@ mod tests {
         );
     }
 
+    /// The Kerberos lines of the example, uncommented, give the KPOP listener on 1109.
+    #[test]
+    fn example_with_kerberos_parses() {
+        let text = include_str!("../../../docs/pop3d.example.toml")
+            .replace("# gssapi_keytab =", "gssapi_keytab =")
+            .replace(
+                "# [[listen]]\n# address = \"0.0.0.0:1109\"\n# kind = \"kpop\"",
+                "[[listen]]\naddress = \"0.0.0.0:1109\"\nkind = \"kpop\"",
+            );
+        let f = File::parse(&text).expect("example with Kerberos");
+        assert!(f.gssapi_keytab.is_some());
+        let kinds: Vec<(u16, ListenerKind)> = f
+            .listen
+            .iter()
+            .map(|l| {
+                l.resolve()
+                    .map(|s| (s.address.port(), s.kind))
+                    .expect("listener")
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (110, ListenerKind::Plain),
+                (995, ListenerKind::ImplicitTls),
+                (1110, ListenerKind::Plain),
+                (1109, ListenerKind::Kpop)
+            ]
+        );
+    }
+
     #[test]
     fn unknown_keys_are_named() {
         let err = File::parse("idle_timeot = 5\n").expect_err("unknown key");

@@ -3,6 +3,7 @@
 //! listeners, sets up logging and signal handling, and hands over to [`server::run`].
 //! Everything else lives in the library crates.
 
+mod activation;
 mod config;
 
 use std::net::SocketAddr;
@@ -532,15 +533,32 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<Tls>>> {
 
 fn run(settings: Settings) -> Result<()> {
     raise_fd_limit();
-    // Bind first (privileged ports need root), then drop privileges, then touch files.
+    // Bind first (privileged ports need root), then drop privileges, then touch files. Sockets
+    // passed by systemd replace the configured listeners, whose policies they take (matched by
+    // kind and port).
     let mut sockets = Vec::new();
-    for spec in &settings.listeners {
-        let socket = std::net::TcpListener::bind(spec.address)
-            .with_context(|| format!("listening on {}", spec.address))?;
+    let inherited = activation::inherited()?;
+    if inherited.is_empty() {
+        for spec in &settings.listeners {
+            let socket = std::net::TcpListener::bind(spec.address)
+                .with_context(|| format!("listening on {}", spec.address))?;
+            sockets.push((socket, spec.clone()));
+        }
+    } else {
+        for passed in inherited {
+            let addr = passed
+                .socket
+                .local_addr()
+                .context("reading the address of a socket passed by systemd")?;
+            info!(%addr, name = %passed.name, "using a socket passed by systemd");
+            let spec = activation::spec_for(addr, passed.kind, &settings.listeners);
+            sockets.push((passed.socket, spec));
+        }
+    }
+    for (socket, _) in &sockets {
         socket
             .set_nonblocking(true)
             .context("making the listener non-blocking")?;
-        sockets.push((socket, spec.clone()));
     }
     if let Some(user) = &settings.user {
         drop_privileges(user)?;
@@ -577,14 +595,15 @@ fn run(settings: Settings) -> Result<()> {
         if let Some(tls) = &tls {
             tokio::spawn(reload_on_sighup(tls.clone()));
         }
-        server::run(
-            listeners,
-            Arc::new(store),
-            settings.server,
-            tls,
-            shutdown_signal(),
-        )
-        .await?;
+        // Type=notify units wait for this; without NOTIFY_SOCKET it does nothing.
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            warn!(error = %e, "could not notify systemd of readiness");
+        }
+        let shutdown = async {
+            shutdown_signal().await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        };
+        server::run(listeners, Arc::new(store), settings.server, tls, shutdown).await?;
         Ok(())
     })
 }
@@ -715,6 +734,32 @@ mod tests {
             resolve(&args).map(|s| s.server.idle_timeout.as_secs()).ok(),
             Some(30)
         );
+    }
+
+    /// docs/pop3d.example.toml resolves to a production setup: 110 with STLS and no cleartext
+    /// passwords, 995, loopback 1110, two certificates and no self-signed one.
+    #[test]
+    fn production_example_resolves() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/pop3d.example.toml");
+        let s = resolve(&Args::parse_from(["pop3d", "--config", path])).expect("example");
+        let listeners: Vec<(u16, ListenerKind, Cleartext)> = s
+            .listeners
+            .iter()
+            .map(|l| (l.address.port(), l.kind, l.cleartext))
+            .collect();
+        assert_eq!(
+            listeners,
+            [
+                (110, ListenerKind::Plain, Cleartext::Never),
+                (995, ListenerKind::ImplicitTls, Cleartext::Loopback),
+                (1110, ListenerKind::Plain, Cleartext::Always)
+            ]
+        );
+        assert_eq!(s.certificates.len(), 2);
+        assert!(!s.self_signed);
+        assert_eq!(s.server.max_connections_per_ip, 20);
+        assert_eq!(s.server.default_domain.as_deref(), Some("example.org"));
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/pop3d"));
     }
 
     #[test]
