@@ -604,3 +604,44 @@ fn mpop_and_fetchmail_log_in_with_every_sasl_mechanism() {
         );
     }
 }
+
+/// The APOP digest (RFC 1939 section 7) of a timestamp through Python's hashlib.
+fn apop_digest(timestamp: &str, secret: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys;print(hashlib.md5(sys.argv[1].encode()).hexdigest())",
+            &format!("{timestamp}{secret}"),
+        ])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn apop_digest_is_bound_to_this_connections_greeting() {
+    // RFC 1939 section 7: the digest covers the timestamp of *this* greeting, so a digest seen
+    // on one connection cannot be replayed on another.
+    if !e2e::client_available("python3", "--version") {
+        return;
+    }
+    let f = fixture(
+        "apop-replay",
+        &["--legacy-auth", "--auth-failure-delay", "0"],
+    );
+    let timestamp = |c: &e2e::Client| {
+        let g = &c.greeting;
+        g[g.find('<').expect("timestamp")..].to_owned()
+    };
+    let mut first = f.server.connect();
+    let mut second = f.server.connect();
+    let digest = apop_digest(&timestamp(&first), "tanstaaf");
+    assert_eq!(digest.len(), 32);
+    assert!(second
+        .err(&format!("APOP leg@example.org {digest}"))
+        .starts_with("-ERR [AUTH] "));
+    assert!(first
+        .ok(&format!("APOP leg@example.org {digest}"))
+        .starts_with("+OK"));
+    assert!(first.ok("STAT").starts_with("+OK 1 "));
+}
