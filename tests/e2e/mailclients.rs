@@ -1,5 +1,5 @@
-//! The POP3 clients people fetch mail with, against the real pop3d: fetchmail, mpop, getmail6
-//! and Perl's Net::POP3, over cleartext (loopback allows USER/PASS) and over implicit TLS
+//! The POP3 clients people fetch mail with, against the real pop3d: fetchmail, mpop, getmail6,
+//! NeoMutt and Perl's Net::POP3, over cleartext (loopback allows USER/PASS) and over implicit TLS
 //! (RFC 8314) trusting the server's self-signed certificate. Each client's downloaded bytes are
 //! compared with what was delivered; the clients that leave mail on the server (`keep`) are run
 //! twice to prove their UIDL state works (RFC 1939 section 7): the second run fetches nothing,
@@ -11,8 +11,10 @@
 //! What the clients add or change, undone before comparing (none of it needs a server quirk):
 //! fetchmail prepends a `Received:` header and hands its MDA LF line ends; mpop's MDA gets LF
 //! line ends (`--received-header=off`); getmail's MDA_external prepends `Return-Path:`; Net::POP3
-//! returns lines with LF or CRLF ends (the script makes them CRLF). fetchmail checks only DNS names of a certificate, never an
-//! IP address: the TLS test names `localhost` with `sslcommonname`.
+//! returns lines with LF or CRLF ends (the script makes them CRLF); NeoMutt stores LF line ends
+//! in a Maildir under random file names (compared as sorted sets). fetchmail checks only DNS
+//! names of a certificate, never an IP address: the TLS test names `localhost` with
+//! `sslcommonname`. NeoMutt's own settings and its pseudo-terminal are explained at [`neomutt`].
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -261,6 +263,182 @@ fn getmail_over_implicit_tls() {
     assert!(out.status.success(), "{}", output_text(&out));
     let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
     assert_same(&getmail_messages(&s), &want, "getmail over TLS");
+}
+
+// ---------------------------------------------------------------------------------------------
+// NeoMutt
+
+/// How long one NeoMutt run may take before it is killed (a prompt nobody answers would
+/// otherwise wait for ever).
+const NEOMUTT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// NeoMutt's `<fetch-mail>` (the `G` key) in batch mode: `-e 'push <fetch-mail><quit>'` with a
+/// private muttrc (`-n`: no system one; HOME in the scratch directory: no user one) that
+/// fetches from `pop_host` into a Maildir spool, then quits. Returns what NeoMutt showed.
+///
+/// NeoMutt's quirks, none of them the server's: it needs a terminal even in batch mode
+/// (without one it takes itself for a mail sender and stops with "No recipients specified"),
+/// so it runs under script(1) on a pseudo-terminal with TERM=xterm; `pop_delete` must be `no`
+/// (its default, ask-no, is a prompt); `ssl_starttls` must be `no` for a cleartext session (it
+/// upgrades whenever STLS is offered); and a certificate it cannot verify is a prompt too, so
+/// the TLS runs trust the server's certificate with `ssl_ca_certificates_file` and name
+/// `localhost`, which the certificate carries. `<fetch-mail>` keeps no UIDL state (only the
+/// LAST command RFC 1939 dropped, `pop_last`), so there is no second-run check as for the
+/// other clients.
+fn neomutt(s: &Scratch, settings: &str) -> String {
+    let maildir = s.path("Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).expect("mkdir maildir");
+    }
+    let muttrc = s.path("muttrc");
+    std::fs::write(
+        &muttrc,
+        format!(
+            "set pop_user = \"{USER}\"\nset pop_pass = \"{PW}\"\nset pop_delete = no\n\
+             set pop_last = no\nset mbox_type = Maildir\nset spoolfile = \"{maildir}\"\n\
+             set folder = \"{maildir}\"\nset record = \"\"\nset postponed = \"\"\n\
+             set header_cache = \"\"\nset message_cachedir = \"\"\nset timeout = 1\n\
+             set connect_timeout = 20\nset certificate_file = \"{certs}\"\n{settings}\n",
+            maildir = maildir.display(),
+            certs = s.path("certificates").display(),
+        ),
+    )
+    .expect("write muttrc");
+    let screen = std::fs::File::create(s.path("screen")).expect("screen file");
+    let mut child = s
+        .command("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(format!(
+            "neomutt -n -F '{}' -e 'push <fetch-mail><quit>'",
+            muttrc.display()
+        ))
+        .arg("/dev/null")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .stdout(screen.try_clone().expect("clone"))
+        .stderr(screen)
+        .spawn()
+        .expect("run script(1) with neomutt");
+    let deadline = std::time::Instant::now() + NEOMUTT_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait neomutt") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "neomutt did not finish in {NEOMUTT_DEADLINE:?} (a prompt?): {}",
+                String::from_utf8_lossy(&std::fs::read(s.path("screen")).unwrap_or_default())
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let shown =
+        String::from_utf8_lossy(&std::fs::read(s.path("screen")).unwrap_or_default()).into_owned();
+    assert!(status.success(), "neomutt: {status}: {shown}");
+    shown
+}
+
+/// The messages in NeoMutt's Maildir (`new/` and `cur/`), sorted: NeoMutt names the files at
+/// random, so the order of delivery is not in them. The bytes are as fetched, with LF line ends
+/// and nothing added (no `Status:` header, no `From ` line: those are mbox things).
+fn neomutt_messages(s: &Scratch) -> Vec<Vec<u8>> {
+    let mut messages: Vec<Vec<u8>> = ["new", "cur"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(s.path("Maildir").join(sub)).expect("read maildir"))
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("read message"))
+        .collect();
+    messages.sort();
+    messages
+}
+
+/// What was delivered, as NeoMutt stores it: LF line ends, in [`neomutt_messages`]' order.
+fn neomutt_expected() -> Vec<Vec<u8>> {
+    let mut want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
+    want.sort();
+    want
+}
+
+fn neomutt_available() -> bool {
+    e2e::client_available("neomutt", "-v") && e2e::client_available("script", "--version")
+}
+
+#[test]
+fn neomutt_fetches_every_message_into_a_maildir() {
+    if !neomutt_available() {
+        return;
+    }
+    let f = fixture("neomutt");
+    let s = Scratch::new("neomutt-run");
+    let shown = neomutt(
+        &s,
+        &format!(
+            "set pop_host = \"pop://127.0.0.1:{}\"\nset ssl_starttls = no\nset ssl_force_tls = no",
+            f.server.addr.port()
+        ),
+    );
+    assert_same(
+        &neomutt_messages(&s),
+        &neomutt_expected(),
+        &format!("NeoMutt: {shown}"),
+    );
+    // pop_delete=no: the mail is still there.
+    let mut c = f.server.login(USER, PW);
+    assert_eq!(c.ok("STAT").split(' ').nth(1), Some("2"));
+}
+
+#[test]
+fn neomutt_over_implicit_tls_and_stls() {
+    if !neomutt_available() {
+        return;
+    }
+    // STLS is the only way in: cleartext logins are refused on this listener (RFC 2595
+    // section 2.2), so a successful fetch went through TLS.
+    let f = Fixture::with_flags("neomutt-tls", &["--cleartext", "never"]);
+    f.add_user(USER, PW);
+    for m in messages() {
+        f.deliver(USER, &m);
+    }
+    let ca = format!(
+        "set ssl_ca_certificates_file = \"{}\"",
+        f.server.self_signed_cert().display()
+    );
+    // Implicit TLS (RFC 8314).
+    let s = Scratch::new("neomutt-pops-run");
+    let pops = format!(
+        "set pop_host = \"pops://localhost:{}\"\n{ca}",
+        f.server.tls_addr.expect("pop3s").port()
+    );
+    let shown = neomutt(&s, &pops);
+    assert_same(
+        &neomutt_messages(&s),
+        &neomutt_expected(),
+        &format!("NeoMutt pops: {shown}"),
+    );
+    // STLS (RFC 2595).
+    let s = Scratch::new("neomutt-stls-run");
+    let stls = format!(
+        "set pop_host = \"pop://localhost:{}\"\nset ssl_starttls = yes\nset ssl_force_tls = yes\n{ca}",
+        f.server.addr.port()
+    );
+    let shown = neomutt(&s, &stls);
+    assert_same(
+        &neomutt_messages(&s),
+        &neomutt_expected(),
+        &format!("NeoMutt STLS: {shown}"),
+    );
+    // Both sessions ran under TLS and retrieved both messages.
+    let log = f.server.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("session end")
+                && l.contains("tls=true")
+                && l.contains("retrieved=2"))
+            .count(),
+        2,
+        "{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

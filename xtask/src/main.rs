@@ -58,6 +58,7 @@ const CLIENTS: &[(&str, &str)] = &[
     ("mpop", "mpop"),
     ("getmail", "getmail6"),
     ("perl", "perl"),
+    ("neomutt", "neomutt"),
 ];
 
 fn main() -> ExitCode {
