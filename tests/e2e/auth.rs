@@ -645,3 +645,56 @@ fn apop_digest_is_bound_to_this_connections_greeting() {
         .starts_with("+OK"));
     assert!(first.ok("STAT").starts_with("+OK 1 "));
 }
+
+#[test]
+fn the_legacy_secret_is_opt_in_per_password_and_listed() {
+    if !e2e::client_available("curl", "--version") {
+        return;
+    }
+    let f = fixture(
+        "legacy-optin",
+        &["--legacy-auth", "--auth-failure-delay", "0"],
+    );
+    let legacy_column = |name: &str| e2e::legacy_auth_column(f.data(), name);
+    assert_eq!(legacy_column("leg@example.org"), "yes");
+    assert_eq!(legacy_column("alice"), "no");
+    // A new password without --legacy-auth drops the secret: CRAM-MD5 fails, PASS works.
+    popadm_ok(
+        f.data(),
+        &["user", "passwd", "leg@example.org", "--password-stdin"],
+        b"second pw\n",
+    );
+    assert_eq!(legacy_column("leg@example.org"), "no");
+    assert!(!curl(&f, "leg@example.org", "second pw", "CRAM-MD5")
+        .status
+        .success());
+    assert!(!curl(&f, "leg@example.org", "tanstaaf", "CRAM-MD5")
+        .status
+        .success());
+    let out = curl(&f, "leg@example.org", "second pw", "PLAIN");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With --legacy-auth the new password is kept for CRAM-MD5 (and APOP).
+    popadm_ok(
+        f.data(),
+        &[
+            "user",
+            "passwd",
+            "leg@example.org",
+            "--password-stdin",
+            "--legacy-auth",
+        ],
+        b"third pw\n",
+    );
+    assert_eq!(legacy_column("leg@example.org"), "yes");
+    let out = curl(&f, "leg@example.org", "third pw", "CRAM-MD5");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, crlf(MSG));
+}

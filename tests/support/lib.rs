@@ -168,6 +168,16 @@ pub fn popadm_remote(
     popadm(data_dir, &args, format!("{password}\n").as_bytes())
 }
 
+/// The LEGACY-AUTH column (the last) of `popadm user list` for the account `name`, or `""`.
+pub fn legacy_auth_column(data_dir: &Path, name: &str) -> String {
+    popadm_ok(data_dir, &["user", "list"], b"")
+        .lines()
+        .find(|l| l.split('\t').next() == Some(name))
+        .and_then(|l| l.rsplit('\t').next())
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
 /// A running `pop3d` on a loopback port, killed on drop.
 pub struct Server {
     child: Child,
