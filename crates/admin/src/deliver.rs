@@ -13,12 +13,11 @@
 //! line), the rest goes from stdin to the store in chunks, never held whole.
 
 use std::io::{BufRead, Cursor, Read};
-use std::path::Path;
 
 use anyhow::Context as _;
-use store::{AccountName, Store, StoreError};
+use store::{AccountName, StoreError};
 
-use crate::{account_name, open_existing, require_account};
+use crate::{account_name, open_existing, require_account, Location};
 
 /// Environment variable with the envelope sender (set by Postfix for `mailbox_command`).
 pub const SENDER_ENV: &str = "SENDER";
@@ -44,7 +43,7 @@ impl std::fmt::Display for BadSender {
 impl std::error::Error for BadSender {}
 
 pub fn run(
-    data_dir: &Path,
+    location: &Location,
     name: &str,
     max_size: u64,
     from: Option<String>,
@@ -59,9 +58,9 @@ pub fn run(
     // A missing database is not created: it means a wrong data directory (an MTA's environment
     // lacking POP3D_DATA_DIR, say), and bouncing every message as "no such user" would lose
     // mail that a fixed configuration could still deliver. Exit 75 keeps it queued.
-    let store = open_existing(data_dir)?;
+    let store = open_existing(location)?;
     // Look the account up before reading anything, so an unknown user costs no I/O.
-    require_account(&store, &name)?;
+    require_account(&*store, &name)?;
     let mut stdin = std::io::stdin().lock();
     let prefix = if lda_headers {
         prefix(&mut stdin, &name, sender.as_deref())

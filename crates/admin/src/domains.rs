@@ -1,25 +1,23 @@
 //! `popadm domain add|del|list`.
 
-use std::path::Path;
-
 use anyhow::{bail, Context as _};
-use store::{AccountName, Store};
+use store::AccountName;
 
 use crate::output::print;
 use crate::users::confirm;
-use crate::{open_existing, open_or_create, DomainCommand};
+use crate::{open_existing, open_or_create, DomainCommand, Location};
 
-pub fn run(data_dir: &Path, cmd: DomainCommand) -> anyhow::Result<()> {
+pub fn run(location: &Location, cmd: DomainCommand) -> anyhow::Result<()> {
     match cmd {
         DomainCommand::Add { domain } => {
             let domain = domain_name(&domain)?;
-            open_or_create(data_dir)?
+            open_or_create(location)?
                 .add_domain(&domain)
                 .with_context(|| format!("adding domain {domain}"))?;
             print(&format!("added {domain}\n"))
         }
         DomainCommand::List => {
-            let store = open_existing(data_dir)?;
+            let store = open_existing(location)?;
             let mut out = String::from("DOMAIN\tACCOUNTS\n");
             for (name, accounts) in store.list_domains().context("listing domains")? {
                 out.push_str(&format!("{name}\t{accounts}\n"));
@@ -28,7 +26,7 @@ pub fn run(data_dir: &Path, cmd: DomainCommand) -> anyhow::Result<()> {
         }
         DomainCommand::Del { domain, yes } => {
             let domain = domain_name(&domain)?;
-            let store = open_existing(data_dir)?;
+            let store = open_existing(location)?;
             let members = store
                 .domain_accounts(&domain)
                 .with_context(|| format!("looking domain {domain} up"))?;

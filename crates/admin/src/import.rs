@@ -20,15 +20,14 @@ pub mod uidl;
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
 
 use anyhow::{anyhow, Context as _};
 use store::{AccountName, Delivered, ImportMessage, Store, StoreError, DEFAULT_MAX_MESSAGE_SIZE};
 
 use crate::output::print;
-use crate::{account_name, open_existing, ImportCommand};
+use crate::{account_name, open_existing, ImportCommand, Location};
 
-pub fn run(data_dir: &Path, cmd: ImportCommand) -> anyhow::Result<()> {
+pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
     match cmd {
         ImportCommand::Passwd {
             file,
@@ -38,7 +37,7 @@ pub fn run(data_dir: &Path, cmd: ImportCommand) -> anyhow::Result<()> {
             skip_unsupported,
             legacy_auth,
         } => passwd::run(
-            data_dir,
+            location,
             &file,
             &passwd::Options {
                 domain,
@@ -54,7 +53,7 @@ pub fn run(data_dir: &Path, cmd: ImportCommand) -> anyhow::Result<()> {
             let input = File::open(&file).with_context(|| format!("opening {what}"))?;
             let mut source = mbox::Mbox::open(BufReader::new(input), DEFAULT_MAX_MESSAGE_SIZE)
                 .with_context(|| format!("reading {what}"))?;
-            import_all(data_dir, &name, &mut source, &what)
+            import_all(location, &name, &mut source, &what)
         }
         ImportCommand::Maildir {
             dir,
@@ -73,7 +72,7 @@ pub fn run(data_dir: &Path, cmd: ImportCommand) -> anyhow::Result<()> {
                 uidl_map.as_deref(),
             )?;
             let mut source = maildir::Messages::new(entries, &uids, DEFAULT_MAX_MESSAGE_SIZE);
-            import_all(data_dir, &name, &mut source, &what)?;
+            import_all(location, &name, &mut source, &what)?;
             let unnamed = uids.unnamed.get();
             if unnamed > 0 && uidl_format != uidl::UidlPolicy::None {
                 eprintln!(
@@ -88,13 +87,13 @@ pub fn run(data_dir: &Path, cmd: ImportCommand) -> anyhow::Result<()> {
 
 /// Imports everything `source` yields into `name` in one call, or nothing, and says so.
 fn import_all(
-    data_dir: &Path,
+    location: &Location,
     name: &AccountName,
     source: &mut dyn Iterator<Item = anyhow::Result<ImportMessage>>,
     what: &str,
 ) -> anyhow::Result<()> {
-    let store = open_existing(data_dir)?;
-    let delivered = import_into(&store, name, source, what)?;
+    let store = open_existing(location)?;
+    let delivered = import_into(&*store, name, source, what)?;
     print(&format!(
         "imported {} messages into {name}\n",
         delivered.len()

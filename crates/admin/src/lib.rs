@@ -26,7 +26,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{ArgGroup, Parser, Subcommand};
-use store::{AccountName, Expire, SqliteStore, DB_FILE, DEFAULT_MAX_MESSAGE_SIZE};
+use store::{AccountName, Expire, SqliteStore, Store, DB_FILE, DEFAULT_MAX_MESSAGE_SIZE};
 
 pub use exit::{EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE};
 pub use import::maildir::{MaildirEntry, UidSource, XUidlHeader};
@@ -41,6 +41,8 @@ pub use policy::Override;
 pub const DEFAULT_DATA_DIR: &str = "./pop3d-data";
 /// Environment variable naming the data directory when `--data-dir` is absent.
 pub const DATA_DIR_ENV: &str = "POP3D_DATA_DIR";
+/// Environment variable naming a PostgreSQL store when `--store` is absent (pop3d's too).
+pub const STORE_ENV: &str = "POP3D_STORE";
 
 /// What `popadm --help` and popadm(8) show after the commands: worked examples, the files, and
 /// where to read on. Headings ending in `:` become man page sections (see the `clidoc` crate).
@@ -79,6 +81,11 @@ pub struct Cli {
     /// Data directory of the maildrop store [env: POP3D_DATA_DIR] [default: ./pop3d-data]
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+
+    /// A PostgreSQL maildrop store instead of the data directory's SQLite database:
+    /// postgres://USER@HOST:PORT/DB (wins over --data-dir) [env: POP3D_STORE]
+    #[arg(long, value_name = "URL", global = true)]
+    pub store: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -390,13 +397,18 @@ where
 
 /// Runs one command. Errors are printed once, as `popadm: ...` with their causes, on stderr.
 pub fn run(cli: Cli) -> ExitCode {
-    let data_dir = resolve_data_dir(cli.data_dir, std::env::var_os(DATA_DIR_ENV));
+    let location = resolve_location(
+        cli.data_dir,
+        cli.store,
+        std::env::var_os(DATA_DIR_ENV),
+        std::env::var(STORE_ENV).ok(),
+    );
     let (result, code_for) = match cli.command {
-        Command::User(cmd) => (users::run(&data_dir, cmd), exit::admin_code as fn(_) -> u8),
-        Command::Domain(cmd) => (domains::run(&data_dir, cmd), exit::admin_code as _),
-        Command::Stat { name } => (users::stat(&data_dir, &name), exit::admin_code as _),
-        Command::Import(cmd) => (import::run(&data_dir, cmd), exit::admin_code as _),
-        Command::Backup { file } => (backup(&data_dir, &file), exit::admin_code as _),
+        Command::User(cmd) => (users::run(&location, cmd), exit::admin_code as fn(_) -> u8),
+        Command::Domain(cmd) => (domains::run(&location, cmd), exit::admin_code as _),
+        Command::Stat { name } => (users::stat(&location, &name), exit::admin_code as _),
+        Command::Import(cmd) => (import::run(&location, cmd), exit::admin_code as _),
+        Command::Backup { file } => (backup(&location, &file), exit::admin_code as _),
         Command::Completions { shell } => (
             clidoc::completions(command(), shell, &mut std::io::stdout().lock())
                 .context("writing the completion script"),
@@ -404,11 +416,11 @@ pub fn run(cli: Cli) -> ExitCode {
         ),
         Command::GenerateMan { dir } => (generate_man(&dir), exit::admin_code as _),
         Command::Migrate(MigrateCommand::Pop3 { remote, name }) => (
-            migrate::migrate(&data_dir, remote, &name),
+            migrate::migrate(&location, remote, &name),
             exit::admin_code as _,
         ),
         Command::Uidl(UidlCommand::Diff { remote, name }) => (
-            migrate::diff(&data_dir, remote, &name),
+            migrate::diff(&location, remote, &name),
             exit::admin_code as _,
         ),
         Command::Deliver {
@@ -417,7 +429,7 @@ pub fn run(cli: Cli) -> ExitCode {
             from,
             no_lda_headers,
         } => (
-            deliver::run(&data_dir, &name, max_size, from, !no_lda_headers),
+            deliver::run(&location, &name, max_size, from, !no_lda_headers),
             exit::deliver_code as _,
         ),
     };
@@ -431,8 +443,14 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 /// `backup FILE`.
-fn backup(data_dir: &Path, file: &Path) -> anyhow::Result<()> {
-    let store = open_existing(data_dir)?;
+fn backup(location: &Location, file: &Path) -> anyhow::Result<()> {
+    let Location::Dir(data_dir) = location else {
+        anyhow::bail!(
+            "popadm backup copies a SQLite database; back a PostgreSQL store up with \
+             PostgreSQL's own tools (pg_dump, or base backups with WAL archiving)"
+        );
+    };
+    let store = open_existing_sqlite(data_dir)?;
     store
         .backup_to(file)
         .with_context(|| format!("backing the database up to {}", file.display()))?;
@@ -454,6 +472,34 @@ fn generate_man(dir: &Path) -> anyhow::Result<()> {
         .map(|p| format!("{}\n", p.display()))
         .collect();
     output::print(&names)
+}
+
+/// Where the maildrop store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The SQLite database in this data directory.
+    Dir(PathBuf),
+    /// A PostgreSQL database (its URL).
+    Postgres(String),
+}
+
+/// `--store`, else `--data-dir`, else a non-empty `POP3D_STORE`, else the data directory of
+/// [`resolve_data_dir`]: a flag always beats the environment.
+fn resolve_location(
+    dir_flag: Option<PathBuf>,
+    store_flag: Option<String>,
+    dir_env: Option<OsString>,
+    store_env: Option<String>,
+) -> Location {
+    if let Some(url) = store_flag {
+        return Location::Postgres(url);
+    }
+    if dir_flag.is_none() {
+        if let Some(url) = store_env.filter(|v| !v.is_empty()) {
+            return Location::Postgres(url);
+        }
+    }
+    Location::Dir(resolve_data_dir(dir_flag, dir_env))
 }
 
 /// `--data-dir`, else a non-empty `POP3D_DATA_DIR`, else [`DEFAULT_DATA_DIR`].
@@ -480,15 +526,40 @@ fn require_account(store: &dyn store::Store, name: &AccountName) -> anyhow::Resu
     Ok(())
 }
 
-fn open_or_create(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+/// Opens the store, creating the SQLite database (and its data directory) if needed, or
+/// migrating the PostgreSQL one: only commands that add accounts or domains create a store.
+fn open_or_create(location: &Location) -> anyhow::Result<Box<dyn Store>> {
+    match location {
+        Location::Dir(dir) => Ok(Box::new(open_or_create_sqlite(dir)?)),
+        Location::Postgres(url) => open_postgres(url),
+    }
+}
+
+fn open_or_create_sqlite(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     SqliteStore::open(data_dir)
         .with_context(|| format!("opening the maildrop store in {}", data_dir.display()))
 }
 
-/// Opens the store only if its database already exists: every command but `user add` needs
-/// an account, so none of them creates a data directory.
-fn open_existing(data_dir: &Path) -> anyhow::Result<SqliteStore> {
-    match existing_store(data_dir)? {
+/// popadm takes no leases, so it opens a PostgreSQL store without a node id (clearing none).
+fn open_postgres(url: &str) -> anyhow::Result<Box<dyn Store>> {
+    if !store::is_postgres_url(url) {
+        anyhow::bail!("--store takes a postgres:// or postgresql:// URL");
+    }
+    store::open_postgres(url, None).context("opening the PostgreSQL maildrop store")
+}
+
+/// Opens the store only if it already exists: every command but `user add` and `domain add`
+/// needs an account, so none of them creates a data directory. (A PostgreSQL database exists
+/// by definition: its schema is brought up to date.)
+fn open_existing(location: &Location) -> anyhow::Result<Box<dyn Store>> {
+    match location {
+        Location::Dir(dir) => Ok(Box::new(open_existing_sqlite(dir)?)),
+        Location::Postgres(url) => open_postgres(url),
+    }
+}
+
+fn open_existing_sqlite(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    match existing_sqlite(data_dir)? {
         Some(store) => Ok(store),
         None => anyhow::bail!(
             "no maildrop database in {} (wrong --data-dir or {DATA_DIR_ENV}? \
@@ -498,12 +569,19 @@ fn open_existing(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     }
 }
 
-/// The store if its database exists, `None` if it does not (nothing is created).
-fn existing_store(data_dir: &Path) -> anyhow::Result<Option<SqliteStore>> {
+/// The store if it exists, `None` if it does not (nothing is created).
+fn existing_store(location: &Location) -> anyhow::Result<Option<Box<dyn Store>>> {
+    match location {
+        Location::Dir(dir) => Ok(existing_sqlite(dir)?.map(|s| Box::new(s) as Box<dyn Store>)),
+        Location::Postgres(url) => open_postgres(url).map(Some),
+    }
+}
+
+fn existing_sqlite(data_dir: &Path) -> anyhow::Result<Option<SqliteStore>> {
     if !store_exists(data_dir)? {
         return Ok(None);
     }
-    open_or_create(data_dir).map(Some)
+    open_or_create_sqlite(data_dir).map(Some)
 }
 
 /// Whether the data directory holds a database.
@@ -598,6 +676,27 @@ mod tests {
             resolve_data_dir(None, None),
             PathBuf::from(DEFAULT_DATA_DIR)
         );
+    }
+
+    #[test]
+    fn store_location_precedence() {
+        let url = || Some("postgres://u@h/db".to_owned());
+        let dir = || Some(PathBuf::from("/flag"));
+        let pg = Location::Postgres("postgres://u@h/db".into());
+        // --store beats everything, --data-dir beats $POP3D_STORE, which beats the default.
+        assert_eq!(resolve_location(dir(), url(), None, None), pg);
+        assert_eq!(
+            resolve_location(dir(), None, None, url()),
+            Location::Dir(PathBuf::from("/flag"))
+        );
+        assert_eq!(resolve_location(None, None, None, url()), pg);
+        assert_eq!(
+            resolve_location(None, None, Some("/env".into()), Some(String::new())),
+            Location::Dir(PathBuf::from("/env"))
+        );
+        let cli =
+            parse(["popadm", "user", "list", "--store", "postgres://u@h/db"]).expect("parses");
+        assert_eq!(cli.store.as_deref(), Some("postgres://u@h/db"));
     }
 
     #[test]

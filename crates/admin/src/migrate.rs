@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal as _;
-use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use proto::Secret;
@@ -20,17 +19,17 @@ use crate::import::import_into;
 use crate::output::print;
 use crate::pop3::{Remote, Security, Session};
 use crate::users::read_password_line;
-use crate::{account_name, open_existing, RemoteArgs};
+use crate::{account_name, open_existing, Location, RemoteArgs};
 
-pub fn migrate(data_dir: &Path, args: RemoteArgs, name: &str) -> anyhow::Result<()> {
+pub fn migrate(location: &Location, args: RemoteArgs, name: &str) -> anyhow::Result<()> {
     let name = account_name(name)?;
-    let store = open_existing(data_dir)?;
+    let store = open_existing(location)?;
     // Fail on a missing account before asking for a password or connecting.
-    local_uids(&store, &name)?;
+    local_uids(&*store, &name)?;
     let remote = remote(args)?;
     let what = format!("{}:{}", remote.host, remote.port);
     let mut session = Session::login(&remote)?;
-    let pulled = pull(&store, &name, &mut session, &what)?;
+    let pulled = pull(&*store, &name, &mut session, &what)?;
     // No QUIT: the old server stays out of UPDATE (see the module documentation).
     drop(session);
     if pulled.size_mismatches > 0 {
@@ -91,10 +90,10 @@ fn pull(
     })
 }
 
-pub fn diff(data_dir: &Path, args: RemoteArgs, name: &str) -> anyhow::Result<()> {
+pub fn diff(location: &Location, args: RemoteArgs, name: &str) -> anyhow::Result<()> {
     let name = account_name(name)?;
-    let store = open_existing(data_dir)?;
-    let local = local_uids(&store, &name)?;
+    let store = open_existing(location)?;
+    let local = local_uids(&*store, &name)?;
     let remote = remote(args)?;
     let mut session = Session::login(&remote)?;
     let uidl = session.uidl()?;

@@ -4,13 +4,11 @@
 //! Each option takes a value or `default`, which clears the override so that the server's global
 //! setting applies again. Options not given leave their override as it is.
 
-use std::path::Path;
-
 use anyhow::Context as _;
 use store::{AccountName, AccountPolicy, Expire, Store, StoreError};
 
 use crate::output::{print, rfc3339};
-use crate::{account_name, open_existing};
+use crate::{account_name, open_existing, Location};
 
 /// A policy value given on the command line: a value, or `default` to clear the override.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,14 +82,14 @@ pub fn apply(
 
 /// `popadm user set NAME [--login-delay ...] [--expire ...]`.
 pub fn run(
-    data_dir: &Path,
+    location: &Location,
     name: &str,
     login_delay: Option<Override<u32>>,
     expire: Option<Override<Expire>>,
 ) -> anyhow::Result<()> {
     let name = account_name(name)?;
-    let store = open_existing(data_dir)?;
-    print(&set(&store, &name, login_delay, expire)?)
+    let store = open_existing(location)?;
+    print(&set(&*store, &name, login_delay, expire)?)
 }
 
 /// Reads the account's policy, changes the given fields, stores it; returns what to print.

@@ -6,44 +6,44 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, IsTerminal as _, Write as _};
-use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use store::{AccountName, AccountSummary, LockInfo, Store, StoreError};
+use store::{AccountName, AccountSummary, LockInfo, StoreError};
 
 use crate::output::{print, rfc3339};
 use crate::policy::{self, expire_text, last_login_text, login_delay_text};
 use crate::{
-    account_name, existing_store, open_existing, open_or_create, require_account, UserCommand,
+    account_name, existing_store, open_existing, open_or_create, require_account, Location,
+    UserCommand,
 };
 
-pub fn run(data_dir: &Path, cmd: UserCommand) -> anyhow::Result<()> {
+pub fn run(location: &Location, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add {
             name,
             password_stdin,
             legacy_auth,
-        } => add(data_dir, &name, password_stdin, legacy_auth),
-        UserCommand::Del { name, yes } => del(data_dir, &name, yes),
-        UserCommand::List => list(data_dir),
+        } => add(location, &name, password_stdin, legacy_auth),
+        UserCommand::Del { name, yes } => del(location, &name, yes),
+        UserCommand::List => list(location),
         UserCommand::Set {
             name,
             login_delay,
             expire,
-        } => policy::run(data_dir, &name, login_delay, expire),
+        } => policy::run(location, &name, login_delay, expire),
         UserCommand::Passwd {
             name,
             password_stdin,
             legacy_auth,
-        } => passwd(data_dir, &name, password_stdin, legacy_auth),
+        } => passwd(location, &name, password_stdin, legacy_auth),
     }
 }
 
-fn add(data_dir: &Path, name: &str, password_stdin: bool, legacy: bool) -> anyhow::Result<()> {
+fn add(location: &Location, name: &str, password_stdin: bool, legacy: bool) -> anyhow::Result<()> {
     let name = account_name(name)?;
     // Refuse a taken name before asking for a password; the database is created only once the
     // password is in hand, so a mistyped password leaves nothing behind.
-    if let Some(store) = existing_store(data_dir)? {
+    if let Some(store) = existing_store(location)? {
         if store
             .account(&name)
             .context("looking the account up")?
@@ -53,17 +53,22 @@ fn add(data_dir: &Path, name: &str, password_stdin: bool, legacy: bool) -> anyho
         }
     }
     let (hash, secrets) = read_and_derive(&name, password_stdin, legacy)?;
-    let store = open_or_create(data_dir)?;
+    let store = open_or_create(location)?;
     store
         .create_account_with(&name, &hash, &secrets)
         .with_context(|| format!("creating account {name}"))?;
     print(&format!("created {name}\n"))
 }
 
-fn passwd(data_dir: &Path, name: &str, password_stdin: bool, legacy: bool) -> anyhow::Result<()> {
+fn passwd(
+    location: &Location,
+    name: &str,
+    password_stdin: bool,
+    legacy: bool,
+) -> anyhow::Result<()> {
     let name = account_name(name)?;
-    let store = open_existing(data_dir)?;
-    require_account(&store, &name)?;
+    let store = open_existing(location)?;
+    require_account(&*store, &name)?;
     let (hash, secrets) = read_and_derive(&name, password_stdin, legacy)?;
     store
         .set_secrets(&name, &hash, &secrets)
@@ -71,9 +76,9 @@ fn passwd(data_dir: &Path, name: &str, password_stdin: bool, legacy: bool) -> an
     print(&format!("password changed for {name}\n"))
 }
 
-fn del(data_dir: &Path, name: &str, yes: bool) -> anyhow::Result<()> {
+fn del(location: &Location, name: &str, yes: bool) -> anyhow::Result<()> {
     let name = account_name(name)?;
-    let store = open_existing(data_dir)?;
+    let store = open_existing(location)?;
     let summary = store
         .account_summary(&name)
         .with_context(|| format!("looking up {name}"))?;
@@ -91,15 +96,15 @@ fn del(data_dir: &Path, name: &str, yes: bool) -> anyhow::Result<()> {
     print(&format!("deleted {name}\n"))
 }
 
-fn list(data_dir: &Path) -> anyhow::Result<()> {
-    let store = open_existing(data_dir)?;
+fn list(location: &Location) -> anyhow::Result<()> {
+    let store = open_existing(location)?;
     let accounts = store.list_accounts().context("listing accounts")?;
     print(&list_text(&accounts))
 }
 
-pub fn stat(data_dir: &Path, name: &str) -> anyhow::Result<()> {
+pub fn stat(location: &Location, name: &str) -> anyhow::Result<()> {
     let name = account_name(name)?;
-    let store = open_existing(data_dir)?;
+    let store = open_existing(location)?;
     let summary = store
         .account_summary(&name)
         .with_context(|| format!("looking up {name}"))?;

@@ -14,6 +14,10 @@ use server::{Cleartext, ListenerKind, TlsVersion};
 #[serde(deny_unknown_fields)]
 pub struct File {
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL for the maildrops instead of SQLite in `data_dir`.
+    pub store: Option<String>,
+    /// This node's id in a shared PostgreSQL store.
+    pub node_id: Option<String>,
     pub gssapi_keytab: Option<PathBuf>,
     pub gssapi_service: Option<String>,
     pub user: Option<String>,

@@ -48,7 +48,7 @@ systemd:
 See also:
   popadm(8); docs/admin-guide.md. Completion scripts: pop3d --completions bash|zsh|fish";
 
-/// POP3 server (RFC 1939, 2449, 2595, 8314, 6856) with a SQLite maildrop store.
+/// POP3 server (RFC 1939, 2449, 2595, 8314, 6856) with a SQLite or PostgreSQL maildrop store.
 ///
 /// Without any flag it serves the embedded defaults: data in ./pop3d-data, POP3 with STLS on
 /// 127.0.0.1:1110 and POP3S on 127.0.0.1:1995, with a self-signed certificate generated into
@@ -63,6 +63,17 @@ struct Args {
     /// Directory of the maildrop database [default: ./pop3d-data].
     #[arg(long, value_name = "DIR", env = "POP3D_DATA_DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Keep the maildrops in PostgreSQL instead of SQLite: postgres://USER@HOST:PORT/DB (a
+    /// password is better kept in the environment variable than on the command line). Needs a
+    /// pop3d built with the `postgres` feature.
+    #[arg(long, value_name = "URL", env = "POP3D_STORE")]
+    store: Option<String>,
+
+    /// This node's id in a shared PostgreSQL store; its leases are cleared at start, so every
+    /// running pop3d needs its own [default: the hostname].
+    #[arg(long, value_name = "NAME")]
+    node_id: Option<String>,
 
     /// Cleartext POP3 listener (STLS offered when a certificate exists); repeatable.
     #[arg(long = "listen", value_name = "ADDR")]
@@ -225,6 +236,9 @@ struct Settings {
     /// Keytab and service name, when GSSAPI is on.
     gssapi: Option<(PathBuf, String)>,
     data_dir: PathBuf,
+    /// A PostgreSQL URL, instead of the SQLite database in `data_dir`.
+    store: Option<String>,
+    node_id: String,
     user: Option<String>,
     log: String,
     json_logs: bool,
@@ -489,8 +503,25 @@ fn resolve(args: &Args) -> Result<Settings> {
     if gssapi.is_none() && listeners.iter().any(|l| l.kind == ListenerKind::Kpop) {
         bail!("a KPOP listener needs --gssapi-keytab");
     }
+    let store = args.store.clone().or(file.store);
+    if let Some(url) = &store {
+        if !store::is_postgres_url(url) {
+            bail!(
+                "the store must be a postgres:// or postgresql:// URL \
+                 (the default SQLite store lives in the data directory)"
+            );
+        }
+    }
+    let node_id = args
+        .node_id
+        .clone()
+        .or(file.node_id)
+        .or_else(|| store::hostname().map(str::to_owned))
+        .unwrap_or_else(|| "pop3d".into());
     Ok(Settings {
         gssapi,
+        store,
+        node_id,
         user: args.user.clone().or(file.user),
         json_logs,
         data_dir: args
@@ -569,13 +600,25 @@ fn run(settings: Settings) -> Result<()> {
         settings.server.gssapi = Some(gssapi_acceptors(keytab, &principal)?);
         info!(%principal, keytab = %keytab.display(), "GSSAPI (Kerberos) enabled");
     }
-    let store = store::SqliteStore::open(&settings.data_dir).with_context(|| {
-        format!(
-            "opening the maildrop store in {}",
-            settings.data_dir.display()
-        )
-    })?;
-    info!(data_dir = %settings.data_dir.display(), "maildrop store open");
+    let store: Arc<dyn store::Store> = match &settings.store {
+        Some(url) => {
+            let store = store::open_postgres(url, Some(&settings.node_id))
+                .context("opening the PostgreSQL maildrop store")?;
+            // The URL may hold a password: it is not logged.
+            info!(node = %settings.node_id, "maildrop store open (PostgreSQL)");
+            Arc::from(store)
+        }
+        None => {
+            let store = store::SqliteStore::open(&settings.data_dir).with_context(|| {
+                format!(
+                    "opening the maildrop store in {}",
+                    settings.data_dir.display()
+                )
+            })?;
+            info!(data_dir = %settings.data_dir.display(), "maildrop store open");
+            Arc::new(store)
+        }
+    };
     let tls = load_tls(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -603,7 +646,7 @@ fn run(settings: Settings) -> Result<()> {
             shutdown_signal().await;
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         };
-        server::run(listeners, Arc::new(store), settings.server, tls, shutdown).await?;
+        server::run(listeners, store, settings.server, tls, shutdown).await?;
         Ok(())
     })
 }
@@ -760,6 +803,27 @@ mod tests {
         assert_eq!(s.server.max_connections_per_ip, 20);
         assert_eq!(s.server.default_domain.as_deref(), Some("example.org"));
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/pop3d"));
+    }
+
+    #[test]
+    fn store_url_and_node_id() {
+        let s = resolve(&Args::parse_from(["pop3d"])).expect("defaults");
+        assert_eq!(s.store, None);
+        assert_eq!(s.node_id, store::hostname().unwrap_or("pop3d"));
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--store",
+            "postgres://u@h/db",
+            "--node-id",
+            "n1",
+        ]))
+        .expect("a PostgreSQL store");
+        assert_eq!(
+            (s.store.as_deref(), s.node_id.as_str()),
+            (Some("postgres://u@h/db"), "n1")
+        );
+        // Only PostgreSQL URLs: the SQLite store is named by --data-dir.
+        assert!(resolve(&Args::parse_from(["pop3d", "--store", "/var/lib/pop3d"])).is_err());
     }
 
     #[test]

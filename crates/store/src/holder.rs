@@ -38,7 +38,7 @@ fn parse_holder(holder: &str) -> Option<(&str, u32)> {
 }
 
 /// This machine's hostname: `/proc/sys/kernel/hostname`, else `$HOSTNAME`.
-pub(crate) fn hostname() -> Option<&'static str> {
+pub fn hostname() -> Option<&'static str> {
     static HOSTNAME: OnceLock<Option<String>> = OnceLock::new();
     HOSTNAME
         .get_or_init(|| {

@@ -34,12 +34,35 @@ mod tests;
 use std::io::Read;
 use std::time::Duration;
 
-pub use holder::holder_string;
+pub use holder::{holder_string, hostname};
 pub use ingest::{normalise, Ingest, IngestSummary};
 pub use name::AccountName;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, DB_FILE};
+
+/// Whether `location` names a PostgreSQL database (`postgres://...` or `postgresql://...`).
+pub fn is_postgres_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// Opens the PostgreSQL store at `url` (see `PostgresStore::open`) as a [`Store`]; in a
+/// program built without the `postgres` feature, an error that says so.
+pub fn open_postgres(url: &str, node: Option<&str>) -> Result<Box<dyn Store>> {
+    #[cfg(feature = "postgres")]
+    {
+        Ok(Box::new(PostgresStore::open(url, node)?))
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (url, node);
+        Err(StoreError::Backend(
+            "this program was built without PostgreSQL support \
+             (build it with the cargo feature `postgres`, e.g. --features pop3d/postgres)"
+                .into(),
+        ))
+    }
+}
 
 /// Row id of an account.
 pub type AccountId = i64;

@@ -23,10 +23,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
-use store::{AccountImport, AccountName, AccountSecrets, OnExisting, Store};
+use store::{AccountImport, AccountName, AccountSecrets, OnExisting};
 
 use crate::output::print;
-use crate::{existing_store, open_or_create};
+use crate::{existing_store, open_or_create, Location};
 
 /// What `import passwd` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -259,7 +259,7 @@ fn secrets(credential: &Credential, legacy: bool) -> anyhow::Result<(String, Acc
     })
 }
 
-pub fn run(data_dir: &Path, file: &Path, opts: &Options) -> anyhow::Result<()> {
+pub fn run(location: &Location, file: &Path, opts: &Options) -> anyhow::Result<()> {
     let what = file.display().to_string();
     let bytes = std::fs::read(file).with_context(|| format!("reading {what}"))?;
     let parsed = parse_file(&bytes, opts.domain.as_deref());
@@ -293,7 +293,7 @@ pub fn run(data_dir: &Path, file: &Path, opts: &Options) -> anyhow::Result<()> {
         OnExisting::Refuse
     };
     if opts.dry_run {
-        return dry_run(data_dir, &parsed, opts, existing);
+        return dry_run(location, &parsed, opts, existing);
     }
     let mut accounts = Vec::with_capacity(parsed.users.len());
     for (line, name, credential) in &parsed.users {
@@ -305,7 +305,7 @@ pub fn run(data_dir: &Path, file: &Path, opts: &Options) -> anyhow::Result<()> {
             secrets,
         });
     }
-    let store = open_or_create(data_dir)?;
+    let store = open_or_create(location)?;
     let created = store
         .import_accounts(&accounts, existing)
         .with_context(|| format!("importing the accounts of {what} (nothing imported)"))?;
@@ -327,12 +327,12 @@ pub fn run(data_dir: &Path, file: &Path, opts: &Options) -> anyhow::Result<()> {
 
 /// `--dry-run`: says what would happen, including the accounts that exist, and writes nothing.
 fn dry_run(
-    data_dir: &Path,
+    location: &Location,
     parsed: &Parsed,
     opts: &Options,
     existing: OnExisting,
 ) -> anyhow::Result<()> {
-    let store = existing_store(data_dir)?;
+    let store = existing_store(location)?;
     let mut out = String::new();
     let mut refused = 0;
     for (_, name, credential) in &parsed.users {

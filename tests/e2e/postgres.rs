@@ -1,0 +1,150 @@
+//! pop3d and popadm on a PostgreSQL store (`--store postgres://...`): a throw-away cluster,
+//! an account and mail added with popadm, a POP3 session that retrieves byte for byte and
+//! deletes at QUIT (RFC 1939 section 6), `[IN-USE]` for a second session (RFC 2449 section 8.1.1),
+//! and a session whose lease was taken over ending `-ERR [SYS/TEMP]` without UPDATE.
+//!
+//! Skips with a printed reason where PostgreSQL is not installed or the binaries were built
+//! without the `postgres` feature (`cargo xtask test` builds them with it), unless
+//! `POP3D_REQUIRE_POSTGRES` is set (CI), which makes either a failure.
+
+use e2e::{popadm, popadm_ok, Server, TempDir};
+
+/// Whether this run must not skip.
+fn required() -> bool {
+    std::env::var_os("POP3D_REQUIRE_POSTGRES").is_some()
+}
+
+/// The cluster and a database URL, or `None` (skipping).
+fn cluster() -> Option<(pgtest::Cluster, String)> {
+    let cluster = match pgtest::Cluster::start() {
+        Ok(Some(cluster)) => cluster,
+        Ok(None) => {
+            assert!(
+                !required(),
+                "POP3D_REQUIRE_POSTGRES is set but PostgreSQL is missing"
+            );
+            eprintln!("SKIPPED: PostgreSQL is not installed (run `cargo xtask deps`)");
+            return None;
+        }
+        Err(e) => panic!("starting PostgreSQL: {e}"),
+    };
+    cluster
+        .create_database("maildrops")
+        .expect("create database");
+    let url = cluster.url("maildrops");
+    Some((cluster, url))
+}
+
+/// A message of several 128 KiB chunks with bare LF line ends, and what RETR must send for it
+/// (CRLF line ends, before dot-stuffing).
+fn big_message() -> (Vec<u8>, Vec<u8>) {
+    let mut input = b"From: a@example.org\nSubject: big\n\n".to_vec();
+    let mut line = 0u32;
+    while input.len() < 400 * 1024 {
+        input.extend_from_slice(format!("line {line} of the body\n").as_bytes());
+        line += 1;
+    }
+    input.extend_from_slice(b".a line that needs dot-stuffing\n");
+    let (stored, _) = store::normalise(&input);
+    (input, stored)
+}
+
+#[test]
+fn pop3d_and_popadm_on_postgres_retrieve_and_delete() {
+    let Some((cluster, url)) = cluster() else {
+        return;
+    };
+    let dir = TempDir::new("postgres");
+    let data = dir.path();
+    let add = popadm(
+        data,
+        &["--store", &url, "user", "add", "alice", "--password-stdin"],
+        b"secret pw\n",
+    );
+    let stderr = String::from_utf8_lossy(&add.stderr);
+    if stderr.contains("without PostgreSQL support") {
+        assert!(!required(), "popadm built without PostgreSQL: {stderr}");
+        eprintln!("SKIPPED: the binaries were built without the `postgres` feature");
+        return;
+    }
+    assert!(add.status.success(), "user add: {stderr}");
+    // The data directory holds no SQLite database: the account went to PostgreSQL.
+    assert!(!data.join(store::DB_FILE).exists());
+
+    let (big, big_stored) = big_message();
+    let small = b"Subject: small\r\n\r\nhello\r\n".to_vec();
+    for message in [&big, &small] {
+        popadm_ok(
+            data,
+            &["--store", &url, "deliver", "--no-lda-headers", "alice"],
+            message,
+        );
+    }
+    let stat = popadm_ok(data, &["--store", &url, "stat", "alice"], b"");
+    let octets = big_stored.len() + small.len();
+    assert!(
+        stat.starts_with(&format!("messages: 2\noctets: {octets}\nlock: none\n")),
+        "{stat}"
+    );
+
+    let server = Server::start(data, &["--store", &url, "--node-id", "e2e-node"]);
+    let mut client = server.login("alice", "secret pw");
+    let listing = client.listing("LIST");
+    assert_eq!(
+        listing,
+        [
+            format!("1 {}", big_stored.len()),
+            format!("2 {}", small.len())
+        ]
+    );
+    let uidls = client.listing("UIDL");
+    assert_eq!(client.multi("RETR 1").1, big_stored);
+    assert_eq!(client.multi("RETR 2").1, small);
+    // One session per maildrop, across the shared store.
+    let mut second = server.connect();
+    second.ok("USER alice");
+    let refused = second.err("PASS secret pw");
+    assert!(refused.starts_with("-ERR [IN-USE]"), "{refused}");
+    client.ok("DELE 1");
+    client.ok("QUIT");
+    assert!(client.closed());
+
+    // The next session sees the one message left, numbered 1 now, under its old UIDL.
+    let mut client = server.login("alice", "secret pw");
+    assert_eq!(client.listing("LIST"), [format!("1 {}", small.len())]);
+    let uid = uidls[1].split_once(' ').expect("UIDL line").1;
+    assert_eq!(client.listing("UIDL"), [format!("1 {uid}")]);
+    client.ok("DELE 1");
+
+    // Another node takes the lease over (as after this one froze past its lease): the QUIT
+    // must not delete, and says so with [SYS/TEMP].
+    cluster
+        .psql(
+            "maildrops",
+            "UPDATE locks SET token = nextval('lock_tokens'), holder = 'pop3d@other:1#1', \
+             node = 'other'",
+        )
+        .expect("take the lease over");
+    let quit = client.err("QUIT");
+    assert!(quit.starts_with("-ERR [SYS/TEMP]"), "{quit}");
+    let left = cluster
+        .psql("maildrops", "SELECT count(*) FROM messages")
+        .expect("count");
+    assert_eq!(left, "1");
+
+    // A restarted node clears its own leases at once, and keeps other nodes'.
+    drop(server);
+    cluster
+        .psql("maildrops", "UPDATE locks SET node = 'e2e-node'")
+        .expect("hand the lease to this node");
+    let server = Server::start(data, &["--store", &url, "--node-id", "e2e-node"]);
+    let mut client = server.login("alice", "secret pw");
+    client.ok("DELE 1");
+    client.ok("QUIT");
+    let left = cluster
+        .psql("maildrops", "SELECT count(*) FROM messages")
+        .expect("count");
+    assert_eq!(left, "0");
+    drop(server);
+    drop(cluster);
+}
