@@ -68,6 +68,8 @@ Examples:
 Files:
   DATA_DIR/maildrops.sqlite3   every account and message; DATA_DIR is --data-dir, else
                                $POP3D_DATA_DIR, else ./pop3d-data (pop3d's default too)
+  --store URL, $POP3D_STORE     a PostgreSQL store instead (postgres://USER@HOST/DB), in a
+                               build with the `postgres` feature
 
 See also:
   pop3d(8), popadm-user(8), popadm-deliver(8), popadm-import(8), popadm-migrate(8);

@@ -1232,6 +1232,24 @@ mod tests {
         ));
     }
 
+    /// A unix socket directory as the URL's host, percent-encoded (docs/admin-guide.md).
+    #[test]
+    fn unix_socket_urls_connect() {
+        let Some(f) = fixture("unix_socket_urls_connect") else {
+            return;
+        };
+        let dir = f.cluster.socket_dir().display().to_string();
+        let url = format!(
+            "postgres://postgres@{}:{}/{}",
+            dir.replace('/', "%2F"),
+            f.cluster.port(),
+            f.database
+        );
+        let store = PostgresStore::open(&url, None).unwrap();
+        store.create_account(&name("user"), "h").unwrap();
+        assert!(f.open().account(&name("user")).unwrap().is_some());
+    }
+
     #[test]
     fn connection_failures_are_transient_and_urls_checked() {
         // Nothing listens on port 1 of loopback.
