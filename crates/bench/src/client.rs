@@ -28,6 +28,8 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// With `tls`: connect in cleartext and upgrade with STLS (RFC 2595) instead of implicit TLS.
+    pub stls: bool,
     pub password: String,
 }
 
@@ -150,15 +152,61 @@ pub async fn session(
         .context("connect")?;
     tcp.set_nodelay(true).context("TCP_NODELAY")?;
     match &target.tls {
-        None => run(tcp, target, user, work, expected, buf).await,
+        None => run(tcp, target, user, work, expected, buf, true).await,
         Some((connector, name)) => {
+            let mut tcp = tcp;
+            if target.stls {
+                stls(&mut tcp).await?;
+            }
             let tls = connector
                 .connect(name.clone(), tcp)
                 .await
                 .context("TLS handshake")?;
-            run(tls, target, user, work, expected, buf).await
+            run(tls, target, user, work, expected, buf, !target.stls).await
         }
     }
+}
+
+/// The cleartext part of an STLS session: the greeting, `STLS`, its `+OK`, and nothing more
+/// (RFC 2595 section 4: the handshake starts right after the CRLF of the `+OK`).
+async fn stls(tcp: &mut TcpStream) -> Result<()> {
+    let mut w = Wire {
+        io: BufReader::with_capacity(1024, &mut *tcp),
+        line: Vec::with_capacity(256),
+    };
+    w.expect_ok("greeting").await?;
+    w.command("STLS").await?;
+    if !w.io.buffer().is_empty() {
+        bail!("STLS: the server sent more after its +OK");
+    }
+    Ok(())
+}
+
+/// A connection opened and greeted (no command sent), for holding idle connections.
+pub async fn open_greeted(target: &Target) -> Result<TcpStream> {
+    let mut tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .context("connect")?;
+    tcp.set_nodelay(true).context("TCP_NODELAY")?;
+    let mut w = Wire {
+        io: BufReader::with_capacity(512, &mut tcp),
+        line: Vec::with_capacity(128),
+    };
+    w.expect_ok("greeting").await?;
+    Ok(tcp)
+}
+
+/// A plain connection logged in as `user` (USER, PASS; nothing after), for holding idle
+/// logged-in sessions. Dropping it closes the connection without QUIT.
+pub async fn open_logged_in(target: &Target, user: &str) -> Result<TcpStream> {
+    let mut tcp = open_greeted(target).await?;
+    let mut w = Wire {
+        io: BufReader::with_capacity(512, &mut tcp),
+        line: Vec::with_capacity(128),
+    };
+    w.command(&format!("USER {user}")).await?;
+    w.command(&format!("PASS {}", target.password)).await?;
+    Ok(tcp)
 }
 
 struct Wire<S> {
@@ -270,12 +318,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     work: Work,
     expected: Option<&Expected>,
     buf: &mut Vec<u8>,
+    greeting: bool,
 ) -> Result<Outcome> {
     let mut w = Wire {
         io: BufReader::with_capacity(64 * 1024, io),
         line: Vec::with_capacity(256),
     };
-    w.expect_ok("greeting").await?;
+    if greeting {
+        w.expect_ok("greeting").await?;
+    }
     w.command(&format!("USER {user}")).await?;
     w.command(&format!("PASS {}", target.password)).await?;
     let mut outcome = Outcome::default();
@@ -350,4 +401,73 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
     w.command("QUIT").await?;
     Ok(outcome)
+}
+
+/// Milliseconds each step of a session on a large maildrop took (scenario 5).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct ListingTimes {
+    /// From sending PASS to reading its `+OK` (the server locks and lists the maildrop).
+    pub pass_ms: f64,
+    pub stat_ms: f64,
+    /// From sending UIDL to the end of the whole listing.
+    pub uidl_ms: f64,
+    pub list_ms: f64,
+}
+
+/// Logs in as `user` and times PASS, STAT, UIDL and LIST, checking that each shows `count`
+/// messages (UIDs unique, LIST sizes adding up to STAT's octets).
+pub async fn listing_times(target: &Target, user: &str, count: u64) -> Result<ListingTimes> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .context("connect")?;
+    tcp.set_nodelay(true).context("TCP_NODELAY")?;
+    let mut w = Wire {
+        io: BufReader::with_capacity(64 * 1024, tcp),
+        line: Vec::with_capacity(256),
+    };
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let mut buf = Vec::new();
+    let mut t = ListingTimes::default();
+    w.expect_ok("greeting").await?;
+    w.command(&format!("USER {user}")).await?;
+    let t0 = std::time::Instant::now();
+    w.command(&format!("PASS {}", target.password)).await?;
+    t.pass_ms = ms(t0);
+    let t0 = std::time::Instant::now();
+    let stat = w.command("STAT").await?;
+    t.stat_ms = ms(t0);
+    let mut parts = stat.split(' ');
+    let n: u64 = parts.next().unwrap_or_default().parse().context("STAT")?;
+    let octets: u64 = parts.next().unwrap_or_default().parse().context("STAT")?;
+    if n != count {
+        bail!("STAT says {n} messages, {count} were delivered");
+    }
+    let t0 = std::time::Instant::now();
+    w.command("UIDL").await?;
+    w.body(&mut buf).await?;
+    let uids = listing(&buf, "UIDL")?;
+    t.uidl_ms = ms(t0);
+    if uids.len() as u64 != count || uids.iter().collect::<HashSet<_>>().len() != uids.len() {
+        bail!(
+            "UIDL lists {} messages (unique UIDs needed), {count} were delivered",
+            uids.len()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    w.command("LIST").await?;
+    w.body(&mut buf).await?;
+    let sizes = listing(&buf, "LIST")?;
+    t.list_ms = ms(t0);
+    let total = sizes
+        .iter()
+        .map(|s| s.parse::<u64>().context("LIST size"))
+        .sum::<Result<u64>>()?;
+    if sizes.len() as u64 != count || total != octets {
+        bail!(
+            "LIST shows {} messages of {total} octets, STAT {count} of {octets}",
+            sizes.len()
+        );
+    }
+    w.command("QUIT").await?;
+    Ok(t)
 }

@@ -12,6 +12,7 @@
 
 mod client;
 mod corpus;
+mod idle;
 mod load;
 mod procs;
 mod suite;
@@ -59,6 +60,9 @@ struct LoadArgs {
     /// Implicit TLS (POP3S, RFC 8314)
     #[arg(long)]
     tls: bool,
+    /// Connect in cleartext and upgrade with STLS (RFC 2595)
+    #[arg(long, conflicts_with = "tls")]
+    stls: bool,
     /// PEM file of the CA (or self-signed certificate) to trust
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     ca: Option<PathBuf>,
@@ -102,10 +106,10 @@ fn load(a: LoadArgs) -> Result<()> {
     let users: Vec<String> = (0..a.users)
         .map(|n| a.user_pattern.replace("{n}", &n.to_string()))
         .collect();
-    let tls = if a.tls {
+    let tls = if a.tls || a.stls {
         let connector = client::tls_connector(if a.insecure { None } else { a.ca.as_deref() })?;
         if !a.insecure && a.ca.is_none() {
-            bail!("--tls needs --ca FILE or --insecure");
+            bail!("--tls and --stls need --ca FILE or --insecure");
         }
         let name = rustls_pki_types::ServerName::try_from(a.server_name.clone())
             .context("--server-name")?;
@@ -120,6 +124,7 @@ fn load(a: LoadArgs) -> Result<()> {
         host: a.host,
         port: a.port,
         tls,
+        stls: a.stls,
         password: a.password,
     });
     let time = Duration::from_secs(a.seconds);

@@ -185,6 +185,38 @@ pub fn rss_kib(root: u32) -> u64 {
         .sum()
 }
 
+/// Proportional set size of `root`'s tree, KiB: each page shared by k processes counts 1/k,
+/// so shared libraries and copy-on-write pages of forked workers are not counted k times.
+pub fn pss_kib(root: u32) -> u64 {
+    tree(root)
+        .into_iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("Pss:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Raises this process's open-file limit to its hard limit (idle-connection scenario); the
+/// servers started afterwards inherit it. Returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 /// Samples the tree's resident memory every few milliseconds until stopped; `finish` returns
 /// the peak (KiB).
 pub struct RssSampler {
@@ -238,6 +270,8 @@ mod tests {
         assert!(read_stat(me).is_some());
         assert!(tree(me).contains(&me));
         assert!(rss_kib(me) > 0);
+        assert!(pss_kib(me) > 0);
+        assert!(raise_nofile() > 0);
         assert!(cpu_seconds(me, clock_ticks()) >= 0.0);
     }
 }

@@ -13,16 +13,18 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::client::{tls_connector, Target, Work};
+use crate::client::{self, tls_connector, Target, Work};
 use crate::corpus::{self, Expected};
+use crate::idle::{self, Idle};
 use crate::load::{self, Mode, RunResult};
 use crate::procs::{self, RssSampler, ServerProcess};
 
 /// The one password every benchmark account has.
 const PASSWORD: &str = "bench password 1";
-/// Size of the large message of scenario 3.
-const BIG_SIZE: usize = 20 * 1024 * 1024;
-const BIG_USER: &str = "big0";
+/// Scenario 3: users with one large message each (20 MiB and 100 MiB).
+const BIG: [(&str, usize); 2] = [("big0", 20 * 1024 * 1024), ("big1", 100 * 1024 * 1024)];
+/// Scenario 5: the user with a very large maildrop of small messages.
+const MANY_USER: &str = "many0";
 const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +55,11 @@ pub struct SuiteArgs {
 struct Sizes {
     users: usize,
     messages: u32,
+    /// Scenario 4: idle connections before login, and idle logged-in sessions.
+    idle_conns: usize,
+    idle_sessions: usize,
+    /// Scenario 5: messages in the large maildrop.
+    many: u32,
     s1_sessions: u64,
     s1_time: Duration,
     s2_time: Duration,
@@ -74,13 +81,54 @@ enum Unit {
     Sessions,
     #[serde(rename = "MiB/s")]
     Mib,
+    /// Lower is better.
+    #[serde(rename = "ms")]
+    Ms,
+    /// Server memory per held connection; lower is better.
+    #[serde(rename = "KiB/conn")]
+    KibPerConn,
+}
+
+impl Unit {
+    fn higher_is_better(self) -> bool {
+        matches!(self, Unit::Sessions | Unit::Mib)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Unit::Sessions => "sessions/s",
+            Unit::Mib => "MiB/s",
+            Unit::Ms => "ms",
+            Unit::KibPerConn => "KiB/conn",
+        }
+    }
+}
+
+/// How a scenario reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    /// POP3S (RFC 8314).
+    Implicit,
+    /// Cleartext port, STLS (RFC 2595), then the session.
+    Stls,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Plain => "plain",
+            Transport::Implicit => "implicit TLS",
+            Transport::Stls => "STLS",
+        }
+    }
 }
 
 struct Scenario {
     id: &'static str,
     title: String,
     work: Work,
-    tls: bool,
+    transport: Transport,
     concurrency: usize,
     users: Arc<Vec<String>>,
     mode: Mode,
@@ -98,6 +146,28 @@ struct Rep {
     client_cpu_s: f64,
     rss_base_kib: u64,
     rss_peak_kib: u64,
+    /// The row's figure when it is not a rate: ms (S5) or KiB per connection (S4).
+    figure: Option<f64>,
+    /// S4: connections held, and the server tree's PSS before and while holding them.
+    held: usize,
+    pss_base_kib: u64,
+    pss_held_kib: u64,
+}
+
+impl Rep {
+    fn new(run: RunResult, server_cpu_s: f64, client_cpu_s: f64) -> Rep {
+        Rep {
+            run,
+            server_cpu_s,
+            client_cpu_s,
+            rss_base_kib: 0,
+            rss_peak_kib: 0,
+            figure: None,
+            held: 0,
+            pss_base_kib: 0,
+            pss_held_kib: 0,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -118,6 +188,10 @@ struct Cell {
     client_cpu_ms_per_session: f64,
     rss_growth_mib: f64,
     rss_peak_mib: f64,
+    /// S4: median connections held, and PSS and RSS growth per connection (KiB).
+    held: usize,
+    pss_kib_per_conn: f64,
+    rss_kib_per_conn: f64,
     reps: Vec<Rep>,
 }
 
@@ -128,6 +202,8 @@ struct Row {
     transport: &'static str,
     concurrency: usize,
     unit: Unit,
+    /// S3: the server's RSS is sampled during the transfer.
+    rss: bool,
     cells: Vec<Cell>,
 }
 
@@ -219,7 +295,19 @@ fn popadm(bin: &Path, data: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Users `user0..`, their mbox files (and Maildirs for Dovecot), and the expected corpus.
+/// Size of message `index` of the scenario-5 maildrop: small, 300 to 900 octets of body.
+fn many_size(index: u32) -> usize {
+    300 + (index % 7) as usize * 100
+}
+
+/// The users of scenario 4's idle logged-in sessions (empty maildrops).
+fn idle_users(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("idle{i}")).collect()
+}
+
+/// Users `user0..`, `big*`, `many0`, their mbox files (and Maildirs for Dovecot), and the
+/// expected corpus; the MiB figure is that of `user0..` (scenarios 1 and 2). Idle users get
+/// empty Maildirs.
 fn write_corpus(
     tmp: &Path,
     users: &[String],
@@ -239,7 +327,20 @@ fn write_corpus(
             (u.clone(), msgs)
         })
         .collect();
-    all.push((BIG_USER.to_string(), vec![(0, BIG_SIZE)]));
+    for (user, size) in BIG {
+        all.push((user.to_string(), vec![(0, size)]));
+    }
+    all.push((
+        MANY_USER.to_string(),
+        (0..sizes.many).map(|i| (i, many_size(i))).collect(),
+    ));
+    if maildirs {
+        for user in idle_users(sizes.idle_sessions) {
+            for d in ["cur", "new", "tmp"] {
+                std::fs::create_dir_all(tmp.join("mail").join(&user).join("Maildir").join(d))?;
+            }
+        }
+    }
     for (ui, (user, msgs)) in all.iter().enumerate() {
         let mut mbox = std::io::BufWriter::new(std::fs::File::create(
             tmp.join("mbox").join(format!("{user}.mbox")),
@@ -250,11 +351,17 @@ fn write_corpus(
                 std::fs::create_dir_all(maildir.join(d))?;
             }
         }
+        let big = BIG.iter().any(|(u, _)| u == user);
         for &(i, size) in msgs {
             let lf = corpus::message(seed, user, i, size);
-            mbox.write_all(b"From bench@example.org Mon Jan  1 00:00:00 2024\n")?;
-            mbox.write_all(&lf)?;
-            mbox.write_all(b"\n")?;
+            if big {
+                // Over popadm import's message size cap: delivered alone (`popadm deliver`).
+                std::fs::write(tmp.join("mbox").join(format!("{user}.eml")), &lf)?;
+            } else {
+                mbox.write_all(b"From bench@example.org Mon Jan  1 00:00:00 2024\n")?;
+                mbox.write_all(&lf)?;
+                mbox.write_all(b"\n")?;
+            }
             let crlf_len = lf.len() + lf.iter().filter(|&&b| b == b'\n').count();
             if maildirs {
                 let name = format!(
@@ -265,7 +372,7 @@ fn write_corpus(
                 std::fs::write(maildir.join("cur").join(name), &lf)?;
             }
             expected.add(user, i, &lf);
-            if user != BIG_USER {
+            if ui < users.len() {
                 octets += crlf_len as u64;
             }
         }
@@ -274,10 +381,20 @@ fn write_corpus(
     Ok((expected, octets as f64 / MIB))
 }
 
-/// Creates the accounts and imports their mail, two popadm processes at a time.
-fn provision(popadm_bin: &Path, data: &Path, tmp: &Path, users: &[String]) -> Result<()> {
+/// Creates the accounts and imports their mail (none for `idle`), two popadm processes at a
+/// time.
+fn provision(
+    popadm_bin: &Path,
+    data: &Path,
+    tmp: &Path,
+    users: &[String],
+    idle: &[String],
+) -> Result<()> {
     let mut all: Vec<&str> = users.iter().map(String::as_str).collect();
-    all.push(BIG_USER);
+    all.push(MANY_USER);
+    let with_mail = all.len();
+    all.extend(idle.iter().map(String::as_str));
+    all.extend(BIG.iter().map(|(u, _)| *u));
     for pair in all.chunks(2) {
         let mut children = Vec::new();
         for user in pair {
@@ -295,7 +412,7 @@ fn provision(popadm_bin: &Path, data: &Path, tmp: &Path, users: &[String]) -> Re
             }
         }
     }
-    for pair in all.chunks(2) {
+    for pair in all[..with_mail].chunks(2) {
         let mut children = Vec::new();
         for user in pair {
             let file = tmp.join("mbox").join(format!("{user}.mbox"));
@@ -309,6 +426,17 @@ fn provision(popadm_bin: &Path, data: &Path, tmp: &Path, users: &[String]) -> Re
                 bail!("popadm import mbox for {user}: {status}");
             }
         }
+    }
+    for (user, size) in BIG {
+        let eml = std::fs::File::open(tmp.join("mbox").join(format!("{user}.eml")))?;
+        let max = (2 * size).to_string();
+        let mut c = popadm(
+            popadm_bin,
+            data,
+            &["deliver", "--no-lda-headers", "--max-size", &max, user],
+        );
+        c.stdin(eml).stdout(Stdio::null());
+        check(c, &format!("popadm deliver to {user}"))?;
     }
     Ok(())
 }
@@ -383,6 +511,7 @@ fn dovecot_conf(
     cert: &Path,
     key: &Path,
     cache: bool,
+    idle_sessions: usize,
 ) -> String {
     let (d, m, p) = (dir.display(), mail.display(), passwd.display());
     let (uid, gid) = (&ids.uid, &ids.gid);
@@ -393,7 +522,10 @@ fn dovecot_conf(
     };
     format!(
         "# Private Dovecot for pop3-bench; tuned mode: pop3 processes reused, long-lived
-# high-performance login processes.
+# high-performance login processes (each serving many connections), limits raised for the
+# idle-connection scenario.
+default_client_limit = 13000
+default_vsz_limit = 1G
 base_dir = {d}/run
 state_dir = {d}/state
 instance_name = pop3-bench-{plain}
@@ -429,11 +561,16 @@ service pop3-login {{
   }}
   service_count = 0
   process_min_avail = 2
+  client_limit = 6000
+  process_limit = 4
 }}
 service pop3 {{
   service_count = 1000
+  client_limit = 1
+  process_limit = {pop3_processes}
 }}
 ",
+        pop3_processes = idle_sessions + 200,
         internal = ids.internal_user,
         login = ids.login_user,
         cert = cert.display(),
@@ -485,15 +622,17 @@ fn cell(server: &str, reps: Vec<Rep>, unit: Unit, retr_only: bool) -> Cell {
             }
     });
     let errors = reps.iter().map(|r| r.run.errors).sum();
+    let per_conn =
+        |r: &Rep, base: u64, held: u64| held.saturating_sub(base) as f64 / r.held.max(1) as f64;
     Cell {
         server: server.to_string(),
         valid: errors == 0 && reps.iter().all(|r| !r.run.truncated && r.run.sessions > 0),
         errors,
         first_error: reps.iter().find_map(|r| r.run.first_error.clone()),
-        throughput: if unit == Unit::Sessions {
-            sessions_per_s
-        } else {
-            mib_per_s
+        throughput: match unit {
+            Unit::Sessions => sessions_per_s,
+            Unit::Mib => mib_per_s,
+            Unit::Ms | Unit::KibPerConn => m(&|r| r.figure.unwrap_or(f64::NAN)),
         },
         sessions_per_s,
         messages_per_s: m(&|r| r.run.messages as f64 / r.run.seconds),
@@ -505,6 +644,9 @@ fn cell(server: &str, reps: Vec<Rep>, unit: Unit, retr_only: bool) -> Cell {
         client_cpu_ms_per_session: m(&|r| 1000.0 * r.client_cpu_s / r.run.sessions.max(1) as f64),
         rss_growth_mib: m(&|r| r.rss_peak_kib.saturating_sub(r.rss_base_kib) as f64 / 1024.0),
         rss_peak_mib: m(&|r| r.rss_peak_kib as f64 / 1024.0),
+        held: m(&|r| r.held as f64) as usize,
+        pss_kib_per_conn: m(&|r| per_conn(r, r.pss_base_kib, r.pss_held_kib)),
+        rss_kib_per_conn: m(&|r| per_conn(r, r.rss_base_kib, r.rss_peak_kib)),
         reps,
     }
 }
@@ -533,6 +675,9 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         Sizes {
             users: 64,
             messages: 20,
+            idle_conns: 10_000,
+            idle_sessions: 500,
+            many: 20_000,
             s1_sessions: 400,
             s1_time: Duration::from_secs(3),
             s2_time: Duration::from_secs(60),
@@ -543,6 +688,9 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         Sizes {
             users: 200,
             messages: 100,
+            idle_conns: 10_000,
+            idle_sessions: 2_000,
+            many: 100_000,
             s1_sessions: 3000,
             s1_time: Duration::from_secs(15),
             s2_time: Duration::from_secs(300),
@@ -613,19 +761,32 @@ fn run_in(
     notes: Vec<String>,
     out_dir: &Path,
 ) -> Result<()> {
+    let load_start = loadavg();
+    let nofile = procs::raise_nofile();
+    let needed = sizes.idle_conns as u64 + 1000;
+    if nofile < needed {
+        bail!(
+            "the open-file limit is {nofile} (hard); scenario 4 needs {needed}: raise it \
+             (ulimit -Hn) and run again"
+        );
+    }
     let users: Vec<String> = (0..sizes.users).map(|n| format!("user{n}")).collect();
+    let idle = idle_users(sizes.idle_sessions);
     let data = tmp.join("pop3d-data");
     eprintln!(
-        "pop3-bench: corpus: {} users x {} messages (seed {}), plus one {} MiB message",
-        sizes.users,
-        sizes.messages,
-        args.seed,
-        BIG_SIZE >> 20
+        "pop3-bench: corpus: {} users x {} messages (seed {}), one 20 MiB and one 100 MiB \
+         message, {} messages for {MANY_USER}, {} idle users",
+        sizes.users, sizes.messages, args.seed, sizes.many, sizes.idle_sessions,
     );
     let (expected, corpus_mib) = write_corpus(tmp, &users, sizes, args.seed, dovecot.is_some())?;
     let expected = Arc::new(expected);
     eprintln!("pop3-bench: provisioning pop3d ({corpus_mib:.1} MiB; argon2id hashes)");
-    provision(popadm_bin, &data, tmp, &users)?;
+    let t0 = std::time::Instant::now();
+    provision(popadm_bin, &data, tmp, &users, &idle)?;
+    eprintln!(
+        "pop3-bench: provisioned in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
 
     let mut endpoints = Vec::new();
     // pop3d without its credential cache (every login runs argon2id, as Dovecot's do; its
@@ -656,9 +817,16 @@ fn run_in(
         })
     };
     endpoints.push(start_pop3d("pop3d", "0")?);
+    let ours = 0;
     let cert = data.join("tls").join("cert.pem");
     let key = data.join("tls").join("key.pem");
 
+    // Dovecot: "dovecot" for every scenario but S1c ("dovecot+cache") and the two phases of S4
+    // ("dovecot-idle1", "dovecot-idle2": fresh, so their memory is not what earlier scenarios
+    // left and freed).
+    let mut theirs = None;
+    let mut theirs_cached = None;
+    let mut theirs_idle = [None, None];
     if dovecot.is_some() {
         let ids = dovecot_ids()?;
         let passwd = tmp.join("passwd");
@@ -681,18 +849,41 @@ fn run_in(
             },
             "chown the Maildirs",
         )?;
-        for (name, cache) in [("dovecot", false), ("dovecot+cache", true)] {
+        for (name, cache) in [
+            ("dovecot", false),
+            ("dovecot+cache", true),
+            ("dovecot-idle1", false),
+            ("dovecot-idle2", false),
+        ] {
             let dir = tmp.join(name.replace('+', "-"));
             std::fs::create_dir_all(&dir)?;
             let (plain, tls) = (procs::free_port()?, procs::free_port()?);
             let conf = dir.join("dovecot.conf");
             std::fs::write(
                 &conf,
-                dovecot_conf(&dir, &mail, &passwd, &ids, plain, tls, &cert, &key, cache),
+                dovecot_conf(
+                    &dir,
+                    &mail,
+                    &passwd,
+                    &ids,
+                    plain,
+                    tls,
+                    &cert,
+                    &key,
+                    cache,
+                    sizes.idle_sessions,
+                ),
             )?;
             let mut cmd = Command::new("dovecot");
             cmd.arg("-F").arg("-c").arg(&conf);
             let process = ServerProcess::start(name, cmd, &dir.join("stderr.log"), plain)?;
+            let slot = match name {
+                "dovecot" => &mut theirs,
+                "dovecot+cache" => &mut theirs_cached,
+                "dovecot-idle1" => &mut theirs_idle[0],
+                _ => &mut theirs_idle[1],
+            };
+            *slot = Some(endpoints.len());
             endpoints.push(Endpoint {
                 name: name.into(),
                 plain,
@@ -702,45 +893,82 @@ fn run_in(
         }
     }
 
-    // ... and pop3d with it (scenario S1c), on the same data.
+    // ... and pop3d with it (scenario S1c), on the same data; and a fresh one for each phase
+    // of S4.
     endpoints.push(start_pop3d("pop3d+cache", "300")?);
-    let pop3d_cached = endpoints.len() - 1;
-    let with_dovecot = dovecot.is_some();
+    let ours_cached = endpoints.len() - 1;
+    let mut ours_idle = [0; 2];
+    for (k, slot) in ours_idle.iter_mut().enumerate() {
+        endpoints.push(start_pop3d(&format!("pop3d-idle{}", k + 1), "0")?);
+        *slot = endpoints.len() - 1;
+    }
+    let pair = |a: usize, b: Option<usize>| -> Vec<usize> { std::iter::once(a).chain(b).collect() };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
     let connector = tls_connector(Some(&cert))?;
-    let target = |ep: &Endpoint, tls: bool| {
+    let target = |ep: &Endpoint, transport: Transport| {
         Arc::new(Target {
             host: "127.0.0.1".into(),
-            port: if tls { ep.tls } else { ep.plain },
-            tls: tls.then(|| {
+            port: if transport == Transport::Implicit {
+                ep.tls
+            } else {
+                ep.plain
+            },
+            tls: (transport != Transport::Plain).then(|| {
                 (
                     connector.clone(),
                     rustls_pki_types::ServerName::try_from("localhost").expect("valid name"),
                 )
             }),
+            stls: transport == Transport::Stls,
             password: PASSWORD.into(),
         })
     };
     let users = Arc::new(users);
-    let big = Arc::new(vec![BIG_USER.to_string()]);
+    let bigs: Vec<Arc<Vec<String>>> = BIG
+        .iter()
+        .map(|(u, _)| Arc::new(vec![u.to_string()]))
+        .collect();
 
     // Warm-up (not measured): every maildrop downloaded once from every server, so Dovecot has
-    // built its indexes and both have the mail in the page cache.
-    for ep in &endpoints {
-        eprintln!("pop3-bench: warm-up download from {}", ep.name);
-        for who in [users.clone(), big.clone()] {
-            let r = rt.block_on(load::run(
-                target(ep, false),
-                who,
-                Work::Download,
-                4,
-                Mode::EachOnce {
+    // built its indexes and both have the mail in the page cache; the large maildrop listed
+    // once. The S4 servers only log in a few times (both hashing threads warm).
+    for (i, ep) in endpoints.iter().enumerate() {
+        let s4 = ours_idle.contains(&i) || theirs_idle.contains(&Some(i));
+        eprintln!("pop3-bench: warm-up of {}", ep.name);
+        let runs: Vec<(Arc<Vec<String>>, Work, Mode)> = if s4 {
+            vec![(
+                users.clone(),
+                Work::Login,
+                Mode::Repeat {
+                    sessions: 16,
                     time: sizes.s2_time,
                 },
+            )]
+        } else {
+            std::iter::once(users.clone())
+                .chain(bigs.iter().cloned())
+                .map(|u| {
+                    (
+                        u,
+                        Work::Download,
+                        Mode::EachOnce {
+                            time: sizes.s2_time,
+                        },
+                    )
+                })
+                .collect()
+        };
+        for (who, work, mode) in runs {
+            let r = rt.block_on(load::run(
+                target(ep, Transport::Plain),
+                who,
+                work,
+                4,
+                mode,
                 Some(expected.clone()),
             ))?;
             if r.errors > 0 {
@@ -751,15 +979,12 @@ fn run_in(
                 );
             }
         }
+        if !s4 && i != ours_cached && Some(i) != theirs_cached {
+            time_listing(&rt, &target(ep, Transport::Plain), sizes)
+                .with_context(|| format!("{}: warm-up listing of {MANY_USER}", ep.name))?;
+        }
     }
 
-    let ours_and = |cached: bool| -> Vec<usize> {
-        let mut v = vec![if cached { pop3d_cached } else { 0 }];
-        if with_dovecot {
-            v.push(if cached { 2 } else { 1 });
-        }
-        v
-    };
     let s1 = Mode::Repeat {
         sessions: sizes.s1_sessions,
         time: sizes.s1_time,
@@ -767,94 +992,101 @@ fn run_in(
     let s2 = Mode::EachOnce {
         time: sizes.s2_time,
     };
+    let plain_pair = pair(ours, theirs);
     let mut scenarios = Vec::new();
-    for c in [1, 16, 64] {
-        scenarios.push(Scenario {
-            id: "S1",
-            title: "login+STAT+QUIT".into(),
-            work: Work::Login,
-            tls: false,
-            concurrency: c,
-            users: users.clone(),
-            mode: s1,
-            unit: Unit::Sessions,
+    let scenario = |id, title: String, work, transport, concurrency, who: &Arc<Vec<String>>| {
+        let login = work == Work::Login;
+        Scenario {
+            id,
+            title,
+            work,
+            transport,
+            concurrency,
+            users: who.clone(),
+            mode: if login { s1 } else { s2 },
+            unit: if login { Unit::Sessions } else { Unit::Mib },
             rss: false,
             reps: sizes.reps,
-            servers: ours_and(false),
-        });
-    }
-    {
-        scenarios.push(Scenario {
-            id: "S1c",
-            title: "login+STAT+QUIT, credential caches on (pop3d's skips argon2id; Dovecot's auth cache still verifies)".into(),
-            work: Work::Login,
-            tls: false,
-            concurrency: 16,
-            users: users.clone(),
-            mode: s1,
-            unit: Unit::Sessions,
-            rss: false,
-            reps: sizes.reps,
-            servers: ours_and(true),
-        });
-    }
+            servers: plain_pair.clone(),
+        }
+    };
     for c in [1, 16, 64] {
-        scenarios.push(Scenario {
-            id: "S2",
-            title: format!(
+        scenarios.push(scenario(
+            "S1",
+            "login+STAT+QUIT".into(),
+            Work::Login,
+            Transport::Plain,
+            c,
+            &users,
+        ));
+    }
+    scenarios.push(Scenario {
+        servers: pair(ours_cached, theirs_cached),
+        ..scenario(
+            "S1c",
+            "login+STAT+QUIT, credential caches on (pop3d's skips argon2id; Dovecot's auth \
+             cache still verifies)"
+                .into(),
+            Work::Login,
+            Transport::Plain,
+            16,
+            &users,
+        )
+    });
+    for c in [1, 16, 64] {
+        scenarios.push(scenario(
+            "S2",
+            format!(
                 "download {} users x {} msgs (UIDL, LIST, RETR all, QUIT)",
                 sizes.users, sizes.messages
             ),
-            work: Work::Download,
-            tls: false,
-            concurrency: c,
-            users: users.clone(),
-            mode: s2,
-            unit: Unit::Mib,
-            rss: false,
-            reps: sizes.reps,
-            servers: ours_and(false),
+            Work::Download,
+            Transport::Plain,
+            c,
+            &users,
+        ));
+    }
+    for ((_, size), who) in BIG.iter().zip(&bigs) {
+        scenarios.push(Scenario {
+            rss: true,
+            reps: sizes.s3_reps,
+            ..scenario(
+                "S3",
+                format!("one {} MiB RETR", size >> 20),
+                Work::Download,
+                Transport::Plain,
+                1,
+                who,
+            )
         });
     }
-    scenarios.push(Scenario {
-        id: "S3",
-        title: "one 20 MiB RETR".into(),
-        work: Work::Download,
-        tls: false,
-        concurrency: 1,
-        users: big.clone(),
-        mode: s2,
-        unit: Unit::Mib,
-        rss: true,
-        reps: sizes.s3_reps,
-        servers: ours_and(false),
-    });
-    scenarios.push(Scenario {
-        id: "S1-TLS",
-        title: "login+STAT+QUIT over implicit TLS".into(),
-        work: Work::Login,
-        tls: true,
-        concurrency: 16,
-        users: users.clone(),
-        mode: s1,
-        unit: Unit::Sessions,
-        rss: false,
-        reps: sizes.reps,
-        servers: ours_and(false),
-    });
-    scenarios.push(Scenario {
-        id: "S2-TLS",
-        title: "download over implicit TLS".into(),
-        work: Work::Download,
-        tls: true,
-        concurrency: 16,
-        users: users.clone(),
-        mode: s2,
-        unit: Unit::Mib,
-        rss: false,
-        reps: sizes.reps,
-        servers: ours_and(false),
-    });
+    for transport in [Transport::Implicit, Transport::Stls] {
+        let (s1_id, s2_id) = if transport == Transport::Implicit {
+            ("S1-TLS", "S2-TLS")
+        } else {
+            ("S1-STLS", "S2-STLS")
+        };
+        let how = match transport {
+            Transport::Implicit => "over implicit TLS",
+            _ => "over STLS",
+        };
+        scenarios.push(scenario(
+            s1_id,
+            format!("login+STAT+QUIT {how}"),
+            Work::Login,
+            transport,
+            16,
+            &users,
+        ));
+        scenarios.push(scenario(
+            s2_id,
+            format!("download {how}"),
+            Work::Download,
+            transport,
+            16,
+            &users,
+        ));
+    }
 
     let ticks = procs::clock_ticks();
     let mut rows = Vec::new();
@@ -868,7 +1100,7 @@ fn run_in(
                 let sampler = sc.rss.then(|| RssSampler::start(pid));
                 let (cpu0, me0) = (procs::cpu_seconds(pid, ticks), own_cpu_seconds(ticks));
                 let run = rt.block_on(load::run(
-                    target(ep, sc.tls),
+                    target(ep, sc.transport),
                     sc.users.clone(),
                     sc.work,
                     sc.concurrency,
@@ -877,39 +1109,21 @@ fn run_in(
                 ))?;
                 let (cpu1, me1) = (procs::cpu_seconds(pid, ticks), own_cpu_seconds(ticks));
                 let peak = sampler.map(RssSampler::finish).unwrap_or(0);
-                eprintln!(
-                    "pop3-bench: {} c={} {} rep {}: {} sessions in {:.2}s, {:.1} MiB, p50 {:.1} ms, \
-                     p99 {:.1} ms, server CPU {:.2}s{}",
-                    sc.id,
-                    sc.concurrency,
-                    ep.name,
-                    rep + 1,
-                    run.sessions,
-                    run.seconds,
-                    run.octets as f64 / MIB,
-                    run.p50_ms,
-                    run.p99_ms,
-                    cpu1 - cpu0,
-                    match &run.first_error {
-                        Some(e) => format!(", {} ERRORS, first: {e}", run.errors),
-                        None => String::new(),
-                    }
-                );
+                log_rep(sc.id, sc.concurrency, &ep.name, rep, &run, cpu1 - cpu0);
                 reps[k].push(Rep {
-                    run,
-                    server_cpu_s: cpu1 - cpu0,
-                    client_cpu_s: me1 - me0,
                     rss_base_kib: base,
                     rss_peak_kib: peak,
+                    ..Rep::new(run, cpu1 - cpu0, me1 - me0)
                 });
             }
         }
         rows.push(Row {
             id: sc.id,
             title: sc.title.clone(),
-            transport: if sc.tls { "implicit TLS" } else { "plain" },
+            transport: sc.transport.label(),
             concurrency: sc.concurrency,
             unit: sc.unit,
+            rss: sc.rss,
             cells: sc
                 .servers
                 .iter()
@@ -918,6 +1132,131 @@ fn run_in(
                 .collect(),
         });
     }
+
+    // S4: idle connections on fresh servers, one run each (a second run would reuse the memory
+    // the first one freed and look free); new login+STAT+QUIT sessions while they are held.
+    let phases = [
+        (
+            format!(
+                "{} idle connections before login; new login+STAT+QUIT sessions meanwhile",
+                sizes.idle_conns
+            ),
+            Idle::PreLogin(sizes.idle_conns),
+            256,
+        ),
+        (
+            format!(
+                "{} idle logged-in sessions; new login+STAT+QUIT sessions meanwhile",
+                sizes.idle_sessions
+            ),
+            Idle::LoggedIn(Arc::new(idle.clone())),
+            16,
+        ),
+    ];
+    for (phase, (title, what, parallel)) in phases.into_iter().enumerate() {
+        let mut cells = Vec::new();
+        for si in pair(ours_idle[phase], theirs_idle[phase]) {
+            let ep = &endpoints[si];
+            let rep = hold_idle(
+                &rt,
+                ep,
+                target(ep, Transport::Plain),
+                &what,
+                parallel,
+                users.clone(),
+                &expected,
+                ticks,
+            );
+            cells.push(cell(&ep.name, vec![rep], Unit::KibPerConn, false));
+        }
+        rows.push(Row {
+            id: "S4",
+            title,
+            transport: Transport::Plain.label(),
+            concurrency: 4,
+            unit: Unit::KibPerConn,
+            rss: false,
+            cells,
+        });
+    }
+
+    // S5: the large maildrop, PASS to +OK, STAT, UIDL and LIST.
+    let mut s5: Vec<Vec<(client::ListingTimes, RunResult, f64)>> =
+        plain_pair.iter().map(|_| Vec::new()).collect();
+    for rep in 0..sizes.reps {
+        for (k, &si) in plain_pair.iter().enumerate() {
+            let ep = &endpoints[si];
+            let pid = ep.process.pid();
+            let cpu0 = procs::cpu_seconds(pid, ticks);
+            let t = time_listing(&rt, &target(ep, Transport::Plain), sizes);
+            let cpu = procs::cpu_seconds(pid, ticks) - cpu0;
+            let (times, error) = match t {
+                Ok(t) => (t, None),
+                Err(e) => (client::ListingTimes::default(), Some(format!("{e:#}"))),
+            };
+            eprintln!(
+                "pop3-bench: S5 {} rep {}: PASS {:.1} ms, STAT {:.1} ms, UIDL {:.1} ms, LIST \
+                 {:.1} ms, server CPU {cpu:.2}s{}",
+                ep.name,
+                rep + 1,
+                times.pass_ms,
+                times.stat_ms,
+                times.uidl_ms,
+                times.list_ms,
+                error
+                    .as_deref()
+                    .map(|e| format!(", ERROR: {e}"))
+                    .unwrap_or_default()
+            );
+            let run = RunResult {
+                sessions: u64::from(error.is_none()),
+                errors: u64::from(error.is_some()),
+                first_error: error,
+                messages: 0,
+                octets: 0,
+                seconds: (times.pass_ms + times.stat_ms + times.uidl_ms + times.list_ms) / 1000.0,
+                retr_seconds: 0.0,
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                truncated: false,
+            };
+            s5[k].push((times, run, cpu));
+        }
+    }
+    type Step = fn(&client::ListingTimes) -> f64;
+    let steps: [(&str, Step); 4] = [
+        ("PASS sent to +OK (lock and list the maildrop)", |t| {
+            t.pass_ms
+        }),
+        ("STAT", |t| t.stat_ms),
+        ("UIDL, the whole listing", |t| t.uidl_ms),
+        ("LIST, the whole listing", |t| t.list_ms),
+    ];
+    for (what, step) in steps {
+        rows.push(Row {
+            id: "S5",
+            title: format!("{} messages: {what}", sizes.many),
+            transport: Transport::Plain.label(),
+            concurrency: 1,
+            unit: Unit::Ms,
+            rss: false,
+            cells: plain_pair
+                .iter()
+                .zip(&s5)
+                .map(|(&si, runs)| {
+                    let reps = runs
+                        .iter()
+                        .map(|(t, run, cpu)| Rep {
+                            figure: Some(step(t)),
+                            ..Rep::new(run.clone(), *cpu, 0.0)
+                        })
+                        .collect();
+                    cell(&endpoints[si].name, reps, Unit::Ms, false)
+                })
+                .collect(),
+        });
+    }
+
     let peak_hwm = procs::hwm_kib(endpoints[0].process.pid());
     for ep in &mut endpoints {
         ep.process.stop();
@@ -928,15 +1267,35 @@ fn run_in(
         "pop3d's lifetime peak RSS (VmHWM) over the whole run: {:.1} MiB.",
         peak_hwm as f64 / 1024.0
     ));
-    if with_dovecot {
+    if theirs.is_some() {
         notes.push(
             "Dovecot: passwd-file with the same {ARGON2ID} PHC strings pop3d stores; \
-             service pop3 { service_count = 1000 }, service pop3-login { service_count = 0, \
-             process_min_avail = 2 }; CPU is summed over the master and all its children \
+             service pop3 { service_count = 1000, client_limit = 1 }, service pop3-login { \
+             service_count = 0, process_min_avail = 2, client_limit = 6000 } (the \
+             high-performance login mode), default_client_limit = 13000, default_vsz_limit = \
+             1G; CPU is summed over the master and all its children \
              (reaped children included through cutime/cstime)."
                 .to_string(),
         );
     }
+    notes.push(format!(
+        "S4 holds {} connections before login and {} logged-in sessions (users idle0.., empty \
+         maildrops), each phase on its own fresh server, and runs 60 new login+STAT+QUIT \
+         sessions (c=4) while they are held; every held connection must still be open and \
+         silent afterwards. S5's maildrop has {} messages of 300-900 octets{}.",
+        sizes.idle_conns,
+        sizes.idle_sessions,
+        sizes.many,
+        if args.quick {
+            " (--quick; a full run uses 100,000 messages and 2,000 logged-in sessions)"
+        } else {
+            ""
+        }
+    ));
+    notes.push(format!(
+        "Load average (1, 5, 15 min) at the start: {load_start}; at the end: {}.",
+        loadavg()
+    ));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let report = Report {
         date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
@@ -1010,6 +1369,144 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
+/// One S5 session on the large maildrop (bounded by the S2 time cap).
+fn time_listing(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    sizes: &Sizes,
+) -> Result<client::ListingTimes> {
+    let listing = client::listing_times(target, MANY_USER, u64::from(sizes.many));
+    rt.block_on(async { tokio::time::timeout(sizes.s2_time, listing).await })
+        .map_err(|_| anyhow::anyhow!("timed out"))?
+}
+
+/// The first three fields of /proc/loadavg (the machine is shared; say how busy it was).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn log_rep(id: &str, c: usize, server: &str, rep: usize, run: &RunResult, cpu: f64) {
+    eprintln!(
+        "pop3-bench: {id} c={c} {server} rep {}: {} sessions in {:.2}s, {:.1} MiB, p50 {:.1} ms, \
+         p99 {:.1} ms, server CPU {cpu:.2}s{}",
+        rep + 1,
+        run.sessions,
+        run.seconds,
+        run.octets as f64 / MIB,
+        run.p50_ms,
+        run.p99_ms,
+        match &run.first_error {
+            Some(e) => format!(", {} ERRORS, first: {e}", run.errors),
+            None => String::new(),
+        }
+    );
+}
+
+/// Scenario 4 on one server: its tree's memory before, `what` opened and held, its memory
+/// again (after a short settling time), then new login+STAT+QUIT sessions from `users` while
+/// they are held. Every held connection must still be open, and silent, at the end.
+#[allow(clippy::too_many_arguments)]
+fn hold_idle(
+    rt: &tokio::runtime::Runtime,
+    ep: &Endpoint,
+    target: Arc<Target>,
+    what: &Idle,
+    parallel: usize,
+    users: Arc<Vec<String>>,
+    expected: &Arc<Expected>,
+    ticks: f64,
+) -> Rep {
+    let pid = ep.process.pid();
+    let n = what.count();
+    let failed = |e: String| RunResult {
+        sessions: 0,
+        errors: 1,
+        first_error: Some(e),
+        messages: 0,
+        octets: 0,
+        seconds: 0.0,
+        retr_seconds: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        truncated: false,
+    };
+    let (pss0, rss0) = (procs::pss_kib(pid), procs::rss_kib(pid));
+    let t0 = std::time::Instant::now();
+    let opened = rt.block_on(idle::open_all(
+        target.clone(),
+        what.clone(),
+        parallel,
+        Duration::from_secs(300),
+    ));
+    let open_s = t0.elapsed().as_secs_f64();
+    let conns = match opened {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pop3-bench: S4 {}: {e:#}", ep.name);
+            return Rep::new(failed(format!("{e:#}")), 0.0, 0.0);
+        }
+    };
+    // Let the server finish what opening started (Dovecot forks a pop3 process per session).
+    std::thread::sleep(Duration::from_secs(2));
+    let (pss1, rss1) = (procs::pss_kib(pid), procs::rss_kib(pid));
+    let cpu0 = procs::cpu_seconds(pid, ticks);
+    let probe = rt.block_on(load::run(
+        target,
+        users,
+        Work::Login,
+        4,
+        Mode::Repeat {
+            sessions: 60,
+            time: Duration::from_secs(10),
+        },
+        Some(expected.clone()),
+    ));
+    let cpu = procs::cpu_seconds(pid, ticks) - cpu0;
+    // Still open and silent: a read would block (0 = closed by the server, data = a reply
+    // nobody asked for).
+    let broken = rt.block_on(async move {
+        let mut b = [0u8; 64];
+        conns
+            .iter()
+            .filter(|c| !matches!(c.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock))
+            .count()
+        // The connections close here, inside the runtime.
+    });
+    let mut run = match probe {
+        Ok(r) => r,
+        Err(e) => failed(format!("{e:#}")),
+    };
+    if broken > 0 {
+        run.errors += broken as u64;
+        run.first_error
+            .get_or_insert_with(|| format!("{broken} of {n} held connections closed or answered"));
+    }
+    let per_conn = pss1.saturating_sub(pss0) as f64 / n.max(1) as f64;
+    eprintln!(
+        "pop3-bench: S4 {}: {n} held (opened in {open_s:.1}s): PSS {:.1} -> {:.1} MiB ({per_conn:.1} \
+         KiB each), RSS {:.1} -> {:.1} MiB",
+        ep.name,
+        pss0 as f64 / 1024.0,
+        pss1 as f64 / 1024.0,
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+    );
+    log_rep("S4", 4, &ep.name, 0, &run, cpu);
+    // The servers close their side before the next phase.
+    std::thread::sleep(Duration::from_secs(1));
+    Rep {
+        rss_base_kib: rss0,
+        rss_peak_kib: rss1,
+        figure: Some(per_conn),
+        held: n,
+        pss_base_kib: pss0,
+        pss_held_kib: pss1,
+        ..Rep::new(run, cpu, 0.0)
+    }
+}
+
 fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let side = r.rows.iter().any(|row| row.cells.len() > 1);
@@ -1048,8 +1545,9 @@ fn markdown(r: &Report) -> String {
     if side {
         let _ = writeln!(
             s,
-            "Ratios are pop3d / Dovecot: above 1 means pop3d is faster for throughput, below 1 \
-             means pop3d uses less CPU.\n"
+            "ratio is pop3d's advantage: pop3d / Dovecot for rates (sessions/s, MiB/s), Dovecot \
+             / pop3d for costs (ms, KiB/conn), so above 1 always means pop3d is better. CPU \
+             ratio is pop3d / Dovecot: below 1 means pop3d uses less CPU.\n"
         );
         let _ = writeln!(
             s,
@@ -1067,18 +1565,16 @@ fn markdown(r: &Report) -> String {
         let _ = writeln!(s, "| --- | ---: | --- | ---: | ---: | ---: | ---: |");
     }
     for row in &r.rows {
-        let cpu_unit = if row.unit == Unit::Sessions {
-            "ms/session"
-        } else {
-            "ms/MiB"
-        };
+        let per_mib = row.unit == Unit::Mib;
+        let cpu_unit = if per_mib { "ms/MiB" } else { "ms/session" };
         let cpu = |c: &Cell| {
-            if row.unit == Unit::Sessions {
-                c.server_cpu_ms_per_session
-            } else {
+            if per_mib {
                 c.server_cpu_ms_per_mib
+            } else {
+                c.server_cpu_ms_per_session
             }
         };
+        let lat = |x: f64| if x > 0.0 { fmt_num(x) } else { "-".into() };
         let thr = |c: &Cell| {
             if c.valid {
                 fmt_num(c.throughput)
@@ -1086,10 +1582,7 @@ fn markdown(r: &Report) -> String {
                 format!("{} (INVALID: {} errors)", fmt_num(c.throughput), c.errors)
             }
         };
-        let unit = match row.unit {
-            Unit::Sessions => "sessions/s",
-            Unit::Mib => "MiB/s",
-        };
+        let unit = row.unit.label();
         let name = format!("{} {} ({})", row.id, row.title, row.transport);
         let ours = &row.cells[0];
         match row.cells.get(1) {
@@ -1100,11 +1593,15 @@ fn markdown(r: &Report) -> String {
                     row.concurrency,
                     thr(ours),
                     thr(theirs),
-                    if ours.valid && theirs.valid { ratio(ours.throughput, theirs.throughput) } else { "-".into() },
-                    fmt_num(ours.p50_ms),
-                    fmt_num(theirs.p50_ms),
-                    fmt_num(ours.p99_ms),
-                    fmt_num(theirs.p99_ms),
+                    match (ours.valid && theirs.valid, row.unit.higher_is_better()) {
+                        (false, _) => "-".into(),
+                        (true, true) => ratio(ours.throughput, theirs.throughput),
+                        (true, false) => ratio(theirs.throughput, ours.throughput),
+                    },
+                    lat(ours.p50_ms),
+                    lat(theirs.p50_ms),
+                    lat(ours.p99_ms),
+                    lat(theirs.p99_ms),
                     fmt_num(cpu(ours)),
                     fmt_num(cpu(theirs)),
                     ratio(cpu(ours), cpu(theirs)),
@@ -1116,21 +1613,44 @@ fn markdown(r: &Report) -> String {
                     "| {name} | {} | {unit} | {} | {} | {} | {} {cpu_unit} |",
                     row.concurrency,
                     thr(ours),
-                    fmt_num(ours.p50_ms),
-                    fmt_num(ours.p99_ms),
+                    lat(ours.p50_ms),
+                    lat(ours.p99_ms),
                     fmt_num(cpu(ours)),
                 );
             }
         }
     }
-    if let Some(row) = r.rows.iter().find(|row| row.id == "S3") {
-        let _ = writeln!(s, "\nS3 server memory while streaming the 20 MiB message (RSS of the whole process tree, sampled every 5 ms):\n");
+    for row in r.rows.iter().filter(|row| row.rss) {
+        let _ = writeln!(
+            s,
+            "\n{} server memory during \"{}\" (RSS of the whole process tree, sampled every 5 \
+             ms; median of the repetitions):\n",
+            row.id, row.title
+        );
         for c in &row.cells {
             let _ = writeln!(
                 s,
                 "- {}: grew by {:.1} MiB during the transfer (peak {:.1} MiB)",
                 c.server, c.rss_growth_mib, c.rss_peak_mib
             );
+        }
+    }
+    let s4: Vec<&Row> = r.rows.iter().filter(|row| row.id == "S4").collect();
+    if !s4.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nS4 server memory per held connection (growth of the server's whole process tree \
+             while they are held, divided by their number; PSS counts a page shared by k \
+             processes 1/k, RSS counts it k times; one run on a fresh server):\n"
+        );
+        for row in s4 {
+            for c in &row.cells {
+                let _ = writeln!(
+                    s,
+                    "- {}, {} held: {:.1} KiB each by PSS, {:.1} KiB by RSS",
+                    c.server, c.held, c.pss_kib_per_conn, c.rss_kib_per_conn
+                );
+            }
         }
     }
     if let Some(row) = r
