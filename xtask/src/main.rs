@@ -159,15 +159,20 @@ fn man(args: &[String]) -> Result<(), String> {
         _ => return Err("usage: cargo xtask man [--out DIR]".into()),
     };
     build_bins(&features())?;
+    write_man(&out)
+}
+
+/// The pages and completion scripts of the built (debug) binaries into `out`.
+fn write_man(out: &Path) -> Result<(), String> {
     let bins = target_dir().join("debug");
     let completions = out.join("completions");
     std::fs::create_dir_all(&completions)
         .map_err(|e| format!("creating {}: {e}", completions.display()))?;
     let mut popadm = Command::new(bins.join("popadm"));
-    popadm.arg("generate-man").arg(&out);
+    popadm.arg("generate-man").arg(out);
     run(popadm, "popadm generate-man")?;
     let mut pop3d = Command::new(bins.join("pop3d"));
-    pop3d.arg("--generate-man").arg(&out);
+    pop3d.arg("--generate-man").arg(out);
     run(pop3d, "pop3d --generate-man")?;
     // The file names each shell looks for in its completion directories.
     for (bin, args) in [
@@ -205,6 +210,8 @@ fn test(extra: &[String]) -> Result<(), String> {
     let passthrough: Vec<&String> = extra.iter().skip_while(|a| *a != "--").skip(1).collect();
     let features = features();
     build_bins(&features)?;
+    // What `cargo xtask man` installs, so a broken entry point fails here (in seconds).
+    write_man(&target_dir().join("man"))?;
 
     let mut unit = cargo();
     unit.args(["test", "--workspace", "--exclude", "e2e"])
