@@ -515,6 +515,20 @@ fn control_characters_in_decoded_fields_fail_every_mechanism() {
     assert!(c.ok("STAT").starts_with("+OK 1 "));
 }
 
+/// Imports one Dovecot passwd-file line with `popadm import passwd` and delivers [`MSG`] to
+/// the account it names.
+fn import_from_dovecot(f: &Fixture, line: &str) {
+    let passwd = f.data().join("dovecot-users");
+    std::fs::write(&passwd, format!("{line}\n")).expect("passwd-file");
+    popadm_ok(
+        f.data(),
+        &["import", "passwd", passwd.to_str().expect("utf8")],
+        b"",
+    );
+    let user = line.split(':').next().expect("user field");
+    f.deliver(user, MSG);
+}
+
 /// `mpop --status-only` (log in, STAT, QUIT) with one authentication method.
 fn mpop_status(
     f: &Fixture,
@@ -549,18 +563,10 @@ fn mpop_and_fetchmail_log_in_with_every_sasl_mechanism() {
     let f = fixture("mpop-sasl", &["--legacy-auth"]);
     // An account imported from a Dovecot passwd-file with only CRAM-MD5 states (RFC 2195's
     // secret "tanstaaftanstaaf").
-    let passwd = f.data().join("dovecot-users");
-    std::fs::write(
-        &passwd,
-        "tim@example.org:{CRAM-MD5}d06d4e1b26fccaa4b0b61801132340a354b21152711fb604ca3e035e7015116b\n",
-    )
-    .expect("passwd-file");
-    popadm_ok(
-        f.data(),
-        &["import", "passwd", passwd.to_str().expect("utf8")],
-        b"",
+    import_from_dovecot(
+        &f,
+        "tim@example.org:{CRAM-MD5}d06d4e1b26fccaa4b0b61801132340a354b21152711fb604ca3e035e7015116b",
     );
-    f.deliver("tim@example.org", MSG);
     let s = e2e::clients::Scratch::new("mpop-sasl-run");
     for (auth, user, pw) in [
         ("plain", "alice", PW),
@@ -697,4 +703,31 @@ fn the_legacy_secret_is_opt_in_per_password_and_listed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, crlf(MSG));
+}
+
+#[test]
+fn a_first_password_login_gives_an_imported_account_its_scram_keys() {
+    // An account imported from a Dovecot {ARGON2ID} hash has no SCRAM-SHA-256 keys (they need
+    // the password); the first login that shows the password derives them.
+    if !e2e::client_available("mpop", "--version") {
+        return;
+    }
+    let f = fixture("scram-upgrade", &["--auth-failure-delay", "0"]);
+    // `doveadm pw -s ARGON2ID -p 'dovecot secret'` (Dovecot 2.3.19).
+    import_from_dovecot(
+        &f,
+        "ann@example.org:{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$yGJLnXGCzr82xREyeXyQBg$eigLtF86yU0Qw1dNpTZY2P71I35eJq6jJDnaLtoGgAI",
+    );
+    let s = e2e::clients::Scratch::new("scram-upgrade-run");
+    let scram = || mpop_status(&f, &s, "scram-sha-256", "ann@example.org", "dovecot secret");
+    let out = scram();
+    assert!(!out.status.success(), "{}", e2e::clients::output_text(&out));
+    let mut c = f.server.login("ann@example.org", "dovecot secret");
+    c.ok("QUIT");
+    let out = scram();
+    let text = e2e::clients::output_text(&out);
+    assert!(out.status.success() && text.contains("1 message"), "{text}");
+    // And a wrong password still fails with the new keys.
+    let out = mpop_status(&f, &s, "scram-sha-256", "ann@example.org", "dovecot secreT");
+    assert!(!out.status.success(), "{}", e2e::clients::output_text(&out));
 }

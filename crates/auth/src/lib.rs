@@ -59,9 +59,7 @@ impl std::fmt::Debug for StoredSecrets {
 /// CRAM-MD5, which need it (they then require the password to be UTF-8).
 pub fn derive_secrets(password: &[u8], legacy: bool) -> Result<StoredSecrets, AuthError> {
     let password_hash = hash_password(password)?;
-    let mut salt = [0u8; 16];
-    argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, &mut salt);
-    let scram_sha256 = scram::Record::derive(&prepare(password), &salt, scram::ITERATIONS).encode();
+    let scram_sha256 = derive_scram(password);
     let legacy_secret = if legacy {
         Some(
             String::from_utf8(prepare(password).into_owned())
@@ -75,6 +73,14 @@ pub fn derive_secrets(password: &[u8], legacy: bool) -> Result<StoredSecrets, Au
         scram_sha256,
         legacy_secret,
     })
+}
+
+/// The RFC 5803 SCRAM-SHA-256 record of `password` (fresh random salt, the crate's iteration
+/// count), as [`derive_secrets`] stores it.
+pub fn derive_scram(password: &[u8]) -> String {
+    let mut salt = [0u8; 16];
+    argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, &mut salt);
+    scram::Record::derive(&prepare(password), &salt, scram::ITERATIONS).encode()
 }
 
 /// Errors of this crate. They never carry a password.

@@ -485,6 +485,7 @@ impl Session {
                 let verdict = auth::verify_password(stored, password.expose());
                 let account = account.filter(|_| verdict == auth::Verdict::Accepted);
                 if let Some(a) = &account {
+                    add_scram_keys_if_missing(&*store, a, password.expose());
                     rehash_if_needed(&*store, a, password.expose(), params);
                     shared
                         .credentials
@@ -1155,6 +1156,21 @@ fn resolve_account(
         }
     }
     Ok(None)
+}
+
+/// Derives and stores SCRAM-SHA-256 keys for an account that has none (imported with a hash
+/// only, or from before schema v3): the password is at hand only now. Failure only costs
+/// SCRAM for this account until the next login.
+fn add_scram_keys_if_missing(store: &dyn store::Store, account: &Account, password: &[u8]) {
+    if account.secrets.scram_sha256.is_some() {
+        return;
+    }
+    let record = auth::derive_scram(password);
+    match store.add_scram_keys(account.id, &account.password_hash, &record) {
+        Ok(true) => info!("SCRAM-SHA-256 keys derived at login"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "storing the SCRAM-SHA-256 keys failed"),
+    }
 }
 
 /// Stores a fresh hash when the stored one has other argon2 parameters than configured

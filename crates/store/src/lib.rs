@@ -322,6 +322,10 @@ pub trait Store: Send + Sync + 'static {
     /// parameters), only if it is still `old_hash`: a password changed meanwhile wins.
     /// Returns whether it was replaced. The other secrets stay.
     fn rehash_password(&self, account: AccountId, old_hash: &str, new_hash: &str) -> Result<bool>;
+    /// Stores SCRAM-SHA-256 keys derived at a successful login for an account that has none
+    /// (imported with a hash only, or from before schema v3), only if its password hash is
+    /// still `password_hash`. Returns whether they were stored.
+    fn add_scram_keys(&self, account: AccountId, password_hash: &str, scram: &str) -> Result<bool>;
     /// Every domain with the number of its accounts, by name.
     fn list_domains(&self) -> Result<Vec<(String, u64)>>;
     /// Adds an empty domain (domains also appear when an account in them is created).

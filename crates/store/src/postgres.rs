@@ -723,6 +723,17 @@ impl Store for PostgresStore {
         })
     }
 
+    fn add_scram_keys(&self, account: AccountId, password_hash: &str, scram: &str) -> Result<bool> {
+        self.pool.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE accounts SET scram_sha256 = $3
+                 WHERE id = $1 AND password_hash = $2 AND scram_sha256 IS NULL",
+                &[&account, &password_hash, &scram],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
     fn list_domains(&self) -> Result<Vec<(String, u64)>> {
         self.pool.tx(|tx| {
             let rows = tx.query(

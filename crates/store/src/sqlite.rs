@@ -770,6 +770,17 @@ impl Store for SqliteStore {
         })
     }
 
+    fn add_scram_keys(&self, account: AccountId, password_hash: &str, scram: &str) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE accounts SET scram_sha256 = ?3
+                 WHERE id = ?1 AND password_hash = ?2 AND scram_sha256 IS NULL",
+                params![account, password_hash, scram],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
     fn set_policy(&self, name: &AccountName, policy: AccountPolicy) -> Result<()> {
         self.write(|tx| {
             let (id, _) = account_id(tx, name)?;

@@ -135,6 +135,7 @@ suite!(
     secrets_are_stored_replaced_together_and_not_debugged,
     account_import_is_all_or_nothing,
     rehash_replaces_only_the_hash_it_was_given,
+    scram_keys_are_added_only_where_missing_and_for_the_same_hash,
     domains_list_add_and_delete_with_their_accounts,
 );
 
@@ -1126,6 +1127,25 @@ fn rehash_replaces_only_the_hash_it_was_given(f: &dyn Fixture) {
     // A stale "old" hash (the password was changed meanwhile) changes nothing.
     assert!(!store.rehash_password(id, "$old", "$other").unwrap());
     assert_eq!(store.account(&n).unwrap().unwrap().password_hash, "$new");
+}
+
+fn scram_keys_are_added_only_where_missing_and_for_the_same_hash(f: &dyn Fixture) {
+    let store = f.open();
+    let n = name("scramless");
+    let id = store.create_account(&n, "$h").unwrap();
+    // A password changed meanwhile: nothing stored.
+    assert!(!store
+        .add_scram_keys(id, "$other", "SCRAM-SHA-256$x")
+        .unwrap());
+    assert!(store.add_scram_keys(id, "$h", "SCRAM-SHA-256$a").unwrap());
+    // Keys already there are never replaced this way.
+    assert!(!store.add_scram_keys(id, "$h", "SCRAM-SHA-256$b").unwrap());
+    let acct = store.account(&n).unwrap().unwrap();
+    assert_eq!(
+        acct.secrets.scram_sha256.as_deref(),
+        Some("SCRAM-SHA-256$a")
+    );
+    assert_eq!(acct.password_hash, "$h");
 }
 
 fn domains_list_add_and_delete_with_their_accounts(f: &dyn Fixture) {

@@ -3,7 +3,8 @@
 //!
 //! What each scheme becomes:
 //! - `{ARGON2ID}`, `{ARGON2I}`: the PHC string is the login hash as it is (USER/PASS, PLAIN,
-//!   LOGIN); SCRAM-SHA-256 keys cannot be derived without the password.
+//!   LOGIN); SCRAM-SHA-256 keys need the password, so pop3d derives them at the first such
+//!   login.
 //! - `{CRAM-MD5}`: Dovecot's HMAC-MD5 states, stored for CRAM-MD5 only. They are not the
 //!   password, but they are as good as the password for CRAM-MD5, so they are kept apart from
 //!   the login hash and serve nothing else: such an account logs in only with CRAM-MD5 until
@@ -223,7 +224,7 @@ fn parse_file(bytes: &[u8], domain: Option<&str>) -> Parsed {
 fn note(credential: &Credential, legacy: bool) -> &'static str {
     match (credential, legacy) {
         (Credential::Argon2(_), _) => {
-            "argon2 hash: USER/PASS, PLAIN, LOGIN (SCRAM-SHA-256 after `popadm user passwd`)"
+            "argon2 hash: USER/PASS, PLAIN, LOGIN (SCRAM-SHA-256 after the first of those logins)"
         }
         (Credential::CramMd5(_), _) => {
             "CRAM-MD5 states: CRAM-MD5 only (a password-equivalent for CRAM-MD5; \
