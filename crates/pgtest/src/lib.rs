@@ -150,10 +150,13 @@ impl Cluster {
         ))
     }
 
+    /// Starts the server. `fsync=off` for speed: the page cache outlives the server, only a
+    /// machine crash could lose data; `synchronous_commit` stays on, so a commit survives an
+    /// immediate stop (a crash of the server) as in production.
     fn pg_ctl_start(&self) -> Result<(), String> {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c fsync=off -c full_page_writes=off \
              -c max_connections=300 -c shared_buffers=32MB",
             self.port,
             self.dir.display()
@@ -244,6 +247,14 @@ rm -rf "$3""#
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// Restarts the server on the same port after an immediate stop, which cuts every
+    /// connection (as a crash or failover would).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.stopped = false;
+        self.pg_ctl_start()
+    }
+
     /// Stops the server (immediate mode: a test cluster needs no clean shutdown).
     pub fn stop(&mut self) {
         if self.stopped {
@@ -273,32 +284,36 @@ impl Drop for Cluster {
     }
 }
 
-/// One cluster for a whole test process, started by the first caller; `None` (after a printed
-/// reason) when PostgreSQL is not installed, unless `POP3D_REQUIRE_POSTGRES` is set, in which
-/// case that is a failure. It is never dropped: the watchdog stops it when the process ends.
-pub fn shared() -> Option<&'static Cluster> {
+/// A cluster of the calling test's own; `None`, after a printed reason, when PostgreSQL is not
+/// installed, unless `POP3D_REQUIRE_POSTGRES` is set (CI), in which case that is a failure.
+pub fn own(test: &str) -> Option<Cluster> {
+    match Cluster::start() {
+        Ok(Some(cluster)) => Some(cluster),
+        Ok(None) => {
+            assert!(
+                std::env::var_os("POP3D_REQUIRE_POSTGRES").is_none(),
+                "POP3D_REQUIRE_POSTGRES is set but PostgreSQL is not installed \
+                 (no /usr/lib/postgresql/*/bin/initdb; cargo xtask deps installs it)"
+            );
+            eprintln!("skipped {test}: PostgreSQL is not installed (cargo xtask deps installs it)");
+            None
+        }
+        Err(e) => panic!("starting a test PostgreSQL cluster: {e}"),
+    }
+}
+
+/// One cluster for a whole test process, started by the first caller (see [`own`] for when
+/// there is none). It is never dropped: the watchdog stops it when the process ends.
+pub fn shared(test: &str) -> Option<&'static Cluster> {
     static CLUSTER: std::sync::OnceLock<Option<Cluster>> = std::sync::OnceLock::new();
-    CLUSTER
-        .get_or_init(|| match Cluster::start() {
-            Ok(Some(cluster)) => Some(cluster),
-            Ok(None) => {
-                assert!(
-                    std::env::var_os("POP3D_REQUIRE_POSTGRES").is_none(),
-                    "POP3D_REQUIRE_POSTGRES is set but PostgreSQL is not installed \
-                     (no /usr/lib/postgresql/*/bin/initdb; cargo xtask deps installs it)"
-                );
-                None
-            }
-            Err(e) => panic!("starting a test PostgreSQL cluster: {e}"),
-        })
-        .as_ref()
+    CLUSTER.get_or_init(|| own(test)).as_ref()
 }
 
 /// A fresh database on the [`shared`] cluster, named uniquely; `None` when PostgreSQL is not
 /// installed (the reason is printed once per test as `skipped: ...`).
 pub fn fresh_database(test: &str) -> Option<(&'static Cluster, String)> {
-    let Some(cluster) = shared() else {
-        eprintln!("skipped {test}: PostgreSQL is not installed (cargo xtask deps installs it)");
+    let Some(cluster) = shared(test) else {
+        eprintln!("skipped {test}: PostgreSQL is not installed");
         return None;
     };
     static NEXT: AtomicU64 = AtomicU64::new(0);

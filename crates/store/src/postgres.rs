@@ -1243,6 +1243,41 @@ mod tests {
         ));
     }
 
+    /// PostgreSQL restarts (every connection cut): the pooled connections are found dead at
+    /// their next `BEGIN` and replaced, so no operation after the restart fails.
+    #[test]
+    fn a_database_restart_costs_no_later_operation() {
+        let Some(mut cluster) = pgtest::own("a_database_restart_costs_no_later_operation") else {
+            return;
+        };
+        cluster.create_database("restart").unwrap();
+        let store = Arc::new(PostgresStore::open(&cluster.url("restart"), None).unwrap());
+        let to = name("user");
+        let account = store.create_account(&to, "h").unwrap();
+        // Several connections in the pool, all of them cut by the restart.
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let (store, to) = (Arc::clone(&store), to.clone());
+                std::thread::spawn(move || {
+                    deliver(&*store, &to, format!("before {i}\n").as_bytes())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        cluster.restart().unwrap();
+        for i in 0..8 {
+            deliver(&*store, &to, format!("after {i}\n").as_bytes());
+        }
+        let lock = store
+            .lock_maildrop(account, "pop3d@elsewhere:1#1", HOUR)
+            .unwrap();
+        assert_eq!(store.list_messages(account).unwrap().len(), 12);
+        store.commit_update(&lock, &[], &[]).unwrap();
+        assert!(store.pool.open_connections() <= MAX_CONNECTIONS);
+    }
+
     /// A unix socket directory as the URL's host, percent-encoded (docs/admin-guide.md).
     #[test]
     fn unix_socket_urls_connect() {

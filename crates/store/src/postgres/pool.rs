@@ -14,7 +14,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement, Transaction};
+use postgres::{Client, NoTls, Row, Statement};
 
 use super::LOCK_TIMEOUT;
 use crate::{Result, StoreError};
@@ -144,19 +144,42 @@ impl Pool {
     }
 
     /// Runs `f` in one transaction, committed when it succeeds, rolled back otherwise.
+    ///
+    /// A connection the server closed (PostgreSQL restarted, or dropped it) shows only when
+    /// used: then its `BEGIN` fails, nothing has been done yet, and the call goes on with the
+    /// next connection (at most every pooled one and a new one), so a database restart costs
+    /// no operation that starts after it.
     pub(super) fn tx<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         let mut lent = self.get()?;
-        let Some(conn) = lent.conn.as_mut() else {
-            return Err(StoreError::Busy);
-        };
-        let Conn { client, statements } = conn;
+        let mut attempt = 0;
+        loop {
+            let conn = lent.conn.as_mut().ok_or(StoreError::Busy)?;
+            match conn.client.batch_execute("BEGIN") {
+                Ok(()) => break,
+                Err(e) if connection_lost(&e) && attempt < MAX_CONNECTIONS => {
+                    lent.discard();
+                    lent = self.get()?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let conn = lent.conn.as_mut().ok_or(StoreError::Busy)?;
         let mut tx = Tx {
-            tx: client.transaction()?,
-            statements,
+            client: &mut conn.client,
+            statements: &mut conn.statements,
         };
-        let value = f(&mut tx)?;
-        tx.tx.commit()?;
-        Ok(value)
+        match f(&mut tx) {
+            Ok(value) => {
+                tx.client.batch_execute("COMMIT")?;
+                Ok(value)
+            }
+            Err(e) => {
+                // A failed ROLLBACK leaves a broken connection, which is dropped on return.
+                let _ = tx.client.batch_execute("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// Connections open now (idle or lent out).
@@ -166,10 +189,29 @@ impl Pool {
     }
 }
 
+/// The server closed the connection or is shutting it down (SQLSTATE classes 08 and 57P).
+fn connection_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+}
+
 /// A connection lent out; given back (or, when broken, dropped) when this is dropped.
 struct Lent<'a> {
     pool: &'a Pool,
     conn: Option<Conn>,
+}
+
+impl Lent<'_> {
+    /// Drops the connection for good (it is broken) and frees its place in the pool.
+    fn discard(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.lock().open -= 1;
+            self.pool.freed.notify_one();
+            drop(conn);
+        }
+    }
 }
 
 impl Drop for Lent<'_> {
@@ -192,9 +234,10 @@ impl Drop for Lent<'_> {
     }
 }
 
-/// One transaction on a pooled connection; statements are prepared once per connection.
+/// One transaction (`BEGIN` sent) on a pooled connection; statements are prepared once per
+/// connection.
 pub(super) struct Tx<'a> {
-    tx: Transaction<'a>,
+    client: &'a mut Client,
     statements: &'a mut HashMap<&'static str, Statement>,
 }
 
@@ -205,19 +248,19 @@ impl Tx<'_> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.tx.prepare(sql)?;
+        let statement = self.client.prepare(sql)?;
         self.statements.insert(sql, statement.clone());
         Ok(statement)
     }
 
     pub(super) fn query(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Vec<Row>> {
         let statement = self.statement(sql)?;
-        Ok(self.tx.query(&statement, params)?)
+        Ok(self.client.query(&statement, params)?)
     }
 
     pub(super) fn query_one(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Row> {
         let statement = self.statement(sql)?;
-        Ok(self.tx.query_one(&statement, params)?)
+        Ok(self.client.query_one(&statement, params)?)
     }
 
     pub(super) fn query_opt(
@@ -226,28 +269,28 @@ impl Tx<'_> {
         params: &Params<'_>,
     ) -> Result<Option<Row>> {
         let statement = self.statement(sql)?;
-        Ok(self.tx.query_opt(&statement, params)?)
+        Ok(self.client.query_opt(&statement, params)?)
     }
 
     pub(super) fn execute(&mut self, sql: &'static str, params: &Params<'_>) -> Result<u64> {
         let statement = self.statement(sql)?;
-        Ok(self.tx.execute(&statement, params)?)
+        Ok(self.client.execute(&statement, params)?)
     }
 
     /// One statement given at run time (tests), not cached.
     #[cfg(test)]
     pub(super) fn query_dynamic(&mut self, sql: &str) -> Result<Vec<Row>> {
-        Ok(self.tx.query(sql, &[])?)
+        Ok(self.client.query(sql, &[])?)
     }
 
     /// One statement given at run time (tests), not cached; the rows it changed.
     #[cfg(test)]
     pub(super) fn execute_dynamic(&mut self, sql: &str) -> Result<u64> {
-        Ok(self.tx.execute(sql, &[])?)
+        Ok(self.client.execute(sql, &[])?)
     }
 
     /// Runs statements without parameters and without preparing them (DDL, migrations).
     pub(super) fn batch(&mut self, sql: &str) -> Result<()> {
-        Ok(self.tx.batch_execute(sql)?)
+        Ok(self.client.batch_execute(sql)?)
     }
 }
