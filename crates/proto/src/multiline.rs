@@ -5,10 +5,16 @@
 /// bare LF becomes CRLF, and [`DotStuffer::finish`] ends the body with `CRLF.CRLF`, adding the
 /// line end first when the body did not end with one. Chunk boundaries may fall anywhere,
 /// including between CR and LF.
+///
+/// Only line ends need a look (is the LF preceded by CR, does the next line start with `.`),
+/// so the input is scanned for LF with `memchr` and copied in runs as long as the lines allow:
+/// a CRLF body with no dot-led line is one copy per call.
 #[derive(Debug, Clone)]
 pub struct DotStuffer {
     at_line_start: bool,
-    pending_cr: bool,
+    /// The last octet written was a CR (it may pair with an LF at the start of the next
+    /// chunk).
+    last_cr: bool,
 }
 
 impl Default for DotStuffer {
@@ -21,55 +27,48 @@ impl DotStuffer {
     pub fn new() -> DotStuffer {
         DotStuffer {
             at_line_start: true,
-            pending_cr: false,
+            last_cr: false,
         }
     }
 
     /// Stuffs `input` onto `out`.
-    pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = input.last() else {
+            return;
+        };
         out.reserve(input.len() + input.len() / 64 + 4);
-        while !input.is_empty() {
-            if self.pending_cr {
-                self.pending_cr = false;
-                if input[0] == b'\n' {
-                    out.extend_from_slice(b"\r\n");
-                    self.at_line_start = true;
-                    input = &input[1..];
-                    continue;
-                }
-                // A CR that does not end a line is just an octet of the line.
-                out.push(b'\r');
-                self.at_line_start = false;
-            }
-            if self.at_line_start && input[0] == b'.' {
-                out.push(b'.');
-            }
-            // Copy the run up to the next CR or LF as it is.
-            let run = input
-                .iter()
-                .position(|&b| b == b'\r' || b == b'\n')
-                .unwrap_or(input.len());
-            if run > 0 {
-                out.extend_from_slice(&input[..run]);
-                self.at_line_start = false;
-                input = &input[run..];
-                continue;
-            }
-            if input[0] == b'\r' {
-                self.pending_cr = true;
-            } else {
-                // A bare LF ends the line as CRLF would.
-                out.extend_from_slice(b"\r\n");
-                self.at_line_start = true;
-            }
-            input = &input[1..];
+        if self.at_line_start && input[0] == b'.' {
+            out.push(b'.');
         }
+        // input[..copied] is written.
+        let mut copied = 0;
+        for i in memchr::memchr_iter(b'\n', input) {
+            let cr = match i {
+                0 => self.last_cr,
+                _ => input[i - 1] == b'\r',
+            };
+            if !cr {
+                // A bare LF ends the line as CRLF would.
+                out.extend_from_slice(&input[copied..i]);
+                out.extend_from_slice(b"\r\n");
+                copied = i + 1;
+            }
+            if input.get(i + 1) == Some(&b'.') {
+                out.extend_from_slice(&input[copied..i + 1]);
+                out.push(b'.');
+                copied = i + 1;
+            }
+        }
+        out.extend_from_slice(&input[copied..]);
+        self.at_line_start = last == b'\n';
+        self.last_cr = last == b'\r';
     }
 
     /// Ends the body: the missing line end if any, then the `.` line.
     pub fn finish(self, out: &mut Vec<u8>) {
-        if self.pending_cr || !self.at_line_start {
-            out.extend_from_slice(b"\r\n");
+        if !self.at_line_start {
+            // A CR that ended the body is already out: it only needs its LF.
+            out.extend_from_slice(if self.last_cr { b"\n" } else { b"\r\n" });
         }
         out.extend_from_slice(b".\r\n");
     }
@@ -268,7 +267,50 @@ mod tests {
         )
     }
 
+    /// The stuffing rules one octet at a time (the previous implementation), to compare the
+    /// memchr-based one with.
+    fn reference_stuff(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut at_line_start, mut pending_cr) = (true, false);
+        for &b in input {
+            if pending_cr {
+                pending_cr = false;
+                if b == b'\n' {
+                    out.extend_from_slice(b"\r\n");
+                    at_line_start = true;
+                    continue;
+                }
+                out.push(b'\r');
+                at_line_start = false;
+            }
+            match b {
+                b'\r' => pending_cr = true,
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    at_line_start = true;
+                }
+                _ => {
+                    if at_line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    at_line_start = false;
+                }
+            }
+        }
+        if pending_cr || !at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
     proptest! {
+        #[test]
+        fn stuffer_equals_the_octet_at_a_time_rules(input in body(), a in 1usize..40) {
+            prop_assert_eq!(stuff(&input, a), reference_stuff(&input));
+        }
+
         #[test]
         fn stuff_then_unstuff_round_trips(input in body(), a in 1usize..40, b in 1usize..40) {
             let wire = stuff(&input, a);

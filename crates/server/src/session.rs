@@ -31,6 +31,9 @@ pub const MAX_BAD_COMMANDS: u32 = 20;
 const READ_BUF: usize = 8 * 1024;
 /// Replies are batched and written once this much is pending (or no command is left).
 const FLUSH_AT: usize = 64 * 1024;
+/// An idle session keeps at most this much reply buffer; a larger one (a RETR's) is freed
+/// before waiting for the next command, so thousands of idle sessions cost little.
+const OUT_KEEP: usize = 1024;
 /// Longest SASL response line (RFC 5034 section 4 lets responses exceed 255 octets).
 const SASL_MAX_LINE: usize = 12 * 1024;
 
@@ -101,7 +104,7 @@ pub(crate) async fn serve(
         listener,
         shared,
         decoder: Decoder::new(),
-        out: Vec::with_capacity(4096),
+        out: Vec::new(),
         state: State::Authorization { user: None },
         bad_commands: 0,
         lang: lang::default_language(),
@@ -151,7 +154,6 @@ impl Session {
         }
         write_ok(&mut self.out, &greeting);
         let mut shutdown = self.shared.shutdown.clone();
-        let mut buf = vec![0u8; READ_BUF];
         loop {
             // Answer every complete command already received, in order (RFC 2449 PIPELINING).
             loop {
@@ -187,6 +189,9 @@ impl Session {
                 }
             }
             self.flush().await?;
+            if self.out.capacity() > OUT_KEEP {
+                self.out = Vec::new();
+            }
             let idle = self.shared.config.idle_timeout;
             let logging_in = matches!(self.state, State::Authorization { .. });
             let wait = if logging_in {
@@ -198,7 +203,7 @@ impl Session {
                 idle
             };
             let n = tokio::select! {
-                read = tokio::time::timeout(wait, self.conn.read(&mut buf)) => match read {
+                read = tokio::time::timeout(wait, receive(&mut self.conn, &mut self.decoder)) => match read {
                     Err(_) if logging_in && Instant::now() >= self.login_deadline => {
                         info!("login timeout; closing");
                         self.err(Text::LoginTimeout);
@@ -215,7 +220,7 @@ impl Session {
                 },
                 _ = shutdown.changed() => continue,
             };
-            self.decoder.feed(&buf[..n]);
+            debug_assert!(n > 0);
         }
     }
 
@@ -1104,6 +1109,37 @@ impl Session {
     fn read_failed(&self, message: i64, e: &dyn std::fmt::Display) -> io::Error {
         warn!(error = %e, message, "reading a message failed mid-transfer");
         io::Error::other("message read failed")
+    }
+}
+
+/// Reads what the client sent next into `decoder`; 0 at end of stream. A cleartext connection
+/// waits for readiness first and reads into a buffer on the stack, so a session waiting for
+/// its next command holds no read buffer at all (TLS streams keep their own buffers anyway).
+async fn receive(conn: &mut Conn, decoder: &mut Decoder) -> io::Result<usize> {
+    if let Conn::Plain(tcp) = conn {
+        loop {
+            tcp.readable().await?;
+            if let Some(n) = read_ready(tcp, decoder)? {
+                return Ok(n);
+            }
+        }
+    }
+    let mut buf = vec![0u8; READ_BUF];
+    let n = conn.read(&mut buf).await?;
+    decoder.feed(&buf[..n]);
+    Ok(n)
+}
+
+/// One non-blocking read of a ready socket; `None` if the readiness was spurious.
+fn read_ready(tcp: &tokio::net::TcpStream, decoder: &mut Decoder) -> io::Result<Option<usize>> {
+    let mut buf = [0u8; READ_BUF];
+    match tcp.try_read(&mut buf) {
+        Ok(n) => {
+            decoder.feed(&buf[..n]);
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
