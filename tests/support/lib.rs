@@ -78,14 +78,26 @@ pub fn client_available_on_path(program: &str) -> bool {
 /// A port free for both UDP and TCP on 127.0.0.1, for a daemon the suite configures itself
 /// (a KDC, Postfix, Dovecot) and which cannot be handed a bound socket.
 pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    // Below the kernel's ephemeral range (32768-60999 by default): a port handed out by
+    // binding port 0 is an ephemeral one, and any outgoing connection of a test running in
+    // parallel may take it as its source port before the daemon binds it.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..200 {
+        let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
+        let port = 20_000 + (n % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }
-    panic!("no free port");
+    panic!("no port free for TCP and UDP in 20000-31999 on 127.0.0.1");
 }
 
 /// A temporary directory removed on drop.
