@@ -1046,6 +1046,22 @@ fn run_in(
             &users,
         ));
     }
+    // Pollers log in with the same password every few minutes: the download with both
+    // servers' credential caches on (warm since the warm-up) shows the transfer's own cost.
+    scenarios.push(Scenario {
+        servers: pair(ours_cached, theirs_cached),
+        ..scenario(
+            "S2c",
+            format!(
+                "download {} users x {} msgs, credential caches on",
+                sizes.users, sizes.messages
+            ),
+            Work::Download,
+            Transport::Plain,
+            16,
+            &users,
+        )
+    });
     for ((_, size), who) in BIG.iter().zip(&bigs) {
         scenarios.push(Scenario {
             rss: true,
