@@ -13,9 +13,8 @@ use std::os::unix::ffi::OsStringExt as _;
 
 use proto::{Command, CommandError, Decoder, DotStuffer, Unstuffer, MAX_COMMAND_LINE};
 
-/// The names of the targets, as the files in `fuzz/fuzz_targets/` and the folders of
-/// `fuzz/corpus/regressions/` are named.
-pub const TARGETS: &[&str] = &["decoder", "stuffing", "sasl_line", "mbox", "maildir"];
+// `TARGETS`: the names of the targets (shared with `cargo xtask fuzz`).
+include!("names.rs");
 
 /// Runs the body of the target `name` on `data`.
 pub fn run(name: &str, data: &[u8]) {
@@ -25,6 +24,7 @@ pub fn run(name: &str, data: &[u8]) {
         "sasl_line" => sasl_line(data),
         "mbox" => mbox(data),
         "maildir" => maildir(data),
+        "proxy" => proxy(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -209,4 +209,49 @@ pub fn maildir(data: &[u8]) {
     let _ = entry.delivery_time();
     let base = entry.base_name();
     assert!(String::from_utf8_lossy(&name).starts_with(base.as_ref()));
+}
+
+/// PROXY protocol header (`proto::proxy`): never panics; the verdict reached byte by byte is
+/// the verdict on the whole input; undecided input stays under the caps; a header never
+/// claims more octets than it was given, and its own octets parse to the same header. The
+/// first byte picks a start (none, a v1 prefix, the v2 signature) so inputs reach past the
+/// signatures.
+pub fn proxy(data: &[u8]) {
+    use proto::proxy::{parse, MAX_HEADER, MAX_V1_LINE, V2_SIGNATURE};
+    let (start, rest): (&[u8], &[u8]) = match data.split_first() {
+        Some((&b, rest)) => match b % 5 {
+            0 => (b"", rest),
+            1 => (b"PROXY ", rest),
+            2 => (b"PROXY TCP4 ", rest),
+            3 => (b"PROXY TCP6 ", rest),
+            _ => (&V2_SIGNATURE, rest),
+        },
+        None => (b"", data),
+    };
+    let input = [start, rest].concat();
+    let whole = parse(&input);
+    let mut decided = None;
+    for n in 0..=input.len() {
+        match parse(&input[..n]) {
+            Ok(None) => {
+                assert!(decided.is_none(), "undecided again at {n}");
+                assert!(n < MAX_HEADER, "{n} octets undecided");
+                assert!(
+                    n < MAX_V1_LINE || input.first() != Some(&b'P'),
+                    "long v1 line undecided"
+                );
+            }
+            other => {
+                if decided.is_none() {
+                    assert_eq!(other, whole, "prefix of {n} octets decides otherwise");
+                    decided = Some(n);
+                }
+            }
+        }
+    }
+    if let Ok(Some(h)) = whole {
+        assert!(h.len <= input.len() && h.len <= MAX_HEADER);
+        assert_eq!(parse(&input[..h.len]), Ok(Some(h)));
+        assert_eq!(h.source.is_some(), h.destination.is_some());
+    }
 }

@@ -45,7 +45,7 @@ fn the_crash_corpus_replays_cleanly() {
 }
 
 /// Arbitrary bytes, and bytes drawn from the protocol's own alphabet (keywords, digits, dots,
-/// line ends, `From `, `X-UIDL:`), which reach deeper than noise.
+/// line ends, `From `, `X-UIDL:`, PROXY header parts), which reach deeper than noise.
 fn input() -> impl Strategy<Value = Vec<u8>> {
     let words: Vec<&'static [u8]> = vec![
         b"USER ",
@@ -72,6 +72,15 @@ fn input() -> impl Strategy<Value = Vec<u8>> {
         b"a",
         b":",
         b">",
+        b"PROXY ",
+        b"TCP4 ",
+        b"TCP6 ",
+        b"UNKNOWN",
+        b"192.0.2.1",
+        b"::1",
+        b"65535",
+        b"\r\n\r\n\0\r\nQUIT\n",
+        b"\x21\x11",
     ];
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..1024),

@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use crate::harness;
 
 pub const DEFAULT_SECONDS: u64 = 60;
-/// The targets, as named in `fuzz/Cargo.toml` and `fuzz/targets/bodies.rs`.
-const TARGETS: &[&str] = &["decoder", "stuffing", "sasl_line", "mbox", "maildir"];
+// `TARGETS`: the targets, as named in `fuzz/Cargo.toml` and `fuzz/targets/bodies.rs`.
+include!("../../fuzz/targets/names.rs");
 
 pub fn command(args: &[String]) -> Result<(), String> {
     harness::only_flags(args, &["--seconds", "--target"])?;

@@ -3,7 +3,8 @@
 //! Bytes in, typed [`Command`]s out ([`Decoder`]); replies out as bytes ([`response`]) with
 //! multi-line bodies dot-stuffed incrementally ([`DotStuffer`]) and read back by clients with
 //! [`Unstuffer`]. It covers RFC 1939 and the commands of RFC 2449 (CAPA), 2595 (STLS),
-//! 5034 (AUTH) and 6856 (UTF8, LANG).
+//! 5034 (AUTH) and 6856 (UTF8, LANG). [`proxy`] reads the PROXY protocol header (v1 and v2)
+//! a load balancer puts before the POP3 bytes on a backend listener.
 //!
 //! It deliberately knows nothing of sockets, async runtimes, clocks, storage or session state:
 //! whether a command is allowed *now* is the server's business. Every buffer is bounded: command
@@ -13,6 +14,7 @@
 mod command;
 mod decoder;
 mod multiline;
+pub mod proxy;
 pub mod response;
 mod secret;
 
