@@ -115,11 +115,13 @@ pub fn verdict(violations: &[String], seed: u64, dir: &mut TempDir) -> Result<()
     ))
 }
 
-/// The built `pop3d` and `popadm`.
+/// The built `pop3d` and `popadm`, and the store `popadm` works on.
 #[derive(Clone, Debug)]
 pub struct Bins {
     pub pop3d: PathBuf,
     pub popadm: PathBuf,
+    /// `popadm --store URL` (a PostgreSQL store) instead of the data directory's SQLite.
+    pub store: Option<String>,
 }
 
 impl Bins {
@@ -129,6 +131,7 @@ impl Bins {
         let bins = Bins {
             pop3d: dir.join("pop3d"),
             popadm: dir.join("popadm"),
+            store: None,
         };
         for b in [&bins.pop3d, &bins.popadm] {
             if !b.exists() {
@@ -185,9 +188,12 @@ impl Bins {
     }
 
     pub fn spawn_popadm(&self, data: &Path, args: &[&str]) -> Result<Child, String> {
-        Command::new(&self.popadm)
-            .arg("--data-dir")
-            .arg(data)
+        let mut popadm = Command::new(&self.popadm);
+        popadm.arg("--data-dir").arg(data);
+        if let Some(url) = &self.store {
+            popadm.arg("--store").arg(url);
+        }
+        popadm
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -301,11 +307,23 @@ impl Pop3d {
     /// Starts pop3d (cleartext listener on 127.0.0.1:0, no certificate) with `extra` flags,
     /// logging to `log`, and waits until it says `ready`.
     pub fn start(bins: &Bins, data: &Path, log: &Path, extra: &[&str]) -> Result<Pop3d, String> {
+        Pop3d::start_at(bins, data, log, "127.0.0.1:0", extra)
+    }
+
+    /// [`Pop3d::start`] with the listener on `listen` (a fixed port, so that a restarted
+    /// process is found where the old one was).
+    pub fn start_at(
+        bins: &Bins,
+        data: &Path,
+        log: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<Pop3d, String> {
         let file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let child = Command::new(&bins.pop3d)
             .arg("--data-dir")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--no-self-signed"])
+            .args(["--listen", listen, "--no-self-signed"])
             .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -579,6 +597,20 @@ impl Client {
     }
 }
 
+/// Connects, sends USER and PASS; the client and PASS's reply, whatever it is.
+pub fn try_login(addr: SocketAddr, user: &str, pass: &str) -> Result<(Client, String), String> {
+    let (mut c, greeting) = Client::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    if !greeting.starts_with("+OK") {
+        return Err(format!("greeting {greeting:?}"));
+    }
+    c.ok(&format!("USER {user}"))
+        .map_err(|e| format!("USER: {e}"))?;
+    let reply = c
+        .cmd(&format!("PASS {pass}"))
+        .map_err(|e| format!("PASS: {e}"))?;
+    Ok((c, reply))
+}
+
 /// Logs in with USER/PASS, retrying while the maildrop is `[IN-USE]` until `patience` has
 /// passed. Returns the client and how long the maildrop stayed locked.
 pub fn login(
@@ -590,15 +622,7 @@ pub fn login(
     let start = Instant::now();
     let deadline = start + patience;
     loop {
-        let (mut c, greeting) = Client::connect(addr).map_err(|e| format!("connect: {e}"))?;
-        if !greeting.starts_with("+OK") {
-            return Err(format!("greeting {greeting:?}"));
-        }
-        c.ok(&format!("USER {user}"))
-            .map_err(|e| format!("USER: {e}"))?;
-        let reply = c
-            .cmd(&format!("PASS {pass}"))
-            .map_err(|e| format!("PASS: {e}"))?;
+        let (mut c, reply) = try_login(addr, user, pass)?;
         if reply.starts_with("+OK") {
             return Ok((c, start.elapsed()));
         }

@@ -4,7 +4,11 @@
 //!   end-to-end suite in `tests/` against the built `pop3d` and `popadm`.
 //! - `cargo xtask deps`: installs what the end-to-end suite drives (the POP3 clients, Postfix,
 //!   Dovecot's pop3d, the Kerberos tools) and PostgreSQL (the store's second backend) from
-//!   Debian packages when they are missing.
+//!   Debian packages when they are missing, and downloads (never installs) nginx's packages
+//!   for the cluster test.
+//! - `cargo xtask cluster-test [--rounds N] [--seed S]`: PostgreSQL, three pop3d nodes and
+//!   nginx on one machine: `[IN-USE]` across nodes, the fencing of a frozen node, `kill -9` of
+//!   nodes, PostgreSQL and rolling restarts, all checked against a ledger ([`cluster`]).
 //! - `cargo xtask faults [--rounds N] [--seed S]`: kill -9 pop3d and popadm at random moments
 //!   and check the maildrops against a ledger ([`faults`]).
 //! - `cargo xtask fuzz [--seconds N] [--target T]`: the cargo-fuzz targets of `fuzz/` under
@@ -19,6 +23,7 @@
 //! `rusqlite` (the integrity check), both built for the workspace anyway.
 
 mod bench;
+mod cluster;
 mod faults;
 mod fuzz;
 mod harness;
@@ -33,10 +38,15 @@ commands:
   test    build, run every crate's tests, then the end-to-end suite
   deps    install what the end-to-end suite drives with apt-get: the POP3 clients, Postfix
           and Dovecot's pop3d (run privately on loopback), the Kerberos tools, PostgreSQL
-          (--bench: only Dovecot's pop3d, for bench --against dovecot)
+          (--bench: only Dovecot's pop3d, for bench --against dovecot); downloads nginx's
+          Debian packages into target/nginx-debs for cluster-test (never installed)
   bench [--quick] [--against dovecot] [--reps N]
           benchmark the release pop3d (and a private Dovecot) with crates/bench; results in
           target/bench/latest.{json,md}
+  cluster-test [--rounds N] [--seed S]
+          PostgreSQL, 3 pop3d nodes on it and nginx (unpacked) on loopback: nginx stream
+          proxy, [IN-USE] across nodes, frozen-node fencing, N rounds of kill -9 of a node
+          (default 20), PostgreSQL restarts, a rolling restart; checked against a ledger
   faults [--rounds N] [--seed S]
           kill -9 pop3d (also inside UPDATE) and delivering popadm processes at random
           moments, then check every maildrop against a ledger (default 200 rounds)
@@ -69,6 +79,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::command(&args[1..]),
         Some("deps") => deps(),
         Some("faults") => faults::command(&args[1..]),
+        Some("cluster-test") => cluster::command(&args[1..]),
         Some("fuzz") => fuzz::command(&args[1..]),
         Some("soak") => soak::command(&args[1..]),
         Some("man") => man(&args[1..]),
@@ -248,6 +259,8 @@ fn test(extra: &[String]) -> Result<(), String> {
     // And a short soak (the long one is `cargo xtask soak`).
     eprintln!("xtask: soak, 20 seconds");
     soak::run(&bins, std::time::Duration::from_secs(20), 4, seed)?;
+    // And the cluster test, with its default 20 kill rounds (about a minute and a half).
+    cluster::run(&bins, cluster::DEFAULT_ROUNDS, seed)?;
     // The closing line CI reads: the suites above each printed their own.
     eprintln!("xtask: all tests passed");
     Ok(())
@@ -336,6 +349,8 @@ fn deps() -> Result<(), String> {
     if pgtest::bindir().is_none() {
         missing.push("postgresql");
     }
+    // What the unpacked nginx of the cluster test links.
+    missing.extend(cluster::missing_nginx_libraries());
     missing.extend(
         PERL_MODULES
             .iter()
@@ -349,7 +364,7 @@ fn deps() -> Result<(), String> {
     );
     if missing.is_empty() {
         eprintln!("xtask: every client the suite uses is installed");
-        return Ok(());
+        return cluster::fetch_nginx();
     }
     if !have("apt-get") {
         return Err(format!(
@@ -376,5 +391,6 @@ fn deps() -> Result<(), String> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    run(install, &format!("apt-get install {}", missing.join(" ")))
+    run(install, &format!("apt-get install {}", missing.join(" ")))?;
+    cluster::fetch_nginx()
 }
