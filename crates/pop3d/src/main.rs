@@ -633,6 +633,7 @@ fn run(settings: Settings) -> Result<()> {
                 kind: spec.kind,
                 min_tls: spec.min_tls,
                 cleartext: spec.cleartext,
+                proxy: None,
             });
         }
         if let Some(tls) = &tls {

@@ -14,6 +14,7 @@ mod limits;
 mod lock;
 mod maildrop;
 mod penalty;
+mod proxy;
 mod reply;
 mod session;
 pub mod tls;
@@ -31,10 +32,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
+pub use proxy::{TrustedProxies, TrustedProxyError};
 pub use session::MAX_BAD_COMMANDS;
 pub use tls::{CertFiles, Tls, TlsError, TlsVersion};
 
 use crate::conn::Conn;
+
+/// Longest wait for the PROXY header on a proxied listener (shorter when `login_timeout` is);
+/// haproxy's spec, section 2, wants "at least 3 seconds to cover a TCP retransmit".
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// RFC 1939 section 3: an inactivity autologout timer, if any, is at least 10 minutes.
 pub const RFC_MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -165,7 +171,14 @@ pub struct Listener {
     pub socket: TcpListener,
     pub kind: ListenerKind,
     pub min_tls: TlsVersion,
+    /// Judged on the TCP link: on a proxied listener that is the proxy's address, so
+    /// `Loopback` means "the proxy runs on this host", whatever the client's address.
     pub cleartext: Cleartext,
+    /// A backend listener behind a load balancer: only these peers may connect, and each
+    /// connection starts with a PROXY protocol header (v1 or v2) naming the real client,
+    /// which the session then uses as the client address (logs, per-client limit,
+    /// failed-login penalty). Other peers are closed without a reply.
+    pub proxy: Option<Arc<TrustedProxies>>,
 }
 
 impl Listener {
@@ -176,6 +189,7 @@ impl Listener {
             kind: ListenerKind::Plain,
             min_tls: TlsVersion::default(),
             cleartext: Cleartext::default(),
+            proxy: None,
         }
     }
 }
@@ -186,6 +200,9 @@ pub(crate) struct ListenerInfo {
     pub kind: ListenerKind,
     pub min_tls: TlsVersion,
     pub cleartext: Cleartext,
+    /// Connections come through a trusted proxy with a PROXY header; the session's client
+    /// address is the header's (Part D accepts tickets in PASS only here).
+    pub proxied: bool,
 }
 
 /// Errors that stop the server as a whole (a failed session never does).
@@ -199,6 +216,8 @@ pub enum ServerError {
     TlsWithoutCertificate,
     #[error("a KPOP listener needs GSSAPI (a keytab)")]
     KpopWithoutGssapi,
+    #[error("a proxied listener needs at least one trusted proxy address")]
+    ProxyWithoutTrusted,
     #[error("starting the password hashing threads: {0}")]
     Threads(#[source] std::io::Error),
 }
@@ -237,6 +256,9 @@ pub async fn run(
         if l.kind == ListenerKind::Kpop && config.gssapi.is_none() {
             return Err(ServerError::KpopWithoutGssapi);
         }
+        if l.proxy.as_ref().is_some_and(|t| t.is_empty()) {
+            return Err(ServerError::ProxyWithoutTrusted);
+        }
         let addr = l.socket.local_addr().map_err(ServerError::Listener)?;
         let kind = match l.kind {
             ListenerKind::Plain if tls.is_some() => "pop3+stls",
@@ -244,7 +266,12 @@ pub async fn run(
             ListenerKind::ImplicitTls => "pop3s",
             ListenerKind::Kpop => "kpop",
         };
-        info!(%addr, kind, cleartext = ?l.cleartext, "listening");
+        match &l.proxy {
+            Some(trusted) => {
+                info!(%addr, kind, cleartext = ?l.cleartext, trusted = %trusted, "listening for proxied connections");
+            }
+            None => info!(%addr, kind, cleartext = ?l.cleartext, "listening"),
+        }
     }
     info!(listeners = listeners.len(), "ready");
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -298,6 +325,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
         kind: listener.kind,
         min_tls: listener.min_tls,
         cleartext: listener.cleartext,
+        proxied: listener.proxy.is_some(),
     };
     loop {
         let (stream, peer) = match listener.socket.accept().await {
@@ -309,39 +337,103 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-        let slot = slots
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .and_then(|permit| Some((permit, shared.per_client.try_acquire(peer.ip())?)));
-        match slot {
-            Some((permit, client_slot)) => {
-                let span = tracing::info_span!(
-                    "session",
-                    id,
-                    peer = %peer,
-                    tls = info.kind == ListenerKind::ImplicitTls,
-                    user = tracing::field::Empty
-                );
-                let shared = shared.clone();
-                tokio::spawn(
-                    async move {
-                        if let Some(conn) = open(stream, info, &shared).await {
-                            session::serve(conn, peer, id, info, shared).await;
-                        }
-                        drop(client_slot);
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
-            }
-            None => {
-                tokio::spawn(refuse_busy(stream, peer, info, shared.clone()));
+        if let Some(trusted) = &listener.proxy {
+            if !trusted.contains(peer.ip()) {
+                // haproxy's spec, section 5: the header is believed only from known sources;
+                // anyone else gets nothing, not even a greeting.
+                warn!(%peer, "not a trusted proxy; connection closed");
+                drop(stream);
+                continue;
             }
         }
+        let _ = stream.set_nodelay(true);
+        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_busy(stream, peer, info, shared.clone()));
+            continue;
+        };
+        let tls = info.kind == ListenerKind::ImplicitTls;
+        let shared = shared.clone();
+        if info.proxied {
+            // The client is known only after the header, so is its per-client slot.
+            let span = tracing::info_span!(
+                "session",
+                id,
+                proxy = %peer,
+                peer = tracing::field::Empty,
+                tls,
+                user = tracing::field::Empty
+            );
+            tokio::spawn(
+                async move {
+                    serve_proxied(stream, peer, id, info, shared).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+            continue;
+        }
+        let Some(client_slot) = shared.per_client.try_acquire(peer.ip()) else {
+            tokio::spawn(refuse_busy(stream, peer, info, shared));
+            continue;
+        };
+        let span = tracing::info_span!(
+            "session",
+            id,
+            peer = %peer,
+            tls,
+            user = tracing::field::Empty
+        );
+        tokio::spawn(
+            async move {
+                if let Some(conn) = open(stream, info, &shared).await {
+                    session::serve(conn, peer, peer, id, info, shared).await;
+                }
+                drop(client_slot);
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
+}
+
+/// A connection on a proxied listener: the PROXY header first (within
+/// [`PROXY_HEADER_TIMEOUT`] or the login timeout, whichever is shorter), then the session
+/// with the header's source as the client (the TCP peer for LOCAL and UNKNOWN headers).
+async fn serve_proxied(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    info: ListenerInfo,
+    shared: Arc<Shared>,
+) {
+    let wait = PROXY_HEADER_TIMEOUT.min(shared.config.login_timeout);
+    let header = match tokio::time::timeout(wait, proxy::read_header(&mut stream)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            warn!(error = %e, "bad PROXY header; connection closed");
+            return;
+        }
+        Err(_) => {
+            warn!("no PROXY header in time; connection closed");
+            return;
+        }
+    };
+    let client = header.source.unwrap_or(peer);
+    tracing::Span::current().record("peer", tracing::field::display(client));
+    debug!(
+        version = header.version,
+        local = header.source.is_none(),
+        "PROXY header"
+    );
+    let Some(client_slot) = shared.per_client.try_acquire(client.ip()) else {
+        refuse_busy(stream, client, info, shared).await;
+        return;
+    };
+    if let Some(conn) = open(stream, info, &shared).await {
+        session::serve(conn, peer, client, id, info, shared).await;
+    }
+    drop(client_slot);
 }
 
 /// The connection as the session starts it: as it is, or after the TLS handshake of an

@@ -62,7 +62,12 @@ enum State {
 
 struct Session {
     conn: Conn,
+    /// The TCP peer: the client, or on a proxied listener the proxy. Cleartext policy is
+    /// judged on it (the link this server can see).
     peer: SocketAddr,
+    /// The real client: the PROXY header's source on a proxied listener, else `peer`. The
+    /// failed-login penalty keys on it.
+    client: SocketAddr,
     listener: ListenerInfo,
     shared: Arc<Shared>,
     decoder: Decoder,
@@ -92,6 +97,7 @@ struct Session {
 pub(crate) async fn serve(
     conn: Conn,
     peer: SocketAddr,
+    client: SocketAddr,
     id: u64,
     listener: ListenerInfo,
     shared: Arc<Shared>,
@@ -101,6 +107,7 @@ pub(crate) async fn serve(
     let mut session = Session {
         conn,
         peer,
+        client,
         listener,
         shared,
         decoder: Decoder::new(),
@@ -728,7 +735,7 @@ impl Session {
         info!(failures = self.auth_failures, "login failed");
         let account = attempted.map(str::to_lowercase);
         let delay = self.shared.penalties.failure(
-            self.peer.ip(),
+            self.client.ip(),
             account.as_deref(),
             password,
             Instant::now(),
