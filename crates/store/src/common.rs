@@ -261,3 +261,19 @@ pub(crate) fn login_verdict(
         tokens: Some(tokens),
     }
 }
+
+/// A node's stored state name as a [`NodeState`](crate::NodeState).
+pub(crate) fn node_state(name: &str) -> Result<crate::NodeState> {
+    crate::NodeState::parse(name)
+        .ok_or_else(|| StoreError::Backend(format!("invalid node state {name:?}").into()))
+}
+
+/// After a statement on node `id` that changed `rows` rows: `NoSuchNode` when none, else a
+/// log line saying `what` happened.
+pub(crate) fn node_changed(id: &str, rows: u64, what: &'static str) -> Result<()> {
+    if rows == 0 {
+        return Err(StoreError::NoSuchNode(id.to_string()));
+    }
+    tracing::info!(node = id, "{what}");
+    Ok(())
+}

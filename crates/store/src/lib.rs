@@ -19,7 +19,12 @@
 //! - `utf8_headers` is computed at delivery (RFC 6856); messages stored before schema v2 keep
 //!   `false`, as nothing is recomputed by the migration;
 //! - [`Store::check_login_delay`] decides and records a login in one transaction, so that
-//!   processes sharing the database cannot both take the last token (RFC 2449 LOGIN-DELAY).
+//!   processes sharing the database cannot both take the last token (RFC 2449 LOGIN-DELAY);
+//! - [`Store::renew_locks`] renews a node's leases in one transaction and renews only those
+//!   still held (holder and token match, lease not over), so a lease it reports lost stays
+//!   lost;
+//! - [`Store::node_heartbeat`] never changes a node's state: only an operator does
+//!   ([`Store::set_node_state`]), and the state outlives the node's restarts.
 
 mod common;
 mod holder;
@@ -212,6 +217,54 @@ pub struct MaildropLock {
     pub holder: String,
 }
 
+/// What an operator set for a pop3d node (`popadm node drain|up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeState {
+    /// Takes new logins.
+    Up,
+    /// Takes no new logins; its sessions finish.
+    Draining,
+}
+
+impl NodeState {
+    /// The name stored in the node table and shown by `popadm`: `up` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Draining => "draining",
+        }
+    }
+
+    /// The state stored as `name`, if it is one.
+    pub fn parse(name: &str) -> Option<NodeState> {
+        match name {
+            "up" => Some(NodeState::Up),
+            "draining" => Some(NodeState::Draining),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of the node table, as [`Store::list_nodes`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    /// Where the node takes connections (`HOST:PORT`), as it advertises itself.
+    pub address: String,
+    pub state: NodeState,
+    /// Sessions (connections) the node served at its last heartbeat.
+    pub sessions: u64,
+    /// Time since the last heartbeat, by the database's clock (PostgreSQL) or this host's
+    /// (SQLite).
+    pub heartbeat_age: Duration,
+}
+
 /// One stored message, as delivery reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
@@ -241,6 +294,8 @@ pub enum StoreError {
     InvalidName { name: String, reason: &'static str },
     #[error("maildrop is locked by {holder}")]
     Locked { holder: String },
+    #[error("no such node: {0}")]
+    NoSuchNode(String),
     #[error("the maildrop lock is no longer held by this session")]
     LockLost,
     #[error("message of {size} octets exceeds the limit of {limit}")]
@@ -377,6 +432,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<MaildropLock>;
     /// Extends a held lock; `LockLost` if it was taken over.
     fn renew_lock(&self, lock: &MaildropLock, lease: Duration) -> Result<()>;
+    /// Extends every lease of `locks` by `lease`, in one transaction, and says for each (in
+    /// order) whether it was renewed: `false` when the lock is no longer held (taken over,
+    /// released, or its lease already over), which the caller must treat as `LockLost`.
+    fn renew_locks(&self, locks: &[MaildropLock], lease: Duration) -> Result<Vec<bool>>;
     /// Releases a held lock (no error if it was already gone).
     fn release_lock(&self, lock: &MaildropLock) -> Result<()>;
     /// The messages of a maildrop in delivery order.
@@ -399,4 +458,15 @@ pub trait Store: Send + Sync + 'static {
     /// (RFC 2449 section 6.7, EXPIRE) and returns how many; fenced like
     /// [`Store::commit_update`]. With a zero `retention` every retrieved message goes.
     fn expire_messages(&self, lock: &MaildropLock, retention: Duration) -> Result<u64>;
+
+    /// Records that node `id` is alive at `address` with `sessions` sessions: inserted as
+    /// [`NodeState::Up`] the first time, updated after. The state is left as an operator set
+    /// it, and returned.
+    fn node_heartbeat(&self, id: &str, address: &str, sessions: u64) -> Result<NodeState>;
+    /// Every node of the table, by id.
+    fn list_nodes(&self) -> Result<Vec<NodeInfo>>;
+    /// Sets a node's state; `NoSuchNode` if it never sent a heartbeat (or was removed).
+    fn set_node_state(&self, id: &str, state: NodeState) -> Result<()>;
+    /// Removes a node from the table (a heartbeat adds it again); `NoSuchNode` if absent.
+    fn remove_node(&self, id: &str) -> Result<()>;
 }

@@ -14,7 +14,10 @@
 //! ([`Store::commit_update`], [`Store::expire_messages`]) first lock that row and check the
 //! token and the expiry, so a node that froze past its lease and wakes up after another took
 //! the maildrop deletes nothing. A store opened with a node id deletes that node's leases at
-//! once: its previous process is gone, and so are its sessions.
+//! once: its previous process is gone, and so are its sessions. A node renews all its leases
+//! in one statement ([`Store::renew_locks`]), and only those whose holder and token still match
+//! and whose lease is not over in database time: a lease that lapsed is never revived, so
+//! a session told its lease is lost cannot find it held again later.
 //!
 //! Row locks, so that no operation waits on another it does not conflict with: writes to a
 //! maildrop (delivery, import, LOGIN-DELAY) take the account row `FOR NO KEY UPDATE` and are
@@ -37,20 +40,21 @@ use tracing::{debug, info};
 use self::pool::{Pool, Tx};
 use crate::common::{
     expire_from_sql, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
-    login_verdict, to_i64, to_u64, validate_uid, AccountWriter, LoginVerdict,
+    login_verdict, node_changed, node_state, to_i64, to_u64, validate_uid, AccountWriter,
+    LoginVerdict,
 };
 use crate::holder::holder_is_dead;
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, ImportMessage, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta,
-    OnExisting, Result, Store, StoreError,
+    Delivered, ImportMessage, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta, NodeInfo,
+    NodeState, OnExisting, Result, Store, StoreError,
 };
 
 /// How long a statement waits for a row lock before `Busy` (SQLite's busy timeout).
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; `schema_version.version` counts those applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// The schema of SQLite's v4 in one step, with PostgreSQL's types: identity columns (never
 /// reused, like AUTOINCREMENT), `bytea` chunks stored uncompressed (mail is mostly compressed
@@ -123,6 +127,18 @@ CREATE TABLE locks (
     expires_at  timestamptz NOT NULL
 );
 CREATE INDEX locks_node ON locks (node);
+";
+
+/// The node table (`popadm node`), SQLite's v5: the last heartbeat in database time; `state`
+/// is what an operator set, never changed by a heartbeat.
+const SCHEMA_V2: &str = "
+CREATE TABLE nodes (
+    id           text PRIMARY KEY,
+    address      text NOT NULL,
+    state        text NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'draining')),
+    sessions     bigint NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);
 ";
 
 /// The database's clock in whole unix seconds.
@@ -933,6 +949,35 @@ impl Store for PostgresStore {
         })
     }
 
+    fn renew_locks(&self, locks: &[MaildropLock], lease: Duration) -> Result<Vec<bool>> {
+        if locks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let millis = lease_millis(lease);
+        let accounts: Vec<AccountId> = locks.iter().map(|l| l.account).collect();
+        let tokens: Vec<i64> = locks.iter().map(|l| l.token).collect();
+        let holders: Vec<&str> = locks.iter().map(|l| l.holder.as_str()).collect();
+        let renewed = self.pool.tx(|tx| {
+            tx.query(
+                "UPDATE locks l
+                 SET expires_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
+                 FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS r (account_id, token, holder)
+                 WHERE l.account_id = r.account_id AND l.token = r.token
+                   AND l.holder = r.holder AND l.expires_at > clock_timestamp()
+                 RETURNING l.account_id, l.token, l.holder",
+                &[&accounts, &tokens, &holders, &millis],
+            )
+        })?;
+        let renewed: std::collections::HashSet<(AccountId, i64, &str)> = renewed
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<_>>()?;
+        Ok(locks
+            .iter()
+            .map(|l| renewed.contains(&(l.account, l.token, l.holder.as_str())))
+            .collect())
+    }
+
     fn release_lock(&self, lock: &MaildropLock) -> Result<()> {
         self.pool.tx(|tx| {
             tx.execute(
@@ -1035,6 +1080,61 @@ impl Store for PostgresStore {
             Ok(expired)
         })
     }
+
+    fn node_heartbeat(&self, id: &str, address: &str, sessions: u64) -> Result<NodeState> {
+        let state: String = self.pool.tx(|tx| {
+            let row = tx.query_one(
+                "INSERT INTO nodes (id, address, sessions, heartbeat_at)
+                 VALUES ($1, $2, $3, clock_timestamp())
+                 ON CONFLICT (id) DO UPDATE SET address = excluded.address,
+                     sessions = excluded.sessions, heartbeat_at = excluded.heartbeat_at
+                 RETURNING state",
+                &[&id, &address, &to_i64(sessions)],
+            )?;
+            Ok(row.try_get(0)?)
+        })?;
+        node_state(&state)
+    }
+
+    fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
+        self.pool.tx(|tx| {
+            let rows = tx.query(
+                "SELECT id, address, state, sessions,
+                        greatest(0, floor(extract(epoch FROM clock_timestamp() - heartbeat_at)
+                                          * 1000))::bigint
+                 FROM nodes ORDER BY id",
+                &[],
+            )?;
+            rows.iter()
+                .map(|row| {
+                    Ok(NodeInfo {
+                        id: row.try_get(0)?,
+                        address: row.try_get(1)?,
+                        state: node_state(row.try_get(2)?)?,
+                        sessions: to_u64(row.try_get(3)?),
+                        heartbeat_age: Duration::from_millis(to_u64(row.try_get(4)?)),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn set_node_state(&self, id: &str, state: NodeState) -> Result<()> {
+        let n = self.pool.tx(|tx| {
+            tx.execute(
+                "UPDATE nodes SET state = $2 WHERE id = $1",
+                &[&id, &state.as_str()],
+            )
+        })?;
+        node_changed(id, n, state.as_str())
+    }
+
+    fn remove_node(&self, id: &str) -> Result<()> {
+        let n = self
+            .pool
+            .tx(|tx| tx.execute("DELETE FROM nodes WHERE id = $1", &[&id]))?;
+        node_changed(id, n, "removed")
+    }
 }
 
 #[cfg(test)]
@@ -1121,6 +1221,11 @@ mod tests {
             one.renew_lock(&frozen, HOUR),
             Err(StoreError::LockLost)
         ));
+        assert_eq!(
+            one.renew_locks(std::slice::from_ref(&frozen), HOUR)
+                .unwrap(),
+            [false]
+        );
         one.release_lock(&frozen).unwrap();
         assert_eq!(ids(&one, account), msgs);
         assert_eq!(
@@ -1130,8 +1235,13 @@ mod tests {
         // The new holder's lease is intact and its own QUIT works.
         two.commit_update(&thief, &[msgs[0]], &[]).unwrap();
         assert_eq!(ids(&two, account), &msgs[1..]);
-        // An expired lease that nobody took is refused too, without a takeover.
+        // An expired lease that nobody took is refused too, without a takeover, and batch
+        // renewal does not revive it.
         two.exec("UPDATE locks SET expires_at = clock_timestamp()");
+        assert_eq!(
+            two.renew_locks(std::slice::from_ref(&thief), HOUR).unwrap(),
+            [false]
+        );
         assert!(matches!(
             two.commit_update(&thief, &[msgs[1]], &[]),
             Err(StoreError::LockLost)
@@ -1238,7 +1348,7 @@ mod tests {
             PostgresStore::open(&f.url(), None),
             Err(StoreError::SchemaTooNew {
                 found: 999,
-                supported: 1
+                supported: 2
             })
         ));
     }

@@ -25,15 +25,16 @@ use tracing::{debug, info, warn};
 
 use crate::common::{
     expire_from_sql, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
-    login_verdict, to_i64, to_u64, unix_secs, validate_uid, AccountWriter, LoginVerdict,
+    login_verdict, node_changed, node_state, to_i64, to_u64, unix_secs, validate_uid,
+    AccountWriter, LoginVerdict,
 };
 use crate::holder::holder_is_dead;
 
 mod backup;
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, ImportMessage, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta,
-    OnExisting, Result, Store, StoreError,
+    Delivered, ImportMessage, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta, NodeInfo,
+    NodeState, OnExisting, Result, Store, StoreError,
 };
 
 /// Name of the database file inside the data directory.
@@ -44,7 +45,7 @@ const MAX_IDLE: usize = 16;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; `PRAGMA user_version` counts those applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// Accounts and messages use AUTOINCREMENT so that a row id is never handed out twice: a
 /// session whose lock was taken over must not read or delete a newer message under an old id.
@@ -138,6 +139,18 @@ ALTER TABLE accounts ADD COLUMN legacy_secret TEXT NULL;
 /// Dovecot password file; NULL for every account from before.
 const SCHEMA_V4: &str = "
 ALTER TABLE accounts ADD COLUMN cram_md5_states TEXT NULL;
+";
+
+/// Schema v5: the node table (`popadm node`). `heartbeat_at` is unix milliseconds of the last
+/// heartbeat; `state` is what an operator set, never changed by a heartbeat.
+const SCHEMA_V5: &str = "
+CREATE TABLE nodes (
+    id           TEXT PRIMARY KEY,
+    address      TEXT NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'draining')),
+    sessions     INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL
+);
 ";
 
 /// Finds an account by name; `d.name IS ?2` matches a NULL domain too.
@@ -375,6 +388,13 @@ fn check_fence(tx: &Transaction<'_>, lock: &MaildropLock, now: i64) -> Result<()
 /// Now, in unix seconds.
 fn now() -> i64 {
     unix_secs(SystemTime::now())
+}
+
+/// Now, in unix milliseconds.
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Now as fractional unix seconds.
@@ -910,6 +930,36 @@ impl Store for SqliteStore {
         })
     }
 
+    fn renew_locks(&self, locks: &[MaildropLock], lease: Duration) -> Result<Vec<bool>> {
+        if locks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = SystemTime::now();
+        let now = unix_secs(start);
+        let expires_at = start.checked_add(lease).map_or(i64::MAX, unix_secs);
+        self.write(|tx| {
+            // Whole seconds, rounded down: a lease is still ours during the second it ends in
+            // unless another holder took it (which changes the token), so that second counts.
+            let mut renew = tx.prepare_cached(
+                "UPDATE locks SET expires_at = ?4
+                 WHERE account_id = ?1 AND token = ?2 AND holder = ?3 AND expires_at >= ?5",
+            )?;
+            locks
+                .iter()
+                .map(|lock| {
+                    let renewed = renew.execute(params![
+                        lock.account,
+                        lock.token,
+                        lock.holder,
+                        expires_at,
+                        now
+                    ])?;
+                    Ok(renewed == 1)
+                })
+                .collect()
+        })
+    }
+
     fn release_lock(&self, lock: &MaildropLock) -> Result<()> {
         self.write(|tx| {
             tx.execute(
@@ -1015,6 +1065,64 @@ impl Store for SqliteStore {
             Ok(u64::try_from(expired).unwrap_or(u64::MAX))
         })
     }
+
+    fn node_heartbeat(&self, id: &str, address: &str, sessions: u64) -> Result<NodeState> {
+        self.write(|tx| {
+            let state: String = tx.query_row(
+                "INSERT INTO nodes (id, address, sessions, heartbeat_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET address = excluded.address,
+                     sessions = excluded.sessions, heartbeat_at = excluded.heartbeat_at
+                 RETURNING state",
+                params![id, address, to_i64(sessions), now_millis()],
+                |row| row.get(0),
+            )?;
+            node_state(&state)
+        })
+    }
+
+    fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
+        self.read(|tx| {
+            let now = now_millis();
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, address, state, sessions, heartbeat_at FROM nodes ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (id, address, state, sessions, at) = row?;
+                Ok(NodeInfo {
+                    id,
+                    address,
+                    state: node_state(&state)?,
+                    sessions: to_u64(sessions),
+                    heartbeat_age: Duration::from_millis(to_u64(now.saturating_sub(at))),
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn set_node_state(&self, id: &str, state: NodeState) -> Result<()> {
+        let n = self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE nodes SET state = ?2 WHERE id = ?1",
+                params![id, state.as_str()],
+            )?)
+        })?;
+        node_changed(id, n as u64, state.as_str())
+    }
+
+    fn remove_node(&self, id: &str) -> Result<()> {
+        let n = self.write(|tx| Ok(tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?))?;
+        node_changed(id, n as u64, "removed")
+    }
 }
 
 #[cfg(test)]
@@ -1090,7 +1198,7 @@ mod tests {
             SqliteStore::open(&dir.0),
             Err(StoreError::SchemaTooNew {
                 found: 999,
-                supported: 4
+                supported: 5
             })
         ));
     }

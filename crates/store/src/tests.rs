@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
     holder, normalise, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets,
-    Delivered, Expire, ImportMessage, LoginDelay, MaildropLock, MessageId, OnExisting, SqliteStore,
-    Store, StoreError, CHUNK_SIZE,
+    Delivered, Expire, ImportMessage, LoginDelay, MaildropLock, MessageId, NodeInfo, NodeState,
+    OnExisting, SqliteStore, Store, StoreError, CHUNK_SIZE,
 };
 
 /// What the suite needs of a store beyond [`Store`]: raw SQL on its database (statements the
@@ -137,6 +137,8 @@ suite!(
     rehash_replaces_only_the_hash_it_was_given,
     scram_keys_are_added_only_where_missing_and_for_the_same_hash,
     domains_list_add_and_delete_with_their_accounts,
+    nodes_heartbeat_keep_the_operators_state_age_and_go,
+    renew_locks_renews_held_leases_and_reports_lost_ones,
 );
 
 #[test]
@@ -1183,4 +1185,145 @@ fn domains_list_add_and_delete_with_their_accounts(f: &dyn Fixture) {
         store.delete_domain("example.org"),
         Err(StoreError::NoSuchDomain(_))
     ));
+}
+
+fn nodes_heartbeat_keep_the_operators_state_age_and_go(f: &dyn Fixture) {
+    let store = f.open();
+    assert!(store.list_nodes().unwrap().is_empty());
+    assert_eq!(
+        store.node_heartbeat("node-b", "10.0.0.2:110", 3).unwrap(),
+        NodeState::Up
+    );
+    assert_eq!(
+        store.node_heartbeat("node-a", "10.0.0.1:110", 0).unwrap(),
+        NodeState::Up
+    );
+    let listed = store.list_nodes().unwrap();
+    let ids: Vec<&str> = listed.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["node-a", "node-b"]);
+    assert_eq!(
+        (
+            listed[1].address.as_str(),
+            listed[1].state,
+            listed[1].sessions
+        ),
+        ("10.0.0.2:110", NodeState::Up, 3)
+    );
+
+    // An operator drains node-b: its heartbeats (from this store or another process's, as
+    // after a restart) keep that state and report it back, while address and count follow.
+    store.set_node_state("node-b", NodeState::Draining).unwrap();
+    let restarted = f.open();
+    assert_eq!(
+        restarted
+            .node_heartbeat("node-b", "10.0.0.9:1110", 7)
+            .unwrap(),
+        NodeState::Draining
+    );
+    let b = node(&*store, "node-b");
+    assert_eq!(
+        (b.address.as_str(), b.state, b.sessions),
+        ("10.0.0.9:1110", NodeState::Draining, 7)
+    );
+    assert_eq!(node(&*store, "node-a").state, NodeState::Up);
+
+    // The age grows by the clock and a heartbeat resets it.
+    std::thread::sleep(Duration::from_millis(300));
+    let old = node(&*store, "node-a").heartbeat_age;
+    assert!(old >= Duration::from_millis(250), "{old:?}");
+    assert!(old < Duration::from_secs(30), "{old:?}");
+    store.node_heartbeat("node-a", "10.0.0.1:110", 1).unwrap();
+    let fresh = node(&*store, "node-a").heartbeat_age;
+    assert!(fresh < old, "{fresh:?} {old:?}");
+
+    store.set_node_state("node-b", NodeState::Up).unwrap();
+    assert_eq!(
+        store.node_heartbeat("node-b", "10.0.0.2:110", 0).unwrap(),
+        NodeState::Up
+    );
+
+    // Unknown nodes are errors, and nothing is created by them.
+    assert!(matches!(
+        store.set_node_state("node-x", NodeState::Draining),
+        Err(StoreError::NoSuchNode(id)) if id == "node-x"
+    ));
+    assert!(matches!(
+        store.remove_node("node-x"),
+        Err(StoreError::NoSuchNode(_))
+    ));
+    assert_eq!(store.list_nodes().unwrap().len(), 2);
+
+    // Removed, a node is gone until its next heartbeat, which brings it back Up.
+    store.set_node_state("node-a", NodeState::Draining).unwrap();
+    store.remove_node("node-a").unwrap();
+    let ids: Vec<String> = store
+        .list_nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids, ["node-b"]);
+    assert!(matches!(
+        store.remove_node("node-a"),
+        Err(StoreError::NoSuchNode(_))
+    ));
+    assert_eq!(
+        store.node_heartbeat("node-a", "10.0.0.1:110", 0).unwrap(),
+        NodeState::Up
+    );
+}
+
+fn node(store: &dyn TestStore, id: &str) -> NodeInfo {
+    let nodes = store.list_nodes().unwrap();
+    nodes.into_iter().find(|n| n.id == id).unwrap()
+}
+
+fn renew_locks_renews_held_leases_and_reports_lost_ones(f: &dyn Fixture) {
+    let store = f.open();
+    let [a, b, c] = ["a", "b", "c"].map(|n| store.create_account(&name(n), "h").unwrap());
+    assert!(store.renew_locks(&[], HOUR).unwrap().is_empty());
+    let held = store
+        .lock_maildrop(a, "pop3d@elsewhere:1#1", Duration::from_secs(10))
+        .unwrap();
+    let (lost, thief) = lapsed_and_taken_over(&*store, b);
+    let released = store.lock_maildrop(c, "pop3d@elsewhere:1#3", HOUR).unwrap();
+    store.release_lock(&released).unwrap();
+    // The right token under another holder's name is not that holder's lease.
+    let forged = MaildropLock {
+        holder: "pop3d@elsewhere:9#9".into(),
+        ..held.clone()
+    };
+    let batch = [held.clone(), lost.clone(), released.clone(), forged];
+    assert_eq!(
+        store.renew_locks(&batch, HOUR).unwrap(),
+        [true, false, false, false]
+    );
+    // The held lease now runs an hour; the lost ones were not revived or touched.
+    let shown = store.account_summary(&name("a")).unwrap().lock.unwrap();
+    assert!(shown.expires_at >= now() + 3500, "{shown:?}");
+    assert!(store.account_summary(&name("c")).unwrap().lock.is_none());
+    assert!(matches!(
+        store.lock_maildrop(c, "pop3d@elsewhere:1#4", HOUR),
+        Ok(lock) if lock.token > released.token
+    ));
+    assert_eq!(
+        store
+            .account_summary(&name("b"))
+            .unwrap()
+            .lock
+            .unwrap()
+            .holder,
+        thief.holder
+    );
+    assert!(matches!(
+        store.commit_update(&lost, &[], &[]),
+        Err(StoreError::LockLost)
+    ));
+    store.commit_update(&held, &[], &[]).unwrap();
+    store.commit_update(&thief, &[], &[]).unwrap();
+    // The same answers for one lock alone, and in any order.
+    assert_eq!(
+        store.renew_locks(&[lost, held], HOUR).unwrap(),
+        [false, true]
+    );
 }
