@@ -15,7 +15,10 @@
 //! - the same rounds with a PostgreSQL restart (immediate stop, as a crash) in each;
 //! - a rolling restart: each round stops one node in turn with SIGTERM (drained first when
 //!   `popadm node drain` exists) and starts it again, while sessions run; sessions may meet
-//!   only `[IN-USE]`, `[SYS/TEMP]`, refused or closed connections, and try another node.
+//!   only `[IN-USE]`, `[SYS/TEMP]`, refused or closed connections, and try another node;
+//! - PostgreSQL restarts and a rolling restart of every node under a looping load ([`load`]):
+//!   clients that run session after session on accounts of their own, each with an exact
+//!   ledger, the same errors allowed.
 //!
 //! [`ClusterEnv`], [`Node`] and [`Nginx`] are the pieces for further scenarios.
 
@@ -24,8 +27,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use load::{Load, LoadStats};
+
 use crate::faults::{self, Mix, Servers};
 use crate::harness::{self, try_login, Bins, Client, Pop3d, Rng, TempDir};
+
+mod load;
 
 pub const DEFAULT_ROUNDS: u32 = 20;
 pub const NODES: usize = 3;
@@ -37,6 +44,9 @@ const NODE_FLAGS: &[&str] = faults::SERVER_FLAGS;
 /// Rounds with a PostgreSQL restart, and rolling rounds per node.
 const STORE_RESTARTS: u32 = 3;
 const ROLLING_PER_NODE: u32 = 2;
+/// Clients of the looping load, and their accounts' password.
+const LOAD_CLIENTS: usize = 4;
+const LOAD_PASS: &str = "load pw";
 
 /// The Debian packages that bring nginx and its mail and stream modules. (In bookworm the
 /// binary is in `nginx`; `nginx-core` is an empty transitional package.)
@@ -154,6 +164,46 @@ pub fn run(bins: &Bins, rounds: u32, seed: u64) -> Result<(), String> {
         figures.push(format!("{name} ({n} rounds) {:.1} s", stats.seconds()));
         violations.extend(found.into_iter().map(|v| format!("{name}: {v}")));
     }
+
+    let mut report = Report::default();
+    under_load(
+        &mut env,
+        "PostgreSQL restarts under load",
+        "pgload",
+        &mut rng,
+        &mut report,
+        |env| {
+            let mut done = Vec::new();
+            for _ in 0..2 {
+                let t = Instant::now();
+                env.pg.restart()?;
+                done.push(format!(
+                    "PostgreSQL restarted in {:.1} s",
+                    t.elapsed().as_secs_f64()
+                ));
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            Ok(done)
+        },
+    )?;
+    under_load(
+        &mut env,
+        "rolling restart under load",
+        "rollingload",
+        &mut rng,
+        &mut report,
+        |env| {
+            let mut done = Vec::new();
+            for i in 0..env.nodes.len() {
+                done.push(env.rolling_restart(i)?);
+                std::thread::sleep(Duration::from_millis(700));
+            }
+            Ok(done)
+        },
+    )?;
+    violations.extend(report.violations);
+    figures.extend(report.figures);
+
     violations.extend(env.stop_nodes());
     println!(
         "xtask cluster-test: {} violations in {:.1} s; {}",
@@ -162,6 +212,58 @@ pub fn run(bins: &Bins, rounds: u32, seed: u64) -> Result<(), String> {
         figures.join(", ")
     );
     harness::verdict(&violations, seed, &mut dir)
+}
+
+/// Runs `action` on a fresh database `db` while [`LOAD_CLIENTS`] clients loop sessions, then
+/// stops the load, has each client check its maildrop, stops the nodes and checks that no
+/// lease is left. The load's figures and violations.
+fn under_load(
+    env: &mut ClusterEnv,
+    name: &str,
+    db: &str,
+    rng: &mut Rng,
+    report: &mut Report,
+    action: impl FnOnce(&mut ClusterEnv) -> Result<Vec<String>, String>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    env.fresh_database(db)?;
+    let accounts: Vec<String> = (0..LOAD_CLIENTS).map(|i| format!("load{i}")).collect();
+    for a in &accounts {
+        env.add_user(a, LOAD_PASS)?;
+    }
+    let data = env.root.join("popadm-data");
+    let load = Load::start(&env.bins, data, env.addrs(), &accounts, LOAD_PASS, rng);
+    std::thread::sleep(Duration::from_millis(500));
+    let acted = action(env);
+    std::thread::sleep(Duration::from_millis(500));
+    // Every node up for the last checks; the load stops (and checks) before an error of the
+    // action or of a start is returned.
+    let ensured = env.ensure();
+    let (stats, mut found) = load.finish();
+    ensured?;
+    for what in acted? {
+        eprintln!("xtask cluster-test: {db}: {what}");
+    }
+    found.extend(env.finish());
+    report.add(name, started, &stats, found);
+    Ok(())
+}
+
+/// What the scenarios under load found, and how long each took.
+#[derive(Default)]
+struct Report {
+    violations: Vec<String>,
+    figures: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, started: Instant, stats: &LoadStats, found: Vec<String>) {
+        println!("xtask cluster-test: {name}: {stats}");
+        self.figures
+            .push(format!("{name} {:.1} s", started.elapsed().as_secs_f64()));
+        self.violations
+            .extend(found.into_iter().map(|v| format!("{name}: {v}")));
+    }
 }
 
 /// What [`Servers::disrupt`] does to the cluster.
