@@ -393,7 +393,12 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client on a connection made elsewhere (e.g. one that sent a PROXY header first);
+    /// reads the greeting.
+    pub fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         let writer = stream.try_clone().expect("clone");
         let mut c = Client {

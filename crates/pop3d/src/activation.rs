@@ -106,6 +106,7 @@ pub fn spec_for(addr: SocketAddr, kind: ListenerKind, configured: &[ListenSpec])
             kind,
             cleartext: Default::default(),
             min_tls: Default::default(),
+            proxy: false,
         })
 }
 
@@ -177,6 +178,7 @@ mod tests {
             kind,
             cleartext,
             min_tls,
+            proxy: false,
         };
         let configured = [
             spec(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use server::{Cleartext, ListenerKind, TlsVersion};
+use server::{Cleartext, ListenerKind, TlsVersion, TrustedProxies};
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +44,9 @@ pub struct File {
     pub credential_cache_ttl: Option<u64>,
     /// Generate a self-signed certificate when none is configured (default true).
     pub self_signed: Option<bool>,
+    /// Peers allowed on `proxy = true` listeners (addresses or CIDR networks).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub listen: Vec<ListenFile>,
     #[serde(default)]
@@ -96,6 +99,9 @@ pub struct ListenFile {
     /// `"1.2"` (default) or `"1.3"`.
     #[serde(default)]
     pub min_tls: Option<String>,
+    /// A backend listener: connections come from `trusted_proxies` with a PROXY header.
+    #[serde(default)]
+    pub proxy: bool,
 }
 
 fn default_kind() -> String {
@@ -117,6 +123,8 @@ pub struct ListenSpec {
     pub kind: ListenerKind,
     pub cleartext: Cleartext,
     pub min_tls: TlsVersion,
+    /// Expects a PROXY protocol header from a trusted proxy.
+    pub proxy: bool,
 }
 
 impl File {
@@ -135,6 +143,7 @@ impl File {
         if let Some(e) = &file.expire {
             e.resolve()?;
         }
+        TrustedProxies::parse(&file.trusted_proxies)?;
         Ok(file)
     }
 }
@@ -186,6 +195,7 @@ impl ListenFile {
             kind,
             cleartext,
             min_tls,
+            proxy: self.proxy,
         })
     }
 }
@@ -241,6 +251,27 @@ mod tests {
         );
     }
 
+    /// The proxied listener of the example, uncommented with its trusted proxies.
+    #[test]
+    fn example_with_proxy_parses() {
+        let text = include_str!("../../../docs/pop3d.example.toml")
+            .replace("# trusted_proxies =", "trusted_proxies =")
+            .replace(
+                "# [[listen]]\n# address = \"10.0.0.5:1100\"\n# kind = \"pop3\"\n# proxy = true\n# cleartext = \"always\"",
+                "[[listen]]\naddress = \"10.0.0.5:1100\"\nkind = \"pop3\"\nproxy = true\ncleartext = \"always\"",
+            );
+        let f = File::parse(&text).expect("example with a proxied listener");
+        assert_eq!(f.trusted_proxies, ["10.0.0.0/24", "fd00:1::/64"]);
+        let proxied: Vec<ListenSpec> = f
+            .listen
+            .iter()
+            .map(|l| l.resolve().expect("listener"))
+            .filter(|l| l.proxy)
+            .collect();
+        assert_eq!(proxied.len(), 1);
+        assert_eq!(proxied[0].cleartext, Cleartext::Always);
+    }
+
     #[test]
     fn unknown_keys_are_named() {
         let err = File::parse("idle_timeot = 5\n").expect_err("unknown key");
@@ -266,6 +297,12 @@ mod tests {
                 "1.3",
             ),
             ("expire = \"sometimes\"\n", "never"),
+            ("trusted_proxies = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
+            ("trusted_proxies = [\"nginx\"]\n", "nginx"),
+            (
+                "[[listen]]\naddress = \"127.0.0.1:1\"\nproxy = \"yes\"\n",
+                "proxy",
+            ),
             ("idle_timeout = \"ten\"\n", "idle_timeout"),
         ] {
             let err = File::parse(text).expect_err(text);

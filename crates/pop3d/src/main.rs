@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use server::{CertFiles, Cleartext, ListenerKind, Tls, TlsVersion};
+use server::{CertFiles, Cleartext, ListenerKind, Tls, TlsVersion, TrustedProxies};
 use tracing::{error, info, warn};
 
 use crate::config::{parse_cleartext, parse_min_tls, secs, File, ListenSpec};
@@ -78,6 +78,20 @@ struct Args {
     /// Cleartext POP3 listener (STLS offered when a certificate exists); repeatable.
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+
+    /// Backend POP3 listener behind a load balancer (nginx mail or stream proxy, haproxy):
+    /// only --trusted-proxy peers may connect, each connection starts with a PROXY protocol
+    /// header (v1 or v2) and the client it names is the one logged, limited and penalised;
+    /// other peers are closed unanswered. The cleartext policy applies to the proxy's link.
+    /// Repeatable.
+    #[arg(long = "listen-proxy", value_name = "ADDR")]
+    listen_proxy: Vec<SocketAddr>,
+
+    /// Address or CIDR network (10.0.0.0/8, fd00::/8) allowed to connect to proxied listeners
+    /// and to name the client in a PROXY header; repeatable. Replaces the file's
+    /// trusted_proxies.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxy: Vec<String>,
 
     /// Implicit-TLS POP3S listener (RFC 8314); repeatable.
     #[arg(long = "listen-tls", value_name = "ADDR")]
@@ -244,6 +258,8 @@ struct Settings {
     json_logs: bool,
     server: server::Config,
     listeners: Vec<ListenSpec>,
+    /// Who may connect to the listeners whose spec says `proxy`.
+    trusted_proxies: Arc<TrustedProxies>,
     certificates: Vec<CertFiles>,
     self_signed: bool,
 }
@@ -420,7 +436,11 @@ fn resolve(args: &Args) -> Result<Settings> {
 
     // Listeners: flags replace the file's; neither means the embedded defaults.
     let mut listeners = Vec::new();
-    if args.listen.is_empty() && args.listen_tls.is_empty() && args.listen_kpop.is_empty() {
+    if args.listen.is_empty()
+        && args.listen_tls.is_empty()
+        && args.listen_kpop.is_empty()
+        && args.listen_proxy.is_empty()
+    {
         for l in &file.listen {
             listeners.push(l.resolve()?);
         }
@@ -442,8 +462,13 @@ fn resolve(args: &Args) -> Result<Settings> {
             kind,
             cleartext,
             min_tls,
+            proxy: false,
         };
         listeners.extend(args.listen.iter().map(|&a| spec(a, ListenerKind::Plain)));
+        listeners.extend(args.listen_proxy.iter().map(|&a| ListenSpec {
+            proxy: true,
+            ..spec(a, ListenerKind::Plain)
+        }));
         listeners.extend(
             args.listen_tls
                 .iter()
@@ -462,14 +487,31 @@ fn resolve(args: &Args) -> Result<Settings> {
                 kind: ListenerKind::Plain,
                 cleartext: Cleartext::default(),
                 min_tls: TlsVersion::default(),
+                proxy: false,
             },
             ListenSpec {
                 address: SocketAddr::from(([127, 0, 0, 1], 1995)),
                 kind: ListenerKind::ImplicitTls,
                 cleartext: Cleartext::default(),
                 min_tls: TlsVersion::default(),
+                proxy: false,
             },
         ];
+    }
+
+    let trusted_proxies = if args.trusted_proxy.is_empty() {
+        TrustedProxies::parse(&file.trusted_proxies)?
+    } else {
+        TrustedProxies::parse(&args.trusted_proxy)?
+    };
+    if trusted_proxies.is_empty() {
+        if let Some(l) = listeners.iter().find(|l| l.proxy) {
+            bail!(
+                "the proxied listener {} needs the addresses of its proxies: \
+                 --trusted-proxy CIDR or trusted_proxies = [\"CIDR\", ...]",
+                l.address
+            );
+        }
     }
 
     let certificates = match (&args.tls_cert, &args.tls_key) {
@@ -536,6 +578,7 @@ fn resolve(args: &Args) -> Result<Settings> {
             .unwrap_or_else(|| "info".into()),
         server,
         listeners,
+        trusted_proxies: Arc::new(trusted_proxies),
         certificates,
         self_signed,
     })
@@ -633,7 +676,7 @@ fn run(settings: Settings) -> Result<()> {
                 kind: spec.kind,
                 min_tls: spec.min_tls,
                 cleartext: spec.cleartext,
-                proxy: None,
+                proxy: spec.proxy.then(|| settings.trusted_proxies.clone()),
             });
         }
         if let Some(tls) = &tls {
@@ -825,6 +868,50 @@ mod tests {
         );
         // Only PostgreSQL URLs: the SQLite store is named by --data-dir.
         assert!(resolve(&Args::parse_from(["pop3d", "--store", "/var/lib/pop3d"])).is_err());
+    }
+
+    #[test]
+    fn proxied_listeners_need_trusted_proxies() {
+        let err = resolve(&Args::parse_from([
+            "pop3d",
+            "--listen-proxy",
+            "127.0.0.1:2110",
+        ]))
+        .expect_err("no trusted proxy");
+        assert!(format!("{err:#}").contains("--trusted-proxy"), "{err:#}");
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--listen",
+            "127.0.0.1:1110",
+            "--listen-proxy",
+            "127.0.0.1:2110",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+        ]))
+        .expect("trusted proxies given");
+        let proxied: Vec<(String, bool)> = s
+            .listeners
+            .iter()
+            .map(|l| (l.address.to_string(), l.proxy))
+            .collect();
+        assert_eq!(
+            proxied,
+            [
+                ("127.0.0.1:1110".to_string(), false),
+                ("127.0.0.1:2110".to_string(), true)
+            ]
+        );
+        assert_eq!(s.trusted_proxies.to_string(), "127.0.0.1/32 10.0.0.0/8");
+        assert!(resolve(&Args::parse_from([
+            "pop3d",
+            "--trusted-proxy",
+            "10.0.0.0/40"
+        ]))
+        .is_err());
+        // Trusted proxies alone are harmless: no listener uses them.
+        assert!(resolve(&Args::parse_from(["pop3d", "--trusted-proxy", "10.0.0.1"])).is_ok());
     }
 
     #[test]
