@@ -3,10 +3,11 @@
 //! is 127.0.0.2 (connections bind it as their source); 127.0.0.1 is an untrusted peer.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use e2e::{Client, Fixture, Server};
+use e2e::{crlf, Client, Fixture, Server};
 use socket2::{Domain, Socket, Type};
 
 const PROXY_IP: &str = "127.0.0.2";
@@ -304,4 +305,90 @@ fn split_headers_trailing_bytes_and_local_connections() {
         c.ok("QUIT");
     }
     wait_for_lines(&f.server, PROXY_IP, "session end", 2);
+}
+
+/// A one-connection L4 proxy in the manner of nginx `stream` with `proxy_protocol on`: accepts
+/// on `listener`, connects to `upstream` from the trusted 127.0.0.2, sends `header`, then
+/// relays both ways until each side closes.
+fn relay_once(listener: TcpListener, upstream: SocketAddr, header: Vec<u8>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("relay accept: {e}"),
+            }
+        };
+        client.set_nonblocking(false).expect("blocking");
+        // Both sides time out, so the relay ends even if a peer never closes.
+        client
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("timeout");
+        let mut server = connect_from(PROXY_IP, upstream);
+        server.write_all(&header).expect("header");
+        let pipe = |mut from: TcpStream, mut to: TcpStream| {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Write);
+        };
+        let (c2, s2) = (
+            client.try_clone().expect("clone"),
+            server.try_clone().expect("clone"),
+        );
+        let up = std::thread::spawn(move || pipe(c2, s2));
+        pipe(server, client);
+        let _ = up.join();
+    })
+}
+
+/// The PROXY header goes before the TLS handshake on a POP3S listener (an L4 balancer in
+/// front of the public listener): the ClientHello after it is left for TLS (section 2: the
+/// receiver takes the header and nothing else), curl logs in over TLS through the relay, and
+/// the session's client is the one in the v2 header.
+#[test]
+fn pop3s_behind_an_l4_proxy() {
+    if !e2e::client_available("curl", "--version") {
+        return;
+    }
+    let dir = e2e::TempDir::new("proxy-pop3s");
+    let config = dir.path().join("pop3d.toml");
+    std::fs::write(
+        &config,
+        "trusted_proxies = [\"127.0.0.2\"]\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\nkind = \"pop3\"\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\nkind = \"pop3s\"\nproxy = true\n",
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8 path");
+    let server = Server::start(dir.path(), &["--config", config]);
+    let upstream = proxied_addr(&server);
+    let message = b"Subject: relayed\r\n\r\nbody\r\n";
+    e2e::popadm_ok(
+        dir.path(),
+        &["user", "add", "carol", "--password-stdin"],
+        b"carol pw\n",
+    );
+    e2e::popadm_ok(
+        dir.path(),
+        &["deliver", "--no-lda-headers", "carol"],
+        message,
+    );
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("relay bind");
+    let port = listener.local_addr().expect("relay addr").port();
+    let relay = relay_once(listener, upstream, v2([203, 0, 113, 9], 4711, &[]));
+    let Some(out) = e2e::curl_pop3s(port, &server.self_signed_cert(), "carol:carol pw", "1") else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, crlf(message));
+    relay.join().expect("relay");
+    wait_for_lines(&server, "203.0.113.9", "logged in", 1);
 }

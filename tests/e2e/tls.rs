@@ -150,16 +150,7 @@ fn curl_fetches_over_pop3s_with_the_self_signed_certificate() {
     let f = fixture("curl-pop3s", &[]);
     let port = f.server.tls_addr.expect("pop3s listener").port();
     let cert = f.server.self_signed_cert();
-    let out = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "20"])
-        .arg("--cacert")
-        .arg(&cert)
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-        .args(["--user", &format!("alice:{PW}")])
-        .arg(format!("pop3s://localhost:{port}/1"))
-        .output();
-    let Ok(out) = out else {
-        assert!(!e2e::client_available("curl", "--version"));
+    let Some(out) = e2e::curl_pop3s(port, &cert, &format!("alice:{PW}"), "1") else {
         return;
     };
     assert!(

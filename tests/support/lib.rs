@@ -587,3 +587,24 @@ pub fn base64(input: &[u8]) -> String {
     }
     out
 }
+
+/// `curl pop3s://localhost:PORT/PATH` (localhost resolved to 127.0.0.1), trusting `cafile`,
+/// logging in as `user`; `None` when curl is not installed (the caller skips; a failure in CI,
+/// see [`client_available`]).
+pub fn curl_pop3s(port: u16, cafile: &Path, user: &str, path: &str) -> Option<Output> {
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(cafile)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["--user", user])
+        .arg(format!("pop3s://localhost:{port}/{path}"))
+        .output();
+    match out {
+        Ok(out) => Some(out),
+        Err(_) => {
+            assert!(!client_available("curl", "--version"));
+            None
+        }
+    }
+}
