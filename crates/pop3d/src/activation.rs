@@ -84,7 +84,7 @@ fn kind_of(name: &str) -> Result<ListenerKind> {
     }
 }
 
-/// The listener policy (cleartext, minimum TLS version) for an inherited socket: that of the
+/// The listener policy (cleartext, minimum TLS version, proxy) for an inherited socket: that of the
 /// configured listener of the same kind on the same port (an unspecified address such as
 /// `0.0.0.0` or `[::]` on either side matches any), else the defaults.
 pub fn spec_for(addr: SocketAddr, kind: ListenerKind, configured: &[ListenSpec]) -> ListenSpec {
@@ -227,5 +227,30 @@ mod tests {
         );
         assert_eq!(got.cleartext, Cleartext::default());
         assert_eq!(got.kind, ListenerKind::ImplicitTls);
+    }
+
+    /// A socket passed for a proxied port stays proxied: served without the PROXY header it
+    /// would take the balancer for the client.
+    #[test]
+    fn a_passed_socket_keeps_the_proxy_flag() {
+        let configured = [ListenSpec {
+            address: "0.0.0.0:1100".parse().expect("addr"),
+            kind: ListenerKind::Plain,
+            cleartext: Cleartext::Always,
+            min_tls: TlsVersion::Tls12,
+            proxy: true,
+        }];
+        let got = spec_for(
+            "10.0.0.5:1100".parse().expect("addr"),
+            ListenerKind::Plain,
+            &configured,
+        );
+        assert!(got.proxy);
+        let other = spec_for(
+            "10.0.0.5:110".parse().expect("addr"),
+            ListenerKind::Plain,
+            &configured,
+        );
+        assert!(!other.proxy);
     }
 }
