@@ -667,7 +667,11 @@ fn run(settings: Settings) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    // The store's last reference is dropped at the end, on this thread, once the runtime is
+    // gone: a PostgreSQL connection closes by blocking on a runtime of its own, which panics
+    // on a tokio worker ("Cannot start a runtime from within a runtime").
+    let last_store = store.clone();
+    let result = runtime.block_on(async move {
         let mut listeners = Vec::new();
         for (socket, spec) in sockets {
             listeners.push(server::Listener {
@@ -692,7 +696,11 @@ fn run(settings: Settings) -> Result<()> {
         };
         server::run(listeners, store, settings.server, tls, shutdown).await?;
         Ok(())
-    })
+    });
+    // Waits for the blocking tasks, which hold references to the store too.
+    drop(runtime);
+    drop(last_store);
+    result
 }
 
 /// The Kerberos acceptor credentials for `principal` (`service@host`) from `keytab`.
