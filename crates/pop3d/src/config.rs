@@ -16,8 +16,12 @@ pub struct File {
     pub data_dir: Option<PathBuf>,
     /// A PostgreSQL URL for the maildrops instead of SQLite in `data_dir`.
     pub store: Option<String>,
-    /// This node's id in a shared PostgreSQL store.
+    /// This node's id in a shared PostgreSQL store; given, the node table entry is kept too.
     pub node_id: Option<String>,
+    /// `HOST:PORT` this node advertises in the node table.
+    pub advertise: Option<String>,
+    /// Seconds between node heartbeats.
+    pub heartbeat: Option<u64>,
     pub gssapi_keytab: Option<PathBuf>,
     pub gssapi_service: Option<String>,
     pub user: Option<String>,

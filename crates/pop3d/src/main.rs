@@ -71,9 +71,20 @@ struct Args {
     store: Option<String>,
 
     /// This node's id in a shared PostgreSQL store; its leases are cleared at start, so every
-    /// running pop3d needs its own [default: the hostname].
+    /// running pop3d needs its own [default: the hostname]. Given (here or in the file), the
+    /// node also keeps its entry in the node table (`popadm node list`) with heartbeats, and
+    /// takes no new logins while an operator drains it (`popadm node drain`).
     #[arg(long, value_name = "NAME")]
     node_id: Option<String>,
+
+    /// HOST:PORT this node advertises in the node table [default: the first proxied
+    /// listener's address, else the first POP3 listener's].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+
+    /// Seconds between node heartbeats (with --node-id) [default: 5].
+    #[arg(long, value_name = "SECS")]
+    heartbeat: Option<u64>,
 
     /// Cleartext POP3 listener (STLS offered when a certificate exists); repeatable.
     #[arg(long = "listen", value_name = "ADDR")]
@@ -429,6 +440,8 @@ fn resolve(args: &Args) -> Result<Settings> {
             .unwrap_or(defaults.credential_cache_ttl),
         // Set in `run`, after privileges are dropped.
         gssapi: None,
+        // Set below, once the listeners are known.
+        node: None,
     };
     if auth::hash_password_with(b"check", server.argon2).is_err() {
         bail!("invalid [argon2] parameters: {:?}", server.argon2);
@@ -554,12 +567,21 @@ fn resolve(args: &Args) -> Result<Settings> {
             );
         }
     }
-    let node_id = args
-        .node_id
+    let explicit_node_id = args.node_id.clone().or(file.node_id);
+    let node_id = explicit_node_id
         .clone()
-        .or(file.node_id)
         .or_else(|| store::hostname().map(str::to_owned))
         .unwrap_or_else(|| "pop3d".into());
+    let mut server = server;
+    server.node = match explicit_node_id {
+        Some(id) => Some(node_config(
+            id,
+            args.advertise.clone().or(file.advertise),
+            args.heartbeat.or(file.heartbeat),
+            &listeners,
+        )?),
+        None => None,
+    };
     Ok(Settings {
         gssapi,
         store,
@@ -582,6 +604,66 @@ fn resolve(args: &Args) -> Result<Settings> {
         certificates,
         self_signed,
     })
+}
+
+/// Seconds between node heartbeats when none is configured.
+const DEFAULT_HEARTBEAT: u64 = 5;
+
+/// The node table entry of node `id`: the address it advertises (given, or the first proxied
+/// listener's, else the first POP3 listener's) and its heartbeat interval.
+fn node_config(
+    id: String,
+    advertise: Option<String>,
+    heartbeat: Option<u64>,
+    listeners: &[ListenSpec],
+) -> Result<server::NodeConfig> {
+    if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {
+        bail!("the node id must be 1 to 255 characters without control characters");
+    }
+    let heartbeat = heartbeat.unwrap_or(DEFAULT_HEARTBEAT);
+    if heartbeat == 0 {
+        bail!("heartbeat must be at least 1 second");
+    }
+    let advertise = match advertise {
+        Some(address) => {
+            let valid = address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && !host.chars().any(|c| c.is_whitespace() || c.is_control())
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !valid {
+                bail!("advertise must be HOST:PORT, not {address:?}");
+            }
+            address
+        }
+        None => {
+            let Some(first) = default_advertised(listeners) else {
+                bail!("no POP3 listener to advertise: set advertise (--advertise HOST:PORT)");
+            };
+            if first.ip().is_unspecified() {
+                warn!(
+                    address = %first,
+                    "advertising a wildcard address in the node table; set advertise"
+                );
+            }
+            first.to_string()
+        }
+    };
+    Ok(server::NodeConfig {
+        id,
+        advertise,
+        heartbeat: secs(heartbeat),
+    })
+}
+
+/// The listener a node advertises by default: the first proxied one, else the first POP3
+/// (cleartext) one.
+fn default_advertised(listeners: &[ListenSpec]) -> Option<SocketAddr> {
+    let pop3 = |l: &&ListenSpec| l.kind == ListenerKind::Plain;
+    let proxied = listeners.iter().filter(pop3).find(|l| l.proxy);
+    proxied
+        .or_else(|| listeners.iter().find(pop3))
+        .map(|l| l.address)
 }
 
 /// The certificates to serve: the configured ones, or the self-signed one of the defaults.
@@ -920,6 +1002,67 @@ mod tests {
         .is_err());
         // Trusted proxies alone are harmless: no listener uses them.
         assert!(resolve(&Args::parse_from(["pop3d", "--trusted-proxy", "10.0.0.1"])).is_ok());
+    }
+
+    #[test]
+    fn node_config_only_with_a_node_id() {
+        let s = resolve(&Args::parse_from(["pop3d"])).expect("defaults");
+        assert_eq!(s.server.node, None);
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--node-id",
+            "n1",
+            "--listen-tls",
+            "127.0.0.1:995",
+            "--listen",
+            "127.0.0.1:110",
+        ]))
+        .expect("a node");
+        assert_eq!(
+            s.server.node,
+            Some(server::NodeConfig {
+                id: "n1".into(),
+                advertise: "127.0.0.1:110".into(),
+                heartbeat: std::time::Duration::from_secs(5),
+            })
+        );
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--node-id",
+            "n1",
+            "--advertise",
+            "pop1.example.org:1100",
+            "--heartbeat",
+            "2",
+        ]))
+        .expect("a node");
+        let node = s.server.node.expect("node");
+        assert_eq!(node.advertise, "pop1.example.org:1100");
+        // Behind a proxy, the proxied listener is where the proxy should send clients.
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--node-id",
+            "n1",
+            "--listen",
+            "127.0.0.1:110",
+            "--listen-proxy",
+            "127.0.0.1:1100",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ]))
+        .expect("a proxied node");
+        assert_eq!(s.server.node.expect("node").advertise, "127.0.0.1:1100");
+        assert_eq!(node.heartbeat, std::time::Duration::from_secs(2));
+        for bad in [
+            &["--advertise", "no-port"][..],
+            &["--advertise", "host:0"],
+            &["--advertise", ":110"],
+            &["--heartbeat", "0"],
+            &["--listen-tls", "127.0.0.1:995"],
+        ] {
+            let args = ["pop3d", "--node-id", "n1"].iter().chain(bad);
+            assert!(resolve(&Args::parse_from(args)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod lang;
 mod limits;
 mod lock;
 mod maildrop;
+mod node;
 mod penalty;
 mod proxy;
 mod reply;
@@ -60,8 +61,9 @@ pub struct Config {
     /// This is a login deadline, not RFC 1939's inactivity autologout (which is
     /// `idle_timeout` and resets with every command).
     pub login_timeout: Duration,
-    /// Lease of the maildrop lock; a session renews it every third of the lease, so a crashed
-    /// server's locks free themselves after at most this long.
+    /// Lease of the maildrop lock; one renewer per process renews every held lease every
+    /// third of the lease (one store call for all), so a crashed server's locks free
+    /// themselves after at most this long.
     pub lock_lease: Duration,
     /// How long shutdown waits for sessions to finish the command in hand.
     pub shutdown_grace: Duration,
@@ -94,6 +96,20 @@ pub struct Config {
     pub credential_cache_ttl: Duration,
     /// Kerberos: SASL GSSAPI (RFC 4752) is offered when set, and KPOP listeners need it.
     pub gssapi: Option<Arc<dyn auth::GssAcceptorFactory>>,
+    /// This server as a node of a cluster: heartbeats in the store's node table, and the
+    /// drain an operator sets there (`popadm node drain`). `None`: no node table entry.
+    pub node: Option<NodeConfig>,
+}
+
+/// This server's entry in the store's node table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The node id (also the owner of its PostgreSQL leases).
+    pub id: String,
+    /// `HOST:PORT` where the node takes connections, as the node table shows it.
+    pub advertise: String,
+    /// Time between heartbeats; the node's state (up or draining) is read back with each.
+    pub heartbeat: Duration,
 }
 
 /// The longest failed-login delay.
@@ -104,7 +120,7 @@ impl Default for Config {
     /// address), 60 seconds to log in, a 2 minute lock
     /// lease, 30 seconds of shutdown grace, 30 seconds for a TLS handshake, greeting
     /// "POP3 server ready", IMPLEMENTATION "pop3d", no login delay, EXPIRE NEVER, no APOP or CRAM-MD5,
-    /// no default domain, failed logins delayed from 2 s and closed after 3.
+    /// no default domain, failed logins delayed from 2 s and closed after 3, no node entry.
     fn default() -> Self {
         Config {
             hostname: local_hostname(),
@@ -127,6 +143,7 @@ impl Default for Config {
             argon2: auth::Argon2Params::default(),
             credential_cache_ttl: Duration::from_secs(300),
             gssapi: None,
+            node: None,
         }
     }
 }
@@ -234,6 +251,10 @@ pub(crate) struct Shared {
     /// Where password hashes are computed: one thread per CPU (see `hashpool`).
     pub hashing: hashpool::HashPool,
     pub credentials: credcache::CredentialCache,
+    /// The maildrop locks held by this process's sessions, renewed together.
+    pub locks: Arc<lock::Locks>,
+    /// The node is draining (set by the operator, read at each heartbeat): logins refused.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
@@ -281,8 +302,9 @@ pub async fn run(
     let max_per_ip = config.max_connections_per_ip;
     let failure_delay = config.auth_failure_delay;
     let cache_ttl = config.credential_cache_ttl;
+    let lock_lease = config.lock_lease;
     let shared = Arc::new(Shared {
-        store,
+        store: store.clone(),
         config,
         next_session: AtomicU64::new(1),
         shutdown: stop_rx,
@@ -296,7 +318,25 @@ pub async fn run(
         )
         .map_err(ServerError::Threads)?,
         credentials: credcache::CredentialCache::new(cache_ttl),
+        locks: lock::Locks::new(store.clone(), lock_lease),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
+    // Aborted when `run` returns, however it does.
+    let _renewer = AbortOnDrop(tokio::spawn(shared.locks.clone().renew_forever()));
+    let _heartbeat = match shared.config.node.clone() {
+        Some(node) => {
+            // The first heartbeat before the first connection: a node restarted while
+            // drained takes no login at all.
+            node::heartbeat(&shared, &node, &slots, max).await;
+            Some(AbortOnDrop(tokio::spawn(node::heartbeat_forever(
+                shared.clone(),
+                node,
+                slots.clone(),
+                max,
+            ))))
+        }
+        None => None,
+    };
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, shared.clone(), slots.clone())))
@@ -318,6 +358,15 @@ pub async fn run(
         ),
     }
     Ok(())
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semaphore>) {

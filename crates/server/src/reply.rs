@@ -30,6 +30,8 @@ pub enum SessionError {
 
 pub const BAD_CREDENTIALS: ErrReply = err(Some(ResponseCode::Auth), Text::BadCredentials);
 pub const SHUTTING_DOWN: ErrReply = err(Some(ResponseCode::SysTemp), Text::ShuttingDown);
+/// The node is draining (`popadm node drain`): no new logins, the client should come back.
+pub const DRAINING: ErrReply = err(Some(ResponseCode::SysTemp), Text::Draining);
 pub const TOO_MANY_BAD_COMMANDS: ErrReply = err(None, Text::TooManyBad);
 /// Too many failed logins on one connection: it is closed.
 pub const TOO_MANY_AUTH_FAILURES: ErrReply =

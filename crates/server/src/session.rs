@@ -769,6 +769,18 @@ impl Session {
             }
         };
         self.shared.penalties.success(&account.name.to_string());
+        // A draining node takes no new login, by any path (USER/PASS, APOP, AUTH): all end
+        // here, after the credentials were checked, so a wrong password is still answered as
+        // one (and penalised) and a right one learns to come back later or elsewhere.
+        if self
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            info!(user = %account.name, "login refused: node draining");
+            self.send_err(reply::DRAINING);
+            return Flow::Continue;
+        }
         match self.open_maildrop(account).await {
             Ok(Ok(t)) => {
                 let (count, octets) = t.maildrop.stat();
@@ -806,14 +818,14 @@ impl Session {
     ) -> Result<Result<Box<Transaction>, Refusal>, SessionError> {
         let config = &self.shared.config;
         let store = self.shared.store.clone();
-        let lease = config.lock_lease;
+        let lease = self.shared.locks.lease();
         let holder = store::holder_string(self.id);
         let account_id = account.id;
         let lock =
             tokio::task::spawn_blocking(move || store.lock_maildrop(account_id, &holder, lease))
                 .await??;
         // From here the lock is held: every way out below releases it.
-        let lock = HeldLock::new(self.shared.store.clone(), lock, lease);
+        let lock = HeldLock::new(&self.shared.locks, lock);
         let login_delay = account
             .policy
             .login_delay

@@ -69,6 +69,7 @@ pub enum Text {
     UnknownMechanism,
     TooManyAuthFailures,
     KerberosOnly,
+    Draining,
 }
 
 impl Text {
@@ -131,6 +132,7 @@ impl Text {
         Text::UnknownMechanism,
         Text::TooManyAuthFailures,
         Text::KerberosOnly,
+        Text::Draining,
     ];
 
     /// The key of this text in the catalog files.
@@ -194,6 +196,7 @@ impl Text {
             Text::BadBase64 => "bad-base64",
             Text::AuthCancelled => "auth-cancelled",
             Text::MechanismsFollow => "mechanisms-follow",
+            Text::Draining => "draining",
         }
     }
 }
