@@ -324,9 +324,23 @@ impl ClusterEnv {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         let mut nodes = Vec::with_capacity(n);
+        let mut used = Vec::new();
         for i in 1..=n {
-            let addr = free_port(rng, &nodes)?;
+            let addr = free_port(rng, &used)?;
+            used.push(addr);
             let mut node = Node::new(root, &format!("n{i}"), addr);
+            // A backend listener for proxies on loopback (PROXY protocol header first).
+            if help.contains("--listen-proxy") {
+                let proxy = free_port(rng, &used)?;
+                used.push(proxy);
+                node.proxy_addr = Some(proxy);
+                node.extra.extend([
+                    "--listen-proxy".into(),
+                    proxy.to_string(),
+                    "--trusted-proxy".into(),
+                    "127.0.0.1/32".into(),
+                ]);
+            }
             if help.contains("--advertise") {
                 node.extra.extend(["--advertise".into(), addr.to_string()]);
             }
@@ -525,12 +539,12 @@ impl Servers for ClusterEnv {
 }
 
 /// A free loopback port below the ephemeral range (so that no outgoing connection takes it
-/// while its node is down), not one of `taken`'s.
-fn free_port(rng: &mut Rng, taken: &[Node]) -> Result<SocketAddr, String> {
+/// while its node is down), not one of `taken`.
+pub fn free_port(rng: &mut Rng, taken: &[SocketAddr]) -> Result<SocketAddr, String> {
     for _ in 0..200 {
         let port = 20_000 + rng.below(12_000) as u16;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if taken.iter().all(|n| n.addr != addr) && TcpListener::bind(addr).is_ok() {
+        if !taken.contains(&addr) && TcpListener::bind(addr).is_ok() {
             return Ok(addr);
         }
     }
@@ -541,6 +555,9 @@ fn free_port(rng: &mut Rng, taken: &[Node]) -> Result<SocketAddr, String> {
 pub struct Node {
     pub id: String,
     pub addr: SocketAddr,
+    /// Its backend listener for proxies (`--listen-proxy`, trusting 127.0.0.1), where this
+    /// pop3d has them.
+    pub proxy_addr: Option<SocketAddr>,
     dir: PathBuf,
     pub starts: u32,
     pub process: Option<Pop3d>,
@@ -555,6 +572,7 @@ impl Node {
         Node {
             id: id.to_owned(),
             addr,
+            proxy_addr: None,
             dir: root.join(id),
             starts: 0,
             process: None,
@@ -1017,7 +1035,9 @@ impl Drop for Nginx {
 }
 
 /// nginx serves: a `stream` proxy in front of node 1 carries a whole POP3 session (greeting,
-/// login, STAT, QUIT).
+/// login, STAT, QUIT); and where nodes have a backend listener, a `stream` proxy with
+/// `proxy_protocol on` in front of it does too, and node 1 logs the session under the
+/// client's own address from the PROXY header, not nginx's.
 fn nginx_stream(
     env: &ClusterEnv,
     dist: &NginxDist,
@@ -1027,14 +1047,25 @@ fn nginx_stream(
     env.add_user(user, pass)?;
     env.deliver(user, 1, 400)?;
     let mut rng = Rng::new(harness::clock_seed());
-    let front = free_port(&mut rng, &env.nodes)?;
-    let conf = format!(
-        "stream {{\n  server {{\n    listen {front};\n    proxy_pass {};\n  }}\n}}\n",
-        env.nodes[0].addr
+    let mut used: Vec<SocketAddr> = env.nodes.iter().map(|n| n.addr).collect();
+    used.extend(env.nodes.iter().filter_map(|n| n.proxy_addr));
+    let front = free_port(&mut rng, &used)?;
+    used.push(front);
+    let front_proxied = free_port(&mut rng, &used)?;
+    let node = &env.nodes[0];
+    let mut conf = format!(
+        "stream {{\n  server {{\n    listen {front};\n    proxy_pass {};\n  }}\n",
+        node.addr
     );
-    let mut nginx = Nginx::start(dist, &env.root.join("nginx-stream"), &conf)?;
-    let result = (|| -> Result<(), String> {
-        let (mut c, reply) = try_login(front, user, pass)?;
+    if let Some(backend) = node.proxy_addr {
+        conf.push_str(&format!(
+            "  server {{\n    listen {front_proxied};\n    proxy_pass {backend};\n    \
+             proxy_protocol on;\n  }}\n"
+        ));
+    }
+    conf.push_str("}\n");
+    let session = |addr: SocketAddr| -> Result<SocketAddr, String> {
+        let (mut c, reply) = try_login(addr, user, pass)?;
         if !reply.starts_with("+OK") {
             return Err(format!("PASS answered {reply:?}"));
         }
@@ -1042,15 +1073,42 @@ fn nginx_stream(
         if !stat.starts_with("+OK 1 ") {
             return Err(format!("STAT answered {stat:?}, one message expected"));
         }
-        c.ok("QUIT").map(drop).map_err(|e| e.to_string())
-    })();
-    nginx.stop();
-    if let Err(e) = result {
-        violations.push(format!(
-            "nginx stream proxy to node 1: {e}\nnginx log:\n{}",
-            nginx.error_log()
-        ));
+        let local = c.local_addr().map_err(|e| e.to_string())?;
+        c.ok("QUIT").map_err(|e| e.to_string())?;
+        Ok(local)
+    };
+    let mut nginx = Nginx::start(dist, &env.root.join("nginx-stream"), &conf)?;
+    let mut found = Vec::new();
+    if let Err(e) = session(front) {
+        found.push(format!("nginx stream proxy to node 1: {e}"));
     }
+    if node.proxy_addr.is_some() {
+        match session(front_proxied) {
+            Ok(client) => {
+                let log = std::fs::read_to_string(node.log()).unwrap_or_default();
+                if log.contains(&format!("peer={client} ")) {
+                    eprintln!(
+                        "xtask cluster-test: nginx with proxy_protocol on: node 1 logged the \
+                         session as the client's {client}"
+                    );
+                } else {
+                    found.push(format!(
+                        "nginx stream proxy with proxy_protocol on: node 1's log ({}) has no \
+                         session of the client's address {client}",
+                        node.log().display()
+                    ));
+                }
+            }
+            Err(e) => found.push(format!(
+                "nginx stream proxy with proxy_protocol on to node 1: {e}"
+            )),
+        }
+    }
+    nginx.stop();
+    if !found.is_empty() {
+        found.push(format!("nginx log:\n{}", nginx.error_log()));
+    }
+    violations.extend(found);
     Ok(())
 }
 

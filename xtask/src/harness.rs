@@ -591,6 +591,11 @@ impl Client {
         Ok(out)
     }
 
+    /// The client's own address (what a proxy in between names in a PROXY header).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.writer.local_addr()
+    }
+
     /// Closes both directions without QUIT.
     pub fn drop_connection(self) {
         let _ = self.writer.shutdown(std::net::Shutdown::Both);
