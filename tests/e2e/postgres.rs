@@ -1,7 +1,8 @@
 //! pop3d and popadm on a PostgreSQL store (`--store postgres://...`): a throw-away cluster,
 //! an account and mail added with popadm, a POP3 session that retrieves byte for byte and
 //! deletes at QUIT (RFC 1939 section 6), `[IN-USE]` for a second session (RFC 2449 section 8.1.1),
-//! and a session whose lease was taken over ending `-ERR [SYS/TEMP]` without UPDATE.
+//! and a session whose lease was taken over ending `-ERR [SYS/TEMP]` without UPDATE (at QUIT,
+//! and by the node's batch renewer before any QUIT); the node in `popadm node list`.
 //!
 //! Skips with a printed reason where PostgreSQL is not installed or the binaries were built
 //! without the `postgres` feature (`cargo xtask test` builds them with it), unless
@@ -137,8 +138,63 @@ fn pop3d_and_popadm_on_postgres_retrieve_and_delete() {
     cluster
         .psql("maildrops", "UPDATE locks SET node = 'e2e-node'")
         .expect("hand the lease to this node");
-    let server = Server::start(data, &["--store", &url, "--node-id", "e2e-node"]);
+    let server = Server::start(
+        data,
+        &[
+            "--store",
+            &url,
+            "--node-id",
+            "e2e-node",
+            "--lock-lease",
+            "3",
+        ],
+    );
+    // The node is in the node table, by its bound address.
+    let nodes = popadm_ok(data, &["--store", &url, "node", "list"], b"");
+    let row = format!("e2e-node\t{}\tup\t", server.addr);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&row) && l.ends_with("\tlive")),
+        "{nodes}"
+    );
     let mut client = server.login("alice", "secret pw");
+    // The node's batch renewer (every second with this lease) finds the lease taken over and
+    // ends the session at its next command, before any QUIT.
+    cluster
+        .psql(
+            "maildrops",
+            "UPDATE locks SET token = nextval('lock_tokens'), holder = 'pop3d@other:1#2', \
+             node = 'other', expires_at = clock_timestamp() + interval '1 second'",
+        )
+        .expect("take the lease over");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let reply = client.cmd("NOOP");
+        if reply.starts_with("-ERR [SYS/TEMP]") {
+            break;
+        }
+        assert!(reply.starts_with("+OK"), "{reply}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lost lease went unnoticed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(client.closed());
+    // Once the other node's lease is over, the maildrop is this node's again.
+    let mut client = loop {
+        let mut c = server.connect();
+        c.ok("USER alice");
+        if c.cmd("PASS secret pw").starts_with("+OK") {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never lapsed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     client.ok("DELE 1");
     client.ok("QUIT");
     let left = cluster
