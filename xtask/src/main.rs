@@ -40,9 +40,10 @@ commands:
           and Dovecot's pop3d (run privately on loopback), the Kerberos tools, PostgreSQL
           (--bench: only Dovecot's pop3d, for bench --against dovecot); downloads nginx's
           Debian packages into target/nginx-debs for cluster-test (never installed)
-  bench [--quick] [--against dovecot] [--reps N]
+  bench [--quick] [--against dovecot] [--reps N] [--only S1,..,S6]
           benchmark the release pop3d (and a private Dovecot) with crates/bench; results in
-          target/bench/latest.{json,md}
+          target/bench/latest.{json,md}; S6 compares 1 node on SQLite, 1 on PostgreSQL and
+          3 behind nginx (unpacked, as for cluster-test)
   cluster-test [--rounds N] [--seed S]
           PostgreSQL, 3 pop3d nodes on it and nginx (unpacked) on loopback: nginx stream
           proxy, [IN-USE] across nodes, frozen-node fencing, N rounds of kill -9 of a node

@@ -15,6 +15,7 @@ mod corpus;
 mod idle;
 mod load;
 mod procs;
+mod shapes;
 mod suite;
 mod unstuff;
 

@@ -18,6 +18,7 @@ use crate::corpus::{self, Expected};
 use crate::idle::{self, Idle};
 use crate::load::{self, Mode, RunResult};
 use crate::procs::{self, RssSampler, ServerProcess};
+use crate::shapes;
 
 /// The one password every benchmark account has.
 const PASSWORD: &str = "bench password 1";
@@ -50,6 +51,35 @@ pub struct SuiteArgs {
     /// Do not run `cargo build --release`; use the binaries next to this one
     #[arg(long)]
     pub no_build: bool,
+    /// Run only these scenarios (S1 .. S6; S1 takes in S1c, S1-TLS and S1-STLS, and so on);
+    /// repeat or separate by commas. Default: all.
+    #[arg(long, value_name = "ID", value_delimiter = ',', value_parser = ["S1", "S2", "S3", "S4", "S5", "S6"])]
+    pub only: Vec<String>,
+    /// S6: the nginx binary for the three-node shape (`cargo xtask bench` passes the one it
+    /// unpacked from the Debian packages `cargo xtask deps` fetched); without it that shape is
+    /// left out
+    #[arg(long, value_name = "FILE", requires = "nginx_mail_module")]
+    pub nginx: Option<PathBuf>,
+    /// S6: nginx's mail module (`ngx_mail_module.so`)
+    #[arg(long, value_name = "FILE", requires = "nginx")]
+    pub nginx_mail_module: Option<PathBuf>,
+}
+
+impl SuiteArgs {
+    /// Whether scenario `id` (or one of its variants, `S1c` for `S1`) is to run.
+    pub fn wants(&self, id: &str) -> bool {
+        let family = id
+            .split(|c: char| c == '-' || c.is_ascii_lowercase())
+            .next();
+        self.only.is_empty() || self.only.iter().any(|o| Some(o.as_str()) == family)
+    }
+
+    /// Whether any of S1 .. S5 (the scenarios on pop3d's own store, and Dovecot's) runs.
+    fn classic(&self) -> bool {
+        ["S1", "S2", "S3", "S4", "S5"]
+            .iter()
+            .any(|id| self.wants(id))
+    }
 }
 
 struct Sizes {
@@ -68,11 +98,47 @@ struct Sizes {
 }
 
 /// A running server under test.
-struct Endpoint {
-    name: String,
-    plain: u16,
-    tls: u16,
-    process: ServerProcess,
+pub(crate) struct Endpoint {
+    pub name: String,
+    pub plain: u16,
+    pub tls: u16,
+    /// Its processes, stopped in this order; the first is the one whose memory S3 and S4
+    /// sample.
+    pub processes: Vec<ServerProcess>,
+    /// Further process trees whose CPU time counts as the server's (a PostgreSQL store's).
+    pub store_pids: Vec<u32>,
+}
+
+impl Endpoint {
+    pub fn new(name: &str, plain: u16, tls: u16, process: ServerProcess) -> Endpoint {
+        Endpoint {
+            name: name.into(),
+            plain,
+            tls,
+            processes: vec![process],
+            store_pids: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.processes.first().map_or(0, ServerProcess::pid)
+    }
+
+    /// CPU seconds used so far by all its processes and their store's.
+    fn cpu_seconds(&self, ticks: f64) -> f64 {
+        self.processes
+            .iter()
+            .map(ServerProcess::pid)
+            .chain(self.store_pids.iter().copied())
+            .map(|pid| procs::cpu_seconds(pid, ticks))
+            .sum()
+    }
+
+    pub fn stop(&mut self) {
+        for p in &mut self.processes {
+            p.stop();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -124,6 +190,7 @@ impl Transport {
     }
 }
 
+#[derive(Clone)]
 struct Scenario {
     id: &'static str,
     title: String,
@@ -289,10 +356,23 @@ pub fn deps() -> Result<()> {
     Ok(())
 }
 
-fn popadm(bin: &Path, data: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(bin);
-    c.arg("--data-dir").arg(data).args(args);
-    c
+/// How popadm reaches a store: pop3d's data directory and, for PostgreSQL, its URL.
+pub(crate) struct Popadm<'a> {
+    pub bin: &'a Path,
+    pub data: &'a Path,
+    pub store: Option<&'a str>,
+}
+
+impl Popadm<'_> {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.bin);
+        c.arg("--data-dir").arg(self.data);
+        if let Some(url) = self.store {
+            c.args(["--store", url]);
+        }
+        c.args(args);
+        c
+    }
 }
 
 /// Size of message `index` of the scenario-5 maildrop: small, 300 to 900 octets of body.
@@ -305,15 +385,16 @@ fn idle_users(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("idle{i}")).collect()
 }
 
-/// Users `user0..`, `big*`, `many0`, their mbox files (and Maildirs for Dovecot), and the
-/// expected corpus; the MiB figure is that of `user0..` (scenarios 1 and 2). Idle users get
-/// empty Maildirs.
+/// Users `user0..` and, with `extras`, `big*` and `many0`: their mbox files (and Maildirs for
+/// Dovecot), and the expected corpus; the MiB figure is that of `user0..` (scenarios 1, 2 and
+/// 6). Idle users get empty Maildirs.
 fn write_corpus(
     tmp: &Path,
     users: &[String],
     sizes: &Sizes,
     seed: u64,
     maildirs: bool,
+    extras: bool,
 ) -> Result<(Expected, f64)> {
     let mut expected = Expected::new(seed);
     let mut octets = 0u64;
@@ -327,14 +408,16 @@ fn write_corpus(
             (u.clone(), msgs)
         })
         .collect();
-    for (user, size) in BIG {
-        all.push((user.to_string(), vec![(0, size)]));
+    if extras {
+        for (user, size) in BIG {
+            all.push((user.to_string(), vec![(0, size)]));
+        }
+        all.push((
+            MANY_USER.to_string(),
+            (0..sizes.many).map(|i| (i, many_size(i))).collect(),
+        ));
     }
-    all.push((
-        MANY_USER.to_string(),
-        (0..sizes.many).map(|i| (i, many_size(i))).collect(),
-    ));
-    if maildirs {
+    if maildirs && extras {
         for user in idle_users(sizes.idle_sessions) {
             for d in ["cur", "new", "tmp"] {
                 std::fs::create_dir_all(tmp.join("mail").join(&user).join("Maildir").join(d))?;
@@ -382,23 +465,27 @@ fn write_corpus(
 }
 
 /// Creates the accounts and imports their mail (none for `idle`), two popadm processes at a
-/// time.
-fn provision(
-    popadm_bin: &Path,
-    data: &Path,
+/// time; with `extras` also the S3 and S5 users.
+pub(crate) fn provision(
+    store: &Popadm,
     tmp: &Path,
     users: &[String],
     idle: &[String],
+    extras: bool,
 ) -> Result<()> {
     let mut all: Vec<&str> = users.iter().map(String::as_str).collect();
-    all.push(MANY_USER);
+    if extras {
+        all.push(MANY_USER);
+    }
     let with_mail = all.len();
     all.extend(idle.iter().map(String::as_str));
-    all.extend(BIG.iter().map(|(u, _)| *u));
+    if extras {
+        all.extend(BIG.iter().map(|(u, _)| *u));
+    }
     for pair in all.chunks(2) {
         let mut children = Vec::new();
         for user in pair {
-            let mut c = popadm(popadm_bin, data, &["user", "add", user, "--password-stdin"]);
+            let mut c = store.cmd(&["user", "add", user, "--password-stdin"]);
             let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
             if let Some(mut stdin) = child.stdin.take() {
                 writeln!(stdin, "{PASSWORD}")?;
@@ -417,7 +504,7 @@ fn provision(
         for user in pair {
             let file = tmp.join("mbox").join(format!("{user}.mbox"));
             let file = file.to_string_lossy().into_owned();
-            let mut c = popadm(popadm_bin, data, &["import", "mbox", &file, user]);
+            let mut c = store.cmd(&["import", "mbox", &file, user]);
             children.push((*user, c.stdout(Stdio::null()).spawn()?));
         }
         for (user, mut child) in children {
@@ -427,14 +514,10 @@ fn provision(
             }
         }
     }
-    for (user, size) in BIG {
+    for (user, size) in BIG.into_iter().filter(|_| extras) {
         let eml = std::fs::File::open(tmp.join("mbox").join(format!("{user}.eml")))?;
         let max = (2 * size).to_string();
-        let mut c = popadm(
-            popadm_bin,
-            data,
-            &["deliver", "--no-lda-headers", "--max-size", &max, user],
-        );
+        let mut c = store.cmd(&["deliver", "--no-lda-headers", "--max-size", &max, user]);
         c.stdin(eml).stdout(Stdio::null());
         check(c, &format!("popadm deliver to {user}"))?;
     }
@@ -661,7 +744,9 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         build
             .current_dir(&root)
-            .args(["build", "--release", "--bin", "pop3d", "--bin", "popadm"]);
+            .args(["build", "--release", "--bin", "pop3d", "--bin", "popadm"])
+            // S6 runs pop3d on PostgreSQL too (pure Rust; the same build serves S1 .. S5).
+            .args(["--features", "store/postgres"]);
         eprintln!("pop3-bench: building pop3d and popadm (release)");
         check(build, "cargo build --release")?;
     }
@@ -762,6 +847,127 @@ fn run_in(
     out_dir: &Path,
 ) -> Result<()> {
     let load_start = loadavg();
+    let mut notes = notes;
+    let users: Vec<String> = (0..sizes.users).map(|n| format!("user{n}")).collect();
+    let classic = args.classic();
+    if classic {
+        eprintln!(
+            "pop3-bench: corpus: {} users x {} messages (seed {}), one 20 MiB and one 100 MiB \
+             message, {} messages for {MANY_USER}, {} idle users",
+            sizes.users, sizes.messages, args.seed, sizes.many, sizes.idle_sessions,
+        );
+    } else {
+        eprintln!(
+            "pop3-bench: corpus: {} users x {} messages (seed {})",
+            sizes.users, sizes.messages, args.seed
+        );
+    }
+    let (expected, corpus_mib) =
+        write_corpus(tmp, &users, sizes, args.seed, dovecot.is_some(), classic)?;
+    let expected = Arc::new(expected);
+    let mut rows = Vec::new();
+    if classic {
+        rows = classic_rows(
+            args,
+            sizes,
+            tmp,
+            (pop3d_bin, popadm_bin),
+            dovecot.is_some(),
+            &users,
+            &expected,
+            &mut notes,
+        )?;
+    }
+    if args.wants("S6") {
+        let setup = shapes::Setup {
+            pop3d: pop3d_bin,
+            popadm: popadm_bin,
+            tmp,
+            users: &users,
+            nginx: args.nginx.as_deref().zip(args.nginx_mail_module.as_deref()),
+        };
+        rows.extend(s6_rows(sizes, &setup, &expected, &mut notes)?);
+    }
+    notes.push(format!(
+        "Load average (1, 5, 15 min) at the start: {load_start}; at the end: {}.",
+        loadavg()
+    ));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let report = Report {
+        date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+        machine: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_default(),
+        cpus,
+        kernel: output("uname", &["-sr"]).unwrap_or_default(),
+        pop3d_commit: output(
+            "git",
+            &[
+                "-C",
+                &workspace_root().to_string_lossy(),
+                "describe",
+                "--always",
+                "--dirty",
+            ],
+        )
+        .unwrap_or_default(),
+        dovecot,
+        quick: args.quick,
+        users: sizes.users,
+        messages_per_user: sizes.messages,
+        corpus_mib,
+        reps: sizes.reps,
+        seed: args.seed,
+        notes,
+        rows,
+    };
+    std::fs::create_dir_all(out_dir)?;
+    let md = markdown(&report);
+    std::fs::write(
+        out_dir.join("latest.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out_dir.join("latest.md"), &md)?;
+    println!("{md}");
+    eprintln!(
+        "pop3-bench: wrote {} and {}",
+        out_dir.join("latest.json").display(),
+        out_dir.join("latest.md").display()
+    );
+    let invalid: Vec<String> = report
+        .rows
+        .iter()
+        .flat_map(|r| {
+            r.cells
+                .iter()
+                .filter(|c| !c.valid)
+                .map(move |c| format!("{} c={} {}", r.id, r.concurrency, c.server))
+        })
+        .collect();
+    if !invalid.is_empty() {
+        bail!("failed or incomplete measurements: {}", invalid.join(", "));
+    }
+    Ok(())
+}
+
+/// S1 .. S5: pop3d on its own SQLite store (and Dovecot side by side), the scenarios
+/// `args` wants; notes about them go to `notes`.
+#[allow(clippy::too_many_arguments)]
+fn classic_rows(
+    args: &SuiteArgs,
+    sizes: &Sizes,
+    tmp: &Path,
+    (pop3d_bin, popadm_bin): (&Path, &Path),
+    against: bool,
+    users: &[String],
+    expected: &Arc<Expected>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Row>> {
     let nofile = procs::raise_nofile();
     let needed = sizes.idle_conns as u64 + 1000;
     if nofile < needed {
@@ -770,19 +976,17 @@ fn run_in(
              (ulimit -Hn) and run again"
         );
     }
-    let users: Vec<String> = (0..sizes.users).map(|n| format!("user{n}")).collect();
+    let users = users.to_vec();
     let idle = idle_users(sizes.idle_sessions);
     let data = tmp.join("pop3d-data");
-    eprintln!(
-        "pop3-bench: corpus: {} users x {} messages (seed {}), one 20 MiB and one 100 MiB \
-         message, {} messages for {MANY_USER}, {} idle users",
-        sizes.users, sizes.messages, args.seed, sizes.many, sizes.idle_sessions,
-    );
-    let (expected, corpus_mib) = write_corpus(tmp, &users, sizes, args.seed, dovecot.is_some())?;
-    let expected = Arc::new(expected);
-    eprintln!("pop3-bench: provisioning pop3d ({corpus_mib:.1} MiB; argon2id hashes)");
+    eprintln!("pop3-bench: provisioning pop3d (argon2id hashes)");
     let t0 = std::time::Instant::now();
-    provision(popadm_bin, &data, tmp, &users, &idle)?;
+    let store = Popadm {
+        bin: popadm_bin,
+        data: &data,
+        store: None,
+    };
+    provision(&store, tmp, &users, &idle, true)?;
     eprintln!(
         "pop3-bench: provisioned in {:.1}s",
         t0.elapsed().as_secs_f64()
@@ -793,28 +997,11 @@ fn run_in(
     // auth cache keeps the stored hash, not a verified login) ...
     let start_pop3d = |name: &str, cache_ttl: &str| -> Result<Endpoint> {
         let (plain, tls) = (procs::free_port()?, procs::free_port()?);
-        let mut cmd = Command::new(pop3d_bin);
-        cmd.arg("--data-dir")
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{plain}")])
-            .args(["--listen-tls", &format!("127.0.0.1:{tls}")])
-            .args(["--log", "warn", "--max-connections", "20000"])
-            .args([
-                "--max-connections-per-ip",
-                "20000",
-                "--auth-failure-delay",
-                "0",
-                "--credential-cache-ttl",
-                cache_ttl,
-            ]);
+        let mut cmd = pop3d_command(pop3d_bin, &data, plain, cache_ttl);
+        cmd.args(["--listen-tls", &format!("127.0.0.1:{tls}")]);
         let log = tmp.join(format!("{}.log", name.replace('+', "-")));
         let process = ServerProcess::start(name, cmd, &log, plain)?;
-        Ok(Endpoint {
-            name: name.into(),
-            plain,
-            tls,
-            process,
-        })
+        Ok(Endpoint::new(name, plain, tls, process))
     };
     endpoints.push(start_pop3d("pop3d", "0")?);
     let ours = 0;
@@ -827,7 +1014,7 @@ fn run_in(
     let mut theirs = None;
     let mut theirs_cached = None;
     let mut theirs_idle = [None, None];
-    if dovecot.is_some() {
+    if against {
         let ids = dovecot_ids()?;
         let passwd = tmp.join("passwd");
         let mut text = String::new();
@@ -884,12 +1071,7 @@ fn run_in(
                 _ => &mut theirs_idle[1],
             };
             *slot = Some(endpoints.len());
-            endpoints.push(Endpoint {
-                name: name.into(),
-                plain,
-                tls,
-                process,
-            });
+            endpoints.push(Endpoint::new(name, plain, tls, process));
         }
     }
 
@@ -950,7 +1132,7 @@ fn run_in(
             )]
         } else {
             std::iter::once(users.clone())
-                .chain(bigs.iter().cloned())
+                .chain(bigs.iter().filter(|_| args.wants("S3")).cloned())
                 .map(|u| {
                     (
                         u,
@@ -979,7 +1161,7 @@ fn run_in(
                 );
             }
         }
-        if !s4 && i != ours_cached && Some(i) != theirs_cached {
+        if !s4 && i != ours_cached && Some(i) != theirs_cached && args.wants("S5") {
             time_listing(&rt, &target(ep, Transport::Plain), sizes)
                 .with_context(|| format!("{}: warm-up listing of {MANY_USER}", ep.name))?;
         }
@@ -1106,47 +1288,8 @@ fn run_in(
 
     let ticks = procs::clock_ticks();
     let mut rows = Vec::new();
-    for sc in &scenarios {
-        let mut reps: Vec<Vec<Rep>> = sc.servers.iter().map(|_| Vec::new()).collect();
-        for rep in 0..sc.reps {
-            for (k, &si) in sc.servers.iter().enumerate() {
-                let ep = &endpoints[si];
-                let pid = ep.process.pid();
-                let base = if sc.rss { procs::rss_kib(pid) } else { 0 };
-                let sampler = sc.rss.then(|| RssSampler::start(pid));
-                let (cpu0, me0) = (procs::cpu_seconds(pid, ticks), own_cpu_seconds(ticks));
-                let run = rt.block_on(load::run(
-                    target(ep, sc.transport),
-                    sc.users.clone(),
-                    sc.work,
-                    sc.concurrency,
-                    sc.mode,
-                    Some(expected.clone()),
-                ))?;
-                let (cpu1, me1) = (procs::cpu_seconds(pid, ticks), own_cpu_seconds(ticks));
-                let peak = sampler.map(RssSampler::finish).unwrap_or(0);
-                log_rep(sc.id, sc.concurrency, &ep.name, rep, &run, cpu1 - cpu0);
-                reps[k].push(Rep {
-                    rss_base_kib: base,
-                    rss_peak_kib: peak,
-                    ..Rep::new(run, cpu1 - cpu0, me1 - me0)
-                });
-            }
-        }
-        rows.push(Row {
-            id: sc.id,
-            title: sc.title.clone(),
-            transport: sc.transport.label(),
-            concurrency: sc.concurrency,
-            unit: sc.unit,
-            rss: sc.rss,
-            cells: sc
-                .servers
-                .iter()
-                .zip(reps)
-                .map(|(&si, r)| cell(&endpoints[si].name, r, sc.unit, sc.rss))
-                .collect(),
-        });
+    for sc in scenarios.iter().filter(|sc| args.wants(sc.id)) {
+        rows.push(measure(&rt, sc, &endpoints, &target, expected, ticks)?);
     }
 
     // S4: idle connections on fresh servers, one run each (a second run would reuse the memory
@@ -1169,7 +1312,8 @@ fn run_in(
             16,
         ),
     ];
-    for (phase, (title, what, parallel)) in phases.into_iter().enumerate() {
+    let phases = phases.into_iter().enumerate().filter(|_| args.wants("S4"));
+    for (phase, (title, what, parallel)) in phases {
         let mut cells = Vec::new();
         for si in pair(ours_idle[phase], theirs_idle[phase]) {
             let ep = &endpoints[si];
@@ -1180,7 +1324,7 @@ fn run_in(
                 &what,
                 parallel,
                 users.clone(),
-                &expected,
+                expected,
                 ticks,
             );
             cells.push(cell(&ep.name, vec![rep], Unit::KibPerConn, false));
@@ -1199,13 +1343,13 @@ fn run_in(
     // S5: the large maildrop, PASS to +OK, STAT, UIDL and LIST.
     let mut s5: Vec<Vec<(client::ListingTimes, RunResult, f64)>> =
         plain_pair.iter().map(|_| Vec::new()).collect();
-    for rep in 0..sizes.reps {
+    let s5_reps = if args.wants("S5") { sizes.reps } else { 0 };
+    for rep in 0..s5_reps {
         for (k, &si) in plain_pair.iter().enumerate() {
             let ep = &endpoints[si];
-            let pid = ep.process.pid();
-            let cpu0 = procs::cpu_seconds(pid, ticks);
+            let cpu0 = ep.cpu_seconds(ticks);
             let t = time_listing(&rt, &target(ep, Transport::Plain), sizes);
-            let cpu = procs::cpu_seconds(pid, ticks) - cpu0;
+            let cpu = ep.cpu_seconds(ticks) - cpu0;
             let (times, error) = match t {
                 Ok(t) => (t, None),
                 Err(e) => (client::ListingTimes::default(), Some(format!("{e:#}"))),
@@ -1248,7 +1392,7 @@ fn run_in(
         ("UIDL, the whole listing", |t| t.uidl_ms),
         ("LIST, the whole listing", |t| t.list_ms),
     ];
-    for (what, step) in steps {
+    for (what, step) in steps.into_iter().filter(|_| args.wants("S5")) {
         rows.push(Row {
             id: "S5",
             title: format!("{} messages: {what}", sizes.many),
@@ -1273,12 +1417,11 @@ fn run_in(
         });
     }
 
-    let peak_hwm = procs::hwm_kib(endpoints[0].process.pid());
+    let peak_hwm = procs::hwm_kib(endpoints[0].pid());
     for ep in &mut endpoints {
-        ep.process.stop();
+        ep.stop();
     }
 
-    let mut notes = notes;
     notes.push(format!(
         "pop3d's lifetime peak RSS (VmHWM) over the whole run: {:.1} MiB.",
         peak_hwm as f64 / 1024.0
@@ -1308,71 +1451,175 @@ fn run_in(
             ""
         }
     ));
-    notes.push(format!(
-        "Load average (1, 5, 15 min) at the start: {load_start}; at the end: {}.",
-        loadavg()
-    ));
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let report = Report {
-        date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
-        machine: std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("model name"))
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-            .unwrap_or_default(),
-        cpus,
-        kernel: output("uname", &["-sr"]).unwrap_or_default(),
-        pop3d_commit: output(
-            "git",
-            &[
-                "-C",
-                &workspace_root().to_string_lossy(),
-                "describe",
-                "--always",
-                "--dirty",
-            ],
-        )
-        .unwrap_or_default(),
-        dovecot,
-        quick: args.quick,
-        users: sizes.users,
-        messages_per_user: sizes.messages,
-        corpus_mib,
-        reps: sizes.reps,
-        seed: args.seed,
-        notes,
-        rows,
+    Ok(rows)
+}
+
+/// pop3d on `data`, listening on loopback port `plain`, tuned for the benchmark: limits out of
+/// the way, no failed-auth delay, its credential cache for `cache_ttl` seconds (0: off).
+pub(crate) fn pop3d_command(bin: &Path, data: &Path, plain: u16, cache_ttl: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{plain}")])
+        .args(["--log", "warn", "--max-connections", "20000"])
+        .args([
+            "--max-connections-per-ip",
+            "20000",
+            "--auth-failure-delay",
+            "0",
+            "--credential-cache-ttl",
+            cache_ttl,
+        ]);
+    cmd
+}
+
+/// S6: the S1 and S2 sessions at c=16 on each cluster shape ([`shapes`]), interleaved.
+fn s6_rows(
+    sizes: &Sizes,
+    setup: &shapes::Setup,
+    expected: &Arc<Expected>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Row>> {
+    let Some(mut shapes) = shapes::start(setup)? else {
+        let why = "S6 left out: PostgreSQL is not installed (cargo xtask deps installs it)";
+        eprintln!("pop3-bench: {why}");
+        notes.push(why.into());
+        return Ok(Vec::new());
     };
-    std::fs::create_dir_all(out_dir)?;
-    let md = markdown(&report);
-    std::fs::write(
-        out_dir.join("latest.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    std::fs::write(out_dir.join("latest.md"), &md)?;
-    println!("{md}");
-    eprintln!(
-        "pop3-bench: wrote {} and {}",
-        out_dir.join("latest.json").display(),
-        out_dir.join("latest.md").display()
-    );
-    let invalid: Vec<String> = report
-        .rows
-        .iter()
-        .flat_map(|r| {
-            r.cells
-                .iter()
-                .filter(|c| !c.valid)
-                .map(move |c| format!("{} c={} {}", r.id, r.concurrency, c.server))
+    let measured = s6_measure(sizes, setup.users, &shapes.endpoints, expected);
+    shapes.stop();
+    notes.append(&mut shapes.notes);
+    measured
+}
+
+fn s6_measure(
+    sizes: &Sizes,
+    users: &[String],
+    endpoints: &[Endpoint],
+    expected: &Arc<Expected>,
+) -> Result<Vec<Row>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let target = |ep: &Endpoint, _: Transport| {
+        Arc::new(Target {
+            host: "127.0.0.1".into(),
+            port: ep.plain,
+            tls: None,
+            stls: false,
+            password: PASSWORD.into(),
         })
-        .collect();
-    if !invalid.is_empty() {
-        bail!("failed or incomplete measurements: {}", invalid.join(", "));
+    };
+    let users = Arc::new(users.to_vec());
+    // Warm-up (not measured): every maildrop downloaded once through every shape.
+    for ep in endpoints {
+        eprintln!("pop3-bench: warm-up of {}", ep.name);
+        let mode = Mode::EachOnce {
+            time: sizes.s2_time,
+        };
+        let r = rt.block_on(load::run(
+            target(ep, Transport::Plain),
+            users.clone(),
+            Work::Download,
+            4,
+            mode,
+            Some(expected.clone()),
+        ))?;
+        if r.errors > 0 || r.truncated {
+            bail!(
+                "{}: warm-up failed: {}",
+                ep.name,
+                r.first_error.unwrap_or_else(|| "cut short".into())
+            );
+        }
     }
-    Ok(())
+    let servers: Vec<usize> = (0..endpoints.len()).collect();
+    let login = Scenario {
+        id: "S6",
+        title: "login+STAT+QUIT".into(),
+        work: Work::Login,
+        transport: Transport::Plain,
+        concurrency: 16,
+        users: users.clone(),
+        mode: Mode::Repeat {
+            sessions: sizes.s1_sessions,
+            time: sizes.s1_time,
+        },
+        unit: Unit::Sessions,
+        rss: false,
+        reps: sizes.reps,
+        servers,
+    };
+    let download = Scenario {
+        title: format!(
+            "download {} users x {} msgs (UIDL, LIST, RETR all, QUIT)",
+            sizes.users, sizes.messages
+        ),
+        work: Work::Download,
+        mode: Mode::EachOnce {
+            time: sizes.s2_time,
+        },
+        unit: Unit::Mib,
+        ..login.clone()
+    };
+    let ticks = procs::clock_ticks();
+    [login, download]
+        .iter()
+        .map(|sc| measure(&rt, sc, endpoints, &target, expected, ticks))
+        .collect()
+}
+
+/// Runs scenario `sc` on each of its servers, interleaved repetition by repetition, and
+/// makes its row.
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    sc: &Scenario,
+    endpoints: &[Endpoint],
+    target: &dyn Fn(&Endpoint, Transport) -> Arc<Target>,
+    expected: &Arc<Expected>,
+    ticks: f64,
+) -> Result<Row> {
+    let mut reps: Vec<Vec<Rep>> = sc.servers.iter().map(|_| Vec::new()).collect();
+    for rep in 0..sc.reps {
+        for (k, &si) in sc.servers.iter().enumerate() {
+            let ep = &endpoints[si];
+            let pid = ep.pid();
+            let base = if sc.rss { procs::rss_kib(pid) } else { 0 };
+            let sampler = sc.rss.then(|| RssSampler::start(pid));
+            let (cpu0, me0) = (ep.cpu_seconds(ticks), own_cpu_seconds(ticks));
+            let run = rt.block_on(load::run(
+                target(ep, sc.transport),
+                sc.users.clone(),
+                sc.work,
+                sc.concurrency,
+                sc.mode,
+                Some(expected.clone()),
+            ))?;
+            let (cpu1, me1) = (ep.cpu_seconds(ticks), own_cpu_seconds(ticks));
+            let peak = sampler.map(RssSampler::finish).unwrap_or(0);
+            log_rep(sc.id, sc.concurrency, &ep.name, rep, &run, cpu1 - cpu0);
+            reps[k].push(Rep {
+                rss_base_kib: base,
+                rss_peak_kib: peak,
+                ..Rep::new(run, cpu1 - cpu0, me1 - me0)
+            });
+        }
+    }
+    Ok(Row {
+        id: sc.id,
+        title: sc.title.clone(),
+        transport: sc.transport.label(),
+        concurrency: sc.concurrency,
+        unit: sc.unit,
+        rss: sc.rss,
+        cells: sc
+            .servers
+            .iter()
+            .zip(reps)
+            .map(|(&si, r)| cell(&endpoints[si].name, r, sc.unit, sc.rss))
+            .collect(),
+    })
 }
 
 fn fmt_num(x: f64) -> String {
@@ -1434,7 +1681,7 @@ fn hold_idle(
     expected: &Arc<Expected>,
     ticks: f64,
 ) -> Rep {
-    let pid = ep.process.pid();
+    let pid = ep.pid();
     let n = what.count();
     let failed = |e: String| RunResult {
         sessions: 0,
@@ -1525,7 +1772,9 @@ fn hold_idle(
 
 fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    let side = r.rows.iter().any(|row| row.cells.len() > 1);
+    // S6 compares pop3d with itself in other shapes: a table of its own.
+    let classic: Vec<&Row> = r.rows.iter().filter(|row| row.id != "S6").collect();
+    let side = classic.iter().any(|row| row.cells.len() > 1);
     let _ = writeln!(
         s,
         "# pop3d benchmark{}\n",
@@ -1558,7 +1807,9 @@ fn markdown(r: &Report) -> String {
             "-".into()
         }
     };
-    if side {
+    if classic.is_empty() {
+        // Only S6 ran.
+    } else if side {
         let _ = writeln!(
             s,
             "ratio is pop3d's advantage: pop3d / Dovecot for rates (sessions/s, MiB/s), Dovecot \
@@ -1580,7 +1831,7 @@ fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(s, "| --- | ---: | --- | ---: | ---: | ---: | ---: |");
     }
-    for row in &r.rows {
+    for row in &classic {
         let per_mib = row.unit == Unit::Mib;
         let cpu_unit = if per_mib { "ms/MiB" } else { "ms/session" };
         let cpu = |c: &Cell| {
@@ -1679,11 +1930,65 @@ fn markdown(r: &Report) -> String {
             let _ = writeln!(s, "- {}: {:.0} messages/s", c.server, c.messages_per_s);
         }
     }
+    shapes_table(&mut s, r);
     let _ = writeln!(s, "\nNotes:\n");
     for n in &r.notes {
         let _ = writeln!(s, "- {n}");
     }
     s
+}
+
+/// S6's rows: each shape's sessions/s, MiB/s, latencies and CPU, and its ratio to the first
+/// shape (one node on SQLite) measured in the same run.
+fn shapes_table(s: &mut String, r: &Report) {
+    let rows: Vec<&Row> = r.rows.iter().filter(|row| row.id == "S6").collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nS6 cluster shapes (plain, c=16, interleaved repetition by repetition; ratio is the \
+         shape's sessions/s over one node on SQLite's, so below 1 means slower; server CPU \
+         covers every pop3d node, nginx and PostgreSQL):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| scenario | shape | sessions/s | ratio | MiB/s | p50 ms | p99 ms | server CPU ms/session |"
+    );
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        let base = &row.cells[0];
+        for c in &row.cells {
+            let ratio = if c.valid && base.valid && base.sessions_per_s > 0.0 {
+                format!("**{:.2}x**", c.sessions_per_s / base.sessions_per_s)
+            } else {
+                "-".into()
+            };
+            let rate = if c.valid {
+                fmt_num(c.sessions_per_s)
+            } else {
+                format!(
+                    "{} (INVALID: {} errors)",
+                    fmt_num(c.sessions_per_s),
+                    c.errors
+                )
+            };
+            let _ = writeln!(
+                s,
+                "| S6 {} | {} | {rate} | {ratio} | {} | {} | {} | {} |",
+                row.title,
+                c.server,
+                if row.unit == Unit::Mib {
+                    fmt_num(c.mib_per_s)
+                } else {
+                    "-".into()
+                },
+                fmt_num(c.p50_ms),
+                fmt_num(c.p99_ms),
+                fmt_num(c.server_cpu_ms_per_session),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
