@@ -537,3 +537,96 @@ fn dovecot_passwd_import() {
             .starts_with("-ERR [AUTH] "));
     }
 }
+
+/// The row of node `id` in `popadm node list`, split into its columns.
+fn node_row(data: &std::path::Path, id: &str) -> Option<Vec<String>> {
+    let list = popadm_ok(data, &["node", "list", "--heartbeat", "1"], b"");
+    let mut lines = list.lines();
+    assert_eq!(
+        lines.next(),
+        Some("NODE\tADDRESS\tSTATE\tSESSIONS\tHEARTBEAT-AGE\tSTATUS")
+    );
+    lines
+        .map(|l| l.split('\t').map(str::to_owned).collect::<Vec<_>>())
+        .find(|row| row[0] == id)
+}
+
+/// Logs in until the reply is no longer `[IN-USE]`/`+OK` as before: the node read the state
+/// at its next heartbeat (1 s). Returns the first reply that `done` accepts.
+fn login_until(server: &Server, user: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let mut c = server.connect();
+        c.ok(&format!("USER {user}"));
+        let reply = c.cmd("PASS pw");
+        c.cmd("QUIT");
+        if done(&reply) {
+            return reply;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no change of the node's state: {reply}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A rolling restart's moves: a pop3d with --node-id appears in `popadm node list`; drained,
+/// it refuses new logins with `-ERR [SYS/TEMP]` while a session logged in before still
+/// retrieves, deletes and quits with its deletions applied; `node up` lets logins in again.
+#[test]
+fn node_list_drain_and_up() {
+    let dir = TempDir::new("nodes");
+    let d = dir.path();
+    for user in ["alice", "bob"] {
+        popadm_ok(d, &["user", "add", user, "--password-stdin"], b"pw\n");
+    }
+    for i in 0..2 {
+        let message = format!("Subject: {i}\r\n\r\nbody {i}\r\n");
+        popadm_ok(
+            d,
+            &["deliver", "--no-lda-headers", "alice"],
+            message.as_bytes(),
+        );
+    }
+    let server = Server::start(d, &["--node-id", "pop-e2e", "--heartbeat", "1"]);
+    // The first heartbeat comes before pop3d takes connections (and says "ready").
+    let row = node_row(d, "pop-e2e").expect("the node in `node list`");
+    let addr = server.addr.to_string();
+    assert_eq!(
+        (row[1].as_str(), row[2].as_str(), row[5].as_str()),
+        (addr.as_str(), "up", "live"),
+        "{row:?}"
+    );
+
+    let mut inside = server.login("alice", "pw");
+    let out = popadm_ok(d, &["node", "drain", "pop-e2e"], b"");
+    assert!(out.contains("draining"), "{out}");
+    assert_eq!(node_row(d, "pop-e2e").expect("row")[2], "draining");
+    let refused = login_until(&server, "bob", |r| !r.starts_with("+OK"));
+    assert!(refused.starts_with("-ERR [SYS/TEMP] "), "{refused}");
+    assert!(refused.contains("drain"), "{refused}");
+
+    // The session from before the drain goes on to the end, and its UPDATE is applied.
+    let (_, body) = inside.multi("RETR 1");
+    assert_eq!(body, b"Subject: 0\r\n\r\nbody 0\r\n");
+    inside.ok("DELE 1");
+    inside.ok("QUIT");
+    let stat = popadm_ok(d, &["stat", "alice"], b"");
+    assert!(stat.contains("messages: 1"), "{stat}");
+
+    popadm_ok(d, &["node", "up", "pop-e2e"], b"");
+    let back = login_until(&server, "bob", |r| r.starts_with("+OK"));
+    assert!(back.starts_with("+OK"), "{back}");
+
+    // Unknown ids: a clear error and exit 67; remove takes the row away.
+    for cmd in ["drain", "up", "remove"] {
+        let out = popadm(d, &["node", cmd, "no-such-node"], b"");
+        assert_eq!(out.status.code(), Some(67), "node {cmd}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no such node: no-such-node"), "{stderr}");
+    }
+    server.stop();
+    popadm_ok(d, &["node", "remove", "pop-e2e"], b"");
+    assert_eq!(node_row(d, "pop-e2e"), None);
+}

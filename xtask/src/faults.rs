@@ -777,6 +777,11 @@ impl<'a> Harness<'a> {
 /// Whether a session error is one a disruption allows: `[SYS/TEMP]` or `[IN-USE]`, or a
 /// connection refused, reset or closed. A time-out (a hang) or any other `-ERR` is not.
 pub fn allowed_error(e: &str) -> bool {
+    allowed_kind(e).is_some()
+}
+
+/// Which allowed error `e` is (see [`allowed_error`]).
+pub fn allowed_kind(e: &str) -> Option<&'static str> {
     [
         "[SYS/TEMP]",
         "[IN-USE]",
@@ -785,8 +790,8 @@ pub fn allowed_error(e: &str) -> bool {
         "Broken pipe",
         "closed",
     ]
-    .iter()
-    .any(|p| e.contains(p))
+    .into_iter()
+    .find(|p| e.contains(p))
 }
 
 impl SessionResult {

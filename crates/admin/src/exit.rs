@@ -1,6 +1,6 @@
 //! Exit codes. `deliver` follows sysexits(3) because MTAs read them (Postfix and Exim bounce on
 //! 65 and 67 and retry later on 75); the other commands exit 1 on error, 67 for an unknown
-//! account and 64 for usage errors.
+//! account or node and 64 for usage errors.
 
 use store::StoreError;
 
@@ -23,10 +23,10 @@ fn store_error(e: &anyhow::Error) -> Option<&StoreError> {
     e.chain().find_map(|c| c.downcast_ref::<StoreError>())
 }
 
-/// Exit code of a failed administrative command: 67 for an unknown account, else 1.
+/// Exit code of a failed administrative command: 67 for an unknown account or node, else 1.
 pub fn admin_code(e: &anyhow::Error) -> u8 {
     match store_error(e) {
-        Some(StoreError::NoSuchAccount(_)) => EX_NOUSER,
+        Some(StoreError::NoSuchAccount(_) | StoreError::NoSuchNode(_)) => EX_NOUSER,
         _ => FAILURE,
     }
 }

@@ -13,6 +13,7 @@ mod domains;
 mod exit;
 mod import;
 mod migrate;
+mod nodes;
 mod output;
 mod policy;
 mod pop3;
@@ -61,6 +62,10 @@ Examples:
   # Or copy from any live POP3 server, then prove the UIDLs match before the cut-over
   popadm migrate pop3 --host pop.old.example --tls --user alice --password-stdin alice@example.org
   popadm uidl diff --host pop.old.example --tls --user alice --password-stdin alice@example.org
+
+  # A rolling restart: drain a node, restart it once `node list` shows 0 sessions, bring it back
+  popadm --store postgres://popadm@db/pop3d node drain pop1
+  popadm --store postgres://popadm@db/pop3d node up pop1
 
   # A consistent copy of the database while pop3d runs
   popadm backup /var/backups/pop3d-$(date +%F).sqlite3
@@ -145,6 +150,12 @@ pub enum Command {
         /// The new database file
         file: PathBuf,
     },
+    /// List the pop3d nodes sharing the store; drain one for a restart, bring it back up
+    ///
+    /// Nodes are pop3d processes started with --node-id: each keeps its row with a heartbeat
+    /// and reads its state back from it, so a drain or up takes effect within one heartbeat.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Show an account's message count, size, lock, policy overrides and last login
     Stat {
         /// Account name (`local` or `local@domain`)
@@ -197,6 +208,38 @@ pub enum DomainCommand {
     },
     /// List domains with their account counts (tab-separated, with a header line)
     List,
+}
+
+/// `popadm node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List the nodes (tab-separated, with a header line)
+    ///
+    /// Columns: id, address, state (up or draining), sessions, seconds since the last
+    /// heartbeat, and live or dead (dead when 3 heartbeats were missed).
+    List {
+        /// The nodes' heartbeat interval in seconds (pop3d --heartbeat)
+        #[arg(long, value_name = "SECS", default_value_t = 5,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        heartbeat: u64,
+    },
+    /// Drain a node: it takes no new logins (-ERR [SYS/TEMP]); its sessions finish
+    Drain {
+        /// Node id (pop3d --node-id)
+        id: String,
+    },
+    /// Let a drained node take logins again
+    Up {
+        /// Node id (pop3d --node-id)
+        id: String,
+    },
+    /// Remove a node that is gone for good from the table
+    ///
+    /// A node still running adds itself again (up) at its next heartbeat.
+    Remove {
+        /// Node id (pop3d --node-id)
+        id: String,
+    },
 }
 
 /// `popadm user ...`
@@ -408,6 +451,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let (result, code_for) = match cli.command {
         Command::User(cmd) => (users::run(&location, cmd), exit::admin_code as fn(_) -> u8),
         Command::Domain(cmd) => (domains::run(&location, cmd), exit::admin_code as _),
+        Command::Node(cmd) => (nodes::run(&location, cmd), exit::admin_code as _),
         Command::Stat { name } => (users::stat(&location, &name), exit::admin_code as _),
         Command::Import(cmd) => (import::run(&location, cmd), exit::admin_code as _),
         Command::Backup { file } => (backup(&location, &file), exit::admin_code as _),

@@ -264,6 +264,9 @@ struct Settings {
     /// A PostgreSQL URL, instead of the SQLite database in `data_dir`.
     store: Option<String>,
     node_id: String,
+    /// `advertise` was configured; otherwise the node advertises a bound listener's address
+    /// (known only once bound: port 0, sockets passed by systemd).
+    advertise_given: bool,
     user: Option<String>,
     log: String,
     json_logs: bool,
@@ -573,10 +576,12 @@ fn resolve(args: &Args) -> Result<Settings> {
         .or_else(|| store::hostname().map(str::to_owned))
         .unwrap_or_else(|| "pop3d".into());
     let mut server = server;
+    let advertise = args.advertise.clone().or(file.advertise);
+    let advertise_given = advertise.is_some();
     server.node = match explicit_node_id {
         Some(id) => Some(node_config(
             id,
-            args.advertise.clone().or(file.advertise),
+            advertise,
             args.heartbeat.or(file.heartbeat),
             &listeners,
         )?),
@@ -586,6 +591,7 @@ fn resolve(args: &Args) -> Result<Settings> {
         gssapi,
         store,
         node_id,
+        advertise_given,
         user: args.user.clone().or(file.user),
         json_logs,
         data_dir: args
@@ -720,6 +726,30 @@ fn run(settings: Settings) -> Result<()> {
         drop_privileges(user)?;
     }
     let mut settings = settings;
+    if let Some(node) = settings
+        .server
+        .node
+        .as_mut()
+        .filter(|_| !settings.advertise_given)
+    {
+        // The address as bound (an ephemeral port, a socket passed by systemd).
+        let bound = sockets
+            .iter()
+            .map(|(socket, spec)| {
+                let address = socket
+                    .local_addr()
+                    .context("reading a listener's address")?;
+                Ok(ListenSpec {
+                    address,
+                    ..spec.clone()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(address) = default_advertised(&bound) {
+            node.advertise = address.to_string();
+        }
+        info!(node = %node.id, advertise = %node.advertise, "node table entry on");
+    }
     if let Some((keytab, service)) = &settings.gssapi {
         let principal = format!("{service}@{}", settings.server.hostname);
         settings.server.gssapi = Some(gssapi_acceptors(keytab, &principal)?);

@@ -294,7 +294,7 @@ pub async fn run(
             None => info!(%addr, kind, cleartext = ?l.cleartext, "listening"),
         }
     }
-    info!(listeners = listeners.len(), "ready");
+    let listener_count = listeners.len();
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -337,6 +337,8 @@ pub async fn run(
         }
         None => None,
     };
+    // Ready: accepting from now on (after a node's first heartbeat).
+    info!(listeners = listener_count, "ready");
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, shared.clone(), slots.clone())))

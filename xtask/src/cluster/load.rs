@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::faults::{allowed_error, LOCK_PATIENCE};
+use crate::faults::{allowed_kind, LOCK_PATIENCE};
 use crate::harness::{self, Bins, Client, Delivery, Rng, Seen};
 
 /// The longest a load runs, whatever its caller does.
@@ -31,6 +31,8 @@ pub struct LoadStats {
     pub unanswered_applied: u32,
     pub unanswered_not_applied: u32,
     pub allowed_errors: u32,
+    /// The allowed errors by kind (`[SYS/TEMP]`, `refused` ...).
+    pub kinds: BTreeMap<&'static str, u32>,
     pub login_retries: u32,
     pub deliveries_acked: u32,
     pub deliveries_unacked: u32,
@@ -44,6 +46,9 @@ impl LoadStats {
         self.unanswered_applied += o.unanswered_applied;
         self.unanswered_not_applied += o.unanswered_not_applied;
         self.allowed_errors += o.allowed_errors;
+        for (kind, n) in &o.kinds {
+            *self.kinds.entry(kind).or_default() += n;
+        }
         self.login_retries += o.login_retries;
         self.deliveries_acked += o.deliveries_acked;
         self.deliveries_unacked += o.deliveries_unacked;
@@ -56,7 +61,7 @@ impl fmt::Display for LoadStats {
         write!(
             f,
             "{} sessions, QUIT +OK {}, QUIT unanswered {} (applied {}, not applied {}), {} \
-             allowed errors, {} logins retried on another node, deliveries acked {} / not \
+             allowed errors ({}), {} logins retried on another node, deliveries acked {} / not \
              acked {}, {} RETRs checked byte for byte",
             self.sessions,
             self.quits_ok,
@@ -64,6 +69,11 @@ impl fmt::Display for LoadStats {
             self.unanswered_applied,
             self.unanswered_not_applied,
             self.allowed_errors,
+            self.kinds
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.login_retries,
             self.deliveries_acked,
             self.deliveries_unacked,
@@ -221,12 +231,20 @@ impl Looper {
 
     /// An error that ended a session: allowed ones are counted, others are problems.
     fn failed(&mut self, what: &str, e: &str) -> End {
-        if allowed_error(e) {
-            self.stats.allowed_errors += 1;
-        } else {
+        if !self.allowed(e) {
             self.problems.push(format!("{what}: {e}"));
         }
         End::Nothing
+    }
+
+    /// Counts `e` when it is an allowed error; whether it is.
+    fn allowed(&mut self, e: &str) -> bool {
+        let Some(kind) = allowed_kind(e) else {
+            return false;
+        };
+        self.stats.allowed_errors += 1;
+        *self.stats.kinds.entry(kind).or_default() += 1;
+        true
     }
 
     /// Logs in on the next node, trying the others after an allowed error (at most twice
@@ -242,12 +260,11 @@ impl Looper {
                     self.problems.push(format!("at {addr}: {e}"));
                     return None;
                 }
-                Err(e) if !allowed_error(&e) || attempt + 1 == tries => {
+                Err(e) if attempt + 1 == tries || !self.allowed(&e) => {
                     self.failed(&format!("login at {addr}"), &e);
                     return None;
                 }
                 Err(_) => {
-                    self.stats.allowed_errors += 1;
                     self.stats.login_retries += 1;
                     std::thread::sleep(Duration::from_millis(100));
                 }
