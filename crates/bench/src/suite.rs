@@ -1487,6 +1487,21 @@ fn s6_rows(
         return Ok(Vec::new());
     };
     let measured = s6_measure(sizes, setup.users, &shapes.endpoints, expected);
+    // How the work fell on the processes of the shapes with several (the nodes' share shows
+    // that the endpoint spread the users).
+    let ticks = procs::clock_ticks();
+    for ep in shapes.endpoints.iter().filter(|ep| ep.processes.len() > 1) {
+        let each: Vec<String> = ep
+            .processes
+            .iter()
+            .map(|p| format!("{} {:.1} s", p.name, procs::cpu_seconds(p.pid(), ticks)))
+            .collect();
+        notes.push(format!(
+            "S6 {}: CPU time of each process over the whole run (warm-up included): {}.",
+            ep.name,
+            each.join(", ")
+        ));
+    }
     shapes.stop();
     notes.append(&mut shapes.notes);
     measured
