@@ -12,6 +12,7 @@ pub mod gss;
 mod legacy;
 pub mod sasl;
 pub mod scram;
+pub mod ticket;
 
 use std::borrow::Cow;
 use std::sync::OnceLock;

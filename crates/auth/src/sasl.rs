@@ -78,7 +78,7 @@ pub struct Credentials<'a> {
 
 impl<'a> Credentials<'a> {
     /// What CRAM-MD5 verifies with: the legacy secret if there is one, else the states.
-    fn cram_key(&self) -> Option<CramKey<'a>> {
+    pub fn cram_key(&self) -> Option<CramKey<'a>> {
         self.legacy_secret
             .map(CramKey::Secret)
             .or(self.cram_md5_states.map(CramKey::States))

@@ -14,7 +14,7 @@ pub const ITERATIONS: u32 = 4096;
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length; the error case cannot happen.
     let mut mac = match HmacSha256::new_from_slice(key) {
         Ok(m) => m,

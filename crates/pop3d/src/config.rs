@@ -22,6 +22,10 @@ pub struct File {
     pub advertise: Option<String>,
     /// Seconds between node heartbeats.
     pub heartbeat: Option<u64>,
+    /// nginx `auth_http` endpoint address.
+    pub auth_http: Option<SocketAddr>,
+    /// The cluster secret shared by the nodes and the endpoint.
+    pub cluster_key_file: Option<PathBuf>,
     pub gssapi_keytab: Option<PathBuf>,
     pub gssapi_service: Option<String>,
     pub user: Option<String>,

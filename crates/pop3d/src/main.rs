@@ -4,6 +4,7 @@
 //! Everything else lives in the library crates.
 
 mod activation;
+mod cluster;
 mod config;
 
 use std::net::SocketAddr;
@@ -85,6 +86,21 @@ struct Args {
     /// Seconds between node heartbeats (with --node-id) [default: 5].
     #[arg(long, value_name = "SECS")]
     heartbeat: Option<u64>,
+
+    /// Serve nginx's mail proxy `auth_http` protocol on ADDR: logins through nginx are
+    /// checked here and sent to a live node with a signed ticket. Needs --cluster-key-file.
+    #[arg(long, value_name = "ADDR")]
+    auth_http: Option<SocketAddr>,
+
+    /// The cluster secret (at least 32 random octets, shared by every node and the auth_http
+    /// endpoint): signs the login tickets and keys the requests of nginx.
+    #[arg(long, value_name = "FILE")]
+    cluster_key_file: Option<PathBuf>,
+
+    /// Print the nginx `mail` block for a cluster whose nginx listens on ADDR (with this
+    /// configuration's auth_http address, key and pre-login capabilities) and exit.
+    #[arg(long, value_name = "ADDR")]
+    print_nginx_config: Option<SocketAddr>,
 
     /// Cleartext POP3 listener (STLS offered when a certificate exists); repeatable.
     #[arg(long = "listen", value_name = "ADDR")]
@@ -295,6 +311,15 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if let Some(listen) = args.print_nginx_config {
+        return match print_nginx_config(&settings, listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pop3d: {e:#}");
+                ExitCode::from(64)
+            }
+        };
+    }
     if let Err(e) = init_logging(&settings.log, settings.json_logs) {
         eprintln!("pop3d: {e:#}");
         return ExitCode::from(64);
@@ -307,6 +332,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--print-nginx-config LISTEN`: the nginx `mail` block for this configuration.
+fn print_nginx_config(settings: &Settings, listen: SocketAddr) -> Result<()> {
+    let Some(cluster) = &settings.server.cluster else {
+        bail!("--print-nginx-config needs the cluster secret (--cluster-key-file)");
+    };
+    let Some(auth_http) = settings
+        .listeners
+        .iter()
+        .find(|l| l.kind == ListenerKind::AuthHttp)
+    else {
+        bail!("--print-nginx-config needs the auth_http address (--auth-http)");
+    };
+    print!(
+        "{}",
+        cluster::nginx_config(&settings.server, listen, auth_http.address, &cluster.keys)
+    );
+    Ok(())
 }
 
 fn init_logging(filter: &str, json: bool) -> Result<()> {
@@ -445,7 +489,15 @@ fn resolve(args: &Args) -> Result<Settings> {
         gssapi: None,
         // Set below, once the listeners are known.
         node: None,
+        cluster: match args.cluster_key_file.clone().or(file.cluster_key_file) {
+            Some(path) => Some(server::Cluster::new(cluster::read_keys(&path)?)),
+            None => None,
+        },
     };
+    let auth_http = args.auth_http.or(file.auth_http);
+    if auth_http.is_some() && server.cluster.is_none() {
+        bail!("--auth-http needs the cluster secret (--cluster-key-file)");
+    }
     if auth::hash_password_with(b"check", server.argon2).is_err() {
         bail!("invalid [argon2] parameters: {:?}", server.argon2);
     }
@@ -529,6 +581,15 @@ fn resolve(args: &Args) -> Result<Settings> {
             );
         }
     }
+    if let Some(address) = auth_http {
+        listeners.push(ListenSpec {
+            address,
+            kind: ListenerKind::AuthHttp,
+            cleartext: Cleartext::default(),
+            min_tls: TlsVersion::default(),
+            proxy: false,
+        });
+    }
 
     let certificates = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => vec![CertFiles {
@@ -587,6 +648,10 @@ fn resolve(args: &Args) -> Result<Settings> {
         )?),
         None => None,
     };
+    // The endpoint judges a node dead after three missed heartbeats of this configuration.
+    if let (Some(cluster), Some(node)) = (&mut server.cluster, &server.node) {
+        cluster.node_liveness = node.heartbeat * 3;
+    }
     Ok(Settings {
         gssapi,
         store,

@@ -6,6 +6,8 @@
 //! sessions. The caller binds the listeners and owns the shutdown signal, so tests can pass
 //! `127.0.0.1:0` and stop the server when they like.
 
+mod authhttp;
+mod capa;
 mod conn;
 mod credcache;
 mod hashpool;
@@ -20,6 +22,7 @@ mod reply;
 mod session;
 pub mod tls;
 mod topcut;
+mod verify;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -99,6 +102,9 @@ pub struct Config {
     /// This server as a node of a cluster: heartbeats in the store's node table, and the
     /// drain an operator sets there (`popadm node drain`). `None`: no node table entry.
     pub node: Option<NodeConfig>,
+    /// Several nodes behind nginx: the keys of the cluster secret. Needed by the `auth_http`
+    /// endpoint, and by proxied listeners to accept its login tickets.
+    pub cluster: Option<Cluster>,
 }
 
 /// This server's entry in the store's node table.
@@ -111,6 +117,32 @@ pub struct NodeConfig {
     /// Time between heartbeats; the node's state (up or draining) is read back with each.
     pub heartbeat: Duration,
 }
+
+/// What the nodes of a cluster and its `auth_http` endpoint share.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Derived from the cluster secret: the endpoint key and the ticket key.
+    pub keys: auth::ticket::ClusterKeys,
+    /// How long a login ticket is good for (nginx uses it at once).
+    pub ticket_ttl: Duration,
+    /// A node whose last heartbeat is older than this gets no logins from the endpoint.
+    pub node_liveness: Duration,
+}
+
+impl Cluster {
+    /// Tickets good for 30 seconds; a node is live while its heartbeat is under 15 seconds
+    /// old (three of the default 5-second heartbeats).
+    pub fn new(keys: auth::ticket::ClusterKeys) -> Cluster {
+        Cluster {
+            keys,
+            ticket_ttl: Duration::from_secs(30),
+            node_liveness: Duration::from_secs(15),
+        }
+    }
+}
+
+pub use authhttp::KEY_HEADER as AUTH_HTTP_KEY_HEADER;
+pub use capa::nginx_capabilities;
 
 /// The longest failed-login delay.
 pub const MAX_AUTH_FAILURE_DELAY: Duration = Duration::from_secs(15);
@@ -144,6 +176,7 @@ impl Default for Config {
             credential_cache_ttl: Duration::from_secs(300),
             gssapi: None,
             node: None,
+            cluster: None,
         }
     }
 }
@@ -180,6 +213,8 @@ pub enum ListenerKind {
     ImplicitTls,
     /// KPOP (port 1109): only Kerberos authentication (AUTH GSSAPI) is accepted.
     Kpop,
+    /// Not POP3: the nginx mail proxy's `auth_http` endpoint (HTTP/1.0, see `authhttp`).
+    AuthHttp,
 }
 
 /// A bound socket and how to serve it.
@@ -235,6 +270,8 @@ pub enum ServerError {
     KpopWithoutGssapi,
     #[error("a proxied listener needs at least one trusted proxy address")]
     ProxyWithoutTrusted,
+    #[error("an auth_http listener needs the cluster secret")]
+    AuthHttpWithoutCluster,
     #[error("starting the password hashing threads: {0}")]
     Threads(#[source] std::io::Error),
 }
@@ -255,6 +292,8 @@ pub(crate) struct Shared {
     pub locks: Arc<lock::Locks>,
     /// The node is draining (set by the operator, read at each heartbeat): logins refused.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Nonces of the login tickets this node accepted (each logs in once).
+    pub tickets: auth::ticket::Replay,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
@@ -280,8 +319,12 @@ pub async fn run(
         if l.proxy.as_ref().is_some_and(|t| t.is_empty()) {
             return Err(ServerError::ProxyWithoutTrusted);
         }
+        if l.kind == ListenerKind::AuthHttp && config.cluster.is_none() {
+            return Err(ServerError::AuthHttpWithoutCluster);
+        }
         let addr = l.socket.local_addr().map_err(ServerError::Listener)?;
         let kind = match l.kind {
+            ListenerKind::AuthHttp => "auth_http",
             ListenerKind::Plain if tls.is_some() => "pop3+stls",
             ListenerKind::Plain => "pop3",
             ListenerKind::ImplicitTls => "pop3s",
@@ -320,6 +363,7 @@ pub async fn run(
         credentials: credcache::CredentialCache::new(cache_ttl),
         locks: lock::Locks::new(store.clone(), lock_lease),
         draining: std::sync::atomic::AtomicBool::new(false),
+        tickets: auth::ticket::Replay::new(),
     });
     // Aborted when `run` returns, however it does.
     let _renewer = AbortOnDrop(tokio::spawn(shared.locks.clone().renew_forever()));
@@ -341,7 +385,10 @@ pub async fn run(
     info!(listeners = listener_count, "ready");
     let acceptors: Vec<_> = listeners
         .into_iter()
-        .map(|l| tokio::spawn(accept_loop(l, shared.clone(), slots.clone())))
+        .map(|l| match l.kind {
+            ListenerKind::AuthHttp => tokio::spawn(authhttp::accept_loop(l.socket, shared.clone())),
+            _ => tokio::spawn(accept_loop(l, shared.clone(), slots.clone())),
+        })
         .collect();
 
     shutdown.await;
@@ -506,7 +553,7 @@ async fn open(stream: TcpStream, info: ListenerInfo, shared: &Shared) -> Option<
                 }
             }
         }
-        (ListenerKind::ImplicitTls, None) => None,
+        (ListenerKind::ImplicitTls, None) | (ListenerKind::AuthHttp, _) => None,
     }
 }
 

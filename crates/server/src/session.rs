@@ -11,16 +11,18 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use proto::response::{write_continuation, write_end, write_err, write_listing_line, write_ok};
 use proto::{Command, CommandError, Decoder, DotStuffer, ResponseCode, Secret, MAX_COMMAND_LINE};
-use store::{Account, AccountName, Expire, LoginDelay, MessageMeta, StoreError};
+use store::{Account, Expire, LoginDelay, MessageMeta, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+use crate::capa;
 use crate::conn::Conn;
 use crate::lang::{self, Language, Text};
 use crate::lock::HeldLock;
 use crate::maildrop::Maildrop;
 use crate::reply::{self, ErrReply, SessionError};
 use crate::topcut::TopCut;
+use crate::verify;
 use crate::{Cleartext, ListenerInfo, ListenerKind, Shared};
 
 /// Invalid command lines a session may send before it is closed (unknown commands, syntax
@@ -455,63 +457,46 @@ impl Session {
 
     /// PASS (and SASL PLAIN/LOGIN): check the password against the argon2id hash.
     async fn login(&mut self, name: String, password: Secret<Vec<u8>>) -> Flow {
-        let fingerprint = self.shared.penalties.fingerprint(password.expose());
-        let store = self.shared.store.clone();
-        let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
-        let attempted = name.clone();
-        let params = self.shared.config.argon2;
-        // A password verified recently for this account needs no argon2 run (see
-        // `credcache`); the lookup is cheap and runs first.
-        let lookup = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || {
-                resolve_account(&*store, &name, utf8, domain.as_deref())
-            })
-            .await
-        };
-        let account = match lookup {
-            Ok(Ok(account)) => account,
-            Ok(Err(e)) => return self.finish_login(Err(e.into()), &attempted, None).await,
-            Err(e) => return self.finish_login(Err(e.into()), &attempted, None).await,
-        };
-        if let Some(account) = &account {
-            if self
-                .shared
-                .credentials
-                .check(account, password.expose(), Instant::now())
-            {
-                debug!("password verified from the credential cache");
-                return self
-                    .finish_login(Ok(Some(account.clone())), &attempted, Some(fingerprint))
-                    .await;
-            }
+        if let Some(ticket) = self.ticket(&password) {
+            return self.ticket_login(name, ticket).await;
         }
-        // On the hashing threads, one per CPU (see `hashpool`). An unknown name costs a full
-        // verification too, and gets the same reply as a wrong password.
-        let shared = self.shared.clone();
-        let verified = self
-            .shared
-            .hashing
-            .run(move || -> Result<_, StoreError> {
-                let stored = account.as_ref().map(|a| a.password_hash.as_str());
-                let verdict = auth::verify_password(stored, password.expose());
-                let account = account.filter(|_| verdict == auth::Verdict::Accepted);
-                if let Some(a) = &account {
-                    add_scram_keys_if_missing(&*store, a, password.expose());
-                    rehash_if_needed(&*store, a, password.expose(), params);
-                    shared
-                        .credentials
-                        .remember(a, password.expose(), Instant::now());
-                }
-                Ok(account)
-            })
-            .await;
-        let verified = match verified {
-            Ok(r) => r.map_err(SessionError::from),
-            Err(e) => Err(e.into()),
-        };
+        let fingerprint = self.shared.penalties.fingerprint(password.expose());
+        let attempted = name.clone();
+        let verified = verify::password(&self.shared, name, password, self.utf8).await;
         self.finish_login(verified, &attempted, Some(fingerprint))
             .await
+    }
+
+    /// A login ticket of the `auth_http` endpoint in PASS: looked for only on a proxied
+    /// listener of a cluster node (nginx's link); anywhere else it is just a wrong password.
+    fn ticket(&self, password: &Secret<Vec<u8>>) -> Option<String> {
+        if !self.listener.proxied || self.shared.config.cluster.is_none() {
+            return None;
+        }
+        let text = std::str::from_utf8(password.expose()).ok()?;
+        text.starts_with(auth::ticket::PREFIX)
+            .then(|| text.to_owned())
+    }
+
+    /// PASS with a ticket: it must be signed with the cluster's key for this user, this node
+    /// and this client address, unexpired and unused. No argon2 runs: the endpoint checked
+    /// the credentials.
+    async fn ticket_login(&mut self, name: String, ticket: String) -> Flow {
+        let checked = match (&self.shared.config.cluster, &self.shared.config.node) {
+            (Some(cluster), Some(node)) => cluster
+                .keys
+                .verify(&ticket, &name, &node.id, self.client.ip())
+                .and_then(|v| self.shared.tickets.first_use(&v)),
+            _ => Err(auth::ticket::TicketError::Malformed),
+        };
+        if let Err(e) = checked {
+            warn!(error = %e, "login ticket refused");
+            return self.auth_failure(Some(&name), None).await;
+        }
+        let attempted = name.clone();
+        let account = verify::lookup(&self.shared, name, false).await;
+        debug!("logged in with a ticket of the auth_http endpoint");
+        self.finish_login(account, &attempted, None).await
     }
 
     /// APOP (RFC 1939 section 7): the digest of the greeting's timestamp and the account's
@@ -521,22 +506,8 @@ impl Session {
             self.err(Text::ApopUnavailable);
             return Flow::Continue;
         };
-        let store = self.shared.store.clone();
-        let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
         let attempted = name.clone();
-        let verified = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let account = resolve_account(&*store, &name, utf8, domain.as_deref())?;
-            let secret = account
-                .as_ref()
-                .and_then(|a| a.secrets.legacy_secret.as_deref());
-            let verdict = auth::verify_apop(&timestamp, secret, &digest);
-            Ok(account.filter(|_| verdict == auth::Verdict::Accepted))
-        })
-        .await;
-        let verified = match verified {
-            Ok(r) => r.map_err(SessionError::from),
-            Err(e) => Err(e.into()),
-        };
+        let verified = verify::apop(&self.shared, name, timestamp, digest, self.utf8).await;
         self.finish_login(verified, &attempted, None).await
     }
 
@@ -662,16 +633,9 @@ impl Session {
                     return Flow::Continue;
                 }
                 Step::NeedCredentials { authcid } => {
-                    let store = self.shared.store.clone();
-                    let (utf8, domain) = (self.utf8, self.shared.config.default_domain.clone());
-                    let found = tokio::task::spawn_blocking(move || {
-                        resolve_account(&*store, &authcid, utf8, domain.as_deref())
-                    })
-                    .await;
-                    let account = match found {
-                        Ok(Ok(a)) => a,
-                        Ok(Err(e)) => return self.sasl_error(e.into()),
-                        Err(e) => return self.sasl_error(e.into()),
+                    let account = match verify::lookup(&self.shared, authcid, self.utf8).await {
+                        Ok(a) => a,
+                        Err(e) => return self.sasl_error(e),
                     };
                     let creds = account.as_ref().map(|a| Credentials {
                         legacy_secret: a.secrets.legacy_secret.as_deref(),
@@ -694,20 +658,7 @@ impl Session {
                     let account = match self.sasl_account.take() {
                         Some(a) => Ok(Some(a)),
                         // GSSAPI names the user only at the end: look the account up now.
-                        None => {
-                            let store = self.shared.store.clone();
-                            let (utf8, domain) =
-                                (self.utf8, self.shared.config.default_domain.clone());
-                            let name = authcid.clone();
-                            match tokio::task::spawn_blocking(move || {
-                                resolve_account(&*store, &name, utf8, domain.as_deref())
-                            })
-                            .await
-                            {
-                                Ok(r) => r.map_err(SessionError::from),
-                                Err(e) => Err(e.into()),
-                            }
-                        }
+                        None => verify::lookup(&self.shared, authcid.clone(), self.utf8).await,
                     };
                     return self.finish_login(account, &authcid, None).await;
                 }
@@ -886,34 +837,19 @@ impl Session {
     /// CAPA (RFC 2449 section 5): what is true for this connection in this state. What is
     /// usable before login is announced after login too.
     fn capa(&mut self) {
-        let mut caps: Vec<String> = vec!["TOP".into(), "UIDL".into()];
-        if self.cleartext_ok() {
-            caps.push("USER".into());
-        }
-        if self.stls_offered() {
-            caps.push("STLS".into());
-        }
-        let mechanisms: Vec<&str> = self.mechanisms().iter().map(|m| m.name()).collect();
-        if !mechanisms.is_empty() {
-            caps.push(format!("SASL {}", mechanisms.join(" ")));
-        }
-        caps.extend(["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"].map(String::from));
-        let config = &self.shared.config;
-        match &self.state {
-            State::Authorization { .. } => {
-                caps.push(format!("LOGIN-DELAY {} USER", config.login_delay.as_secs()));
-                caps.push(format!("EXPIRE {} USER", expire_value(config.expire)));
-            }
-            State::Transaction(t) => {
-                caps.push(format!("LOGIN-DELAY {}", t.login_delay.as_secs()));
-                caps.push(format!("EXPIRE {}", expire_value(t.expire)));
-            }
-        }
-        caps.push("UTF8 USER".into());
-        caps.push("LANG".into());
-        if let Some(imp) = &config.implementation {
-            caps.push(format!("IMPLEMENTATION {imp}"));
-        }
+        let mechanisms = self.mechanisms();
+        let names: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
+        let logged_in = match &self.state {
+            State::Authorization { .. } => None,
+            State::Transaction(t) => Some((t.login_delay, t.expire)),
+        };
+        let ctx = capa::Context {
+            cleartext: self.cleartext_ok(),
+            stls: self.stls_offered(),
+            mechanisms: &names,
+            logged_in,
+        };
+        let caps = capa::list(&self.shared.config, &ctx);
         self.ok(Text::CapaFollows);
         for cap in caps {
             write_listing_line(&mut self.out, cap.as_bytes());
@@ -1180,75 +1116,6 @@ impl Refusal {
     }
 }
 
-/// Looks up the account a client named: SASLprep in UTF8 mode (RFC 6856 section 3.2), then
-/// the name as given, `user+domain` as `user@domain` (the SDPS convention), and a bare name in
-/// the default domain.
-fn resolve_account(
-    store: &dyn store::Store,
-    raw: &str,
-    utf8: bool,
-    default_domain: Option<&str>,
-) -> Result<Option<Account>, StoreError> {
-    let name = if utf8 {
-        auth::saslprep(raw).unwrap_or_else(|| raw.to_string())
-    } else {
-        raw.to_string()
-    };
-    let mut candidates = vec![name.clone()];
-    if !name.contains('@') {
-        if let Some((local, domain)) = name.rsplit_once('+') {
-            candidates.push(format!("{local}@{domain}"));
-        }
-        if let Some(d) = default_domain {
-            candidates.push(format!("{name}@{d}"));
-        }
-    }
-    for candidate in candidates {
-        if let Ok(n) = AccountName::parse(&candidate) {
-            if let Some(account) = store.account(&n)? {
-                return Ok(Some(account));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// Derives and stores SCRAM-SHA-256 keys for an account that has none (imported with a hash
-/// only, or from before schema v3): the password is at hand only now. Failure only costs
-/// SCRAM for this account until the next login.
-fn add_scram_keys_if_missing(store: &dyn store::Store, account: &Account, password: &[u8]) {
-    if account.secrets.scram_sha256.is_some() {
-        return;
-    }
-    let record = auth::derive_scram(password);
-    match store.add_scram_keys(account.id, &account.password_hash, &record) {
-        Ok(true) => info!("SCRAM-SHA-256 keys derived at login"),
-        Ok(false) => {}
-        Err(e) => warn!(error = %e, "storing the SCRAM-SHA-256 keys failed"),
-    }
-}
-
-/// Stores a fresh hash when the stored one has other argon2 parameters than configured
-/// (the password is at hand only now). Failure only costs the upgrade.
-fn rehash_if_needed(
-    store: &dyn store::Store,
-    account: &Account,
-    password: &[u8],
-    params: auth::Argon2Params,
-) {
-    if !auth::needs_rehash(&account.password_hash, params) {
-        return;
-    }
-    match auth::hash_password_with(password, params) {
-        Ok(new) => match store.rehash_password(account.id, &account.password_hash, &new) {
-            Ok(true) => info!("password re-hashed with the configured argon2 parameters"),
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "storing the re-hashed password failed"),
-        },
-        Err(e) => warn!(error = %e, "re-hashing the password failed"),
-    }
-}
-
 /// A msg-id style timestamp for the APOP greeting, unique per connection.
 fn apop_timestamp(session: u64, hostname: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -1256,12 +1123,4 @@ fn apop_timestamp(session: u64, hostname: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     format!("<{}.{session}.{nanos}@{hostname}>", std::process::id())
-}
-
-/// The EXPIRE capability's value (RFC 2449 section 6.7).
-fn expire_value(e: Expire) -> String {
-    match e {
-        Expire::Never => "NEVER".into(),
-        Expire::Days(d) => d.to_string(),
-    }
 }

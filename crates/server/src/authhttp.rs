@@ -1,0 +1,569 @@
+//! The nginx mail proxy's `auth_http` endpoint (ngx_mail_auth_http_module's protocol).
+//!
+//! nginx asks once per login attempt, over HTTP/1.0, one request per connection:
+//!
+//! ```text
+//! GET /auth HTTP/1.0            Auth-Method: plain | apop | cram-md5
+//! X-Pop3d-Key: <endpoint key>   Auth-User / Auth-Pass (URL-escaped by nginx)
+//! Auth-Protocol: pop3           Auth-Salt: the APOP timestamp or CRAM-MD5 challenge
+//! Client-IP: 192.0.2.42         Auth-Login-Attempt: 1
+//! ```
+//!
+//! The answer is in headers only. The credentials are checked by the very code a direct POP3
+//! login uses ([`crate::verify`]). On success a live node is picked by rendezvous hashing of
+//! the account name over the node table ([`pick_node`]): a user always lands on the same node
+//! while it lives, and only a removed or drained node's users move. nginx gets the node's
+//! address and, in `Auth-Pass`, a short-lived signed ticket ([`auth::ticket`]) that it sends
+//! to the node in `PASS`: the node runs no argon2 and the password never crosses that link.
+//! A failure gets the penalty delay of the client address (`Auth-Wait`, which nginx sleeps
+//! before it answers the client), and none after `max_auth_failures` attempts, so nginx
+//! closes the connection.
+//!
+//! Requests without the endpoint key (derived from the cluster secret) are refused with 403.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::Secret;
+use store::{NodeInfo, NodeState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::verify;
+use crate::Shared;
+
+/// The header nginx must send the endpoint key in (`auth_http_header X-Pop3d-Key ...`).
+pub const KEY_HEADER: &str = "X-Pop3d-Key";
+/// Longest request accepted (nginx's are a few hundred octets).
+const MAX_REQUEST: usize = 8 * 1024;
+/// Time nginx has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests served at once; more wait for a slot.
+const MAX_CONCURRENT: usize = 256;
+/// How long a read of the node table is reused.
+const NODE_TABLE_TTL: Duration = Duration::from_secs(1);
+/// What nginx waits before retrying after a temporary failure.
+const TEMP_FAILURE_WAIT: u64 = 3;
+
+/// One request from nginx.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum BadRequest {
+    #[error("request too long")]
+    TooLong,
+    #[error("not an HTTP GET request")]
+    NotGet,
+    #[error("malformed header line")]
+    Header,
+    #[error("the connection ended before the request did")]
+    Truncated,
+}
+
+impl Request {
+    /// Parses a complete request head (up to and including the empty line).
+    fn parse(head: &[u8]) -> Result<Request, BadRequest> {
+        let text = std::str::from_utf8(head).map_err(|_| BadRequest::Header)?;
+        let mut lines = text.split("\r\n");
+        let request_line = lines.next().unwrap_or_default();
+        let mut words = request_line.split(' ');
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("GET"), Some(_path), Some(v), None) if v.starts_with("HTTP/1.") => {}
+            _ => return Err(BadRequest::NotGet),
+        }
+        let mut headers = Vec::new();
+        for line in lines {
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').ok_or(BadRequest::Header)?;
+            if name.is_empty() || name.contains(' ') {
+                return Err(BadRequest::Header);
+            }
+            headers.push((name.to_owned(), value.trim().to_owned()));
+        }
+        Ok(Request { headers })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Undoes nginx's URL escaping of `Auth-User` and `Auth-Pass` (`%XX`; nothing else).
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// What the endpoint answers.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// Log in at `server` with `pass` (a ticket) as `user`.
+    Ok {
+        server: SocketAddr,
+        user: String,
+        pass: String,
+    },
+    /// Refused: nginx sends `-ERR <status>` to the client after `wait` seconds and lets it
+    /// try again; without `wait` it closes the connection.
+    Refused { status: String, wait: Option<u64> },
+    /// The request did not come from our nginx.
+    Forbidden,
+}
+
+impl Answer {
+    fn render(&self) -> String {
+        match self {
+            Answer::Ok { server, user, pass } => format!(
+                "HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: {}\r\nAuth-Port: {}\r\n\
+                 Auth-User: {user}\r\nAuth-Pass: {pass}\r\nContent-Length: 0\r\n\r\n",
+                server.ip(),
+                server.port()
+            ),
+            Answer::Refused { status, wait } => {
+                let wait = wait
+                    .map(|w| format!("Auth-Wait: {w}\r\n"))
+                    .unwrap_or_default();
+                format!(
+                    "HTTP/1.0 200 OK\r\nAuth-Status: {status}\r\n{wait}Content-Length: 0\r\n\r\n"
+                )
+            }
+            Answer::Forbidden => "HTTP/1.0 403 Forbidden\r\nContent-Length: 0\r\n\r\n".into(),
+        }
+    }
+}
+
+/// The node table as the endpoint last read it.
+pub(crate) struct NodeTable {
+    cached: Mutex<Option<(Instant, Arc<Vec<NodeInfo>>)>>,
+}
+
+impl NodeTable {
+    pub fn new() -> NodeTable {
+        NodeTable {
+            cached: Mutex::new(None),
+        }
+    }
+
+    async fn read(
+        &self,
+        shared: &Shared,
+    ) -> Result<Arc<Vec<NodeInfo>>, crate::reply::SessionError> {
+        let now = Instant::now();
+        if let Some((at, nodes)) = &*self.cached.lock().unwrap_or_else(|p| p.into_inner()) {
+            if now.duration_since(*at) < NODE_TABLE_TTL {
+                return Ok(nodes.clone());
+            }
+        }
+        let store = shared.store.clone();
+        let nodes = Arc::new(tokio::task::spawn_blocking(move || store.list_nodes()).await??);
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, nodes.clone()));
+        Ok(nodes)
+    }
+}
+
+/// A 64-bit hash that is the same on every node and every build (FNV-1a, then the
+/// SplitMix64 finaliser to spread FNV's weak low bits).
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator, so ("ab","c") and ("a","bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Rendezvous (highest random weight) hashing: of the nodes that are up, whose heartbeat is
+/// younger than `live_within` and whose address nginx can use, the one with the highest
+/// weight for `key`. Removing a node moves only the keys it had.
+pub(crate) fn pick_node<'a>(
+    key: &str,
+    nodes: &'a [NodeInfo],
+    live_within: Duration,
+) -> Option<(&'a NodeInfo, SocketAddr)> {
+    nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Up && n.heartbeat_age < live_within)
+        .filter_map(|n| {
+            let addr: SocketAddr = n.address.parse().ok()?;
+            (!addr.ip().is_unspecified()).then_some((n, addr))
+        })
+        .max_by_key(|(n, _)| {
+            (
+                stable_hash(&[key.as_bytes(), n.id.as_bytes()]),
+                n.id.clone(),
+            )
+        })
+}
+
+/// Serves the endpoint on `listener` until the task is aborted.
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let nodes = Arc::new(NodeTable::new());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "auth_http accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (shared, nodes) = (shared.clone(), nodes.clone());
+        let span = tracing::info_span!("auth_http", peer = %peer, client = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                serve(stream, &shared, &nodes).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve(mut stream: TcpStream, shared: &Arc<Shared>, nodes: &NodeTable) {
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            debug!(error = %e, "bad auth_http request");
+            let _ = stream
+                .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                .await;
+            return;
+        }
+        Err(_) => {
+            debug!("auth_http request timed out");
+            return;
+        }
+    };
+    let answer = answer(&request, shared, nodes).await;
+    let _ = stream.write_all(answer.render().as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn read_request(stream: &mut TcpStream) -> Result<Request, BadRequest> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| BadRequest::Truncated)?;
+        if n == 0 {
+            return Err(BadRequest::Truncated);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Request::parse(&buf[..end + 4]);
+        }
+        if buf.len() > MAX_REQUEST {
+            return Err(BadRequest::TooLong);
+        }
+    }
+}
+
+/// The methods nginx may ask about.
+enum Method {
+    Plain,
+    Apop,
+    CramMd5,
+}
+
+async fn answer(request: &Request, shared: &Arc<Shared>, nodes: &NodeTable) -> Answer {
+    let Some(cluster) = shared.config.cluster.as_ref() else {
+        return Answer::Forbidden;
+    };
+    if !request
+        .header(KEY_HEADER)
+        .is_some_and(|k| cluster.keys.endpoint_key_matches(k))
+    {
+        warn!("auth_http request without the endpoint key refused");
+        return Answer::Forbidden;
+    }
+    let refused = |status: &str, wait: Option<u64>| Answer::Refused {
+        status: status.to_owned(),
+        wait,
+    };
+    let Some(client) = request
+        .header("Client-IP")
+        .and_then(|c| c.parse::<IpAddr>().ok())
+    else {
+        warn!("auth_http request without a valid Client-IP");
+        return refused("[SYS/PERM] Bad request from the proxy", None);
+    };
+    tracing::Span::current().record("client", tracing::field::display(client));
+    if !request
+        .header("Auth-Protocol")
+        .is_some_and(|p| p.eq_ignore_ascii_case("pop3"))
+    {
+        return refused("[SYS/PERM] Only POP3 is served here", None);
+    }
+    let method = match request.header("Auth-Method").map(str::to_ascii_lowercase) {
+        Some(m) if m == "plain" => Method::Plain,
+        Some(m) if m == "apop" => Method::Apop,
+        Some(m) if m == "cram-md5" => Method::CramMd5,
+        other => {
+            info!(method = ?other, "auth_http: unsupported method");
+            return refused("[AUTH] Unsupported authentication method", None);
+        }
+    };
+    let attempt: u32 = request
+        .header("Auth-Login-Attempt")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
+    let user_raw = unescape(request.header("Auth-User").unwrap_or_default());
+    let Ok(user) = String::from_utf8(user_raw) else {
+        return refused("[AUTH] Authentication failed", Some(1));
+    };
+    let pass = Secret::new(unescape(request.header("Auth-Pass").unwrap_or_default()));
+    let salt = request.header("Auth-Salt").unwrap_or_default().to_owned();
+    let fingerprint = shared.penalties.fingerprint(pass.expose());
+    let verified = match method {
+        Method::Plain => verify::password(shared, user.clone(), pass, false).await,
+        Method::Apop | Method::CramMd5 if salt.is_empty() => Ok(None),
+        Method::Apop => {
+            let digest = String::from_utf8_lossy(pass.expose()).into_owned();
+            verify::apop(shared, user.clone(), salt, digest, false).await
+        }
+        Method::CramMd5 => {
+            let digest = String::from_utf8_lossy(pass.expose()).into_owned();
+            verify::cram_md5(shared, user.clone(), salt, digest).await
+        }
+    };
+    let account = match verified {
+        Ok(Some(account)) => account,
+        Ok(None) => {
+            let delay = shared.penalties.failure(
+                client,
+                Some(&user.to_lowercase()),
+                Some(fingerprint),
+                Instant::now(),
+            );
+            info!(attempt, "login failed");
+            // nginx keeps each attempt's memory until the session ends: stop it after the
+            // configured number of failures, as a direct session would be closed.
+            let wait = (attempt < shared.config.max_auth_failures)
+                .then(|| delay.as_secs_f64().ceil() as u64)
+                .map(|w| w.max(1));
+            let status = if wait.is_some() {
+                "[AUTH] Authentication failed"
+            } else {
+                "[AUTH] Too many failed logins"
+            };
+            return refused(status, wait);
+        }
+        Err(e) => {
+            warn!(error = %e, "auth_http: credentials could not be checked");
+            return refused(
+                "[SYS/TEMP] Temporary server problem, try again later",
+                Some(TEMP_FAILURE_WAIT),
+            );
+        }
+    };
+    let name = account.name.to_string();
+    shared.penalties.success(&name);
+    let table = match nodes.read(shared).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "auth_http: reading the node table failed");
+            return refused(
+                "[SYS/TEMP] Temporary server problem, try again later",
+                Some(TEMP_FAILURE_WAIT),
+            );
+        }
+    };
+    let Some((node, server)) = pick_node(&name, &table, cluster.node_liveness) else {
+        warn!(
+            nodes = table.len(),
+            "auth_http: no live node to send a login to"
+        );
+        return refused(
+            "[SYS/TEMP] No mail server available, try again later",
+            Some(TEMP_FAILURE_WAIT),
+        );
+    };
+    let pass = cluster
+        .keys
+        .issue(&name, &node.id, client, cluster.ticket_ttl);
+    info!(user = %name, node = %node.id, "login accepted; sent to node");
+    Answer::Ok {
+        server,
+        user: name,
+        pass,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, address: &str, state: NodeState, age_secs: u64) -> NodeInfo {
+        NodeInfo {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            state,
+            sessions: 0,
+            heartbeat_age: Duration::from_secs(age_secs),
+        }
+    }
+
+    const LIVE: Duration = Duration::from_secs(15);
+
+    fn three() -> Vec<NodeInfo> {
+        vec![
+            node("n1", "127.0.0.1:2001", NodeState::Up, 1),
+            node("n2", "127.0.0.1:2002", NodeState::Up, 1),
+            node("n3", "127.0.0.1:2003", NodeState::Up, 1),
+        ]
+    }
+
+    #[test]
+    fn nginx_request_heads_parse() {
+        let head = b"GET /auth HTTP/1.0\r\nHost: localhost\r\nAuth-Method: plain\r\n\
+            Auth-User: ann%40example.org\r\nAuth-Pass: p%25ss%20word\r\nAuth-Protocol: pop3\r\n\
+            Auth-Login-Attempt: 1\r\nClient-IP: 192.0.2.42\r\nX-Pop3d-Key: abc\r\n\r\n";
+        let r = Request::parse(head).expect("test value");
+        assert_eq!(r.header("auth-method"), Some("plain"));
+        assert_eq!(r.header("CLIENT-IP"), Some("192.0.2.42"));
+        assert_eq!(unescape(r.header("Auth-User").expect("test value")), b"ann@example.org");
+        assert_eq!(unescape(r.header("Auth-Pass").expect("test value")), b"p%ss word");
+        assert_eq!(r.header("Auth-Salt"), None);
+        assert_eq!(
+            Request::parse(b"POST / HTTP/1.0\r\n\r\n"),
+            Err(BadRequest::NotGet)
+        );
+        assert_eq!(
+            Request::parse(b"GET / HTTP/1.0\r\nno colon\r\n\r\n"),
+            Err(BadRequest::Header)
+        );
+    }
+
+    #[test]
+    fn unescape_leaves_stray_percent_signs() {
+        assert_eq!(unescape("100%"), b"100%");
+        assert_eq!(unescape("%4"), b"%4");
+        assert_eq!(unescape("%zz%41"), b"%zzA");
+        assert_eq!(unescape(""), b"");
+    }
+
+    #[test]
+    fn answers_render_as_nginx_reads_them() {
+        let ok = Answer::Ok {
+            server: "127.0.0.1:2001".parse().expect("test value"),
+            user: "ann@example.org".into(),
+            pass: "pop3d-ticket.v1.1.2.3".into(),
+        }
+        .render();
+        assert!(
+            ok.starts_with("HTTP/1.0 200 OK\r\nAuth-Status: OK\r\n"),
+            "{ok}"
+        );
+        assert!(ok.contains("\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 2001\r\n"));
+        assert!(ok.ends_with("\r\n\r\n"));
+        let no = Answer::Refused {
+            status: "[AUTH] Authentication failed".into(),
+            wait: Some(2),
+        }
+        .render();
+        assert!(no.contains("Auth-Status: [AUTH] Authentication failed\r\nAuth-Wait: 2\r\n"));
+        let last = Answer::Refused {
+            status: "x".into(),
+            wait: None,
+        }
+        .render();
+        assert!(!last.contains("Auth-Wait"));
+    }
+
+    #[test]
+    fn a_user_lands_on_the_same_node_and_only_a_removed_nodes_users_move() {
+        let all = three();
+        let users: Vec<String> = (0..600).map(|i| format!("user{i}@example.org")).collect();
+        let before: Vec<String> = users
+            .iter()
+            .map(|u| pick_node(u, &all, LIVE).expect("test value").0.id.clone())
+            .collect();
+        // Stable: the same answer every time.
+        for (u, n) in users.iter().zip(&before) {
+            assert_eq!(&pick_node(u, &all, LIVE).expect("test value").0.id, n);
+        }
+        // Spread: every node gets a fair share (600 users, about 200 each).
+        for id in ["n1", "n2", "n3"] {
+            let share = before.iter().filter(|n| *n == id).count();
+            assert!((140..=260).contains(&share), "{id}: {share}");
+        }
+        // n2 goes away (removed, drained, or its heartbeat stops): only its users move.
+        let variants = [
+            vec![all[0].clone(), all[2].clone()],
+            vec![
+                all[0].clone(),
+                node("n2", "127.0.0.1:2002", NodeState::Draining, 1),
+                all[2].clone(),
+            ],
+            vec![
+                all[0].clone(),
+                node("n2", "127.0.0.1:2002", NodeState::Up, 60),
+                all[2].clone(),
+            ],
+        ];
+        for without in &variants {
+            for (u, was) in users.iter().zip(&before) {
+                let now = &pick_node(u, without, LIVE).expect("test value").0.id;
+                if was == "n2" {
+                    assert_ne!(now, "n2");
+                } else {
+                    assert_eq!(now, was, "{u} moved off a live node");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unusable_nodes_are_never_picked() {
+        let nodes = vec![
+            node("dead", "127.0.0.1:1", NodeState::Up, 100),
+            node("any", "0.0.0.0:2", NodeState::Up, 1),
+            node("name", "pop.example.org:3", NodeState::Up, 1),
+            node("drained", "127.0.0.1:4", NodeState::Draining, 1),
+        ];
+        for i in 0..50 {
+            assert!(pick_node(&format!("u{i}"), &nodes, LIVE).is_none());
+        }
+        assert!(pick_node("u", &[], LIVE).is_none());
+    }
+}
