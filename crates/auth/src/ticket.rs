@@ -231,13 +231,18 @@ mod tests {
     fn another_cluster_secret_or_a_changed_field_fails() {
         let k = keys();
         let t = k.issue("ann", "n1", ip("::1"), Duration::from_secs(30));
-        let other = ClusterKeys::from_secret(b"another secret of thirty-two octets!").expect("test value");
+        let other =
+            ClusterKeys::from_secret(b"another secret of thirty-two octets!").expect("test value");
         assert_eq!(
             other.verify(&t, "ann", "n1", ip("::1")),
             Err(TicketError::BadSignature)
         );
         // A later expiry with the old tag.
-        let parts: Vec<&str> = t.strip_prefix(PREFIX).expect("test value").split('.').collect();
+        let parts: Vec<&str> = t
+            .strip_prefix(PREFIX)
+            .expect("test value")
+            .split('.')
+            .collect();
         let later = format!(
             "{PREFIX}{}.{}.{}",
             parts[0].parse::<u64>().expect("test value") + 3600,
@@ -302,7 +307,8 @@ mod tests {
         assert!(k.endpoint_key_matches(&k.endpoint_key()));
         assert!(!k.endpoint_key_matches("00"));
         // Trailing newline of a key file does not change the keys.
-        let nl = ClusterKeys::from_secret(b"0123456789abcdef0123456789abcdef\n").expect("test value");
+        let nl =
+            ClusterKeys::from_secret(b"0123456789abcdef0123456789abcdef\n").expect("test value");
         assert_eq!(nl.endpoint_key(), k.endpoint_key());
     }
 }

@@ -461,8 +461,14 @@ mod tests {
         let r = Request::parse(head).expect("test value");
         assert_eq!(r.header("auth-method"), Some("plain"));
         assert_eq!(r.header("CLIENT-IP"), Some("192.0.2.42"));
-        assert_eq!(unescape(r.header("Auth-User").expect("test value")), b"ann@example.org");
-        assert_eq!(unescape(r.header("Auth-Pass").expect("test value")), b"p%ss word");
+        assert_eq!(
+            unescape(r.header("Auth-User").expect("test value")),
+            b"ann@example.org"
+        );
+        assert_eq!(
+            unescape(r.header("Auth-Pass").expect("test value")),
+            b"p%ss word"
+        );
         assert_eq!(r.header("Auth-Salt"), None);
         assert_eq!(
             Request::parse(b"POST / HTTP/1.0\r\n\r\n"),
