@@ -111,6 +111,16 @@ pub fn run(bins: &Bins, rounds: u32, seed: u64) -> Result<(), String> {
                 "nginx stream proxy {:.1} s",
                 t.elapsed().as_secs_f64()
             ));
+            let t = Instant::now();
+            let saved: Vec<Vec<String>> = env.nodes.iter().map(|n| n.extra.clone()).collect();
+            crate::cluster_nginx::run(&mut env, &dist, &mut violations)?;
+            for (node, extra) in env.nodes.iter_mut().zip(saved) {
+                node.extra = extra;
+            }
+            figures.push(format!(
+                "nginx mail proxy and auth_http {:.1} s",
+                t.elapsed().as_secs_f64()
+            ));
         }
         None => {
             let why = format!(

@@ -9,6 +9,8 @@
 //! - `cargo xtask cluster-test [--rounds N] [--seed S]`: PostgreSQL, three pop3d nodes and
 //!   nginx on one machine: `[IN-USE]` across nodes, the fencing of a frozen node, `kill -9` of
 //!   nodes, PostgreSQL and rolling restarts, all checked against a ledger ([`cluster`]).
+//! - `cargo xtask nginx-config [POP3D FLAGS...] ADDR`: the nginx `mail` block for a cluster,
+//!   printed by the built pop3d for its configuration (`pop3d --print-nginx-config`).
 //! - `cargo xtask faults [--rounds N] [--seed S]`: kill -9 pop3d and popadm at random moments
 //!   and check the maildrops against a ledger ([`faults`]).
 //! - `cargo xtask fuzz [--seconds N] [--target T]`: the cargo-fuzz targets of `fuzz/` under
@@ -24,6 +26,7 @@
 
 mod bench;
 mod cluster;
+mod cluster_nginx;
 mod faults;
 mod fuzz;
 mod harness;
@@ -48,6 +51,10 @@ commands:
           PostgreSQL, 3 pop3d nodes on it and nginx (unpacked) on loopback: nginx stream
           proxy, [IN-USE] across nodes, frozen-node fencing, N rounds of kill -9 of a node
           (default 20), PostgreSQL restarts, a rolling restart; checked against a ledger
+  nginx-config [POP3D FLAGS...] ADDR
+          print the nginx mail block for a cluster whose nginx listens on ADDR, from the
+          built pop3d and its configuration (--config FILE or flags): auth_http and its
+          key, PROXY protocol to the nodes, pop3_capabilities from pop3d's pre-login CAPA
   faults [--rounds N] [--seed S]
           kill -9 pop3d (also inside UPDATE) and delivering popadm processes at random
           moments, then check every maildrop against a ledger (default 200 rounds)
@@ -84,6 +91,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::command(&args[1..]),
         Some("soak") => soak::command(&args[1..]),
         Some("man") => man(&args[1..]),
+        Some("nginx-config") => nginx_config(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -215,6 +223,27 @@ fn write_man(out: &Path) -> Result<(), String> {
         completions.display()
     );
     Ok(())
+}
+
+/// `cargo xtask nginx-config [POP3D FLAGS...] ADDR`: builds pop3d, then runs it with the
+/// flags and `--print-nginx-config ADDR` (pop3d itself knows its capabilities and key).
+fn nginx_config(args: &[String]) -> Result<(), String> {
+    let Some((listen, flags)) = args.split_last() else {
+        return Err("usage: cargo xtask nginx-config [POP3D FLAGS...] ADDR".into());
+    };
+    build_bins(&features())?;
+    let bins = harness::Bins::debug()?;
+    let status = Command::new(&bins.pop3d)
+        .args(flags)
+        .arg("--print-nginx-config")
+        .arg(listen)
+        .status()
+        .map_err(|e| format!("running {}: {e}", bins.pop3d.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("pop3d --print-nginx-config: {status}"))
+    }
 }
 
 /// `cargo xtask test [-- <test filter and libtest args>]`
