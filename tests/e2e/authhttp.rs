@@ -155,10 +155,12 @@ fn ask_until_routed(n: &Node, req: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// Connects to the proxied listener as nginx does: PROXY protocol v1 header naming `client`.
 fn via_proxy(n: &Node, client: &str) -> Client {
-    let mut c = Client::connect(n.proxy);
-    c.send_raw(format!("PROXY TCP4 {client} 127.0.0.1 40000 110\r\n").as_bytes());
-    let greeting = c.line();
-    assert!(greeting.starts_with("+OK"), "{greeting}");
+    let mut stream = TcpStream::connect(n.proxy).expect("connect");
+    stream
+        .write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 110\r\n").as_bytes())
+        .expect("PROXY header");
+    let c = Client::from_stream(stream);
+    assert!(c.greeting.starts_with("+OK"), "{}", c.greeting);
     c
 }
 
@@ -238,8 +240,10 @@ fn failures_get_the_penalty_as_auth_wait_and_requests_need_the_key() {
 
     // Wrong password: -ERR [AUTH] (RFC 3206 section 4) after a growing Auth-Wait.
     let mut waits = Vec::new();
-    for attempt in ["1", "2"] {
-        let mut req = plain(&n.key, "ann@example.org", "wrong", "192.0.2.7");
+    // (Other wrong passwords each time: a repeated one is a retry, not a guess, and does not
+    // grow the penalty.)
+    for (attempt, wrong) in [("1", "wrong one"), ("2", "wrong two")] {
+        let mut req = plain(&n.key, "ann@example.org", wrong, "192.0.2.7");
         req[4] = ("Auth-Login-Attempt", attempt);
         let h = ask(n.auth_http, &req);
         assert_eq!(
