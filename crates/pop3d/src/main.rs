@@ -648,9 +648,22 @@ fn resolve(args: &Args) -> Result<Settings> {
         )?),
         None => None,
     };
-    // The endpoint judges a node dead after three missed heartbeats of this configuration.
     if let (Some(cluster), Some(node)) = (&mut server.cluster, &server.node) {
+        // The endpoint judges a node dead after three missed heartbeats of this configuration.
         cluster.node_liveness = node.heartbeat * 3;
+        // nginx connects to the advertised address as it is (its auth_http protocol takes an
+        // IP address), so a name or a wildcard would make this node unreachable.
+        if !node
+            .advertise
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_unspecified())
+        {
+            bail!(
+                "a cluster node advertises {:?}: nginx needs this node's IP address and port \
+                 (--advertise IP:PORT, e.g. its proxied listener's address on nginx's network)",
+                node.advertise
+            );
+        }
     }
     Ok(Settings {
         gssapi,
@@ -1097,6 +1110,53 @@ mod tests {
         .is_err());
         // Trusted proxies alone are harmless: no listener uses them.
         assert!(resolve(&Args::parse_from(["pop3d", "--trusted-proxy", "10.0.0.1"])).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_node_must_advertise_an_ip_address_and_gets_three_heartbeats() {
+        let dir = std::env::temp_dir().join(format!("pop3d-cluster-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = dir.join("cluster.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("key");
+        let key = key.to_str().expect("utf-8");
+        let args = |advertise: &str| {
+            Args::parse_from([
+                "pop3d",
+                "--node-id",
+                "n1",
+                "--cluster-key-file",
+                key,
+                "--heartbeat",
+                "2",
+                "--advertise",
+                advertise,
+            ])
+        };
+        let s = resolve(&args("10.0.0.11:1100")).expect("an IP address");
+        let cluster = s.server.cluster.expect("cluster");
+        assert_eq!(cluster.node_liveness, std::time::Duration::from_secs(6));
+        for bad in ["pop1.example.org:1100", "0.0.0.0:1100"] {
+            let err = resolve(&args(bad)).expect_err(bad).to_string();
+            assert!(err.contains("nginx needs this node's IP address"), "{err}");
+        }
+        // A short secret is refused with its length.
+        std::fs::write(dir.join("short.key"), "short").expect("key");
+        let err = resolve(&Args::parse_from([
+            "pop3d",
+            "--cluster-key-file",
+            dir.join("short.key").to_str().expect("utf-8"),
+        ]))
+        .expect_err("short secret");
+        assert!(format!("{err:#}").contains("5 octets"), "{err:#}");
+        // The endpoint needs the secret.
+        let err = resolve(&Args::parse_from([
+            "pop3d",
+            "--auth-http",
+            "127.0.0.1:8025",
+        ]))
+        .expect_err("no secret");
+        assert!(err.to_string().contains("--cluster-key-file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
