@@ -473,9 +473,8 @@ impl ClusterEnv {
         }
     }
 
-    /// A new login on drained node `i` must be refused with `-ERR [SYS/TEMP]` (an account of
-    /// its own, so no ledger is touched).
-    fn probe_drained(&mut self, i: usize) -> Result<(), String> {
+    /// A login on node `i` with an account of its own (no ledger is touched): PASS's reply.
+    fn probe(&mut self, i: usize) -> Result<String, String> {
         const PROBE: (&str, &str) = ("drainprobe", "drain probe pw");
         if self.probe_db != self.db {
             self.add_user(PROBE.0, PROBE.1)?;
@@ -483,6 +482,12 @@ impl ClusterEnv {
         }
         let (mut c, reply) = try_login(self.nodes[i].addr, PROBE.0, PROBE.1)?;
         let _ = c.cmd("QUIT");
+        Ok(reply)
+    }
+
+    /// A new login on drained node `i` must be refused with `-ERR [SYS/TEMP]`.
+    fn probe_drained(&mut self, i: usize) -> Result<(), String> {
+        let reply = self.probe(i)?;
         if !reply.starts_with("-ERR [SYS/TEMP]") {
             self.problems.push(format!(
                 "drained node {} answered a new login with {reply:?}",
@@ -490,6 +495,26 @@ impl ClusterEnv {
             ));
         }
         Ok(())
+    }
+
+    /// After `popadm node up`, node `i` takes logins again at its next heartbeat (every
+    /// second): waits for that, up to 10 s.
+    fn await_up(&mut self, i: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = self.probe(i)?;
+            if reply.starts_with("+OK") {
+                return Ok(());
+            }
+            if !reply.starts_with("-ERR [SYS/TEMP]") || Instant::now() > deadline {
+                self.problems.push(format!(
+                    "node {} after popadm node up answered a new login with {reply:?}",
+                    self.nodes[i].id
+                ));
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Restarts node `i` as a rolling restart does: drain (when popadm has it), SIGTERM, wait,
@@ -509,6 +534,7 @@ impl ClusterEnv {
         }
         if drained {
             self.node_command(&["up", &id])?;
+            self.await_up(i)?;
         }
         Ok(format!(
             "node {id} restarted ({})",
