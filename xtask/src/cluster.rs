@@ -15,9 +15,10 @@
 //!   or at random (restarted with the same node id, which clears its stale leases) and of
 //!   delivering `popadm` processes, with the whole ledger check after every round;
 //! - the same rounds with a PostgreSQL restart (immediate stop, as a crash) in each;
-//! - a rolling restart: each round stops one node in turn with SIGTERM (drained first when
-//!   `popadm node drain` exists) and starts it again, while sessions run; sessions may meet
-//!   only `[IN-USE]`, `[SYS/TEMP]`, refused or closed connections, and try another node;
+//! - a rolling restart: each round restarts one node in turn as an operator would (`popadm
+//!   node drain`, a new login there refused with `[SYS/TEMP]`, SIGTERM, start, `popadm node
+//!   up`, logins taken again), while sessions run; sessions may meet only `[IN-USE]`,
+//!   `[SYS/TEMP]`, refused or closed connections, and try another node;
 //! - PostgreSQL restarts and a rolling restart of every node under a looping load ([`load`]):
 //!   clients that run session after session on accounts of their own, each with an exact
 //!   ledger, the same errors allowed.

@@ -289,7 +289,7 @@ fn test(extra: &[String]) -> Result<(), String> {
     // And a short soak (the long one is `cargo xtask soak`).
     eprintln!("xtask: soak, 20 seconds");
     soak::run(&bins, std::time::Duration::from_secs(20), 4, seed)?;
-    // And the cluster test, with its default 20 kill rounds (about 70 s).
+    // And the cluster test, with its default 20 kill rounds (about 90 s).
     cluster::run(&bins, cluster::DEFAULT_ROUNDS, seed)?;
     // The closing line CI reads: the suites above each printed their own.
     eprintln!("xtask: all tests passed");
