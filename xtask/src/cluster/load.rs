@@ -406,3 +406,97 @@ impl Looper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn looper() -> Looper {
+        Looper {
+            user: "u".into(),
+            pass: "p".into(),
+            bins: Bins {
+                pop3d: PathBuf::from("pop3d"),
+                popadm: PathBuf::from("popadm"),
+                store: None,
+            },
+            data: PathBuf::from("data"),
+            addrs: Vec::new(),
+            next_node: 0,
+            next_id: 1,
+            rng: Rng::new(1),
+            present: BTreeMap::new(),
+            targets: HashMap::new(),
+            unacked: HashSet::new(),
+            pending: None,
+            stats: LoadStats::default(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn listing(ids: &[u64]) -> Vec<Seen> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| Seen {
+                number: i as u32 + 1,
+                uid: format!("uid{id}"),
+                size: 100,
+                id: Some(*id),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_ledger_catches_losses_partial_quits_and_late_deliveries() {
+        let mut l = looper();
+        l.present.extend([(1, None), (2, None), (3, None)]);
+        l.unacked.insert(9);
+        l.reconcile(&listing(&[1, 2, 3]));
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        // An unacknowledged delivery not listed at once never appears later.
+        l.reconcile(&listing(&[1, 2, 3, 9]));
+        assert_eq!(l.problems.len(), 1, "{:?}", l.problems);
+
+        // A QUIT without +OK: all or nothing.
+        let mut l = looper();
+        l.present.extend([(1, None), (2, None), (3, None)]);
+        l.pending = Some(vec![1, 2]);
+        l.reconcile(&listing(&[3]));
+        assert!(l.problems.is_empty() && l.stats.unanswered_applied == 1);
+        l.pending = Some(vec![3]);
+        l.reconcile(&listing(&[3]));
+        assert!(l.problems.is_empty() && l.stats.unanswered_not_applied == 1);
+        l.present.extend([(4, None), (5, None)]);
+        l.pending = Some(vec![4, 5]);
+        l.reconcile(&listing(&[3, 4]));
+        assert_eq!(l.problems.len(), 1, "partial QUIT: {:?}", l.problems);
+
+        // A message gone without a QUIT, and a changed UID.
+        let mut l = looper();
+        l.present.extend([(1, None), (2, None)]);
+        l.reconcile(&listing(&[1, 2]));
+        let mut changed = listing(&[1]);
+        changed[0].uid = "other".into();
+        l.reconcile(&changed);
+        assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
+    }
+
+    #[test]
+    fn allowed_errors_are_only_the_disruption_kinds() {
+        for e in [
+            "PASS: \"-ERR [SYS/TEMP] maildrop store unavailable\"",
+            "login u: \"-ERR [IN-USE] maildrop locked\"",
+            "connect: Connection refused (os error 111)",
+            "closed",
+        ] {
+            assert!(allowed_kind(e).is_some(), "{e}");
+        }
+        for e in [
+            "login u: \"-ERR [AUTH] invalid credentials\"",
+            "\"DELE 1\" answered \"-ERR no such message\"",
+            "Resource temporarily unavailable (os error 11)",
+        ] {
+            assert!(allowed_kind(e).is_none(), "{e}");
+        }
+    }
+}
