@@ -51,7 +51,7 @@ const TEMP_FAILURE_WAIT: u64 = 3;
 /// One request from nginx.
 #[derive(Debug, PartialEq, Eq)]
 struct Request {
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,14 +67,17 @@ enum BadRequest {
 }
 
 impl Request {
-    /// Parses a complete request head (up to and including the empty line).
+    /// Parses a complete request head (up to and including the empty line). Values are kept
+    /// as octets: nginx escapes `%`, white space and control characters in the credentials,
+    /// but a password may hold any other octet, UTF-8 or not.
     fn parse(head: &[u8]) -> Result<Request, BadRequest> {
-        let text = std::str::from_utf8(head).map_err(|_| BadRequest::Header)?;
-        let mut lines = text.split("\r\n");
+        let mut lines = head
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
         let request_line = lines.next().unwrap_or_default();
-        let mut words = request_line.split(' ');
+        let mut words = request_line.split(|&b| b == b' ');
         match (words.next(), words.next(), words.next(), words.next()) {
-            (Some("GET"), Some(_path), Some(v), None) if v.starts_with("HTTP/1.") => {}
+            (Some(b"GET"), Some(_path), Some(v), None) if v.starts_with(b"HTTP/1.") => {}
             _ => return Err(BadRequest::NotGet),
         }
         let mut headers = Vec::new();
@@ -82,26 +85,35 @@ impl Request {
             if line.is_empty() {
                 break;
             }
-            let (name, value) = line.split_once(':').ok_or(BadRequest::Header)?;
-            if name.is_empty() || name.contains(' ') {
+            let colon = line
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or(BadRequest::Header)?;
+            let name = std::str::from_utf8(&line[..colon]).map_err(|_| BadRequest::Header)?;
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(BadRequest::Header);
             }
-            headers.push((name.to_owned(), value.trim().to_owned()));
+            headers.push((name.to_owned(), line[colon + 1..].trim_ascii().to_vec()));
         }
         Ok(Request { headers })
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    /// A header's value as octets.
+    fn bytes(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// A header's value as text (`None` if absent or not UTF-8).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.bytes(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 }
 
 /// Undoes nginx's URL escaping of `Auth-User` and `Auth-Pass` (`%XX`; nothing else).
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
+fn unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -347,11 +359,11 @@ async fn answer(request: &Request, shared: &Arc<Shared>, nodes: &NodeTable) -> A
         .header("Auth-Login-Attempt")
         .and_then(|a| a.parse().ok())
         .unwrap_or(1);
-    let user_raw = unescape(request.header("Auth-User").unwrap_or_default());
+    let user_raw = unescape(request.bytes("Auth-User").unwrap_or_default());
     let Ok(user) = String::from_utf8(user_raw) else {
         return refused("[AUTH] Authentication failed", Some(1));
     };
-    let pass = Secret::new(unescape(request.header("Auth-Pass").unwrap_or_default()));
+    let pass = Secret::new(unescape(request.bytes("Auth-Pass").unwrap_or_default()));
     let salt = request.header("Auth-Salt").unwrap_or_default().to_owned();
     let fingerprint = shared.penalties.fingerprint(pass.expose());
     let verified = match method {
@@ -462,14 +474,19 @@ mod tests {
         assert_eq!(r.header("auth-method"), Some("plain"));
         assert_eq!(r.header("CLIENT-IP"), Some("192.0.2.42"));
         assert_eq!(
-            unescape(r.header("Auth-User").expect("test value")),
+            unescape(r.bytes("Auth-User").expect("test value")),
             b"ann@example.org"
         );
         assert_eq!(
-            unescape(r.header("Auth-Pass").expect("test value")),
+            unescape(r.bytes("Auth-Pass").expect("test value")),
             b"p%ss word"
         );
         assert_eq!(r.header("Auth-Salt"), None);
+        // A password that is not UTF-8 does not spoil the request.
+        let latin1 = b"GET /auth HTTP/1.0\r\nAuth-Pass: caf\xe9\r\nClient-IP: ::1\r\n\r\n";
+        let r = Request::parse(latin1).expect("octets");
+        assert_eq!(r.bytes("Auth-Pass"), Some(&b"caf\xe9"[..]));
+        assert_eq!(r.header("Client-IP"), Some("::1"));
         assert_eq!(
             Request::parse(b"POST / HTTP/1.0\r\n\r\n"),
             Err(BadRequest::NotGet)
@@ -482,10 +499,12 @@ mod tests {
 
     #[test]
     fn unescape_leaves_stray_percent_signs() {
-        assert_eq!(unescape("100%"), b"100%");
-        assert_eq!(unescape("%4"), b"%4");
-        assert_eq!(unescape("%zz%41"), b"%zzA");
-        assert_eq!(unescape(""), b"");
+        assert_eq!(unescape(b"100%"), b"100%");
+        assert_eq!(unescape(b"%4"), b"%4");
+        assert_eq!(unescape(b"%zz%41"), b"%zzA");
+        assert_eq!(unescape(b""), b"");
+        // Octets nginx does not escape pass as they are, UTF-8 or not.
+        assert_eq!(unescape(b"caf\xc3\xa9\xff"), b"caf\xc3\xa9\xff");
     }
 
     #[test]
