@@ -104,22 +104,10 @@ impl Load {
             .iter()
             .enumerate()
             .map(|(i, user)| {
-                let mut looper = Looper {
-                    user: user.clone(),
-                    pass: pass.to_owned(),
-                    bins: bins.clone(),
-                    data: data.clone(),
-                    addrs: addrs.clone(),
-                    next_node: i,
-                    next_id: (i as u64 + 1) * 1_000_000,
-                    rng: rng.fork(),
-                    present: BTreeMap::new(),
-                    targets: HashMap::new(),
-                    unacked: HashSet::new(),
-                    pending: None,
-                    stats: LoadStats::default(),
-                    problems: Vec::new(),
-                };
+                let mut looper = Looper::new(user, pass, bins, data.clone(), addrs.clone(), rng);
+                // Each client starts on another node, and numbers its messages apart.
+                looper.next_node = i;
+                looper.next_id = (i as u64 + 1) * 1_000_000;
                 let stop = stop.clone();
                 std::thread::spawn(move || {
                     looper.run(&stop);
@@ -186,6 +174,32 @@ enum End {
 }
 
 impl Looper {
+    fn new(
+        user: &str,
+        pass: &str,
+        bins: &Bins,
+        data: PathBuf,
+        addrs: Vec<SocketAddr>,
+        rng: &mut Rng,
+    ) -> Looper {
+        Looper {
+            user: user.to_owned(),
+            pass: pass.to_owned(),
+            bins: bins.clone(),
+            data,
+            addrs,
+            next_node: 0,
+            next_id: 1,
+            rng: rng.fork(),
+            present: BTreeMap::new(),
+            targets: HashMap::new(),
+            unacked: HashSet::new(),
+            pending: None,
+            stats: LoadStats::default(),
+            problems: Vec::new(),
+        }
+    }
+
     fn run(&mut self, stop: &AtomicBool) {
         let deadline = Instant::now() + MAX_RUN;
         while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
@@ -412,26 +426,19 @@ mod tests {
     use super::*;
 
     fn looper() -> Looper {
-        Looper {
-            user: "u".into(),
-            pass: "p".into(),
-            bins: Bins {
-                pop3d: PathBuf::from("pop3d"),
-                popadm: PathBuf::from("popadm"),
-                store: None,
-            },
-            data: PathBuf::from("data"),
-            addrs: Vec::new(),
-            next_node: 0,
-            next_id: 1,
-            rng: Rng::new(1),
-            present: BTreeMap::new(),
-            targets: HashMap::new(),
-            unacked: HashSet::new(),
-            pending: None,
-            stats: LoadStats::default(),
-            problems: Vec::new(),
-        }
+        let bins = Bins {
+            pop3d: PathBuf::from("pop3d"),
+            popadm: PathBuf::from("popadm"),
+            store: None,
+        };
+        Looper::new(
+            "u",
+            "p",
+            &bins,
+            PathBuf::from("data"),
+            Vec::new(),
+            &mut Rng::new(1),
+        )
     }
 
     fn listing(ids: &[u64]) -> Vec<Seen> {
