@@ -482,7 +482,10 @@ pub(crate) fn provision(
     if extras {
         all.extend(BIG.iter().map(|(u, _)| *u));
     }
-    for pair in all.chunks(2) {
+    // The first account alone: it creates the store and its schema, which two popadm
+    // processes must not race to do (the loser finds the database busy).
+    let (first, rest) = all.split_at(all.len().min(1));
+    for pair in std::iter::once(first).chain(rest.chunks(2)) {
         let mut children = Vec::new();
         for user in pair {
             let mut c = store.cmd(&["user", "add", user, "--password-stdin"]);
