@@ -215,7 +215,8 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_auth_failures: Option<u32>,
 
-    /// Host name for lock holder names [default: the machine's].
+    /// Host name in the APOP timestamp, CRAM-MD5 challenges, the GSSAPI principal and the
+    /// self-signed certificate [default: the machine's].
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
 

@@ -52,7 +52,9 @@ pub const RFC_MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Server settings. Every default is documented on [`Config::default`].
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Host name in the greeting timestamp and in lock holder names.
+    /// Host name in the APOP greeting timestamp, CRAM-MD5 challenges, the GSSAPI principal and
+    /// the self-signed certificate. (Lock holder names always carry the machine's own name:
+    /// whether a holder process is alive can only be judged on the machine it runs on.)
     pub hostname: String,
     /// Inactivity autologout: the session is closed without UPDATE and without a reply.
     pub idle_timeout: Duration,
