@@ -66,6 +66,10 @@ mail {{
     proxy_pass_error_message on;
     # At least RFC 1939's ten-minute autologout timer.
     proxy_timeout 10m;
+    # nginx relays replies through this buffer and sets no TCP_NODELAY on mail connections:
+    # with the default page a RETR's reply goes out in several writes, and the second one
+    # waits for the client's delayed ACK (about 40 ms per message; docs/performance.md, S6).
+    proxy_buffer 64k;
     pop3_auth {auth};
     # pop3d's own pre-login CAPA; nginx adds STLS and SASL itself.
     pop3_capabilities {caps};
@@ -106,6 +110,7 @@ mod tests {
         assert!(text.contains(&format!("X-Pop3d-Key \"{}\";", keys.endpoint_key())));
         assert!(text.contains("listen 0.0.0.0:110;"));
         assert!(text.contains("pop3_auth plain;"));
+        assert!(text.contains("proxy_buffer 64k;"));
         assert!(text.contains("pop3_capabilities \"TOP\" \"UIDL\" \"USER\""));
         assert!(!text.contains("\"STLS\"") && !text.contains("\"LANG\""));
         let legacy = server::Config {
