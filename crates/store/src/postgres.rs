@@ -34,19 +34,18 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::Row;
 use tracing::{debug, info};
 
 use self::pool::{Pool, Tx};
 use crate::common::{
-    expire_from_sql, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
-    login_verdict, node_changed, node_state, to_i64, to_u64, validate_uid, AccountWriter,
-    LoginVerdict,
+    account_row, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
+    login_verdict, message_meta, node_changed, node_info, node_state, summary_row, to_i64, to_u64,
+    validate_uid, AccountRow, AccountWriter, LoginVerdict,
 };
 use crate::holder::holder_is_dead;
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, ImportMessage, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta, NodeInfo,
+    Delivered, ImportMessage, LoginDelay, MaildropLock, MessageId, MessageMeta, NodeInfo,
     NodeState, OnExisting, Result, Store, StoreError,
 };
 
@@ -301,31 +300,6 @@ fn migrate(tx: &mut Tx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// An `accounts` row as [`find_account!`] reads it.
-struct AccountRow {
-    id: AccountId,
-    password_hash: String,
-    created_at: i64,
-    uidvalidity: i64,
-    policy: AccountPolicy,
-    secrets: AccountSecrets,
-}
-
-fn account_row(row: &Row) -> Result<AccountRow> {
-    Ok(AccountRow {
-        id: row.try_get(0)?,
-        password_hash: row.try_get(1)?,
-        created_at: row.try_get(2)?,
-        uidvalidity: row.try_get(3)?,
-        policy: policy_from_row(row, 4)?,
-        secrets: AccountSecrets {
-            scram_sha256: row.try_get(6)?,
-            legacy_secret: row.try_get(7)?,
-            cram_md5_states: row.try_get(8)?,
-        },
-    })
-}
-
 /// How [`find_account`] locks the row it finds.
 #[derive(Clone, Copy)]
 enum RowLock {
@@ -353,24 +327,6 @@ fn account_id(tx: &mut Tx<'_>, name: &AccountName, lock: RowLock) -> Result<(Acc
         Some(row) => Ok((row.id, row.uidvalidity)),
         None => Err(StoreError::NoSuchAccount(name.to_string())),
     }
-}
-
-/// The policy in columns `first` (`login_delay`) and `first + 1` (`expire_days`).
-fn policy_from_row(row: &Row, first: usize) -> Result<AccountPolicy> {
-    let login_delay: Option<i64> = row.try_get(first)?;
-    let login_delay = login_delay
-        .map(|d| u32::try_from(d).map_err(|_| out_of_range("login_delay", d)))
-        .transpose()?;
-    let expire = expire_from_sql(row.try_get(first + 1)?)
-        .map_err(|days| out_of_range("expire_days", days))?;
-    Ok(AccountPolicy {
-        login_delay,
-        expire,
-    })
-}
-
-fn out_of_range(column: &str, value: i64) -> StoreError {
-    StoreError::Backend(format!("{column} {value} out of range").into())
 }
 
 /// `NoSuchAccount("#ID")` unless the account exists. `FOR KEY SHARE` keeps it from being
@@ -618,28 +574,6 @@ impl AccountWriter for Accounts<'_, '_> {
     fn update(&mut self, id: AccountId, hash: &str, secrets: &AccountSecrets) -> Result<()> {
         update_secrets(self.0, id, hash, secrets)
     }
-}
-
-fn summary_row(row: &Row) -> Result<AccountSummary> {
-    let holder: Option<String> = row.try_get(4)?;
-    let lock = match holder {
-        Some(holder) => Some(LockInfo {
-            holder,
-            acquired_at: row.try_get(5)?,
-            expires_at: row.try_get(6)?,
-        }),
-        None => None,
-    };
-    Ok(AccountSummary {
-        name: AccountName::from_stored(row.try_get(0)?, row.try_get(1)?),
-        messages: to_u64(row.try_get(2)?),
-        octets: to_u64(row.try_get(3)?),
-        lock,
-        policy: policy_from_row(row, 7)?,
-        last_login: row.try_get(9)?,
-        legacy: row.try_get(10)?,
-        cram_md5: row.try_get(11)?,
-    })
 }
 
 /// A lease in milliseconds, for `clock_timestamp() + $n::bigint * interval '1 millisecond'`.
@@ -996,18 +930,7 @@ impl Store for PostgresStore {
                  WHERE account_id = $1 ORDER BY id",
                 &[&account],
             )?;
-            rows.iter()
-                .map(|row| {
-                    Ok(MessageMeta {
-                        id: row.try_get(0)?,
-                        uid: row.try_get(1)?,
-                        size: to_u64(row.try_get(2)?),
-                        header_octets: to_u64(row.try_get(3)?),
-                        body_lines: to_u64(row.try_get(4)?),
-                        utf8_headers: row.try_get(5)?,
-                    })
-                })
-                .collect()
+            rows.iter().map(message_meta).collect()
         })
     }
 
@@ -1105,17 +1028,7 @@ impl Store for PostgresStore {
                  FROM nodes ORDER BY id",
                 &[],
             )?;
-            rows.iter()
-                .map(|row| {
-                    Ok(NodeInfo {
-                        id: row.try_get(0)?,
-                        address: row.try_get(1)?,
-                        state: node_state(row.try_get(2)?)?,
-                        sessions: to_u64(row.try_get(3)?),
-                        heartbeat_age: Duration::from_millis(to_u64(row.try_get(4)?)),
-                    })
-                })
-                .collect()
+            rows.iter().map(|row| node_info(row, |age| age)).collect()
         })
     }
 

@@ -19,21 +19,21 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{
-    params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
+    params, Connection, ErrorCode, OptionalExtension, Row, Rows, Transaction, TransactionBehavior,
 };
 use tracing::{debug, info, warn};
 
 use crate::common::{
-    expire_from_sql, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
-    login_verdict, node_changed, node_state, to_i64, to_u64, unix_secs, validate_uid,
-    AccountWriter, LoginVerdict,
+    account_row, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
+    login_verdict, message_meta, node_changed, node_info, node_state, summary_row, to_i64, to_u64,
+    unix_secs, validate_uid, AccountRow, AccountWriter, LoginVerdict,
 };
 use crate::holder::holder_is_dead;
 
 mod backup;
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, ImportMessage, LockInfo, LoginDelay, MaildropLock, MessageId, MessageMeta, NodeInfo,
+    Delivered, ImportMessage, LoginDelay, MaildropLock, MessageId, MessageMeta, NodeInfo,
     NodeState, OnExisting, Result, Store, StoreError,
 };
 
@@ -318,36 +318,11 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// An `accounts` row as [`FIND_ACCOUNT`] reads it.
-struct AccountRow {
-    id: AccountId,
-    password_hash: String,
-    created_at: i64,
-    uidvalidity: i64,
-    policy: AccountPolicy,
-    secrets: AccountSecrets,
-}
-
 /// The named account's row.
 fn find_account(conn: &Connection, name: &AccountName) -> Result<Option<AccountRow>> {
     let mut stmt = conn.prepare_cached(FIND_ACCOUNT)?;
-    let row = stmt
-        .query_row(params![name.local(), name.domain()], |row| {
-            Ok(AccountRow {
-                id: row.get(0)?,
-                password_hash: row.get(1)?,
-                created_at: row.get(2)?,
-                uidvalidity: row.get(3)?,
-                policy: policy_from_row(row, 4)?,
-                secrets: AccountSecrets {
-                    scram_sha256: row.get(6)?,
-                    legacy_secret: row.get(7)?,
-                    cram_md5_states: row.get(8)?,
-                },
-            })
-        })
-        .optional()?;
-    Ok(row)
+    let mut rows = stmt.query(params![name.local(), name.domain()])?;
+    rows.next()?.map(account_row).transpose()
 }
 
 /// Id and uidvalidity of the named account, or `NoSuchAccount`.
@@ -356,17 +331,6 @@ fn account_id(conn: &Connection, name: &AccountName) -> Result<(AccountId, i64)>
         Some(row) => Ok((row.id, row.uidvalidity)),
         None => Err(StoreError::NoSuchAccount(name.to_string())),
     }
-}
-
-/// The policy in columns `first` (`login_delay`) and `first + 1` (`expire_days`).
-fn policy_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<AccountPolicy> {
-    let login_delay: Option<u32> = row.get(first)?;
-    let expire = expire_from_sql(row.get(first + 1)?)
-        .map_err(|days| rusqlite::Error::IntegralValueOutOfRange(first + 1, days))?;
-    Ok(AccountPolicy {
-        login_delay,
-        expire,
-    })
 }
 
 /// `LockLost` unless `lock` is the account's current lock and unexpired at `now` (unix
@@ -627,26 +591,13 @@ impl AccountWriter for Accounts<'_, '_> {
     }
 }
 
-fn summary_row(row: &Row<'_>) -> rusqlite::Result<AccountSummary> {
-    let holder: Option<String> = row.get(4)?;
-    let lock = match holder {
-        Some(holder) => Some(LockInfo {
-            holder,
-            acquired_at: row.get(5)?,
-            expires_at: row.get(6)?,
-        }),
-        None => None,
-    };
-    Ok(AccountSummary {
-        name: AccountName::from_stored(row.get(0)?, row.get(1)?),
-        messages: to_u64(row.get(2)?),
-        octets: to_u64(row.get(3)?),
-        lock,
-        policy: policy_from_row(row, 7)?,
-        last_login: row.get(9)?,
-        legacy: row.get(10)?,
-        cram_md5: row.get(11)?,
-    })
+/// Each row of `rows` through `map`.
+fn map_rows<'s, T>(mut rows: Rows<'s>, map: impl Fn(&Row<'s>) -> Result<T>) -> Result<Vec<T>> {
+    let mut all = Vec::new();
+    while let Some(row) = rows.next()? {
+        all.push(map(row)?);
+    }
+    Ok(all)
 }
 
 impl Store for SqliteStore {
@@ -717,8 +668,8 @@ impl Store for SqliteStore {
     fn list_accounts(&self) -> Result<Vec<AccountSummary>> {
         let mut all = self.read(|tx| {
             let mut stmt = tx.prepare_cached(SUMMARIES)?;
-            let rows = stmt.query_map([now()], summary_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let rows = stmt.query([now()])?;
+            map_rows(rows, summary_row)
         })?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
@@ -728,7 +679,8 @@ impl Store for SqliteStore {
         self.read(|tx| {
             let (id, _) = account_id(tx, name)?;
             let mut stmt = tx.prepare_cached(&format!("{SUMMARIES} WHERE a.id = ?2"))?;
-            Ok(stmt.query_row(params![now(), id], summary_row)?)
+            let mut rows = stmt.query(params![now(), id])?;
+            summary_row(rows.next()?.ok_or(rusqlite::Error::QueryReturnedNoRows)?)
         })
     }
 
@@ -977,17 +929,8 @@ impl Store for SqliteStore {
                 "SELECT id, uid, size, header_octets, body_lines, utf8_headers FROM messages
                  WHERE account_id = ?1 ORDER BY id",
             )?;
-            let rows = stmt.query_map([account], |row| {
-                Ok(MessageMeta {
-                    id: row.get(0)?,
-                    uid: row.get(1)?,
-                    size: to_u64(row.get(2)?),
-                    header_octets: to_u64(row.get(3)?),
-                    body_lines: to_u64(row.get(4)?),
-                    utf8_headers: row.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let rows = stmt.query([account])?;
+            map_rows(rows, message_meta)
         })
     }
 
@@ -1086,26 +1029,8 @@ impl Store for SqliteStore {
             let mut stmt = tx.prepare_cached(
                 "SELECT id, address, state, sessions, heartbeat_at FROM nodes ORDER BY id",
             )?;
-            let rows = stmt.query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
-            })?;
-            rows.map(|row| {
-                let (id, address, state, sessions, at) = row?;
-                Ok(NodeInfo {
-                    id,
-                    address,
-                    state: node_state(&state)?,
-                    sessions: to_u64(sessions),
-                    heartbeat_age: Duration::from_millis(to_u64(now.saturating_sub(at))),
-                })
-            })
-            .collect()
+            let rows = stmt.query([])?;
+            map_rows(rows, |row| node_info(row, |at| now.saturating_sub(at)))
         })
     }
 
