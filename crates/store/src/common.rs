@@ -51,6 +51,26 @@ pub(crate) fn validate_uid(uid: &str) -> Result<()> {
     })
 }
 
+/// The UID of a new message: `uid` when given, valid and not `in_use` in the maildrop (else
+/// `InvalidUid` or `DuplicateUid`), or else a `generate`d one. `tx` goes to whichever is called.
+pub(crate) fn message_uid<T>(
+    tx: T,
+    uid: Option<String>,
+    in_use: impl FnOnce(T, &str) -> Result<bool>,
+    generate: impl FnOnce(T) -> Result<String>,
+) -> Result<String> {
+    match uid {
+        Some(uid) => {
+            validate_uid(&uid)?;
+            if in_use(tx, &uid)? {
+                return Err(StoreError::DuplicateUid(uid));
+            }
+            Ok(uid)
+        }
+        None => generate(tx),
+    }
+}
+
 /// A generated UID: `%08X%08X` of the per-account counter and the UID validity (Dovecot's
 /// default UIDL format).
 pub(crate) fn generated_uid(n: i64, uidvalidity: i64) -> String {

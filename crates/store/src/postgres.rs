@@ -39,8 +39,8 @@ use tracing::{debug, info};
 use self::pool::{Pool, Tx};
 use crate::common::{
     account_row, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
-    login_verdict, message_meta, node_changed, node_info, node_state, summary_row, to_i64, to_u64,
-    validate_uid, AccountRow, AccountWriter, LoginVerdict,
+    login_verdict, message_meta, message_uid, node_changed, node_info, node_state, summary_row,
+    to_i64, to_u64, AccountRow, AccountWriter, LoginVerdict,
 };
 use crate::holder::holder_is_dead;
 use crate::{
@@ -434,16 +434,12 @@ fn store_message(
     source: &mut dyn Read,
     max_size: u64,
 ) -> Result<Delivered> {
-    let uid = match uid {
-        Some(uid) => {
-            validate_uid(&uid)?;
-            if uid_in_use(tx, account, &uid)? {
-                return Err(StoreError::DuplicateUid(uid));
-            }
-            uid
-        }
-        None => generate_uid(tx, account, uidvalidity)?,
-    };
+    let uid = message_uid(
+        &mut *tx,
+        uid,
+        |tx, uid| uid_in_use(tx, account, uid),
+        |tx| generate_uid(tx, account, uidvalidity),
+    )?;
     let row = tx.query_one(
         concat!(
             "INSERT INTO messages (account_id, uid, size, header_octets, body_lines, chunks,
