@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
-    AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
+    Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
     Delivered, Expire, ImportMessage, Ingest, IngestSummary, LockInfo, MessageMeta, NodeInfo,
     OnExisting, Result, StoreError, CHUNK_SIZE,
 };
@@ -356,6 +356,20 @@ pub(crate) struct AccountRow {
     pub(crate) uidvalidity: i64,
     pub(crate) policy: AccountPolicy,
     pub(crate) secrets: AccountSecrets,
+}
+
+impl AccountRow {
+    /// The account named `name` that this row holds.
+    pub(crate) fn into_account(self, name: &AccountName) -> Account {
+        Account {
+            id: self.id,
+            name: name.clone(),
+            password_hash: self.password_hash,
+            secrets: self.secrets,
+            created_at: self.created_at,
+            policy: self.policy,
+        }
+    }
 }
 
 pub(crate) fn account_row(row: &impl Columns) -> Result<AccountRow> {

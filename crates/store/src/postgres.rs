@@ -630,16 +630,8 @@ impl Store for PostgresStore {
     }
 
     fn account(&self, name: &AccountName) -> Result<Option<Account>> {
-        self.pool.tx(|tx| {
-            Ok(find_account(tx, name, RowLock::None)?.map(|row| Account {
-                id: row.id,
-                name: name.clone(),
-                password_hash: row.password_hash,
-                secrets: row.secrets,
-                created_at: row.created_at,
-                policy: row.policy,
-            }))
-        })
+        self.pool
+            .tx(|tx| Ok(find_account(tx, name, RowLock::None)?.map(|row| row.into_account(name))))
     }
 
     fn list_accounts(&self) -> Result<Vec<AccountSummary>> {

@@ -649,16 +649,7 @@ impl Store for SqliteStore {
     }
 
     fn account(&self, name: &AccountName) -> Result<Option<Account>> {
-        self.with_conn(|conn| {
-            Ok(find_account(conn, name)?.map(|row| Account {
-                id: row.id,
-                name: name.clone(),
-                password_hash: row.password_hash,
-                secrets: row.secrets,
-                created_at: row.created_at,
-                policy: row.policy,
-            }))
-        })
+        self.with_conn(|conn| Ok(find_account(conn, name)?.map(|row| row.into_account(name))))
     }
 
     fn list_accounts(&self) -> Result<Vec<AccountSummary>> {
