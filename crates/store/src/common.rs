@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, Expire, ImportMessage, Ingest, IngestSummary, LockInfo, MessageMeta, NodeInfo,
-    OnExisting, Result, StoreError, CHUNK_SIZE,
+    Delivered, Expire, ImportMessage, Ingest, IngestSummary, LockInfo, LoginDelay, MessageMeta,
+    NodeInfo, OnExisting, Result, StoreError, CHUNK_SIZE,
 };
 
 /// Size of the reads from a delivered message.
@@ -251,6 +251,27 @@ pub(crate) enum LoginVerdict {
     },
     /// Refused; nothing is to change.
     TooSoon(Duration),
+}
+
+impl LoginVerdict {
+    /// The answer to a login on `account`: when allowed, after `record` stored the new
+    /// `last_login` and `tokens`.
+    pub(crate) fn answer(
+        self,
+        account: AccountId,
+        record: impl FnOnce(i64, Option<f64>) -> Result<()>,
+    ) -> Result<LoginDelay> {
+        match self {
+            LoginVerdict::Record { last_login, tokens } => {
+                record(last_login, tokens)?;
+                Ok(LoginDelay::Allowed)
+            }
+            LoginVerdict::TooSoon(retry_after) => {
+                tracing::debug!(account, ?retry_after, "login refused: LOGIN-DELAY");
+                Ok(LoginDelay::TooSoon { retry_after })
+            }
+        }
+    }
 }
 
 /// The LOGIN-DELAY decision for a login at `now` (fractional unix seconds, read while the

@@ -40,7 +40,7 @@ use self::pool::{Pool, Tx};
 use crate::common::{
     account_row, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
     login_verdict, message_meta, message_uid, node_changed, node_info, node_state, summary_row,
-    to_i64, to_u64, AccountRow, AccountWriter, LoginVerdict,
+    to_i64, to_u64, AccountRow, AccountWriter,
 };
 use crate::holder::holder_is_dead;
 use crate::{
@@ -764,19 +764,16 @@ impl Store for PostgresStore {
                 )?
                 .try_get(0)?;
             let (last_login, tokens) = (state.try_get(0)?, state.try_get(1)?);
-            match login_verdict(delay, burst, last_login, tokens, now) {
-                LoginVerdict::Record { last_login, tokens } => {
+            login_verdict(delay, burst, last_login, tokens, now).answer(
+                account,
+                |last_login, tokens| {
                     tx.execute(
                         "UPDATE accounts SET last_login = $2, login_tokens = $3 WHERE id = $1",
                         &[&account, &last_login, &tokens],
                     )?;
-                    Ok(LoginDelay::Allowed)
-                }
-                LoginVerdict::TooSoon(retry_after) => {
-                    debug!(account, ?retry_after, "login refused: LOGIN-DELAY");
-                    Ok(LoginDelay::TooSoon { retry_after })
-                }
-            }
+                    Ok(())
+                },
+            )
         })
     }
 

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::common::{
     account_row, expire_to_sql, generated_uid, import_accounts, import_each, ingest_chunks,
     login_verdict, message_meta, message_uid, node_changed, node_info, node_state, summary_row,
-    to_i64, to_u64, unix_secs, AccountRow, AccountWriter, LoginVerdict,
+    to_i64, to_u64, unix_secs, AccountRow, AccountWriter,
 };
 use crate::holder::holder_is_dead;
 
@@ -771,19 +771,16 @@ impl Store for SqliteStore {
             };
             // Read under the write lock, so concurrent logins are ordered by their clocks.
             let now = now_f64();
-            match login_verdict(delay, burst, last_login, tokens, now) {
-                LoginVerdict::Record { last_login, tokens } => {
+            login_verdict(delay, burst, last_login, tokens, now).answer(
+                account,
+                |last_login, tokens| {
                     tx.prepare_cached(
                         "UPDATE accounts SET last_login = ?2, login_tokens = ?3 WHERE id = ?1",
                     )?
                     .execute(params![account, last_login, tokens])?;
-                    Ok(LoginDelay::Allowed)
-                }
-                LoginVerdict::TooSoon(retry_after) => {
-                    debug!(account, ?retry_after, "login refused: LOGIN-DELAY");
-                    Ok(LoginDelay::TooSoon { retry_after })
-                }
-            }
+                    Ok(())
+                },
+            )
         })
     }
 
