@@ -49,7 +49,8 @@ pub enum TicketError {
 #[derive(Clone)]
 pub struct ClusterKeys {
     ticket: [u8; 32],
-    endpoint: [u8; 32],
+    /// The endpoint key in hex, as nginx sends it (compared on every request).
+    endpoint_hex: String,
 }
 
 impl std::fmt::Debug for ClusterKeys {
@@ -65,20 +66,21 @@ impl ClusterKeys {
         if secret.len() < MIN_SECRET_LEN {
             return Err(TicketError::ShortSecret(secret.len()));
         }
+        let endpoint = hmac(secret, b"pop3d auth_http key v1");
         Ok(ClusterKeys {
             ticket: hmac(secret, b"pop3d login ticket v1"),
-            endpoint: hmac(secret, b"pop3d auth_http key v1"),
+            endpoint_hex: endpoint.iter().map(|b| format!("{b:02x}")).collect(),
         })
     }
 
     /// The value nginx must send in the endpoint's key header (hex, 64 digits).
     pub fn endpoint_key(&self) -> String {
-        self.endpoint.iter().map(|b| format!("{b:02x}")).collect()
+        self.endpoint_hex.clone()
     }
 
     /// Whether `given` is the endpoint key, compared in constant time.
     pub fn endpoint_key_matches(&self, given: &str) -> bool {
-        constant_time_eq(self.endpoint_key().as_bytes(), given.trim().as_bytes())
+        constant_time_eq(self.endpoint_hex.as_bytes(), given.trim().as_bytes())
     }
 
     fn tag(&self, user: &str, node: &str, client: IpAddr, expiry: u64, nonce: &str) -> String {
@@ -154,7 +156,14 @@ pub struct Verified {
 /// once.
 #[derive(Debug, Default)]
 pub struct Replay {
-    seen: Mutex<HashMap<String, u64>>,
+    seen: Mutex<Seen>,
+}
+
+/// Nonces with their tickets' expiry, and when expired ones were last dropped.
+#[derive(Debug, Default)]
+struct Seen {
+    nonces: HashMap<String, u64>,
+    pruned_at: u64,
 }
 
 impl Replay {
@@ -166,11 +175,16 @@ impl Replay {
     pub fn first_use(&self, verified: &Verified) -> Result<(), TicketError> {
         let now = unix_now();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, expiry| *expiry >= now);
-        if seen.contains_key(&verified.nonce) {
+        // Expiries are whole seconds: dropping the expired nonces once a second is enough, and
+        // keeps a login from scanning every ticket of the last half minute.
+        if seen.pruned_at != now {
+            seen.nonces.retain(|_, expiry| *expiry >= now);
+            seen.pruned_at = now;
+        }
+        if seen.nonces.contains_key(&verified.nonce) {
             return Err(TicketError::Replayed);
         }
-        seen.insert(verified.nonce.clone(), verified.expiry);
+        seen.nonces.insert(verified.nonce.clone(), verified.expiry);
         Ok(())
     }
 }
@@ -303,7 +317,8 @@ mod tests {
         );
         let k = keys();
         assert_eq!(k.endpoint_key().len(), 64);
-        assert_ne!(k.endpoint, k.ticket);
+        let ticket_hex: String = k.ticket.iter().map(|b| format!("{b:02x}")).collect();
+        assert_ne!(k.endpoint_key(), ticket_hex);
         assert!(k.endpoint_key_matches(&k.endpoint_key()));
         assert!(!k.endpoint_key_matches("00"));
         // Trailing newline of a key file does not change the keys.

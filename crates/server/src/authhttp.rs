@@ -192,7 +192,7 @@ impl NodeTable {
             }
         }
         let store = shared.store.clone();
-        let nodes = Arc::new(tokio::task::spawn_blocking(move || store.list_nodes()).await??);
+        let nodes = Arc::new(crate::reply::blocking(move || store.list_nodes()).await?);
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, nodes.clone()));
         Ok(nodes)
     }

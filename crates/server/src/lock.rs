@@ -15,6 +15,8 @@ use store::{MaildropLock, Store};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 
+use crate::reply::blocking;
+
 /// The shortest renewal interval, whatever the lease.
 const MIN_TICK: Duration = Duration::from_millis(100);
 
@@ -72,47 +74,41 @@ impl Locks {
     /// One batch renewal of every registered lease; marks the lost ones. A failed call (busy
     /// database and the like) changes nothing: the next tick tries again, within the lease.
     pub async fn renew_once(&self) {
-        let batch: Vec<(u64, MaildropLock)> = self
+        let (keys, locks): (Vec<u64>, Vec<MaildropLock>) = self
             .entries()
             .iter()
             .map(|(&key, e)| (key, e.lock.clone()))
-            .collect();
-        if batch.is_empty() {
+            .unzip();
+        if keys.is_empty() {
             return;
         }
         let (store, lease) = (self.store.clone(), self.lease);
-        let locks: Vec<MaildropLock> = batch.iter().map(|(_, l)| l.clone()).collect();
-        let renewed = tokio::task::spawn_blocking(move || store.renew_locks(&locks, lease)).await;
-        let renewed = match renewed {
-            Ok(Ok(renewed)) if renewed.len() == batch.len() => renewed,
-            Ok(Ok(renewed)) => {
+        let renewed = match blocking(move || store.renew_locks(&locks, lease)).await {
+            Ok(renewed) if renewed.len() == keys.len() => renewed,
+            Ok(renewed) => {
                 warn!(
-                    asked = batch.len(),
+                    asked = keys.len(),
                     answered = renewed.len(),
                     "renewing the maildrop locks: the store answered for another number of locks"
                 );
                 return;
             }
-            Ok(Err(e)) => {
-                warn!(error = %e, locks = batch.len(), "renewing the maildrop locks failed");
-                return;
-            }
             Err(e) => {
-                warn!(error = %e, locks = batch.len(), "renewing the maildrop locks failed");
+                warn!(error = %e, locks = keys.len(), "renewing the maildrop locks failed");
                 return;
             }
         };
-        debug!(locks = batch.len(), "maildrop locks renewed");
+        debug!(locks = keys.len(), "maildrop locks renewed");
         let mut held = self.entries();
-        for ((key, lock), ok) in batch.into_iter().zip(renewed) {
+        for (key, ok) in keys.into_iter().zip(renewed) {
             if ok {
                 continue;
             }
             // A lock released meanwhile was unregistered first: nothing to mark.
             if let Some(entry) = held.remove(&key) {
                 warn!(
-                    account = lock.account,
-                    holder = %lock.holder,
+                    account = entry.lock.account,
+                    holder = %entry.lock.holder,
                     "maildrop lock was lost (taken over or lapsed)"
                 );
                 entry.lost.store(true, Ordering::Relaxed);
@@ -170,10 +166,8 @@ impl HeldLock {
         // released here as lost.
         self.locks.forget(self.key);
         let (store, lock) = (self.locks.store.clone(), self.lock.clone());
-        match tokio::task::spawn_blocking(move || store.release_lock(&lock)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "releasing the maildrop lock failed; it will expire"),
-            Err(e) => warn!(error = %e, "releasing the maildrop lock failed; it will expire"),
+        if let Err(e) = blocking(move || store.release_lock(&lock)).await {
+            warn!(error = %e, "releasing the maildrop lock failed; it will expire");
         }
     }
 }

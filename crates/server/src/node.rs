@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
+use crate::reply::blocking;
 use crate::{NodeConfig, Shared};
 
 /// The shortest time between heartbeats, whatever the configuration says.
@@ -41,14 +42,8 @@ pub(crate) async fn heartbeat(shared: &Shared, node: &NodeConfig, slots: &Semaph
     let sessions = max.saturating_sub(slots.available_permits()) as u64;
     let store = shared.store.clone();
     let (id, address) = (node.id.clone(), node.advertise.clone());
-    let state =
-        tokio::task::spawn_blocking(move || store.node_heartbeat(&id, &address, sessions)).await;
-    let state = match state {
-        Ok(Ok(state)) => state,
-        Ok(Err(e)) => {
-            warn!(node = %node.id, error = %e, "node heartbeat failed");
-            return;
-        }
+    let state = match blocking(move || store.node_heartbeat(&id, &address, sessions)).await {
+        Ok(state) => state,
         Err(e) => {
             warn!(node = %node.id, error = %e, "node heartbeat failed");
             return;

@@ -28,6 +28,14 @@ pub enum SessionError {
     Hashing(#[from] crate::hashpool::PoolGone),
 }
 
+/// Runs a store call on tokio's blocking threads (SQLite and PostgreSQL calls block), its
+/// error and a failed task both as a [`SessionError`].
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, SessionError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
 pub const BAD_CREDENTIALS: ErrReply = err(Some(ResponseCode::Auth), Text::BadCredentials);
 pub const SHUTTING_DOWN: ErrReply = err(Some(ResponseCode::SysTemp), Text::ShuttingDown);
 /// The node is draining (`popadm node drain`): no new logins, the client should come back.

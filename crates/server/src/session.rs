@@ -985,10 +985,7 @@ impl Session {
             let store = self.shared.store.clone();
             let lock = t.lock.lock.clone();
             let (d, r) = (deleted.clone(), retrieved);
-            match tokio::task::spawn_blocking(move || store.commit_update(&lock, &d, &r)).await {
-                Ok(r) => r.map_err(SessionError::from),
-                Err(e) => Err(e.into()),
-            }
+            reply::blocking(move || store.commit_update(&lock, &d, &r)).await
         };
         t.lock.release().await;
         match result {

@@ -12,7 +12,7 @@ use proto::Secret;
 use store::{Account, AccountName, StoreError};
 use tracing::{debug, info, warn};
 
-use crate::reply::SessionError;
+use crate::reply::{self, SessionError};
 use crate::Shared;
 
 /// A password check (USER/PASS, SASL PLAIN and LOGIN, nginx's `plain`).
@@ -70,19 +70,11 @@ pub(crate) async fn apop(
     digest: String,
     utf8: bool,
 ) -> Result<Option<Account>, SessionError> {
-    let store = shared.store.clone();
-    let domain = shared.config.default_domain.clone();
-    Ok(
-        tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let account = resolve_account(&*store, &name, utf8, domain.as_deref())?;
-            let secret = account
-                .as_ref()
-                .and_then(|a| a.secrets.legacy_secret.as_deref());
-            let verdict = auth::verify_apop(&timestamp, secret, &digest);
-            Ok(account.filter(|_| verdict == auth::Verdict::Accepted))
-        })
-        .await??,
-    )
+    digest_check(shared, name, utf8, move |account| {
+        let secret = account.and_then(|a| a.secrets.legacy_secret.as_deref());
+        auth::verify_apop(&timestamp, secret, &digest)
+    })
+    .await
 }
 
 /// CRAM-MD5 (RFC 2195) given the challenge and the client's hex digest, as nginx hands them
@@ -93,24 +85,36 @@ pub(crate) async fn cram_md5(
     challenge: String,
     digest: String,
 ) -> Result<Option<Account>, SessionError> {
+    digest_check(shared, name, false, move |account| {
+        let key = account.and_then(|a| {
+            auth::Credentials {
+                legacy_secret: a.secrets.legacy_secret.as_deref(),
+                cram_md5_states: a.secrets.cram_md5_states.as_deref(),
+                scram: None,
+            }
+            .cram_key()
+        });
+        auth::verify_cram_md5(&challenge, key, &digest)
+    })
+    .await
+}
+
+/// Looks the account up and judges a digest against its secret, on a blocking thread (the
+/// check runs with `None` for an unknown name, so that costs what a wrong digest costs).
+async fn digest_check(
+    shared: &Shared,
+    name: String,
+    utf8: bool,
+    check: impl FnOnce(Option<&Account>) -> auth::Verdict + Send + 'static,
+) -> Result<Option<Account>, SessionError> {
     let store = shared.store.clone();
     let domain = shared.config.default_domain.clone();
-    Ok(
-        tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let account = resolve_account(&*store, &name, false, domain.as_deref())?;
-            let key = account.as_ref().and_then(|a| {
-                auth::Credentials {
-                    legacy_secret: a.secrets.legacy_secret.as_deref(),
-                    cram_md5_states: a.secrets.cram_md5_states.as_deref(),
-                    scram: None,
-                }
-                .cram_key()
-            });
-            let verdict = auth::verify_cram_md5(&challenge, key, &digest);
-            Ok(account.filter(|_| verdict == auth::Verdict::Accepted))
-        })
-        .await??,
-    )
+    reply::blocking(move || {
+        let account = resolve_account(&*store, &name, utf8, domain.as_deref())?;
+        let verdict = check(account.as_ref());
+        Ok(account.filter(|_| verdict == auth::Verdict::Accepted))
+    })
+    .await
 }
 
 /// [`resolve_account`] on a blocking thread.
@@ -121,10 +125,7 @@ pub(crate) async fn lookup(
 ) -> Result<Option<Account>, SessionError> {
     let store = shared.store.clone();
     let domain = shared.config.default_domain.clone();
-    Ok(tokio::task::spawn_blocking(move || {
-        resolve_account(&*store, &name, utf8, domain.as_deref())
-    })
-    .await??)
+    reply::blocking(move || resolve_account(&*store, &name, utf8, domain.as_deref())).await
 }
 
 /// Looks up the account a client named: SASLprep in UTF8 mode (RFC 6856 section 3.2), then
