@@ -72,7 +72,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
     harness::only_flags(args, &["--rounds", "--seed"])?;
     let rounds = harness::flag(args, "--rounds")?.unwrap_or(DEFAULT_ROUNDS);
     let seed = harness::flag(args, "--seed")?.unwrap_or_else(harness::clock_seed);
-    crate::build_bins(&crate::features())?;
+    crate::build_bins(&crate::features()?)?;
     run(&Bins::debug()?, rounds, seed)
 }
 

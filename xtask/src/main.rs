@@ -145,16 +145,20 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
 /// The cargo features the binaries and tests are built with: the PostgreSQL backend always
 /// (pure Rust; its tests run against a throw-away cluster where PostgreSQL is installed), and
 /// with Kerberos' development files GSSAPI (and the KDC test runs).
-fn features() -> Vec<String> {
+/// Under CI (`.ci/run`, after `cargo xtask deps`) the Kerberos build is required.
+fn features() -> Result<Vec<String>, String> {
     let mut features = vec!["store/postgres"];
     if kerberos_buildable() {
         features.push("pop3d/gssapi");
+    } else if std::env::var_os("CI").is_some() {
+        return Err("libkrb5-dev or libclang missing under CI: run cargo xtask deps first".into());
     } else {
         eprintln!(
-            "xtask: libkrb5-dev or libclang missing: building without GSSAPI (cargo xtask deps)"
+            "xtask: libkrb5-dev or libclang missing: building and testing without GSSAPI \
+             (cargo xtask deps installs both)"
         );
     }
-    vec!["--features".to_owned(), features.join(",")]
+    Ok(vec!["--features".to_owned(), features.join(",")])
 }
 
 /// Builds every binary of the workspace (debug), with [`features`].
@@ -178,7 +182,7 @@ fn man(args: &[String]) -> Result<(), String> {
         [flag, dir] if flag == "--out" => PathBuf::from(dir),
         _ => return Err("usage: cargo xtask man [--out DIR]".into()),
     };
-    build_bins(&features())?;
+    build_bins(&features()?)?;
     write_man(&out)
 }
 
@@ -231,7 +235,7 @@ fn nginx_config(args: &[String]) -> Result<(), String> {
     let Some((listen, flags)) = args.split_last() else {
         return Err("usage: cargo xtask nginx-config [POP3D FLAGS...] ADDR".into());
     };
-    build_bins(&features())?;
+    build_bins(&features()?)?;
     let bins = harness::Bins::debug()?;
     let status = Command::new(&bins.pop3d)
         .args(flags)
@@ -249,7 +253,7 @@ fn nginx_config(args: &[String]) -> Result<(), String> {
 /// `cargo xtask test [-- <test filter and libtest args>]`
 fn test(extra: &[String]) -> Result<(), String> {
     let passthrough: Vec<&String> = extra.iter().skip_while(|a| *a != "--").skip(1).collect();
-    let features = features();
+    let features = features()?;
     build_bins(&features)?;
     // What `cargo xtask man` installs, so a broken entry point fails here (in seconds).
     write_man(&target_dir().join("man"))?;
@@ -334,25 +338,115 @@ fn on_path(program: &str) -> bool {
 /// the suite never uses or touches those.
 const MAIL_DAEMONS: &[(&str, &str)] = &[("postfix", "postfix"), ("dovecot", "dovecot-pop3d")];
 
-/// libclang, which libgssapi's bindings are generated with.
+/// Directories where clang-sys (bindgen's loader) looks for libclang on Debian.
+const LIBCLANG_DIRS: &[&str] = &[
+    "/usr/lib",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+];
+
+/// libclang, which libgssapi's bindings are generated with: what bindgen actually loads.
 fn have_libclang() -> bool {
-    std::fs::read_dir("/usr/lib")
+    LIBCLANG_DIRS
+        .iter()
+        .any(|dir| libclang_under(Path::new(dir)))
+}
+
+/// True when `dir` or one of its `llvm-*/lib` directories holds a library bindgen loads.
+fn libclang_under(dir: &Path) -> bool {
+    let llvm_libs = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
-        .any(|e| {
-            std::fs::read_dir(e.path().join("lib"))
+        .map(|e| e.path().join("lib"));
+    std::iter::once(dir.to_path_buf())
+        .chain(llvm_libs)
+        .any(|lib| {
+            std::fs::read_dir(lib)
                 .into_iter()
                 .flatten()
                 .flatten()
-                .any(|f| f.file_name().to_string_lossy().starts_with("libclang"))
+                .any(|f| is_loadable_libclang(&f.file_name().to_string_lossy()))
         })
+}
+
+/// The names clang-sys accepts: `libclang.so`, `libclang.so.N`, `libclang-N.so`,
+/// `libclang-N.so.M`; never `libclang-cpp.so*` (the C++ interface, another library).
+fn is_loadable_libclang(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("libclang") else {
+        return false;
+    };
+    let after_version = match rest.strip_prefix('-') {
+        // `-` then a version made of digits and dots, then `.so`.
+        Some(v) => {
+            let end = v.find(".so").unwrap_or(v.len());
+            let version = &v[..end];
+            if version.is_empty() || !version.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                return false;
+            }
+            &v[end..]
+        }
+        None => rest,
+    };
+    after_version == ".so"
+        || after_version
+            .strip_prefix(".so.")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit() || c == '.'))
 }
 
 /// The Kerberos build (`pop3d/gssapi`) is possible here.
 fn kerberos_buildable() -> bool {
     on_path("krb5-config") && have_libclang()
+}
+
+#[cfg(test)]
+mod libclang_tests {
+    use super::*;
+
+    #[test]
+    fn libclang_cpp_alone_is_not_libclang() {
+        // The image of issue 13: only the C++ interface library under llvm-14.
+        let dir = harness::TempDir::new("libclang").expect("temp dir");
+        let lib = dir.path().join("llvm-14").join("lib");
+        std::fs::create_dir_all(&lib).expect("mkdir");
+        std::fs::write(lib.join("libclang-cpp.so.14"), b"").expect("write");
+        assert!(!libclang_under(dir.path()));
+        // libclang1-14 adds `libclang.so.1` beside it: that one bindgen loads.
+        std::fs::write(lib.join("libclang.so.1"), b"").expect("write");
+        assert!(libclang_under(dir.path()));
+    }
+
+    #[test]
+    fn versioned_names_in_the_multiarch_directory() {
+        let dir = harness::TempDir::new("libclang").expect("temp dir");
+        std::fs::write(dir.path().join("libclang-14.so.14.0.6"), b"").expect("write");
+        assert!(libclang_under(dir.path()));
+    }
+
+    #[test]
+    fn names() {
+        for ok in [
+            "libclang.so",
+            "libclang.so.1",
+            "libclang-14.so",
+            "libclang-14.so.1",
+            "libclang-14.0.6.so.14",
+        ] {
+            assert!(is_loadable_libclang(ok), "{ok}");
+        }
+        for no in [
+            "libclang-cpp.so.14",
+            "libclang-cpp.so",
+            "libclang.a",
+            "libclangBasic.a",
+            "libclang-14.a",
+            "libclang.so.x",
+            "libclang-.so",
+        ] {
+            assert!(!is_loadable_libclang(no), "{no}");
+        }
+    }
 }
 
 /// `cargo xtask deps`: apt-get install what is missing.
