@@ -82,6 +82,19 @@ fn deliver_uses_sysexits() {
         b"Subject: too big\r\n\r\n",
     );
     assert_eq!(out.status.code(), Some(65));
+    // The limit named is the one given, not that plus the headers deliver adds (issue 19).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exceeds the limit of 10\n"), "{stderr}");
+    // A sender that is no address (a space outside quotes) is refused (EX_DATAERR); one pair
+    // of enclosing angle brackets is not.
+    let out = popadm(
+        d,
+        &["deliver", "-f", "bad sender", "frank"],
+        b"Subject: x\r\n\r\n",
+    );
+    assert_eq!(out.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid envelope sender"), "{stderr}");
     // A sender that would inject a header line is refused for good (EX_DATAERR).
     let out = popadm(
         d,
@@ -321,6 +334,12 @@ fn backup_while_a_session_runs() {
     let copy = copy_dir.path().join(store_file());
     let out = popadm_ok(f.data(), &["backup", copy.to_str().expect("utf8")], b"");
     assert!(out.starts_with("backup written to "), "{out}");
+    // The copy holds password hashes: owner-only whatever the umask (issue 19).
+    let mode = std::fs::metadata(&copy).expect("copy").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
     // The session goes on undisturbed.
     assert!(c.ok("STAT").starts_with("+OK 1 "));
     c.ok("QUIT");
@@ -629,4 +648,59 @@ fn node_list_drain_and_up() {
     server.stop();
     popadm_ok(d, &["node", "remove", "pop-e2e"], b"");
     assert_eq!(node_row(d, "pop-e2e"), None);
+}
+
+/// Issue 19: popadm never makes a database by accident. In a fresh directory, without
+/// `--data-dir` or `POP3D_DATA_DIR`, `user add` refuses, says how to name one, and creates
+/// nothing; with `--data-dir` it says that it creates one.
+#[test]
+fn a_store_is_created_only_where_named() {
+    let dir = TempDir::new("no-implicit-store");
+    let run = |args: &[&str]| {
+        let mut child = std::process::Command::new(e2e::bin("popadm"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("POP3D_DATA_DIR")
+            .env_remove("POP3D_STORE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn popadm");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"pw\n")
+            .expect("write stdin");
+        child.wait_with_output().expect("wait")
+    };
+    let out = run(&["user", "add", "eve", "--password-stdin"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    assert!(!dir.path().join("pop3d-data").exists());
+    let out = run(&[
+        "--data-dir",
+        "named",
+        "user",
+        "add",
+        "eve",
+        "--password-stdin",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("creating a new maildrop database in named"),
+        "{stderr}"
+    );
+    // Once it exists, the default directory works as before (pop3d's own default).
+    std::fs::rename(dir.path().join("named"), dir.path().join("pop3d-data")).expect("rename");
+    let out = run(&["user", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("eve"));
 }

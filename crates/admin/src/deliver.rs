@@ -25,8 +25,9 @@ pub const SENDER_ENV: &str = "SENDER";
 /// Longest first line inspected for a `From ` envelope line (RFC 5322 section 2.1.1's limit).
 const MAX_FIRST_LINE: u64 = 1000;
 
-/// An envelope sender that cannot be written into a `Return-Path:` header (control characters,
-/// angle brackets inside). The MTA gets EX_DATAERR.
+/// An envelope sender that is not an address (RFC 5321 section 4.1.2's `Mailbox`, or a bare
+/// local part as `sendmail -f root` gives, or empty), so it cannot go into a `Return-Path:`
+/// header. The MTA gets EX_DATAERR.
 #[derive(Debug)]
 pub struct BadSender(pub String);
 
@@ -34,7 +35,8 @@ impl std::fmt::Display for BadSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "invalid envelope sender {:?}: control characters or angle brackets",
+            "invalid envelope sender {:?}: not an address (local@domain, a bare local part, \
+             or empty for a bounce; one pair of enclosing angle brackets is allowed)",
             self.0
         )
     }
@@ -71,10 +73,19 @@ pub fn run(
         .map_err(StoreError::Input)
         .context("reading the message from stdin")??;
     // The limit is the message's: the headers added here do not count against it.
-    let limit = max_size.saturating_add(prefix.added as u64);
+    let added = prefix.added as u64;
+    let limit = max_size.saturating_add(added);
     let mut message = Cursor::new(prefix.bytes).chain(stdin);
     store
         .deliver(&name, &mut message, limit)
+        .map_err(|e| match e {
+            // Sizes as the MTA sees them: the message's, without the lines added here.
+            StoreError::TooLarge { size, limit } => StoreError::TooLarge {
+                size: size.saturating_sub(added),
+                limit: limit.saturating_sub(added),
+            },
+            e => e,
+        })
         .with_context(|| format!("delivering to {name}"))?;
     Ok(())
 }
@@ -153,20 +164,71 @@ fn from_line_sender(line: &[u8]) -> String {
     }
 }
 
-/// The sender without one pair of enclosing angle brackets; refused if it could break the
-/// header (CR, LF or other control characters, `<` or `>` inside).
+/// The sender without one pair of enclosing angle brackets, if it is an address: empty (the
+/// null sender), or a local part (RFC 5321 section 4.1.2: a dot-string or a quoted string)
+/// with an optional `@domain` (a domain name or an address literal in brackets). Anything else
+/// (spaces outside quotes, control characters, brackets inside) is refused.
 fn clean_sender(sender: &str) -> Result<String, BadSender> {
     let inner = sender
         .strip_prefix('<')
         .and_then(|s| s.strip_suffix('>'))
         .unwrap_or(sender);
-    if inner
-        .chars()
-        .any(|c| c.is_control() || c == '<' || c == '>')
-    {
-        return Err(BadSender(sender.to_owned()));
+    if inner.is_empty() || is_address(inner) {
+        Ok(inner.to_owned())
+    } else {
+        Err(BadSender(sender.to_owned()))
     }
-    Ok(inner.to_owned())
+}
+
+/// `local` or `local@domain` as RFC 5321 section 4.1.2 writes them (a bare local part is what
+/// `sendmail -f root` and unqualified `From ` lines give).
+fn is_address(address: &str) -> bool {
+    // The domain cannot hold `@`; a quoted local part can.
+    let (local, domain) = match address.rsplit_once('@') {
+        Some((local, domain)) => (local, Some(domain)),
+        None => (address, None),
+    };
+    is_local_part(local) && domain.is_none_or(is_domain)
+}
+
+fn is_local_part(local: &str) -> bool {
+    // atext of RFC 5322 section 3.2.3, which RFC 5321's Atom uses.
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    if let Some(quoted) = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        // qtextSMTP (printable ASCII but `"` and `\`) or a quoted-pairSMTP.
+        let mut chars = quoted.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if !matches!(chars.next(), Some(' '..='~')) {
+                        return false;
+                    }
+                }
+                '"' => return false,
+                ' '..='~' => {}
+                _ => return false,
+            }
+        }
+        return true;
+    }
+    !local.is_empty()
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
+fn is_domain(domain: &str) -> bool {
+    if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+        // An address literal: dtext only (printable ASCII but `[`, `]` and `\`).
+        return !literal.is_empty() && literal.chars().all(|c| matches!(c, '!'..='Z' | '^'..='~'));
+    }
+    !domain.is_empty()
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 #[cfg(test)]
@@ -310,6 +372,19 @@ mod tests {
             ("a\0b", None),
             ("<a<b>", None),
             ("a>b", None),
+            // Issue 19: a space outside quotes is no address; one pair of brackets is fine.
+            ("bad sender", None),
+            ("<a@b>", Some("a@b")),
+            ("<<a@b>>", None),
+            ("root", Some("root")),
+            ("a@[192.0.2.1]", Some("a@[192.0.2.1]")),
+            ("a@", None),
+            ("@b", None),
+            ("a..b@c", None),
+            ("a@-b.c", None),
+            (r#""a\"b"@c"#, Some(r#""a\"b"@c"#)),
+            (r#""a"b"@c"#, None),
+            ("b\u{e9}b@example.net", None),
         ];
         for (input, want) in cases {
             assert_eq!(clean_sender(input).ok().as_deref(), *want, "{input:?}");

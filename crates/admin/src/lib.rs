@@ -116,7 +116,9 @@ pub enum Command {
         /// Account name (`local` or `local@domain`)
         name: String,
         /// Envelope sender for `Return-Path:` (default: $SENDER, else the `From ` line's; `""`
-        /// for the null sender of a bounce)
+        /// for the null sender of a bounce). With none of these, no `Return-Path:` is written.
+        /// An address (`local@domain` or a bare local part, one pair of `<>` allowed), else
+        /// exit 65
         #[arg(
             short = 'f',
             long = "from",
@@ -490,7 +492,7 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// `backup FILE`.
 fn backup(location: &Location, file: &Path) -> anyhow::Result<()> {
-    let Location::Dir(data_dir) = location else {
+    let Location::Dir(data_dir, _) = location else {
         anyhow::bail!(
             "popadm backup copies a SQLite database; back a PostgreSQL store up with \
              PostgreSQL's own tools (pg_dump, or base backups with WAL archiving)"
@@ -523,14 +525,15 @@ fn generate_man(dir: &Path) -> anyhow::Result<()> {
 /// Where the maildrop store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// The SQLite database in this data directory.
-    Dir(PathBuf),
+    /// The SQLite database in this data directory, and whether it was named (`--data-dir` or
+    /// `POP3D_DATA_DIR`) or is the default: only a named one is ever created.
+    Dir(PathBuf, Named),
     /// A PostgreSQL database (its URL).
     Postgres(String),
 }
 
 /// `--store`, else `--data-dir`, else a non-empty `POP3D_STORE`, else the data directory of
-/// [`resolve_data_dir`]: a flag always beats the environment.
+/// [`named_data_dir`]: a flag always beats the environment.
 fn resolve_location(
     dir_flag: Option<PathBuf>,
     store_flag: Option<String>,
@@ -545,13 +548,25 @@ fn resolve_location(
             return Location::Postgres(url);
         }
     }
-    Location::Dir(resolve_data_dir(dir_flag, dir_env))
+    let (dir, named) = named_data_dir(dir_flag, dir_env);
+    Location::Dir(dir, named)
+}
+
+/// Whether a data directory was named by the operator or is [`DEFAULT_DATA_DIR`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// `--data-dir` or `POP3D_DATA_DIR`.
+    Yes,
+    /// The default, `./pop3d-data` wherever popadm happens to run.
+    Default,
 }
 
 /// `--data-dir`, else a non-empty `POP3D_DATA_DIR`, else [`DEFAULT_DATA_DIR`].
-fn resolve_data_dir(flag: Option<PathBuf>, env: Option<OsString>) -> PathBuf {
-    flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+fn named_data_dir(flag: Option<PathBuf>, env: Option<OsString>) -> (PathBuf, Named) {
+    match flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from)) {
+        Some(dir) => (dir, Named::Yes),
+        None => (PathBuf::from(DEFAULT_DATA_DIR), Named::Default),
+    }
 }
 
 /// Parses an account name given on the command line.
@@ -576,7 +591,26 @@ fn require_account(store: &dyn store::Store, name: &AccountName) -> anyhow::Resu
 /// migrating the PostgreSQL one: only commands that add accounts or domains create a store.
 fn open_or_create(location: &Location) -> anyhow::Result<Box<dyn Store>> {
     match location {
-        Location::Dir(dir) => Ok(Box::new(open_or_create_sqlite(dir)?)),
+        Location::Dir(dir, Named::Yes) => {
+            if !store_exists(dir)? {
+                eprintln!(
+                    "popadm: creating a new maildrop database in {}",
+                    dir.display()
+                );
+            }
+            Ok(Box::new(open_or_create_sqlite(dir)?))
+        }
+        // The default directory is relative to wherever popadm runs: a database is made only
+        // where the operator said so, never by accident in the current directory.
+        Location::Dir(dir, Named::Default) => match existing_sqlite(dir)? {
+            Some(store) => Ok(Box::new(store)),
+            None => anyhow::bail!(
+                "no maildrop database in {} (the default, relative to the current directory); \
+                 name the data directory with --data-dir DIR (or {DATA_DIR_ENV}) to create one \
+                 there, or run popadm where pop3d keeps its data",
+                dir.display()
+            ),
+        },
         Location::Postgres(url) => open_postgres(url),
     }
 }
@@ -599,7 +633,7 @@ fn open_postgres(url: &str) -> anyhow::Result<Box<dyn Store>> {
 /// by definition: its schema is brought up to date.)
 fn open_existing(location: &Location) -> anyhow::Result<Box<dyn Store>> {
     match location {
-        Location::Dir(dir) => Ok(Box::new(open_existing_sqlite(dir)?)),
+        Location::Dir(dir, _) => Ok(Box::new(open_existing_sqlite(dir)?)),
         Location::Postgres(url) => open_postgres(url),
     }
 }
@@ -618,7 +652,7 @@ fn open_existing_sqlite(data_dir: &Path) -> anyhow::Result<SqliteStore> {
 /// The store if it exists, `None` if it does not (nothing is created).
 fn existing_store(location: &Location) -> anyhow::Result<Option<Box<dyn Store>>> {
     match location {
-        Location::Dir(dir) => Ok(existing_sqlite(dir)?.map(|s| Box::new(s) as Box<dyn Store>)),
+        Location::Dir(dir, _) => Ok(existing_sqlite(dir)?.map(|s| Box::new(s) as Box<dyn Store>)),
         Location::Postgres(url) => open_postgres(url).map(Some),
     }
 }
@@ -710,16 +744,16 @@ mod tests {
         let flag = Some(PathBuf::from("/flag"));
         let env = Some(OsString::from("/env"));
         assert_eq!(
-            resolve_data_dir(flag.clone(), env.clone()),
+            named_data_dir(flag.clone(), env.clone()).0,
             PathBuf::from("/flag")
         );
-        assert_eq!(resolve_data_dir(None, env), PathBuf::from("/env"));
+        assert_eq!(named_data_dir(None, env).0, PathBuf::from("/env"));
         assert_eq!(
-            resolve_data_dir(None, Some(OsString::new())),
+            named_data_dir(None, Some(OsString::new())).0,
             PathBuf::from(DEFAULT_DATA_DIR)
         );
         assert_eq!(
-            resolve_data_dir(None, None),
+            named_data_dir(None, None).0,
             PathBuf::from(DEFAULT_DATA_DIR)
         );
     }
@@ -733,12 +767,16 @@ mod tests {
         assert_eq!(resolve_location(dir(), url(), None, None), pg);
         assert_eq!(
             resolve_location(dir(), None, None, url()),
-            Location::Dir(PathBuf::from("/flag"))
+            Location::Dir(PathBuf::from("/flag"), Named::Yes)
         );
         assert_eq!(resolve_location(None, None, None, url()), pg);
         assert_eq!(
             resolve_location(None, None, Some("/env".into()), Some(String::new())),
-            Location::Dir(PathBuf::from("/env"))
+            Location::Dir(PathBuf::from("/env"), Named::Yes)
+        );
+        assert_eq!(
+            resolve_location(None, None, None, None),
+            Location::Dir(PathBuf::from(DEFAULT_DATA_DIR), Named::Default)
         );
         let cli =
             parse(["popadm", "user", "list", "--store", "postgres://u@h/db"]).expect("parses");

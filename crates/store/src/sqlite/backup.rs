@@ -27,6 +27,17 @@ impl SqliteStore {
         partial.push(".partial");
         let partial = std::path::PathBuf::from(partial);
         let _ = std::fs::remove_file(&partial);
+        // The copy holds password hashes: created 0600 whatever the umask, before SQLite
+        // opens it (SQLite keeps an existing file's mode).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)
+                .map_err(StoreError::Io)?;
+        }
         let result = self.with_conn(|src| {
             let mut dst = Connection::open_with_flags(
                 &partial,
