@@ -77,8 +77,11 @@ Files:
                                build with the `postgres` feature
 
 See also:
-  pop3d(8), popadm-user(8), popadm-deliver(8), popadm-import(8), popadm-migrate(8);
-  docs/admin-guide.md. Completion scripts: popadm completions bash|zsh|fish";
+  pop3d(8), popadm-user(8), popadm-deliver(8), popadm-import(8), popadm-migrate(8): install
+  them with `popadm generate-man /usr/local/share/man/man8` and `pop3d --generate-man
+  /usr/local/share/man/man8`. The administrator's guide: docs/admin-guide.md in the source,
+  /usr/share/doc/pop3d/admin-guide.md when installed. Completion scripts: popadm completions
+  bash|zsh|fish";
 
 /// Manage the accounts and mail of the pop3d POP3 server: accounts and domains, local
 /// delivery for an MTA, imports and migrations that keep UIDLs, backups.
@@ -173,7 +176,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clidoc::Shell,
     },
-    /// Write popadm's manual pages (section 8) into DIR (`cargo xtask man` runs it)
+    /// Write popadm's manual pages (section 8) into DIR (`cargo xtask man` runs it). Hidden
+    /// from the command list (it would give itself a page), named in `--help`'s See also.
     #[command(hide = true)]
     GenerateMan {
         /// Directory for the pages (created if missing)
