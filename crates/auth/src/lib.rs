@@ -89,6 +89,8 @@ pub fn derive_scram(password: &[u8]) -> String {
 pub enum AuthError {
     #[error("hashing the password failed: {0}")]
     Hash(String),
+    #[error("argon2 refuses these costs: {0}")]
+    Argon2Costs(argon2::Error),
     #[error("the stored password hash is not a valid PHC string: {0}")]
     BadStoredHash(String),
     #[error("the password is empty")]
@@ -126,10 +128,10 @@ impl Argon2Params {
     fn params(self) -> Result<Params, AuthError> {
         // Before `Params::new`, which multiplies the lanes by 8 first.
         if self.parallelism > Params::MAX_P_COST {
-            return Err(AuthError::Hash(argon2::Error::ThreadsTooMany.to_string()));
+            return Err(AuthError::Argon2Costs(argon2::Error::ThreadsTooMany));
         }
         Params::new(self.memory_kib, self.iterations, self.parallelism, None)
-            .map_err(|e| AuthError::Hash(e.to_string()))
+            .map_err(AuthError::Argon2Costs)
     }
 
     fn hasher(self) -> Result<Argon2<'static>, AuthError> {
