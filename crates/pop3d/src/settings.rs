@@ -544,4 +544,27 @@ mod tests {
         assert_eq!(s.daemon.listeners[0].address.to_string(), "127.0.0.1:3110");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// `[argon2]` costs the argon2 crate refuses are a configuration error, found without
+    /// hashing anything.
+    #[test]
+    fn argon2_costs_are_checked() {
+        let dir = std::env::temp_dir().join(format!("pop3d-argon2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("pop3d.toml");
+        let with = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            resolve(&Args::parse_from([
+                "pop3d",
+                "--config",
+                path.to_str().expect("utf8"),
+            ]))
+        };
+        let err = with("[argon2]\nmemory_kib = 4\n").expect_err("too little memory");
+        assert!(format!("{err:#}").contains("[argon2]"), "{err:#}");
+        assert!(with("[argon2]\nparallelism = 4000000000\n").is_err());
+        let s = with("[argon2]\nmemory_kib = 8192\niterations = 1\n").expect("cheap costs");
+        assert_eq!(s.daemon.config.argon2.memory_kib, 8192);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
