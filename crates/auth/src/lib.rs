@@ -89,6 +89,8 @@ pub fn derive_scram(password: &[u8]) -> String {
 pub enum AuthError {
     #[error("hashing the password failed: {0}")]
     Hash(String),
+    #[error("argon2 refuses these costs: {0}")]
+    Argon2Costs(argon2::Error),
     #[error("the stored password hash is not a valid PHC string: {0}")]
     BadStoredHash(String),
     #[error("the password is empty")]
@@ -117,10 +119,27 @@ impl Default for Argon2Params {
 }
 
 impl Argon2Params {
+    /// Whether the argon2 crate accepts these costs (at least 1 iteration, 1 to 2^24 - 1
+    /// lanes, at least 8 KiB of memory per lane), checked without hashing anything.
+    pub fn check(self) -> Result<(), AuthError> {
+        self.params().map(drop)
+    }
+
+    fn params(self) -> Result<Params, AuthError> {
+        // Before `Params::new`, which multiplies the lanes by 8 first.
+        if self.parallelism > Params::MAX_P_COST {
+            return Err(AuthError::Argon2Costs(argon2::Error::ThreadsTooMany));
+        }
+        Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(AuthError::Argon2Costs)
+    }
+
     fn hasher(self) -> Result<Argon2<'static>, AuthError> {
-        let params = Params::new(self.memory_kib, self.iterations, self.parallelism, None)
-            .map_err(|e| AuthError::Hash(e.to_string()))?;
-        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+        Ok(Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            self.params()?,
+        ))
     }
 }
 
@@ -367,6 +386,30 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    /// The argon2 crate's bounds: memory at least 8 KiB per lane, at least one iteration,
+    /// 1 to 2^24 - 1 lanes.
+    #[test]
+    fn argon2_costs_are_checked_without_hashing() {
+        let costs = |memory_kib, iterations, parallelism| Argon2Params {
+            memory_kib,
+            iterations,
+            parallelism,
+        };
+        assert!(Argon2Params::default().check().is_ok());
+        assert!(costs(8, 1, 1).check().is_ok());
+        assert!(costs(16, 1, 2).check().is_ok());
+        for bad in [
+            costs(7, 1, 1),
+            costs(8, 0, 1),
+            costs(8, 1, 0),
+            costs(15, 1, 2),
+            costs(u32::MAX, 1, 1 << 24),
+            costs(u32::MAX, 1, u32::MAX),
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,8 +4,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use auth::ticket::ClusterKeys;
+use server::ListenerKind;
+
+use crate::settings::Settings;
 
 /// Reads the cluster secret (any bytes, at least 32; a trailing newline is not part of it).
 pub fn read_keys(path: &Path) -> Result<ClusterKeys> {
@@ -25,6 +28,27 @@ pub fn read_keys(path: &Path) -> Result<ClusterKeys> {
     }
     ClusterKeys::from_secret(&secret)
         .with_context(|| format!("the cluster secret {}", path.display()))
+}
+
+/// `--print-nginx-config LISTEN`: the nginx `mail` block for this configuration.
+pub fn print_nginx_config(settings: &Settings, listen: SocketAddr) -> Result<()> {
+    let config = &settings.daemon.config;
+    let Some(cluster) = &config.cluster else {
+        bail!("--print-nginx-config needs the cluster secret (--cluster-key-file)");
+    };
+    let Some(auth_http) = settings
+        .daemon
+        .listeners
+        .iter()
+        .find(|l| l.kind == ListenerKind::AuthHttp)
+    else {
+        bail!("--print-nginx-config needs the auth_http address (--auth-http)");
+    };
+    print!(
+        "{}",
+        nginx_config(config, listen, auth_http.address, &cluster.keys)
+    );
+    Ok(())
 }
 
 /// nginx's `mail` block for a cluster: nginx listens on `listen`, asks `auth_http` about

@@ -1,5 +1,6 @@
-//! The TOML configuration file (`--config FILE`), and how flags override it.
-//! Every key is documented in docs/configuration.md; unknown keys are an error.
+//! The TOML configuration file (`--config FILE`) as written, and the parsing of the values
+//! the file and the flags share. Every key is documented in docs/configuration.md; unknown
+//! keys are an error. How flags override the file is `settings.rs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use server::{Cleartext, ListenerKind, TlsVersion, TrustedProxies};
+use server::{Cleartext, ListenSpec, ListenerKind, TlsVersion, TrustedProxies};
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -122,17 +123,6 @@ fn default_kind() -> String {
 pub struct CertFile {
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-/// A listener as resolved from the file and the flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenSpec {
-    pub address: SocketAddr,
-    pub kind: ListenerKind,
-    pub cleartext: Cleartext,
-    pub min_tls: TlsVersion,
-    /// Expects a PROXY protocol header from a trusted proxy.
-    pub proxy: bool,
 }
 
 impl File {

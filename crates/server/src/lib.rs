@@ -3,23 +3,29 @@
 //! This is the only crate that knows tokio and sockets. It wires the sans-IO codec (`proto`),
 //! the credential checks (`auth`) and the maildrop store (`store`): blocking work (SQLite,
 //! argon2) runs on tokio's blocking threads so a slow disk or a costly hash never stalls other
-//! sessions. The caller binds the listeners and owns the shutdown signal, so tests can pass
-//! `127.0.0.1:0` and stop the server when they like.
+//! sessions. [`run`] serves listeners its caller bound until a shutdown future completes, so
+//! tests can pass `127.0.0.1:0` and stop the server when they like; [`serve`] is the whole
+//! daemon around it (binding or systemd's sockets, privileges, the runtime, signals).
 
+mod activation;
 mod authhttp;
 mod capa;
 mod conn;
 mod credcache;
+mod daemon;
 mod hashpool;
 pub mod lang;
 mod limits;
+mod listen;
 mod lock;
 mod maildrop;
 mod node;
 mod penalty;
+mod process;
 mod proxy;
 mod reply;
 mod session;
+mod signals;
 pub mod tls;
 mod topcut;
 mod verify;
@@ -36,6 +42,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
+pub use activation::{ActivationError, UnknownName};
+pub use daemon::{serve, Daemon, DaemonError, Gssapi};
+pub use listen::{default_advertised, ListenSpec, ListenerError, Offers};
+pub use process::PrivilegeError;
 pub use proxy::{TrustedProxies, TrustedProxyError};
 pub use session::MAX_BAD_COMMANDS;
 pub use tls::{CertFiles, Tls, TlsError, TlsVersion};
@@ -264,17 +274,11 @@ pub(crate) struct ListenerInfo {
 pub enum ServerError {
     #[error("no listener to serve")]
     NoListener,
-    #[error("reading a listener's address: {0}")]
-    Listener(#[source] std::io::Error),
-    #[error("an implicit-TLS listener needs a certificate")]
-    TlsWithoutCertificate,
-    #[error("a KPOP listener needs GSSAPI (a keytab)")]
-    KpopWithoutGssapi,
-    #[error("a proxied listener needs at least one trusted proxy address")]
-    ProxyWithoutTrusted,
-    #[error("an auth_http listener needs the cluster secret")]
-    AuthHttpWithoutCluster,
-    #[error("starting the password hashing threads: {0}")]
+    #[error("reading a listener's address")]
+    Address(#[source] std::io::Error),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error("starting the password hashing threads")]
     Threads(#[source] std::io::Error),
 }
 
@@ -312,19 +316,7 @@ pub async fn run(
         return Err(ServerError::NoListener);
     }
     for l in &listeners {
-        if l.kind == ListenerKind::ImplicitTls && tls.is_none() {
-            return Err(ServerError::TlsWithoutCertificate);
-        }
-        if l.kind == ListenerKind::Kpop && config.gssapi.is_none() {
-            return Err(ServerError::KpopWithoutGssapi);
-        }
-        if l.proxy.as_ref().is_some_and(|t| t.is_empty()) {
-            return Err(ServerError::ProxyWithoutTrusted);
-        }
-        if l.kind == ListenerKind::AuthHttp && config.cluster.is_none() {
-            return Err(ServerError::AuthHttpWithoutCluster);
-        }
-        let addr = l.socket.local_addr().map_err(ServerError::Listener)?;
+        let addr = l.check(&config, tls.is_some())?;
         let kind = match l.kind {
             ListenerKind::AuthHttp => "auth_http",
             ListenerKind::Plain if tls.is_some() => "pop3+stls",

@@ -15,10 +15,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use anyhow::{bail, Context, Result};
-use server::ListenerKind;
-
-use crate::config::ListenSpec;
+use crate::{ListenSpec, ListenerKind};
 
 /// A listening socket systemd passed in, and how to serve it.
 #[derive(Debug)]
@@ -28,12 +25,37 @@ pub struct Inherited {
     pub kind: ListenerKind,
 }
 
+/// A socket systemd passed that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    #[error("socket {fd} passed by systemd")]
+    Name {
+        fd: usize,
+        #[source]
+        source: UnknownName,
+    },
+    #[error("socket {fd} ({name:?}) passed by systemd is not a listening TCP socket")]
+    NotListening {
+        fd: usize,
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("socket {fd} passed by systemd is missing")]
+    Missing { fd: usize },
+}
+
+/// A `FileDescriptorName=` this server does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("FileDescriptorName={0:?} is unknown; use \"pop3\", \"pop3s\" or \"kpop\"")]
+pub struct UnknownName(String);
+
 /// The sockets passed to this process, in descriptor order; empty when none were (no
 /// `LISTEN_FDS`, or a `LISTEN_PID` that is not ours). The variables are removed, so nothing
 /// started later inherits them.
 ///
 /// Call it before any thread is started: it changes the environment.
-pub fn inherited() -> Result<Vec<Inherited>> {
+pub fn inherited() -> Result<Vec<Inherited>, ActivationError> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
         .is_some_and(|pid| pid.trim() == std::process::id().to_string());
@@ -48,13 +70,12 @@ pub fn inherited() -> Result<Vec<Inherited>> {
     let mut sockets = Vec::with_capacity(names.len());
     for (i, name) in names.into_iter().enumerate() {
         let fd = 3 + i;
-        let kind = kind_of(&name).with_context(|| format!("socket {fd} passed by systemd"))?;
-        let socket = fds
-            .take_tcp_listener(i)
-            .with_context(|| {
-                format!("socket {fd} ({name:?}) passed by systemd is not a listening TCP socket")
-            })?
-            .with_context(|| format!("socket {fd} passed by systemd is missing"))?;
+        let kind = kind_of(&name).map_err(|source| ActivationError::Name { fd, source })?;
+        let socket = match fds.take_tcp_listener(i) {
+            Ok(Some(socket)) => socket,
+            Ok(None) => return Err(ActivationError::Missing { fd }),
+            Err(source) => return Err(ActivationError::NotListening { fd, name, source }),
+        };
         sockets.push(Inherited { socket, name, kind });
     }
     Ok(sockets)
@@ -72,15 +93,13 @@ fn fd_names(var: &str, count: usize) -> Vec<String> {
 }
 
 /// How a socket of that name is served.
-fn kind_of(name: &str) -> Result<ListenerKind> {
+fn kind_of(name: &str) -> Result<ListenerKind, UnknownName> {
     match name {
         "pop3" | "" | "unknown" => Ok(ListenerKind::Plain),
         "pop3s" => Ok(ListenerKind::ImplicitTls),
         "kpop" => Ok(ListenerKind::Kpop),
         unit if unit.ends_with(".socket") => Ok(ListenerKind::Plain),
-        other => {
-            bail!("FileDescriptorName={other:?} is unknown; use \"pop3\", \"pop3s\" or \"kpop\"")
-        }
+        other => Err(UnknownName(other.to_owned())),
     }
 }
 
@@ -101,19 +120,13 @@ pub fn spec_for(addr: SocketAddr, kind: ListenerKind, configured: &[ListenSpec])
             address: addr,
             ..c.clone()
         })
-        .unwrap_or(ListenSpec {
-            address: addr,
-            kind,
-            cleartext: Default::default(),
-            min_tls: Default::default(),
-            proxy: false,
-        })
+        .unwrap_or_else(|| ListenSpec::new(addr, kind))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use server::{Cleartext, TlsVersion};
+    use crate::{Cleartext, TlsVersion};
 
     #[test]
     fn names_map_to_kinds() {

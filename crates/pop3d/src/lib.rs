@@ -1,0 +1,31 @@
+//! `pop3d`, the POP3 server daemon, as a library under a thin binary: the command line
+//! ([`cli::Args`]), the TOML configuration file (`config.rs`), the settings resolved from both
+//! and the defaults ([`resolve`]: flag, else file, else default), checked once
+//! (`validate.rs`), the cluster helpers (`cluster.rs`) and logging. It knows no socket and no
+//! runtime: [`server::serve`] binds, drops privileges, handles signals and serves.
+
+pub mod cli;
+pub mod cluster;
+mod config;
+mod settings;
+mod validate;
+
+use anyhow::{Context, Result};
+
+pub use cli::Args;
+pub use settings::{resolve, Settings};
+
+/// Logs to stderr through `tracing`: `filter` in env-filter syntax, as text or JSON lines.
+pub fn init_logging(filter: &str, json: bool) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}

@@ -1,0 +1,570 @@
+//! The settings pop3d runs with, resolved in one place: every value is the flag, else the
+//! configuration file's key, else the default ([`layer`]). Parsing errors surface here;
+//! every rule that spans settings is checked once afterwards, in `validate.rs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use server::{CertFiles, Daemon, Gssapi, ListenSpec, ListenerKind, TrustedProxies};
+
+use crate::cli::Args;
+use crate::cluster;
+use crate::config::{parse_cleartext, parse_min_tls, secs, ExpireSetting, File, ListenFile};
+
+/// Everything pop3d runs with: the daemon's settings and how it logs.
+#[derive(Debug)]
+pub struct Settings {
+    /// Log filter (tracing env-filter syntax).
+    pub log: String,
+    /// One JSON object per log line instead of text.
+    pub json_logs: bool,
+    pub daemon: Daemon,
+}
+
+/// The flag, else the file, else the default: how every setting is resolved.
+fn layer<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+/// [`layer`] for a setting given in seconds.
+fn layer_secs(flag: Option<u64>, file: Option<u64>, default: Duration) -> Duration {
+    layer(flag.map(secs), file.map(secs), default)
+}
+
+/// Seconds between node heartbeats when none is configured.
+const DEFAULT_HEARTBEAT: u64 = 5;
+
+/// The settings of `args`, of the configuration file it names and of the defaults, checked.
+pub fn resolve(args: &Args) -> Result<Settings> {
+    let settings = layered(args)?;
+    crate::validate::validate(&settings, args.allow_short_idle_timeout)?;
+    Ok(settings)
+}
+
+/// The settings as layered, not checked yet.
+fn layered(args: &Args) -> Result<Settings> {
+    let file = match &args.config {
+        Some(path) => File::read(path)?,
+        None => File::default(),
+    };
+    let d = server::Config::default();
+    let listeners = listeners(args, &file)?;
+    let trusted_proxies = TrustedProxies::parse(if args.trusted_proxy.is_empty() {
+        &file.trusted_proxies
+    } else {
+        &args.trusted_proxy
+    })?;
+    let node_id = args.node_id.clone().or(file.node_id);
+    let advertise = args.advertise.clone().or(file.advertise);
+    let advertise_given = advertise.is_some();
+    // Without an address, the listener advertised by default (empty if none: an error).
+    let advertise = advertise.unwrap_or_else(|| {
+        server::default_advertised(&listeners)
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    });
+    let heartbeat = layer(args.heartbeat, file.heartbeat, DEFAULT_HEARTBEAT);
+    let node = node_id.clone().map(|id| server::NodeConfig {
+        id,
+        advertise,
+        heartbeat: secs(heartbeat),
+    });
+    let mut cluster = match args.cluster_key_file.clone().or(file.cluster_key_file) {
+        Some(path) => Some(server::Cluster::new(cluster::read_keys(&path)?)),
+        None => None,
+    };
+    if let (Some(cluster), Some(node)) = (&mut cluster, &node) {
+        // The endpoint judges a node dead after three missed heartbeats of this configuration.
+        cluster.node_liveness = node.heartbeat * 3;
+    }
+    let expire = match args.expire.clone().map(ExpireSetting::Word).or(file.expire) {
+        Some(setting) => setting.resolve()?,
+        None => d.expire,
+    };
+    let argon2 = file.argon2.map_or(d.argon2, |a| auth::Argon2Params {
+        memory_kib: a.memory_kib.unwrap_or(d.argon2.memory_kib),
+        iterations: a.iterations.unwrap_or(d.argon2.iterations),
+        parallelism: a.parallelism.unwrap_or(d.argon2.parallelism),
+    });
+    let config = server::Config {
+        hostname: layer(args.hostname.clone(), file.hostname, d.hostname),
+        idle_timeout: layer_secs(args.idle_timeout, file.idle_timeout, d.idle_timeout),
+        max_connections: layer(
+            args.max_connections,
+            file.max_connections,
+            d.max_connections,
+        ),
+        max_connections_per_ip: layer(
+            args.max_connections_per_ip,
+            file.max_connections_per_ip,
+            d.max_connections_per_ip,
+        ),
+        login_timeout: layer_secs(args.login_timeout, file.login_timeout, d.login_timeout),
+        lock_lease: layer_secs(args.lock_lease, file.lock_lease, d.lock_lease),
+        shutdown_grace: layer_secs(args.shutdown_grace, file.shutdown_grace, d.shutdown_grace),
+        tls_handshake_timeout: layer_secs(
+            None,
+            file.tls_handshake_timeout,
+            d.tls_handshake_timeout,
+        ),
+        greeting: layer(None, file.greeting, d.greeting),
+        // `implementation = ""` leaves the capability out.
+        implementation: match file.implementation {
+            Some(s) => Some(s).filter(|s| !s.is_empty()),
+            None => d.implementation,
+        },
+        login_delay: layer_secs(args.login_delay, file.login_delay, d.login_delay),
+        login_delay_burst: layer(
+            args.login_delay_burst,
+            file.login_delay_burst,
+            d.login_delay_burst,
+        ),
+        expire,
+        legacy_auth: layer(
+            args.legacy_auth.then_some(true),
+            file.legacy_auth,
+            d.legacy_auth,
+        ),
+        default_domain: args
+            .default_domain
+            .clone()
+            .or(file.default_domain)
+            .map(|domain| domain.to_lowercase()),
+        auth_failure_delay: layer_secs(
+            args.auth_failure_delay,
+            file.auth_failure_delay,
+            d.auth_failure_delay,
+        ),
+        max_auth_failures: layer(
+            args.max_auth_failures,
+            file.max_auth_failures,
+            d.max_auth_failures,
+        )
+        .max(1),
+        argon2,
+        credential_cache_ttl: layer_secs(
+            args.credential_cache_ttl,
+            file.credential_cache_ttl,
+            d.credential_cache_ttl,
+        ),
+        // Set by `server::serve`, after privileges are dropped.
+        gssapi: None,
+        node,
+        cluster,
+    };
+    let certificates = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => vec![CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }],
+        _ => file
+            .certificate
+            .iter()
+            .map(|c| CertFiles {
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            })
+            .collect(),
+    };
+    let json_logs = match args.log_format.clone().or(file.log_format).as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => bail!("log format must be \"text\" or \"json\", not {other:?}"),
+    };
+    let gssapi = args
+        .gssapi_keytab
+        .clone()
+        .or(file.gssapi_keytab)
+        .map(|keytab| Gssapi {
+            keytab,
+            service: layer(
+                args.gssapi_service.clone(),
+                file.gssapi_service,
+                "pop".into(),
+            ),
+        });
+    let daemon = Daemon {
+        config,
+        listeners,
+        trusted_proxies: Arc::new(trusted_proxies),
+        data_dir: layer(args.data_dir.clone(), file.data_dir, "./pop3d-data".into()),
+        store: args.store.clone().or(file.store),
+        node_id: node_id
+            .or_else(|| store::hostname().map(str::to_owned))
+            .unwrap_or_else(|| "pop3d".into()),
+        advertise_given,
+        user: args.user.clone().or(file.user),
+        certificates,
+        self_signed: !args.no_self_signed && file.self_signed.unwrap_or(true),
+        gssapi,
+    };
+    Ok(Settings {
+        log: layer(args.log.clone(), file.log, "info".into()),
+        json_logs,
+        daemon,
+    })
+}
+
+/// The listeners: the flags' replace the file's, and neither means the embedded defaults
+/// (POP3 on 127.0.0.1:1110, POP3S on 127.0.0.1:1995); the `auth_http` endpoint comes last.
+fn listeners(args: &Args, file: &File) -> Result<Vec<ListenSpec>> {
+    let flags = [
+        &args.listen,
+        &args.listen_proxy,
+        &args.listen_tls,
+        &args.listen_kpop,
+    ];
+    let mut listeners = if flags.iter().all(|l| l.is_empty()) {
+        file.listen
+            .iter()
+            .map(ListenFile::resolve)
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        let cleartext = args.cleartext.as_deref().map(parse_cleartext).transpose()?;
+        let min_tls = args.min_tls.as_deref().map(parse_min_tls).transpose()?;
+        let spec = |kind, proxy| {
+            move |&address: &SocketAddr| ListenSpec {
+                address,
+                kind,
+                cleartext: cleartext.unwrap_or_default(),
+                min_tls: min_tls.unwrap_or_default(),
+                proxy,
+            }
+        };
+        let plain = args.listen.iter().map(spec(ListenerKind::Plain, false));
+        plain
+            .chain(
+                args.listen_proxy
+                    .iter()
+                    .map(spec(ListenerKind::Plain, true)),
+            )
+            .chain(
+                args.listen_tls
+                    .iter()
+                    .map(spec(ListenerKind::ImplicitTls, false)),
+            )
+            .chain(args.listen_kpop.iter().map(spec(ListenerKind::Kpop, false)))
+            .collect()
+    };
+    if listeners.is_empty() {
+        listeners = vec![
+            ListenSpec::new(([127, 0, 0, 1], 1110).into(), ListenerKind::Plain),
+            ListenSpec::new(([127, 0, 0, 1], 1995).into(), ListenerKind::ImplicitTls),
+        ];
+    }
+    let auth_http = args.auth_http.or(file.auth_http);
+    listeners.extend(auth_http.map(|a| ListenSpec::new(a, ListenerKind::AuthHttp)));
+    Ok(listeners)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use clap::Parser;
+    use server::{Cleartext, ListenerKind};
+
+    use super::*;
+
+    #[test]
+    fn idle_timeout_below_rfc_minimum_is_refused() {
+        let args = Args::parse_from(["pop3d", "--idle-timeout", "30"]);
+        assert!(resolve(&args).is_err());
+        let args = Args::parse_from([
+            "pop3d",
+            "--idle-timeout",
+            "30",
+            "--allow-short-idle-timeout",
+        ]);
+        assert_eq!(
+            resolve(&args)
+                .map(|s| s.daemon.config.idle_timeout.as_secs())
+                .ok(),
+            Some(30)
+        );
+    }
+
+    /// docs/pop3d.example.toml resolves to a production setup: 110 with STLS and no cleartext
+    /// passwords, 995, loopback 1110, two certificates and no self-signed one.
+    #[test]
+    fn production_example_resolves() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/pop3d.example.toml");
+        let s = resolve(&Args::parse_from(["pop3d", "--config", path])).expect("example");
+        let listeners: Vec<(u16, ListenerKind, Cleartext)> = s
+            .daemon
+            .listeners
+            .iter()
+            .map(|l| (l.address.port(), l.kind, l.cleartext))
+            .collect();
+        assert_eq!(
+            listeners,
+            [
+                (110, ListenerKind::Plain, Cleartext::Never),
+                (995, ListenerKind::ImplicitTls, Cleartext::Loopback),
+                (1110, ListenerKind::Plain, Cleartext::Always)
+            ]
+        );
+        assert_eq!(s.daemon.certificates.len(), 2);
+        assert!(!s.daemon.self_signed);
+        assert_eq!(s.daemon.config.max_connections_per_ip, 20);
+        assert_eq!(
+            s.daemon.config.default_domain.as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(s.daemon.data_dir, PathBuf::from("/var/lib/pop3d"));
+    }
+
+    #[test]
+    fn store_url_and_node_id() {
+        let s = resolve(&Args::parse_from(["pop3d"])).expect("defaults");
+        assert_eq!(s.daemon.store, None);
+        assert_eq!(s.daemon.node_id, store::hostname().unwrap_or("pop3d"));
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--store",
+            "postgres://u@h/db",
+            "--node-id",
+            "n1",
+        ]))
+        .expect("a PostgreSQL store");
+        assert_eq!(
+            (s.daemon.store.as_deref(), s.daemon.node_id.as_str()),
+            (Some("postgres://u@h/db"), "n1")
+        );
+        // Only PostgreSQL URLs: the SQLite store is named by --data-dir.
+        assert!(resolve(&Args::parse_from(["pop3d", "--store", "/var/lib/pop3d"])).is_err());
+    }
+
+    #[test]
+    fn proxied_listeners_need_trusted_proxies() {
+        let err = resolve(&Args::parse_from([
+            "pop3d",
+            "--listen-proxy",
+            "127.0.0.1:2110",
+        ]))
+        .expect_err("no trusted proxy");
+        assert!(format!("{err:#}").contains("--trusted-proxy"), "{err:#}");
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--listen",
+            "127.0.0.1:1110",
+            "--listen-proxy",
+            "127.0.0.1:2110",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+        ]))
+        .expect("trusted proxies given");
+        let proxied: Vec<(String, bool)> = s
+            .daemon
+            .listeners
+            .iter()
+            .map(|l| (l.address.to_string(), l.proxy))
+            .collect();
+        assert_eq!(
+            proxied,
+            [
+                ("127.0.0.1:1110".to_string(), false),
+                ("127.0.0.1:2110".to_string(), true)
+            ]
+        );
+        assert_eq!(
+            s.daemon.trusted_proxies.to_string(),
+            "127.0.0.1/32 10.0.0.0/8"
+        );
+        assert!(resolve(&Args::parse_from([
+            "pop3d",
+            "--trusted-proxy",
+            "10.0.0.0/40"
+        ]))
+        .is_err());
+        // Trusted proxies alone are harmless: no listener uses them.
+        assert!(resolve(&Args::parse_from(["pop3d", "--trusted-proxy", "10.0.0.1"])).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_node_must_advertise_an_ip_address_and_gets_three_heartbeats() {
+        let dir = std::env::temp_dir().join(format!("pop3d-cluster-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = dir.join("cluster.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("key");
+        let key = key.to_str().expect("utf-8");
+        let args = |advertise: &str| {
+            Args::parse_from([
+                "pop3d",
+                "--node-id",
+                "n1",
+                "--cluster-key-file",
+                key,
+                "--heartbeat",
+                "2",
+                "--advertise",
+                advertise,
+            ])
+        };
+        let s = resolve(&args("10.0.0.11:1100")).expect("an IP address");
+        let cluster = s.daemon.config.cluster.expect("cluster");
+        assert_eq!(cluster.node_liveness, std::time::Duration::from_secs(6));
+        for bad in ["pop1.example.org:1100", "0.0.0.0:1100"] {
+            let err = resolve(&args(bad)).expect_err(bad).to_string();
+            assert!(err.contains("nginx needs this node's IP address"), "{err}");
+        }
+        // A short secret is refused with its length.
+        std::fs::write(dir.join("short.key"), "short").expect("key");
+        let err = resolve(&Args::parse_from([
+            "pop3d",
+            "--cluster-key-file",
+            dir.join("short.key").to_str().expect("utf-8"),
+        ]))
+        .expect_err("short secret");
+        assert!(format!("{err:#}").contains("5 octets"), "{err:#}");
+        // The endpoint needs the secret.
+        let err = resolve(&Args::parse_from([
+            "pop3d",
+            "--auth-http",
+            "127.0.0.1:8025",
+        ]))
+        .expect_err("no secret");
+        assert!(err.to_string().contains("--cluster-key-file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn node_config_only_with_a_node_id() {
+        let s = resolve(&Args::parse_from(["pop3d"])).expect("defaults");
+        assert_eq!(s.daemon.config.node, None);
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--node-id",
+            "n1",
+            "--listen-tls",
+            "127.0.0.1:995",
+            "--listen",
+            "127.0.0.1:110",
+        ]))
+        .expect("a node");
+        assert_eq!(
+            s.daemon.config.node,
+            Some(server::NodeConfig {
+                id: "n1".into(),
+                advertise: "127.0.0.1:110".into(),
+                heartbeat: std::time::Duration::from_secs(5),
+            })
+        );
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--node-id",
+            "n1",
+            "--advertise",
+            "pop1.example.org:1100",
+            "--heartbeat",
+            "2",
+        ]))
+        .expect("a node");
+        let node = s.daemon.config.node.expect("node");
+        assert_eq!(node.advertise, "pop1.example.org:1100");
+        // Behind a proxy, the proxied listener is where the proxy should send clients.
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--node-id",
+            "n1",
+            "--listen",
+            "127.0.0.1:110",
+            "--listen-proxy",
+            "127.0.0.1:1100",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ]))
+        .expect("a proxied node");
+        assert_eq!(
+            s.daemon.config.node.expect("node").advertise,
+            "127.0.0.1:1100"
+        );
+        assert_eq!(node.heartbeat, std::time::Duration::from_secs(2));
+        for bad in [
+            &["--advertise", "no-port"][..],
+            &["--advertise", "host:0"],
+            &["--advertise", ":110"],
+            &["--heartbeat", "0"],
+            &["--listen-tls", "127.0.0.1:995"],
+        ] {
+            let args = ["pop3d", "--node-id", "n1"].iter().chain(bad);
+            assert!(resolve(&Args::parse_from(args)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn embedded_defaults() {
+        let s = resolve(&Args::parse_from(["pop3d"])).expect("defaults");
+        assert_eq!(s.daemon.data_dir, PathBuf::from("./pop3d-data"));
+        let addrs: Vec<String> = s
+            .daemon
+            .listeners
+            .iter()
+            .map(|l| l.address.to_string())
+            .collect();
+        assert_eq!(addrs, ["127.0.0.1:1110", "127.0.0.1:1995"]);
+        assert_eq!(s.daemon.listeners[1].kind, ListenerKind::ImplicitTls);
+        assert!(s.daemon.self_signed && s.daemon.certificates.is_empty());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("pop3d-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("pop3d.toml");
+        std::fs::write(
+            &path,
+            "idle_timeout = 900\nlogin_delay = 60\nexpire = 30\n[[listen]]\naddress = \"127.0.0.1:2110\"\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf8");
+        let s = resolve(&Args::parse_from(["pop3d", "--config", p])).expect("file");
+        assert_eq!(s.daemon.config.idle_timeout.as_secs(), 900);
+        assert_eq!(s.daemon.config.login_delay.as_secs(), 60);
+        assert_eq!(s.daemon.config.expire, store::Expire::Days(30));
+        assert_eq!(s.daemon.listeners.len(), 1);
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--config",
+            p,
+            "--login-delay",
+            "5",
+            "--expire",
+            "never",
+            "--listen",
+            "127.0.0.1:3110",
+        ]))
+        .expect("flags");
+        assert_eq!(s.daemon.config.login_delay.as_secs(), 5);
+        assert_eq!(s.daemon.config.expire, store::Expire::Never);
+        assert_eq!(s.daemon.listeners[0].address.to_string(), "127.0.0.1:3110");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `[argon2]` costs the argon2 crate refuses are a configuration error, found without
+    /// hashing anything.
+    #[test]
+    fn argon2_costs_are_checked() {
+        let dir = std::env::temp_dir().join(format!("pop3d-argon2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("pop3d.toml");
+        let with = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            resolve(&Args::parse_from([
+                "pop3d",
+                "--config",
+                path.to_str().expect("utf8"),
+            ]))
+        };
+        let err = with("[argon2]\nmemory_kib = 4\n").expect_err("too little memory");
+        assert!(format!("{err:#}").contains("[argon2]"), "{err:#}");
+        assert!(with("[argon2]\nparallelism = 4000000000\n").is_err());
+        let s = with("[argon2]\nmemory_kib = 8192\niterations = 1\n").expect("cheap costs");
+        assert_eq!(s.daemon.config.argon2.memory_kib, 8192);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,92 @@
+//! Every rule the resolved settings must keep, checked once, before anything is bound: the
+//! limits, the argon2 costs (by the argon2 crate's bounds, without hashing), the store URL,
+//! what each listener needs ([`server::ListenSpec::check`], whose rules `server::run` applies
+//! again to the listeners it serves), and the node.
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context, Result};
+use server::NodeConfig;
+
+use crate::settings::Settings;
+
+/// Checks `settings`; `allow_short_idle_timeout` (testing only) lifts RFC 1939's minimum.
+pub fn validate(settings: &Settings, allow_short_idle_timeout: bool) -> Result<()> {
+    let daemon = &settings.daemon;
+    let config = &daemon.config;
+    let idle = config.idle_timeout;
+    if idle < server::RFC_MIN_IDLE_TIMEOUT && !allow_short_idle_timeout {
+        bail!(
+            "idle timeout of {} seconds is below RFC 1939's minimum of 600 seconds",
+            idle.as_secs()
+        );
+    }
+    if config.max_connections == 0 {
+        bail!("max_connections must be at least 1");
+    }
+    if config.max_connections_per_ip == 0 {
+        bail!("max_connections_per_ip must be at least 1");
+    }
+    if config.login_timeout.is_zero() {
+        bail!("login_timeout must be at least 1 second");
+    }
+    if config.lock_lease.is_zero() {
+        bail!("lock_lease must be at least 1 second");
+    }
+    config
+        .argon2
+        .check()
+        .with_context(|| format!("invalid [argon2] parameters: {:?}", config.argon2))?;
+    if let Some(url) = &daemon.store {
+        if !store::is_postgres_url(url) {
+            bail!(
+                "the store must be a postgres:// or postgresql:// URL \
+                 (the default SQLite store lives in the data directory)"
+            );
+        }
+    }
+    let offers = daemon.offers();
+    for listener in &daemon.listeners {
+        listener.check(&offers)?;
+    }
+    if let Some(node) = &config.node {
+        check_node(node, daemon.advertise_given, config.cluster.is_some())?;
+    }
+    Ok(())
+}
+
+/// The node table entry: its id, heartbeat and advertised address (given: `HOST:PORT`; else a
+/// listener's, which needs a POP3 listener); in a cluster, an IP address nginx can reach.
+fn check_node(node: &NodeConfig, advertise_given: bool, cluster: bool) -> Result<()> {
+    let id = &node.id;
+    if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {
+        bail!("the node id must be 1 to 255 characters without control characters");
+    }
+    if node.heartbeat.is_zero() {
+        bail!("heartbeat must be at least 1 second");
+    }
+    let address = &node.advertise;
+    if !advertise_given && address.is_empty() {
+        bail!("no POP3 listener to advertise: set advertise (--advertise HOST:PORT)");
+    }
+    let host_port = address.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.chars().any(|c| c.is_whitespace() || c.is_control())
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if advertise_given && !host_port {
+        bail!("advertise must be HOST:PORT, not {address:?}");
+    }
+    // nginx connects to the advertised address as it is (its auth_http protocol takes an IP
+    // address), so a name or a wildcard would make this node unreachable.
+    let ip = address
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| !a.ip().is_unspecified());
+    if cluster && !ip {
+        bail!(
+            "a cluster node advertises {address:?}: nginx needs this node's IP address and port \
+             (--advertise IP:PORT, e.g. its proxied listener's address on nginx's network)"
+        );
+    }
+    Ok(())
+}

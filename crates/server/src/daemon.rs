@@ -1,0 +1,292 @@
+//! The POP3 daemon from start to stop ([`serve`]): what the binary resolved ([`Daemon`]) becomes
+//! bound sockets, a store, certificates, a runtime and signal handlers, in the order that
+//! matters. Bind first (privileged ports need root), then drop privileges, then touch files
+//! (the store, the self-signed certificate, the keytab) as the user that will own them; and the
+//! store's last reference is dropped once the runtime is gone.
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sd_notify::NotifyState;
+use store::Store;
+use tracing::{info, warn};
+
+use crate::listen::{default_advertised, Offers};
+use crate::process::{drop_privileges, raise_fd_limit, PrivilegeError};
+use crate::{activation, run, signals, tls};
+use crate::{CertFiles, Config, ListenSpec, Listener, ServerError, Tls, TlsError, TrustedProxies};
+
+/// Everything [`serve`] needs beyond [`Config`], as the binary resolved it.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The server's settings; `gssapi` is set by [`serve`] from [`Daemon::gssapi`].
+    pub config: Config,
+    /// The listeners to bind; sockets passed by systemd replace them and take their policies.
+    pub listeners: Vec<ListenSpec>,
+    /// Who may connect to the listeners whose spec says `proxy`.
+    pub trusted_proxies: Arc<TrustedProxies>,
+    /// The SQLite maildrops, and the self-signed certificate in `tls/`.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL URL, instead of the SQLite database in `data_dir`.
+    pub store: Option<String>,
+    /// Owner of this process's leases in a shared store.
+    pub node_id: String,
+    /// `advertise` was configured; otherwise the node advertises a bound listener's address
+    /// (known only once bound: port 0, sockets passed by systemd).
+    pub advertise_given: bool,
+    /// Run as this user (and its group) once the listeners are bound.
+    pub user: Option<String>,
+    pub certificates: Vec<CertFiles>,
+    /// Generate a self-signed certificate when none is configured.
+    pub self_signed: bool,
+    /// SASL GSSAPI (and KPOP listeners), when a keytab is configured.
+    pub gssapi: Option<Gssapi>,
+}
+
+/// Where the Kerberos service key is, and the service name of the principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gssapi {
+    pub keytab: PathBuf,
+    /// The principal is `SERVICE/HOSTNAME`.
+    pub service: String,
+}
+
+/// Why the daemon could not start (or stopped with an error).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Activation(#[from] activation::ActivationError),
+    #[error("listening on {address}")]
+    Bind {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the address of a socket passed by systemd")]
+    PassedAddress(#[source] std::io::Error),
+    #[error("making the listener non-blocking")]
+    NonBlocking(#[source] std::io::Error),
+    #[error("reading a listener's address")]
+    Address(#[source] std::io::Error),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error("this pop3d was built without Kerberos support (cargo feature `gssapi`)")]
+    NoKerberos,
+    #[error("setting up GSSAPI: {0}")]
+    Gssapi(String),
+    #[error("opening the PostgreSQL maildrop store")]
+    Postgres(#[source] store::StoreError),
+    #[error("opening the maildrop store in {}", dir.display())]
+    Sqlite {
+        dir: PathBuf,
+        #[source]
+        source: store::StoreError,
+    },
+    #[error("preparing the self-signed certificate")]
+    SelfSigned(#[source] TlsError),
+    #[error("loading the TLS certificates")]
+    Certificates(#[source] TlsError),
+    #[error("starting the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("registering a listener")]
+    Register(#[source] std::io::Error),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+impl Daemon {
+    /// What the configuration offers its listeners, as far as known before anything is bound
+    /// or loaded (see [`ListenSpec::check`]).
+    pub fn offers(&self) -> Offers {
+        Offers {
+            certificate: None,
+            gssapi: self.gssapi.is_some(),
+            trusted_proxies: !self.trusted_proxies.is_empty(),
+            cluster: self.config.cluster.is_some(),
+        }
+    }
+
+    /// Without a configured address, the node advertises the listener it would by default as
+    /// bound (an ephemeral port, a socket passed by systemd).
+    fn advertise_bound(
+        &mut self,
+        sockets: &[(StdListener, ListenSpec)],
+    ) -> Result<(), DaemonError> {
+        let Some(node) = self.config.node.as_mut().filter(|_| !self.advertise_given) else {
+            return Ok(());
+        };
+        let bound = sockets
+            .iter()
+            .map(|(socket, spec)| {
+                let address = socket.local_addr().map_err(DaemonError::Address)?;
+                Ok(ListenSpec {
+                    address,
+                    ..spec.clone()
+                })
+            })
+            .collect::<Result<Vec<_>, DaemonError>>()?;
+        if let Some(address) = default_advertised(&bound) {
+            if address.ip().is_unspecified() {
+                warn!(%address, "advertising a wildcard address in the node table; set advertise");
+            }
+            node.advertise = address.to_string();
+        }
+        info!(node = %node.id, advertise = %node.advertise, "node table entry on");
+        Ok(())
+    }
+
+    fn open_store(&self) -> Result<Arc<dyn Store>, DaemonError> {
+        match &self.store {
+            Some(url) => {
+                let store = store::open_postgres(url, Some(&self.node_id))
+                    .map_err(DaemonError::Postgres)?;
+                // The URL may hold a password: it is not logged.
+                info!(node = %self.node_id, "maildrop store open (PostgreSQL)");
+                Ok(Arc::from(store))
+            }
+            None => {
+                let store = store::SqliteStore::open(&self.data_dir).map_err(|source| {
+                    DaemonError::Sqlite {
+                        dir: self.data_dir.clone(),
+                        source,
+                    }
+                })?;
+                info!(data_dir = %self.data_dir.display(), "maildrop store open");
+                Ok(Arc::new(store))
+            }
+        }
+    }
+
+    /// The certificates to serve: the configured ones, or the self-signed one of the defaults.
+    fn load_tls(&self) -> Result<Option<Arc<Tls>>, DaemonError> {
+        let files = if !self.certificates.is_empty() {
+            self.certificates.clone()
+        } else if self.self_signed {
+            let dir = self.data_dir.join("tls");
+            let (files, fingerprint) =
+                tls::self_signed(&dir, &self.config.hostname).map_err(DaemonError::SelfSigned)?;
+            info!(
+                cert = %files.cert.display(),
+                sha256 = %fingerprint,
+                "using a self-signed certificate; configure a real one for production"
+            );
+            vec![files]
+        } else {
+            return Ok(None);
+        };
+        let tls = Tls::load(files).map_err(DaemonError::Certificates)?;
+        Ok(Some(Arc::new(tls)))
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT: binds the listeners (or takes the sockets systemd
+/// passes), drops privileges, opens the store, loads the certificates, then serves on a
+/// multi-threaded runtime with the signal handlers and systemd's notifications in place.
+pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
+    raise_fd_limit();
+    let sockets = bind(&daemon.listeners)?;
+    if let Some(user) = &daemon.user {
+        drop_privileges(user)?;
+    }
+    let mut daemon = daemon;
+    daemon.advertise_bound(&sockets)?;
+    if let Some(gssapi) = &daemon.gssapi {
+        let principal = format!("{}@{}", gssapi.service, daemon.config.hostname);
+        daemon.config.gssapi = Some(gssapi_acceptors(&gssapi.keytab, &principal)?);
+        info!(%principal, keytab = %gssapi.keytab.display(), "GSSAPI (Kerberos) enabled");
+    }
+    let store = daemon.open_store()?;
+    let tls = daemon.load_tls()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    // The store's last reference is dropped at the end, on this thread, once the runtime is
+    // gone: a PostgreSQL connection closes by blocking on a runtime of its own, which panics
+    // on a tokio worker ("Cannot start a runtime from within a runtime").
+    let last_store = store.clone();
+    let Daemon {
+        config,
+        trusted_proxies,
+        ..
+    } = daemon;
+    let result = runtime.block_on(async move {
+        let mut listeners = Vec::with_capacity(sockets.len());
+        for (socket, spec) in sockets {
+            listeners.push(Listener {
+                socket: tokio::net::TcpListener::from_std(socket).map_err(DaemonError::Register)?,
+                kind: spec.kind,
+                min_tls: spec.min_tls,
+                cleartext: spec.cleartext,
+                proxy: spec.proxy.then(|| trusted_proxies.clone()),
+            });
+        }
+        if let Some(tls) = &tls {
+            tokio::spawn(signals::reload_on_sighup(tls.clone()));
+        }
+        signals::notify_systemd(NotifyState::Ready);
+        let shutdown = async {
+            signals::shutdown().await;
+            signals::notify_systemd(NotifyState::Stopping);
+        };
+        run(listeners, store, config, tls, shutdown).await?;
+        Ok(())
+    });
+    // Waits for the blocking tasks, which hold references to the store too.
+    drop(runtime);
+    drop(last_store);
+    result
+}
+
+/// The sockets to serve: those systemd passed, each with the policy of the configured listener
+/// of its kind and port, else the configured listeners, bound here. Non-blocking, for tokio.
+fn bind(specs: &[ListenSpec]) -> Result<Vec<(StdListener, ListenSpec)>, DaemonError> {
+    let inherited = activation::inherited()?;
+    let mut sockets = Vec::with_capacity(specs.len().max(inherited.len()));
+    if inherited.is_empty() {
+        for spec in specs {
+            let socket = StdListener::bind(spec.address).map_err(|source| DaemonError::Bind {
+                address: spec.address,
+                source,
+            })?;
+            sockets.push((socket, spec.clone()));
+        }
+    } else {
+        for passed in inherited {
+            let addr = passed
+                .socket
+                .local_addr()
+                .map_err(DaemonError::PassedAddress)?;
+            info!(%addr, name = %passed.name, "using a socket passed by systemd");
+            let spec = activation::spec_for(addr, passed.kind, specs);
+            sockets.push((passed.socket, spec));
+        }
+    }
+    for (socket, _) in &sockets {
+        socket
+            .set_nonblocking(true)
+            .map_err(DaemonError::NonBlocking)?;
+    }
+    Ok(sockets)
+}
+
+/// The Kerberos acceptor credentials for `principal` (`service@host`) from `keytab`.
+#[cfg(feature = "gssapi")]
+fn gssapi_acceptors(
+    keytab: &std::path::Path,
+    principal: &str,
+) -> Result<Arc<dyn auth::GssAcceptorFactory>, DaemonError> {
+    // Read by MIT Kerberos when it needs the key; set before any thread that could race.
+    std::env::set_var("KRB5_KTNAME", format!("FILE:{}", keytab.display()));
+    let acceptors = auth::gss::krb5::Krb5Acceptors::new(principal).map_err(DaemonError::Gssapi)?;
+    Ok(Arc::new(acceptors))
+}
+
+#[cfg(not(feature = "gssapi"))]
+fn gssapi_acceptors(
+    _keytab: &std::path::Path,
+    _principal: &str,
+) -> Result<Arc<dyn auth::GssAcceptorFactory>, DaemonError> {
+    Err(DaemonError::NoKerberos)
+}
