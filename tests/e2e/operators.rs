@@ -459,3 +459,104 @@ fn systemd_socket_activate_starts_pop3d_on_the_first_connection() {
     assert!(client.greeting.starts_with("+OK"), "{}", client.greeting);
     fetch_over_plain(&mut client);
 }
+
+/// The uid and gid of `name` from /etc/passwd, if it exists.
+fn system_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&name) && fields.len() > 3)
+            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+/// Issue 19: with `user = ...` pop3d reads a root-only certificate key before it drops
+/// privileges (bind, read secrets, then drop), so the documented setup starts; a SIGHUP reload
+/// that the dropped user cannot read keeps the old certificates and says why.
+#[test]
+fn secrets_are_read_before_privileges_are_dropped() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let Some((uid, gid)) = system_user("nobody").filter(|_| is_root) else {
+        eprintln!("SKIPPED: needs root and a `nobody` user");
+        return;
+    };
+    let dir = TempDir::new("drop-privileges");
+    // A certificate, made by a first pop3d (as root) in a scratch directory.
+    let scratch = dir.path().join("scratch");
+    provision(&scratch);
+    let first = Server::start(&scratch, &[]);
+    let (cert, key) = (
+        first.self_signed_cert(),
+        scratch.join("tls").join("key.pem"),
+    );
+    drop(first);
+    // The key goes where only root can read it, as keys usually are.
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).expect("mkdir");
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    let root_key = secrets.join("key.pem");
+    std::fs::copy(&key, &root_key).expect("copy key");
+    std::fs::set_permissions(
+        &root_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    // The data directory belongs to the user pop3d becomes.
+    let data = dir.path().join("data");
+    provision(&data);
+    for entry in walk(&data) {
+        std::os::unix::fs::chown(&entry, Some(uid), Some(gid)).expect("chown");
+    }
+    let server = Server::start(
+        &data,
+        &[
+            "--user",
+            "nobody",
+            "--tls-cert",
+            cert.to_str().expect("utf8"),
+            "--tls-key",
+            root_key.to_str().expect("utf8"),
+        ],
+    );
+    fetch_over_plain(&mut server.connect());
+    // A reload reads as `nobody`: refused, named, and the old certificates stay in use.
+    server.signal("HUP");
+    let deadline = Instant::now() + TIMEOUT;
+    while !server.log().contains("SIGHUP: reload failed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = server.log();
+    assert!(log.contains("SIGHUP: reload failed"), "{log}");
+    assert!(
+        log.contains("user=nobody") || log.contains("user: nobody"),
+        "{log}"
+    );
+    assert!(log.contains("key.pem"), "{log}");
+    fetch_over_plain(&mut server.connect());
+}
+
+/// `dir` and everything below it.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_dir() {
+            let children: Vec<_> = std::fs::read_dir(&out[i])
+                .expect("read_dir")
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            out.extend(children);
+        }
+        i += 1;
+    }
+    out
+}

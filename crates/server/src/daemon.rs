@@ -75,6 +75,17 @@ pub enum DaemonError {
     NoKerberos,
     #[error("setting up GSSAPI: {0}")]
     Gssapi(String),
+    #[error(
+        "the keytab {} is not readable by user {user}, which pop3d runs as after binding \
+         (Kerberos reads it at each login): make it readable by that user",
+        keytab.display()
+    )]
+    KeytabUnreadable {
+        keytab: PathBuf,
+        user: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("opening the PostgreSQL maildrop store")]
     Postgres(#[source] store::StoreError),
     #[error("opening the maildrop store in {}", dir.display())]
@@ -159,10 +170,20 @@ impl Daemon {
     }
 
     /// The certificates to serve: the configured ones, or the self-signed one of the defaults.
-    fn load_tls(&self) -> Result<Option<Arc<Tls>>, DaemonError> {
-        let files = if !self.certificates.is_empty() {
-            self.certificates.clone()
-        } else if self.self_signed {
+    /// The configured certificates, read while pop3d may still be root: their keys are often
+    /// readable by root alone, and that must not depend on the `user` pop3d becomes.
+    fn load_configured_tls(&self) -> Result<Option<Arc<Tls>>, DaemonError> {
+        if self.certificates.is_empty() {
+            return Ok(None);
+        }
+        let tls = Tls::load(self.certificates.clone()).map_err(DaemonError::Certificates)?;
+        Ok(Some(Arc::new(tls)))
+    }
+
+    /// The self-signed certificate when none is configured, made in the data directory as
+    /// the user that owns it (after privileges are dropped).
+    fn load_self_signed(&self) -> Result<Option<Arc<Tls>>, DaemonError> {
+        let files = if self.self_signed && self.certificates.is_empty() {
             let dir = self.data_dir.join("tls");
             let (files, fingerprint) =
                 tls::self_signed(&dir, &self.config.hostname).map_err(DaemonError::SelfSigned)?;
@@ -186,8 +207,20 @@ impl Daemon {
 pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     raise_fd_limit();
     let sockets = bind(&daemon.listeners)?;
+    // Secret files are read before privileges go (bind first, read keys, then drop).
+    let configured_tls = daemon.load_configured_tls()?;
     if let Some(user) = &daemon.user {
         drop_privileges(user)?;
+        if let Some(gssapi) = &daemon.gssapi {
+            // Kerberos reads the keytab when a client logs in, as this user: say so now.
+            if let Err(source) = std::fs::File::open(&gssapi.keytab) {
+                return Err(DaemonError::KeytabUnreadable {
+                    keytab: gssapi.keytab.clone(),
+                    user: user.clone(),
+                    source,
+                });
+            }
+        }
     }
     let mut daemon = daemon;
     daemon.advertise_bound(&sockets)?;
@@ -197,7 +230,10 @@ pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
         info!(%principal, keytab = %gssapi.keytab.display(), "GSSAPI (Kerberos) enabled");
     }
     let store = daemon.open_store()?;
-    let tls = daemon.load_tls()?;
+    let tls = match configured_tls {
+        Some(tls) => Some(tls),
+        None => daemon.load_self_signed()?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,6 +245,7 @@ pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     let Daemon {
         config,
         trusted_proxies,
+        user,
         ..
     } = daemon;
     let result = runtime.block_on(async move {
@@ -223,7 +260,7 @@ pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
             });
         }
         if let Some(tls) = &tls {
-            tokio::spawn(signals::reload_on_sighup(tls.clone()));
+            tokio::spawn(signals::reload_on_sighup(tls.clone(), user));
         }
         signals::notify_systemd(NotifyState::Ready);
         let shutdown = async {

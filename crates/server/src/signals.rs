@@ -32,8 +32,9 @@ pub async fn shutdown() {
     }
 }
 
-/// Reloads the certificates on SIGHUP; sessions in progress are not touched.
-pub async fn reload_on_sighup(tls: Arc<Tls>) {
+/// Reloads the certificates on SIGHUP; sessions in progress are not touched. `user` is the
+/// user pop3d dropped to, if any: a reload reads the files as that user, so a failure says so.
+pub async fn reload_on_sighup(tls: Arc<Tls>, user: Option<String>) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot watch SIGHUP; certificates will not be reloaded");
         return;
@@ -41,7 +42,15 @@ pub async fn reload_on_sighup(tls: Arc<Tls>) {
     while hup.recv().await.is_some() {
         match tls.reload() {
             Ok(n) => info!(certificates = n, "SIGHUP: certificates reloaded"),
-            Err(e) => error!(error = %e, "SIGHUP: reload failed; keeping the old certificates"),
+            Err(e) => match &user {
+                Some(user) => error!(
+                    error = %e,
+                    %user,
+                    "SIGHUP: reload failed (read as the user pop3d runs as: the files must be \
+                     readable by it); keeping the old certificates"
+                ),
+                None => error!(error = %e, "SIGHUP: reload failed; keeping the old certificates"),
+            },
         }
     }
 }
