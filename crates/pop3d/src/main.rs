@@ -877,10 +877,6 @@ fn run(settings: Settings) -> Result<()> {
         if let Some(tls) = &tls {
             tokio::spawn(reload_on_sighup(tls.clone()));
         }
-        // Type=notify units wait for this; without NOTIFY_SOCKET it does nothing.
-        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-            warn!(error = %e, "could not notify systemd of readiness");
-        }
         let shutdown = async {
             shutdown_signal().await;
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

@@ -219,6 +219,20 @@ pub enum ListenerKind {
     AuthHttp,
 }
 
+impl ListenerKind {
+    /// How logs and the readiness status name it: `pop3` (`pop3+stls` when STLS is
+    /// offered), `pop3s`, `kpop`, `auth_http`.
+    pub fn name(self, stls: bool) -> &'static str {
+        match self {
+            ListenerKind::AuthHttp => "auth_http",
+            ListenerKind::Plain if stls => "pop3+stls",
+            ListenerKind::Plain => "pop3",
+            ListenerKind::ImplicitTls => "pop3s",
+            ListenerKind::Kpop => "kpop",
+        }
+    }
+}
+
 /// A bound socket and how to serve it.
 #[derive(Debug)]
 pub struct Listener {
@@ -311,6 +325,7 @@ pub async fn run(
     if listeners.is_empty() {
         return Err(ServerError::NoListener);
     }
+    let mut listening = String::from("listening");
     for l in &listeners {
         if l.kind == ListenerKind::ImplicitTls && tls.is_none() {
             return Err(ServerError::TlsWithoutCertificate);
@@ -325,13 +340,8 @@ pub async fn run(
             return Err(ServerError::AuthHttpWithoutCluster);
         }
         let addr = l.socket.local_addr().map_err(ServerError::Listener)?;
-        let kind = match l.kind {
-            ListenerKind::AuthHttp => "auth_http",
-            ListenerKind::Plain if tls.is_some() => "pop3+stls",
-            ListenerKind::Plain => "pop3",
-            ListenerKind::ImplicitTls => "pop3s",
-            ListenerKind::Kpop => "kpop",
-        };
+        let kind = l.kind.name(tls.is_some());
+        listening.push_str(&format!(" {kind}={addr}"));
         match &l.proxy {
             Some(trusted) => {
                 info!(%addr, kind, cleartext = ?l.cleartext, trusted = %trusted, "listening for proxied connections");
@@ -385,6 +395,14 @@ pub async fn run(
     };
     // Ready: accepting from now on (after a node's first heartbeat).
     info!(listeners = listener_count, "ready");
+    // Type=notify units (and the test bed) wait for this; without NOTIFY_SOCKET it does nothing.
+    let ready = [
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&listening),
+    ];
+    if let Err(e) = sd_notify::notify(&ready) {
+        warn!(error = %e, "could not notify systemd of readiness");
+    }
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|l| match l.kind {
