@@ -21,8 +21,9 @@
 //! - `cargo xtask soak [--minutes N] [--clients C] [--seed S]`: random sessions and deliveries
 //!   for N minutes, then the ledger, descriptor and memory checks ([`soak`]).
 //!
-//! Few dependencies: the standard library, plus `proto` (to read multi-line replies) and
-//! `rusqlite` (the integrity check), both built for the workspace anyway.
+//! Few dependencies: the standard library, plus `testbed` (std only: temp dirs, the pop3d
+//! process, the POP3 client) and `rusqlite` (the integrity check, built for the workspace
+//! anyway).
 
 mod bench;
 mod cluster;
@@ -400,6 +401,76 @@ fn kerberos_buildable() -> bool {
     on_path("krb5-config") && have_libclang()
 }
 
+/// `cargo xtask deps`: apt-get install what is missing.
+fn deps() -> Result<(), String> {
+    // Perl modules the suite uses beyond the core (Net::POP3 is core): module, package.
+    const PERL_MODULES: &[(&str, &str)] = &[("IO::Socket::SSL", "libio-socket-ssl-perl")];
+    let mut missing: Vec<&str> = CLIENTS
+        .iter()
+        .filter(|(program, _)| !have(program))
+        .map(|(_, package)| *package)
+        .collect();
+    missing.extend(
+        KERBEROS
+            .iter()
+            .chain(TOOLS)
+            .chain(MAIL_DAEMONS)
+            .filter(|(program, _)| !on_path(program))
+            .map(|(_, package)| *package),
+    );
+    if !have_libclang() {
+        missing.push("libclang-dev");
+    }
+    // The PostgreSQL backend's tests start a throw-away cluster with its server programs.
+    if testbed::pg::bindir().is_none() {
+        missing.push("postgresql");
+    }
+    // What the unpacked nginx of the cluster test links.
+    missing.extend(cluster::missing_nginx_libraries());
+    missing.extend(
+        PERL_MODULES
+            .iter()
+            .filter(|(module, _)| {
+                !Command::new("perl")
+                    .args([&format!("-M{module}"), "-e", "1"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .map(|(_, package)| *package),
+    );
+    if missing.is_empty() {
+        eprintln!("xtask: every client the suite uses is installed");
+        return cluster::fetch_nginx();
+    }
+    if !have("apt-get") {
+        return Err(format!(
+            "missing {}; install them with your package manager",
+            missing.join(" ")
+        ));
+    }
+    if missing.contains(&"postfix") {
+        // Without this answer the package would ask, or write a system main.cf; the suite
+        // runs its own private instance and needs none.
+        let mut preseed = Command::new("sh");
+        preseed.args([
+            "-c",
+            "echo 'postfix postfix/main_mailer_type select No configuration' \
+             | debconf-set-selections",
+        ]);
+        run(preseed, "debconf: Postfix without a system configuration")?;
+    }
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-qq"]);
+    run(update, "apt-get update")?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(install, &format!("apt-get install {}", missing.join(" ")))?;
+    cluster::fetch_nginx()
+}
+
 #[cfg(test)]
 mod libclang_tests {
     use super::*;
@@ -447,74 +518,4 @@ mod libclang_tests {
             assert!(!is_loadable_libclang(no), "{no}");
         }
     }
-}
-
-/// `cargo xtask deps`: apt-get install what is missing.
-fn deps() -> Result<(), String> {
-    // Perl modules the suite uses beyond the core (Net::POP3 is core): module, package.
-    const PERL_MODULES: &[(&str, &str)] = &[("IO::Socket::SSL", "libio-socket-ssl-perl")];
-    let mut missing: Vec<&str> = CLIENTS
-        .iter()
-        .filter(|(program, _)| !have(program))
-        .map(|(_, package)| *package)
-        .collect();
-    missing.extend(
-        KERBEROS
-            .iter()
-            .chain(TOOLS)
-            .chain(MAIL_DAEMONS)
-            .filter(|(program, _)| !on_path(program))
-            .map(|(_, package)| *package),
-    );
-    if !have_libclang() {
-        missing.push("libclang-dev");
-    }
-    // The PostgreSQL backend's tests start a throw-away cluster with its server programs.
-    if pgtest::bindir().is_none() {
-        missing.push("postgresql");
-    }
-    // What the unpacked nginx of the cluster test links.
-    missing.extend(cluster::missing_nginx_libraries());
-    missing.extend(
-        PERL_MODULES
-            .iter()
-            .filter(|(module, _)| {
-                !Command::new("perl")
-                    .args([&format!("-M{module}"), "-e", "1"])
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            })
-            .map(|(_, package)| *package),
-    );
-    if missing.is_empty() {
-        eprintln!("xtask: every client the suite uses is installed");
-        return cluster::fetch_nginx();
-    }
-    if !have("apt-get") {
-        return Err(format!(
-            "missing {}; install them with your package manager",
-            missing.join(" ")
-        ));
-    }
-    if missing.contains(&"postfix") {
-        // Without this answer the package would ask, or write a system main.cf; the suite
-        // runs its own private instance and needs none.
-        let mut preseed = Command::new("sh");
-        preseed.args([
-            "-c",
-            "echo 'postfix postfix/main_mailer_type select No configuration' \
-             | debconf-set-selections",
-        ]);
-        run(preseed, "debconf: Postfix without a system configuration")?;
-    }
-    let mut update = Command::new("apt-get");
-    update.args(["update", "-qq"]);
-    run(update, "apt-get update")?;
-    let mut install = Command::new("apt-get");
-    install
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    run(install, &format!("apt-get install {}", missing.join(" ")))?;
-    cluster::fetch_nginx()
 }
