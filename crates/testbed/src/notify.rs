@@ -125,10 +125,6 @@ mod tests {
     use super::*;
     use crate::TempDir;
 
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().expect("address")
-    }
-
     #[test]
     fn status_lines_parse() {
         // The status, and the listeners it names (none: not a listening status).
@@ -213,5 +209,9 @@ mod tests {
             .expect_err("gone");
         assert_eq!(err, "exited: 1");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
     }
 }
