@@ -3,7 +3,6 @@
 //! (`cargo xtask man` runs the same entry points), and systemd socket activation (the
 //! `sd_listen_fds` protocol of dist/pop3d.socket) with its `READY=1` notification.
 
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -219,8 +218,9 @@ os.execve(sys.argv[3], sys.argv[3:], env)
 "#;
 
 /// pop3d (with the suite's defaults, which name listeners of its own) started through
-/// [`ACTIVATE`] with sockets named `names`; `listen_pid` overrides LISTEN_PID.
-fn activated(data_dir: &Path, names: &str, listen_pid: &str, notify: Option<&Path>) -> Server {
+/// [`ACTIVATE`] with sockets named `names`; `listen_pid` overrides LISTEN_PID. The test bed
+/// gives it a NOTIFY_SOCKET and waits for its READY=1.
+fn activated(data_dir: &Path, names: &str, listen_pid: &str) -> Server {
     let inner = Server::command(data_dir, &[]);
     let mut outer = Command::new("python3");
     outer
@@ -234,9 +234,6 @@ fn activated(data_dir: &Path, names: &str, listen_pid: &str, notify: Option<&Pat
         if let Some(value) = value {
             outer.env(key, value);
         }
-    }
-    if let Some(socket) = notify {
-        outer.env("NOTIFY_SOCKET", socket);
     }
     Server::spawn(outer, data_dir)
 }
@@ -287,14 +284,10 @@ fn fetch_over_plain(client: &mut Client) {
 
 #[test]
 fn socket_activation_serves_the_sockets_systemd_passes() {
-    let Some((dir, data)) = provisioned("activation") else {
+    let Some((_dir, data)) = provisioned("activation") else {
         return;
     };
-    let notify_path = dir.path().join("notify");
-    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    notify.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-
-    let server = activated(&data, "pop3:pop3s", "", Some(&notify_path));
+    let mut server = activated(&data, "pop3:pop3s", "");
     let log = server.log();
     let ports = passed_ports(&log);
     // pop3d served exactly the passed sockets, by their names, and bound none of its own
@@ -319,14 +312,10 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
     );
 
     // sd_notify: READY=1 once the listeners are up.
-    let mut buf = [0u8; 512];
-    let n = notify.recv(&mut buf).expect("READY=1 from pop3d");
     assert!(
-        String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .any(|l| l == "READY=1"),
+        server.ready.lines().any(|l| l == "READY=1"),
         "{:?}",
-        String::from_utf8_lossy(&buf[..n])
+        server.ready
     );
 
     fetch_over_plain(&mut server.connect());
@@ -352,10 +341,11 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
         assert_eq!(out.stdout, crlf(MESSAGE));
     }
     // SIGTERM: STOPPING=1, then a clean exit.
-    let status = server.stop();
+    server.signal("TERM");
+    let status = server.wait();
     assert!(status.success(), "{status}");
-    let n = notify.recv(&mut buf).expect("STOPPING=1 from pop3d");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let stopping = server.notification().expect("STOPPING=1 from pop3d");
+    assert!(stopping.contains("STOPPING=1"), "{stopping:?}");
 }
 
 #[test]
@@ -365,7 +355,7 @@ fn socket_activation_variables_for_another_process_are_ignored() {
     };
     // LISTEN_PID names another process (pid 1): the descriptors are not ours to take
     // (sd_listen_fds(3)); pop3d binds the listeners its flags name.
-    let server = activated(&data, "pop3", "1", None);
+    let server = activated(&data, "pop3", "1");
     let log = server.log();
     let passed = passed_ports(&log)[0].1;
     assert!(!log.contains("passed by systemd"), "{log}");

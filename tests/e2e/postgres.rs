@@ -16,8 +16,8 @@ fn required() -> bool {
 }
 
 /// The cluster and a database URL, or `None` (skipping).
-fn cluster() -> Option<(pgtest::Cluster, String)> {
-    let cluster = match pgtest::Cluster::start() {
+fn cluster() -> Option<(testbed::pg::Cluster, String)> {
+    let cluster = match testbed::pg::Cluster::start() {
         Ok(Some(cluster)) => cluster,
         Ok(None) => {
             assert!(

@@ -4,17 +4,15 @@
 //! The binaries are taken from `POP3D_BIN` / `POPADM_BIN`, or else from the cargo target
 //! directory this test binary runs from (`cargo xtask test` builds them first).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use proto::Unstuffer;
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
 
 pub mod clients;
+
+pub use testbed::TempDir;
 
 /// How long any single wait in the suite may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -75,56 +73,9 @@ pub fn client_available_on_path(program: &str) -> bool {
     report_missing(program, found)
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1, for a daemon the suite configures itself
-/// (a KDC, Postfix, Dovecot) and which cannot be handed a bound socket.
+/// A port free for both UDP and TCP on 127.0.0.1 (see [`testbed::free_port`]).
 pub fn free_port() -> u16 {
-    // Below the kernel's ephemeral range (32768-60999 by default): a port handed out by
-    // binding port 0 is an ephemeral one, and any outgoing connection of a test running in
-    // parallel may take it as its source port before the daemon binds it.
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
-        ^ std::process::id().wrapping_mul(2_654_435_761);
-    for _ in 0..200 {
-        let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
-        let port = 20_000 + (n % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!("no port free for TCP and UDP in 20000-31999 on 127.0.0.1");
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "pop3-e2e-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    testbed::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `popadm --data-dir DIR ARGS` with `stdin` as its standard input.
@@ -190,21 +141,23 @@ pub fn legacy_auth_column(data_dir: &Path, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A running `pop3d` on a loopback port, killed on drop.
+/// A running `pop3d` on a loopback port, killed on drop. Its listeners (`addr`, `tls_addr`,
+/// `listeners`) are those of the [`testbed::Pop3d`] it derefs to.
 pub struct Server {
-    child: Child,
-    /// The first cleartext (POP3, STLS) listener.
-    pub addr: SocketAddr,
-    /// The first implicit-TLS (POP3S) listener, if any.
-    pub tls_addr: Option<SocketAddr>,
-    /// Every listener as logged: kind (`pop3`, `pop3+stls`, `pop3s`) and address.
-    pub listeners: Vec<(String, SocketAddr)>,
+    pop3d: testbed::Pop3d,
     data_dir: PathBuf,
-    log: Arc<Mutex<String>>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = testbed::Pop3d;
+
+    fn deref(&self) -> &testbed::Pop3d {
+        &self.pop3d
+    }
 }
 
 impl Server {
-    /// Starts pop3d on `data_dir` with extra flags, and waits until it listens. Unless the
+    /// Starts pop3d on `data_dir` with extra flags, and waits until it is ready. Unless the
     /// flags name a `--config` or listeners of their own, it listens on an ephemeral POP3 and
     /// an ephemeral POP3S port.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
@@ -243,61 +196,15 @@ impl Server {
         cmd
     }
 
-    /// Runs `cmd` (pop3d, or a program that becomes pop3d) and waits until pop3d has logged
-    /// its listeners and "ready"; stderr is kept as the log.
-    pub fn spawn(mut cmd: Command, data_dir: &Path) -> Server {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pop3d");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(listener) = listening(&line) {
-                    let _ = tx.send(Some(listener));
-                } else if line.contains(" ready") || line.contains(" ERROR ") {
-                    // pop3d logs "ready" once every listener is logged.
-                    let _ = tx.send(None);
-                }
-                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-            let _ = tx.send(None);
-        });
-        // Listeners are logged one after another, then "ready".
-        let mut listeners = Vec::new();
-        let deadline = Instant::now() + TIMEOUT;
-        while let Ok(Some(l)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            listeners.push(l);
-        }
-        if listeners.is_empty() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "pop3d did not start: {}",
-                log.lock().map(|l| l.clone()).unwrap_or_default()
-            );
-        }
-        let find = |tls: bool| {
-            listeners
-                .iter()
-                .find(|(kind, _)| (kind == "pop3s") == tls)
-                .map(|(_, a)| *a)
-        };
-        Server {
-            addr: find(false).or(find(true)).unwrap_or(listeners[0].1),
-            tls_addr: find(true),
-            listeners: listeners.clone(),
-            data_dir: data_dir.to_path_buf(),
-            child,
-            log,
+    /// Runs `cmd` (pop3d, or a program that becomes pop3d) and waits for its READY=1 (see
+    /// [`testbed::Pop3d::spawn`]); stderr is kept as the log.
+    pub fn spawn(cmd: Command, data_dir: &Path) -> Server {
+        match testbed::Pop3d::spawn(cmd, testbed::Log::Capture, TIMEOUT) {
+            Ok(pop3d) => Server {
+                pop3d,
+                data_dir: data_dir.to_path_buf(),
+            },
+            Err(e) => panic!("pop3d did not start: {e}"),
         }
     }
 
@@ -306,41 +213,25 @@ impl Server {
         self.data_dir.join("tls").join("cert.pem")
     }
 
-    /// What pop3d logged so far.
-    pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The next sd_notify datagram after READY=1 (e.g. `STOPPING=1`).
+    pub fn notification(&self) -> Option<String> {
+        self.pop3d.notification(TIMEOUT)
     }
 
     /// Sends a signal with kill(1) (e.g. "TERM", "KILL").
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -{sig} failed");
+        assert!(self.pop3d.signal(sig), "kill -{sig} failed");
     }
 
     /// True while the process has not exited.
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.pop3d.alive()
     }
 
     /// Waits for the process to exit.
     pub fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "pop3d did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(self.pop3d.wait_exit(TIMEOUT), "pop3d did not exit");
+        self.pop3d.exit_status().expect("exited")
     }
 
     /// SIGTERM, then wait.
@@ -362,31 +253,14 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The value of `r`, or a panic with its error (a test failure).
+fn must<T>(r: std::io::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The kind and address of a `listening` log line.
-fn listening(line: &str) -> Option<(String, SocketAddr)> {
-    if !line.contains(" listening ") {
-        return None;
-    }
-    let field = |name: &str| -> Option<String> {
-        let start = line.find(&format!("{name}="))? + name.len() + 1;
-        let rest = &line[start..];
-        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        Some(rest[..end].trim_matches('"').to_string())
-    };
-    Some((field("kind")?, field("addr")?.parse().ok()?))
-}
-
-/// A synchronous POP3 client for tests.
+/// A synchronous POP3 client for tests: [`testbed::Client`] whose errors are test failures.
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    inner: testbed::Client,
     /// The greeting line.
     pub greeting: String,
 }
@@ -399,76 +273,44 @@ impl Client {
     /// A client on a connection made elsewhere (e.g. one that sent a PROXY header first);
     /// reads the greeting.
     pub fn from_stream(stream: TcpStream) -> Client {
-        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        let writer = stream.try_clone().expect("clone");
-        let mut c = Client {
-            reader: BufReader::new(stream),
-            writer,
-            greeting: String::new(),
-        };
-        c.greeting = c.line();
-        c
+        let inner = must(testbed::Client::from_stream(stream));
+        let greeting = inner.greeting.clone();
+        Client { inner, greeting }
     }
 
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).expect("send");
+        must(self.inner.send_raw(bytes));
     }
 
     /// Sends one command line (CRLF added).
     pub fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\r\n").as_bytes());
+        must(self.inner.send(line));
     }
 
     /// Reads one line, without its CRLF; panics on EOF.
     pub fn line(&mut self) -> String {
-        let mut buf = Vec::new();
-        let n = self.reader.read_until(b'\n', &mut buf).expect("read line");
-        assert!(n > 0, "connection closed while a line was expected");
-        assert!(buf.ends_with(b"\r\n"), "line without CRLF: {buf:?}");
-        buf.truncate(buf.len() - 2);
-        String::from_utf8_lossy(&buf).into_owned()
+        must(self.inner.line())
     }
 
     /// Sends a command and returns its status line.
     pub fn cmd(&mut self, line: &str) -> String {
-        self.send(line);
-        self.line()
+        must(self.inner.cmd(line))
     }
 
     /// Sends a command that must answer `+OK`.
     pub fn ok(&mut self, line: &str) -> String {
-        let r = self.cmd(line);
-        assert!(r.starts_with("+OK"), "{line:?} answered {r:?}");
-        r
+        must(self.inner.ok(line))
     }
 
     /// Sends a command that must answer `-ERR`.
     pub fn err(&mut self, line: &str) -> String {
-        let r = self.cmd(line);
-        assert!(r.starts_with("-ERR "), "{line:?} answered {r:?}");
-        r
+        must(self.inner.err(line))
     }
 
     /// Reads a multi-line body after a `+OK`, unstuffed.
     pub fn body(&mut self) -> Vec<u8> {
-        let mut u = Unstuffer::new();
-        let mut out = Vec::new();
-        loop {
-            let buf = self.reader.fill_buf().expect("read body");
-            assert!(
-                !buf.is_empty(),
-                "connection closed inside a multi-line reply"
-            );
-            let len = buf.len();
-            match u.push(buf, &mut out) {
-                Some(n) => {
-                    self.reader.consume(n);
-                    return out;
-                }
-                None => self.reader.consume(len),
-            }
-        }
+        must(self.inner.body())
     }
 
     /// A multi-line command: status line and unstuffed body; asserts `+OK`.
@@ -479,23 +321,17 @@ impl Client {
 
     /// Body lines of a listing (LIST, UIDL, CAPA).
     pub fn listing(&mut self, line: &str) -> Vec<String> {
-        let (_, body) = self.multi(line);
-        String::from_utf8_lossy(&body)
-            .split("\r\n")
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        must(self.inner.lines(line))
     }
 
     /// True once the server closed the connection (reads EOF within the timeout).
     pub fn closed(&mut self) -> bool {
-        let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).is_ok() && rest.is_empty()
+        self.inner.closed()
     }
 
     /// Drops the connection without QUIT.
     pub fn drop_connection(self) {
-        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+        self.inner.drop_connection();
     }
 }
 

@@ -1,22 +1,15 @@
 //! What `faults` and `soak` share: a seeded random source, the built binaries, a `pop3d`
-//! process on a temporary data directory, a small blocking POP3 client over `std::net`, the
-//! test messages with their ledger ids, and the database integrity check.
+//! process on a temporary data directory and the blocking POP3 client (both from `testbed`),
+//! the test messages with their ledger ids, and the database integrity check.
 //!
 //! Every wait here has a deadline; nothing loops without a bound.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read as _, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read as _, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use proto::Unstuffer;
-
-/// Longest any single network read or write may block.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// splitmix64: small, fast, and the same sequence for the same seed on every machine.
 pub struct Rng(u64);
@@ -265,47 +258,41 @@ pub fn deliver(
     })
 }
 
-/// A temporary directory, removed on drop unless kept.
-pub struct TempDir {
-    path: PathBuf,
-    pub keep: bool,
-}
+/// A temporary directory, removed on drop unless `keep` is set: [`testbed::TempDir`] with
+/// errors as strings.
+pub struct TempDir(testbed::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Result<TempDir, String> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "pop3-xtask-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(TempDir { path, keep: false })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        testbed::TempDir::try_new(&format!("xtask-{tag}"))
+            .map(TempDir)
+            .map_err(|e| format!("temp dir {tag}: {e}"))
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
+impl std::ops::Deref for TempDir {
+    type Target = testbed::TempDir;
+
+    fn deref(&self) -> &testbed::TempDir {
+        &self.0
     }
 }
 
-/// A running `pop3d` listening on an ephemeral loopback port; SIGKILLed on drop.
+impl std::ops::DerefMut for TempDir {
+    fn deref_mut(&mut self) -> &mut testbed::TempDir {
+        &mut self.0
+    }
+}
+
+/// A running `pop3d` ([`testbed::Pop3d`], which it derefs to) listening on loopback, its
+/// log in a file; SIGKILLed on drop.
 pub struct Pop3d {
-    child: Child,
-    pub addr: SocketAddr,
+    inner: testbed::Pop3d,
 }
 
 impl Pop3d {
     /// Starts pop3d (cleartext listener on 127.0.0.1:0, no certificate) with `extra` flags,
-    /// logging to `log`, and waits until it says `ready`.
+    /// logging to `log`, and waits until it is ready.
     pub fn start(bins: &Bins, data: &Path, log: &Path, extra: &[&str]) -> Result<Pop3d, String> {
         Pop3d::start_at(bins, data, log, "127.0.0.1:0", extra)
     }
@@ -319,98 +306,43 @@ impl Pop3d {
         listen: &str,
         extra: &[&str],
     ) -> Result<Pop3d, String> {
-        let file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(&bins.pop3d)
-            .arg("--data-dir")
+        let mut cmd = Command::new(&bins.pop3d);
+        cmd.arg("--data-dir")
             .arg(data)
             .args(["--listen", listen, "--no-self-signed"])
             .args(extra)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .map_err(|e| format!("spawning pop3d: {e}"))?;
-        let mut server = Pop3d {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if let Some(addr) = text.lines().find_map(listening_addr) {
-                if text.contains(" ready") {
-                    server.addr = addr;
-                    return Ok(server);
-                }
-            }
-            if !server.alive() {
-                return Err(format!("pop3d exited at start:\n{text}"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("pop3d not ready after 30 s:\n{text}"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+            .env("NO_COLOR", "1");
+        let log = testbed::Log::File(log.to_path_buf());
+        let inner = testbed::Pop3d::spawn(cmd, log, Duration::from_secs(30))?;
+        Ok(Pop3d { inner })
     }
 
     /// How it exited, once it has.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.inner.exit_status()
     }
 
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits up to `limit` for the process to exit; true when it did.
-    pub fn wait_exit(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if !self.alive() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.inner.alive()
     }
 
     /// SIGTERM, then waits up to `grace` before SIGKILL. True when it exited on its own.
-    pub fn stop(mut self, grace: Duration) -> bool {
-        signal(self.pid(), "TERM");
-        if self.wait_exit(grace) {
-            return true;
-        }
-        self.kill9();
-        false
-    }
-
-    /// Resident set size in KiB (`VmRSS` of /proc/PID/status).
-    pub fn rss_kib(&self) -> Option<u64> {
-        rss_kib(self.pid())
-    }
-
-    /// Open file descriptors (entries of /proc/PID/fd).
-    pub fn fds(&self) -> Option<usize> {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .ok()
-            .map(|d| d.count())
+    pub fn stop(self, grace: Duration) -> bool {
+        self.inner.stop(grace)
     }
 }
 
-impl Drop for Pop3d {
-    fn drop(&mut self) {
-        self.kill9();
+impl std::ops::Deref for Pop3d {
+    type Target = testbed::Pop3d;
+
+    fn deref(&self) -> &testbed::Pop3d {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Pop3d {
+    fn deref_mut(&mut self) -> &mut testbed::Pop3d {
+        &mut self.inner
     }
 }
 
@@ -462,151 +394,13 @@ impl Drop for KillTrigger {
     }
 }
 
-/// Sends a signal with kill(1) (no libc in xtask).
-pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
-}
-
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The address of a `listening addr=... kind=...` log line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(" listening ")?..];
-    let start = rest.find("addr=")? + "addr=".len();
-    let value = rest[start..].split_whitespace().next()?;
-    value.trim_matches('"').parse().ok()
-}
-
-/// A blocking POP3 client; every error is an `io::Error`, a `-ERR` where `+OK` was needed
-/// included.
-pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    /// Connects and reads the greeting.
-    pub fn connect(addr: SocketAddr) -> io::Result<(Client, String)> {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        let writer = stream.try_clone()?;
-        let mut c = Client {
-            reader: BufReader::new(stream),
-            writer,
-        };
-        let greeting = c.line()?;
-        Ok((c, greeting))
-    }
-
-    pub fn send(&mut self, line: &str) -> io::Result<()> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())
-    }
-
-    /// One reply line without its CRLF; EOF is an error.
-    pub fn line(&mut self) -> io::Result<String> {
-        let mut buf = Vec::new();
-        (&mut self.reader)
-            .take(64 * 1024)
-            .read_until(b'\n', &mut buf)?;
-        if buf.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
-        }
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
-        }
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    }
-
-    /// Sends a command, returns its status line whatever it is.
-    pub fn cmd(&mut self, line: &str) -> io::Result<String> {
-        self.send(line)?;
-        self.line()
-    }
-
-    /// A command that must answer `+OK`.
-    pub fn ok(&mut self, line: &str) -> io::Result<String> {
-        let reply = self.cmd(line)?;
-        if reply.starts_with("+OK") {
-            Ok(reply)
-        } else {
-            Err(io::Error::other(format!("{line:?} answered {reply:?}")))
-        }
-    }
-
-    /// The unstuffed body of a multi-line reply whose `+OK` was read.
-    pub fn body(&mut self) -> io::Result<Vec<u8>> {
-        let mut u = Unstuffer::new();
-        let mut out = Vec::new();
-        // Bounded by the reply: every pass consumes at least one octet or fails.
-        loop {
-            let buf = self.reader.fill_buf()?;
-            if buf.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed inside a multi-line reply",
-                ));
-            }
-            let len = buf.len();
-            match u.push(buf, &mut out) {
-                Some(n) => {
-                    self.reader.consume(n);
-                    return Ok(out);
-                }
-                None => self.reader.consume(len),
-            }
-        }
-    }
-
-    /// A multi-line command that must answer `+OK`: its body.
-    pub fn multi(&mut self, line: &str) -> io::Result<Vec<u8>> {
-        self.ok(line)?;
-        self.body()
-    }
-
-    /// Lines of a listing (LIST, UIDL): `(number, rest)`.
-    pub fn listing(&mut self, line: &str) -> io::Result<Vec<(u32, String)>> {
-        let body = self.multi(line)?;
-        let mut out = Vec::new();
-        for l in String::from_utf8_lossy(&body).split("\r\n") {
-            if l.is_empty() {
-                continue;
-            }
-            let (n, rest) = l
-                .split_once(' ')
-                .ok_or_else(|| io::Error::other(format!("bad listing line {l:?}")))?;
-            let n = n
-                .parse()
-                .map_err(|_| io::Error::other(format!("bad listing line {l:?}")))?;
-            out.push((n, rest.to_string()));
-        }
-        Ok(out)
-    }
-
-    /// The client's own address (what a proxy in between names in a PROXY header).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.writer.local_addr()
-    }
-
-    /// Closes both directions without QUIT.
-    pub fn drop_connection(self) {
-        let _ = self.writer.shutdown(std::net::Shutdown::Both);
-    }
-}
+pub use testbed::{signal, Client};
 
 /// Connects, sends USER and PASS; the client and PASS's reply, whatever it is.
 pub fn try_login(addr: SocketAddr, user: &str, pass: &str) -> Result<(Client, String), String> {
-    let (mut c, greeting) = Client::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    if !greeting.starts_with("+OK") {
-        return Err(format!("greeting {greeting:?}"));
+    let mut c = Client::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    if !c.greeting.starts_with("+OK") {
+        return Err(format!("greeting {:?}", c.greeting));
     }
     c.ok(&format!("USER {user}"))
         .map_err(|e| format!("USER: {e}"))?;
@@ -783,17 +577,6 @@ mod tests {
         let mut junk = b"junk\r\n".to_vec();
         junk.extend_from_slice(&m);
         assert!(!stored_as_delivered(&junk, &m));
-    }
-
-    #[test]
-    fn listening_lines_parse() {
-        let line =
-            "2026-11-26T18:24:06Z  INFO server: listening addr=127.0.0.1:42757 kind=\"pop3\"";
-        assert_eq!(
-            listening_addr(line),
-            Some(SocketAddr::from(([127, 0, 0, 1], 42757)))
-        );
-        assert_eq!(listening_addr("ready listeners=1"), None);
     }
 
     #[test]

@@ -21,8 +21,9 @@
 //! - `cargo xtask soak [--minutes N] [--clients C] [--seed S]`: random sessions and deliveries
 //!   for N minutes, then the ledger, descriptor and memory checks ([`soak`]).
 //!
-//! Few dependencies: the standard library, plus `proto` (to read multi-line replies) and
-//! `rusqlite` (the integrity check), both built for the workspace anyway.
+//! Few dependencies: the standard library, plus `testbed` (std only: temp dirs, the pop3d
+//! process, the POP3 client) and `rusqlite` (the integrity check, built for the workspace
+//! anyway).
 
 mod bench;
 mod cluster;
@@ -423,7 +424,7 @@ fn deps() -> Result<(), String> {
         missing.push("libclang-dev");
     }
     // The PostgreSQL backend's tests start a throw-away cluster with its server programs.
-    if pgtest::bindir().is_none() {
+    if testbed::pg::bindir().is_none() {
         missing.push("postgresql");
     }
     // What the unpacked nginx of the cluster test links.

@@ -321,13 +321,13 @@ mod tests {
 
     mod with_store {
         use super::super::*;
-        use crate::test_util::TempDir;
         use store::SqliteStore;
+        use testbed::TempDir;
 
         /// A store in a temp dir with the empty account `bob`.
         fn store_with_bob() -> (TempDir, SqliteStore, AccountName) {
             let dir = TempDir::new("import");
-            let store = SqliteStore::open(&dir.0.join("data")).expect("open store");
+            let store = SqliteStore::open(&dir.path().join("data")).expect("open store");
             let bob = AccountName::parse("bob").expect("name");
             store
                 .create_account(&bob, "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA")
@@ -404,7 +404,7 @@ mod tests {
             dir.write("md/new/300.c.host", "Subject: c\n\n");
             dir.write("md/cur/100.a.host:2,S", "X-UIDL: old-a\nSubject: a\n\n");
             dir.write("md/cur/200.b.host:2,S", "Subject: b\n\n");
-            let entries = maildir::list(&dir.0.join("md")).expect("list");
+            let entries = maildir::list(&dir.path().join("md")).expect("list");
             let mut source = maildir::Messages::new(entries, &maildir::XUidlHeader, 1 << 20);
             let delivered = import_into(&store, &bob, &mut source, "md").expect("import");
             assert_eq!(delivered.len(), 3);

@@ -17,8 +17,6 @@ mod nodes;
 mod output;
 mod policy;
 mod pop3;
-#[cfg(test)]
-mod test_util;
 mod users;
 
 use std::ffi::OsString;

@@ -206,8 +206,8 @@ fn remote(args: RemoteArgs) -> anyhow::Result<Remote> {
 mod tests {
     use super::*;
     use crate::pop3::tests::{remote as test_remote, scripted};
-    use crate::test_util::TempDir;
     use store::SqliteStore;
+    use testbed::TempDir;
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn migrates_what_is_missing_without_dele_or_quit() {
         let dir = TempDir::new("migrate");
-        let store = SqliteStore::open(&dir.0).expect("open");
+        let store = SqliteStore::open(dir.path()).expect("open");
         let name = AccountName::parse("m").expect("name");
         store.create_account(&name, "$argon2id$x").expect("create");
         store

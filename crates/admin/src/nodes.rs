@@ -88,8 +88,8 @@ fn list_text(nodes: &[NodeInfo], heartbeat: Duration) -> String {
 mod tests {
     use super::*;
     use crate::exit::{admin_code, EX_NOUSER};
-    use crate::test_util::TempDir;
     use store::SqliteStore;
+    use testbed::TempDir;
 
     fn node(id: &str, state: NodeState, age_ms: u64) -> NodeInfo {
         NodeInfo {
@@ -126,7 +126,7 @@ mod tests {
     #[test]
     fn drain_up_remove_and_unknown_ids() {
         let dir = TempDir::new("nodes");
-        let store = SqliteStore::open(&dir.0).expect("store");
+        let store = SqliteStore::open(dir.path()).expect("store");
         store
             .node_heartbeat("pop1", "10.0.0.1:1100", 2)
             .expect("heartbeat");

@@ -132,9 +132,9 @@ pub fn last_login_text(last_login: Option<i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::TempDir;
     use crate::{parse, Command, UserCommand};
     use store::SqliteStore;
+    use testbed::TempDir;
 
     #[test]
     fn login_delay_values() {
@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn set_stores_and_reports() {
         let dir = TempDir::new("policy");
-        let store = SqliteStore::open(&dir.0.join("data")).expect("open store");
+        let store = SqliteStore::open(&dir.path().join("data")).expect("open store");
         let bob = AccountName::parse("Bob@Example.org").expect("name");
         store.create_account(&bob, "$h").expect("create");
         let policy = |store: &SqliteStore| store.account(&bob).expect("read").expect("bob").policy;

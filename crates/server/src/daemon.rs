@@ -262,10 +262,10 @@ pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
         if let Some(tls) = &tls {
             tokio::spawn(signals::reload_on_sighup(tls.clone(), user));
         }
-        signals::notify_systemd(NotifyState::Ready);
+        // READY=1 is sent by `run` once it accepts (after a node's first heartbeat).
         let shutdown = async {
             signals::shutdown().await;
-            signals::notify_systemd(NotifyState::Stopping);
+            signals::notify_systemd(&[NotifyState::Stopping]);
         };
         run(listeners, store, config, tls, shutdown).await?;
         Ok(())

@@ -229,6 +229,20 @@ pub enum ListenerKind {
     AuthHttp,
 }
 
+impl ListenerKind {
+    /// How logs and the readiness status name it: `pop3` (`pop3+stls` when STLS is
+    /// offered), `pop3s`, `kpop`, `auth_http`.
+    pub fn name(self, stls: bool) -> &'static str {
+        match self {
+            ListenerKind::AuthHttp => "auth_http",
+            ListenerKind::Plain if stls => "pop3+stls",
+            ListenerKind::Plain => "pop3",
+            ListenerKind::ImplicitTls => "pop3s",
+            ListenerKind::Kpop => "kpop",
+        }
+    }
+}
+
 /// A bound socket and how to serve it.
 #[derive(Debug)]
 pub struct Listener {
@@ -315,20 +329,16 @@ pub async fn run(
     if listeners.is_empty() {
         return Err(ServerError::NoListener);
     }
+    let mut listening = String::from("listening");
     for l in &listeners {
         let addr = l.check(&config, tls.is_some())?;
-        let kind = match l.kind {
-            ListenerKind::AuthHttp => "auth_http",
-            ListenerKind::Plain if tls.is_some() => "pop3+stls",
-            ListenerKind::Plain => "pop3",
-            ListenerKind::ImplicitTls => "pop3s",
-            ListenerKind::Kpop => "kpop",
-        };
+        let kind = l.kind.name(tls.is_some());
+        listening.push_str(&format!(" {kind}={addr}"));
         match &l.proxy {
             Some(trusted) => {
-                info!(%addr, kind, cleartext = ?l.cleartext, trusted = %trusted, "listening for proxied connections");
+                info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, trusted = %trusted, "listening for proxied connections");
             }
-            None => info!(%addr, kind, cleartext = ?l.cleartext, "listening"),
+            None => info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, "listening"),
         }
     }
     let listener_count = listeners.len();
@@ -377,6 +387,11 @@ pub async fn run(
     };
     // Ready: accepting from now on (after a node's first heartbeat).
     info!(listeners = listener_count, "ready");
+    // Type=notify units (and the test bed) wait for this; without NOTIFY_SOCKET it does nothing.
+    signals::notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&listening),
+    ]);
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|l| match l.kind {

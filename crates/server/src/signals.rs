@@ -9,9 +9,10 @@ use tracing::{error, info, warn};
 
 use crate::Tls;
 
-/// Tells systemd the daemon is serving (`Ready`) or stopping (`Stopping`).
-pub fn notify_systemd(state: sd_notify::NotifyState) {
-    if let Err(e) = sd_notify::notify(&[state]) {
+/// Tells systemd (or the test bed) the daemon is serving (`Ready`, with a `Status` naming its
+/// listeners) or stopping (`Stopping`); without `NOTIFY_SOCKET` it does nothing.
+pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
         warn!(error = %e, "could not notify systemd");
     }
 }

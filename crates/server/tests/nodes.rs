@@ -2,13 +2,13 @@
 //! sets there, and the one lock renewer per process. The real server (`server::run`) on a
 //! loopback socket over a SQLite store.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auth::Argon2Params;
 use base64::Engine;
 use store::{AccountName, NodeState, SqliteStore, Store};
+use testbed::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,14 +20,6 @@ const CHEAP: Argon2Params = Argon2Params {
     parallelism: 1,
 };
 const HEARTBEAT: Duration = Duration::from_millis(100);
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Client {
     reader: BufReader<OwnedReadHalf>,
@@ -97,8 +89,8 @@ async fn until_nodes(store: &dyn Store, what: &str, pred: impl Fn(&[store::NodeI
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_refuses_logins_and_lets_sessions_finish() {
-    let dir = TempDir(std::env::temp_dir().join(format!("pop3d-nodes-{}", std::process::id())));
-    let store = Arc::new(SqliteStore::open(&dir.0).expect("store"));
+    let dir = TempDir::new("server-nodes");
+    let store = Arc::new(SqliteStore::open(dir.path()).expect("store"));
     let alice = AccountName::parse("alice").expect("name");
     let hash = auth::hash_password_with(b"right", CHEAP).expect("hash");
     let account = store.create_account(&alice, &hash).expect("account");

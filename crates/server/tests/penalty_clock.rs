@@ -6,12 +6,12 @@
 //! The clock is paused with `start_paused`; a task that always yields keeps the runtime from
 //! ever being idle, so tokio never auto-advances it: only `tokio::time::advance` does.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use auth::Argon2Params;
 use store::{AccountName, AccountSecrets, SqliteStore, Store};
+use testbed::TempDir;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -21,14 +21,6 @@ const CHEAP: Argon2Params = Argon2Params {
     iterations: 1,
     parallelism: 1,
 };
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A client that never awaits a read (that could let the runtime idle): it polls.
 struct Client {
@@ -108,9 +100,8 @@ async fn failed_login_is_delayed(c: &mut Client, password: &str, delay: Duration
 
 #[tokio::test(start_paused = true)]
 async fn penalty_curve_on_a_paused_clock() {
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("pop3d-penalty-clock-{}", std::process::id())));
-    let store = SqliteStore::open(&dir.0).expect("store");
+    let dir = TempDir::new("server-penalty-clock");
+    let store = SqliteStore::open(dir.path()).expect("store");
     let hash = auth::hash_password_with(b"right", CHEAP).expect("hash");
     store
         .create_account_with(

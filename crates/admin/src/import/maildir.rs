@@ -171,7 +171,7 @@ impl Iterator for Messages<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::TempDir;
+    use testbed::TempDir;
 
     fn names(entries: &[MaildirEntry]) -> Vec<String> {
         entries
@@ -197,8 +197,8 @@ mod tests {
         ] {
             dir.write(name, "Subject: x\n\nbody\n");
         }
-        std::fs::create_dir_all(dir.0.join("cur/subfolder")).expect("mkdir");
-        let got = names(&list(&dir.0).expect("list"));
+        std::fs::create_dir_all(dir.path().join("cur/subfolder")).expect("mkdir");
+        let got = names(&list(dir.path()).expect("list"));
         assert_eq!(
             got,
             [
@@ -220,7 +220,7 @@ mod tests {
         dir.write("new/1700000000.b.host", "S: b\n\n");
         dir.write("cur/1700000000.a.host:2,S", "S: a\n\n");
         dir.write("cur/1700000000.c.host:2,S", "S: c\n\n");
-        let got = names(&list(&dir.0).expect("list"));
+        let got = names(&list(dir.path()).expect("list"));
         assert_eq!(
             got,
             [
@@ -235,13 +235,13 @@ mod tests {
     #[test]
     fn only_new_or_only_cur_is_enough_and_neither_is_an_error() {
         let dir = TempDir::new("maildir");
-        let err = list(&dir.0).expect_err("no cur/ or new/");
+        let err = list(dir.path()).expect_err("no cur/ or new/");
         assert!(format!("{err:#}").contains("not a maildir"), "{err:#}");
-        std::fs::create_dir_all(dir.0.join("tmp")).expect("mkdir");
-        assert!(list(&dir.0).is_err());
-        std::fs::create_dir_all(dir.0.join("new")).expect("mkdir");
-        assert!(list(&dir.0).expect("new/ only").is_empty());
-        let missing = dir.0.join("missing");
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("mkdir");
+        assert!(list(dir.path()).is_err());
+        std::fs::create_dir_all(dir.path().join("new")).expect("mkdir");
+        assert!(list(dir.path()).expect("new/ only").is_empty());
+        let missing = dir.path().join("missing");
         assert!(list(&missing).is_err());
     }
 
@@ -254,7 +254,7 @@ mod tests {
         );
         dir.write("new/2.b.host", "Subject: b\n\nbody\n");
         dir.write("new/3.c.host", "Subject: c\n\nX-UIDL: body-only\n");
-        let entries = list(&dir.0).expect("list");
+        let entries = list(dir.path()).expect("list");
         assert_eq!(entries[0].base_name(), "1.a.host");
         assert_eq!(entries[0].delivery_time(), Some(1));
         let got: Vec<(Vec<u8>, Option<String>)> = Messages::new(entries, &XUidlHeader, 1 << 20)
@@ -284,7 +284,7 @@ mod tests {
         }
         let dir = TempDir::new("maildir");
         dir.write("cur/5.x.host:2,RS", "S: x\n\n");
-        let got: Vec<Option<String>> = Messages::new(list(&dir.0).expect("list"), &ByName, 100)
+        let got: Vec<Option<String>> = Messages::new(list(dir.path()).expect("list"), &ByName, 100)
             .map(|m| m.map(|m| m.uid))
             .collect::<anyhow::Result<_>>()
             .expect("read");
@@ -296,7 +296,7 @@ mod tests {
         let dir = TempDir::new("maildir");
         dir.write("new/1.empty.host", "");
         dir.write("new/2.big.host", &"x".repeat(200));
-        let entries = list(&dir.0).expect("list");
+        let entries = list(dir.path()).expect("list");
         let errors: Vec<String> = Messages::new(entries, &XUidlHeader, 100)
             .map(|m| m.err().map(|e| format!("{e:#}")).unwrap_or_default())
             .collect();

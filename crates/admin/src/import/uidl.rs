@@ -128,7 +128,7 @@ fn parse_map(text: &str) -> anyhow::Result<HashMap<String, String>> {
 mod tests {
     use super::*;
     use crate::import::maildir::{list, Messages};
-    use crate::test_util::TempDir;
+    use testbed::TempDir;
 
     use crate::import::dovecot::tests::FIXTURE as UIDLIST;
 
@@ -154,8 +154,8 @@ mod tests {
         format: &str,
         map: Option<&Path>,
     ) -> anyhow::Result<(Vec<Option<String>>, u64)> {
-        let source = MaildirUids::new(&dir.0, policy, format, map)?;
-        let got = Messages::new(list(&dir.0)?, &source, 1 << 20)
+        let source = MaildirUids::new(dir.path(), policy, format, map)?;
+        let got = Messages::new(list(dir.path())?, &source, 1 << 20)
             .map(|m| m.map(|m| m.uid))
             .collect::<anyhow::Result<_>>()?;
         Ok((got, source.unnamed.get()))
@@ -199,7 +199,7 @@ mod tests {
         let (got, _) = uids(&dir, UidlPolicy::None, "%u", None).expect("import");
         assert_eq!(got, some(&[None, None, None, None]));
         // dovecot without a dovecot-uidlist is an error; auto falls back to X-UIDL.
-        std::fs::remove_file(dir.0.join("dovecot-uidlist")).expect("rm");
+        std::fs::remove_file(dir.path().join("dovecot-uidlist")).expect("rm");
         assert!(uids(&dir, UidlPolicy::Dovecot, "%u", None).is_err());
         let (got, _) = uids(&dir, UidlPolicy::Auto, "%u", None).expect("import");
         assert_eq!(got, some(&[None, Some("qpop-2"), None, None]));
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn a_map_file_comes_first() {
         let dir = maildir();
-        let map = dir.0.join("map.txt");
+        let map = dir.path().join("map.txt");
         std::fs::write(
             &map,
             "# file uidl\n\n1700000009.M9P9.host mapped-9\n1700000001.M1P1.host:2,S  mapped-1\n",
