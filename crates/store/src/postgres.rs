@@ -225,11 +225,6 @@ impl PostgresStore {
         }
         Ok(store)
     }
-
-    /// The node id this store was opened with.
-    pub fn node(&self) -> Option<&str> {
-        self.node.as_deref()
-    }
 }
 
 /// The one place where PostgreSQL errors become store errors. Only the SQLSTATE and the
@@ -853,21 +848,6 @@ impl Store for PostgresStore {
         Err(StoreError::Busy)
     }
 
-    fn renew_lock(&self, lock: &MaildropLock, lease: Duration) -> Result<()> {
-        let millis = lease_millis(lease);
-        self.pool.tx(|tx| {
-            let renewed = tx.execute(
-                "UPDATE locks SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
-                 WHERE account_id = $1 AND token = $2",
-                &[&lock.account, &lock.token, &millis],
-            )?;
-            if renewed == 0 {
-                return Err(StoreError::LockLost);
-            }
-            Ok(())
-        })
-    }
-
     fn renew_locks(&self, locks: &[MaildropLock], lease: Duration) -> Result<Vec<bool>> {
         if locks.is_empty() {
             return Ok(Vec::new());
@@ -1113,10 +1093,6 @@ mod tests {
         ));
         assert!(matches!(
             one.expire_messages(&frozen, Duration::ZERO),
-            Err(StoreError::LockLost)
-        ));
-        assert!(matches!(
-            one.renew_lock(&frozen, HOUR),
             Err(StoreError::LockLost)
         ));
         assert_eq!(

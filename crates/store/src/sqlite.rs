@@ -850,22 +850,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn renew_lock(&self, lock: &MaildropLock, lease: Duration) -> Result<()> {
-        let expires_at = SystemTime::now()
-            .checked_add(lease)
-            .map_or(i64::MAX, unix_secs);
-        self.write(|tx| {
-            let renewed = tx.execute(
-                "UPDATE locks SET expires_at = ?3 WHERE account_id = ?1 AND token = ?2",
-                params![lock.account, lock.token, expires_at],
-            )?;
-            if renewed == 0 {
-                return Err(StoreError::LockLost);
-            }
-            Ok(())
-        })
-    }
-
     fn renew_locks(&self, locks: &[MaildropLock], lease: Duration) -> Result<Vec<bool>> {
         if locks.is_empty() {
             return Ok(Vec::new());
