@@ -32,6 +32,7 @@ mod ingest;
 mod name;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 mod tests;

@@ -154,7 +154,9 @@ pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 
 /// Now, in unix seconds (this host's clock, which is the test database's too).
 pub(crate) fn now() -> i64 {
-    crate::common::unix_secs(SystemTime::now())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A directory under the system temp dir, removed when dropped.
