@@ -1,15 +1,13 @@
-//! What both backends share: UID rules, the EXPIRE column encoding, the LOGIN-DELAY token
-//! bucket, the streaming of a delivered message into [`CHUNK_SIZE`] slices and the mapping of
-//! result rows to the store's types (through [`Columns`]). Only the SQL
-//! differs between SQLite and PostgreSQL; the decisions are made here, once.
+//! The store's decisions that involve no SQL: UID rules, the EXPIRE column encoding, the
+//! LOGIN-DELAY token bucket and the streaming of a delivered message into [`CHUNK_SIZE`]
+//! slices. The SQL both backends run is in [`crate::sql`].
 
 use std::io::{ErrorKind, Read};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::{
-    Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, Expire, ImportMessage, Ingest, IngestSummary, LockInfo, LoginDelay, MessageMeta,
-    NodeInfo, OnExisting, Result, StoreError, CHUNK_SIZE,
+    AccountId, Delivered, Expire, ImportMessage, Ingest, IngestSummary, LoginDelay, Result,
+    StoreError, CHUNK_SIZE,
 };
 
 /// Size of the reads from a delivered message.
@@ -18,12 +16,6 @@ const READ_BUF: usize = 64 * 1024;
 const MAX_UID_OCTETS: usize = 70;
 /// `expire_days` value of [`Expire::Never`].
 const EXPIRE_NEVER: i64 = -1;
-
-/// Unix seconds of `t` (0 before the epoch).
-pub(crate) fn unix_secs(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// Counts stored as integers are never negative; clamp defensively instead of panicking.
 pub(crate) fn to_u64(v: i64) -> u64 {
@@ -160,40 +152,6 @@ pub(crate) fn import_each(
     Ok(delivered)
 }
 
-/// How a backend's transaction finds, creates and updates accounts, for [`import_accounts`].
-pub(crate) trait AccountWriter {
-    /// The id of the named account, if it exists.
-    fn find(&mut self, name: &AccountName) -> Result<Option<AccountId>>;
-    fn insert(&mut self, name: &AccountName, hash: &str, secrets: &AccountSecrets) -> Result<()>;
-    fn update(&mut self, id: AccountId, hash: &str, secrets: &AccountSecrets) -> Result<()>;
-}
-
-/// The body of [`Store::import_accounts`](crate::Store::import_accounts) inside the caller's
-/// transaction: `true` for each account created, `false` for each replaced.
-pub(crate) fn import_accounts(
-    tx: &mut impl AccountWriter,
-    accounts: &[AccountImport],
-    existing: OnExisting,
-) -> Result<Vec<bool>> {
-    let mut created = Vec::with_capacity(accounts.len());
-    for a in accounts {
-        match (tx.find(&a.name)?, existing) {
-            (None, _) => {
-                tx.insert(&a.name, &a.password_hash, &a.secrets)?;
-                created.push(true);
-            }
-            (Some(id), OnExisting::Replace) => {
-                tx.update(id, &a.password_hash, &a.secrets)?;
-                created.push(false);
-            }
-            (Some(_), OnExisting::Refuse) => {
-                return Err(StoreError::AccountExists(a.name.to_string()));
-            }
-        }
-    }
-    Ok(created)
-}
-
 /// The LOGIN-DELAY token bucket (RFC 2449 section 6.5) of one account: holds `capacity`
 /// tokens and refills at one token per `delay_secs`.
 ///
@@ -319,157 +277,4 @@ pub(crate) fn node_changed(id: &str, rows: u64, what: &'static str) -> Result<()
     }
     tracing::info!(node = id, "{what}");
     Ok(())
-}
-
-/// A value both backends read from a result column: what `rusqlite` and (with the `postgres`
-/// feature) `postgres` can both convert.
-#[cfg(feature = "postgres")]
-pub(crate) trait ColumnValue:
-    rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>
-{
-}
-#[cfg(feature = "postgres")]
-impl<T: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>> ColumnValue for T {}
-
-/// A value both backends read from a result column.
-#[cfg(not(feature = "postgres"))]
-pub(crate) trait ColumnValue: rusqlite::types::FromSql {}
-#[cfg(not(feature = "postgres"))]
-impl<T: rusqlite::types::FromSql> ColumnValue for T {}
-
-/// A result row of either backend, so that the rows both read the same way are mapped to the
-/// store's types once, here. Column indexes count from 0; errors are the backend's, mapped as
-/// all its errors are.
-pub(crate) trait Columns {
-    /// The value of column `idx`.
-    fn column<T: ColumnValue>(&self, idx: usize) -> Result<T>;
-    /// The error for the integer `value` of column `idx` (named `name`) that is out of range.
-    fn out_of_range(&self, idx: usize, name: &str, value: i64) -> StoreError;
-}
-
-impl Columns for rusqlite::Row<'_> {
-    fn column<T: ColumnValue>(&self, idx: usize) -> Result<T> {
-        Ok(self.get(idx)?)
-    }
-
-    fn out_of_range(&self, idx: usize, _name: &str, value: i64) -> StoreError {
-        rusqlite::Error::IntegralValueOutOfRange(idx, value).into()
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl Columns for postgres::Row {
-    fn column<T: ColumnValue>(&self, idx: usize) -> Result<T> {
-        Ok(self.try_get(idx)?)
-    }
-
-    fn out_of_range(&self, _idx: usize, name: &str, value: i64) -> StoreError {
-        StoreError::Backend(format!("{name} {value} out of range").into())
-    }
-}
-
-/// An `accounts` row as both backends' account look-up reads it: id, password hash,
-/// created_at, uidvalidity, the policy (columns 4 and 5) and the secrets (6 to 8).
-pub(crate) struct AccountRow {
-    pub(crate) id: AccountId,
-    pub(crate) password_hash: String,
-    pub(crate) created_at: i64,
-    pub(crate) uidvalidity: i64,
-    pub(crate) policy: AccountPolicy,
-    pub(crate) secrets: AccountSecrets,
-}
-
-impl AccountRow {
-    /// The account named `name` that this row holds.
-    pub(crate) fn into_account(self, name: &AccountName) -> Account {
-        Account {
-            id: self.id,
-            name: name.clone(),
-            password_hash: self.password_hash,
-            secrets: self.secrets,
-            created_at: self.created_at,
-            policy: self.policy,
-        }
-    }
-}
-
-pub(crate) fn account_row(row: &impl Columns) -> Result<AccountRow> {
-    Ok(AccountRow {
-        id: row.column(0)?,
-        password_hash: row.column(1)?,
-        created_at: row.column(2)?,
-        uidvalidity: row.column(3)?,
-        policy: policy_from_row(row, 4)?,
-        secrets: AccountSecrets {
-            scram_sha256: row.column(6)?,
-            legacy_secret: row.column(7)?,
-            cram_md5_states: row.column(8)?,
-        },
-    })
-}
-
-/// The policy in columns `first` (`login_delay`) and `first + 1` (`expire_days`).
-pub(crate) fn policy_from_row(row: &impl Columns, first: usize) -> Result<AccountPolicy> {
-    let login_delay: Option<i64> = row.column(first)?;
-    let login_delay = login_delay
-        .map(|d| u32::try_from(d).map_err(|_| row.out_of_range(first, "login_delay", d)))
-        .transpose()?;
-    let expire = expire_from_sql(row.column(first + 1)?)
-        .map_err(|days| row.out_of_range(first + 1, "expire_days", days))?;
-    Ok(AccountPolicy {
-        login_delay,
-        expire,
-    })
-}
-
-/// An account summary row: local part, domain, message count, octets, lock holder,
-/// acquired_at, expires_at, the policy (7 and 8), last_login, legacy and cram_md5.
-pub(crate) fn summary_row(row: &impl Columns) -> Result<AccountSummary> {
-    let holder: Option<String> = row.column(4)?;
-    let lock = match holder {
-        Some(holder) => Some(LockInfo {
-            holder,
-            acquired_at: row.column(5)?,
-            expires_at: row.column(6)?,
-        }),
-        None => None,
-    };
-    Ok(AccountSummary {
-        name: AccountName::from_stored(row.column(0)?, row.column(1)?),
-        messages: to_u64(row.column(2)?),
-        octets: to_u64(row.column(3)?),
-        lock,
-        policy: policy_from_row(row, 7)?,
-        last_login: row.column(9)?,
-        legacy: row.column(10)?,
-        cram_md5: row.column(11)?,
-    })
-}
-
-/// A `messages` row: id, uid, size, header_octets, body_lines, utf8_headers.
-pub(crate) fn message_meta(row: &impl Columns) -> Result<MessageMeta> {
-    Ok(MessageMeta {
-        id: row.column(0)?,
-        uid: row.column(1)?,
-        size: to_u64(row.column(2)?),
-        header_octets: to_u64(row.column(3)?),
-        body_lines: to_u64(row.column(4)?),
-        utf8_headers: row.column(5)?,
-    })
-}
-
-/// A `nodes` row: id, address, state, sessions and a heartbeat column that `age_millis`
-/// turns into the milliseconds since the last heartbeat.
-pub(crate) fn node_info(
-    row: &impl Columns,
-    age_millis: impl FnOnce(i64) -> i64,
-) -> Result<NodeInfo> {
-    let state: String = row.column(2)?;
-    Ok(NodeInfo {
-        id: row.column(0)?,
-        address: row.column(1)?,
-        state: node_state(&state)?,
-        sessions: to_u64(row.column(3)?),
-        heartbeat_age: Duration::from_millis(to_u64(age_millis(row.column(4)?))),
-    })
 }

@@ -32,6 +32,7 @@ mod ingest;
 mod name;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -430,8 +431,6 @@ pub trait Store: Send + Sync + 'static {
         holder: &str,
         lease: Duration,
     ) -> Result<MaildropLock>;
-    /// Extends a held lock; `LockLost` if it was taken over.
-    fn renew_lock(&self, lock: &MaildropLock, lease: Duration) -> Result<()>;
     /// Extends every lease of `locks` by `lease`, in one transaction, and says for each (in
     /// order) whether it was renewed: `false` when the lock is no longer held (taken over,
     /// released, or its lease already over), which the caller must treat as `LockLost`.

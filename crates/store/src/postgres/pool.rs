@@ -29,7 +29,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One connection and the statements prepared on it.
 struct Conn {
     client: Client,
-    statements: HashMap<&'static str, Statement>,
+    statements: HashMap<String, Statement>,
 }
 
 struct State {
@@ -236,43 +236,31 @@ impl Drop for Lent<'_> {
 
 /// One transaction (`BEGIN` sent) on a pooled connection; statements are prepared once per
 /// connection.
-pub(super) struct Tx<'a> {
+pub struct Tx<'a> {
     client: &'a mut Client,
-    statements: &'a mut HashMap<&'static str, Statement>,
+    statements: &'a mut HashMap<String, Statement>,
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
 
 impl Tx<'_> {
-    fn statement(&mut self, sql: &'static str) -> Result<Statement> {
+    /// `sql` prepared on this connection, once: the shared SQL is built from a few fragments
+    /// and never holds values, so the statements are a fixed, small set.
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
         let statement = self.client.prepare(sql)?;
-        self.statements.insert(sql, statement.clone());
+        self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
 
-    pub(super) fn query(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Vec<Row>> {
+    pub(super) fn query(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>> {
         let statement = self.statement(sql)?;
         Ok(self.client.query(&statement, params)?)
     }
 
-    pub(super) fn query_one(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Row> {
-        let statement = self.statement(sql)?;
-        Ok(self.client.query_one(&statement, params)?)
-    }
-
-    pub(super) fn query_opt(
-        &mut self,
-        sql: &'static str,
-        params: &Params<'_>,
-    ) -> Result<Option<Row>> {
-        let statement = self.statement(sql)?;
-        Ok(self.client.query_opt(&statement, params)?)
-    }
-
-    pub(super) fn execute(&mut self, sql: &'static str, params: &Params<'_>) -> Result<u64> {
+    pub(super) fn execute(&mut self, sql: &str, params: &Params<'_>) -> Result<u64> {
         let statement = self.statement(sql)?;
         Ok(self.client.execute(&statement, params)?)
     }

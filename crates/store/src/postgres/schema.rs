@@ -1,0 +1,126 @@
+//! The PostgreSQL schema and its migrations (`schema_version.version` counts those applied),
+//! run under an advisory lock so that nodes starting together migrate once.
+
+use tracing::info;
+
+use super::pool::Tx;
+use crate::{Result, StoreError};
+
+/// Schema migrations; `schema_version.version` counts those applied. Append, never edit.
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+/// The schema of SQLite's v4 in one step, with PostgreSQL's types: identity columns (never
+/// reused, like AUTOINCREMENT), `bytea` chunks stored uncompressed (mail is mostly compressed
+/// already, and uncompressed TOAST slices read faster), lease times as `timestamptz` of the
+/// database's clock and the holding node, fencing tokens from a sequence. Other times are unix
+/// seconds (`bigint`), as on SQLite.
+const SCHEMA_V1: &str = "
+CREATE TABLE meta (
+    key   text PRIMARY KEY,
+    value bigint NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('last_uidvalidity', 0);
+
+CREATE SEQUENCE lock_tokens AS bigint;
+
+CREATE TABLE domains (
+    id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text UNIQUE NOT NULL
+);
+
+CREATE TABLE accounts (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    local         text NOT NULL,
+    domain_id     bigint NULL REFERENCES domains (id),
+    password_hash text NOT NULL,
+    uidvalidity   bigint NOT NULL,
+    next_uid      bigint NOT NULL DEFAULT 1,
+    created_at    bigint NOT NULL,
+    login_delay   bigint NULL CHECK (login_delay BETWEEN 0 AND 4294967295),
+    expire_days   bigint NULL CHECK (expire_days BETWEEN -1 AND 4294967295),
+    last_login    bigint NULL,
+    login_tokens  double precision NULL,
+    scram_sha256  text NULL,
+    legacy_secret text NULL,
+    cram_md5_states text NULL
+);
+CREATE UNIQUE INDEX accounts_name ON accounts (local, coalesce(domain_id, 0));
+CREATE INDEX accounts_domain ON accounts (domain_id);
+
+CREATE TABLE messages (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id    bigint NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    uid           text NOT NULL,
+    size          bigint NOT NULL,
+    header_octets bigint NOT NULL,
+    body_lines    bigint NOT NULL,
+    chunks        bigint NOT NULL,
+    delivered_at  bigint NOT NULL,
+    retrieved_at  bigint NULL,
+    utf8_headers  boolean NOT NULL DEFAULT false,
+    UNIQUE (account_id, uid)
+);
+CREATE INDEX messages_account ON messages (account_id, id);
+CREATE INDEX messages_retrieved ON messages (account_id, retrieved_at);
+
+CREATE TABLE chunks (
+    message_id bigint NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    seq        bigint NOT NULL,
+    data       bytea NOT NULL,
+    PRIMARY KEY (message_id, seq)
+);
+ALTER TABLE chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+
+CREATE TABLE locks (
+    account_id  bigint PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+    holder      text NOT NULL,
+    node        text NULL,
+    token       bigint NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX locks_node ON locks (node);
+";
+
+/// The node table (`popadm node`), SQLite's v5: the last heartbeat in database time; `state`
+/// is what an operator set, never changed by a heartbeat.
+const SCHEMA_V2: &str = "
+CREATE TABLE nodes (
+    id           text PRIMARY KEY,
+    address      text NOT NULL,
+    state        text NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'draining')),
+    sessions     bigint NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);
+";
+
+/// Applies the migrations past `schema_version`, all in one transaction, under an advisory
+/// lock so that nodes starting together migrate once.
+pub(super) fn migrate(tx: &mut Tx<'_>) -> Result<()> {
+    tx.batch("SELECT pg_advisory_xact_lock(7090155061245003)")?;
+    tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")?;
+    let found = tx.query("SELECT version::bigint FROM schema_version", &[])?;
+    let found: i64 = match found.first() {
+        Some(row) => row.try_get(0)?,
+        None => {
+            tx.execute("INSERT INTO schema_version (version) VALUES (0)", &[])?;
+            0
+        }
+    };
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    let applied = usize::try_from(found)
+        .map_err(|_| StoreError::Backend(format!("invalid schema version {found}").into()))?;
+    for (version, script) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.batch(script)?;
+        let version = version as i64 + 1;
+        tx.execute(
+            "UPDATE schema_version SET version = $1::bigint::integer",
+            &[&version],
+        )?;
+        info!(version, "applied maildrop schema migration (PostgreSQL)");
+    }
+    Ok(())
+}
