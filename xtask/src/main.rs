@@ -26,7 +26,6 @@
 
 mod bench;
 mod cluster;
-mod cluster_nginx;
 mod faults;
 mod fuzz;
 mod harness;
@@ -400,55 +399,6 @@ fn kerberos_buildable() -> bool {
     on_path("krb5-config") && have_libclang()
 }
 
-#[cfg(test)]
-mod libclang_tests {
-    use super::*;
-
-    #[test]
-    fn libclang_cpp_alone_is_not_libclang() {
-        // The image of issue 13: only the C++ interface library under llvm-14.
-        let dir = harness::TempDir::new("libclang").expect("temp dir");
-        let lib = dir.path().join("llvm-14").join("lib");
-        std::fs::create_dir_all(&lib).expect("mkdir");
-        std::fs::write(lib.join("libclang-cpp.so.14"), b"").expect("write");
-        assert!(!libclang_under(dir.path()));
-        // libclang1-14 adds `libclang.so.1` beside it: that one bindgen loads.
-        std::fs::write(lib.join("libclang.so.1"), b"").expect("write");
-        assert!(libclang_under(dir.path()));
-    }
-
-    #[test]
-    fn versioned_names_in_the_multiarch_directory() {
-        let dir = harness::TempDir::new("libclang").expect("temp dir");
-        std::fs::write(dir.path().join("libclang-14.so.14.0.6"), b"").expect("write");
-        assert!(libclang_under(dir.path()));
-    }
-
-    #[test]
-    fn names() {
-        for ok in [
-            "libclang.so",
-            "libclang.so.1",
-            "libclang-14.so",
-            "libclang-14.so.1",
-            "libclang-14.0.6.so.14",
-        ] {
-            assert!(is_loadable_libclang(ok), "{ok}");
-        }
-        for no in [
-            "libclang-cpp.so.14",
-            "libclang-cpp.so",
-            "libclang.a",
-            "libclangBasic.a",
-            "libclang-14.a",
-            "libclang.so.x",
-            "libclang-.so",
-        ] {
-            assert!(!is_loadable_libclang(no), "{no}");
-        }
-    }
-}
-
 /// `cargo xtask deps`: apt-get install what is missing.
 fn deps() -> Result<(), String> {
     // Perl modules the suite uses beyond the core (Net::POP3 is core): module, package.
@@ -517,4 +467,53 @@ fn deps() -> Result<(), String> {
         .env("DEBIAN_FRONTEND", "noninteractive");
     run(install, &format!("apt-get install {}", missing.join(" ")))?;
     cluster::fetch_nginx()
+}
+
+#[cfg(test)]
+mod libclang_tests {
+    use super::*;
+
+    #[test]
+    fn libclang_cpp_alone_is_not_libclang() {
+        // The image of issue 13: only the C++ interface library under llvm-14.
+        let dir = harness::TempDir::new("libclang").expect("temp dir");
+        let lib = dir.path().join("llvm-14").join("lib");
+        std::fs::create_dir_all(&lib).expect("mkdir");
+        std::fs::write(lib.join("libclang-cpp.so.14"), b"").expect("write");
+        assert!(!libclang_under(dir.path()));
+        // libclang1-14 adds `libclang.so.1` beside it: that one bindgen loads.
+        std::fs::write(lib.join("libclang.so.1"), b"").expect("write");
+        assert!(libclang_under(dir.path()));
+    }
+
+    #[test]
+    fn versioned_names_in_the_multiarch_directory() {
+        let dir = harness::TempDir::new("libclang").expect("temp dir");
+        std::fs::write(dir.path().join("libclang-14.so.14.0.6"), b"").expect("write");
+        assert!(libclang_under(dir.path()));
+    }
+
+    #[test]
+    fn names() {
+        for ok in [
+            "libclang.so",
+            "libclang.so.1",
+            "libclang-14.so",
+            "libclang-14.so.1",
+            "libclang-14.0.6.so.14",
+        ] {
+            assert!(is_loadable_libclang(ok), "{ok}");
+        }
+        for no in [
+            "libclang-cpp.so.14",
+            "libclang-cpp.so",
+            "libclang.a",
+            "libclangBasic.a",
+            "libclang-14.a",
+            "libclang.so.x",
+            "libclang-.so",
+        ] {
+            assert!(!is_loadable_libclang(no), "{no}");
+        }
+    }
 }

@@ -22,7 +22,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{free_port, ClusterEnv, Nginx, NginxDist};
+use testbed::nginx::Dist;
+
+use crate::cluster::{free_port, nginx, ClusterEnv};
 use crate::harness::{try_login, Rng};
 
 /// Users of the routing checks.
@@ -43,11 +45,20 @@ struct Front {
     proxied: Vec<SocketAddr>,
 }
 
-/// Runs the scenarios on the current database of `env`, whose nodes it restarts with the
-/// cluster flags (kept for the scenarios after it).
-pub fn run(
+/// Runs the scenarios on a database of their own, the nodes started with the cluster flags;
+/// their own flags are theirs again afterwards, for the scenarios after these.
+pub fn run(env: &mut ClusterEnv, dist: &Dist, violations: &mut Vec<String>) -> Result<(), String> {
+    let own: Vec<Vec<String>> = env.nodes.iter().map(|n| n.extra.clone()).collect();
+    let result = behind_nginx(env, dist, violations);
+    for (node, extra) in env.nodes.iter_mut().zip(own) {
+        node.extra = extra;
+    }
+    result
+}
+
+fn behind_nginx(
     env: &mut ClusterEnv,
-    dist: &NginxDist,
+    dist: &Dist,
     violations: &mut Vec<String>,
 ) -> Result<(), String> {
     let mut rng = Rng::new(crate::harness::clock_seed());
@@ -57,14 +68,7 @@ pub fn run(
         format!("{:032x}{:032x}\n", rng.next_u64(), rng.next_u64()),
     )
     .map_err(|e| format!("{}: {e}", secret.display()))?;
-    let proxied: Vec<SocketAddr> = env
-        .nodes
-        .iter()
-        .map(|n| {
-            n.proxy_addr
-                .ok_or_else(|| format!("node {} has no backend listener", n.id))
-        })
-        .collect::<Result<_, _>>()?;
+    let proxied: Vec<SocketAddr> = env.nodes.iter().map(|n| n.proxy_addr).collect();
     let mut used: Vec<SocketAddr> = env.nodes.iter().map(|n| n.addr).collect();
     used.extend(&proxied);
     let auth_http = free_port(&mut rng, &used)?;
@@ -129,7 +133,7 @@ pub fn run(
     env.deliver("legacy@example.org", 1000, 500)?;
     wait_for_nodes(&front, env.nodes.len())?;
 
-    let mut nginx = Nginx::start(dist, &env.root.join("nginx-mail"), &conf)?;
+    let mut nginx = nginx::start(dist, &env.root.join("nginx-mail"), &conf)?;
     let before = violations.len();
     let t = Instant::now();
     methods(&front, violations);
