@@ -7,7 +7,9 @@
 //! `nginx -p PREFIX -e ERROR_LOG -c CONF -g 'daemon off; master_process on;'` and returns once
 //! nginx has written its pid file, which it does after binding its listeners.
 
+use std::ffi::OsStr;
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +18,49 @@ use std::time::{Duration, Instant};
 const START_LIMIT: Duration = Duration::from_secs(20);
 /// The longest nginx may take to exit on SIGTERM before it is killed.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// The flags of a pop3d node behind nginx: its proxied listener `proxied` (the PROXY header
+/// first, trusting loopback: nginx's address here), which it advertises in the node table,
+/// the cluster secret in `key_file`, and a heartbeat every `heartbeat` seconds.
+pub fn node_flags(proxied: SocketAddr, key_file: &Path, heartbeat: u64) -> Vec<String> {
+    [
+        "--listen-proxy",
+        &proxied.to_string(),
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--advertise",
+        &proxied.to_string(),
+        "--cluster-key-file",
+        &key_file.display().to_string(),
+        "--heartbeat",
+        &heartbeat.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The `mail { ... }` block that `pop3d FLAGS --print-nginx-config LISTEN` prints for a
+/// cluster whose nodes run with `flags` and whose nginx listens on `listen`.
+pub fn mail_block<I, S>(pop3d: &Path, flags: I, listen: SocketAddr) -> Result<String, String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let printed = Command::new(pop3d)
+        .args(flags)
+        .arg("--print-nginx-config")
+        .arg(listen.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("pop3d --print-nginx-config: {e}"))?;
+    if !printed.status.success() {
+        return Err(format!(
+            "pop3d --print-nginx-config: {}",
+            String::from_utf8_lossy(&printed.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&printed.stdout).into_owned())
+}
 
 /// An nginx binary and the directory of its dynamic modules.
 pub struct Dist {
@@ -161,6 +206,11 @@ impl Nginx {
     /// The master's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the master still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn prefix(&self) -> &Path {

@@ -85,19 +85,7 @@ fn behind_nginx(
     }
     env.fresh_database("nginxmail")?;
     // The nginx configuration as pop3d prints it for node 1's configuration.
-    let printed = Command::new(&env.bins.pop3d)
-        .args(env.nodes[0].extra.iter())
-        .arg("--print-nginx-config")
-        .arg(mail.to_string())
-        .output()
-        .map_err(|e| format!("pop3d --print-nginx-config: {e}"))?;
-    if !printed.status.success() {
-        return Err(format!(
-            "pop3d --print-nginx-config: {}",
-            String::from_utf8_lossy(&printed.stderr)
-        ));
-    }
-    let mail_conf = String::from_utf8_lossy(&printed.stdout).into_owned();
+    let mail_conf = testbed::nginx::mail_block(&env.bins.pop3d, &env.nodes[0].extra, mail)?;
     let key = mail_conf
         .lines()
         .find_map(|l| l.trim().strip_prefix("auth_http_header X-Pop3d-Key \""))
@@ -163,24 +151,11 @@ fn password(i: usize) -> String {
     format!("password of user {i}")
 }
 
-/// A node's cluster flags: its proxied listener (trusting loopback: nginx), the cluster
-/// secret, the address it gives the node table, a fast heartbeat, APOP and CRAM-MD5 on.
+/// A node's cluster flags ([`testbed::nginx::node_flags`]), APOP and CRAM-MD5 on.
 fn cluster_flags(secret: &std::path::Path, proxied: SocketAddr) -> Vec<String> {
-    [
-        "--listen-proxy",
-        &proxied.to_string(),
-        "--trusted-proxy",
-        "127.0.0.1/32",
-        "--advertise",
-        &proxied.to_string(),
-        "--cluster-key-file",
-        &secret.display().to_string(),
-        "--heartbeat",
-        &HEARTBEAT.to_string(),
-        "--legacy-auth",
-    ]
-    .map(str::to_owned)
-    .to_vec()
+    let mut flags = testbed::nginx::node_flags(proxied, secret, HEARTBEAT);
+    flags.push("--legacy-auth".into());
+    flags
 }
 
 /// One request to the endpoint, as nginx makes it; the response's headers (names lower-case).
