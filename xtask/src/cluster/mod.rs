@@ -139,43 +139,40 @@ fn scenarios(
         eprintln!("xtask cluster-test: nginx scenarios skipped: {why}");
     }
     if let Some(dist) = &dist {
-        let t = Instant::now();
-        env.fresh_database("nginx")?;
-        scenarios::nginx_stream(env, dist, violations)?;
-        figures.push(format!(
-            "nginx stream proxy {:.1} s",
-            t.elapsed().as_secs_f64()
-        ));
-        let t = Instant::now();
-        scenarios::mail::run(env, dist, violations)?;
-        figures.push(format!(
-            "nginx mail proxy and auth_http {:.1} s",
-            t.elapsed().as_secs_f64()
-        ));
+        timed(env, figures, "nginx stream proxy", Some("nginx"), |env| {
+            scenarios::nginx_stream(env, dist, violations)
+        })?;
+        // On a database of its own, the nodes started with the cluster flags.
+        timed(
+            env,
+            figures,
+            "nginx mail proxy and auth_http",
+            None,
+            |env| scenarios::mail::run(env, dist, violations),
+        )?;
     }
-
-    let t = Instant::now();
-    env.fresh_database("inuse")?;
-    scenarios::in_use(env, violations)?;
-    figures.push(format!("[IN-USE] {:.1} s", t.elapsed().as_secs_f64()));
-
-    let t = Instant::now();
-    env.fresh_database("fencing")?;
-    for holder_stays in [true, false] {
-        scenarios::fencing(env, holder_stays, violations)?;
-    }
-    figures.push(format!(
-        "fencing (2 freezes) {:.1} s",
-        t.elapsed().as_secs_f64()
-    ));
-
-    let t = Instant::now();
-    env.fresh_database("restart")?;
-    scenarios::restart_clears_leases(env, violations)?;
-    figures.push(format!(
-        "restart clears leases {:.1} s",
-        t.elapsed().as_secs_f64()
-    ));
+    timed(env, figures, "[IN-USE]", Some("inuse"), |env| {
+        scenarios::in_use(env, violations)
+    })?;
+    timed(
+        env,
+        figures,
+        "fencing (2 freezes)",
+        Some("fencing"),
+        |env| {
+            for holder_stays in [true, false] {
+                scenarios::fencing(env, holder_stays, violations)?;
+            }
+            Ok(())
+        },
+    )?;
+    timed(
+        env,
+        figures,
+        "restart clears leases",
+        Some("restart"),
+        |env| scenarios::restart_clears_leases(env, violations),
+    )?;
 
     let plans = [
         ("kill -9", "kills", None, Mix::Kills, rounds),
@@ -240,6 +237,24 @@ fn scenarios(
             Ok(done)
         },
     )?;
+    Ok(())
+}
+
+/// Runs `scenario`, on a fresh database `db` where one is named; its time goes to `figures`
+/// as `name`.
+fn timed(
+    env: &mut ClusterEnv,
+    figures: &mut Vec<String>,
+    name: &str,
+    db: Option<&str>,
+    scenario: impl FnOnce(&mut ClusterEnv) -> Result<(), String>,
+) -> Result<(), String> {
+    let t = Instant::now();
+    if let Some(db) = db {
+        env.fresh_database(db)?;
+    }
+    scenario(env)?;
+    figures.push(format!("{name} {:.1} s", t.elapsed().as_secs_f64()));
     Ok(())
 }
 
