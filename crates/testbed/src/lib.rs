@@ -5,3 +5,4 @@
 //! knows nothing of pop3d's crates.
 
 pub mod nginx;
+pub mod rng;
