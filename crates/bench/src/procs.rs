@@ -300,9 +300,10 @@ impl RssSampler {
     }
 }
 
-/// The peak resident memory the kernel recorded for `pid` alone (VmHWM), KiB.
-pub fn hwm_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmHWM:")
+/// The peak resident memory the kernel recorded for `pid` alone (VmHWM), KiB; `None` when
+/// /proc does not say.
+pub fn hwm_kib(pid: u32) -> Option<u64> {
+    Some(status_kib(pid, "VmHWM:")).filter(|&kib| kib > 0)
 }
 
 #[cfg(test)]

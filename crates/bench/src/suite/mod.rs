@@ -427,10 +427,13 @@ fn classic_rows(
     let peak_hwm = procs::hwm_kib(servers.pop3d.plain.pid());
     servers.stop();
 
-    notes.push(format!(
-        "pop3d's lifetime peak RSS (VmHWM) over the whole run: {:.1} MiB.",
-        peak_hwm as f64 / 1024.0
-    ));
+    notes.push(match peak_hwm {
+        Some(kib) => format!(
+            "pop3d's lifetime peak RSS (VmHWM) over the whole run: {:.1} MiB.",
+            kib as f64 / 1024.0
+        ),
+        None => "pop3d's lifetime peak RSS (VmHWM) could not be read.".into(),
+    });
     if servers.dovecot.is_some() {
         notes.push(
             "Dovecot: passwd-file with the same {ARGON2ID} PHC strings pop3d stores; \
