@@ -1,7 +1,7 @@
 //! `cargo xtask bench` and `cargo xtask deps --bench`: both hand over to `pop3-bench`
 //! (crates/bench), built in release so the load generator is never the bottleneck.
 
-use crate::cluster::{nginx_cache, NginxDist};
+use crate::cluster::{nginx_cache, unpack_nginx};
 use crate::harness::TempDir;
 use crate::{cargo, run};
 
@@ -27,7 +27,7 @@ fn pop3_bench(subcommand: &str, args: &[String]) -> std::process::Command {
 pub fn command(args: &[String]) -> Result<(), String> {
     let dir = TempDir::new("bench-nginx")?;
     let mut suite = pop3_bench("suite", args);
-    match NginxDist::unpack(dir.path())? {
+    match unpack_nginx(dir.path())? {
         Some(dist) => {
             suite
                 .arg("--nginx")

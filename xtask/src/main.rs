@@ -27,7 +27,6 @@
 
 mod bench;
 mod cluster;
-mod cluster_nginx;
 mod faults;
 mod fuzz;
 mod harness;

@@ -125,7 +125,7 @@ pub fn run(bins: &Bins, duration: Duration, clients: usize, seed: u64) -> Result
         c.ok("QUIT").map_err(|e| e.to_string())?;
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (rss0, fds0) = (server.rss_kib().unwrap_or(0), server.fds().unwrap_or(0));
+    let (rss0, fds0) = levels(&server)?;
 
     let started = Instant::now();
     let deadline = started + duration;
@@ -184,24 +184,30 @@ pub fn run(bins: &Bins, duration: Duration, clients: usize, seed: u64) -> Result
     }
     // Resources settle once the sessions have ended.
     let settle = Instant::now() + Duration::from_secs(15);
-    let (mut rss1, mut fds1) = (server.rss_kib().unwrap_or(0), server.fds().unwrap_or(0));
-    while (fds1 > fds0 + FD_SLACK || rss1 > rss0 + RSS_SLACK_KIB) && Instant::now() < settle {
+    let grew = |(rss1, fds1): (u64, usize)| fds1 > fds0 + FD_SLACK || rss1 > rss0 + RSS_SLACK_KIB;
+    let mut after = levels(&server);
+    while after.as_ref().is_ok_and(|l| grew(*l)) && Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(250));
-        rss1 = server.rss_kib().unwrap_or(0);
-        fds1 = server.fds().unwrap_or(0);
+        after = levels(&server);
     }
-    {
-        let mut l = lock(&ledger);
-        if fds1 > fds0 + FD_SLACK {
-            l.violations.push(format!(
-                "pop3d holds {fds1} descriptors after the load, {fds0} before"
-            ));
+    match after {
+        Ok((rss1, fds1)) => {
+            let mut l = lock(&ledger);
+            if fds1 > fds0 + FD_SLACK {
+                l.violations.push(format!(
+                    "pop3d holds {fds1} descriptors after the load, {fds0} before"
+                ));
+            }
+            if rss1 > rss0 + RSS_SLACK_KIB {
+                l.violations.push(format!(
+                    "pop3d RSS {rss1} KiB after the load, {rss0} KiB before"
+                ));
+            }
         }
-        if rss1 > rss0 + RSS_SLACK_KIB {
-            l.violations.push(format!(
-                "pop3d RSS {rss1} KiB after the load, {rss0} KiB before"
-            ));
-        }
+        // Unreadable is a violation, never a zero that shows no growth.
+        Err(ref e) => lock(&ledger)
+            .violations
+            .push(format!("after the load: {e}")),
     }
     if !server.stop(Duration::from_secs(10)) {
         lock(&ledger)
@@ -211,6 +217,10 @@ pub fn run(bins: &Bins, duration: Duration, clients: usize, seed: u64) -> Result
 
     let l = lock(&ledger);
     let c = &counters;
+    let (rss1, fds1) = match after {
+        Ok((rss, fds)) => (rss.to_string(), fds.to_string()),
+        Err(_) => ("?".into(), "?".into()),
+    };
     println!(
         "xtask soak: {:.1} min, {} sessions ({} QUIT, {} dropped), {} commands, {} RETR checked, \
          {} deleted, {} deliveries; pop3d RSS {} KiB at start, {} peak, {} after; fds {} at \
@@ -231,6 +241,17 @@ pub fn run(bins: &Bins, duration: Duration, clients: usize, seed: u64) -> Result
         l.violations.len()
     );
     harness::verdict(&l.violations, seed, &mut dir)
+}
+
+/// pop3d's resident memory (KiB) and open descriptors, which must be readable in /proc.
+fn levels(server: &Pop3d) -> Result<(u64, usize), String> {
+    let rss = server
+        .rss_kib()
+        .ok_or("pop3d's RSS is not readable in /proc")?;
+    let fds = server
+        .fds()
+        .ok_or("pop3d's descriptors are not readable in /proc")?;
+    Ok((rss, fds))
 }
 
 /// Delivers to random accounts until told to stop (bounded by the soak's deadline).

@@ -11,11 +11,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use testbed::nginx::Nginx;
 
 /// A server we started; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct ServerProcess {
     pub name: String,
-    child: Child,
+    process: Process,
+}
+
+/// How the server was started.
+enum Process {
+    Child(Child),
+    /// nginx, which [`testbed::nginx`] starts and stops.
+    Nginx(Nginx),
 }
 
 impl ServerProcess {
@@ -27,17 +35,34 @@ impl ServerProcess {
             .stdout(out.try_clone()?)
             .stderr(out);
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        let mut server = ServerProcess {
+        let server = ServerProcess {
             name: name.to_string(),
-            child,
+            process: Process::Child(child),
         };
+        server.greeting(port, log)
+    }
+
+    /// nginx started (its pid file written), once `port` answers with a POP3 greeting.
+    pub fn nginx(name: &str, nginx: Nginx, port: u16) -> Result<ServerProcess> {
+        let log = nginx.prefix().join("error.log");
+        let server = ServerProcess {
+            name: name.to_string(),
+            process: Process::Nginx(nginx),
+        };
+        server.greeting(port, &log)
+    }
+
+    /// Itself once `port` on loopback answers with a POP3 greeting (at most 20 s); an error
+    /// pointing at `log` when it exits before or does not answer.
+    fn greeting(mut self, port: u16, log: &Path) -> Result<ServerProcess> {
+        let name = self.name.clone();
         let t0 = Instant::now();
         for _ in 0..400 {
-            if let Some(status) = server.child.try_wait()? {
+            if let Some(status) = self.exited()? {
                 bail!("{name} exited at start ({status}); see {}", log.display());
             }
             if greets(port) {
-                return Ok(server);
+                return Ok(self);
             }
             if t0.elapsed() > Duration::from_secs(20) {
                 break;
@@ -50,27 +75,47 @@ impl ServerProcess {
         )
     }
 
+    /// How it exited, if it has.
+    fn exited(&mut self) -> Result<Option<String>> {
+        Ok(match &mut self.process {
+            Process::Child(child) => child.try_wait()?.map(|s| s.to_string()),
+            Process::Nginx(nginx) => (!nginx.running()).then(|| "exited".to_string()),
+        })
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.process {
+            Process::Child(child) => child.id(),
+            Process::Nginx(nginx) => nginx.pid(),
+        }
     }
 
     /// SIGTERM, up to 10 s to exit, then SIGKILL.
     pub fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
+        let child = match &mut self.process {
+            Process::Child(child) => child,
+            Process::Nginx(nginx) => {
+                if !nginx.stop() {
+                    eprintln!("pop3-bench: {} ignored SIGTERM; killed it", self.name);
+                }
+                return;
+            }
+        };
+        if matches!(child.try_wait(), Ok(Some(_))) {
             return;
         }
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status();
         for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         eprintln!("pop3-bench: {} ignored SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -255,9 +300,10 @@ impl RssSampler {
     }
 }
 
-/// The peak resident memory the kernel recorded for `pid` alone (VmHWM), KiB.
-pub fn hwm_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmHWM:")
+/// The peak resident memory the kernel recorded for `pid` alone (VmHWM), KiB; `None` when
+/// /proc does not say.
+pub fn hwm_kib(pid: u32) -> Option<u64> {
+    Some(status_kib(pid, "VmHWM:")).filter(|&kib| kib > 0)
 }
 
 #[cfg(test)]

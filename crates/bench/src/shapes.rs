@@ -2,7 +2,7 @@
 //! the suite:
 //!
 //! - (a) one pop3d on its SQLite store (the default);
-//! - (b) one pop3d on a throw-away PostgreSQL (`pgtest`: `initdb` in a temp directory, run as
+//! - (b) one pop3d on a throw-away PostgreSQL (`testbed::pg`: `initdb` in a temp directory, run as
 //!   the `postgres` user when we are root);
 //! - (c) three pop3d nodes on that PostgreSQL (a database of their own, copied from (b)'s)
 //!   behind nginx's mail proxy: node 1 serves the `auth_http` endpoint, which checks the
@@ -15,11 +15,12 @@
 //! from the Debian packages; without it (c) is left out.
 
 use std::io::Read as _;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use testbed::nginx::{Config, Nginx};
 
 use crate::procs::{self, ServerProcess};
 use crate::suite::{pop3d_command, provision, Endpoint, Popadm};
@@ -27,7 +28,7 @@ use crate::suite::{pop3d_command, provision, Endpoint, Popadm};
 /// Nodes of shape (c).
 const NODES: usize = 3;
 /// Their heartbeat, seconds.
-const HEARTBEAT: &str = "1";
+const HEARTBEAT: u64 = 1;
 const DB_SINGLE: &str = "s6single";
 const DB_CLUSTER: &str = "s6cluster";
 
@@ -48,7 +49,7 @@ pub struct Shapes {
     /// What the report should say about how they were set up.
     pub notes: Vec<String>,
     /// Dropped (stopped) after the endpoints.
-    _pg: pgtest::Cluster,
+    _pg: testbed::pg::Cluster,
 }
 
 impl Shapes {
@@ -62,7 +63,7 @@ impl Shapes {
 /// Provisions the stores and starts the shapes; `Ok(None)` (and why, on stderr) when
 /// PostgreSQL is not installed.
 pub fn start(s: &Setup) -> Result<Option<Shapes>> {
-    let Some(pg) = pgtest::Cluster::start().map_err(|e| anyhow!("PostgreSQL: {e}"))? else {
+    let Some(pg) = testbed::pg::Cluster::start().map_err(|e| anyhow!("PostgreSQL: {e}"))? else {
         return Ok(None);
     };
     let dir = s.tmp.join("s6");
@@ -151,7 +152,7 @@ pub fn start(s: &Setup) -> Result<Option<Shapes>> {
     }))
 }
 
-fn pg_version(pg: &pgtest::Cluster) -> String {
+fn pg_version(pg: &testbed::pg::Cluster) -> String {
     pg.psql("postgres", "SHOW server_version")
         .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
         .unwrap_or_default()
@@ -161,7 +162,7 @@ fn pg_version(pg: &pgtest::Cluster) -> String {
 /// node 1's configuration. nginx is the endpoint's first process (stopped first).
 fn cluster(
     s: &Setup,
-    pg: &pgtest::Cluster,
+    pg: &testbed::pg::Cluster,
     dir: &Path,
     nginx: &Path,
     module: &Path,
@@ -169,86 +170,39 @@ fn cluster(
     let url = pg.url(DB_CLUSTER);
     let key = dir.join("cluster.key");
     write_secret(&key)?;
-    let key = key.to_string_lossy().into_owned();
     let auth_http = format!("127.0.0.1:{}", procs::free_port()?);
-    let front = procs::free_port()?;
+    let front = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
     let mut nodes = Vec::new();
     let mut node1: Vec<std::ffi::OsString> = Vec::new();
     for i in 1..=NODES {
         let (port, proxied) = (procs::free_port()?, procs::free_port()?);
-        let proxied = format!("127.0.0.1:{proxied}");
+        let proxied = SocketAddr::from(([127, 0, 0, 1], proxied));
         let id = format!("n{i}");
-        let mut flags: Vec<String> = [
-            "--store",
-            &url,
-            "--node-id",
-            &id,
-            "--listen-proxy",
-            &proxied,
-            "--trusted-proxy",
-            "127.0.0.1/32",
-            "--advertise",
-            &proxied,
-            "--cluster-key-file",
-            &key,
-            "--heartbeat",
-            HEARTBEAT,
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        if i == 1 {
-            flags.extend(["--auth-http".to_owned(), auth_http.clone()]);
-        }
         let mut cmd = pop3d_command(s.pop3d, &dir.join(&id), port, "0");
-        cmd.args(&flags);
+        cmd.args(["--store", &url, "--node-id", &id])
+            .args(testbed::nginx::node_flags(proxied, &key, HEARTBEAT));
         if i == 1 {
+            cmd.args(["--auth-http", &auth_http]);
             node1 = cmd.get_args().map(ToOwned::to_owned).collect();
         }
         let log = dir.join(format!("{id}.log"));
         nodes.push(ServerProcess::start(&id, cmd, &log, port)?);
     }
     wait_for_nodes(pg)?;
-    let printed = Command::new(s.pop3d)
-        .args(&node1)
-        .arg("--print-nginx-config")
-        .arg(format!("127.0.0.1:{front}"))
-        .output()
-        .context("pop3d --print-nginx-config")?;
-    if !printed.status.success() {
-        bail!(
-            "pop3d --print-nginx-config: {}",
-            String::from_utf8_lossy(&printed.stderr)
-        );
-    }
-    let prefix = dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("logs"))?;
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "load_module {};\nerror_log {} warn;\npid {};\nworker_processes auto;\n\
-             events {{ worker_connections 4096; }}\n{}\n",
-            module.display(),
-            prefix.join("error.log").display(),
-            prefix.join("nginx.pid").display(),
-            String::from_utf8_lossy(&printed.stdout)
-        ),
-    )?;
-    let mut cmd = Command::new(nginx);
-    cmd.arg("-p")
-        .arg(&prefix)
-        // The log before the configuration is read (Debian's default is in /var).
-        .arg("-e")
-        .arg(prefix.join("error.log"))
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off; master_process on;"]);
-    let nginx = ServerProcess::start("nginx", cmd, &prefix.join("stderr.log"), front)?;
-    let mut processes = vec![nginx];
+    let mail = testbed::nginx::mail_block(s.pop3d, &node1, front).map_err(|e| anyhow!(e))?;
+    let config = Config {
+        modules: vec![module.to_path_buf()],
+        log_level: "warn",
+        workers: "auto",
+        connections: 4096,
+        blocks: &mail,
+    };
+    let started = Nginx::start(nginx, &dir.join("nginx"), &config).map_err(|e| anyhow!(e))?;
+    let mut processes = vec![ServerProcess::nginx("nginx", started, front.port())?];
     processes.extend(nodes);
     Ok(Endpoint {
         name: format!("{NODES} nodes + nginx"),
-        plain: front,
+        plain: front.port(),
         tls: 0,
         processes,
         store_pids: Vec::new(),
@@ -268,7 +222,7 @@ fn write_secret(path: &Path) -> Result<()> {
 
 /// Waits (at most 30 s) until every node has a heartbeat row, so that the endpoint spreads
 /// users over all of them from the first measured session.
-fn wait_for_nodes(pg: &pgtest::Cluster) -> Result<()> {
+fn wait_for_nodes(pg: &testbed::pg::Cluster) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let n = pg

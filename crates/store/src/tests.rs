@@ -1,7 +1,7 @@
 //! The store test suite, run against every backend: each test is a function of a
 //! [`Fixture`] (a database a test may open several stores on), instantiated by [`suite!`]
 //! once for SQLite and once for PostgreSQL. The PostgreSQL half runs on a throw-away cluster
-//! ([`pgtest`]) and prints a skip where PostgreSQL is not installed.
+//! ([`testbed::pg`]) and prints a skip where PostgreSQL is not installed.
 //!
 //! Backend-specific tests (files and modes, migrations from older schemas, error mapping,
 //! lease fencing across nodes) live next to their backend.
@@ -11,7 +11,6 @@
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,7 +57,7 @@ impl Fixture for SqliteFixture {
 /// A fresh database on the shared test cluster for `PostgresStore`.
 #[cfg(feature = "postgres")]
 pub(crate) struct PostgresFixture {
-    pub(crate) cluster: &'static pgtest::Cluster,
+    pub(crate) cluster: &'static testbed::pg::Cluster,
     pub(crate) database: String,
 }
 
@@ -66,7 +65,7 @@ pub(crate) struct PostgresFixture {
 impl PostgresFixture {
     /// `None`, with a printed reason, where PostgreSQL is not installed.
     pub(crate) fn new(test: &str) -> Option<PostgresFixture> {
-        let (cluster, database) = pgtest::fresh_database(test)?;
+        let (cluster, database) = testbed::pg::fresh_database(test)?;
         Some(PostgresFixture { cluster, database })
     }
 
@@ -159,26 +158,15 @@ pub(crate) fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// A directory under the system temp dir, removed when dropped.
-pub(crate) struct TempDir(pub(crate) PathBuf);
+/// A data directory that does not exist yet (the store creates it, with its own mode) inside
+/// a test bed temp dir, removed when dropped.
+// The second field is held for its Drop, which removes the directory.
+pub(crate) struct TempDir(pub(crate) PathBuf, #[allow(dead_code)] testbed::TempDir);
 
 impl TempDir {
     pub(crate) fn new() -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        TempDir(std::env::temp_dir().join(format!(
-            "store-test-{}-{nanos}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let dir = testbed::TempDir::new("store-test");
+        TempDir(dir.path().join("data"), dir)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The test bed every test of the suite stands on, written once: temporary directories
 //! ([`TempDir`]), loopback ports free for a daemon ([`free_port`]), a `pop3d` process that is
 //! ready when it says so over the sd_notify protocol ([`Pop3d`]), a blocking POP3 client
-//! ([`Client`]) and a throw-away PostgreSQL cluster ([`pg`]).
+//! ([`Client`]), a throw-away PostgreSQL cluster ([`pg`]), nginx unpacked from Debian's
+//! packages ([`nginx`]) and a seeded random source ([`rng`]).
 //!
 //! It uses std only, so that xtask, the bench and every crate's tests can depend on it without
 //! pulling anything in. It knows nothing of the store, the server or the codec: `pop3d` is a
@@ -13,9 +14,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 mod client;
+pub mod nginx;
 mod notify;
 pub mod pg;
 mod pop3d;
+pub mod rng;
 
 pub use client::Client;
 pub use notify::{parse_status, NotifySocket, Ready};

@@ -218,7 +218,7 @@ fn newer_schema_is_refused_and_migration_runs_once() {
 /// their next `BEGIN` and replaced, so no operation after the restart fails.
 #[test]
 fn a_database_restart_costs_no_later_operation() {
-    let Some(mut cluster) = pgtest::own("a_database_restart_costs_no_later_operation") else {
+    let Some(mut cluster) = testbed::pg::own("a_database_restart_costs_no_later_operation") else {
         return;
     };
     cluster.create_database("restart").unwrap();

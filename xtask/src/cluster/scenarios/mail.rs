@@ -22,7 +22,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{free_port, ClusterEnv, Nginx, NginxDist};
+use testbed::nginx::Dist;
+
+use crate::cluster::{free_port, nginx, ClusterEnv};
 use crate::harness::{try_login, Rng};
 
 /// Users of the routing checks.
@@ -43,11 +45,20 @@ struct Front {
     proxied: Vec<SocketAddr>,
 }
 
-/// Runs the scenarios on the current database of `env`, whose nodes it restarts with the
-/// cluster flags (kept for the scenarios after it).
-pub fn run(
+/// Runs the scenarios on a database of their own, the nodes started with the cluster flags;
+/// their own flags are theirs again afterwards, for the scenarios after these.
+pub fn run(env: &mut ClusterEnv, dist: &Dist, violations: &mut Vec<String>) -> Result<(), String> {
+    let own: Vec<Vec<String>> = env.nodes.iter().map(|n| n.extra.clone()).collect();
+    let result = behind_nginx(env, dist, violations);
+    for (node, extra) in env.nodes.iter_mut().zip(own) {
+        node.extra = extra;
+    }
+    result
+}
+
+fn behind_nginx(
     env: &mut ClusterEnv,
-    dist: &NginxDist,
+    dist: &Dist,
     violations: &mut Vec<String>,
 ) -> Result<(), String> {
     let mut rng = Rng::new(crate::harness::clock_seed());
@@ -57,14 +68,7 @@ pub fn run(
         format!("{:032x}{:032x}\n", rng.next_u64(), rng.next_u64()),
     )
     .map_err(|e| format!("{}: {e}", secret.display()))?;
-    let proxied: Vec<SocketAddr> = env
-        .nodes
-        .iter()
-        .map(|n| {
-            n.proxy_addr
-                .ok_or_else(|| format!("node {} has no backend listener", n.id))
-        })
-        .collect::<Result<_, _>>()?;
+    let proxied: Vec<SocketAddr> = env.nodes.iter().map(|n| n.proxy_addr).collect();
     let mut used: Vec<SocketAddr> = env.nodes.iter().map(|n| n.addr).collect();
     used.extend(&proxied);
     let auth_http = free_port(&mut rng, &used)?;
@@ -81,19 +85,7 @@ pub fn run(
     }
     env.fresh_database("nginxmail")?;
     // The nginx configuration as pop3d prints it for node 1's configuration.
-    let printed = Command::new(&env.bins.pop3d)
-        .args(env.nodes[0].extra.iter())
-        .arg("--print-nginx-config")
-        .arg(mail.to_string())
-        .output()
-        .map_err(|e| format!("pop3d --print-nginx-config: {e}"))?;
-    if !printed.status.success() {
-        return Err(format!(
-            "pop3d --print-nginx-config: {}",
-            String::from_utf8_lossy(&printed.stderr)
-        ));
-    }
-    let mail_conf = String::from_utf8_lossy(&printed.stdout).into_owned();
+    let mail_conf = testbed::nginx::mail_block(&env.bins.pop3d, &env.nodes[0].extra, mail)?;
     let key = mail_conf
         .lines()
         .find_map(|l| l.trim().strip_prefix("auth_http_header X-Pop3d-Key \""))
@@ -129,7 +121,7 @@ pub fn run(
     env.deliver("legacy@example.org", 1000, 500)?;
     wait_for_nodes(&front, env.nodes.len())?;
 
-    let mut nginx = Nginx::start(dist, &env.root.join("nginx-mail"), &conf)?;
+    let mut nginx = nginx::start(dist, &env.root.join("nginx-mail"), &conf)?;
     let before = violations.len();
     let t = Instant::now();
     methods(&front, violations);
@@ -159,24 +151,11 @@ fn password(i: usize) -> String {
     format!("password of user {i}")
 }
 
-/// A node's cluster flags: its proxied listener (trusting loopback: nginx), the cluster
-/// secret, the address it gives the node table, a fast heartbeat, APOP and CRAM-MD5 on.
+/// A node's cluster flags ([`testbed::nginx::node_flags`]), APOP and CRAM-MD5 on.
 fn cluster_flags(secret: &std::path::Path, proxied: SocketAddr) -> Vec<String> {
-    [
-        "--listen-proxy",
-        &proxied.to_string(),
-        "--trusted-proxy",
-        "127.0.0.1/32",
-        "--advertise",
-        &proxied.to_string(),
-        "--cluster-key-file",
-        &secret.display().to_string(),
-        "--heartbeat",
-        &HEARTBEAT.to_string(),
-        "--legacy-auth",
-    ]
-    .map(str::to_owned)
-    .to_vec()
+    let mut flags = testbed::nginx::node_flags(proxied, secret, HEARTBEAT);
+    flags.push("--legacy-auth".into());
+    flags
 }
 
 /// One request to the endpoint, as nginx makes it; the response's headers (names lower-case).

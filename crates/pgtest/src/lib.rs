@@ -1,4 +1,0 @@
-//! The throw-away PostgreSQL cluster, now [`testbed::pg`]; this name stays for the crates
-//! that still use it.
-
-pub use testbed::pg::*;
