@@ -127,15 +127,27 @@ impl Session {
         }
     }
 
-    /// Forgets the name waiting for PASS and returns it.
-    fn take_user(&mut self) -> Option<String> {
+    /// Puts AUTHORIZATION back to [`Auth::Idle`] and returns where it stood.
+    fn reset_auth(&mut self) -> Auth {
         match &mut self.state {
-            State::Authorization(auth @ Auth::UserGiven(_)) => {
-                match std::mem::replace(auth, Auth::Idle) {
-                    Auth::UserGiven(name) => Some(name),
-                    _ => None,
-                }
-            }
+            State::Authorization(auth) => std::mem::replace(auth, Auth::Idle),
+            State::Transaction(_) => Auth::Idle,
+        }
+    }
+
+    /// Forgets the name waiting for PASS and returns it (called on commands, so never
+    /// inside a SASL exchange).
+    fn take_user(&mut self) -> Option<String> {
+        match self.reset_auth() {
+            Auth::UserGiven(name) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Takes the SASL exchange out of the state (called on SASL lines, so only inside one).
+    fn take_sasl(&mut self) -> Option<Box<Sasl>> {
+        match self.reset_auth() {
+            Auth::Sasl(sasl) => Some(sasl),
             _ => None,
         }
     }
@@ -292,19 +304,6 @@ impl Session {
             account: None,
         });
         self.sasl_step(sasl, step).await
-    }
-
-    /// Takes the SASL exchange out of the state (back to [`Auth::Idle`]).
-    fn take_sasl(&mut self) -> Option<Box<Sasl>> {
-        match &mut self.state {
-            State::Authorization(auth @ Auth::Sasl(_)) => {
-                match std::mem::replace(auth, Auth::Idle) {
-                    Auth::Sasl(sasl) => Some(sasl),
-                    _ => None,
-                }
-            }
-            _ => None,
-        }
     }
 
     /// One client line inside AUTH: `*` cancels (RFC 5034 section 4), anything else must be

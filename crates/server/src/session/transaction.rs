@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proto::response::{write_end, write_listing_line, write_ok};
 use proto::Command;
-use store::{Account, Expire};
+use store::{Account, Expire, MessageMeta};
 
 use super::{Next, Session, State};
 use crate::lang::Text;
@@ -37,23 +37,16 @@ impl Session {
             }
             Command::List(None) => {
                 let (count, octets) = md.stat();
-                let text = self.lang.fill(Text::ListFollows, &[&count, &octets]);
-                write_ok(&mut self.out, &text);
-                for (n, m) in md.live() {
-                    write_listing_line(&mut self.out, format!("{n} {}", m.size).as_bytes());
-                }
-                write_end(&mut self.out);
+                let status = self.lang.fill(Text::ListFollows, &[&count, &octets]);
+                write_listing(&mut self.out, &status, md, |m| m.size.to_string());
             }
             Command::List(Some(n)) => match md.get(n) {
                 Ok(m) => write_ok(&mut self.out, &format!("{n} {}", m.size)),
                 Err(e) => self.send_err(reply::number_error(e)),
             },
             Command::Uidl(None) => {
-                write_ok(&mut self.out, self.lang.text(Text::UidlFollows));
-                for (n, m) in md.live() {
-                    write_listing_line(&mut self.out, format!("{n} {}", m.uid).as_bytes());
-                }
-                write_end(&mut self.out);
+                let status = self.lang.text(Text::UidlFollows);
+                write_listing(&mut self.out, status, md, |m| m.uid.clone());
             }
             Command::Uidl(Some(n)) => match md.get(n) {
                 Ok(m) => write_ok(&mut self.out, &format!("{n} {}", m.uid)),
@@ -107,4 +100,19 @@ impl Session {
         }
         Next::Continue
     }
+}
+
+/// A LIST or UIDL listing (RFC 1939 sections 5 and 7): the status line, then `n value` for
+/// every message not marked deleted.
+fn write_listing(
+    out: &mut Vec<u8>,
+    status: &str,
+    md: &Maildrop,
+    value: impl Fn(&MessageMeta) -> String,
+) {
+    write_ok(out, status);
+    for (n, m) in md.live() {
+        write_listing_line(out, format!("{n} {}", value(m)).as_bytes());
+    }
+    write_end(out);
 }
