@@ -297,17 +297,23 @@ impl Client {
     }
 
     /// The session closes the connection (nothing more is sent) and its task ends.
-    async fn closed(mut self) {
+    async fn closed(self) {
+        let rest = self.last_bytes().await;
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    }
+
+    /// What the session sends until it closes the connection; its task ends.
+    async fn last_bytes(mut self) -> Vec<u8> {
         let mut rest = Vec::new();
         tokio::time::timeout(PATIENCE, self.io.read_to_end(&mut rest))
             .await
             .expect("closed in time")
             .expect("read");
-        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
         tokio::time::timeout(PATIENCE, &mut self.session)
             .await
             .expect("session ended")
             .expect("session task");
+        rest
     }
 
     /// USER and PASS for alice.

@@ -67,3 +67,36 @@ async fn rfc8314_stls_on_implicit_tls_is_refused() {
     assert_eq!(c.cmd("QUIT").await, ok_with(Text::SigningOff, &[&0, &3]));
     c.closed().await;
 }
+
+/// RFC 2595 section 4: a handshake that fails (no TLS after the `+OK`) or does not come within
+/// `tls_handshake_timeout` ends the connection; the session never reads cleartext again.
+#[tokio::test]
+async fn rfc2595_s4_failed_or_missing_handshake_closes_the_connection() {
+    let mut config = config();
+    config.tls_handshake_timeout = Duration::from_millis(200);
+    let f = Fixture::build(config, true);
+    let mut c = f.connect().await;
+    assert_eq!(c.cmd("STLS").await, ok(Text::StlsGo));
+    c.send("USER alice\r\nPASS right\r\n").await;
+    // A TLS alert (content type 21), no POP3 reply.
+    let alert = c.last_bytes().await;
+    assert_eq!(alert.first(), Some(&21), "{alert:?}");
+    let mut c = f.connect().await;
+    assert_eq!(c.cmd("STLS").await, ok(Text::StlsGo));
+    c.closed().await;
+}
+
+/// RFC 2595 section 4: STLS is for cleartext POP3 listeners; a KPOP listener does not offer
+/// it even with a certificate.
+#[tokio::test]
+async fn rfc2595_s4_stls_not_offered_on_kpop() {
+    let f = Fixture::build(config(), true);
+    let kpop = ListenerInfo {
+        kind: ListenerKind::Kpop,
+        ..plain()
+    };
+    let mut c = f.connect_as(kpop, LOOPBACK).await;
+    let caps = c.multi("CAPA", &ok(Text::CapaFollows)).await;
+    assert!(!caps.iter().any(|c| c == "STLS"), "{caps:?}");
+    assert_eq!(c.cmd("STLS").await, refused(Text::StlsUnconfigured));
+}
