@@ -545,7 +545,7 @@ async fn serve_proxied(
 
 /// The connection as the session starts it: as it is, or after the TLS handshake of an
 /// implicit-TLS listener (`None` if that fails).
-async fn open(stream: TcpStream, info: ListenerInfo, shared: &Shared) -> Option<Conn> {
+async fn open(stream: TcpStream, info: ListenerInfo, shared: &Shared) -> Option<Conn<TcpStream>> {
     match (info.kind, &shared.tls) {
         (ListenerKind::Plain | ListenerKind::Kpop, _) => Some(Conn::Plain(stream)),
         (ListenerKind::ImplicitTls, Some(tls)) => {

@@ -29,11 +29,13 @@ pub enum SessionError {
 }
 
 /// Runs a store call on tokio's blocking threads (SQLite and PostgreSQL calls block), its
-/// error and a failed task both as a [`SessionError`].
-pub(crate) async fn blocking<T: Send + 'static>(
+/// error and a failed task both as a [`SessionError`]. The call starts at once, not when the
+/// result is first awaited, so a caller can start the next read before it writes this one.
+pub(crate) fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, SessionError> {
-    Ok(tokio::task::spawn_blocking(f).await??)
+) -> impl std::future::Future<Output = Result<T, SessionError>> + Send {
+    let task = tokio::task::spawn_blocking(f);
+    async move { Ok(task.await??) }
 }
 
 pub const BAD_CREDENTIALS: ErrReply = err(Some(ResponseCode::Auth), Text::BadCredentials);

@@ -1,0 +1,533 @@
+//! One POP3 session: AUTHORIZATION, TRANSACTION and UPDATE (RFC 1939 sections 3 to 6), with
+//! CAPA (RFC 2449), STLS (RFC 2595), UTF8 and LANG (RFC 6856).
+//!
+//! Two halves, in the manner of `auth::sasl::Step`. [`Session`] is the state machine: it takes
+//! one command (or, inside AUTH, one SASL line), writes its replies into an output buffer and
+//! returns [`Next`], what the driver must do before the next one. It knows no socket. The
+//! driver ([`serve`]) does the I/O over any [`Stream`]: reads into the decoder, answers every
+//! complete command in order (RFC 2449 PIPELINING), batches and flushes the replies, keeps the
+//! deadlines (login, idle, a peer that stops reading), runs the STLS handshake and streams
+//! messages.
+//!
+//! The phases have their own files: `authorization` (everything before login), `transaction`
+//! (the maildrop commands) and `update` (QUIT after login, and the way out without it).
+
+mod authorization;
+#[cfg(test)]
+mod tests;
+mod transaction;
+mod update;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::response::{write_end, write_err, write_listing_line, write_ok};
+use proto::{Command, CommandError, Decoder, DotStuffer, MAX_COMMAND_LINE};
+use store::{MessageMeta, StoreError};
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info, warn};
+
+use crate::capa;
+use crate::conn::{Conn, Stream};
+use crate::lang::{self, Language, Text};
+use crate::reply::{self, ErrReply, SessionError};
+use crate::topcut::TopCut;
+use crate::{Cleartext, ListenerInfo, ListenerKind, Shared};
+
+use authorization::{Auth, SASL_MAX_LINE};
+use transaction::Transaction;
+
+/// Invalid command lines a session may send before it is closed (unknown commands, syntax
+/// errors, over-long lines, commands in the wrong state).
+pub const MAX_BAD_COMMANDS: u32 = 20;
+
+/// Replies are batched and written once this much is pending (or no command is left).
+const FLUSH_AT: usize = 64 * 1024;
+/// An idle session keeps at most this much reply buffer; a larger one (a RETR's) is freed
+/// before waiting for the next command, so thousands of idle sessions cost little.
+const OUT_KEEP: usize = 1024;
+
+/// What the driver must do after the session took a command.
+#[derive(Debug)]
+enum Next {
+    /// Go on with the next command.
+    Continue,
+    /// Write what is pending and close.
+    Close,
+    /// STLS was accepted: write the `+OK`, drop what was received after it, run the TLS
+    /// handshake, then [`Session::tls_started`] (RFC 2595 section 4).
+    StartTls,
+    /// The `+OK` is written: stream this message, whole (RETR) or its headers and first
+    /// `lines` body lines (TOP), dot-stuffed.
+    Send {
+        meta: MessageMeta,
+        lines: Option<u32>,
+    },
+}
+
+/// The session's state (RFC 1939 section 3). UPDATE is not a state a session rests in: QUIT
+/// in TRANSACTION runs it and the session ends.
+enum State {
+    Authorization(Auth),
+    Transaction(Box<Transaction>),
+}
+
+/// What the session did, for the summary line at its end.
+#[derive(Debug, Default)]
+struct Tally {
+    retrieved: u64,
+    retrieved_octets: u64,
+    deleted: u64,
+    /// Failed logins on this connection.
+    auth_failures: u32,
+}
+
+/// The state machine of one session.
+struct Session {
+    /// The TCP peer: the client, or on a proxied listener the proxy. Cleartext policy is
+    /// judged on it (the link this server can see).
+    peer: SocketAddr,
+    /// The real client: the PROXY header's source on a proxied listener, else `peer`. The
+    /// failed-login penalty keys on it.
+    client: SocketAddr,
+    listener: ListenerInfo,
+    shared: Arc<Shared>,
+    id: u64,
+    /// Replies not yet written.
+    out: Vec<u8>,
+    state: State,
+    /// The connection is under TLS (implicit TLS, or after STLS).
+    tls: bool,
+    bad_commands: u32,
+    lang: &'static Language,
+    /// RFC 6856 UTF8 mode is on.
+    utf8: bool,
+    /// The greeting's timestamp, when APOP is offered (RFC 1939 section 7).
+    apop_timestamp: Option<String>,
+    tally: Tally,
+}
+
+/// Serves one connection until QUIT, a drop, the idle timeout or shutdown.
+pub(crate) async fn serve<S: Stream>(
+    conn: Conn<S>,
+    peer: SocketAddr,
+    client: SocketAddr,
+    id: u64,
+    listener: ListenerInfo,
+    shared: Arc<Shared>,
+) {
+    debug!("connected");
+    let login_deadline = Instant::now() + shared.config.login_timeout;
+    let session = Session {
+        peer,
+        client,
+        listener,
+        shared,
+        id,
+        out: Vec::new(),
+        state: State::Authorization(Auth::Idle),
+        tls: conn.is_tls(),
+        bad_commands: 0,
+        lang: lang::default_language(),
+        utf8: false,
+        apop_timestamp: None,
+        tally: Tally::default(),
+    };
+    let mut driver = Driver {
+        conn,
+        decoder: Decoder::new(),
+        session,
+        login_deadline,
+    };
+    let started = Instant::now();
+    if let Err(e) = driver.run().await {
+        debug!(error = %e, "connection ended");
+    }
+    driver.session.abandon().await;
+    let _ = driver.conn.shutdown().await;
+    // One stable line per session (fail2ban and log analysis read it; no secrets in it).
+    let tally = &driver.session.tally;
+    info!(
+        retrieved = tally.retrieved,
+        retrieved_octets = tally.retrieved_octets,
+        deleted = tally.deleted,
+        auth_failures = tally.auth_failures,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session end"
+    );
+}
+
+/// The I/O around a [`Session`].
+struct Driver<S> {
+    conn: Conn<S>,
+    decoder: Decoder,
+    session: Session,
+    /// A login must be complete by then.
+    login_deadline: Instant,
+}
+
+impl<S: Stream> Driver<S> {
+    async fn run(&mut self) -> io::Result<()> {
+        self.session.greet();
+        let mut shutdown = self.session.shared.shutdown.clone();
+        loop {
+            // Answer every complete command already received, in order (RFC 2449 PIPELINING).
+            loop {
+                if *shutdown.borrow() {
+                    self.session.send_err(reply::SHUTTING_DOWN);
+                    return self.flush().await;
+                }
+                let next = if self.session.in_sasl() {
+                    // RFC 5034 section 4: inside AUTH each line is a base64 response.
+                    match self.decoder.next_line() {
+                        Ok(Some(line)) => {
+                            let line = line.to_vec();
+                            self.session.sasl_line(line).await
+                        }
+                        Ok(None) => break,
+                        Err(_) => self.session.sasl_line_too_long(),
+                    }
+                } else {
+                    match self.decoder.next_command() {
+                        Ok(Some(cmd)) => self.session.handle(cmd).await,
+                        Ok(None) => break,
+                        Err(e) => self.session.bad_command(&e),
+                    }
+                };
+                let max_line = if self.session.in_sasl() {
+                    SASL_MAX_LINE
+                } else {
+                    MAX_COMMAND_LINE
+                };
+                self.decoder.set_max_line(max_line);
+                match next {
+                    Next::Continue => {}
+                    Next::Close => return self.flush().await,
+                    Next::StartTls => {
+                        if !self.starttls().await? {
+                            return Ok(());
+                        }
+                    }
+                    Next::Send { meta, lines } => self.send_message(meta, lines).await?,
+                }
+                if self.session.out.len() >= FLUSH_AT {
+                    self.flush().await?;
+                }
+            }
+            self.flush().await?;
+            if self.session.out.capacity() > OUT_KEEP {
+                self.session.out = Vec::new();
+            }
+            let idle = self.session.shared.config.idle_timeout;
+            let logging_in = matches!(self.session.state, State::Authorization(_));
+            let wait = if logging_in {
+                idle.min(
+                    self.login_deadline
+                        .saturating_duration_since(Instant::now()),
+                )
+            } else {
+                idle
+            };
+            let n = tokio::select! {
+                read = tokio::time::timeout(wait, self.conn.receive(&mut self.decoder)) => match read {
+                    Err(_) if logging_in && Instant::now() >= self.login_deadline => {
+                        info!("login timeout; closing");
+                        self.session.err(Text::LoginTimeout);
+                        return self.flush().await;
+                    }
+                    // RFC 1939 section 3: autologout closes without a reply and without UPDATE.
+                    Err(_) => {
+                        info!("idle timeout; closing without UPDATE");
+                        return Ok(());
+                    }
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(e),
+                },
+                _ = shutdown.changed() => continue,
+            };
+            debug_assert!(n > 0);
+        }
+    }
+
+    /// Writes the pending replies; a peer that stops reading gets `idle_timeout`.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.session.out.is_empty() {
+            return Ok(());
+        }
+        let idle = self.session.shared.config.idle_timeout;
+        match tokio::time::timeout(idle, self.conn.write_all(&self.session.out)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client stopped reading",
+                ))
+            }
+        }
+        self.session.out.clear();
+        self.conn.flush().await
+    }
+
+    /// STLS (RFC 2595 section 4) after its `+OK`: the handshake, then a fresh session:
+    /// everything received after the STLS line is discarded, and nothing learned before is
+    /// kept. False when the connection is lost.
+    async fn starttls(&mut self) -> io::Result<bool> {
+        let Some(tls) = self.session.shared.tls.clone() else {
+            return Ok(false);
+        };
+        self.flush().await?;
+        let discarded = self.decoder.clear();
+        if discarded > 0 {
+            warn!(
+                discarded,
+                "discarded octets sent after STLS before the handshake"
+            );
+        }
+        let Conn::Plain(stream) = std::mem::replace(&mut self.conn, Conn::Gone) else {
+            return Ok(false);
+        };
+        let handshake = tls.acceptor(self.session.listener.min_tls).accept(stream);
+        let timeout = self.session.shared.config.tls_handshake_timeout;
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(stream)) => {
+                self.conn = Conn::Tls(Box::new(stream));
+                tracing::Span::current().record("tls", true);
+                self.decoder = Decoder::new();
+                self.session.tls_started();
+                debug!("TLS active");
+                Ok(true)
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake after STLS failed");
+                Ok(false)
+            }
+            Err(_) => {
+                debug!("TLS handshake after STLS timed out");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Streams a message (RETR) or its headers and first `lines` body lines (TOP),
+    /// dot-stuffed. Each chunk is read on a blocking thread while the previous one is being
+    /// written, and no thread waits on the network: a client that stops reading holds no
+    /// thread and at most two chunks of memory.
+    async fn send_message(&mut self, meta: MessageMeta, lines: Option<u32>) -> io::Result<()> {
+        let id = meta.id;
+        let store = self.session.shared.store.clone();
+        // `reply::blocking` starts the read at once: the next chunk is read while this one is
+        // written.
+        let read = |index: u32| {
+            let store = store.clone();
+            reply::blocking(move || store.read_chunk(id, index))
+        };
+        let mut stuffer = DotStuffer::new();
+        let mut cut = lines.map(|n| TopCut::new(meta.header_octets, n));
+        let mut sent = 0u64;
+        let mut index = 0u32;
+        let mut next = Some(read(index));
+        while let Some(pending) = next.take() {
+            let chunk = match pending.await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => return Err(read_failed(id, &e)),
+            };
+            let (part, done) = match &mut cut {
+                Some(cut) => cut.take(&chunk),
+                None => (&chunk[..], false),
+            };
+            if !done {
+                index += 1;
+                next = Some(read(index));
+            }
+            sent += part.len() as u64;
+            stuffer.push(part, &mut self.session.out);
+            if self.session.out.len() >= FLUSH_AT {
+                self.flush().await?;
+            }
+        }
+        if lines.is_none() && sent != meta.size {
+            warn!(
+                message = id,
+                sent,
+                size = meta.size,
+                "stored size differs from content"
+            );
+        }
+        stuffer.finish(&mut self.session.out);
+        Ok(())
+    }
+}
+
+/// The +OK is out when a read fails: the only honest thing left is to drop the connection,
+/// so the client does not take a truncated message for a whole one.
+fn read_failed(message: i64, e: &SessionError) -> io::Error {
+    warn!(error = %e, message, "reading a message failed mid-transfer");
+    io::Error::other("message read failed")
+}
+
+impl Session {
+    /// The greeting; with APOP offered it carries the timestamp (RFC 1939 section 7: a
+    /// msg-id that differs for every greeting).
+    fn greet(&mut self) {
+        let mut greeting = self.shared.config.greeting.clone();
+        if self.shared.config.legacy_auth {
+            let ts = authorization::apop_timestamp(self.id, &self.shared.config.hostname);
+            greeting = format!("{greeting} {ts}");
+            self.apop_timestamp = Some(ts);
+        }
+        write_ok(&mut self.out, &greeting);
+    }
+
+    /// One command line, in whatever state the session is.
+    async fn handle(&mut self, cmd: Command) -> Next {
+        debug!(command = %cmd.keyword(), "command");
+        // Valid in every state.
+        match cmd {
+            Command::Capa => {
+                self.capa();
+                return Next::Continue;
+            }
+            Command::Lang(tag) => {
+                self.language(tag.as_deref());
+                return Next::Continue;
+            }
+            _ => {}
+        }
+        match &self.state {
+            State::Authorization(_) => self.authorization(cmd).await,
+            State::Transaction(t) => {
+                if t.lock.is_lost() {
+                    self.send_err(reply::session_error(&SessionError::Store(
+                        StoreError::LockLost,
+                    )));
+                    return Next::Close;
+                }
+                self.transaction(cmd).await
+            }
+        }
+    }
+
+    /// The TLS handshake after STLS succeeded: back to the start of AUTHORIZATION, with no
+    /// pending USER, UTF8 off and the default language (RFC 2595 section 4).
+    fn tls_started(&mut self) {
+        self.tls = true;
+        self.state = State::Authorization(Auth::Idle);
+        self.utf8 = false;
+        self.lang = lang::default_language();
+    }
+
+    fn ok(&mut self, text: Text) {
+        write_ok(&mut self.out, self.lang.text(text));
+    }
+
+    fn ok_with(&mut self, text: Text, args: &[&dyn std::fmt::Display]) {
+        let line = self.lang.fill(text, args);
+        write_ok(&mut self.out, &line);
+    }
+
+    fn send_err(&mut self, e: ErrReply) {
+        write_err(&mut self.out, e.code, self.lang.text(e.text));
+    }
+
+    fn err(&mut self, text: Text) {
+        self.send_err(ErrReply { code: None, text });
+    }
+
+    fn bad_command(&mut self, e: &CommandError) -> Next {
+        debug!(error = %e, "bad command");
+        self.refuse(reply::command_error(e))
+    }
+
+    /// A refused command line: counts towards [`MAX_BAD_COMMANDS`].
+    fn refuse(&mut self, e: ErrReply) -> Next {
+        self.bad_commands += 1;
+        if self.bad_commands >= MAX_BAD_COMMANDS {
+            self.send_err(reply::TOO_MANY_BAD_COMMANDS);
+            return Next::Close;
+        }
+        self.send_err(e);
+        Next::Continue
+    }
+
+    fn wrong_state(&mut self, text: Text) -> Next {
+        self.refuse(ErrReply { code: None, text })
+    }
+
+    /// RFC 2595 section 2.2, RFC 8314: may cleartext credentials be sent on this connection?
+    fn cleartext_ok(&self) -> bool {
+        !self.kpop() && self.tls
+            || !self.kpop()
+                && match self.listener.cleartext {
+                    Cleartext::Always => true,
+                    Cleartext::Never => false,
+                    Cleartext::Loopback => self.peer.ip().to_canonical().is_loopback(),
+                }
+    }
+
+    /// STLS is possible: a certificate, a cleartext listener, not yet under TLS.
+    fn stls_offered(&self) -> bool {
+        self.shared.tls.is_some() && self.listener.kind == ListenerKind::Plain && !self.tls
+    }
+
+    /// A KPOP listener: Kerberos only.
+    fn kpop(&self) -> bool {
+        self.listener.kind == ListenerKind::Kpop
+    }
+
+    /// CAPA (RFC 2449 section 5): what is true for this connection in this state. What is
+    /// usable before login is announced after login too.
+    fn capa(&mut self) {
+        let mechanisms = self.mechanisms();
+        let names: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
+        let logged_in = match &self.state {
+            State::Authorization(_) => None,
+            State::Transaction(t) => Some((t.login_delay, t.expire)),
+        };
+        let ctx = capa::Context {
+            cleartext: self.cleartext_ok(),
+            stls: self.stls_offered(),
+            mechanisms: &names,
+            logged_in,
+        };
+        let caps = capa::list(&self.shared.config, &ctx);
+        self.ok(Text::CapaFollows);
+        for cap in caps {
+            write_listing_line(&mut self.out, cap.as_bytes());
+        }
+        write_end(&mut self.out);
+    }
+
+    /// LANG (RFC 6856 section 4): list the languages, or switch to one (`*`: the default).
+    fn language(&mut self, tag: Option<&str>) {
+        match tag {
+            None => {
+                self.ok(Text::LangFollows);
+                for l in lang::languages() {
+                    write_listing_line(
+                        &mut self.out,
+                        format!("{} {}", l.tag, l.description).as_bytes(),
+                    );
+                }
+                write_end(&mut self.out);
+            }
+            Some(tag) => {
+                let found = if tag == "*" {
+                    Some(lang::default_language())
+                } else {
+                    lang::find(tag)
+                };
+                match found {
+                    Some(l) => {
+                        self.lang = l;
+                        self.ok(Text::LangSet);
+                    }
+                    None => self.err(Text::LangUnknown),
+                }
+            }
+        }
+    }
+}

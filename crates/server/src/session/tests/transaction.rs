@@ -1,0 +1,226 @@
+//! TRANSACTION (RFC 1939 section 5): the maildrop commands, deleted-message rules, pipelining
+//! (RFC 2449), and what login itself may refuse (IN-USE, LOGIN-DELAY, draining).
+
+use super::*;
+
+/// RFC 1939 section 5: STAT, LIST, UIDL (with and without an argument), RETR (dot-stuffed,
+/// RFC 1939 section 3), TOP (RFC 1939 section 7) and NOOP on a fresh maildrop.
+#[tokio::test]
+async fn rfc1939_s5_stat_list_uidl_retr_top_noop() {
+    let (f, mut c) = started().await;
+    c.login().await;
+    let sizes: Vec<u64> = MESSAGES.iter().map(|m| m.len() as u64).collect();
+    let total = octets(&MESSAGES);
+    assert_eq!(c.cmd("STAT").await, ok_bare(&format!("3 {total}")));
+    let list = c
+        .multi("LIST", &ok_with(Text::ListFollows, &[&3, &total]))
+        .await;
+    let want: Vec<String> = (1..=3).map(|n| format!("{n} {}", sizes[n - 1])).collect();
+    assert_eq!(list, want);
+    assert_eq!(c.cmd("LIST 2").await, ok_bare(&format!("2 {}", sizes[1])));
+    assert_eq!(c.cmd("LIST 4").await, refused(Text::NoSuchMessage));
+    assert_eq!(c.cmd("LIST 0").await, refused(Text::NoSuchMessage));
+    let uidl = c.multi("UIDL", &ok(Text::UidlFollows)).await;
+    assert_eq!(uidl.len(), 3);
+    let uid2 = uidl[1].split_once(' ').expect("uid").1.to_string();
+    assert_eq!(c.cmd("UIDL 2").await, ok_bare(&format!("2 {uid2}")));
+    assert_eq!(c.cmd("UIDL 9").await, refused(Text::NoSuchMessage));
+    let body = c
+        .multi("RETR 2", &ok_with(Text::Octets, &[&sizes[1]]))
+        .await;
+    assert_eq!(
+        body,
+        ["Subject: two", "", "..starts with a dot", "line 2"],
+        "dot-stuffed"
+    );
+    assert_eq!(c.cmd("RETR 4").await, refused(Text::NoSuchMessage));
+    let top = c.multi("TOP 3 0", &ok(Text::TopFollows)).await;
+    assert_eq!(top, ["Subject: three", "X-Test: y", ""]);
+    let top = c.multi("TOP 3 2", &ok(Text::TopFollows)).await;
+    assert_eq!(top, ["Subject: three", "X-Test: y", "", "b1", "b2"]);
+    assert_eq!(c.cmd("TOP 4 1").await, refused(Text::NoSuchMessage));
+    assert!(c.cmd("NOOP").await.starts_with("+OK"));
+    assert_eq!(c.cmd("QUIT").await, ok_with(Text::SigningOff, &[&0, &3]));
+    c.closed().await;
+    f.untouched();
+}
+
+/// RFC 1939 section 5: DELE marks; a deleted message is gone from STAT, LIST and UIDL and
+/// refused by LIST n, UIDL n, RETR, TOP and a second DELE; RSET unmarks them all.
+#[tokio::test]
+async fn rfc1939_s5_deleted_message_rules_and_rset() {
+    let (_f, mut c) = started().await;
+    c.login().await;
+    let sizes: Vec<u64> = MESSAGES.iter().map(|m| m.len() as u64).collect();
+    assert_eq!(c.cmd("DELE 2").await, ok_with(Text::Deleted, &[&2]));
+    for line in ["DELE 2", "LIST 2", "UIDL 2", "RETR 2", "TOP 2 0"] {
+        assert_eq!(c.cmd(line).await, refused(Text::AlreadyDeleted), "{line}");
+    }
+    assert_eq!(c.cmd("DELE 7").await, refused(Text::NoSuchMessage));
+    let left = sizes[0] + sizes[2];
+    assert_eq!(c.cmd("STAT").await, ok_bare(&format!("2 {left}")));
+    let list = c
+        .multi("LIST", &ok_with(Text::ListFollows, &[&2, &left]))
+        .await;
+    assert_eq!(
+        list,
+        [format!("1 {}", sizes[0]), format!("3 {}", sizes[2])],
+        "numbers stay"
+    );
+    let uidl = c.multi("UIDL", &ok(Text::UidlFollows)).await;
+    assert_eq!(uidl.len(), 2);
+    assert!(uidl[1].starts_with("3 "), "{uidl:?}");
+    assert_eq!(c.cmd("RSET").await, full_login());
+    assert_eq!(c.cmd("LIST 2").await, ok_bare(&format!("2 {}", sizes[1])));
+}
+
+/// RFC 1939 section 5: in TRANSACTION the AUTHORIZATION commands are refused and the
+/// session goes on; UTF8 is refused after login (RFC 6856 section 3.1); CAPA still answers
+/// (RFC 2449 section 5).
+#[tokio::test]
+async fn rfc1939_s5_authorization_commands_after_login_are_refused() {
+    let (_f, mut c) = started().await;
+    c.login().await;
+    let plain = auth_plain("right");
+    let digest = "0".repeat(32);
+    for line in [
+        "USER alice".to_string(),
+        "PASS right".into(),
+        apop(&digest),
+        "AUTH".into(),
+        plain.clone(),
+        "STLS".into(),
+    ] {
+        assert_eq!(c.cmd(&line).await, refused(Text::AfterLogin), "{line}");
+    }
+    assert_eq!(c.cmd("UTF8").await, refused(Text::Utf8Refused));
+    assert_eq!(c.cmd("XYZZY").await, refused(Text::UnknownCommand));
+    let caps = c.multi("CAPA", &ok(Text::CapaFollows)).await;
+    assert!(caps.iter().any(|c| c == "PIPELINING"), "{caps:?}");
+    assert!(caps.iter().any(|c| c.starts_with("EXPIRE")), "{caps:?}");
+    assert!(
+        caps.iter().any(|c| c.starts_with("LOGIN-DELAY")),
+        "{caps:?}"
+    );
+    assert_eq!(c.cmd("STAT").await, full_stat());
+}
+
+/// RFC 6856 section 3.3: a message with UTF-8 headers is refused `-ERR [UTF8]` by RETR and
+/// TOP unless UTF8 was given before login.
+#[tokio::test]
+async fn rfc6856_s3_utf8_headers_need_utf8_mode() {
+    let (f, mut c) = started().await;
+    c.cmd("USER carol").await;
+    c.cmd("PASS right").await;
+    assert_eq!(c.cmd("RETR 1").await, err(reply::UTF8_NEEDED));
+    assert_eq!(c.cmd("TOP 1 0").await, err(reply::UTF8_NEEDED));
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    c.closed().await;
+    let mut c = f.connect().await;
+    assert_eq!(c.cmd("UTF8").await, ok(Text::Utf8On));
+    c.cmd("USER carol").await;
+    c.cmd("PASS right").await;
+    let size = UTF8_MESSAGE.len();
+    let body = c.multi("RETR 1", &ok_with(Text::Octets, &[&size])).await;
+    assert_eq!(body, ["Subject: h\u{e9}llo", "", "body"]);
+}
+
+/// RFC 2449 section 6.6 (PIPELINING): many commands in one write are all answered, in order.
+#[tokio::test]
+async fn rfc2449_s6_6_pipelined_commands_are_answered_in_order() {
+    let (f, mut c) = started().await;
+    c.send("CAPA\r\nUSER alice\r\nPASS right\r\nSTAT\r\nLIST 1\r\nRETR 1\r\nDELE 1\r\nSTAT\r\nNOOP\r\nQUIT\r\n")
+        .await;
+    let sizes: Vec<u64> = MESSAGES.iter().map(|m| m.len() as u64).collect();
+    let total = octets(&MESSAGES);
+    assert_eq!(c.line().await, ok(Text::CapaFollows));
+    c.body().await;
+    assert_eq!(c.line().await, ok(Text::SendPass));
+    assert_eq!(c.line().await, logged_in(3, total));
+    assert_eq!(c.line().await, ok_bare(&format!("3 {total}")));
+    assert_eq!(c.line().await, ok_bare(&format!("1 {}", sizes[0])));
+    assert_eq!(c.line().await, ok_with(Text::Octets, &[&sizes[0]]));
+    assert_eq!(c.body().await, ["Subject: one", "", "first body"]);
+    assert_eq!(c.line().await, ok_with(Text::Deleted, &[&1]));
+    assert_eq!(c.line().await, ok_bare(&format!("2 {}", total - sizes[0])));
+    assert!(c.line().await.starts_with("+OK"));
+    assert_eq!(c.line().await, ok_with(Text::SigningOff, &[&1, &2]));
+    c.closed().await;
+    assert_eq!(f.stored(f.alice), 2);
+}
+
+/// RFC 2449 section 8.1.1, RFC 3206: a second session for a locked maildrop is refused
+/// `-ERR [IN-USE]` after the credentials were checked, and can log in once the first quits.
+#[tokio::test]
+async fn rfc2449_s8_1_1_locked_maildrop_is_in_use() {
+    let f = Fixture::new();
+    let mut first = f.connect().await;
+    first.login().await;
+    let mut second = f.connect().await;
+    second.cmd("USER alice").await;
+    let in_use = err(ErrReply {
+        code: Some(ResponseCode::InUse),
+        text: Text::InUse,
+    });
+    assert_eq!(second.cmd("PASS right").await, in_use);
+    assert!(first.cmd("QUIT").await.starts_with("+OK"));
+    first.closed().await;
+    second.login().await;
+}
+
+/// RFC 2449 section 8.1.2: a login too soon after the last one is refused
+/// `-ERR [LOGIN-DELAY]` naming the seconds to wait.
+#[tokio::test]
+async fn rfc2449_s8_1_2_login_delay_refuses_a_second_login() {
+    let f = Fixture::new();
+    f.store
+        .set_policy(
+            &name("alice"),
+            AccountPolicy {
+                login_delay: Some(600),
+                expire: None,
+            },
+        )
+        .expect("policy");
+    let mut c = f.connect().await;
+    c.login().await;
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    c.closed().await;
+    let mut c = f.connect().await;
+    c.cmd("USER alice").await;
+    let reply = c.cmd("PASS right").await;
+    // The wait is rounded down to whole seconds: 600, or 599 if a second began meanwhile.
+    let delayed = |secs: u64| {
+        let wait = fill(Text::LoginDelay, &[&secs]);
+        render(|o| write_err(o, Some(ResponseCode::LoginDelay), &wait))
+    };
+    assert!(reply == delayed(600) || reply == delayed(599), "{reply}");
+    // The refused login released the lock: CAPA still works and the session goes on.
+    c.multi("CAPA", &ok(Text::CapaFollows)).await;
+}
+
+/// RFC 2449 section 6.7: with EXPIRE 0 a retrieved message is removed at UPDATE.
+#[tokio::test]
+async fn rfc2449_s6_7_expire_0_removes_retrieved_messages_at_update() {
+    let f = Fixture::tuned(|c| c.expire = store::Expire::Days(0));
+    let mut c = f.connect().await;
+    c.login().await;
+    c.multi("RETR 1", &ok_with(Text::Octets, &[&MESSAGES[0].len()]))
+        .await;
+    assert_eq!(c.cmd("QUIT").await, ok_with(Text::SigningOff, &[&1, &2]));
+    c.closed().await;
+    assert_eq!(f.stored(f.alice), 2);
+}
+
+/// A node being drained (`popadm node drain`) checks the credentials, then refuses the
+/// login `-ERR [SYS/TEMP]` (RFC 3206) and keeps the session in AUTHORIZATION.
+#[tokio::test]
+async fn rfc3206_draining_node_refuses_logins_with_sys_temp() {
+    let f = Fixture::new();
+    f.shared.draining.store(true, Ordering::Relaxed);
+    let mut c = f.connect().await;
+    c.cmd("USER alice").await;
+    assert_eq!(c.cmd("PASS right").await, err(reply::DRAINING));
+    c.cmd("USER alice").await;
+    assert_eq!(c.cmd("PASS wrong").await, err(reply::BAD_CREDENTIALS));
+}
