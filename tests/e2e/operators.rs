@@ -484,7 +484,16 @@ fn secrets_are_read_before_privileges_are_dropped() {
         scratch.join("tls").join("key.pem"),
     );
     drop(first);
-    // The key goes where only root can read it, as keys usually are.
+    // The certificate is public; the key goes where only root can read it, as keys usually
+    // are.
+    let public_cert = dir.path().join("cert.pem");
+    std::fs::copy(&cert, &public_cert).expect("copy cert");
+    std::fs::set_permissions(
+        &public_cert,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let cert = public_cert;
     let secrets = dir.path().join("secrets");
     std::fs::create_dir(&secrets).expect("mkdir");
     std::fs::set_permissions(
@@ -549,4 +558,90 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         i += 1;
     }
     out
+}
+
+/// Issue 19: a log that is not a terminal (a file, the journal, fail2ban's input) carries no
+/// colour escape codes, with or without NO_COLOR, so the shipped fail2ban filter matches it.
+#[test]
+fn logs_to_a_pipe_are_not_coloured() {
+    let dir = TempDir::new("no-colour");
+    let data = dir.path().join("data");
+    provision(&data);
+    let mut cmd = Server::command(&data, &[]);
+    cmd.env_remove("NO_COLOR");
+    let server = Server::spawn(cmd, &data);
+    let mut c = server.connect();
+    c.ok(&format!("USER {USER}"));
+    c.err("PASS wrong");
+    let deadline = Instant::now() + TIMEOUT;
+    while !server.log().contains("login failed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = server.log();
+    assert!(log.contains("login failed"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a piped log:\n{log}"
+    );
+}
+
+/// Issue 19: `login failed` lines carry the attempted user name (quoted, never the password),
+/// the span shows `tls` once, and the shipped fail2ban filter's pattern (applied with Python's
+/// `re`, as fail2ban does) finds the real client in them, never an address a user name claims.
+#[test]
+fn failed_logins_name_the_user_and_the_fail2ban_filter_finds_the_real_peer() {
+    if !e2e::client_available("python3", "--version") {
+        return;
+    }
+    let dir = TempDir::new("fail2ban");
+    let data = dir.path().join("data");
+    provision(&data);
+    let server = Server::start(&data, &[]);
+    let mut c = server.connect();
+    // A SASL PLAIN name may hold spaces and braces: it poses as another session's line.
+    let forged = "session{id=9 peer=192.0.2.66:1}: x: login failed";
+    let plain = e2e::base64(format!("\0{forged}\0secret-password-123").as_bytes());
+    c.err(&format!("AUTH PLAIN {plain}"));
+    c.ok(&format!("USER {USER}"));
+    c.err("PASS wrong-again");
+    let deadline = Instant::now() + TIMEOUT;
+    while server.log().matches("login failed").count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = server.log();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("login failed")).collect();
+    assert_eq!(failed.len(), 2, "{log}");
+    assert!(failed[1].contains(&format!("user=\"{USER}\"")), "{log}");
+    assert!(!log.contains("secret-password-123"), "{log}");
+    assert!(!log.contains("tls=false"), "{log}");
+    let filter = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/fail2ban/filter.d/pop3d.conf"),
+    )
+    .expect("filter");
+    let regex = filter
+        .lines()
+        .find_map(|l| l.strip_prefix("failregex = "))
+        .expect("failregex");
+    // fail2ban's <HOST> is a named group; an address or a bracketed IPv6 address here.
+    let script = "import re,sys\n\
+                  rx=re.compile(sys.argv[1].replace('<HOST>', r'(?P<host>[0-9a-fA-F.:]+)'))\n\
+                  for line in sys.stdin:\n    m=rx.search(line)\n    print(m.group('host') if m else '-')\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script, regex])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        failed.join("\n").as_bytes(),
+    )
+    .expect("write");
+    let out = child.wait_with_output().expect("python3");
+    let hosts = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        hosts.lines().collect::<Vec<_>>(),
+        ["127.0.0.1", "127.0.0.1"],
+        "{log}"
+    );
 }

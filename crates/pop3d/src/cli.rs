@@ -49,14 +49,16 @@ pub struct Args {
     #[arg(long, value_name = "FILE", env = "POP3D_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Directory of the maildrop database [default: ./pop3d-data].
-    #[arg(long, value_name = "DIR", env = "POP3D_DATA_DIR")]
+    /// Directory of the maildrop database [default: the file's `data_dir`, else
+    /// $POP3D_DATA_DIR, else ./pop3d-data].
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Keep the maildrops in PostgreSQL instead of SQLite: postgres://USER@HOST:PORT/DB (a
     /// password is better kept in the environment variable than on the command line). Needs a
-    /// pop3d built with the `postgres` feature.
-    #[arg(long, value_name = "URL", env = "POP3D_STORE")]
+    /// pop3d built with the `postgres` feature. [default: the file's `store`, else
+    /// $POP3D_STORE, else SQLite in the data directory]
+    #[arg(long, value_name = "URL")]
     pub store: Option<String>,
 
     /// This node's id in a shared PostgreSQL store; its leases are cleared at start, so every

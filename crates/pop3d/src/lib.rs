@@ -19,8 +19,13 @@ pub use settings::{resolve, Settings};
 pub fn init_logging(filter: &str, json: bool) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid log filter {filter:?}"))?;
+    // Colour only for a person at a terminal: a log file, the journal or a pipe to fail2ban
+    // gets plain text (escape codes break their patterns), and NO_COLOR is honoured.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if json {
         builder.json().with_current_span(true).init();

@@ -28,11 +28,15 @@ fn main() -> ExitCode {
     if let Err(e) = pop3d::init_logging(&settings.log, settings.json_logs) {
         return exit(Err(e), ExitCode::from(EX_USAGE));
     }
-    let served = server::serve(settings.daemon).map_err(anyhow::Error::from);
-    if let Err(e) = &served {
-        tracing::error!("{e:#}");
+    // Once logging is up, the log is where a failure is said, once (in JSON too with
+    // --log-format json); before that, stderr.
+    match server::serve(settings.daemon) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
     }
-    exit(served, ExitCode::FAILURE)
 }
 
 /// Success, or the error printed once on stderr and `failure`.

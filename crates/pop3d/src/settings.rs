@@ -28,6 +28,18 @@ fn layer<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
     flag.or(file).unwrap_or(default)
 }
 
+/// The flag, else the file, else the environment, else the default: for the locations
+/// (`data_dir`, `store`) that an environment variable may give, so a file's value is never
+/// overridden by a variable left in a service's environment.
+fn layer_env<T>(flag: Option<T>, file: Option<T>, env: Option<T>, default: T) -> T {
+    layer(flag, file.or(env), default)
+}
+
+/// A non-empty environment variable.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 /// [`layer`] for a setting given in seconds.
 fn layer_secs(flag: Option<u64>, file: Option<u64>, default: Duration) -> Duration {
     layer(flag.map(secs), file.map(secs), default)
@@ -189,8 +201,18 @@ fn layered(args: &Args) -> Result<Settings> {
         config,
         listeners,
         trusted_proxies: Arc::new(trusted_proxies),
-        data_dir: layer(args.data_dir.clone(), file.data_dir, "./pop3d-data".into()),
-        store: args.store.clone().or(file.store),
+        data_dir: layer_env(
+            args.data_dir.clone(),
+            file.data_dir,
+            env_var("POP3D_DATA_DIR").map(Into::into),
+            "./pop3d-data".into(),
+        ),
+        store: layer_env(
+            args.store.clone().map(Some),
+            file.store.map(Some),
+            env_var("POP3D_STORE").map(Some),
+            None,
+        ),
         node_id: node_id
             .or_else(|| store::hostname().map(str::to_owned))
             .unwrap_or_else(|| "pop3d".into()),
@@ -216,14 +238,22 @@ fn listeners(args: &Args, file: &File) -> Result<Vec<ListenSpec>> {
         &args.listen_tls,
         &args.listen_kpop,
     ];
+    let cleartext = args.cleartext.as_deref().map(parse_cleartext).transpose()?;
+    let min_tls = args.min_tls.as_deref().map(parse_min_tls).transpose()?;
     let mut listeners = if flags.iter().all(|l| l.is_empty()) {
+        if !file.listen.is_empty() && (cleartext.is_some() || min_tls.is_some()) {
+            // They would silently do nothing: the file's listeners carry their own policy.
+            bail!(
+                "--cleartext and --min-tls apply to listeners given by flags (--listen, \
+                 --listen-tls, ...) and to the embedded defaults; the configuration file's \
+                 listeners set `cleartext` and `min_tls` in each [[listen]] table"
+            );
+        }
         file.listen
             .iter()
             .map(ListenFile::resolve)
             .collect::<Result<Vec<_>>>()?
     } else {
-        let cleartext = args.cleartext.as_deref().map(parse_cleartext).transpose()?;
-        let min_tls = args.min_tls.as_deref().map(parse_min_tls).transpose()?;
         let spec = |kind, proxy| {
             move |&address: &SocketAddr| ListenSpec {
                 address,
@@ -249,10 +279,19 @@ fn listeners(args: &Args, file: &File) -> Result<Vec<ListenSpec>> {
             .collect()
     };
     if listeners.is_empty() {
-        listeners = vec![
-            ListenSpec::new(([127, 0, 0, 1], 1110).into(), ListenerKind::Plain),
-            ListenSpec::new(([127, 0, 0, 1], 1995).into(), ListenerKind::ImplicitTls),
-        ];
+        // The embedded defaults take --cleartext and --min-tls like listeners given by flags.
+        listeners = [
+            (1110, ListenerKind::Plain),
+            (1995, ListenerKind::ImplicitTls),
+        ]
+        .into_iter()
+        .map(|(port, kind)| {
+            let mut spec = ListenSpec::new(([127, 0, 0, 1], port).into(), kind);
+            spec.cleartext = cleartext.unwrap_or(spec.cleartext);
+            spec.min_tls = min_tls.unwrap_or(spec.min_tls);
+            spec
+        })
+        .collect();
     }
     let auth_http = args.auth_http.or(file.auth_http);
     listeners.extend(auth_http.map(|a| ListenSpec::new(a, ListenerKind::AuthHttp)));
@@ -314,6 +353,10 @@ mod tests {
             Some("example.org")
         );
         assert_eq!(s.daemon.data_dir, PathBuf::from("/var/lib/pop3d"));
+        // Issue 19: an example copied as it is switches on neither data removal nor
+        // lock-outs: EXPIRE and LOGIN-DELAY stay at the built-in defaults.
+        assert_eq!(s.daemon.config.expire, store::Expire::Never);
+        assert_eq!(s.daemon.config.login_delay, Duration::ZERO);
     }
 
     #[test]
@@ -543,6 +586,50 @@ mod tests {
         assert_eq!(s.daemon.config.expire, store::Expire::Never);
         assert_eq!(s.daemon.listeners[0].address.to_string(), "127.0.0.1:3110");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 19: --cleartext and --min-tls never do nothing. With the file's listeners they
+    /// are refused (each [[listen]] carries its own policy); with the embedded defaults or
+    /// listeners given by flags they apply.
+    #[test]
+    fn cleartext_and_min_tls_flags_apply_or_are_refused() {
+        let dir = std::env::temp_dir().join(format!("pop3d-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("pop3d.toml");
+        std::fs::write(&path, "[[listen]]\naddress = \"127.0.0.1:2110\"\n").expect("write");
+        let p = path.to_str().expect("utf8");
+        for flag in [["--cleartext", "always"], ["--min-tls", "1.3"]] {
+            let err = resolve(&Args::parse_from([
+                "pop3d", "--config", p, flag[0], flag[1],
+            ]))
+            .expect_err("ignored flag refused");
+            assert!(err.to_string().contains("[[listen]]"), "{err}");
+        }
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--cleartext",
+            "never",
+            "--min-tls",
+            "1.3",
+        ]))
+        .expect("embedded defaults");
+        assert_eq!(s.daemon.listeners.len(), 2);
+        for l in &s.daemon.listeners {
+            assert_eq!(l.cleartext, Cleartext::Never);
+            assert_eq!(l.min_tls, server::TlsVersion::Tls13);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 19: a location is the flag, else the file, else the environment, else the
+    /// default, so a variable left in a unit's environment never hides the file's value.
+    #[test]
+    fn locations_prefer_the_file_to_the_environment() {
+        let (flag, file, env) = (Some("flag"), Some("file"), Some("env"));
+        assert_eq!(layer_env(flag, file, env, "default"), "flag");
+        assert_eq!(layer_env(None, file, env, "default"), "file");
+        assert_eq!(layer_env(None, None, env, "default"), "env");
+        assert_eq!(layer_env(None, None, None, "default"), "default");
     }
 
     /// `[argon2]` costs the argon2 crate refuses are a configuration error, found without

@@ -468,9 +468,10 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
                 id,
                 proxy = %peer,
                 peer = tracing::field::Empty,
-                tls,
+                tls = tracing::field::Empty,
                 user = tracing::field::Empty
             );
+            record_tls(&span, tls);
             tokio::spawn(
                 async move {
                     serve_proxied(stream, peer, id, info, shared).await;
@@ -488,9 +489,10 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
             "session",
             id,
             peer = %peer,
-            tls,
+            tls = tracing::field::Empty,
             user = tracing::field::Empty
         );
+        record_tls(&span, tls);
         tokio::spawn(
             async move {
                 if let Some(conn) = open(stream, info, &shared).await {
@@ -507,6 +509,15 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
 /// A connection on a proxied listener: the PROXY header first (within
 /// [`PROXY_HEADER_TIMEOUT`] or the login timeout, whichever is shorter), then the session
 /// with the header's source as the client (the TCP peer for LOCAL and UNKNOWN headers).
+/// `tls=true` on a session's span once TLS is up: from the start on an implicit-TLS
+/// listener, after the handshake on STLS. A cleartext session has no `tls` field: recording
+/// `false` first would make the log show both values (`tls=false tls=true`) after STLS.
+fn record_tls(span: &tracing::Span, tls: bool) {
+    if tls {
+        span.record("tls", true);
+    }
+}
+
 async fn serve_proxied(
     mut stream: TcpStream,
     peer: SocketAddr,

@@ -383,7 +383,13 @@ impl Session {
     /// `max_auth_failures` on this connection it is closed.
     async fn auth_failure(&mut self, attempted: Option<&str>, password: Option<u64>) -> Next {
         self.tally.auth_failures += 1;
-        info!(failures = self.tally.auth_failures, "login failed");
+        // The attempted name (never the password) for operators and fail2ban, quoted by `?`
+        // so a name cannot pose as another field or line.
+        info!(
+            failures = self.tally.auth_failures,
+            user = ?attempted.unwrap_or_default(),
+            "login failed"
+        );
         let account = attempted.map(str::to_lowercase);
         let delay = self.shared.penalties.failure(
             self.client.ip(),
