@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tracing::warn;
 
 use self::schema::migrate;
@@ -124,16 +124,21 @@ impl SqliteStore {
 }
 
 impl Backend for SqliteStore {
-    type Tx<'t> = Transaction<'t>;
+    type Tx<'t> = &'t Connection;
 
     /// One `BEGIN IMMEDIATE` transaction.
-    fn write<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn write<T>(&self, f: impl FnOnce(&mut &Connection) -> Result<T>) -> Result<T> {
         self.transaction(TransactionBehavior::Immediate, f)
     }
 
     /// One deferred transaction, so that several statements see one snapshot.
-    fn read<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn read<T>(&self, f: impl FnOnce(&mut &Connection) -> Result<T>) -> Result<T> {
         self.transaction(TransactionBehavior::Deferred, f)
+    }
+
+    /// No transaction: one statement is atomic by itself (autocommit).
+    fn single<T>(&self, f: impl FnOnce(&mut &Connection) -> Result<T>) -> Result<T> {
+        self.with_conn(|conn| f(&mut &*conn))
     }
 
     /// A SQLite database serves one host: its leases record no node.
@@ -147,11 +152,11 @@ impl SqliteStore {
     fn transaction<T>(
         &self,
         behavior: TransactionBehavior,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
+        f: impl FnOnce(&mut &Connection) -> Result<T>,
     ) -> Result<T> {
         self.with_conn(|conn| {
-            let mut tx = conn.transaction_with_behavior(behavior)?;
-            let value = f(&mut tx)?;
+            let tx = conn.transaction_with_behavior(behavior)?;
+            let value = f(&mut &*tx)?;
             tx.commit()?;
             Ok(value)
         })

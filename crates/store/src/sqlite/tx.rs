@@ -1,4 +1,5 @@
-//! SQLite's dialect of the shared SQL ([`Sql`] for a rusqlite [`Transaction`]).
+//! SQLite's dialect of the shared SQL ([`Sql`] for a rusqlite [`Connection`], inside the
+//! transaction the backend began on it, or alone for one statement that reads).
 //!
 //! Parameters: SQLite reads `$1` as a *named* parameter, numbered by its first appearance, not
 //! by its digits; each value is therefore bound by its name. Statements are prepared once per
@@ -9,7 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{CachedStatement, Connection, Row, Transaction};
+use rusqlite::{CachedStatement, Connection, Row};
 
 use crate::sql::{NewLease, Params, RowLock, Sql};
 use crate::{AccountId, MaildropLock, Result, StoreError};
@@ -44,7 +45,7 @@ fn lease_secs(lease: Duration) -> i64 {
         .min(i64::MAX / 2)
 }
 
-impl Sql for Transaction<'_> {
+impl Sql for &Connection {
     type Row<'r> = Row<'r>;
 
     const NOW: &'static str = "unixepoch()";
