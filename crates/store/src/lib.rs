@@ -315,13 +315,22 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("reading the message: {0}")]
     Input(#[source] std::io::Error),
+    /// The cause is in the message, not also a `source`: `{:#}` would print it twice.
     #[error("storage I/O: {0}")]
-    Io(#[source] std::io::Error),
+    Io(std::io::Error),
     #[error("database: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
+    /// An I/O error on `path`, naming the file (`Permission denied` alone says not which).
+    pub fn io_at(path: &std::path::Path, e: std::io::Error) -> StoreError {
+        StoreError::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        ))
+    }
+
     /// True for trouble that may go away by itself (busy database, full disk, I/O errors):
     /// POP3 answers `[SYS/TEMP]`, delivery exits 75.
     pub fn is_transient(&self) -> bool {
@@ -468,4 +477,23 @@ pub trait Store: Send + Sync + 'static {
     fn set_node_state(&self, id: &str, state: NodeState) -> Result<()>;
     /// Removes a node from the table (a heartbeat adds it again); `NoSuchNode` if absent.
     fn remove_node(&self, id: &str) -> Result<()>;
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    /// Issue 19: an I/O failure names the file, and says its cause once (it is the message,
+    /// not also a `source`, which `{:#}` printers would repeat).
+    #[test]
+    fn io_errors_name_the_file_once() {
+        let e = StoreError::io_at(
+            std::path::Path::new("/var/lib/pop3d/maildrops.sqlite3"),
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        let text = e.to_string();
+        assert!(text.contains("/var/lib/pop3d/maildrops.sqlite3"), "{text}");
+        assert_eq!(text.matches("permission denied").count(), 1, "{text}");
+        assert!(std::error::Error::source(&e).is_none());
+    }
 }

@@ -65,7 +65,9 @@ impl SqliteStore {
         builder.recursive(true);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(data_dir).map_err(StoreError::Io)?;
+        builder
+            .create(data_dir)
+            .map_err(|e| StoreError::io_at(data_dir, e))?;
         SqliteStore::open_file(&data_dir.join(DB_FILE))
     }
 
@@ -83,9 +85,12 @@ impl SqliteStore {
                 .truncate(false)
                 .mode(0o600)
                 .open(path)
-                .map_err(StoreError::Io)?;
+                .map_err(|e| StoreError::io_at(path, e))?;
         }
-        let mut conn = connect(path)?;
+        let mut conn = connect(path).map_err(|e| match e {
+            StoreError::Io(e) => StoreError::io_at(path, e),
+            e => e,
+        })?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
             path: path.to_owned(),
