@@ -251,6 +251,9 @@ impl Session {
     ) -> Next {
         let offered = self.mechanisms();
         let Some(name) = mechanism else {
+            if let Some(close) = self.count_before_login() {
+                return close;
+            }
             self.ok(Text::MechanismsFollow);
             for m in &offered {
                 write_listing_line(&mut self.out, m.name().as_bytes());
@@ -262,8 +265,10 @@ impl Session {
             Some(m) if offered.contains(&m) => m,
             Some(m) if m.is_cleartext() => return self.refuse(reply::CLEARTEXT_REFUSED),
             _ => {
-                self.err(Text::UnknownMechanism);
-                return Next::Continue;
+                return self.refuse(ErrReply {
+                    code: None,
+                    text: Text::UnknownMechanism,
+                })
             }
         };
         let initial = match initial.as_ref().map(|s| s.expose().as_str()) {
@@ -398,7 +403,14 @@ impl Session {
             Instant::now(),
         );
         if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+            // The penalty ends early at shutdown: a guesser's wait holds no drain.
+            let mut shutdown = self.shared.shutdown.clone();
+            if !*shutdown.borrow() {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
         }
         if self.tally.auth_failures >= self.shared.config.max_auth_failures {
             self.send_err(reply::TOO_MANY_AUTH_FAILURES);

@@ -21,7 +21,7 @@ mod update;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use proto::response::{write_end, write_err, write_listing_line, write_ok};
 use proto::{Command, CommandError, Decoder, DotStuffer, MAX_COMMAND_LINE};
@@ -42,6 +42,14 @@ use transaction::Transaction;
 /// Invalid command lines a session may send before it is closed (unknown commands, syntax
 /// errors, over-long lines, commands in the wrong state).
 pub const MAX_BAD_COMMANDS: u32 = 20;
+
+/// Longest a write to a logged-in client may wait for it to read (before login the login
+/// deadline bounds every write): a client that stops reading gives its slot back by then.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Longest the close of a connection waits for the peer (TLS close_notify to a client that
+/// no longer reads).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Replies are batched and written once this much is pending (or no command is left).
 const FLUSH_AT: usize = 64 * 1024;
@@ -146,7 +154,8 @@ pub(crate) async fn serve<S: Stream>(
         debug!(error = %e, "connection ended");
     }
     driver.session.abandon().await;
-    let _ = driver.conn.shutdown().await;
+    // close_notify on TLS: bounded, a peer that stopped reading does not hold the slot.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, driver.conn.shutdown()).await;
     // One stable line per session (fail2ban and log analysis read it; no secrets in it).
     let tally = &driver.session.tally;
     info!(
@@ -252,13 +261,14 @@ impl<S: Stream> Driver<S> {
         }
     }
 
-    /// Writes the pending replies; a peer that stops reading gets `idle_timeout`.
+    /// Writes the pending replies. A peer that stops reading gets until the login deadline
+    /// before login, [`WRITE_TIMEOUT`] (at most the idle timeout) after it.
     async fn flush(&mut self) -> io::Result<()> {
         if self.session.out.is_empty() {
             return Ok(());
         }
-        let idle = self.session.shared.config.idle_timeout;
-        match tokio::time::timeout(idle, self.conn.write_all(&self.session.out)).await {
+        let limit = self.write_limit();
+        match tokio::time::timeout(limit, self.conn.write_all(&self.session.out)).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(io::Error::new(
@@ -268,7 +278,25 @@ impl<S: Stream> Driver<S> {
             }
         }
         self.session.out.clear();
-        self.conn.flush().await
+        match tokio::time::timeout(limit, self.conn.flush()).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading",
+            )),
+        }
+    }
+
+    /// How long the next write may wait for the peer to read.
+    fn write_limit(&self) -> Duration {
+        let idle = self.session.shared.config.idle_timeout;
+        match self.session.state {
+            State::Authorization(_) => idle.min(
+                self.login_deadline
+                    .saturating_duration_since(Instant::now()),
+            ),
+            State::Transaction(_) => idle.min(WRITE_TIMEOUT),
+        }
     }
 
     /// STLS (RFC 2595 section 4) after its `+OK`: the handshake, then a fresh session:
@@ -385,7 +413,13 @@ impl Session {
     /// One command line, in whatever state the session is.
     async fn handle(&mut self, cmd: Command) -> Next {
         debug!(command = %cmd.keyword(), "command");
-        // Valid in every state.
+        // Valid in every state. Before login they only produce output, so they are counted
+        // like refused commands: a client may not loop on them to hold its slot.
+        if matches!(cmd, Command::Capa | Command::Lang(_)) {
+            if let Some(close) = self.count_before_login() {
+                return close;
+            }
+        }
         match cmd {
             Command::Capa => {
                 self.capa();
@@ -444,13 +478,31 @@ impl Session {
 
     /// A refused command line: counts towards [`MAX_BAD_COMMANDS`].
     fn refuse(&mut self, e: ErrReply) -> Next {
-        self.bad_commands += 1;
-        if self.bad_commands >= MAX_BAD_COMMANDS {
-            self.send_err(reply::TOO_MANY_BAD_COMMANDS);
-            return Next::Close;
+        if let Some(close) = self.count_bad() {
+            return close;
         }
         self.send_err(e);
         Next::Continue
+    }
+
+    /// One more command towards [`MAX_BAD_COMMANDS`]; at the limit the session is closed
+    /// (the reply is written here).
+    fn count_bad(&mut self) -> Option<Next> {
+        self.bad_commands += 1;
+        if self.bad_commands >= MAX_BAD_COMMANDS {
+            self.send_err(reply::TOO_MANY_BAD_COMMANDS);
+            return Some(Next::Close);
+        }
+        None
+    }
+
+    /// [`Session::count_bad`] for a command that only produces output (CAPA, LANG, AUTH's
+    /// mechanism list, an unknown mechanism), counted only before login.
+    fn count_before_login(&mut self) -> Option<Next> {
+        match self.state {
+            State::Authorization(_) => self.count_bad(),
+            State::Transaction(_) => None,
+        }
     }
 
     fn wrong_state(&mut self, text: Text) -> Next {

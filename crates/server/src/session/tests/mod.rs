@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod authorization;
+mod deadlines;
 mod sasl;
 mod stls;
 mod transaction;
@@ -156,7 +157,13 @@ impl Fixture {
 
     /// A session on `listener` from `peer`, greeting read.
     async fn connect_as(&self, listener: ListenerInfo, peer: &str) -> Client {
-        let (near, far) = tokio::io::duplex(64 * 1024);
+        self.connect_buffered(listener, peer, 64 * 1024).await
+    }
+
+    /// [`Fixture::connect_as`] over a pipe that holds at most `buffer` octets in flight, so a
+    /// client that does not read blocks the session's writes.
+    async fn connect_buffered(&self, listener: ListenerInfo, peer: &str, buffer: usize) -> Client {
+        let (near, far) = tokio::io::duplex(buffer);
         let peer: SocketAddr = peer.parse().expect("address");
         let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
