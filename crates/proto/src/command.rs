@@ -140,6 +140,19 @@ pub enum CommandError {
     NotUtf8,
 }
 
+impl CommandError {
+    /// The command the error is about, when the keyword itself was understood.
+    pub fn keyword(&self) -> Option<Keyword> {
+        match self {
+            CommandError::MissingArgument(kw)
+            | CommandError::TooManyArguments(kw)
+            | CommandError::InvalidNumber(kw)
+            | CommandError::InvalidArgument(kw) => Some(*kw),
+            _ => None,
+        }
+    }
+}
+
 impl Command {
     pub fn keyword(&self) -> Keyword {
         match self {

@@ -137,7 +137,7 @@ impl Session {
 
     /// Forgets the name waiting for PASS and returns it (called on commands, so never
     /// inside a SASL exchange).
-    fn take_user(&mut self) -> Option<String> {
+    pub(super) fn take_user(&mut self) -> Option<String> {
         match self.reset_auth() {
             Auth::UserGiven(name) => Some(name),
             _ => None,

@@ -473,6 +473,11 @@ impl Session {
 
     fn bad_command(&mut self, e: &CommandError) -> Next {
         debug!(error = %e, "bad command");
+        // RFC 1939 section 7: a failed PASS, a malformed one included, ends the USER/PASS
+        // exchange: the client may start again with USER.
+        if e.keyword() == Some(proto::Keyword::Pass) {
+            self.take_user();
+        }
         self.refuse(reply::command_error(e))
     }
 
@@ -521,8 +526,13 @@ impl Session {
     }
 
     /// STLS is possible: a certificate, a cleartext listener, not yet under TLS.
+    /// STLS is offered on a plain listener with a certificate, before TLS, and only in
+    /// AUTHORIZATION (RFC 2595 section 4): never in CAPA after login.
     fn stls_offered(&self) -> bool {
-        self.shared.tls.is_some() && self.listener.kind == ListenerKind::Plain && !self.tls
+        self.shared.tls.is_some()
+            && self.listener.kind == ListenerKind::Plain
+            && !self.tls
+            && matches!(self.state, State::Authorization(_))
     }
 
     /// A KPOP listener: Kerberos only.

@@ -48,6 +48,20 @@ async fn rfc1939_s7_rfc3206_wrong_password_is_auth_error_and_forgets_user() {
     c.login().await;
 }
 
+/// RFC 1939 section 7: after a failed PASS, a malformed one (no argument) included, the
+/// client "may either issue a new authentication command or may issue the QUIT command": a
+/// new USER is accepted.
+#[tokio::test]
+async fn rfc1939_s7_a_failed_pass_of_any_kind_accepts_a_new_user() {
+    let (_f, mut c) = started().await;
+    assert_eq!(c.cmd("USER alice").await, ok(Text::SendPass));
+    assert_eq!(c.cmd("PASS").await, refused(Text::MissingArgument));
+    assert_eq!(c.cmd("USER alice").await, ok(Text::SendPass));
+    assert_eq!(c.cmd("PASS wrong").await, err(reply::BAD_CREDENTIALS));
+    assert_eq!(c.cmd("USER alice").await, ok(Text::SendPass));
+    assert_eq!(c.cmd("PASS right").await, full_login());
+}
+
 /// RFC 1939 section 7 (and RFC 5034 section 4 for AUTH): after `max_auth_failures` failed
 /// logins the connection is closed with `-ERR [AUTH]`.
 #[tokio::test]

@@ -100,3 +100,16 @@ async fn rfc2595_s4_stls_not_offered_on_kpop() {
     assert!(!caps.iter().any(|c| c == "STLS"), "{caps:?}");
     assert_eq!(c.cmd("STLS").await, refused(Text::StlsUnconfigured));
 }
+
+/// RFC 2595 section 4: STLS is only permitted in AUTHORIZATION, so CAPA after login on a
+/// cleartext connection does not announce it (and STLS itself is refused there).
+#[tokio::test]
+async fn rfc2595_s4_capa_after_login_does_not_offer_stls() {
+    let f = Fixture::build(config(), true);
+    let mut c = f.connect().await;
+    let before = c.multi("CAPA", &ok(Text::CapaFollows)).await;
+    assert!(before.iter().any(|l| l == "STLS"), "{before:?}");
+    c.login().await;
+    let after = c.multi("CAPA", &ok(Text::CapaFollows)).await;
+    assert!(!after.iter().any(|l| l == "STLS"), "{after:?}");
+}
