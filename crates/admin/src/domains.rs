@@ -58,6 +58,9 @@ pub fn run(location: &Location, cmd: DomainCommand) -> anyhow::Result<()> {
 fn domain_name(domain: &str) -> anyhow::Result<String> {
     let probe = AccountName::parse(&format!("postmaster@{domain}"))
         .with_context(|| format!("invalid domain {domain:?}"))?;
+    probe
+        .check_new()
+        .with_context(|| format!("invalid domain {domain:?}"))?;
     match probe.domain() {
         Some(d) => Ok(d.to_string()),
         None => bail!("invalid domain {domain:?}"),
@@ -77,5 +80,7 @@ mod tests {
         assert!(domain_name("a b").is_err());
         assert!(domain_name("").is_err());
         assert!(domain_name("x@y").is_err());
+        assert!(domain_name("x/y").is_err());
+        assert!(domain_name("-x.org").is_err());
     }
 }

@@ -260,6 +260,10 @@ pub enum UserCommand {
         /// docs/authentication.md for the trade-off)
         #[arg(long)]
         legacy_auth: bool,
+        /// Create the account's domain if the store has other domains but not this one (a
+        /// typo would otherwise make a new domain; `domain add` does the same explicitly)
+        #[arg(long)]
+        new_domain: bool,
     },
     /// Delete an account and all its messages
     Del {

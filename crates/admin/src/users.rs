@@ -23,7 +23,8 @@ pub fn run(location: &Location, cmd: UserCommand) -> anyhow::Result<()> {
             name,
             password_stdin,
             legacy_auth,
-        } => add(location, &name, password_stdin, legacy_auth),
+            new_domain,
+        } => add(location, &name, password_stdin, legacy_auth, new_domain),
         UserCommand::Del { name, yes } => del(location, &name, yes),
         UserCommand::List => list(location),
         UserCommand::Set {
@@ -39,25 +40,87 @@ pub fn run(location: &Location, cmd: UserCommand) -> anyhow::Result<()> {
     }
 }
 
-fn add(location: &Location, name: &str, password_stdin: bool, legacy: bool) -> anyhow::Result<()> {
+fn add(
+    location: &Location,
+    name: &str,
+    password_stdin: bool,
+    legacy: bool,
+    new_domain: bool,
+) -> anyhow::Result<()> {
     let name = account_name(name)?;
-    // Refuse a taken name before asking for a password; the database is created only once the
-    // password is in hand, so a mistyped password leaves nothing behind.
-    if let Some(store) = existing_store(location)? {
-        if store
-            .account(&name)
-            .context("looking the account up")?
-            .is_some()
-        {
-            return Err(StoreError::AccountExists(name.to_string()).into());
+    name.check_new()?;
+    // Refuse a taken name (or a domain that looks like a typo) before asking for a password;
+    // the database is created only once the password is in hand, so a mistyped password
+    // leaves nothing behind.
+    let creates_domain = match existing_store(location)? {
+        Some(store) => {
+            if store
+                .account(&name)
+                .context("looking the account up")?
+                .is_some()
+            {
+                return Err(StoreError::AccountExists(name.to_string()).into());
+            }
+            check_domain(&*store, &name, new_domain)?
         }
-    }
+        None => name.domain().is_some(),
+    };
     let (hash, secrets) = read_and_derive(&name, password_stdin, legacy)?;
     let store = open_or_create(location)?;
     store
         .create_account_with(&name, &hash, &secrets)
         .with_context(|| format!("creating account {name}"))?;
-    print(&format!("created {name}\n"))
+    if let Some(warning) = shadowing(&*store, &name)? {
+        eprintln!("popadm: warning: {warning}");
+    }
+    match name.domain().filter(|_| creates_domain) {
+        Some(domain) => print(&format!("created {name} (and the new domain {domain})\n")),
+        None => print(&format!("created {name}\n")),
+    }
+}
+
+/// Whether adding `name` creates its domain; an error when the store has domains but not this
+/// one and `--new-domain` was not given (a typo such as `exmaple.org` must not make a domain).
+fn check_domain(store: &dyn store::Store, name: &AccountName, new_domain: bool) -> anyhow::Result<bool> {
+    let Some(domain) = name.domain() else {
+        return Ok(false);
+    };
+    let domains = store.list_domains().context("listing domains")?;
+    if domains.iter().any(|(d, _)| d == domain) {
+        return Ok(false);
+    }
+    if !domains.is_empty() && !new_domain {
+        let known: Vec<&str> = domains.iter().map(|(d, _)| d.as_str()).collect();
+        bail!(
+            "domain {domain} does not exist (the store has: {}); add it first with \
+             `popadm domain add {domain}`, or pass --new-domain",
+            known.join(", ")
+        );
+    }
+    Ok(true)
+}
+
+/// A warning when `name` and another account differ only by the domain part in a way a
+/// `default_domain` makes ambiguous: `alice` beside `alice@example.org`.
+fn shadowing(store: &dyn store::Store, name: &AccountName) -> anyhow::Result<Option<String>> {
+    let accounts = store.list_accounts().context("listing accounts")?;
+    let twins: Vec<String> = accounts
+        .iter()
+        .map(|a| &a.name)
+        .filter(|other| *other != name && other.local() == name.local())
+        .filter(|other| other.domain().is_none() || name.domain().is_none())
+        .map(AccountName::to_string)
+        .collect();
+    if twins.is_empty() {
+        return Ok(None);
+    }
+    let bare = name.local();
+    Ok(Some(format!(
+        "{name} and {} both exist: where pop3d's default_domain is the domain of one of \
+         them, a login as `{bare}` reaches the account `{bare}`, and the other is reached \
+         only by its full name",
+        twins.join(", ")
+    )))
 }
 
 fn passwd(

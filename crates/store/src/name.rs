@@ -58,6 +58,45 @@ impl AccountName {
         Ok(AccountName { local, domain })
     }
 
+    /// The stricter syntax for a name that is being created (RFC 5321 section 4.1.2's
+    /// dot-string, minus what breaks tools: `/` paths and Maildir, `:` passwd-files, quotes
+    /// and `$ & | ;` shells, `@` `%` `!` routing): a local part of letters (any script),
+    /// digits, `.`, `_`, `-` and `+`, with no dot first, last or doubled; a domain of labels
+    /// of letters, digits and `-` (not first or last). Logins keep the lenient [`parse`]:
+    /// a name that cannot exist is simply unknown.
+    ///
+    /// [`parse`]: AccountName::parse
+    pub fn check_new(&self) -> Result<(), StoreError> {
+        let invalid = |reason| StoreError::InvalidName {
+            name: self.to_string(),
+            reason,
+        };
+        let local_char = |c: char| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '+');
+        if !self.local.chars().all(local_char) {
+            return Err(invalid(
+                "the local part may hold only letters, digits, '.', '_', '-' and '+'",
+            ));
+        }
+        if self.local.split('.').any(str::is_empty) {
+            return Err(invalid(
+                "the local part may not start or end with '.' or hold '..'",
+            ));
+        }
+        if let Some(domain) = &self.domain {
+            if !domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.') {
+                return Err(invalid("the domain may hold only letters, digits, '-' and '.'"));
+            }
+            let bad_label =
+                |l: &str| l.is_empty() || l.starts_with('-') || l.ends_with('-');
+            if domain.split('.').any(bad_label) {
+                return Err(invalid(
+                    "a domain label may not be empty or start or end with '-'",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Builds a name from parts read back from storage, which were validated when stored.
     pub(crate) fn from_stored(local: String, domain: Option<String>) -> AccountName {
         AccountName { local, domain }
@@ -178,6 +217,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Issue 19: names being created follow RFC 5321's dot-string minus what breaks tools;
+    /// the lenient login syntax stays (a name that cannot exist is simply unknown).
+    #[test]
+    fn new_names_are_checked() {
+        for ok in ["alice", "first.last+tag@example.org", "jörg@bücher.de", "a-b_c@x-y.z"] {
+            let name = AccountName::parse(ok).expect("parses");
+            assert!(name.check_new().is_ok(), "{ok}");
+        }
+        for bad in [
+            "a/b", "a:b", "o'brien", "a\"b", "a$b", "a;b", "a|b", "a%b@x", "a!b",
+            ".alice", "alice.", "al..ice", "a@-x.org", "a@x..org", "a@x_y.org", "a@x/y",
+        ] {
+            let name = AccountName::parse(bad).expect("parses as a login name");
+            assert!(
+                matches!(name.check_new(), Err(StoreError::InvalidName { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
