@@ -712,15 +712,26 @@ fn a_store_is_created_only_where_named() {
 fn account_names_and_domains_are_created_on_purpose() {
     let dir = TempDir::new("names");
     let d = dir.path();
-    popadm_ok(d, &["user", "add", "dave@example.org", "--password-stdin"], b"pw\n");
+    popadm_ok(
+        d,
+        &["user", "add", "dave@example.org", "--password-stdin"],
+        b"pw\n",
+    );
     for bad in ["o'brien", "a/b", "a:b", ".dot", "x@bad_domain.org"] {
         let out = popadm(d, &["user", "add", bad, "--password-stdin"], b"pw\n");
         assert!(!out.status.success(), "{bad:?} accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("may hold only") || stderr.contains("may not"), "{stderr}");
+        assert!(
+            stderr.contains("may hold only") || stderr.contains("may not"),
+            "{stderr}"
+        );
     }
     // A typo of the domain is no new domain...
-    let out = popadm(d, &["user", "add", "eve@exmaple.org", "--password-stdin"], b"pw\n");
+    let out = popadm(
+        d,
+        &["user", "add", "eve@exmaple.org", "--password-stdin"],
+        b"pw\n",
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("popadm domain add exmaple.org"), "{stderr}");
@@ -728,15 +739,28 @@ fn account_names_and_domains_are_created_on_purpose() {
     // ... unless asked for, or added first.
     let out = popadm_ok(
         d,
-        &["user", "add", "eve@example.net", "--new-domain", "--password-stdin"],
+        &[
+            "user",
+            "add",
+            "eve@example.net",
+            "--new-domain",
+            "--password-stdin",
+        ],
         b"pw\n",
     );
     assert!(out.contains("new domain example.net"), "{out}");
     popadm_ok(d, &["domain", "add", "example.com"], b"");
-    popadm_ok(d, &["user", "add", "fay@example.com", "--password-stdin"], b"pw\n");
+    popadm_ok(
+        d,
+        &["user", "add", "fay@example.com", "--password-stdin"],
+        b"pw\n",
+    );
     // `dave` beside dave@example.org: created, with a warning naming both.
     let out = popadm(d, &["user", "add", "dave", "--password-stdin"], b"pw\n");
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("warning") && stderr.contains("dave@example.org"), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("dave@example.org"),
+        "{stderr}"
+    );
 }

@@ -81,7 +81,11 @@ fn add(
 
 /// Whether adding `name` creates its domain; an error when the store has domains but not this
 /// one and `--new-domain` was not given (a typo such as `exmaple.org` must not make a domain).
-fn check_domain(store: &dyn store::Store, name: &AccountName, new_domain: bool) -> anyhow::Result<bool> {
+fn check_domain(
+    store: &dyn store::Store,
+    name: &AccountName,
+    new_domain: bool,
+) -> anyhow::Result<bool> {
     let Some(domain) = name.domain() else {
         return Ok(false);
     };
