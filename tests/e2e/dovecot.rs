@@ -316,9 +316,7 @@ fn can_run() -> bool {
 
 #[test]
 fn fetchmail_state_survives_a_migration_from_dovecot() {
-    if !can_run() {
-        return;
-    }
+    e2e::require!(can_run());
     let dovecot = Dovecot::start();
     let want: Vec<Vec<u8>> = maildir_messages().iter().map(|(_, m)| crlf(m)).collect();
 
@@ -397,9 +395,7 @@ fn fetchmail_state_survives_a_migration_from_dovecot() {
 
 #[test]
 fn maildir_import_gives_the_uidls_dovecot_serves() {
-    if !e2e::client_available_on_path("dovecot") {
-        return;
-    }
+    e2e::require!(e2e::client_available_on_path("dovecot"));
     let dovecot = Dovecot::start();
     // A first session makes Dovecot assign UIDs and write dovecot-uidlist (and move the file
     // in new/ to cur/).

@@ -437,9 +437,7 @@ impl Drop for FloodHelper {
 
 #[test]
 fn a_connection_flood_meets_both_caps_and_memory_returns() {
-    if !e2e::client_available("python3", "--version") {
-        return;
-    }
+    e2e::require!("python3");
     let f = fixture(
         "flood",
         &[
@@ -513,9 +511,7 @@ fn ten_thousand_connections_are_capped_and_cost_little_each() {
     // Issue 6's flood size: 10,000 connections, 5,000 held at the caps. pop3d raises its own
     // descriptor limit; the memory per held connection stays small and a real session is
     // still served at once.
-    if !e2e::client_available("python3", "--version") {
-        return;
-    }
+    e2e::require!("python3");
     let f = fixture(
         "flood10k",
         &[

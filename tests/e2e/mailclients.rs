@@ -40,12 +40,11 @@ fn late_message() -> Vec<u8> {
 }
 
 fn fixture(tag: &str) -> Fixture {
-    let f = Fixture::new(tag);
-    f.add_user(USER, PW);
-    for m in messages() {
-        f.deliver(USER, &m);
-    }
-    f
+    fixture_with(tag, &[])
+}
+
+fn fixture_with(tag: &str, flags: &[&str]) -> Fixture {
+    Fixture::with_mailbox(tag, flags, USER, PW, &messages())
 }
 
 /// The UIDL round trip of a client that leaves mail on the server (RFC 1939 section 7): the
@@ -59,10 +58,7 @@ fn keep_round_trip(
     fetched: impl Fn() -> Vec<Vec<u8>>,
     second_code: i32,
 ) {
-    let out = run();
-    assert!(out.status.success(), "{client}: {}", output_text(&out));
-    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
-    assert_same(&fetched(), &want, &format!("{client} first run"));
+    fetched_all(&format!("{client} first run"), &run(), fetched());
 
     let out = run();
     assert_eq!(
@@ -85,14 +81,20 @@ fn keep_round_trip(
     );
 }
 
+/// Asserts that a client run (`out`) succeeded and stored every message of [`messages`]
+/// (`fetched`, LF line ends).
+fn fetched_all(what: &str, out: &Output, fetched: Vec<Vec<u8>>) {
+    assert!(out.status.success(), "{what}: {}", output_text(out));
+    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
+    assert_same(&fetched, &want, what);
+}
+
 // ---------------------------------------------------------------------------------------------
 // fetchmail
 
 #[test]
 fn fetchmail_keeps_mail_and_fetches_only_new_uidls() {
-    if !e2e::client_available("fetchmail", "--version") {
-        return;
-    }
+    e2e::require!("fetchmail");
     let f = fixture("fetchmail");
     let s = Scratch::new("fetchmail-run");
     // `uidl` + `keep`: fetchmail's own UIDL bookkeeping (the idfile); `sslproto ''` keeps it
@@ -115,9 +117,7 @@ fn fetchmail_keeps_mail_and_fetches_only_new_uidls() {
 
 #[test]
 fn fetchmail_over_implicit_tls() {
-    if !e2e::client_available("fetchmail", "--version") {
-        return;
-    }
+    e2e::require!("fetchmail");
     let f = fixture("fetchmail-tls");
     let s = Scratch::new("fetchmail-tls-run");
     let rc = format!(
@@ -128,9 +128,7 @@ fn fetchmail_over_implicit_tls() {
         s.mda()
     );
     let out = fetchmail(&s, &rc);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
-    assert_same(&fetchmail_messages(&s), &want, "fetchmail over TLS");
+    fetched_all("fetchmail over TLS", &out, fetchmail_messages(&s));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,9 +155,7 @@ fn mpop(s: &Scratch, port: u16, tls: &[String]) -> Output {
 
 #[test]
 fn mpop_keeps_mail_and_fetches_only_new_uidls() {
-    if !e2e::client_available("mpop", "--version") {
-        return;
-    }
+    e2e::require!("mpop");
     let f = fixture("mpop");
     let s = Scratch::new("mpop-run");
     let port = f.server.addr.port();
@@ -169,12 +165,9 @@ fn mpop_keeps_mail_and_fetches_only_new_uidls() {
 
 #[test]
 fn mpop_over_implicit_tls_and_stls() {
-    if !e2e::client_available("mpop", "--version") {
-        return;
-    }
+    e2e::require!("mpop");
     let f = fixture("mpop-tls");
     let cert = format!("--tls-trust-file={}", f.server.self_signed_cert().display());
-    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
     // Implicit TLS (RFC 8314).
     let s = Scratch::new("mpop-tls-run");
     let tls = [
@@ -183,14 +176,12 @@ fn mpop_over_implicit_tls_and_stls() {
         cert.clone(),
     ];
     let out = mpop(&s, f.server.tls_addr.expect("pop3s").port(), &tls);
-    assert!(out.status.success(), "{}", output_text(&out));
-    assert_same(&s.delivered(), &want, "mpop over TLS");
+    fetched_all("mpop over TLS", &out, s.delivered());
     // STLS (RFC 2595).
     let s = Scratch::new("mpop-stls-run");
     let stls = ["--tls=on".to_owned(), "--tls-starttls=on".to_owned(), cert];
     let out = mpop(&s, f.server.addr.port(), &stls);
-    assert!(out.status.success(), "{}", output_text(&out));
-    assert_same(&s.delivered(), &want, "mpop over STLS");
+    fetched_all("mpop over STLS", &out, s.delivered());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,9 +220,7 @@ fn getmail_messages(s: &Scratch) -> Vec<Vec<u8>> {
 
 #[test]
 fn getmail_keeps_mail_and_fetches_only_new_uidls() {
-    if !e2e::client_available("getmail", "--version") {
-        return;
-    }
+    e2e::require!("getmail");
     let f = fixture("getmail");
     let s = Scratch::new("getmail-run");
     let retriever = format!(
@@ -249,9 +238,7 @@ fn getmail_keeps_mail_and_fetches_only_new_uidls() {
 
 #[test]
 fn getmail_over_implicit_tls() {
-    if !e2e::client_available("getmail", "--version") {
-        return;
-    }
+    e2e::require!("getmail");
     let f = fixture("getmail-tls");
     let s = Scratch::new("getmail-tls-run");
     let retriever = format!(
@@ -260,9 +247,7 @@ fn getmail_over_implicit_tls() {
         f.server.self_signed_cert().display()
     );
     let out = getmail(&s, &retriever);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
-    assert_same(&getmail_messages(&s), &want, "getmail over TLS");
+    fetched_all("getmail over TLS", &out, getmail_messages(&s));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,11 +338,12 @@ fn neomutt_messages(s: &Scratch) -> Vec<Vec<u8>> {
     messages
 }
 
-/// What was delivered, as NeoMutt stores it: LF line ends, in [`neomutt_messages`]' order.
-fn neomutt_expected() -> Vec<Vec<u8>> {
+/// Asserts that NeoMutt stored what was delivered: LF line ends, in [`neomutt_messages`]'
+/// order. `shown` is what NeoMutt showed, for the failure message.
+fn assert_neomutt_fetched(s: &Scratch, what: &str, shown: &str) {
     let mut want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
     want.sort();
-    want
+    assert_same(&neomutt_messages(s), &want, &format!("{what}: {shown}"));
 }
 
 fn neomutt_available() -> bool {
@@ -366,9 +352,7 @@ fn neomutt_available() -> bool {
 
 #[test]
 fn neomutt_fetches_every_message_into_a_maildir() {
-    if !neomutt_available() {
-        return;
-    }
+    e2e::require!(neomutt_available());
     let f = fixture("neomutt");
     let s = Scratch::new("neomutt-run");
     let shown = neomutt(
@@ -378,11 +362,7 @@ fn neomutt_fetches_every_message_into_a_maildir() {
             f.server.addr.port()
         ),
     );
-    assert_same(
-        &neomutt_messages(&s),
-        &neomutt_expected(),
-        &format!("NeoMutt: {shown}"),
-    );
+    assert_neomutt_fetched(&s, "NeoMutt", &shown);
     // pop_delete=no: the mail is still there.
     let mut c = f.server.login(USER, PW);
     assert_eq!(c.ok("STAT").split(' ').nth(1), Some("2"));
@@ -390,16 +370,10 @@ fn neomutt_fetches_every_message_into_a_maildir() {
 
 #[test]
 fn neomutt_over_implicit_tls_and_stls() {
-    if !neomutt_available() {
-        return;
-    }
+    e2e::require!(neomutt_available());
     // STLS is the only way in: cleartext logins are refused on this listener (RFC 2595
     // section 2.2), so a successful fetch went through TLS.
-    let f = Fixture::with_flags("neomutt-tls", &["--cleartext", "never"]);
-    f.add_user(USER, PW);
-    for m in messages() {
-        f.deliver(USER, &m);
-    }
+    let f = fixture_with("neomutt-tls", &["--cleartext", "never"]);
     let ca = format!(
         "set ssl_ca_certificates_file = \"{}\"",
         f.server.self_signed_cert().display()
@@ -411,11 +385,7 @@ fn neomutt_over_implicit_tls_and_stls() {
         f.server.tls_addr.expect("pop3s").port()
     );
     let shown = neomutt(&s, &pops);
-    assert_same(
-        &neomutt_messages(&s),
-        &neomutt_expected(),
-        &format!("NeoMutt pops: {shown}"),
-    );
+    assert_neomutt_fetched(&s, "NeoMutt pops", &shown);
     // STLS (RFC 2595).
     let s = Scratch::new("neomutt-stls-run");
     let stls = format!(
@@ -423,11 +393,7 @@ fn neomutt_over_implicit_tls_and_stls() {
         f.server.addr.port()
     );
     let shown = neomutt(&s, &stls);
-    assert_same(
-        &neomutt_messages(&s),
-        &neomutt_expected(),
-        &format!("NeoMutt STLS: {shown}"),
-    );
+    assert_neomutt_fetched(&s, "NeoMutt STLS", &shown);
     // Both sessions ran under TLS and retrieved both messages.
     let log = f.server.log();
     assert_eq!(
@@ -502,9 +468,7 @@ fn perl_module(module: &str) -> bool {
 
 #[test]
 fn perl_net_pop3_fetches_byte_exact() {
-    if !e2e::client_available("perl", "-v") || !perl_module("Net::POP3") {
-        return;
-    }
+    e2e::require!(e2e::client_available("perl", "-v") && perl_module("Net::POP3"));
     let f = fixture("netpop3");
     let want: Vec<Vec<u8>> = messages().iter().map(|m| crlf(m)).collect();
     // Net::POP3 returns the lines un-stuffed (RFC 1939 section 3); the script restores CRLF.

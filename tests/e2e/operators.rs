@@ -95,9 +95,7 @@ fn man_pages_document_every_command_and_flag() {
     }
 
     // man(1) renders every page without a warning.
-    if !e2e::client_available("man", "--version") {
-        return;
-    }
+    e2e::require!("man");
     for page in written
         .iter()
         .map(|p| popadm_dir.join(&p.file_name))
@@ -405,9 +403,7 @@ impl Drop for Reaped {
 /// on demand. The first client is served by the pop3d it started.
 #[test]
 fn systemd_socket_activate_starts_pop3d_on_the_first_connection() {
-    if !e2e::client_available_on_path("systemd-socket-activate") {
-        return;
-    }
+    e2e::require!(e2e::client_available_on_path("systemd-socket-activate"));
     let dir = TempDir::new("socket-activate");
     let data = dir.path().join("data");
     provision(&data);

@@ -306,9 +306,7 @@ fn can_run() -> bool {
 
 #[test]
 fn postfix_delivers_through_popadm_and_pop3_serves_it_byte_exact() {
-    if !can_run() {
-        return;
-    }
+    e2e::require!(can_run());
     let work = TempDir::new("postfix-store");
     // pipe(8) runs popadm as `nobody`, which may not reach the cargo target directory (a home
     // directory, say): give it its own copy.

@@ -350,9 +350,7 @@ fn relay_once(listener: TcpListener, upstream: SocketAddr, header: Vec<u8>) -> J
 /// the session's client is the one in the v2 header.
 #[test]
 fn pop3s_behind_an_l4_proxy() {
-    if !e2e::client_available("curl", "--version") {
-        return;
-    }
+    e2e::require!("curl");
     let dir = e2e::TempDir::new("proxy-pop3s");
     let config = dir.path().join("pop3d.toml");
     std::fs::write(

@@ -166,9 +166,7 @@ fn curl_fetches_over_pop3s_with_the_self_signed_certificate() {
 
 #[test]
 fn poplib_stls_then_login_and_capa_changes() {
-    if !python() {
-        return;
-    }
+    e2e::require!(python());
     let f = fixture("stls", &[]);
     let cert = f.server.self_signed_cert();
     let port = f.server.addr.port();
@@ -230,9 +228,7 @@ fn poplib_stls_then_login_and_capa_changes() {
 fn plaintext_sent_after_stls_is_discarded() {
     // RFC 2595 section 4 / CVE-2011-0411: "STLS\r\nUSER alice\r\n" in one packet must not
     // leave "USER alice" to be executed inside the TLS session.
-    if !python() {
-        return;
-    }
+    e2e::require!(python());
     let f = fixture("inject", &[]);
     let cert = f.server.self_signed_cert();
     let run = client(
@@ -265,9 +261,7 @@ fn plaintext_sent_after_stls_is_discarded() {
 
 #[test]
 fn cleartext_policy_capa_per_listener_and_pop3s() {
-    if !python() {
-        return;
-    }
+    e2e::require!(python());
     let dir = TempDir::new("policy");
     let config = dir.path().join("pop3d.toml");
     std::fs::write(
@@ -377,9 +371,7 @@ fn sha256_of_pem(path: &Path) -> String {
 
 #[test]
 fn sni_picks_the_certificate_and_sighup_reloads_it() {
-    if !python() {
-        return;
-    }
+    e2e::require!(python());
     let a = TempDir::new("cert-a");
     let b = TempDir::new("cert-b");
     let c = TempDir::new("cert-c");

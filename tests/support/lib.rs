@@ -62,6 +62,73 @@ fn report_missing(program: &str, found: bool) -> bool {
     found
 }
 
+/// Returns from the calling test (which then skips) unless `"program"` is installed (see
+/// [`client_available`]), or unless a check of the test's own (`e2e::require!(can_run())`) holds.
+#[macro_export]
+macro_rules! require {
+    ($program:literal) => {
+        if !$crate::client_available($program, "--version") {
+            return;
+        }
+    };
+    ($ready:expr) => {
+        if !$ready {
+            return;
+        }
+    };
+}
+
+/// Runs `cmd` to its end; a program that cannot be started is a test failure.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {:?}: {e}", cmd.get_program()))
+}
+
+/// Runs `cmd` and asserts that it exits 0; the failure shows the command and its stderr.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?}: {}", failure(&out));
+    out
+}
+
+/// A failed program's exit status and stderr, for an assertion's message.
+fn failure(out: &Output) -> String {
+    format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr))
+}
+
+/// The trimmed standard output of `cmd` (a Python one-liner's answer, say).
+pub fn run_text(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run(cmd).stdout).trim().to_owned()
+}
+
+/// `curl --silent --show-error --max-time 20`: the flags every test passes to curl.
+pub fn curl() -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--max-time", "20"]);
+    cmd
+}
+
+/// curl retrieving message 1 from `pop3://ADDR/1` as `user`, authenticating with the SASL
+/// mechanism `mech` (`--login-options AUTH=...`).
+pub fn curl_sasl(addr: SocketAddr, user: &str, pass: &str, mech: &str) -> Output {
+    run(curl()
+        .args(["--user", &format!("{user}:{pass}")])
+        .args(["--login-options", &format!("AUTH={mech}")])
+        .arg(format!("pop3://{addr}/1")))
+}
+
+/// Asserts that a client which retrieves one message (curl, say) exited 0 and printed
+/// `message` as stored (see [`crlf`]).
+pub fn assert_fetched(out: &Output, message: &[u8]) {
+    assert_success(out);
+    assert_eq!(out.stdout, crlf(message));
+}
+
+/// Asserts that a client exited 0; the failure shows its stderr.
+pub fn assert_success(out: &Output) {
+    assert!(out.status.success(), "{}", failure(out));
+}
+
 /// Like [`client_available`] for programs without a `--version` (daemons, admin tools): true
 /// when `program` is an executable on `PATH` (or in /usr/sbin and /sbin, where Debian puts
 /// daemons).
@@ -352,6 +419,22 @@ impl Fixture {
         Fixture { dir, server }
     }
 
+    /// [`Fixture::with_flags`] with the account `name` holding `messages`, delivered in order.
+    pub fn with_mailbox(
+        tag: &str,
+        flags: &[&str],
+        name: &str,
+        password: &str,
+        messages: &[Vec<u8>],
+    ) -> Fixture {
+        let f = Fixture::with_flags(tag, flags);
+        f.add_user(name, password);
+        for m in messages {
+            f.deliver(name, m);
+        }
+        f
+    }
+
     pub fn data(&self) -> &Path {
         self.dir.path()
     }
@@ -428,8 +511,7 @@ pub fn base64(input: &[u8]) -> String {
 /// logging in as `user`; `None` when curl is not installed (the caller skips; a failure in CI,
 /// see [`client_available`]).
 pub fn curl_pop3s(port: u16, cafile: &Path, user: &str, path: &str) -> Option<Output> {
-    let out = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "20"])
+    let out = curl()
         .arg("--cacert")
         .arg(cafile)
         .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])

@@ -24,6 +24,35 @@ pub use client::Client;
 pub use notify::{parse_status, NotifySocket, Ready};
 pub use pop3d::{signal, Log, Pop3d};
 
+/// `mpop --status-only` against `host:port` without TLS and without a user configuration
+/// (`-C /dev/null`): logs in with the method `auth` as `user` (with `password`, when given),
+/// says how many messages there are and quits. Delivers nothing.
+pub fn mpop_status(
+    host: &str,
+    port: u16,
+    auth: &str,
+    user: &str,
+    password: Option<&str>,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new("mpop");
+    cmd.args([
+        "-C",
+        "/dev/null",
+        "--tls=off",
+        "--timeout=20",
+        "--status-only",
+    ])
+    .arg(format!("--host={host}"))
+    .arg(format!("--port={port}"))
+    .arg(format!("--auth={auth}"))
+    .arg(format!("--user={user}"))
+    .arg("--delivery=mda,cat >/dev/null");
+    if let Some(password) = password {
+        cmd.arg(format!("--passwordeval=echo '{password}'"));
+    }
+    cmd
+}
+
 /// Longest a single network read or write of the [`Client`] may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
