@@ -1,5 +1,7 @@
 //! The real popadm binary: account management, delivery exit codes, imports, stat.
 
+use std::time::Duration;
+
 use e2e::{crlf, popadm, popadm_ok, Fixture, Server, TempDir};
 
 #[test]
@@ -45,8 +47,7 @@ fn user_lifecycle() {
     let mut c = server.connect();
     c.ok("USER erin");
     c.err("PASS pw two");
-    c.ok("USER erin");
-    c.ok("PASS new pw");
+    c.login("erin", "new pw");
     c.ok("QUIT");
     drop(server);
 
@@ -67,43 +68,40 @@ fn deliver_uses_sysexits() {
     let out = popadm(d, &["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n");
     assert_eq!(out.status.code(), Some(75));
     popadm_ok(d, &["user", "add", "frank", "--password-stdin"], b"pw\n");
-    let out = popadm(d, &["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n");
-    assert_eq!(
-        out.status.code(),
-        Some(67),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = popadm(d, &["deliver", "frank"], b"");
-    assert_eq!(out.status.code(), Some(65));
-    let out = popadm(
-        d,
-        &["deliver", "frank", "--max-size", "10"],
-        b"Subject: too big\r\n\r\n",
-    );
-    assert_eq!(out.status.code(), Some(65));
-    // The limit named is the one given, not that plus the headers deliver adds (issue 19).
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("exceeds the limit of 10\n"), "{stderr}");
-    // A sender that is no address (a space outside quotes) is refused (EX_DATAERR); one pair
-    // of enclosing angle brackets is not.
-    let out = popadm(
-        d,
-        &["deliver", "-f", "bad sender", "frank"],
-        b"Subject: x\r\n\r\n",
-    );
-    assert_eq!(out.status.code(), Some(65));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("invalid envelope sender"), "{stderr}");
-    // A sender that would inject a header line is refused for good (EX_DATAERR).
-    let out = popadm(
-        d,
-        &["deliver", "-f", "a@b\r\nBcc: x", "frank"],
-        b"Subject: x\r\n\r\n",
-    );
-    assert_eq!(out.status.code(), Some(65));
-    let out = popadm(d, &["deliver", "frank"], b"Subject: ok\r\n\r\nok\r\n");
-    assert_eq!(out.status.code(), Some(0));
+    // (arguments, message, exit code, what stderr says)
+    let cases: &[(&[&str], &[u8], i32, &str)] = &[
+        (&["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n", 67, ""),
+        (&["deliver", "frank"], b"", 65, ""),
+        // The limit named is the one given, not that plus the headers deliver adds (issue 19).
+        (
+            &["deliver", "frank", "--max-size", "10"],
+            b"Subject: too big\r\n\r\n",
+            65,
+            "exceeds the limit of 10\n",
+        ),
+        // A sender that is no address (a space outside quotes) is refused (EX_DATAERR); one
+        // pair of enclosing angle brackets is not.
+        (
+            &["deliver", "-f", "bad sender", "frank"],
+            b"Subject: x\r\n\r\n",
+            65,
+            "invalid envelope sender",
+        ),
+        // A sender that would inject a header line is refused for good (EX_DATAERR).
+        (
+            &["deliver", "-f", "a@b\r\nBcc: x", "frank"],
+            b"Subject: x\r\n\r\n",
+            65,
+            "",
+        ),
+        (&["deliver", "frank"], b"Subject: ok\r\n\r\nok\r\n", 0, ""),
+    ];
+    for (args, message, code, said) in cases {
+        let out = popadm(d, args, message);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
     let stat = popadm_ok(d, &["stat", "frank"], b"");
     assert!(stat.contains("messages: 1"), "{stat}");
     let stored = b"Delivered-To: frank\r\nSubject: ok\r\n\r\nok\r\n";
@@ -573,21 +571,14 @@ fn node_row(data: &std::path::Path, id: &str) -> Option<Vec<String>> {
 /// Logs in until the reply is no longer `[IN-USE]`/`+OK` as before: the node read the state
 /// at its next heartbeat (1 s). Returns the first reply that `done` accepts.
 fn login_until(server: &Server, user: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
+    let (within, every) = (Duration::from_secs(15), Duration::from_millis(200));
+    e2e::eventually("no change of the node's state", within, every, || {
         let mut c = server.connect();
         c.ok(&format!("USER {user}"));
         let reply = c.cmd("PASS pw");
         c.cmd("QUIT");
-        if done(&reply) {
-            return reply;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no change of the node's state: {reply}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+        done(&reply).then_some(reply)
+    })
 }
 
 /// A rolling restart's moves: a pop3d with --node-id appears in `popadm node list`; drained,

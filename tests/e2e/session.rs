@@ -15,18 +15,7 @@ fn fixture_with_user(tag: &str) -> Fixture {
 
 /// Logs in, retrying while a lock of an earlier session is still being released.
 fn login_when_free(server: &Server, user: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut c = server.connect();
-        c.ok(&format!("USER {user}"));
-        let r = c.cmd(&format!("PASS {PW}"));
-        if r.starts_with("+OK") {
-            return c;
-        }
-        assert!(r.starts_with("-ERR [IN-USE]"), "unexpected {r:?}");
-        assert!(Instant::now() < deadline, "maildrop stayed locked");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.login_when_free(user, PW)
 }
 
 fn uidl(c: &mut Client) -> Vec<(u32, String)> {
@@ -219,8 +208,7 @@ fn second_login_gets_in_use_and_wrong_credentials_get_auth() {
     assert_eq!(wrong, unknown);
     // After a failed PASS the client may start over with USER (RFC 1939 section 7).
     a.ok("QUIT");
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     c.ok("QUIT");
 }
 
@@ -400,8 +388,7 @@ fn overlong_lines_are_refused_and_the_session_goes_on() {
     assert!(c.line().starts_with("-ERR"));
     c.send_raw(b"NOOP\0\r\n");
     assert!(c.line().starts_with("-ERR"));
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     c.ok("QUIT");
 }
 

@@ -209,18 +209,13 @@ fn poplib_stls_then_login_and_capa_changes() {
         ["Subject: over tls", "", ".dotted", "body"]
     );
     // The default minimum is TLS 1.2: a 1.2-only client gets in.
-    let old = Command::new("python3")
-        .arg(SCRIPT)
-        .args(["localhost", &port.to_string(), "stls"])
-        .arg(&cert)
-        .args(["localhost", "--", "CAPA"])
-        .env("POP3_MAX_TLS", "1.2")
-        .output()
-        .expect("python3");
-    assert!(
-        old.status.success(),
-        "{}",
-        String::from_utf8_lossy(&old.stderr)
+    e2e::run_ok(
+        Command::new("python3")
+            .arg(SCRIPT)
+            .args(["localhost", &port.to_string(), "stls"])
+            .arg(&cert)
+            .args(["localhost", "--", "CAPA"])
+            .env("POP3_MAX_TLS", "1.2"),
     );
 }
 
@@ -430,14 +425,9 @@ fn sni_picks_the_certificate_and_sighup_reloads_it() {
     let run = client(port, "tls", &c_cert, Some("b.example.test"), &["CAPA"]);
     assert!(run.replies[0].0.starts_with("+OK"));
     assert_eq!(run.cert_sha256, Some(sha256_of_pem(&c_cert)));
-    let deadline = std::time::Instant::now() + e2e::TIMEOUT;
-    while !server.log().contains("reload failed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "failed reload not logged"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let logged = || server.log().contains("reload failed").then_some(());
+    let every = std::time::Duration::from_millis(50);
+    e2e::eventually("failed reload not logged", e2e::TIMEOUT, every, logged);
 }
 
 #[test]

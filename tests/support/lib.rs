@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub mod clients;
 
@@ -311,12 +311,50 @@ impl Server {
         Client::connect(self.addr)
     }
 
+    /// Connects and logs in with USER/PASS, retrying for up to ten seconds while the maildrop
+    /// is still locked by an earlier session (`-ERR [IN-USE]`, RFC 2449 section 8.1.1).
+    pub fn login_when_free(&self, user: &str, pass: &str) -> Client {
+        let every = Duration::from_millis(50);
+        eventually(
+            "maildrop stayed locked",
+            Duration::from_secs(10),
+            every,
+            || {
+                let mut c = self.connect();
+                c.ok(&format!("USER {user}"));
+                let r = c.cmd(&format!("PASS {pass}"));
+                assert!(
+                    r.starts_with("+OK") || r.starts_with("-ERR [IN-USE]"),
+                    "unexpected {r:?}"
+                );
+                r.starts_with("+OK").then_some(c)
+            },
+        )
+    }
+
     /// Connects and logs in with USER/PASS, asserting success.
     pub fn login(&self, user: &str, pass: &str) -> Client {
         let mut c = self.connect();
-        c.ok(&format!("USER {user}"));
-        c.ok(&format!("PASS {pass}"));
+        c.login(user, pass);
         c
+    }
+}
+
+/// Calls `attempt` every `every` until it returns a value, for at most `within`: a bounded wait
+/// for something a peer does in its own time. Past `within` the test fails, saying `what`.
+pub fn eventually<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut attempt: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(done) = attempt() {
+            return done;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(every);
     }
 }
 
@@ -343,6 +381,19 @@ impl Client {
         let inner = must(testbed::Client::from_stream(stream));
         let greeting = inner.greeting.clone();
         Client { inner, greeting }
+    }
+
+    /// Logs in with USER and PASS (RFC 1939 section 7), asserting `+OK` to both; returns the
+    /// reply to PASS.
+    pub fn login(&mut self, user: &str, pass: &str) -> String {
+        self.ok(&format!("USER {user}"));
+        self.ok(&format!("PASS {pass}"))
+    }
+
+    /// USER, then a PASS that must answer `-ERR`; returns that reply.
+    pub fn login_refused(&mut self, user: &str, pass: &str) -> String {
+        self.ok(&format!("USER {user}"));
+        self.err(&format!("PASS {pass}"))
     }
 
     /// Sends raw bytes.
