@@ -265,11 +265,7 @@ fn failed_logins_are_delayed_and_the_connection_closed_after_three() {
 fn a_login_rehashes_with_changed_argon2_parameters() {
     e2e::require!("python3");
     let dir = e2e::TempDir::new("rehash");
-    popadm_ok(
-        dir.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"pw\n",
-    );
+    e2e::add_user(dir.path(), "alice", "pw");
     let config = dir.path().join("pop3d.toml");
     std::fs::write(
         &config,
@@ -386,8 +382,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[test]
 fn unknown_user_and_wrong_password_look_alike_for_every_mechanism() {
-    // The penalty off, so that only the server's own work is timed.
-    let f = fixture("lookalike", &["--legacy-auth", "--auth-failure-delay", "0"]);
+    // The penalty is off (the suite's default), so that only the server's own work is timed.
+    let f = fixture("lookalike", &["--legacy-auth"]);
     for mech in [
         "USER",
         "PLAIN",
@@ -434,17 +430,9 @@ fn unknown_user_and_wrong_password_look_alike_for_every_mechanism() {
 #[test]
 fn control_characters_in_decoded_fields_fail_every_mechanism() {
     // CR, LF or NUL inside a decoded user name or password: -ERR [AUTH] before any lookup,
-    // and the session goes on (it reads no smuggled command). Penalty off, so it is quick.
-    let f = fixture(
-        "ctlfields",
-        &[
-            "--legacy-auth",
-            "--auth-failure-delay",
-            "0",
-            "--max-auth-failures",
-            "20",
-        ],
-    );
+    // and the session goes on (it reads no smuggled command). The penalty is off (the suite's
+    // default), so it is quick.
+    let f = fixture("ctlfields", &["--legacy-auth", "--max-auth-failures", "20"]);
     let mut c = f.server.connect();
     let refused = |r: String| assert!(r.starts_with("-ERR [AUTH] "), "{r}");
     refused(c.cmd(&format!("AUTH PLAIN {}", b64(b"\0ali\0ce\0x"))));
@@ -563,10 +551,7 @@ fn apop_digest_is_bound_to_this_connections_greeting() {
     // RFC 1939 section 7: the digest covers the timestamp of *this* greeting, so a digest seen
     // on one connection cannot be replayed on another.
     e2e::require!("python3");
-    let f = fixture(
-        "apop-replay",
-        &["--legacy-auth", "--auth-failure-delay", "0"],
-    );
+    let f = fixture("apop-replay", &["--legacy-auth"]);
     let timestamp = |c: &e2e::Client| {
         let g = &c.greeting;
         g[g.find('<').expect("timestamp")..].to_owned()
@@ -587,10 +572,7 @@ fn apop_digest_is_bound_to_this_connections_greeting() {
 #[test]
 fn the_legacy_secret_is_opt_in_per_password_and_listed() {
     e2e::require!("curl");
-    let f = fixture(
-        "legacy-optin",
-        &["--legacy-auth", "--auth-failure-delay", "0"],
-    );
+    let f = fixture("legacy-optin", &["--legacy-auth"]);
     let legacy_column = |name: &str| e2e::legacy_auth_column(f.data(), name);
     assert_eq!(legacy_column("leg@example.org"), "yes");
     assert_eq!(legacy_column("alice"), "no");
@@ -629,7 +611,7 @@ fn a_first_password_login_gives_an_imported_account_its_scram_keys() {
     // An account imported from a Dovecot {ARGON2ID} hash has no SCRAM-SHA-256 keys (they need
     // the password); the first login that shows the password derives them.
     e2e::require!("mpop");
-    let f = fixture("scram-upgrade", &["--auth-failure-delay", "0"]);
+    let f = fixture("scram-upgrade", &[]);
     // `doveadm pw -s ARGON2ID -p 'dovecot secret'` (Dovecot 2.3.19).
     import_from_dovecot(
         &f,

@@ -302,11 +302,7 @@ fn assert_serves_like_dovecot(
 
 fn pop3d_store(tag: &str) -> TempDir {
     let dir = TempDir::new(tag);
-    popadm_ok(
-        dir.path(),
-        &["user", "add", USER, "--password-stdin"],
-        format!("{PW}\n").as_bytes(),
-    );
+    e2e::add_user(dir.path(), USER, PW);
     dir
 }
 

@@ -79,20 +79,29 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool)
         .expect("timeout");
     let deadline = Instant::now() + limit;
     let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
     while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => return (got, true),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return (got, true),
+        if read_once(stream, &mut got) {
+            return (got, true);
         }
     }
     (got, false)
+}
+
+/// One read into `got`; true once the connection has ended (EOF or a reset). A read that
+/// timed out is no end.
+fn read_once(stream: &mut TcpStream, got: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 65536];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(n) => {
+            got.extend_from_slice(&buf[..n]);
+            false
+        }
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 #[test]
@@ -313,22 +322,9 @@ fn slowloris_is_disconnected_by_the_login_timeout() {
             closed = true;
             break;
         }
-        let mut buf = [0u8; 1024];
-        match s.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => {
-                closed = true;
-                break;
-            }
+        if read_once(&mut s, &mut got) {
+            closed = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(300));
     }

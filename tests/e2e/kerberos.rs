@@ -189,11 +189,7 @@ fn curl_logs_in_with_kerberos_and_kpop_accepts_nothing_else() {
     let krb = TempDir::new("krb5");
     let data = TempDir::new("krb5-data");
     let _kdc = realm(krb.path());
-    popadm_ok(
-        data.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"unused pw\n",
-    );
+    e2e::add_user(data.path(), "alice", "unused pw");
     let msg = b"Subject: kerberos\r\n\r\nvia GSSAPI\r\n";
     popadm_ok(data.path(), &["deliver", "--no-lda-headers", "alice"], msg);
     let keytab = krb.path().join("pop.keytab");

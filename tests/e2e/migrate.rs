@@ -22,11 +22,7 @@ fn source(tag: &str) -> Fixture {
 
 fn target(tag: &str) -> TempDir {
     let dir = TempDir::new(tag);
-    popadm_ok(
-        dir.path(),
-        &["user", "add", "olga", "--password-stdin"],
-        b"new pw\n",
-    );
+    e2e::add_user(dir.path(), "olga", "new pw");
     dir
 }
 

@@ -243,11 +243,7 @@ fn provisioned(tag: &str) -> Option<(TempDir, std::path::PathBuf)> {
 }
 
 fn provision(data: &Path) {
-    popadm_ok(
-        data,
-        &["user", "add", USER, "--password-stdin"],
-        format!("{PW}\n").as_bytes(),
-    );
+    e2e::add_user(data, USER, PW);
     popadm_ok(data, &["deliver", "--no-lda-headers", USER], MESSAGE);
 }
 

@@ -8,12 +8,7 @@ use e2e::{crlf, popadm, popadm_ok, Fixture, Server, TempDir};
 fn user_lifecycle() {
     let dir = TempDir::new("users");
     let d = dir.path();
-    assert!(popadm_ok(
-        d,
-        &["user", "add", "dave@Example.org", "--password-stdin"],
-        b"pw one\n"
-    )
-    .contains("dave@example.org"));
+    assert!(e2e::add_user(d, "dave@Example.org", "pw one").contains("dave@example.org"));
     // Duplicate account: clear error, non-zero exit.
     let dup = popadm(
         d,
@@ -30,7 +25,7 @@ fn user_lifecycle() {
         let out = popadm(d, &["user", "add", bad, "--password-stdin"], b"pw\n");
         assert!(!out.status.success(), "{bad:?} accepted");
     }
-    popadm_ok(d, &["user", "add", "erin", "--password-stdin"], b"pw two\n");
+    e2e::add_user(d, "erin", "pw two");
     let list = popadm_ok(d, &["user", "list"], b"");
     assert!(
         list.contains("dave@example.org") && list.contains("erin"),
@@ -67,7 +62,7 @@ fn deliver_uses_sysexits() {
     // No database yet: temporary failure, so an MTA keeps the mail queued.
     let out = popadm(d, &["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n");
     assert_eq!(out.status.code(), Some(75));
-    popadm_ok(d, &["user", "add", "frank", "--password-stdin"], b"pw\n");
+    e2e::add_user(d, "frank", "pw");
     // (arguments, message, exit code, what stderr says)
     let cases: &[(&[&str], &[u8], i32, &str)] = &[
         (&["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n", 67, ""),
@@ -361,16 +356,8 @@ fn store_file() -> &'static str {
 fn domains_are_listed_added_and_deleted_with_their_accounts() {
     let dir = TempDir::new("domains");
     let d = dir.path();
-    popadm_ok(
-        d,
-        &["user", "add", "a@example.org", "--password-stdin"],
-        b"pw\n",
-    );
-    popadm_ok(
-        d,
-        &["user", "add", "b@example.org", "--password-stdin"],
-        b"pw\n",
-    );
+    e2e::add_user(d, "a@example.org", "pw");
+    e2e::add_user(d, "b@example.org", "pw");
     popadm_ok(d, &["domain", "add", "Empty.TEST"], b"");
     assert!(!popadm(d, &["domain", "add", "empty.test"], b"")
         .status
@@ -399,11 +386,7 @@ fn domains_are_listed_added_and_deleted_with_their_accounts() {
 fn dovecot_passwd_import() {
     let dir = TempDir::new("passwd-import");
     let d = dir.path();
-    popadm_ok(
-        d,
-        &["user", "add", "bob@example.org", "--password-stdin"],
-        b"old pw\n",
-    );
+    e2e::add_user(d, "bob@example.org", "old pw");
     let bob_mail: &[u8] = b"Subject: kept\r\n\r\nbob's mail survives the import\r\n";
     popadm_ok(
         d,
@@ -589,7 +572,7 @@ fn node_list_drain_and_up() {
     let dir = TempDir::new("nodes");
     let d = dir.path();
     for user in ["alice", "bob"] {
-        popadm_ok(d, &["user", "add", user, "--password-stdin"], b"pw\n");
+        e2e::add_user(d, user, "pw");
     }
     for i in 0..2 {
         let message = format!("Subject: {i}\r\n\r\nbody {i}\r\n");

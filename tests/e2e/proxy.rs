@@ -355,11 +355,7 @@ fn pop3s_behind_an_l4_proxy() {
     let server = Server::start(dir.path(), &["--config", config]);
     let upstream = proxied_addr(&server);
     let message = b"Subject: relayed\r\n\r\nbody\r\n";
-    e2e::popadm_ok(
-        dir.path(),
-        &["user", "add", "carol", "--password-stdin"],
-        b"carol pw\n",
-    );
+    e2e::add_user(dir.path(), "carol", "carol pw");
     e2e::popadm_ok(
         dir.path(),
         &["deliver", "--no-lda-headers", "carol"],

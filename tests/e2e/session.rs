@@ -595,11 +595,7 @@ fn pop3d_drops_privileges_after_binding() {
     let server = Server::start(dir.path(), &["--user", "nobody"]);
     let uid = uid_line(&server.pid().to_string());
     assert!(uid.starts_with("Uid:\t65534\t65534\t65534"), "{uid}");
-    popadm_ok(
-        dir.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"pw\n",
-    );
+    e2e::add_user(dir.path(), "alice", "pw");
     let mut c = server.login("alice", "pw");
     c.ok("QUIT");
 }

@@ -266,11 +266,7 @@ fn cleartext_policy_capa_per_listener_and_pop3s() {
     )
     .expect("write config");
     let server = Server::start(dir.path(), &["--config", config.to_str().expect("utf8")]);
-    e2e::popadm_ok(
-        dir.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"tls pass\n",
-    );
+    e2e::add_user(dir.path(), "alice", "tls pass");
     let cert = server.self_signed_cert();
     let plain = server.addr.port();
     // RFC 2595 section 2.2 / RFC 8314 section 3: no cleartext credentials before TLS.
@@ -389,11 +385,7 @@ fn sni_picks_the_certificate_and_sighup_reloads_it() {
     )
     .expect("config");
     let server = Server::start(live.path(), &["--config", config.to_str().expect("utf8")]);
-    e2e::popadm_ok(
-        live.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"tls pass\n",
-    );
+    e2e::add_user(live.path(), "alice", "tls pass");
     let port = server.tls_addr.expect("pop3s").port();
     // SNI chooses; the hostname check of the client proves the right one was sent.
     let run = client(port, "tls", &a_cert, Some("a.example.test"), &["NOOP"]);

@@ -166,6 +166,15 @@ pub fn popadm(data_dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     out
 }
 
+/// `popadm user add NAME --password-stdin` in `data_dir`, which must succeed; its output.
+pub fn add_user(data_dir: &Path, name: &str, password: &str) -> String {
+    popadm_ok(
+        data_dir,
+        &["user", "add", name, "--password-stdin"],
+        format!("{password}\n").as_bytes(),
+    )
+}
+
 /// `popadm` that must succeed.
 pub fn popadm_ok(data_dir: &Path, args: &[&str], stdin: &[u8]) -> String {
     let out = popadm(data_dir, args, stdin);
@@ -491,11 +500,7 @@ impl Fixture {
     }
 
     pub fn add_user(&self, name: &str, password: &str) {
-        popadm_ok(
-            self.data(),
-            &["user", "add", name, "--password-stdin"],
-            format!("{password}\n").as_bytes(),
-        );
+        add_user(self.data(), name, password);
     }
 
     /// Delivers `message` byte for byte (`--no-lda-headers`), so tests can compare what a
