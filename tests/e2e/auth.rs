@@ -147,8 +147,7 @@ fn auth_exchange_rules() {
     let mut c = f.server.connect();
     assert_eq!(c.cmd("AUTH PLAIN"), "+ ");
     c.ok(&b64(format!("\0alice\0{PW}").as_bytes()));
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    c.stat_and_quit(1);
     // Unknown user and wrong password: the same reply.
     let mut c = f.server.connect();
     let wrong = c.err(&format!("AUTH PLAIN {}", b64(b"\0alice\0nope")));

@@ -196,8 +196,7 @@ fn a_plain_login_gets_a_ticket_that_logs_in_once_on_the_named_node() {
     // As nginx uses it: logged in, no argon2 run, the maildrop there.
     let mut c = via_proxy(&n, "192.0.2.42");
     c.login("ann@example.org", &ticket);
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    c.stat_and_quit(1);
 
     // Once only.
     refused(via_proxy(&n, "192.0.2.42"));

@@ -51,9 +51,7 @@ fn curl_lists_retrieves_and_lists_uids() {
     assert_eq!(lines.len(), 2);
     assert!(lines[0].starts_with("1 ") && lines[1].starts_with("2 "));
     // Nothing was deleted by curl's sessions.
-    let mut c = f.server.login("carol@example.org", PW);
-    assert!(c.ok("STAT").starts_with("+OK 2 "));
-    c.ok("QUIT");
+    f.server.login("carol@example.org", PW).stat_and_quit(2);
 }
 
 #[test]
@@ -106,7 +104,5 @@ print(json.dumps(out))
         .collect();
     assert!(json.contains(&format!("\"top\": \"{top}")), "{json}");
     // poplib's DELE 1 + QUIT removed exactly one message.
-    let mut c = f.server.login("carol@example.org", PW);
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    f.server.login("carol@example.org", PW).stat_and_quit(1);
 }

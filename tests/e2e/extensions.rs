@@ -86,9 +86,7 @@ fn expire_zero_removes_retrieved_mail_at_quit_only() {
     // A session that does not QUIT removes nothing, EXPIRE or not.
     c.drop_connection();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let mut c = f.server.login("alice", PW);
-    assert!(c.ok("STAT").starts_with("+OK 2 "));
-    c.ok("QUIT");
+    f.server.login("alice", PW).stat_and_quit(2);
 }
 
 #[test]

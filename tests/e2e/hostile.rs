@@ -182,8 +182,7 @@ fn arguments_of_300_characters_are_refused_in_both_states() {
         c.err(&cmd);
     }
     // Still in TRANSACTION, nothing deleted.
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    c.stat_and_quit(1);
 }
 
 #[test]
@@ -302,9 +301,7 @@ fn a_half_closed_connection_ends_the_session_without_update() {
     s.shutdown(Shutdown::Write).expect("half close");
     assert!(read_until_closed(&mut s, Duration::from_secs(15)).1);
     // The deletion was not applied, and the lock is released.
-    let mut c = f.server.login_when_free("alice", PW);
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    f.server.login_when_free("alice", PW).stat_and_quit(1);
 }
 
 #[test]

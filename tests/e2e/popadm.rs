@@ -207,19 +207,13 @@ fn imports_are_byte_exact_and_all_or_nothing() {
 
     // A maildir with new/ and cur/, ordered by delivery time.
     let md = f.data().join("Maildir");
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
-    }
-    std::fs::write(
-        md.join("cur/1700000002.M1P1.host:2,S"),
-        b"Subject: md2\n\nsecond\n",
-    )
-    .expect("w");
-    std::fs::write(
-        md.join("new/1700000001.M1P1.host"),
-        b"Subject: md1\n\nfirst\n",
-    )
-    .expect("w");
+    maildir(
+        &md,
+        &[
+            ("cur/1700000002.M1P1.host:2,S", "Subject: md2\n\nsecond\n"),
+            ("new/1700000001.M1P1.host", "Subject: md1\n\nfirst\n"),
+        ],
+    );
     let m = md.to_str().expect("utf8");
     assert!(popadm_ok(f.data(), &["import", "maildir", m, "hank"], b"").contains("imported 2"));
 
@@ -252,6 +246,16 @@ fn imports_are_byte_exact_and_all_or_nothing() {
         .success());
 }
 
+/// A maildir at `md` (new/, cur/ and tmp/) holding `files` (path under `md`, contents).
+fn maildir(md: &std::path::Path, files: &[(&str, &str)]) {
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
+    }
+    for (path, contents) in files {
+        std::fs::write(md.join(path), contents).expect("write");
+    }
+}
+
 #[test]
 fn passwords_are_never_taken_from_argv() {
     let dir = TempDir::new("argv");
@@ -266,27 +270,18 @@ fn dovecot_maildir_import_keeps_uidls() {
     let f = Fixture::new("dovecot");
     f.add_user("lena", "pw");
     let md = f.data().join("dovecot-maildir");
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
-    }
-    std::fs::write(
-        md.join("dovecot-uidlist"),
-        "3 V1700000000 N3 G6f1ab2c3d4e5f60718293a4b5c6d7e8f\n\
-         1 :1700000001.M1P1.host,S=15\n\
-         2 W30 :1700000002.M2P2.host:2,S\n",
-    )
-    .expect("write");
-    std::fs::write(
-        md.join("cur/1700000001.M1P1.host,S=15:2,S"),
-        b"Subject: a\n\na\n",
-    )
-    .expect("w");
-    std::fs::write(
-        md.join("cur/1700000002.M2P2.host:2,RS"),
-        b"Subject: b\n\nb\n",
-    )
-    .expect("w");
-    std::fs::write(md.join("new/1700000003.M3P3.host"), b"Subject: c\n\nc\n").expect("w");
+    let uidlist = "3 V1700000000 N3 G6f1ab2c3d4e5f60718293a4b5c6d7e8f\n\
+                   1 :1700000001.M1P1.host,S=15\n\
+                   2 W30 :1700000002.M2P2.host:2,S\n";
+    maildir(
+        &md,
+        &[
+            ("dovecot-uidlist", uidlist),
+            ("cur/1700000001.M1P1.host,S=15:2,S", "Subject: a\n\na\n"),
+            ("cur/1700000002.M2P2.host:2,RS", "Subject: b\n\nb\n"),
+            ("new/1700000003.M3P3.host", "Subject: c\n\nc\n"),
+        ],
+    );
     let map = f.data().join("uidl.map");
     std::fs::write(&map, "1700000003.M3P3.host from-map\n").expect("w");
     let m = md.to_str().expect("utf8");
@@ -334,8 +329,7 @@ fn backup_while_a_session_runs() {
         0o600
     );
     // The session goes on undisturbed.
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    c.stat_and_quit(1);
     // An existing file is never overwritten.
     let again = popadm(f.data(), &["backup", copy.to_str().expect("utf8")], b"");
     assert!(!again.status.success());

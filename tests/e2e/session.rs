@@ -178,9 +178,7 @@ fn a_dropped_connection_deletes_nothing() {
     c.ok("DELE 1");
     c.ok("DELE 2");
     c.drop_connection();
-    let mut c = login_when_free(&f.server, "alice");
-    assert!(c.ok("STAT").starts_with("+OK 2 "));
-    c.ok("QUIT");
+    login_when_free(&f.server, "alice").stat_and_quit(2);
 }
 
 #[test]
@@ -465,9 +463,7 @@ fn idle_timeout_closes_without_reply_and_without_update() {
     c.ok("DELE 1");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(c.closed(), "expected EOF without a reply");
-    let mut c = login_when_free(&f.server, "alice");
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    login_when_free(&f.server, "alice").stat_and_quit(1);
 }
 
 #[test]
@@ -499,9 +495,7 @@ fn shutdown_answers_sessions_and_applies_no_half_update() {
     assert!(f.server.wait().success());
     assert!(f.server.log().contains("shutting down"));
     f.restart(&[]);
-    let mut c = f.server.login("alice", PW);
-    assert!(c.ok("STAT").starts_with("+OK 2 "));
-    c.ok("QUIT");
+    f.server.login("alice", PW).stat_and_quit(2);
 }
 
 #[test]

@@ -399,6 +399,13 @@ impl Client {
         self.ok(&format!("PASS {pass}"))
     }
 
+    /// Asserts that STAT counts `messages` messages (RFC 1939 section 5), then QUITs.
+    pub fn stat_and_quit(mut self, messages: usize) {
+        let stat = self.ok("STAT");
+        assert!(stat.starts_with(&format!("+OK {messages} ")), "{stat}");
+        self.ok("QUIT");
+    }
+
     /// USER, then a PASS that must answer `-ERR`; returns that reply.
     pub fn login_refused(&mut self, user: &str, pass: &str) -> String {
         self.ok(&format!("USER {user}"));
