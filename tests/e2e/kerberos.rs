@@ -282,11 +282,7 @@ fn curl_logs_in_with_kerberos_and_kpop_accepts_nothing_else() {
 
     // KPOP: Kerberos works, USER/PASS and APOP get [AUTH], CAPA offers GSSAPI only.
     let out = curl_gssapi(krb.path(), kpop, "/1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     let mut k = e2e::Client::connect(kpop);
     let caps = k.listing("CAPA");
     assert!(caps.contains(&"SASL GSSAPI".to_string()), "{caps:?}");

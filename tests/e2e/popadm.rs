@@ -423,22 +423,14 @@ fn dovecot_passwd_import() {
     assert!(!users().contains("tim@"), "half-applied: {}", users());
     // A dry run says what would happen and writes nothing.
     let out = import(&["--skip-unsupported", "--update", "--dry-run"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     let dry = String::from_utf8_lossy(&out.stdout);
     assert!(dry.contains("tim@example.org: would be created"), "{dry}");
     assert!(dry.contains("bob@example.org: would be updated"), "{dry}");
     assert!(!users().contains("tim@"));
     // The real thing.
     let out = import(&["--skip-unsupported", "--update"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         report.contains("tim@example.org: created") && report.contains("CRAM-MD5 only"),
@@ -477,28 +469,16 @@ fn dovecot_passwd_import() {
                 .expect("run curl")
         };
         let out = curl("tim@example.org", "tanstaaftanstaaf", "CRAM-MD5");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        e2e::assert_success(&out);
         assert_eq!(out.stdout, crlf(tim_mail));
         assert!(!curl("tim@example.org", "tanstaaf", "CRAM-MD5")
             .status
             .success());
         let out = curl("ann@example.org", "dovecot secret", "PLAIN");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        e2e::assert_success(&out);
         // bob's new password works and his mail is still there.
         let out = curl("bob@example.org", "bob pw", "PLAIN");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        e2e::assert_success(&out);
         assert_eq!(out.stdout, crlf(bob_mail));
     }
     // The states serve CRAM-MD5 only: USER/PASS with the very password is refused.
@@ -652,11 +632,7 @@ fn a_store_is_created_only_where_named() {
         "eve",
         "--password-stdin",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("creating a new maildrop database in named"),
@@ -665,10 +641,6 @@ fn a_store_is_created_only_where_named() {
     // Once it exists, the default directory works as before (pop3d's own default).
     std::fs::rename(dir.path().join("named"), dir.path().join("pop3d-data")).expect("rename");
     let out = run(&["user", "list"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("eve"));
 }

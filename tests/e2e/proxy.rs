@@ -368,11 +368,7 @@ fn pop3s_behind_an_l4_proxy() {
     let Some(out) = e2e::curl_pop3s(port, &server.self_signed_cert(), "carol:carol pw", "1") else {
         return;
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     assert_eq!(out.stdout, crlf(message));
     relay.join().expect("relay");
     wait_for_lines(&server, "203.0.113.9", "logged in", 1);

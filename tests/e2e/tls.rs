@@ -153,11 +153,7 @@ fn curl_fetches_over_pop3s_with_the_self_signed_certificate() {
     let Some(out) = e2e::curl_pop3s(port, &cert, &format!("alice:{PW}"), "1") else {
         return;
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     assert_eq!(
         out.stdout,
         crlf(b"Subject: over tls\r\n\r\n.dotted\r\nbody\r\n")

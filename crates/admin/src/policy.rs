@@ -177,6 +177,13 @@ mod tests {
 
     #[test]
     fn expire_values() {
+        let bad: &[(&str, &str)] = &[
+            ("", "expected a number of days"),
+            ("-1", "use `never`"),
+            ("30d", "expected a number of days"),
+            ("forever", "or `never`"),
+            ("99999999999", "at most 4294967295"),
+        ];
         let ok: &[(&str, Override<Expire>)] = &[
             ("0", Override::Set(Expire::Days(0))),
             ("30", Override::Set(Expire::Days(30))),
@@ -184,13 +191,6 @@ mod tests {
             ("never", Override::Set(Expire::Never)),
             ("NEVER", Override::Set(Expire::Never)),
             ("default", Override::Default),
-        ];
-        let bad: &[(&str, &str)] = &[
-            ("", "expected a number of days"),
-            ("-1", "use `never`"),
-            ("30d", "expected a number of days"),
-            ("forever", "or `never`"),
-            ("99999999999", "at most 4294967295"),
         ];
         check_values(parse_expire, ok, bad);
     }
