@@ -135,16 +135,8 @@ fn fetchmail_over_implicit_tls() {
 // mpop
 
 fn mpop(s: &Scratch, port: u16, tls: &[String]) -> Output {
-    s.command("mpop")
-        .args(["-C", "/dev/null", "--host=127.0.0.1"])
-        .arg(format!("--port={port}"))
-        .args([
-            "--auth=user",
-            "--timeout=20",
-            "--keep=on",
-            "--received-header=off",
-        ])
-        .arg(format!("--user={USER}"))
+    s.isolate(testbed::mpop("127.0.0.1", port, "user", USER))
+        .args(["--keep=on", "--received-header=off"])
         .arg(format!("--passwordeval=echo '{PW}'"))
         .arg(format!("--delivery=mda,{}", s.mda()))
         .arg(format!("--uidls-file={}", s.path("uidls").display()))
