@@ -122,13 +122,7 @@ impl Dovecot {
         // pop3_uidl_format is left at its default, %08Xu%08Xv.
         let conf = format!(
             "# A private Dovecot for the end-to-end suite.
-base_dir = {d}/run
-state_dir = {d}/state
-instance_name = pop3-e2e-{port}
-log_path = {d}/dovecot.log
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
+{instance}ssl = no
 default_internal_user = {internal}
 default_login_user = {login}
 first_valid_uid = {uid}
@@ -151,6 +145,7 @@ service pop3-login {{
 }}
 ",
             d = d.display(),
+            instance = testbed::dovecot_instance(d, &format!("pop3-e2e-{port}")),
             internal = ids.internal_user,
             login = ids.login_user,
             uid = ids.uid,

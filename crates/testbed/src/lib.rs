@@ -24,6 +24,17 @@ pub use client::Client;
 pub use notify::{parse_status, NotifySocket, Ready};
 pub use pop3d::{signal, Log, Pop3d};
 
+/// The first lines of a private Dovecot's configuration: its run, state and log files under
+/// `dir`, the instance name `instance` (so that several can run side by side), POP3 only, on
+/// 127.0.0.1.
+pub fn dovecot_instance(dir: &Path, instance: &str) -> String {
+    let d = dir.display();
+    format!(
+        "base_dir = {d}/run\nstate_dir = {d}/state\ninstance_name = {instance}\n\
+         log_path = {d}/dovecot.log\nprotocols = pop3\nlisten = 127.0.0.1\n"
+    )
+}
+
 /// Runs `cmd` with stdin from /dev/null to its end; its output when it exits 0, otherwise an
 /// error naming `what` with the exit status and what the program said.
 pub fn run_checked(
