@@ -150,7 +150,8 @@ mod tests {
         let no_cluster = without(|o| o.cluster = false);
         use {ListenerError as E, ListenerKind as K};
         // Each kind, the configuration without the part it needs, and the error that gives.
-        let rules: [(ListenSpec, Offers, fn(SocketAddr) -> ListenerError); 4] = [
+        type Error = fn(SocketAddr) -> ListenerError;
+        let rules: [(ListenSpec, Offers, Error); 4] = [
             (spec(K::ImplicitTls), no_cert, E::TlsWithoutCertificate),
             (spec(K::Kpop), no_gssapi, E::KpopWithoutGssapi),
             (proxied, no_proxies, E::ProxyWithoutTrusted),
