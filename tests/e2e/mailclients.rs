@@ -54,38 +54,75 @@ fn fixture_with(tag: &str, flags: &[&str]) -> Fixture {
     Fixture::with_mailbox(tag, flags, USER, PW, &messages())
 }
 
+/// A client that can leave mail on the server, as these tests drive it.
+trait Keeper {
+    /// The program (and the name in failure messages).
+    const PROGRAM: &'static str;
+    /// Its exit code for a run that finds no new mail.
+    const NO_NEW_MAIL: i32;
+    /// One run against the fixture's cleartext listener (without STLS), or with `tls` against
+    /// its POP3S listener (RFC 8314), trusting the server's self-signed certificate.
+    fn run(f: &Fixture, s: &Scratch, tls: bool) -> Output;
+    /// What it stored so far, with its own additions removed.
+    fn fetched(s: &Scratch) -> Vec<Vec<u8>>;
+}
+
 /// The UIDL round trip of a client that leaves mail on the server (RFC 1939 section 7): the
-/// first run fetches both messages, a second fetches nothing (`second_code` is its exit code),
-/// then a message delivered since is fetched alone. `fetched` reads back what the client stored,
-/// with the client's own additions removed; the expected bytes have LF line ends.
-fn keep_round_trip(
-    client: &str,
-    f: &Fixture,
-    run: impl Fn() -> Output,
-    fetched: impl Fn() -> Vec<Vec<u8>>,
-    second_code: i32,
-) {
-    fetched_all(&format!("{client} first run"), &run(), fetched());
+/// first run fetches both messages, a second fetches nothing (exiting with
+/// [`Keeper::NO_NEW_MAIL`]), then a message delivered since is fetched alone. The expected
+/// bytes have LF line ends.
+fn keep_round_trip<C: Keeper>(tag: &str) {
+    let Some((f, s)) = setup(C::PROGRAM, tag) else {
+        return;
+    };
+    let client = C::PROGRAM;
+    let run = || C::run(&f, &s, false);
+    fetched_all(&format!("{client} first run"), &run(), C::fetched(&s));
 
     let out = run();
     assert_eq!(
         out.status.code(),
-        Some(second_code),
+        Some(C::NO_NEW_MAIL),
         "{client}: {}",
         output_text(&out)
     );
-    assert_eq!(fetched().len(), 2, "{client} fetched again");
+    assert_eq!(C::fetched(&s).len(), 2, "{client} fetched again");
 
     f.deliver(USER, &late_message());
     let out = run();
     assert!(out.status.success(), "{client}: {}", output_text(&out));
-    let got = fetched();
+    let got = C::fetched(&s);
     assert_eq!(got.len(), 3, "{client}");
     assert_same(
         &got[2..],
         &[lf(&late_message())],
         &format!("{client} third run"),
     );
+}
+
+/// One run of a client over implicit TLS (RFC 8314) fetches every message.
+fn over_implicit_tls<C: Keeper>(tag: &str) {
+    let Some((f, s)) = setup(C::PROGRAM, tag) else {
+        return;
+    };
+    let what = format!("{} over TLS", C::PROGRAM);
+    fetched_all(&what, &C::run(&f, &s, true), C::fetched(&s));
+}
+
+/// The two tests of a [`Keeper`], `$keeps` ([`keep_round_trip`]) and `$tls`
+/// ([`over_implicit_tls`]), on fixtures tagged `$tag` and `$tag-tls`.
+macro_rules! keeper_tests {
+    ($client:ty, $keeps:ident, $tls:ident, $tag:literal) => {
+        #[test]
+        fn $keeps() {
+            keep_round_trip::<$client>($tag);
+        }
+
+        #[test]
+        fn $tls() {
+            over_implicit_tls::<$client>(concat!($tag, "-tls"));
+        }
+    };
 }
 
 /// Asserts that a client run (`out`) succeeded and stored every message of [`messages`]
@@ -99,47 +136,69 @@ fn fetched_all(what: &str, out: &Output, fetched: Vec<Vec<u8>>) {
 // ---------------------------------------------------------------------------------------------
 // fetchmail
 
-#[test]
-fn fetchmail_keeps_mail_and_fetches_only_new_uidls() {
-    let Some((f, s)) = setup("fetchmail", "fetchmail") else {
-        return;
-    };
-    // `uidl` + `keep`: fetchmail's own UIDL bookkeeping (the idfile); `sslproto ''` keeps it
-    // from upgrading with STLS, so this run is cleartext.
-    let rc = format!(
-        "poll 127.0.0.1 service {} protocol pop3 uidl timeout 20 user \"{USER}\" password \
-         \"{PW}\" keep sslproto '' mda \"{}\"",
-        f.server.addr.port(),
-        s.mda()
-    );
-    // fetchmail exits 1 when there is no new mail.
-    keep_round_trip(
-        "fetchmail",
-        &f,
-        || fetchmail(&s, &rc),
-        || fetchmail_messages(&s),
-        1,
-    );
+struct Fetchmail;
+
+impl Keeper for Fetchmail {
+    const PROGRAM: &'static str = "fetchmail";
+    const NO_NEW_MAIL: i32 = 1;
+
+    /// `uidl` + `keep`: fetchmail's own UIDL bookkeeping (the idfile). In cleartext,
+    /// `sslproto ''` keeps it from upgrading with STLS; over TLS it checks the certificate
+    /// against the name `localhost` (never an IP address).
+    fn run(f: &Fixture, s: &Scratch, tls: bool) -> Output {
+        let (port, security) = if tls {
+            let cert = f.server.self_signed_cert();
+            let security = format!(
+                "ssl sslcertck sslcertfile \"{}\" sslcommonname localhost",
+                cert.display()
+            );
+            (f.server.tls_addr.expect("pop3s").port(), security)
+        } else {
+            (f.server.addr.port(), "sslproto ''".to_owned())
+        };
+        let rc = format!(
+            "poll 127.0.0.1 service {port} protocol pop3 uidl timeout 20 user \"{USER}\" \
+             password \"{PW}\" keep {security} mda \"{}\"",
+            s.mda()
+        );
+        fetchmail(s, &rc)
+    }
+
+    fn fetched(s: &Scratch) -> Vec<Vec<u8>> {
+        fetchmail_messages(s)
+    }
 }
 
-#[test]
-fn fetchmail_over_implicit_tls() {
-    let Some((f, s)) = setup("fetchmail", "fetchmail-tls") else {
-        return;
-    };
-    let rc = format!(
-        "poll 127.0.0.1 service {} protocol pop3 uidl timeout 20 user \"{USER}\" password \
-         \"{PW}\" keep ssl sslcertck sslcertfile \"{}\" sslcommonname localhost mda \"{}\"",
-        f.server.tls_addr.expect("pop3s").port(),
-        f.server.self_signed_cert().display(),
-        s.mda()
-    );
-    let out = fetchmail(&s, &rc);
-    fetched_all("fetchmail over TLS", &out, fetchmail_messages(&s));
-}
+keeper_tests!(
+    Fetchmail,
+    fetchmail_keeps_mail_and_fetches_only_new_uidls,
+    fetchmail_over_implicit_tls,
+    "fetchmail"
+);
 
 // ---------------------------------------------------------------------------------------------
 // mpop
+
+struct Mpop;
+
+impl Keeper for Mpop {
+    const PROGRAM: &'static str = "mpop";
+    const NO_NEW_MAIL: i32 = 0;
+
+    fn run(f: &Fixture, s: &Scratch, tls: bool) -> Output {
+        if tls {
+            let cert = format!("--tls-trust-file={}", f.server.self_signed_cert().display());
+            let tls = ["--tls=on".to_owned(), "--tls-starttls=off".to_owned(), cert];
+            mpop(s, f.server.tls_addr.expect("pop3s").port(), &tls)
+        } else {
+            mpop(s, f.server.addr.port(), &["--tls=off".to_owned()])
+        }
+    }
+
+    fn fetched(s: &Scratch) -> Vec<Vec<u8>> {
+        s.delivered()
+    }
+}
 
 fn mpop(s: &Scratch, port: u16, tls: &[String]) -> Output {
     s.isolate(testbed::mpop("127.0.0.1", port, "user", USER))
@@ -154,12 +213,7 @@ fn mpop(s: &Scratch, port: u16, tls: &[String]) -> Output {
 
 #[test]
 fn mpop_keeps_mail_and_fetches_only_new_uidls() {
-    let Some((f, s)) = setup("mpop", "mpop") else {
-        return;
-    };
-    let port = f.server.addr.port();
-    let plain = ["--tls=off".to_owned()];
-    keep_round_trip("mpop", &f, || mpop(&s, port, &plain), || s.delivered(), 0);
+    keep_round_trip::<Mpop>("mpop");
 }
 
 #[test]
@@ -186,6 +240,36 @@ fn mpop_over_implicit_tls_and_stls() {
 // ---------------------------------------------------------------------------------------------
 // getmail6
 
+struct Getmail;
+
+impl Keeper for Getmail {
+    const PROGRAM: &'static str = "getmail";
+    const NO_NEW_MAIL: i32 = 0;
+
+    fn run(f: &Fixture, s: &Scratch, tls: bool) -> Output {
+        let retriever = if tls {
+            format!(
+                "type = SimplePOP3SSLRetriever\nserver = 127.0.0.1\nport = {}\nca_certs = {}",
+                f.server.tls_addr.expect("pop3s").port(),
+                f.server.self_signed_cert().display()
+            )
+        } else {
+            format!(
+                "type = SimplePOP3Retriever\nserver = 127.0.0.1\nport = {}",
+                f.server.addr.port()
+            )
+        };
+        getmail(s, &retriever)
+    }
+
+    fn fetched(s: &Scratch) -> Vec<Vec<u8>> {
+        s.delivered()
+            .iter()
+            .map(|m| strip_first_header(m, "Return-Path"))
+            .collect()
+    }
+}
+
 fn getmail(s: &Scratch, retriever: &str) -> Output {
     let rc = s.path("getmailrc");
     let getmaildir = s.path("getmail");
@@ -210,44 +294,12 @@ fn getmail(s: &Scratch, retriever: &str) -> Output {
         .expect("run getmail")
 }
 
-fn getmail_messages(s: &Scratch) -> Vec<Vec<u8>> {
-    s.delivered()
-        .iter()
-        .map(|m| strip_first_header(m, "Return-Path"))
-        .collect()
-}
-
-#[test]
-fn getmail_keeps_mail_and_fetches_only_new_uidls() {
-    let Some((f, s)) = setup("getmail", "getmail") else {
-        return;
-    };
-    let retriever = format!(
-        "type = SimplePOP3Retriever\nserver = 127.0.0.1\nport = {}",
-        f.server.addr.port()
-    );
-    keep_round_trip(
-        "getmail",
-        &f,
-        || getmail(&s, &retriever),
-        || getmail_messages(&s),
-        0,
-    );
-}
-
-#[test]
-fn getmail_over_implicit_tls() {
-    let Some((f, s)) = setup("getmail", "getmail-tls") else {
-        return;
-    };
-    let retriever = format!(
-        "type = SimplePOP3SSLRetriever\nserver = 127.0.0.1\nport = {}\nca_certs = {}",
-        f.server.tls_addr.expect("pop3s").port(),
-        f.server.self_signed_cert().display()
-    );
-    let out = getmail(&s, &retriever);
-    fetched_all("getmail over TLS", &out, getmail_messages(&s));
-}
+keeper_tests!(
+    Getmail,
+    getmail_keeps_mail_and_fetches_only_new_uidls,
+    getmail_over_implicit_tls,
+    "getmail"
+);
 
 // ---------------------------------------------------------------------------------------------
 // NeoMutt
