@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{crlf, popadm_ok, Fixture};
+use e2e::{assert_fetched, popadm_ok, Fixture};
 
 const PW: &str = "s3cret pw";
 const MSG: &[u8] = b"Subject: auth\r\n\r\nauthenticated\r\n";
@@ -34,38 +34,18 @@ fn fixture(tag: &str, flags: &[&str]) -> Fixture {
 use e2e::base64 as b64;
 
 fn curl(f: &Fixture, user: &str, pass: &str, mech: &str) -> std::process::Output {
-    Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "20"])
-        .args(["--user", &format!("{user}:{pass}")])
-        .args(["--login-options", &format!("AUTH={mech}")])
-        .arg(format!("pop3://{}/1", f.server.addr))
-        .output()
-        .expect("run curl")
+    e2e::curl_sasl(f.server.addr, user, pass, mech)
 }
 
 #[test]
 fn curl_logs_in_with_plain_login_and_cram_md5() {
-    if !e2e::client_available("curl", "--version") {
-        return;
-    }
+    e2e::require!("curl");
     let f = fixture("curl-sasl", &["--legacy-auth"]);
     for mech in ["PLAIN", "LOGIN"] {
-        let out = curl(&f, "alice", PW, mech);
-        assert!(
-            out.status.success(),
-            "{mech}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.stdout, crlf(MSG), "{mech}");
+        assert_fetched(&curl(&f, "alice", PW, mech), MSG);
     }
     // RFC 2195: CRAM-MD5 for an account with a legacy secret.
-    let out = curl(&f, "leg@example.org", "tanstaaf", "CRAM-MD5");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, crlf(MSG));
+    assert_fetched(&curl(&f, "leg@example.org", "tanstaaf", "CRAM-MD5"), MSG);
     // Without a legacy secret CRAM-MD5 fails like a wrong password.
     assert!(!curl(&f, "alice", PW, "CRAM-MD5").status.success());
     assert!(!curl(&f, "alice", "wrong", "PLAIN").status.success());
@@ -73,9 +53,7 @@ fn curl_logs_in_with_plain_login_and_cram_md5() {
 
 #[test]
 fn poplib_apop_with_the_greeting_timestamp() {
-    if !e2e::client_available("python3", "--version") {
-        return;
-    }
+    e2e::require!("python3");
     let f = fixture("apop", &["--legacy-auth"]);
     // RFC 1939 section 7: with APOP offered the greeting has a timestamp, new every time.
     let g1 = f.server.connect().greeting;
@@ -94,19 +72,16 @@ except poplib.error_proto as e:
     print("ERR", e.args[0].decode()); sys.exit(0)
 print("OK", p.stat()[0]); p.quit()
 "#;
+    let port = f.server.addr.port().to_string();
     let run = |user: &str, secret: &str| {
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                script,
-                "127.0.0.1",
-                &f.server.addr.port().to_string(),
-                user,
-                secret,
-            ])
-            .output()
-            .expect("python3");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        e2e::run_text(Command::new("python3").args([
+            "-c",
+            script,
+            "127.0.0.1",
+            &port,
+            user,
+            secret,
+        ]))
     };
     assert_eq!(run("leg@example.org", "tanstaaf"), "OK 1");
     let wrong = run("leg@example.org", "nope");
@@ -172,8 +147,7 @@ fn auth_exchange_rules() {
     let mut c = f.server.connect();
     assert_eq!(c.cmd("AUTH PLAIN"), "+ ");
     c.ok(&b64(format!("\0alice\0{PW}").as_bytes()));
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    c.stat_and_quit(1);
     // Unknown user and wrong password: the same reply.
     let mut c = f.server.connect();
     let wrong = c.err(&format!("AUTH PLAIN {}", b64(b"\0alice\0nope")));
@@ -183,9 +157,7 @@ fn auth_exchange_rules() {
 
 #[test]
 fn scram_sha_256_logs_in_and_fails_like_a_wrong_password() {
-    if !e2e::client_available("python3", "--version") {
-        return;
-    }
+    e2e::require!("python3");
     let f = fixture("scram", &[]);
     // A SCRAM-SHA-256 client (RFC 5802 section 3) on Python's hashlib and hmac.
     let script = r#"
@@ -218,23 +190,10 @@ if v != expect: print("BAD SERVER SIGNATURE"); sys.exit(0)
 send("")
 r = line(); send("STAT"); print(r, "|", line())
 "#;
+    let port = f.server.addr.port().to_string();
     let run = |user: &str, pw: &str| {
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                script,
-                "127.0.0.1",
-                &f.server.addr.port().to_string(),
-                user,
-                pw,
-            ])
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            e2e::run_ok(Command::new("python3").args(["-c", script, "127.0.0.1", &port, user, pw]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let ok = run("alice", PW);
@@ -303,15 +262,9 @@ fn failed_logins_are_delayed_and_the_connection_closed_after_three() {
 
 #[test]
 fn a_login_rehashes_with_changed_argon2_parameters() {
-    if !e2e::client_available("python3", "--version") {
-        return;
-    }
+    e2e::require!("python3");
     let dir = e2e::TempDir::new("rehash");
-    popadm_ok(
-        dir.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"pw\n",
-    );
+    e2e::add_user(dir.path(), "alice", "pw");
     let config = dir.path().join("pop3d.toml");
     std::fs::write(
         &config,
@@ -319,12 +272,9 @@ fn a_login_rehashes_with_changed_argon2_parameters() {
     )
     .expect("config");
     let hash = || {
-        let out = Command::new("python3")
+        e2e::run_text(Command::new("python3")
             .args(["-c", "import sqlite3,sys;print(sqlite3.connect(sys.argv[1]).execute('select password_hash from accounts').fetchone()[0])"])
-            .arg(dir.path().join("maildrops.sqlite3"))
-            .output()
-            .expect("python3");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            .arg(dir.path().join("maildrops.sqlite3")))
     };
     assert!(hash().contains("m=19456,t=2,p=1"), "{}", hash());
     let server = e2e::Server::start(dir.path(), &["--config", config.to_str().expect("utf8")]);
@@ -343,18 +293,14 @@ fn the_credential_cache_skips_argon2_and_forgets_a_changed_password() {
     c.ok("QUIT");
     let mut c = f.server.login("alice", PW);
     c.ok("QUIT");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f
-        .server
-        .log()
-        .contains("verified from the credential cache")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the second login did not use the cache"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let cached = || {
+        f.server
+            .log()
+            .contains("verified from the credential cache")
+    };
+    let (within, every) = (Duration::from_secs(5), Duration::from_millis(50));
+    let unused = "the second login did not use the cache";
+    e2e::eventually(unused, within, every, || cached().then_some(()));
     // A wrong password is not accepted from the cache.
     let mut c = f.server.connect();
     c.ok("USER alice");
@@ -435,8 +381,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[test]
 fn unknown_user_and_wrong_password_look_alike_for_every_mechanism() {
-    // The penalty off, so that only the server's own work is timed.
-    let f = fixture("lookalike", &["--legacy-auth", "--auth-failure-delay", "0"]);
+    // The penalty is off (the suite's default), so that only the server's own work is timed.
+    let f = fixture("lookalike", &["--legacy-auth"]);
     for mech in [
         "USER",
         "PLAIN",
@@ -488,17 +434,9 @@ fn unknown_user_and_wrong_password_look_alike_for_every_mechanism() {
 #[test]
 fn control_characters_in_decoded_fields_fail_every_mechanism() {
     // CR, LF or NUL inside a decoded user name or password: -ERR [AUTH] before any lookup,
-    // and the session goes on (it reads no smuggled command). Penalty off, so it is quick.
-    let f = fixture(
-        "ctlfields",
-        &[
-            "--legacy-auth",
-            "--auth-failure-delay",
-            "0",
-            "--max-auth-failures",
-            "20",
-        ],
-    );
+    // and the session goes on (it reads no smuggled command). The penalty is off (the suite's
+    // default), so it is quick.
+    let f = fixture("ctlfields", &["--legacy-auth", "--max-auth-failures", "20"]);
     let mut c = f.server.connect();
     let refused = |r: String| assert!(r.starts_with("-ERR [AUTH] "), "{r}");
     refused(c.cmd(&format!("AUTH PLAIN {}", b64(b"\0ali\0ce\0x"))));
@@ -515,8 +453,7 @@ fn control_characters_in_decoded_fields_fail_every_mechanism() {
         b64(b"n,,n=ali\0ce,r=abcdef")
     )));
     // Still in AUTHORIZATION, still usable: a good login follows.
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     assert!(c.ok("STAT").starts_with("+OK 1 "));
 }
 
@@ -542,29 +479,19 @@ fn mpop_status(
     user: &str,
     pw: &str,
 ) -> std::process::Output {
-    s.command("mpop")
-        .args([
-            "-C",
-            "/dev/null",
-            "--host=127.0.0.1",
-            "--tls=off",
-            "--timeout=20",
-        ])
-        .arg(format!("--port={}", f.server.addr.port()))
-        .arg(format!("--auth={auth}"))
-        .arg(format!("--user={user}"))
-        .arg(format!("--passwordeval=echo '{pw}'"))
-        .arg(format!("--delivery=mda,{}", s.mda()))
-        .arg("--status-only")
-        .output()
-        .expect("run mpop")
+    let port = f.server.addr.port();
+    e2e::run(&mut s.isolate(testbed::mpop_status(
+        "127.0.0.1",
+        port,
+        auth,
+        user,
+        Some(pw),
+    )))
 }
 
 #[test]
 fn mpop_and_fetchmail_log_in_with_every_sasl_mechanism() {
-    if !e2e::client_available("mpop", "--version") {
-        return;
-    }
+    e2e::require!("mpop");
     let f = fixture("mpop-sasl", &["--legacy-auth"]);
     // An account imported from a Dovecot passwd-file with only CRAM-MD5 states (RFC 2195's
     // secret "tanstaaftanstaaf").
@@ -593,9 +520,7 @@ fn mpop_and_fetchmail_log_in_with_every_sasl_mechanism() {
     let out = mpop_status(&f, &s, "scram-sha-256", "alice", "not it");
     assert!(!out.status.success(), "{}", e2e::clients::output_text(&out));
 
-    if !e2e::client_available("fetchmail", "--version") {
-        return;
-    }
+    e2e::require!("fetchmail");
     // fetchmail's own CRAM-MD5 (RFC 2195), for both kinds of stored key; `--check` logs in,
     // counts the messages and exits 0 when there is mail.
     for (user, pw) in [
@@ -618,28 +543,19 @@ fn mpop_and_fetchmail_log_in_with_every_sasl_mechanism() {
 
 /// The APOP digest (RFC 1939 section 7) of a timestamp through Python's hashlib.
 fn apop_digest(timestamp: &str, secret: &str) -> String {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import hashlib,sys;print(hashlib.md5(sys.argv[1].encode()).hexdigest())",
-            &format!("{timestamp}{secret}"),
-        ])
-        .output()
-        .expect("python3");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    e2e::run_text(Command::new("python3").args([
+        "-c",
+        "import hashlib,sys;print(hashlib.md5(sys.argv[1].encode()).hexdigest())",
+        &format!("{timestamp}{secret}"),
+    ]))
 }
 
 #[test]
 fn apop_digest_is_bound_to_this_connections_greeting() {
     // RFC 1939 section 7: the digest covers the timestamp of *this* greeting, so a digest seen
     // on one connection cannot be replayed on another.
-    if !e2e::client_available("python3", "--version") {
-        return;
-    }
-    let f = fixture(
-        "apop-replay",
-        &["--legacy-auth", "--auth-failure-delay", "0"],
-    );
+    e2e::require!("python3");
+    let f = fixture("apop-replay", &["--legacy-auth"]);
     let timestamp = |c: &e2e::Client| {
         let g = &c.greeting;
         g[g.find('<').expect("timestamp")..].to_owned()
@@ -659,13 +575,8 @@ fn apop_digest_is_bound_to_this_connections_greeting() {
 
 #[test]
 fn the_legacy_secret_is_opt_in_per_password_and_listed() {
-    if !e2e::client_available("curl", "--version") {
-        return;
-    }
-    let f = fixture(
-        "legacy-optin",
-        &["--legacy-auth", "--auth-failure-delay", "0"],
-    );
+    e2e::require!("curl");
+    let f = fixture("legacy-optin", &["--legacy-auth"]);
     let legacy_column = |name: &str| e2e::legacy_auth_column(f.data(), name);
     assert_eq!(legacy_column("leg@example.org"), "yes");
     assert_eq!(legacy_column("alice"), "no");
@@ -682,12 +593,7 @@ fn the_legacy_secret_is_opt_in_per_password_and_listed() {
     assert!(!curl(&f, "leg@example.org", "tanstaaf", "CRAM-MD5")
         .status
         .success());
-    let out = curl(&f, "leg@example.org", "second pw", "PLAIN");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&curl(&f, "leg@example.org", "second pw", "PLAIN"));
     // With --legacy-auth the new password is kept for CRAM-MD5 (and APOP).
     popadm_ok(
         f.data(),
@@ -701,23 +607,15 @@ fn the_legacy_secret_is_opt_in_per_password_and_listed() {
         b"third pw\n",
     );
     assert_eq!(legacy_column("leg@example.org"), "yes");
-    let out = curl(&f, "leg@example.org", "third pw", "CRAM-MD5");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, crlf(MSG));
+    assert_fetched(&curl(&f, "leg@example.org", "third pw", "CRAM-MD5"), MSG);
 }
 
 #[test]
 fn a_first_password_login_gives_an_imported_account_its_scram_keys() {
     // An account imported from a Dovecot {ARGON2ID} hash has no SCRAM-SHA-256 keys (they need
     // the password); the first login that shows the password derives them.
-    if !e2e::client_available("mpop", "--version") {
-        return;
-    }
-    let f = fixture("scram-upgrade", &["--auth-failure-delay", "0"]);
+    e2e::require!("mpop");
+    let f = fixture("scram-upgrade", &[]);
     // `doveadm pw -s ARGON2ID -p 'dovecot secret'` (Dovecot 2.3.19).
     import_from_dovecot(
         &f,

@@ -183,36 +183,23 @@ fn a_plain_login_gets_a_ticket_that_logs_in_once_on_the_named_node() {
     assert!(ticket.starts_with("pop3d-ticket.v1."), "{ticket}");
     assert!(!ticket.contains("tanstaaf"));
 
+    let refused = |mut c: Client| {
+        let reply = c.login_refused("ann@example.org", &ticket);
+        assert!(reply.starts_with("-ERR [AUTH]"), "{reply}");
+        c.ok("QUIT");
+    };
     // The ticket is no password on the public listener.
-    let mut direct = n.server.connect();
-    direct.ok("USER ann@example.org");
-    assert!(direct
-        .err(&format!("PASS {ticket}"))
-        .starts_with("-ERR [AUTH]"));
-    direct.ok("QUIT");
-
+    refused(n.server.connect());
     // From another client address than the one it was issued for: refused.
-    let mut other = via_proxy(&n, "192.0.2.99");
-    other.ok("USER ann@example.org");
-    assert!(other
-        .err(&format!("PASS {ticket}"))
-        .starts_with("-ERR [AUTH]"));
-    other.ok("QUIT");
+    refused(via_proxy(&n, "192.0.2.99"));
 
     // As nginx uses it: logged in, no argon2 run, the maildrop there.
     let mut c = via_proxy(&n, "192.0.2.42");
-    c.ok("USER ann@example.org");
-    c.ok(&format!("PASS {ticket}"));
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    c.login("ann@example.org", &ticket);
+    c.stat_and_quit(1);
 
     // Once only.
-    let mut again = via_proxy(&n, "192.0.2.42");
-    again.ok("USER ann@example.org");
-    assert!(again
-        .err(&format!("PASS {ticket}"))
-        .starts_with("-ERR [AUTH]"));
-    again.ok("QUIT");
+    refused(via_proxy(&n, "192.0.2.42"));
     let log = n.server.log();
     assert!(log.contains("login ticket refused"), "{log}");
     assert!(!log.contains("tanstaaf"), "a password reached the log");

@@ -16,36 +16,18 @@ fn messages() -> Vec<Vec<u8>> {
 }
 
 fn fixture(tag: &str) -> Fixture {
-    let f = Fixture::new(tag);
-    f.add_user("carol@example.org", PW);
-    for m in messages() {
-        f.deliver("carol@example.org", &m);
-    }
-    f
+    Fixture::with_mailbox(tag, &[], "carol@example.org", PW, &messages())
 }
 
 fn curl(f: &Fixture, path: &str, extra: &[&str]) -> Vec<u8> {
     let url = format!("pop3://{}{path}", f.server.addr);
-    let out = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "20"])
-        .args(["--user", &format!("carol@example.org:{PW}")])
-        .args(extra)
-        .arg(&url)
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "curl {url} {extra:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let user = format!("carol@example.org:{PW}");
+    e2e::run_ok(e2e::curl().args(["--user", &user]).args(extra).arg(&url)).stdout
 }
 
 #[test]
 fn curl_lists_retrieves_and_lists_uids() {
-    if !e2e::client_available("curl", "--version") {
-        return;
-    }
+    e2e::require!("curl");
     let f = fixture("curl");
     let expected: Vec<Vec<u8>> = messages().iter().map(|m| crlf(m)).collect();
     // LIST: curl prints the listing body.
@@ -69,16 +51,12 @@ fn curl_lists_retrieves_and_lists_uids() {
     assert_eq!(lines.len(), 2);
     assert!(lines[0].starts_with("1 ") && lines[1].starts_with("2 "));
     // Nothing was deleted by curl's sessions.
-    let mut c = f.server.login("carol@example.org", PW);
-    assert!(c.ok("STAT").starts_with("+OK 2 "));
-    c.ok("QUIT");
+    f.server.login("carol@example.org", PW).stat_and_quit(2);
 }
 
 #[test]
 fn python_poplib_fetches_byte_exact() {
-    if !e2e::client_available("python3", "--version") {
-        return;
-    }
+    e2e::require!("python3");
     let f = fixture("poplib");
     let script = r#"
 import poplib, sys, json
@@ -97,19 +75,14 @@ p.dele(1)
 p.quit()
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(f.server.addr.ip().to_string())
-        .arg(f.server.addr.port().to_string())
-        .arg("carol@example.org")
-        .arg(PW)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "poplib failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = e2e::run_ok(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(f.server.addr.ip().to_string())
+            .arg(f.server.addr.port().to_string())
+            .arg("carol@example.org")
+            .arg(PW),
     );
     let json = String::from_utf8(out.stdout).expect("utf8");
     let expected: Vec<Vec<u8>> = messages().iter().map(|m| crlf(m)).collect();
@@ -131,7 +104,5 @@ print(json.dumps(out))
         .collect();
     assert!(json.contains(&format!("\"top\": \"{top}")), "{json}");
     // poplib's DELE 1 + QUIT removed exactly one message.
-    let mut c = f.server.login("carol@example.org", PW);
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    f.server.login("carol@example.org", PW).stat_and_quit(1);
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use e2e::{crlf, popadm, popadm_ok, Server, TempDir};
+use e2e::{crlf, popadm, Server, TempDir};
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -60,11 +60,7 @@ fn a_full_disk_loses_nothing_and_answers_sys_temp() {
         return;
     };
     let data = dir.path().join("data");
-    popadm_ok(
-        &data,
-        &["user", "add", "alice", "--password-stdin"],
-        b"pw\n",
-    );
+    e2e::add_user(&data, "alice", "pw");
     let server = Server::start(&data, &["--no-self-signed", "--listen", "127.0.0.1:0"]);
 
     // Deliver 200 KiB messages until the disk is full.

@@ -122,13 +122,7 @@ impl Dovecot {
         // pop3_uidl_format is left at its default, %08Xu%08Xv.
         let conf = format!(
             "# A private Dovecot for the end-to-end suite.
-base_dir = {d}/run
-state_dir = {d}/state
-instance_name = pop3-e2e-{port}
-log_path = {d}/dovecot.log
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
+{instance}ssl = no
 default_internal_user = {internal}
 default_login_user = {login}
 first_valid_uid = {uid}
@@ -151,6 +145,7 @@ service pop3-login {{
 }}
 ",
             d = d.display(),
+            instance = testbed::dovecot_instance(d, &format!("pop3-e2e-{port}")),
             internal = ids.internal_user,
             login = ids.login_user,
             uid = ids.uid,
@@ -302,11 +297,7 @@ fn assert_serves_like_dovecot(
 
 fn pop3d_store(tag: &str) -> TempDir {
     let dir = TempDir::new(tag);
-    popadm_ok(
-        dir.path(),
-        &["user", "add", USER, "--password-stdin"],
-        format!("{PW}\n").as_bytes(),
-    );
+    e2e::add_user(dir.path(), USER, PW);
     dir
 }
 
@@ -316,9 +307,7 @@ fn can_run() -> bool {
 
 #[test]
 fn fetchmail_state_survives_a_migration_from_dovecot() {
-    if !can_run() {
-        return;
-    }
+    e2e::require!(can_run());
     let dovecot = Dovecot::start();
     let want: Vec<Vec<u8>> = maildir_messages().iter().map(|(_, m)| crlf(m)).collect();
 
@@ -397,9 +386,7 @@ fn fetchmail_state_survives_a_migration_from_dovecot() {
 
 #[test]
 fn maildir_import_gives_the_uidls_dovecot_serves() {
-    if !e2e::client_available_on_path("dovecot") {
-        return;
-    }
+    e2e::require!(e2e::client_available_on_path("dovecot"));
     let dovecot = Dovecot::start();
     // A first session makes Dovecot assign UIDs and write dovecot-uidlist (and move the file
     // in new/ to cur/).

@@ -20,8 +20,7 @@ fn login_delay_is_advertised_enforced_overridable_and_persistent() {
     let mut c = f.server.connect();
     // RFC 2449 section 6.8: the USER tag before login, the user's value after it.
     assert!(capa(&mut c).contains(&"LOGIN-DELAY 3600 USER".to_string()));
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     assert!(capa(&mut c).contains(&"LOGIN-DELAY 3600".to_string()));
     c.ok("QUIT");
     // RFC 2449 section 8.1.2 / RFC 3206: too soon gets [LOGIN-DELAY].
@@ -75,8 +74,7 @@ fn expire_zero_removes_retrieved_mail_at_quit_only() {
     }
     let mut c = f.server.connect();
     assert!(capa(&mut c).contains(&"EXPIRE 0 USER".to_string()));
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     assert!(capa(&mut c).contains(&"EXPIRE 0".to_string()));
     c.multi("RETR 1");
     c.multi("TOP 2 0");
@@ -88,9 +86,7 @@ fn expire_zero_removes_retrieved_mail_at_quit_only() {
     // A session that does not QUIT removes nothing, EXPIRE or not.
     c.drop_connection();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let mut c = f.server.login("alice", PW);
-    assert!(c.ok("STAT").starts_with("+OK 2 "));
-    c.ok("QUIT");
+    f.server.login("alice", PW).stat_and_quit(2);
 }
 
 #[test]
@@ -103,8 +99,7 @@ fn expire_override_is_advertised_after_login() {
     );
     let mut c = f.server.connect();
     assert!(capa(&mut c).contains(&"EXPIRE 30 USER".to_string()));
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     assert!(capa(&mut c).contains(&"EXPIRE NEVER".to_string()));
     c.ok("QUIT");
 }
@@ -143,8 +138,7 @@ fn utf8_headers_need_utf8_mode() {
     f.deliver("alice", b"Subject: latin-1 \xe9\r\n\r\nbody \xff\r\n");
     let mut c = f.server.connect();
     assert!(capa(&mut c).contains(&"UTF8 USER".to_string()));
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     let r = c.err("RETR 1");
     assert!(r.starts_with("-ERR [UTF8] "), "{r}");
     assert!(c.err("TOP 1 0").starts_with("-ERR [UTF8] "));
@@ -163,8 +157,7 @@ fn utf8_headers_need_utf8_mode() {
     c.ok("QUIT");
     let mut c = f.server.connect();
     c.ok("UTF8");
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     let (_, body) = c.multi("RETR 1");
     assert_eq!(body, utf8_msg.as_bytes());
     c.ok("QUIT");
@@ -186,8 +179,7 @@ fn lang_lists_and_selects() {
     c.ok("LANG EN");
     c.ok("LANG *");
     c.err("LANG tlh");
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     c.ok("LANG en");
     c.ok("QUIT");
 }

@@ -18,6 +18,34 @@ fn fixture(tag: &str, flags: &[&str]) -> Fixture {
     f
 }
 
+/// pop3d capped at `total` connections and `per_ip` from one address, with alice.
+fn flood_fixture(tag: &str, total: &str, per_ip: &str) -> Fixture {
+    let caps = [
+        "--max-connections",
+        total,
+        "--max-connections-per-ip",
+        per_ip,
+    ];
+    fixture(tag, &caps)
+}
+
+/// Once the flood has freed a connection slot (bounded wait): how long a real session (log in,
+/// STAT, QUIT) then takes.
+fn session_when_a_slot_is_free(f: &Fixture) -> Duration {
+    let (within, every) = (Duration::from_secs(10), Duration::from_millis(50));
+    e2e::eventually("no slot freed", within, every, || {
+        let start = Instant::now();
+        let mut c = Client::connect(f.server.addr);
+        if !c.greeting.starts_with("+OK") {
+            return None;
+        }
+        c.login("alice", PW);
+        c.ok("STAT");
+        c.ok("QUIT");
+        Some(start.elapsed())
+    })
+}
+
 /// `VmRSS` of a process in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -51,20 +79,29 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool)
         .expect("timeout");
     let deadline = Instant::now() + limit;
     let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
     while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => return (got, true),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return (got, true),
+        if read_once(stream, &mut got) {
+            return (got, true);
         }
     }
     (got, false)
+}
+
+/// One read into `got`; true once the connection has ended (EOF or a reset). A read that
+/// timed out is no end.
+fn read_once(stream: &mut TcpStream, got: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 65536];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(n) => {
+            got.extend_from_slice(&buf[..n]);
+            false
+        }
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 #[test]
@@ -80,8 +117,7 @@ fn a_100_kb_line_gets_one_err_and_the_session_goes_on() {
     // The next reply is the CAPA's: no second -ERR for the same line.
     let caps = c.listing("CAPA");
     assert!(caps.iter().any(|l| l == "UIDL"), "{caps:?}");
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     c.ok("QUIT");
 }
 
@@ -117,8 +153,7 @@ fn nul_and_8bit_bytes_are_answered_and_do_no_harm() {
     assert!(c.line().starts_with("-ERR"));
     if !c.cmd(&format!("PASS {PW}")).starts_with("+OK") {
         // The failed PASS ended the USER step (RFC 1939 section 7): start over.
-        c.ok("USER alice");
-        c.ok(&format!("PASS {PW}"));
+        c.login("alice", PW);
     }
     c.ok("QUIT");
 }
@@ -134,8 +169,7 @@ fn arguments_of_300_characters_are_refused_in_both_states() {
         let r = c.err(&format!("{cmd} {word}"));
         assert!(r.len() <= 510, "reply over 512 octets: {}", r.len());
     }
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     for cmd in [
         format!("RETR {long}"),
         format!("TOP 1 {long}"),
@@ -148,8 +182,7 @@ fn arguments_of_300_characters_are_refused_in_both_states() {
         c.err(&cmd);
     }
     // Still in TRANSACTION, nothing deleted.
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    c.stat_and_quit(1);
 }
 
 #[test]
@@ -268,20 +301,7 @@ fn a_half_closed_connection_ends_the_session_without_update() {
     s.shutdown(Shutdown::Write).expect("half close");
     assert!(read_until_closed(&mut s, Duration::from_secs(15)).1);
     // The deletion was not applied, and the lock is released.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut c = loop {
-        let mut c = f.server.connect();
-        c.ok("USER alice");
-        let r = c.cmd(&format!("PASS {PW}"));
-        if r.starts_with("+OK") {
-            break c;
-        }
-        assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
-        assert!(Instant::now() < deadline, "maildrop stayed locked");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    f.server.login_when_free("alice", PW).stat_and_quit(1);
 }
 
 #[test]
@@ -299,22 +319,9 @@ fn slowloris_is_disconnected_by_the_login_timeout() {
             closed = true;
             break;
         }
-        let mut buf = [0u8; 1024];
-        match s.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => {
-                closed = true;
-                break;
-            }
+        if read_once(&mut s, &mut got) {
+            closed = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -437,18 +444,8 @@ impl Drop for FloodHelper {
 
 #[test]
 fn a_connection_flood_meets_both_caps_and_memory_returns() {
-    if !e2e::client_available("python3", "--version") {
-        return;
-    }
-    let f = fixture(
-        "flood",
-        &[
-            "--max-connections",
-            "500",
-            "--max-connections-per-ip",
-            "400",
-        ],
-    );
+    e2e::require!("python3");
+    let f = flood_fixture("flood", "500", "400");
     let pid = f.server.pid();
     served_promptly(&f, "alice");
     let baseline = rss_kib(pid);
@@ -467,20 +464,7 @@ fn a_connection_flood_meets_both_caps_and_memory_returns() {
     assert!(c.greeting.starts_with("-ERR [SYS/TEMP] "), "{}", c.greeting);
     // Freed slots serve real sessions again.
     assert_eq!(h.say("release 50"), "released");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let took = loop {
-        let start = Instant::now();
-        let mut c = Client::connect(f.server.addr);
-        if c.greeting.starts_with("+OK") {
-            c.ok("USER alice");
-            c.ok(&format!("PASS {PW}"));
-            c.ok("STAT");
-            c.ok("QUIT");
-            break start.elapsed();
-        }
-        assert!(Instant::now() < deadline, "no slot freed: {}", c.greeting);
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let took = session_when_a_slot_is_free(&f);
     assert!(
         took < Duration::from_secs(10),
         "a real session took {took:?}"
@@ -513,18 +497,8 @@ fn ten_thousand_connections_are_capped_and_cost_little_each() {
     // Issue 6's flood size: 10,000 connections, 5,000 held at the caps. pop3d raises its own
     // descriptor limit; the memory per held connection stays small and a real session is
     // still served at once.
-    if !e2e::client_available("python3", "--version") {
-        return;
-    }
-    let f = fixture(
-        "flood10k",
-        &[
-            "--max-connections",
-            "5000",
-            "--max-connections-per-ip",
-            "4000",
-        ],
-    );
+    e2e::require!("python3");
+    let f = flood_fixture("flood10k", "5000", "4000");
     let pid = f.server.pid();
     let baseline = rss_kib(pid);
     let mut h = FloodHelper::start(f.server.addr.port());
@@ -538,17 +512,6 @@ fn ten_thousand_connections_are_capped_and_cost_little_each() {
         "{per_connection} bytes per idle connection"
     );
     assert_eq!(h.say("release 100"), "released");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut c = Client::connect(f.server.addr);
-        if c.greeting.starts_with("+OK") {
-            c.ok("USER alice");
-            c.ok(&format!("PASS {PW}"));
-            c.ok("QUIT");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no slot freed: {}", c.greeting);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    session_when_a_slot_is_free(&f);
     assert_eq!(h.say("quit"), "closed");
 }

@@ -156,57 +156,40 @@ fn start_kdc(dir: &Path, last: bool) -> Option<Kdc> {
 }
 
 fn curl_gssapi(dir: &Path, addr: SocketAddr, path: &str) -> std::process::Output {
-    Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "20"])
-        // curl offers GSSAPI only for a user name with a realm; it is also sent as the authzid.
-        .args([
-            "--user",
-            "alice@EXAMPLE.TEST:",
-            "--login-options",
-            "AUTH=GSSAPI",
-        ])
-        .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())])
-        .arg(format!("pop3://localhost:{}{path}", addr.port()))
-        .env("KRB5_CONFIG", dir.join("krb5.conf"))
-        .env("KRB5CCNAME", format!("FILE:{}", dir.join("cc").display()))
-        .output()
-        .expect("curl")
+    e2e::run(
+        e2e::curl()
+            // curl offers GSSAPI only for a user name with a realm; it is also sent as the authzid.
+            .args([
+                "--user",
+                "alice@EXAMPLE.TEST:",
+                "--login-options",
+                "AUTH=GSSAPI",
+            ])
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())])
+            .arg(format!("pop3://localhost:{}{path}", addr.port()))
+            .env("KRB5_CONFIG", dir.join("krb5.conf"))
+            .env("KRB5CCNAME", format!("FILE:{}", dir.join("cc").display())),
+    )
 }
 
 /// `mpop --auth=gssapi --status-only` with the ticket in the test's credential cache.
 fn mpop_gssapi(dir: &Path, addr: SocketAddr) -> std::process::Output {
     let s = e2e::clients::Scratch::new("krb5-mpop");
-    s.command("mpop")
-        .args([
-            "-C",
-            "/dev/null",
-            "--host=localhost",
-            "--tls=off",
-            "--timeout=20",
-        ])
-        .arg(format!("--port={}", addr.port()))
-        .args(["--auth=gssapi", "--user=alice"])
-        .arg(format!("--delivery=mda,{}", s.mda()))
-        .arg("--status-only")
-        .env("KRB5_CONFIG", dir.join("krb5.conf"))
-        .env("KRB5CCNAME", format!("FILE:{}", dir.join("cc").display()))
-        .output()
-        .expect("run mpop")
+    let mpop = testbed::mpop_status("localhost", addr.port(), "gssapi", "alice", None);
+    e2e::run(
+        s.isolate(mpop)
+            .env("KRB5_CONFIG", dir.join("krb5.conf"))
+            .env("KRB5CCNAME", format!("FILE:{}", dir.join("cc").display())),
+    )
 }
 
 #[test]
 fn curl_logs_in_with_kerberos_and_kpop_accepts_nothing_else() {
-    if !have_kerberos_tools() || !e2e::client_available("curl", "--version") {
-        return;
-    }
+    e2e::require!(have_kerberos_tools() && e2e::client_available("curl", "--version"));
     let krb = TempDir::new("krb5");
     let data = TempDir::new("krb5-data");
     let _kdc = realm(krb.path());
-    popadm_ok(
-        data.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"unused pw\n",
-    );
+    e2e::add_user(data.path(), "alice", "unused pw");
     let msg = b"Subject: kerberos\r\n\r\nvia GSSAPI\r\n";
     popadm_ok(data.path(), &["deliver", "--no-lda-headers", "alice"], msg);
     let keytab = krb.path().join("pop.keytab");
@@ -299,11 +282,7 @@ fn curl_logs_in_with_kerberos_and_kpop_accepts_nothing_else() {
 
     // KPOP: Kerberos works, USER/PASS and APOP get [AUTH], CAPA offers GSSAPI only.
     let out = curl_gssapi(krb.path(), kpop, "/1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     let mut k = e2e::Client::connect(kpop);
     let caps = k.listing("CAPA");
     assert!(caps.contains(&"SASL GSSAPI".to_string()), "{caps:?}");

@@ -40,43 +40,58 @@ fn late_message() -> Vec<u8> {
 }
 
 fn fixture(tag: &str) -> Fixture {
-    let f = Fixture::new(tag);
-    f.add_user(USER, PW);
-    for m in messages() {
-        f.deliver(USER, &m);
-    }
-    f
+    fixture_with(tag, &[])
+}
+
+/// The fixture and a scratch directory `TAG-run` for a test of `program`; `None` (the test
+/// skips) when `program` is not installed.
+fn setup(program: &str, tag: &str) -> Option<(Fixture, Scratch)> {
+    e2e::client_available(program, "--version")
+        .then(|| (fixture(tag), Scratch::new(&format!("{tag}-run"))))
+}
+
+fn fixture_with(tag: &str, flags: &[&str]) -> Fixture {
+    Fixture::with_mailbox(tag, flags, USER, PW, &messages())
+}
+
+/// A client that can leave mail on the server, as these tests drive it.
+trait Keeper {
+    /// The program (and the name in failure messages).
+    const PROGRAM: &'static str;
+    /// Its exit code for a run that finds no new mail.
+    const NO_NEW_MAIL: i32;
+    /// One run against the fixture's cleartext listener (without STLS), or with `tls` against
+    /// its POP3S listener (RFC 8314), trusting the server's self-signed certificate.
+    fn run(f: &Fixture, s: &Scratch, tls: bool) -> Output;
+    /// What it stored so far, with its own additions removed.
+    fn fetched(s: &Scratch) -> Vec<Vec<u8>>;
 }
 
 /// The UIDL round trip of a client that leaves mail on the server (RFC 1939 section 7): the
-/// first run fetches both messages, a second fetches nothing (`second_code` is its exit code),
-/// then a message delivered since is fetched alone. `fetched` reads back what the client stored,
-/// with the client's own additions removed; the expected bytes have LF line ends.
-fn keep_round_trip(
-    client: &str,
-    f: &Fixture,
-    run: impl Fn() -> Output,
-    fetched: impl Fn() -> Vec<Vec<u8>>,
-    second_code: i32,
-) {
-    let out = run();
-    assert!(out.status.success(), "{client}: {}", output_text(&out));
-    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
-    assert_same(&fetched(), &want, &format!("{client} first run"));
+/// first run fetches both messages, a second fetches nothing (exiting with
+/// [`Keeper::NO_NEW_MAIL`]), then a message delivered since is fetched alone. The expected
+/// bytes have LF line ends.
+fn keep_round_trip<C: Keeper>(tag: &str) {
+    let Some((f, s)) = setup(C::PROGRAM, tag) else {
+        return;
+    };
+    let client = C::PROGRAM;
+    let run = || C::run(&f, &s, false);
+    fetched_all(&format!("{client} first run"), &run(), C::fetched(&s));
 
     let out = run();
     assert_eq!(
         out.status.code(),
-        Some(second_code),
+        Some(C::NO_NEW_MAIL),
         "{client}: {}",
         output_text(&out)
     );
-    assert_eq!(fetched().len(), 2, "{client} fetched again");
+    assert_eq!(C::fetched(&s).len(), 2, "{client} fetched again");
 
     f.deliver(USER, &late_message());
     let out = run();
     assert!(out.status.success(), "{client}: {}", output_text(&out));
-    let got = fetched();
+    let got = C::fetched(&s);
     assert_eq!(got.len(), 3, "{client}");
     assert_same(
         &got[2..],
@@ -85,68 +100,109 @@ fn keep_round_trip(
     );
 }
 
+/// One run of a client over implicit TLS (RFC 8314) fetches every message.
+fn over_implicit_tls<C: Keeper>(tag: &str) {
+    let Some((f, s)) = setup(C::PROGRAM, tag) else {
+        return;
+    };
+    let what = format!("{} over TLS", C::PROGRAM);
+    fetched_all(&what, &C::run(&f, &s, true), C::fetched(&s));
+}
+
+/// The two tests of a [`Keeper`], `$keeps` ([`keep_round_trip`]) and `$tls`
+/// ([`over_implicit_tls`]), on fixtures tagged `$tag` and `$tag-tls`.
+macro_rules! keeper_tests {
+    ($client:ty, $keeps:ident, $tls:ident, $tag:literal) => {
+        #[test]
+        fn $keeps() {
+            keep_round_trip::<$client>($tag);
+        }
+
+        #[test]
+        fn $tls() {
+            over_implicit_tls::<$client>(concat!($tag, "-tls"));
+        }
+    };
+}
+
+/// Asserts that a client run (`out`) succeeded and stored every message of [`messages`]
+/// (`fetched`, LF line ends).
+fn fetched_all(what: &str, out: &Output, fetched: Vec<Vec<u8>>) {
+    assert!(out.status.success(), "{what}: {}", output_text(out));
+    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
+    assert_same(&fetched, &want, what);
+}
+
 // ---------------------------------------------------------------------------------------------
 // fetchmail
 
-#[test]
-fn fetchmail_keeps_mail_and_fetches_only_new_uidls() {
-    if !e2e::client_available("fetchmail", "--version") {
-        return;
+struct Fetchmail;
+
+impl Keeper for Fetchmail {
+    const PROGRAM: &'static str = "fetchmail";
+    const NO_NEW_MAIL: i32 = 1;
+
+    /// `uidl` + `keep`: fetchmail's own UIDL bookkeeping (the idfile). In cleartext,
+    /// `sslproto ''` keeps it from upgrading with STLS; over TLS it checks the certificate
+    /// against the name `localhost` (never an IP address).
+    fn run(f: &Fixture, s: &Scratch, tls: bool) -> Output {
+        let (port, security) = if tls {
+            let cert = f.server.self_signed_cert();
+            let security = format!(
+                "ssl sslcertck sslcertfile \"{}\" sslcommonname localhost",
+                cert.display()
+            );
+            (f.server.tls_addr.expect("pop3s").port(), security)
+        } else {
+            (f.server.addr.port(), "sslproto ''".to_owned())
+        };
+        let rc = format!(
+            "poll 127.0.0.1 service {port} protocol pop3 uidl timeout 20 user \"{USER}\" \
+             password \"{PW}\" keep {security} mda \"{}\"",
+            s.mda()
+        );
+        fetchmail(s, &rc)
     }
-    let f = fixture("fetchmail");
-    let s = Scratch::new("fetchmail-run");
-    // `uidl` + `keep`: fetchmail's own UIDL bookkeeping (the idfile); `sslproto ''` keeps it
-    // from upgrading with STLS, so this run is cleartext.
-    let rc = format!(
-        "poll 127.0.0.1 service {} protocol pop3 uidl timeout 20 user \"{USER}\" password \
-         \"{PW}\" keep sslproto '' mda \"{}\"",
-        f.server.addr.port(),
-        s.mda()
-    );
-    // fetchmail exits 1 when there is no new mail.
-    keep_round_trip(
-        "fetchmail",
-        &f,
-        || fetchmail(&s, &rc),
-        || fetchmail_messages(&s),
-        1,
-    );
+
+    fn fetched(s: &Scratch) -> Vec<Vec<u8>> {
+        fetchmail_messages(s)
+    }
 }
 
-#[test]
-fn fetchmail_over_implicit_tls() {
-    if !e2e::client_available("fetchmail", "--version") {
-        return;
-    }
-    let f = fixture("fetchmail-tls");
-    let s = Scratch::new("fetchmail-tls-run");
-    let rc = format!(
-        "poll 127.0.0.1 service {} protocol pop3 uidl timeout 20 user \"{USER}\" password \
-         \"{PW}\" keep ssl sslcertck sslcertfile \"{}\" sslcommonname localhost mda \"{}\"",
-        f.server.tls_addr.expect("pop3s").port(),
-        f.server.self_signed_cert().display(),
-        s.mda()
-    );
-    let out = fetchmail(&s, &rc);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
-    assert_same(&fetchmail_messages(&s), &want, "fetchmail over TLS");
-}
+keeper_tests!(
+    Fetchmail,
+    fetchmail_keeps_mail_and_fetches_only_new_uidls,
+    fetchmail_over_implicit_tls,
+    "fetchmail"
+);
 
 // ---------------------------------------------------------------------------------------------
 // mpop
 
+struct Mpop;
+
+impl Keeper for Mpop {
+    const PROGRAM: &'static str = "mpop";
+    const NO_NEW_MAIL: i32 = 0;
+
+    fn run(f: &Fixture, s: &Scratch, tls: bool) -> Output {
+        if tls {
+            let cert = format!("--tls-trust-file={}", f.server.self_signed_cert().display());
+            let tls = ["--tls=on".to_owned(), "--tls-starttls=off".to_owned(), cert];
+            mpop(s, f.server.tls_addr.expect("pop3s").port(), &tls)
+        } else {
+            mpop(s, f.server.addr.port(), &["--tls=off".to_owned()])
+        }
+    }
+
+    fn fetched(s: &Scratch) -> Vec<Vec<u8>> {
+        s.delivered()
+    }
+}
+
 fn mpop(s: &Scratch, port: u16, tls: &[String]) -> Output {
-    s.command("mpop")
-        .args(["-C", "/dev/null", "--host=127.0.0.1"])
-        .arg(format!("--port={port}"))
-        .args([
-            "--auth=user",
-            "--timeout=20",
-            "--keep=on",
-            "--received-header=off",
-        ])
-        .arg(format!("--user={USER}"))
+    s.isolate(testbed::mpop("127.0.0.1", port, "user", USER))
+        .args(["--keep=on", "--received-header=off"])
         .arg(format!("--passwordeval=echo '{PW}'"))
         .arg(format!("--delivery=mda,{}", s.mda()))
         .arg(format!("--uidls-file={}", s.path("uidls").display()))
@@ -157,24 +213,14 @@ fn mpop(s: &Scratch, port: u16, tls: &[String]) -> Output {
 
 #[test]
 fn mpop_keeps_mail_and_fetches_only_new_uidls() {
-    if !e2e::client_available("mpop", "--version") {
-        return;
-    }
-    let f = fixture("mpop");
-    let s = Scratch::new("mpop-run");
-    let port = f.server.addr.port();
-    let plain = ["--tls=off".to_owned()];
-    keep_round_trip("mpop", &f, || mpop(&s, port, &plain), || s.delivered(), 0);
+    keep_round_trip::<Mpop>("mpop");
 }
 
 #[test]
 fn mpop_over_implicit_tls_and_stls() {
-    if !e2e::client_available("mpop", "--version") {
-        return;
-    }
+    e2e::require!("mpop");
     let f = fixture("mpop-tls");
     let cert = format!("--tls-trust-file={}", f.server.self_signed_cert().display());
-    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
     // Implicit TLS (RFC 8314).
     let s = Scratch::new("mpop-tls-run");
     let tls = [
@@ -183,18 +229,46 @@ fn mpop_over_implicit_tls_and_stls() {
         cert.clone(),
     ];
     let out = mpop(&s, f.server.tls_addr.expect("pop3s").port(), &tls);
-    assert!(out.status.success(), "{}", output_text(&out));
-    assert_same(&s.delivered(), &want, "mpop over TLS");
+    fetched_all("mpop over TLS", &out, s.delivered());
     // STLS (RFC 2595).
     let s = Scratch::new("mpop-stls-run");
     let stls = ["--tls=on".to_owned(), "--tls-starttls=on".to_owned(), cert];
     let out = mpop(&s, f.server.addr.port(), &stls);
-    assert!(out.status.success(), "{}", output_text(&out));
-    assert_same(&s.delivered(), &want, "mpop over STLS");
+    fetched_all("mpop over STLS", &out, s.delivered());
 }
 
 // ---------------------------------------------------------------------------------------------
 // getmail6
+
+struct Getmail;
+
+impl Keeper for Getmail {
+    const PROGRAM: &'static str = "getmail";
+    const NO_NEW_MAIL: i32 = 0;
+
+    fn run(f: &Fixture, s: &Scratch, tls: bool) -> Output {
+        let retriever = if tls {
+            format!(
+                "type = SimplePOP3SSLRetriever\nserver = 127.0.0.1\nport = {}\nca_certs = {}",
+                f.server.tls_addr.expect("pop3s").port(),
+                f.server.self_signed_cert().display()
+            )
+        } else {
+            format!(
+                "type = SimplePOP3Retriever\nserver = 127.0.0.1\nport = {}",
+                f.server.addr.port()
+            )
+        };
+        getmail(s, &retriever)
+    }
+
+    fn fetched(s: &Scratch) -> Vec<Vec<u8>> {
+        s.delivered()
+            .iter()
+            .map(|m| strip_first_header(m, "Return-Path"))
+            .collect()
+    }
+}
 
 fn getmail(s: &Scratch, retriever: &str) -> Output {
     let rc = s.path("getmailrc");
@@ -220,50 +294,12 @@ fn getmail(s: &Scratch, retriever: &str) -> Output {
         .expect("run getmail")
 }
 
-fn getmail_messages(s: &Scratch) -> Vec<Vec<u8>> {
-    s.delivered()
-        .iter()
-        .map(|m| strip_first_header(m, "Return-Path"))
-        .collect()
-}
-
-#[test]
-fn getmail_keeps_mail_and_fetches_only_new_uidls() {
-    if !e2e::client_available("getmail", "--version") {
-        return;
-    }
-    let f = fixture("getmail");
-    let s = Scratch::new("getmail-run");
-    let retriever = format!(
-        "type = SimplePOP3Retriever\nserver = 127.0.0.1\nport = {}",
-        f.server.addr.port()
-    );
-    keep_round_trip(
-        "getmail",
-        &f,
-        || getmail(&s, &retriever),
-        || getmail_messages(&s),
-        0,
-    );
-}
-
-#[test]
-fn getmail_over_implicit_tls() {
-    if !e2e::client_available("getmail", "--version") {
-        return;
-    }
-    let f = fixture("getmail-tls");
-    let s = Scratch::new("getmail-tls-run");
-    let retriever = format!(
-        "type = SimplePOP3SSLRetriever\nserver = 127.0.0.1\nport = {}\nca_certs = {}",
-        f.server.tls_addr.expect("pop3s").port(),
-        f.server.self_signed_cert().display()
-    );
-    let out = getmail(&s, &retriever);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
-    assert_same(&getmail_messages(&s), &want, "getmail over TLS");
-}
+keeper_tests!(
+    Getmail,
+    getmail_keeps_mail_and_fetches_only_new_uidls,
+    getmail_over_implicit_tls,
+    "getmail"
+);
 
 // ---------------------------------------------------------------------------------------------
 // NeoMutt
@@ -353,11 +389,12 @@ fn neomutt_messages(s: &Scratch) -> Vec<Vec<u8>> {
     messages
 }
 
-/// What was delivered, as NeoMutt stores it: LF line ends, in [`neomutt_messages`]' order.
-fn neomutt_expected() -> Vec<Vec<u8>> {
+/// Asserts that NeoMutt stored what was delivered: LF line ends, in [`neomutt_messages`]'
+/// order. `shown` is what NeoMutt showed, for the failure message.
+fn assert_neomutt_fetched(s: &Scratch, what: &str, shown: &str) {
     let mut want: Vec<Vec<u8>> = messages().iter().map(|m| lf(m)).collect();
     want.sort();
-    want
+    assert_same(&neomutt_messages(s), &want, &format!("{what}: {shown}"));
 }
 
 fn neomutt_available() -> bool {
@@ -366,9 +403,7 @@ fn neomutt_available() -> bool {
 
 #[test]
 fn neomutt_fetches_every_message_into_a_maildir() {
-    if !neomutt_available() {
-        return;
-    }
+    e2e::require!(neomutt_available());
     let f = fixture("neomutt");
     let s = Scratch::new("neomutt-run");
     let shown = neomutt(
@@ -378,11 +413,7 @@ fn neomutt_fetches_every_message_into_a_maildir() {
             f.server.addr.port()
         ),
     );
-    assert_same(
-        &neomutt_messages(&s),
-        &neomutt_expected(),
-        &format!("NeoMutt: {shown}"),
-    );
+    assert_neomutt_fetched(&s, "NeoMutt", &shown);
     // pop_delete=no: the mail is still there.
     let mut c = f.server.login(USER, PW);
     assert_eq!(c.ok("STAT").split(' ').nth(1), Some("2"));
@@ -390,16 +421,10 @@ fn neomutt_fetches_every_message_into_a_maildir() {
 
 #[test]
 fn neomutt_over_implicit_tls_and_stls() {
-    if !neomutt_available() {
-        return;
-    }
+    e2e::require!(neomutt_available());
     // STLS is the only way in: cleartext logins are refused on this listener (RFC 2595
     // section 2.2), so a successful fetch went through TLS.
-    let f = Fixture::with_flags("neomutt-tls", &["--cleartext", "never"]);
-    f.add_user(USER, PW);
-    for m in messages() {
-        f.deliver(USER, &m);
-    }
+    let f = fixture_with("neomutt-tls", &["--cleartext", "never"]);
     let ca = format!(
         "set ssl_ca_certificates_file = \"{}\"",
         f.server.self_signed_cert().display()
@@ -411,11 +436,7 @@ fn neomutt_over_implicit_tls_and_stls() {
         f.server.tls_addr.expect("pop3s").port()
     );
     let shown = neomutt(&s, &pops);
-    assert_same(
-        &neomutt_messages(&s),
-        &neomutt_expected(),
-        &format!("NeoMutt pops: {shown}"),
-    );
+    assert_neomutt_fetched(&s, "NeoMutt pops", &shown);
     // STLS (RFC 2595).
     let s = Scratch::new("neomutt-stls-run");
     let stls = format!(
@@ -423,11 +444,7 @@ fn neomutt_over_implicit_tls_and_stls() {
         f.server.addr.port()
     );
     let shown = neomutt(&s, &stls);
-    assert_same(
-        &neomutt_messages(&s),
-        &neomutt_expected(),
-        &format!("NeoMutt STLS: {shown}"),
-    );
+    assert_neomutt_fetched(&s, "NeoMutt STLS", &shown);
     // Both sessions ran under TLS and retrieved both messages.
     let log = f.server.log();
     assert_eq!(
@@ -502,9 +519,7 @@ fn perl_module(module: &str) -> bool {
 
 #[test]
 fn perl_net_pop3_fetches_byte_exact() {
-    if !e2e::client_available("perl", "-v") || !perl_module("Net::POP3") {
-        return;
-    }
+    e2e::require!(e2e::client_available("perl", "-v") && perl_module("Net::POP3"));
     let f = fixture("netpop3");
     let want: Vec<Vec<u8>> = messages().iter().map(|m| crlf(m)).collect();
     // Net::POP3 returns the lines un-stuffed (RFC 1939 section 3); the script restores CRLF.

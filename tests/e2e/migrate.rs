@@ -17,21 +17,12 @@ fn messages() -> Vec<Vec<u8>> {
 }
 
 fn source(tag: &str) -> Fixture {
-    let f = Fixture::new(tag);
-    f.add_user("olga@example.org", PW);
-    for m in messages() {
-        f.deliver("olga@example.org", &m);
-    }
-    f
+    Fixture::with_mailbox(tag, &[], "olga@example.org", PW, &messages())
 }
 
 fn target(tag: &str) -> TempDir {
     let dir = TempDir::new(tag);
-    popadm_ok(
-        dir.path(),
-        &["user", "add", "olga", "--password-stdin"],
-        b"new pw\n",
-    );
+    e2e::add_user(dir.path(), "olga", "new pw");
     dir
 }
 
@@ -40,13 +31,16 @@ fn remote_cmd(dir: &TempDir, cmd: &[&str], port: u16, extra: &[&str]) -> Output 
     popadm_remote(dir.path(), cmd, port, "olga@example.org", PW, extra, "olga")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+use e2e::clients::output_text as text;
+
+/// `migrate pop3` with `migrate_flags` into a new target `tag`, then `uidl diff` with
+/// `diff_flags`, which must find both sides identical.
+fn migrate_then_diff(tag: &str, port: u16, migrate_flags: &[&str], diff_flags: &[&str]) {
+    let dst = target(tag);
+    let out = remote_cmd(&dst, &["migrate", "pop3"], port, migrate_flags);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = remote_cmd(&dst, &["uidl", "diff"], port, diff_flags);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
 fn uidls(server: &Server, user: &str, pw: &str) -> Vec<String> {
@@ -152,39 +146,16 @@ fn migrate_over_tls_and_stls() {
     let tls_port = src.server.tls_addr.expect("pop3s listener").port();
 
     // Implicit TLS (RFC 8314), trusting the server's self-signed certificate.
-    let dst = target("migtlsdst");
-    let out = remote_cmd(
-        &dst,
-        &["migrate", "pop3"],
-        tls_port,
-        &["--tls", "--cafile", cafile],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let out = remote_cmd(
-        &dst,
-        &["uidl", "diff"],
-        tls_port,
-        &["--tls", "--cafile", cafile],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let tls = ["--tls", "--cafile", cafile];
+    migrate_then_diff("migtlsdst", tls_port, &tls, &tls);
 
     // STLS (RFC 2595) on the cleartext port.
-    let dst2 = target("migstlsdst");
     let port = src.server.addr.port();
-    let out = remote_cmd(
-        &dst2,
-        &["migrate", "pop3"],
-        port,
-        &["--starttls", "--cafile", cafile],
+    let (verified, insecure) = (
+        ["--starttls", "--cafile", cafile],
+        ["--starttls", "--insecure"],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    let out = remote_cmd(
-        &dst2,
-        &["uidl", "diff"],
-        port,
-        &["--starttls", "--insecure"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    migrate_then_diff("migstlsdst", port, &verified, &insecure);
 
     // An untrusted certificate is refused: the system bundle does not know it.
     let dst3 = target("migtlsbad");

@@ -7,18 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use e2e::{bin, crlf, popadm_ok, Client, Server, TempDir, TIMEOUT};
-
-fn run_ok(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use e2e::{bin, crlf, popadm_ok, run_ok, Client, Server, TempDir, TIMEOUT};
 
 /// The pages in `dir`, as `clidoc` represents them.
 fn read_pages(dir: &Path) -> Vec<clidoc::Page> {
@@ -86,8 +75,8 @@ fn man_pages_document_every_command_and_flag() {
     assert_eq!(pages.len(), 1);
     assert_eq!(pages[0].file_name, "pop3d.8");
     let page = pages[0].roff.replace("\\-", "-");
-    let help =
-        String::from_utf8_lossy(&run_ok(Command::new(bin("pop3d")).arg("--help"))).into_owned();
+    let help = String::from_utf8_lossy(&run_ok(Command::new(bin("pop3d")).arg("--help")).stdout)
+        .into_owned();
     let flags = help_flags(&help);
     assert!(flags.len() > 20, "{flags:?}");
     for flag in &flags {
@@ -95,9 +84,7 @@ fn man_pages_document_every_command_and_flag() {
     }
 
     // man(1) renders every page without a warning.
-    if !e2e::client_available("man", "--version") {
-        return;
-    }
+    e2e::require!("man");
     for page in written
         .iter()
         .map(|p| popadm_dir.join(&p.file_name))
@@ -133,7 +120,7 @@ fn completion_scripts_are_valid_shell() {
     let dir = TempDir::new("completions");
     for (program, flag) in [("popadm", "completions"), ("pop3d", "--completions")] {
         for (shell, check) in [("bash", "-n"), ("zsh", "-n"), ("fish", "--no-execute")] {
-            let script = run_ok(Command::new(bin(program)).args([flag, shell]));
+            let script = run_ok(Command::new(bin(program)).args([flag, shell])).stdout;
             let text = String::from_utf8_lossy(&script);
             assert!(text.contains(program), "{program} {shell}: {text}");
             if program == "popadm" {
@@ -158,16 +145,7 @@ fn completion_scripts_are_valid_shell() {
                 eprintln!("SKIPPED: {shell} is not installed; its script is not syntax-checked");
                 continue;
             }
-            let out = Command::new(shell)
-                .arg(check)
-                .arg(&file)
-                .output()
-                .expect("run shell");
-            assert!(
-                out.status.success(),
-                "{shell} {check} {program}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_ok(Command::new(shell).arg(check).arg(&file));
         }
     }
     // The bash script works when sourced: it registers the completion function.
@@ -265,18 +243,13 @@ fn provisioned(tag: &str) -> Option<(TempDir, std::path::PathBuf)> {
 }
 
 fn provision(data: &Path) {
-    popadm_ok(
-        data,
-        &["user", "add", USER, "--password-stdin"],
-        format!("{PW}\n").as_bytes(),
-    );
+    e2e::add_user(data, USER, PW);
     popadm_ok(data, &["deliver", "--no-lda-headers", USER], MESSAGE);
 }
 
 /// USER/PASS (loopback may log in before TLS), then RETR 1 byte for byte.
 fn fetch_over_plain(client: &mut Client) {
-    client.ok(&format!("USER {USER}"));
-    client.ok(&format!("PASS {PW}"));
+    client.login(USER, PW);
     let (_, body) = client.multi("RETR 1");
     assert_eq!(body, crlf(MESSAGE));
     client.ok("QUIT");
@@ -320,25 +293,9 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
 
     fetch_over_plain(&mut server.connect());
     // The pop3s socket speaks TLS from the first byte (RFC 8314).
-    if e2e::client_available("curl", "--version") {
-        let port = ports[1].1;
-        let out = Command::new("curl")
-            .args(["--silent", "--show-error", "--max-time", "20"])
-            .arg("--cacert")
-            .arg(server.self_signed_cert())
-            .arg("--resolve")
-            .arg(format!("localhost:{port}:127.0.0.1"))
-            .arg("--user")
-            .arg(format!("{USER}:{PW}"))
-            .arg(format!("pop3s://localhost:{port}/1"))
-            .output()
-            .expect("run curl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.stdout, crlf(MESSAGE));
+    let cert = server.self_signed_cert();
+    if let Some(out) = e2e::curl_pop3s(ports[1].1, &cert, &format!("{USER}:{PW}"), "1") {
+        e2e::assert_fetched(&out, MESSAGE);
     }
     // SIGTERM: STOPPING=1, then a clean exit.
     server.signal("TERM");
@@ -405,9 +362,7 @@ impl Drop for Reaped {
 /// on demand. The first client is served by the pop3d it started.
 #[test]
 fn systemd_socket_activate_starts_pop3d_on_the_first_connection() {
-    if !e2e::client_available_on_path("systemd-socket-activate") {
-        return;
-    }
+    e2e::require!(e2e::client_available_on_path("systemd-socket-activate"));
     let dir = TempDir::new("socket-activate");
     let data = dir.path().join("data");
     provision(&data);

@@ -1,17 +1,14 @@
 //! The real popadm binary: account management, delivery exit codes, imports, stat.
 
+use std::time::Duration;
+
 use e2e::{crlf, popadm, popadm_ok, Fixture, Server, TempDir};
 
 #[test]
 fn user_lifecycle() {
     let dir = TempDir::new("users");
     let d = dir.path();
-    assert!(popadm_ok(
-        d,
-        &["user", "add", "dave@Example.org", "--password-stdin"],
-        b"pw one\n"
-    )
-    .contains("dave@example.org"));
+    assert!(e2e::add_user(d, "dave@Example.org", "pw one").contains("dave@example.org"));
     // Duplicate account: clear error, non-zero exit.
     let dup = popadm(
         d,
@@ -28,7 +25,7 @@ fn user_lifecycle() {
         let out = popadm(d, &["user", "add", bad, "--password-stdin"], b"pw\n");
         assert!(!out.status.success(), "{bad:?} accepted");
     }
-    popadm_ok(d, &["user", "add", "erin", "--password-stdin"], b"pw two\n");
+    e2e::add_user(d, "erin", "pw two");
     let list = popadm_ok(d, &["user", "list"], b"");
     assert!(
         list.contains("dave@example.org") && list.contains("erin"),
@@ -45,8 +42,7 @@ fn user_lifecycle() {
     let mut c = server.connect();
     c.ok("USER erin");
     c.err("PASS pw two");
-    c.ok("USER erin");
-    c.ok("PASS new pw");
+    c.login("erin", "new pw");
     c.ok("QUIT");
     drop(server);
 
@@ -66,44 +62,41 @@ fn deliver_uses_sysexits() {
     // No database yet: temporary failure, so an MTA keeps the mail queued.
     let out = popadm(d, &["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n");
     assert_eq!(out.status.code(), Some(75));
-    popadm_ok(d, &["user", "add", "frank", "--password-stdin"], b"pw\n");
-    let out = popadm(d, &["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n");
-    assert_eq!(
-        out.status.code(),
-        Some(67),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = popadm(d, &["deliver", "frank"], b"");
-    assert_eq!(out.status.code(), Some(65));
-    let out = popadm(
-        d,
-        &["deliver", "frank", "--max-size", "10"],
-        b"Subject: too big\r\n\r\n",
-    );
-    assert_eq!(out.status.code(), Some(65));
-    // The limit named is the one given, not that plus the headers deliver adds (issue 19).
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("exceeds the limit of 10\n"), "{stderr}");
-    // A sender that is no address (a space outside quotes) is refused (EX_DATAERR); one pair
-    // of enclosing angle brackets is not.
-    let out = popadm(
-        d,
-        &["deliver", "-f", "bad sender", "frank"],
-        b"Subject: x\r\n\r\n",
-    );
-    assert_eq!(out.status.code(), Some(65));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("invalid envelope sender"), "{stderr}");
-    // A sender that would inject a header line is refused for good (EX_DATAERR).
-    let out = popadm(
-        d,
-        &["deliver", "-f", "a@b\r\nBcc: x", "frank"],
-        b"Subject: x\r\n\r\n",
-    );
-    assert_eq!(out.status.code(), Some(65));
-    let out = popadm(d, &["deliver", "frank"], b"Subject: ok\r\n\r\nok\r\n");
-    assert_eq!(out.status.code(), Some(0));
+    e2e::add_user(d, "frank", "pw");
+    // (arguments, message, exit code, what stderr says)
+    let cases: &[(&[&str], &[u8], i32, &str)] = &[
+        (&["deliver", "nobody"], b"Subject: x\r\n\r\nx\r\n", 67, ""),
+        (&["deliver", "frank"], b"", 65, ""),
+        // The limit named is the one given, not that plus the headers deliver adds (issue 19).
+        (
+            &["deliver", "frank", "--max-size", "10"],
+            b"Subject: too big\r\n\r\n",
+            65,
+            "exceeds the limit of 10\n",
+        ),
+        // A sender that is no address (a space outside quotes) is refused (EX_DATAERR); one
+        // pair of enclosing angle brackets is not.
+        (
+            &["deliver", "-f", "bad sender", "frank"],
+            b"Subject: x\r\n\r\n",
+            65,
+            "invalid envelope sender",
+        ),
+        // A sender that would inject a header line is refused for good (EX_DATAERR).
+        (
+            &["deliver", "-f", "a@b\r\nBcc: x", "frank"],
+            b"Subject: x\r\n\r\n",
+            65,
+            "",
+        ),
+        (&["deliver", "frank"], b"Subject: ok\r\n\r\nok\r\n", 0, ""),
+    ];
+    for (args, message, code, said) in cases {
+        let out = popadm(d, args, message);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
     let stat = popadm_ok(d, &["stat", "frank"], b"");
     assert!(stat.contains("messages: 1"), "{stat}");
     let stored = b"Delivered-To: frank\r\nSubject: ok\r\n\r\nok\r\n";
@@ -214,19 +207,13 @@ fn imports_are_byte_exact_and_all_or_nothing() {
 
     // A maildir with new/ and cur/, ordered by delivery time.
     let md = f.data().join("Maildir");
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
-    }
-    std::fs::write(
-        md.join("cur/1700000002.M1P1.host:2,S"),
-        b"Subject: md2\n\nsecond\n",
-    )
-    .expect("w");
-    std::fs::write(
-        md.join("new/1700000001.M1P1.host"),
-        b"Subject: md1\n\nfirst\n",
-    )
-    .expect("w");
+    maildir(
+        &md,
+        &[
+            ("cur/1700000002.M1P1.host:2,S", "Subject: md2\n\nsecond\n"),
+            ("new/1700000001.M1P1.host", "Subject: md1\n\nfirst\n"),
+        ],
+    );
     let m = md.to_str().expect("utf8");
     assert!(popadm_ok(f.data(), &["import", "maildir", m, "hank"], b"").contains("imported 2"));
 
@@ -259,6 +246,16 @@ fn imports_are_byte_exact_and_all_or_nothing() {
         .success());
 }
 
+/// A maildir at `md` (new/, cur/ and tmp/) holding `files` (path under `md`, contents).
+fn maildir(md: &std::path::Path, files: &[(&str, &str)]) {
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
+    }
+    for (path, contents) in files {
+        std::fs::write(md.join(path), contents).expect("write");
+    }
+}
+
 #[test]
 fn passwords_are_never_taken_from_argv() {
     let dir = TempDir::new("argv");
@@ -273,27 +270,18 @@ fn dovecot_maildir_import_keeps_uidls() {
     let f = Fixture::new("dovecot");
     f.add_user("lena", "pw");
     let md = f.data().join("dovecot-maildir");
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
-    }
-    std::fs::write(
-        md.join("dovecot-uidlist"),
-        "3 V1700000000 N3 G6f1ab2c3d4e5f60718293a4b5c6d7e8f\n\
-         1 :1700000001.M1P1.host,S=15\n\
-         2 W30 :1700000002.M2P2.host:2,S\n",
-    )
-    .expect("write");
-    std::fs::write(
-        md.join("cur/1700000001.M1P1.host,S=15:2,S"),
-        b"Subject: a\n\na\n",
-    )
-    .expect("w");
-    std::fs::write(
-        md.join("cur/1700000002.M2P2.host:2,RS"),
-        b"Subject: b\n\nb\n",
-    )
-    .expect("w");
-    std::fs::write(md.join("new/1700000003.M3P3.host"), b"Subject: c\n\nc\n").expect("w");
+    let uidlist = "3 V1700000000 N3 G6f1ab2c3d4e5f60718293a4b5c6d7e8f\n\
+                   1 :1700000001.M1P1.host,S=15\n\
+                   2 W30 :1700000002.M2P2.host:2,S\n";
+    maildir(
+        &md,
+        &[
+            ("dovecot-uidlist", uidlist),
+            ("cur/1700000001.M1P1.host,S=15:2,S", "Subject: a\n\na\n"),
+            ("cur/1700000002.M2P2.host:2,RS", "Subject: b\n\nb\n"),
+            ("new/1700000003.M3P3.host", "Subject: c\n\nc\n"),
+        ],
+    );
     let map = f.data().join("uidl.map");
     std::fs::write(&map, "1700000003.M3P3.host from-map\n").expect("w");
     let m = md.to_str().expect("utf8");
@@ -341,8 +329,7 @@ fn backup_while_a_session_runs() {
         0o600
     );
     // The session goes on undisturbed.
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    c.stat_and_quit(1);
     // An existing file is never overwritten.
     let again = popadm(f.data(), &["backup", copy.to_str().expect("utf8")], b"");
     assert!(!again.status.success());
@@ -363,16 +350,8 @@ fn store_file() -> &'static str {
 fn domains_are_listed_added_and_deleted_with_their_accounts() {
     let dir = TempDir::new("domains");
     let d = dir.path();
-    popadm_ok(
-        d,
-        &["user", "add", "a@example.org", "--password-stdin"],
-        b"pw\n",
-    );
-    popadm_ok(
-        d,
-        &["user", "add", "b@example.org", "--password-stdin"],
-        b"pw\n",
-    );
+    e2e::add_user(d, "a@example.org", "pw");
+    e2e::add_user(d, "b@example.org", "pw");
     popadm_ok(d, &["domain", "add", "Empty.TEST"], b"");
     assert!(!popadm(d, &["domain", "add", "empty.test"], b"")
         .status
@@ -401,11 +380,7 @@ fn domains_are_listed_added_and_deleted_with_their_accounts() {
 fn dovecot_passwd_import() {
     let dir = TempDir::new("passwd-import");
     let d = dir.path();
-    popadm_ok(
-        d,
-        &["user", "add", "bob@example.org", "--password-stdin"],
-        b"old pw\n",
-    );
+    e2e::add_user(d, "bob@example.org", "old pw");
     let bob_mail: &[u8] = b"Subject: kept\r\n\r\nbob's mail survives the import\r\n";
     popadm_ok(
         d,
@@ -448,22 +423,14 @@ fn dovecot_passwd_import() {
     assert!(!users().contains("tim@"), "half-applied: {}", users());
     // A dry run says what would happen and writes nothing.
     let out = import(&["--skip-unsupported", "--update", "--dry-run"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     let dry = String::from_utf8_lossy(&out.stdout);
     assert!(dry.contains("tim@example.org: would be created"), "{dry}");
     assert!(dry.contains("bob@example.org: would be updated"), "{dry}");
     assert!(!users().contains("tim@"));
     // The real thing.
     let out = import(&["--skip-unsupported", "--update"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         report.contains("tim@example.org: created") && report.contains("CRAM-MD5 only"),
@@ -502,28 +469,16 @@ fn dovecot_passwd_import() {
                 .expect("run curl")
         };
         let out = curl("tim@example.org", "tanstaaftanstaaf", "CRAM-MD5");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        e2e::assert_success(&out);
         assert_eq!(out.stdout, crlf(tim_mail));
         assert!(!curl("tim@example.org", "tanstaaf", "CRAM-MD5")
             .status
             .success());
         let out = curl("ann@example.org", "dovecot secret", "PLAIN");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        e2e::assert_success(&out);
         // bob's new password works and his mail is still there.
         let out = curl("bob@example.org", "bob pw", "PLAIN");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        e2e::assert_success(&out);
         assert_eq!(out.stdout, crlf(bob_mail));
     }
     // The states serve CRAM-MD5 only: USER/PASS with the very password is refused.
@@ -573,21 +528,14 @@ fn node_row(data: &std::path::Path, id: &str) -> Option<Vec<String>> {
 /// Logs in until the reply is no longer `[IN-USE]`/`+OK` as before: the node read the state
 /// at its next heartbeat (1 s). Returns the first reply that `done` accepts.
 fn login_until(server: &Server, user: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
+    let (within, every) = (Duration::from_secs(15), Duration::from_millis(200));
+    e2e::eventually("no change of the node's state", within, every, || {
         let mut c = server.connect();
         c.ok(&format!("USER {user}"));
         let reply = c.cmd("PASS pw");
         c.cmd("QUIT");
-        if done(&reply) {
-            return reply;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no change of the node's state: {reply}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+        done(&reply).then_some(reply)
+    })
 }
 
 /// A rolling restart's moves: a pop3d with --node-id appears in `popadm node list`; drained,
@@ -598,7 +546,7 @@ fn node_list_drain_and_up() {
     let dir = TempDir::new("nodes");
     let d = dir.path();
     for user in ["alice", "bob"] {
-        popadm_ok(d, &["user", "add", user, "--password-stdin"], b"pw\n");
+        e2e::add_user(d, user, "pw");
     }
     for i in 0..2 {
         let message = format!("Subject: {i}\r\n\r\nbody {i}\r\n");
@@ -684,11 +632,7 @@ fn a_store_is_created_only_where_named() {
         "eve",
         "--password-stdin",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("creating a new maildrop database in named"),
@@ -697,11 +641,7 @@ fn a_store_is_created_only_where_named() {
     // Once it exists, the default directory works as before (pop3d's own default).
     std::fs::rename(dir.path().join("named"), dir.path().join("pop3d-data")).expect("rename");
     let out = run(&["user", "list"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("eve"));
 }
 

@@ -22,7 +22,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use e2e::clients::{output_text, strip_first_header};
-use e2e::{bin, crlf, free_port, popadm_ok, Server, TempDir, TIMEOUT};
+use e2e::{bin, crlf, free_port, Server, TempDir, TIMEOUT};
 
 const USER: &str = "mia@example.org";
 const SENDER: &str = "sam@example.org";
@@ -306,9 +306,7 @@ fn can_run() -> bool {
 
 #[test]
 fn postfix_delivers_through_popadm_and_pop3_serves_it_byte_exact() {
-    if !can_run() {
-        return;
-    }
+    e2e::require!(can_run());
     let work = TempDir::new("postfix-store");
     // pipe(8) runs popadm as `nobody`, which may not reach the cargo target directory (a home
     // directory, say): give it its own copy.
@@ -317,11 +315,7 @@ fn postfix_delivers_through_popadm_and_pop3_serves_it_byte_exact() {
     std::fs::set_permissions(&popadm, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let store = work.path().join("data");
     for user in [USER, SENDER] {
-        popadm_ok(
-            &store,
-            &["user", "add", user, "--password-stdin"],
-            format!("{PW}\n").as_bytes(),
-        );
+        e2e::add_user(&store, user, PW);
     }
     // The store belongs to the account popadm runs as (as /var/lib/pop3d belongs to pop3d).
     chown(PIPE_USER, &store);

@@ -110,15 +110,11 @@ fn session_lines(log: &str, peer: &str, message: &str) -> usize {
 /// Waits (bounded) until pop3d's log satisfies `done`: lines written as a connection ends
 /// may trail what the client sees by a moment (stderr is read by another thread).
 fn wait_for_log(server: &Server, what: &str, done: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = server.log();
-        if done(&log) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no {what} in the log: {log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (within, every) = (Duration::from_secs(5), Duration::from_millis(20));
+    let missing = format!("no {what} in the log");
+    e2e::eventually(&missing, within, every, || {
+        done(&server.log()).then_some(())
+    });
 }
 
 /// Waits until the log holds exactly `want` session lines of `peer` with `message`.
@@ -157,22 +153,17 @@ fn the_proxied_client_is_the_client() {
     assert!(c.greeting.starts_with("-ERR [SYS/TEMP]"), "{}", c.greeting);
     assert!(c.closed());
     // Cleartext login allowed: the TCP link is loopback, though the client is not.
-    a.ok("USER alice@example.org");
-    a.ok("PASS secret one");
+    a.login("alice@example.org", "secret one");
     assert_eq!(a.listing("UIDL").len(), 1);
     a.ok("QUIT");
     assert!(a.closed());
     // Its slot comes back once the session has ended (bounded wait).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let (within, every) = (Duration::from_secs(5), Duration::from_millis(50));
+    e2e::eventually("slot of 192.0.2.1 never freed", within, every, || {
         let mut again = through_proxy(addr, &v1("192.0.2.1", 40005));
-        if again.greeting.starts_with("+OK") {
-            again.ok("QUIT");
-            break;
-        }
-        assert!(Instant::now() < deadline, "slot of 192.0.2.1 never freed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let free = again.greeting.starts_with("+OK");
+        free.then(|| again.ok("QUIT"))
+    });
     a2.ok("QUIT");
     b.ok("QUIT");
 
@@ -350,9 +341,7 @@ fn relay_once(listener: TcpListener, upstream: SocketAddr, header: Vec<u8>) -> J
 /// the session's client is the one in the v2 header.
 #[test]
 fn pop3s_behind_an_l4_proxy() {
-    if !e2e::client_available("curl", "--version") {
-        return;
-    }
+    e2e::require!("curl");
     let dir = e2e::TempDir::new("proxy-pop3s");
     let config = dir.path().join("pop3d.toml");
     std::fs::write(
@@ -366,11 +355,7 @@ fn pop3s_behind_an_l4_proxy() {
     let server = Server::start(dir.path(), &["--config", config]);
     let upstream = proxied_addr(&server);
     let message = b"Subject: relayed\r\n\r\nbody\r\n";
-    e2e::popadm_ok(
-        dir.path(),
-        &["user", "add", "carol", "--password-stdin"],
-        b"carol pw\n",
-    );
+    e2e::add_user(dir.path(), "carol", "carol pw");
     e2e::popadm_ok(
         dir.path(),
         &["deliver", "--no-lda-headers", "carol"],
@@ -383,11 +368,7 @@ fn pop3s_behind_an_l4_proxy() {
     let Some(out) = e2e::curl_pop3s(port, &server.self_signed_cert(), "carol:carol pw", "1") else {
         return;
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     assert_eq!(out.stdout, crlf(message));
     relay.join().expect("relay");
     wait_for_lines(&server, "203.0.113.9", "logged in", 1);

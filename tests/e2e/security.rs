@@ -52,11 +52,7 @@ fn no_password_or_sasl_payload_reaches_a_trace_log() {
 fn fresh_data_dir(dir: &e2e::TempDir) -> std::path::PathBuf {
     let data = dir.path().join("data");
     let server = e2e::Server::start(&data, &[]);
-    e2e::popadm_ok(
-        &data,
-        &["user", "add", "alice", "--password-stdin"],
-        format!("{GOOD_PW}\n").as_bytes(),
-    );
+    e2e::add_user(&data, "alice", GOOD_PW);
     let mut c = server.login("alice", GOOD_PW);
     c.ok("QUIT");
     data

@@ -15,18 +15,7 @@ fn fixture_with_user(tag: &str) -> Fixture {
 
 /// Logs in, retrying while a lock of an earlier session is still being released.
 fn login_when_free(server: &Server, user: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut c = server.connect();
-        c.ok(&format!("USER {user}"));
-        let r = c.cmd(&format!("PASS {PW}"));
-        if r.starts_with("+OK") {
-            return c;
-        }
-        assert!(r.starts_with("-ERR [IN-USE]"), "unexpected {r:?}");
-        assert!(Instant::now() < deadline, "maildrop stayed locked");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.login_when_free(user, PW)
 }
 
 fn uidl(c: &mut Client) -> Vec<(u32, String)> {
@@ -189,9 +178,7 @@ fn a_dropped_connection_deletes_nothing() {
     c.ok("DELE 1");
     c.ok("DELE 2");
     c.drop_connection();
-    let mut c = login_when_free(&f.server, "alice");
-    assert!(c.ok("STAT").starts_with("+OK 2 "));
-    c.ok("QUIT");
+    login_when_free(&f.server, "alice").stat_and_quit(2);
 }
 
 #[test]
@@ -219,8 +206,7 @@ fn second_login_gets_in_use_and_wrong_credentials_get_auth() {
     assert_eq!(wrong, unknown);
     // After a failed PASS the client may start over with USER (RFC 1939 section 7).
     a.ok("QUIT");
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     c.ok("QUIT");
 }
 
@@ -400,8 +386,7 @@ fn overlong_lines_are_refused_and_the_session_goes_on() {
     assert!(c.line().starts_with("-ERR"));
     c.send_raw(b"NOOP\0\r\n");
     assert!(c.line().starts_with("-ERR"));
-    c.ok("USER alice");
-    c.ok(&format!("PASS {PW}"));
+    c.login("alice", PW);
     c.ok("QUIT");
 }
 
@@ -478,9 +463,7 @@ fn idle_timeout_closes_without_reply_and_without_update() {
     c.ok("DELE 1");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(c.closed(), "expected EOF without a reply");
-    let mut c = login_when_free(&f.server, "alice");
-    assert!(c.ok("STAT").starts_with("+OK 1 "));
-    c.ok("QUIT");
+    login_when_free(&f.server, "alice").stat_and_quit(1);
 }
 
 #[test]
@@ -512,9 +495,7 @@ fn shutdown_answers_sessions_and_applies_no_half_update() {
     assert!(f.server.wait().success());
     assert!(f.server.log().contains("shutting down"));
     f.restart(&[]);
-    let mut c = f.server.login("alice", PW);
-    assert!(c.ok("STAT").starts_with("+OK 2 "));
-    c.ok("QUIT");
+    f.server.login("alice", PW).stat_and_quit(2);
 }
 
 #[test]
@@ -608,11 +589,7 @@ fn pop3d_drops_privileges_after_binding() {
     let server = Server::start(dir.path(), &["--user", "nobody"]);
     let uid = uid_line(&server.pid().to_string());
     assert!(uid.starts_with("Uid:\t65534\t65534\t65534"), "{uid}");
-    popadm_ok(
-        dir.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"pw\n",
-    );
+    e2e::add_user(dir.path(), "alice", "pw");
     let mut c = server.login("alice", "pw");
     c.ok("QUIT");
 }

@@ -153,11 +153,7 @@ fn curl_fetches_over_pop3s_with_the_self_signed_certificate() {
     let Some(out) = e2e::curl_pop3s(port, &cert, &format!("alice:{PW}"), "1") else {
         return;
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::assert_success(&out);
     assert_eq!(
         out.stdout,
         crlf(b"Subject: over tls\r\n\r\n.dotted\r\nbody\r\n")
@@ -166,9 +162,7 @@ fn curl_fetches_over_pop3s_with_the_self_signed_certificate() {
 
 #[test]
 fn poplib_stls_then_login_and_capa_changes() {
-    if !python() {
-        return;
-    }
+    e2e::require!(python());
     let f = fixture("stls", &[]);
     let cert = f.server.self_signed_cert();
     let port = f.server.addr.port();
@@ -211,18 +205,13 @@ fn poplib_stls_then_login_and_capa_changes() {
         ["Subject: over tls", "", ".dotted", "body"]
     );
     // The default minimum is TLS 1.2: a 1.2-only client gets in.
-    let old = Command::new("python3")
-        .arg(SCRIPT)
-        .args(["localhost", &port.to_string(), "stls"])
-        .arg(&cert)
-        .args(["localhost", "--", "CAPA"])
-        .env("POP3_MAX_TLS", "1.2")
-        .output()
-        .expect("python3");
-    assert!(
-        old.status.success(),
-        "{}",
-        String::from_utf8_lossy(&old.stderr)
+    e2e::run_ok(
+        Command::new("python3")
+            .arg(SCRIPT)
+            .args(["localhost", &port.to_string(), "stls"])
+            .arg(&cert)
+            .args(["localhost", "--", "CAPA"])
+            .env("POP3_MAX_TLS", "1.2"),
     );
 }
 
@@ -230,9 +219,7 @@ fn poplib_stls_then_login_and_capa_changes() {
 fn plaintext_sent_after_stls_is_discarded() {
     // RFC 2595 section 4 / CVE-2011-0411: "STLS\r\nUSER alice\r\n" in one packet must not
     // leave "USER alice" to be executed inside the TLS session.
-    if !python() {
-        return;
-    }
+    e2e::require!(python());
     let f = fixture("inject", &[]);
     let cert = f.server.self_signed_cert();
     let run = client(
@@ -265,9 +252,7 @@ fn plaintext_sent_after_stls_is_discarded() {
 
 #[test]
 fn cleartext_policy_capa_per_listener_and_pop3s() {
-    if !python() {
-        return;
-    }
+    e2e::require!(python());
     let dir = TempDir::new("policy");
     let config = dir.path().join("pop3d.toml");
     std::fs::write(
@@ -277,11 +262,7 @@ fn cleartext_policy_capa_per_listener_and_pop3s() {
     )
     .expect("write config");
     let server = Server::start(dir.path(), &["--config", config.to_str().expect("utf8")]);
-    e2e::popadm_ok(
-        dir.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"tls pass\n",
-    );
+    e2e::add_user(dir.path(), "alice", "tls pass");
     let cert = server.self_signed_cert();
     let plain = server.addr.port();
     // RFC 2595 section 2.2 / RFC 8314 section 3: no cleartext credentials before TLS.
@@ -377,9 +358,7 @@ fn sha256_of_pem(path: &Path) -> String {
 
 #[test]
 fn sni_picks_the_certificate_and_sighup_reloads_it() {
-    if !python() {
-        return;
-    }
+    e2e::require!(python());
     let a = TempDir::new("cert-a");
     let b = TempDir::new("cert-b");
     let c = TempDir::new("cert-c");
@@ -402,11 +381,7 @@ fn sni_picks_the_certificate_and_sighup_reloads_it() {
     )
     .expect("config");
     let server = Server::start(live.path(), &["--config", config.to_str().expect("utf8")]);
-    e2e::popadm_ok(
-        live.path(),
-        &["user", "add", "alice", "--password-stdin"],
-        b"tls pass\n",
-    );
+    e2e::add_user(live.path(), "alice", "tls pass");
     let port = server.tls_addr.expect("pop3s").port();
     // SNI chooses; the hostname check of the client proves the right one was sent.
     let run = client(port, "tls", &a_cert, Some("a.example.test"), &["NOOP"]);
@@ -438,14 +413,9 @@ fn sni_picks_the_certificate_and_sighup_reloads_it() {
     let run = client(port, "tls", &c_cert, Some("b.example.test"), &["CAPA"]);
     assert!(run.replies[0].0.starts_with("+OK"));
     assert_eq!(run.cert_sha256, Some(sha256_of_pem(&c_cert)));
-    let deadline = std::time::Instant::now() + e2e::TIMEOUT;
-    while !server.log().contains("reload failed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "failed reload not logged"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let logged = || server.log().contains("reload failed").then_some(());
+    let every = std::time::Duration::from_millis(50);
+    e2e::eventually("failed reload not logged", e2e::TIMEOUT, every, logged);
 }
 
 #[test]

@@ -88,9 +88,14 @@ impl Scratch {
 
     /// A client command with HOME in the scratch directory, so no user configuration is read.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("HOME", self.dir.path()).current_dir(self.dir.path());
-        c
+        self.isolate(Command::new(program))
+    }
+
+    /// `cmd` with HOME and its working directory in the scratch directory.
+    pub fn isolate(&self, mut cmd: Command) -> Command {
+        cmd.env("HOME", self.dir.path())
+            .current_dir(self.dir.path());
+        cmd
     }
 }
 

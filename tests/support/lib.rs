@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub mod clients;
 
@@ -62,6 +62,73 @@ fn report_missing(program: &str, found: bool) -> bool {
     found
 }
 
+/// Returns from the calling test (which then skips) unless `"program"` is installed (see
+/// [`client_available`]), or unless a check of the test's own (`e2e::require!(can_run())`) holds.
+#[macro_export]
+macro_rules! require {
+    ($program:literal) => {
+        if !$crate::client_available($program, "--version") {
+            return;
+        }
+    };
+    ($ready:expr) => {
+        if !$ready {
+            return;
+        }
+    };
+}
+
+/// Runs `cmd` to its end; a program that cannot be started is a test failure.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {:?}: {e}", cmd.get_program()))
+}
+
+/// Runs `cmd` and asserts that it exits 0; the failure shows the command and its stderr.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?}: {}", failure(&out));
+    out
+}
+
+/// A failed program's exit status and stderr, for an assertion's message.
+fn failure(out: &Output) -> String {
+    format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr))
+}
+
+/// The trimmed standard output of `cmd` (a Python one-liner's answer, say).
+pub fn run_text(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run(cmd).stdout).trim().to_owned()
+}
+
+/// `curl --silent --show-error --max-time 20`: the flags every test passes to curl.
+pub fn curl() -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--max-time", "20"]);
+    cmd
+}
+
+/// curl retrieving message 1 from `pop3://ADDR/1` as `user`, authenticating with the SASL
+/// mechanism `mech` (`--login-options AUTH=...`).
+pub fn curl_sasl(addr: SocketAddr, user: &str, pass: &str, mech: &str) -> Output {
+    run(curl()
+        .args(["--user", &format!("{user}:{pass}")])
+        .args(["--login-options", &format!("AUTH={mech}")])
+        .arg(format!("pop3://{addr}/1")))
+}
+
+/// Asserts that a client which retrieves one message (curl, say) exited 0 and printed
+/// `message` as stored (see [`crlf`]).
+pub fn assert_fetched(out: &Output, message: &[u8]) {
+    assert_success(out);
+    assert_eq!(out.stdout, crlf(message));
+}
+
+/// Asserts that a client exited 0; the failure shows its stderr.
+pub fn assert_success(out: &Output) {
+    assert!(out.status.success(), "{}", failure(out));
+}
+
 /// Like [`client_available`] for programs without a `--version` (daemons, admin tools): true
 /// when `program` is an executable on `PATH` (or in /usr/sbin and /sbin, where Debian puts
 /// daemons).
@@ -97,6 +164,15 @@ pub fn popadm(data_dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let out = child.wait_with_output().expect("wait popadm");
     let _ = writer.join();
     out
+}
+
+/// `popadm user add NAME --password-stdin` in `data_dir`, which must succeed; its output.
+pub fn add_user(data_dir: &Path, name: &str, password: &str) -> String {
+    popadm_ok(
+        data_dir,
+        &["user", "add", name, "--password-stdin"],
+        format!("{password}\n").as_bytes(),
+    )
 }
 
 /// `popadm` that must succeed.
@@ -244,12 +320,50 @@ impl Server {
         Client::connect(self.addr)
     }
 
+    /// Connects and logs in with USER/PASS, retrying for up to ten seconds while the maildrop
+    /// is still locked by an earlier session (`-ERR [IN-USE]`, RFC 2449 section 8.1.1).
+    pub fn login_when_free(&self, user: &str, pass: &str) -> Client {
+        let every = Duration::from_millis(50);
+        eventually(
+            "maildrop stayed locked",
+            Duration::from_secs(10),
+            every,
+            || {
+                let mut c = self.connect();
+                c.ok(&format!("USER {user}"));
+                let r = c.cmd(&format!("PASS {pass}"));
+                assert!(
+                    r.starts_with("+OK") || r.starts_with("-ERR [IN-USE]"),
+                    "unexpected {r:?}"
+                );
+                r.starts_with("+OK").then_some(c)
+            },
+        )
+    }
+
     /// Connects and logs in with USER/PASS, asserting success.
     pub fn login(&self, user: &str, pass: &str) -> Client {
         let mut c = self.connect();
-        c.ok(&format!("USER {user}"));
-        c.ok(&format!("PASS {pass}"));
+        c.login(user, pass);
         c
+    }
+}
+
+/// Calls `attempt` every `every` until it returns a value, for at most `within`: a bounded wait
+/// for something a peer does in its own time. Past `within` the test fails, saying `what`.
+pub fn eventually<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut attempt: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(done) = attempt() {
+            return done;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(every);
     }
 }
 
@@ -276,6 +390,26 @@ impl Client {
         let inner = must(testbed::Client::from_stream(stream));
         let greeting = inner.greeting.clone();
         Client { inner, greeting }
+    }
+
+    /// Logs in with USER and PASS (RFC 1939 section 7), asserting `+OK` to both; returns the
+    /// reply to PASS.
+    pub fn login(&mut self, user: &str, pass: &str) -> String {
+        self.ok(&format!("USER {user}"));
+        self.ok(&format!("PASS {pass}"))
+    }
+
+    /// Asserts that STAT counts `messages` messages (RFC 1939 section 5), then QUITs.
+    pub fn stat_and_quit(mut self, messages: usize) {
+        let stat = self.ok("STAT");
+        assert!(stat.starts_with(&format!("+OK {messages} ")), "{stat}");
+        self.ok("QUIT");
+    }
+
+    /// USER, then a PASS that must answer `-ERR`; returns that reply.
+    pub fn login_refused(&mut self, user: &str, pass: &str) -> String {
+        self.ok(&format!("USER {user}"));
+        self.err(&format!("PASS {pass}"))
     }
 
     /// Sends raw bytes.
@@ -352,16 +486,28 @@ impl Fixture {
         Fixture { dir, server }
     }
 
+    /// [`Fixture::with_flags`] with the account `name` holding `messages`, delivered in order.
+    pub fn with_mailbox(
+        tag: &str,
+        flags: &[&str],
+        name: &str,
+        password: &str,
+        messages: &[Vec<u8>],
+    ) -> Fixture {
+        let f = Fixture::with_flags(tag, flags);
+        f.add_user(name, password);
+        for m in messages {
+            f.deliver(name, m);
+        }
+        f
+    }
+
     pub fn data(&self) -> &Path {
         self.dir.path()
     }
 
     pub fn add_user(&self, name: &str, password: &str) {
-        popadm_ok(
-            self.data(),
-            &["user", "add", name, "--password-stdin"],
-            format!("{password}\n").as_bytes(),
-        );
+        add_user(self.data(), name, password);
     }
 
     /// Delivers `message` byte for byte (`--no-lda-headers`), so tests can compare what a
@@ -428,8 +574,7 @@ pub fn base64(input: &[u8]) -> String {
 /// logging in as `user`; `None` when curl is not installed (the caller skips; a failure in CI,
 /// see [`client_available`]).
 pub fn curl_pop3s(port: u16, cafile: &Path, user: &str, path: &str) -> Option<Output> {
-    let out = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "20"])
+    let out = curl()
         .arg("--cacert")
         .arg(cafile)
         .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])

@@ -311,14 +311,7 @@ fn session(
     let io = |e: std::io::Error| e.to_string();
     let mut c = login(addr, user, 30)?;
     counters.sessions.fetch_add(1, Ordering::Relaxed);
-    let ids: HashMap<String, u64> = lock(ledger)
-        .entries
-        .iter()
-        .filter(|(_, e)| e.user == user)
-        .filter_map(|(id, e)| e.uid.clone().map(|u| (u, *id)))
-        .collect();
-    let seen = harness::survey(&mut c, &ids).map_err(io)?;
-    check_seen(ledger, user, &seen);
+    let seen = survey_checked(&mut c, ledger, user)?;
     let mut marked: HashSet<usize> = HashSet::new();
     let ops = rng.below(12);
     for _ in 0..ops {
@@ -403,6 +396,24 @@ fn session(
     Ok(())
 }
 
+/// What `user`'s session lists (UIDL and LIST, matched to the ledger's message ids by UID),
+/// checked with [`check_seen`].
+fn survey_checked(
+    c: &mut harness::Client,
+    ledger: &Shared,
+    user: usize,
+) -> Result<Vec<harness::Seen>, String> {
+    let ids: HashMap<String, u64> = lock(ledger)
+        .entries
+        .iter()
+        .filter(|(_, e)| e.user == user)
+        .filter_map(|(id, e)| e.uid.clone().map(|uid| (uid, *id)))
+        .collect();
+    let seen = harness::survey(c, &ids).map_err(|e| e.to_string())?;
+    check_seen(ledger, user, &seen);
+    Ok(seen)
+}
+
 /// What a session lists must be known, in its maildrop, not deleted, with its first UID.
 fn check_seen(ledger: &Shared, user: usize, seen: &[harness::Seen]) {
     let mut l = lock(ledger);
@@ -447,14 +458,7 @@ fn check_seen(ledger: &Shared, user: usize, seen: &[harness::Seen]) {
 fn final_check(server: &Pop3d, ledger: &Shared, users: usize) -> Result<(), String> {
     for u in 0..users {
         let mut c = login(server.addr, u, 30)?;
-        let ids: HashMap<String, u64> = lock(ledger)
-            .entries
-            .iter()
-            .filter(|(_, e)| e.user == u)
-            .filter_map(|(id, e)| e.uid.clone().map(|uid| (uid, *id)))
-            .collect();
-        let seen = harness::survey(&mut c, &ids).map_err(|e| e.to_string())?;
-        check_seen(ledger, u, &seen);
+        let seen = survey_checked(&mut c, ledger, u)?;
         let present: HashSet<u64> = seen.iter().filter_map(|s| s.id).collect();
         for s in &seen {
             let target =

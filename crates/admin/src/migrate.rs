@@ -205,7 +205,7 @@ fn remote(args: RemoteArgs) -> anyhow::Result<Remote> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pop3::tests::{remote as test_remote, scripted};
+    use crate::pop3::tests::logged_in;
     use store::SqliteStore;
     use testbed::TempDir;
 
@@ -256,17 +256,11 @@ mod tests {
                 }),
             )
             .expect("seed");
-        let (port, server) = scripted(
-            "+OK hi\r\n",
-            vec![
-                ("USER u", "+OK\r\n".into()),
-                ("PASS p w", "+OK\r\n".into()),
-                ("UIDL", "+OK\r\n1 uid-1\r\n2 uid-2\r\n.\r\n".into()),
-                ("LIST", "+OK\r\n1 10\r\n2 13\r\n.\r\n".into()),
-                ("RETR 2", "+OK\r\nS: 2\r\n\r\n..x\r\n.\r\n".into()),
-            ],
-        );
-        let mut session = Session::login(&test_remote(port)).expect("login");
+        let (mut session, server) = logged_in(vec![
+            ("UIDL", "+OK\r\n1 uid-1\r\n2 uid-2\r\n.\r\n".into()),
+            ("LIST", "+OK\r\n1 10\r\n2 13\r\n.\r\n".into()),
+            ("RETR 2", "+OK\r\nS: 2\r\n\r\n..x\r\n.\r\n".into()),
+        ]);
         let pulled = pull(&store, &name, &mut session, "test").expect("pull");
         assert_eq!((pulled.stored, pulled.present), (1, 1));
         // LIST said 13 octets; RETR sent 10 after unstuffing.

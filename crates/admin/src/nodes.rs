@@ -140,19 +140,15 @@ mod tests {
             ["pop1", "10.0.0.1:1100", "draining", "2", "live"],
             "{listed}"
         );
-        assert_eq!(
+        // The state the node reads at its next heartbeat.
+        let state = || {
             store
                 .node_heartbeat("pop1", "10.0.0.1:1100", 0)
-                .expect("hb"),
-            NodeState::Draining
-        );
+                .expect("hb")
+        };
+        assert_eq!(state(), NodeState::Draining);
         execute(&store, NodeCommand::Up { id: id() }).expect("up");
-        assert_eq!(
-            store
-                .node_heartbeat("pop1", "10.0.0.1:1100", 0)
-                .expect("hb"),
-            NodeState::Up
-        );
+        assert_eq!(state(), NodeState::Up);
         execute(&store, NodeCommand::Remove { id: id() }).expect("remove");
         assert!(store.list_nodes().expect("list").is_empty());
         // Unknown ids: an error naming the node, exit code 67 like an unknown account.

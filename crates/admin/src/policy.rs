@@ -136,6 +136,22 @@ mod tests {
     use store::SqliteStore;
     use testbed::TempDir;
 
+    /// Checks `parse` against values it takes (`ok`: input, value) and values it refuses
+    /// (`bad`: input, a part of the error).
+    fn check_values<T: PartialEq + std::fmt::Debug + Copy>(
+        parse: fn(&str) -> Result<T, String>,
+        ok: &[(&str, T)],
+        bad: &[(&str, &str)],
+    ) {
+        for (input, want) in ok {
+            assert_eq!(parse(input), Ok(*want), "{input:?}");
+        }
+        for (input, want) in bad {
+            let err = parse(input).expect_err(input);
+            assert!(err.contains(want), "{input:?}: {err}");
+        }
+    }
+
     #[test]
     fn login_delay_values() {
         let ok: &[(&str, Override<u32>)] = &[
@@ -146,9 +162,6 @@ mod tests {
             ("default", Override::Default),
             ("DEFAULT", Override::Default),
         ];
-        for (input, want) in ok {
-            assert_eq!(parse_login_delay(input), Ok(*want), "{input:?}");
-        }
         let bad: &[(&str, &str)] = &[
             ("", "expected a number of seconds"),
             ("-1", "expected a number of seconds"),
@@ -159,14 +172,18 @@ mod tests {
             ("never", "expected a number of seconds"),
             ("4294967296", "at most 4294967295"),
         ];
-        for (input, want) in bad {
-            let err = parse_login_delay(input).expect_err(input);
-            assert!(err.contains(want), "{input:?}: {err}");
-        }
+        check_values(parse_login_delay, ok, bad);
     }
 
     #[test]
     fn expire_values() {
+        let bad: &[(&str, &str)] = &[
+            ("", "expected a number of days"),
+            ("-1", "use `never`"),
+            ("30d", "expected a number of days"),
+            ("forever", "or `never`"),
+            ("99999999999", "at most 4294967295"),
+        ];
         let ok: &[(&str, Override<Expire>)] = &[
             ("0", Override::Set(Expire::Days(0))),
             ("30", Override::Set(Expire::Days(30))),
@@ -175,20 +192,7 @@ mod tests {
             ("NEVER", Override::Set(Expire::Never)),
             ("default", Override::Default),
         ];
-        for (input, want) in ok {
-            assert_eq!(parse_expire(input), Ok(*want), "{input:?}");
-        }
-        let bad: &[(&str, &str)] = &[
-            ("", "expected a number of days"),
-            ("-1", "use `never`"),
-            ("30d", "expected a number of days"),
-            ("forever", "or `never`"),
-            ("99999999999", "at most 4294967295"),
-        ];
-        for (input, want) in bad {
-            let err = parse_expire(input).expect_err(input);
-            assert!(err.contains(want), "{input:?}: {err}");
-        }
+        check_values(parse_expire, ok, bad);
     }
 
     #[test]

@@ -402,22 +402,30 @@ pub(crate) mod tests {
         }
     }
 
+    /// A [`scripted`] server that greets, takes the login of [`remote`] (`USER u`, `PASS p w`)
+    /// and then follows `after_login`; and a session logged in to it.
+    pub(crate) fn logged_in(
+        after_login: Vec<(&'static str, String)>,
+    ) -> (Session, std::thread::JoinHandle<Vec<String>>) {
+        let mut script = vec![
+            ("USER u", "+OK\r\n".to_owned()),
+            ("PASS p w", "+OK in\r\n".to_owned()),
+        ];
+        script.extend(after_login);
+        let (port, server) = scripted("+OK hi\r\n", script);
+        (Session::login(&remote(port)).expect("login"), server)
+    }
+
     #[test]
     fn a_plain_session() {
-        let (port, server) = scripted(
-            "+OK hi\r\n",
-            vec![
-                ("USER u", "+OK\r\n".into()),
-                ("PASS p w", "+OK in\r\n".into()),
-                ("UIDL", "+OK\r\n1 a\r\n2 b\r\n.\r\n".into()),
-                ("LIST", "+OK 2\r\n1 10\r\n2 7\r\n.\r\n".into()),
-                // RFC 1939 section 3: a line starting with "." is stuffed.
-                ("RETR 1", "+OK\r\nS: 1\r\n\r\n..dot\r\n.\r\n".into()),
-                ("RETR 2", "-ERR [SYS/TEMP] no\r\n".into()),
-                ("QUIT", "+OK bye\r\n".into()),
-            ],
-        );
-        let mut s = Session::login(&remote(port)).expect("login");
+        let (mut s, server) = logged_in(vec![
+            ("UIDL", "+OK\r\n1 a\r\n2 b\r\n.\r\n".into()),
+            ("LIST", "+OK 2\r\n1 10\r\n2 7\r\n.\r\n".into()),
+            // RFC 1939 section 3: a line starting with "." is stuffed.
+            ("RETR 1", "+OK\r\nS: 1\r\n\r\n..dot\r\n.\r\n".into()),
+            ("RETR 2", "-ERR [SYS/TEMP] no\r\n".into()),
+            ("QUIT", "+OK bye\r\n".into()),
+        ]);
         assert_eq!(
             s.uidl().expect("uidl"),
             [(1, "a".to_owned()), (2, "b".to_owned())]
@@ -461,15 +469,7 @@ pub(crate) mod tests {
     #[test]
     fn oversized_bodies_stop() {
         let big = format!("+OK\r\n{}\r\n.\r\n", "x".repeat(200_000));
-        let (port, server) = scripted(
-            "+OK hi\r\n",
-            vec![
-                ("USER u", "+OK\r\n".into()),
-                ("PASS p w", "+OK\r\n".into()),
-                ("RETR 1", big),
-            ],
-        );
-        let mut s = Session::login(&remote(port)).expect("login");
+        let (mut s, server) = logged_in(vec![("RETR 1", big)]);
         let err = s.retr(1, 1000).expect_err("too big");
         assert!(format!("{err:#}").contains("larger than 1000"), "{err:#}");
         drop(s);

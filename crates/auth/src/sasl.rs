@@ -505,15 +505,15 @@ mod tests {
         }
     }
 
+    /// The first step of PLAIN with `initial` as the initial response.
+    fn plain(initial: &[u8]) -> Step {
+        Exchange::start(Mechanism::Plain, Some(initial.to_vec()), &ctx()).1
+    }
+
     #[test]
     fn rfc4616_plain_examples() {
         // RFC 4616 section 4.
-        let (_, step) = Exchange::start(
-            Mechanism::Plain,
-            Some(b"\0tim\0tanstaaftanstaaf".to_vec()),
-            &ctx(),
-        );
-        match step {
+        match plain(b"\0tim\0tanstaaftanstaaf") {
             Step::CheckPassword { authcid, password } => {
                 assert_eq!(authcid, "tim");
                 assert_eq!(password, b"tanstaaftanstaaf");
@@ -521,23 +521,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // "Ursel" acting as "Kurt": no proxy authorisation here.
-        let (_, step) = Exchange::start(
-            Mechanism::Plain,
-            Some(b"Ursel\0Kurt\0xipj3plmq".to_vec()),
-            &ctx(),
-        );
+        let step = plain(b"Ursel\0Kurt\0xipj3plmq");
         assert!(matches!(step, Step::Failure(SaslError::AuthzidMismatch)));
-        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"tim\0tim\0pw".to_vec()), &ctx());
-        assert!(matches!(step, Step::CheckPassword { .. }));
+        assert!(matches!(plain(b"tim\0tim\0pw"), Step::CheckPassword { .. }));
         // Fields with CR or LF are refused before use (they could smuggle commands).
-        let (_, step) = Exchange::start(
-            Mechanism::Plain,
-            Some(b"\0tim\r\nQUIT\0pw".to_vec()),
-            &ctx(),
-        );
+        let step = plain(b"\0tim\r\nQUIT\0pw");
         assert!(matches!(step, Step::Failure(SaslError::ControlInField)));
-        let (_, step) = Exchange::start(Mechanism::Plain, Some(b"\0tim".to_vec()), &ctx());
-        assert!(matches!(step, Step::Failure(SaslError::Malformed)));
+        assert!(matches!(
+            plain(b"\0tim"),
+            Step::Failure(SaslError::Malformed)
+        ));
         // Without an initial response the server sends an empty challenge.
         let (mut ex, step) = Exchange::start(Mechanism::Plain, None, &ctx());
         assert!(matches!(step, Step::Challenge(c) if c.is_empty()));
@@ -561,8 +554,7 @@ mod tests {
             b"ti\nm\0tim\0pw",
             b"\0tim\0pw\r",
         ] {
-            let (_, step) = Exchange::start(Mechanism::Plain, Some(bad.to_vec()), &ctx());
-            assert!(refused(step), "PLAIN {bad:?}");
+            assert!(refused(plain(bad)), "PLAIN {bad:?}");
         }
         for bad in [&b"ti\0m"[..], b"tim\r\nQUIT", b"tim\n"] {
             let (mut ex, _) = Exchange::start(Mechanism::Login, None, &ctx());
@@ -665,22 +657,15 @@ mod tests {
         assert!(matches!(ex.respond(b""), Step::Success { authcid } if authcid == "user"));
 
         // An unknown user gets a server-first with a stable fake salt, then fails.
-        let (mut ex, _) = Exchange::start(
-            Mechanism::ScramSha256,
-            Some(b"n,,n=ghost,r=abc".to_vec()),
-            &ctx(),
-        );
-        let Step::Challenge(a) = ex.credentials(None) else {
-            panic!("server-first")
+        let ghost = || {
+            let first = Some(b"n,,n=ghost,r=abc".to_vec());
+            let (mut ex, _) = Exchange::start(Mechanism::ScramSha256, first, &ctx());
+            let Step::Challenge(server_first) = ex.credentials(None) else {
+                panic!("server-first")
+            };
+            (ex, server_first)
         };
-        let (mut ex2, _) = Exchange::start(
-            Mechanism::ScramSha256,
-            Some(b"n,,n=ghost,r=abc".to_vec()),
-            &ctx(),
-        );
-        let Step::Challenge(b) = ex2.credentials(None) else {
-            panic!("server-first")
-        };
+        let ((mut ex, a), (_, b)) = (ghost(), ghost());
         assert_eq!(a, b, "the fake salt must not give the unknown user away");
         let step = ex.respond(b"c=biws,r=abc%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
         assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));

@@ -92,6 +92,18 @@ fn attr(part: &str, name: char) -> Option<&str> {
     part.strip_prefix(name)?.strip_prefix('=')
 }
 
+/// The value of the next attribute of `fields`, which must be `name` (RFC 5802 fixes their
+/// order).
+fn next_attr<'a>(
+    fields: &mut impl Iterator<Item = &'a str>,
+    name: char,
+) -> Result<&'a str, SaslError> {
+    fields
+        .next()
+        .and_then(|p| attr(p, name))
+        .ok_or(SaslError::Malformed)
+}
+
 pub fn parse_client_first(data: &[u8]) -> Result<ClientFirst, SaslError> {
     let s = std::str::from_utf8(data).map_err(|_| SaslError::Malformed)?;
     // gs2-header: cbind-flag "," [authzid] ","
@@ -111,13 +123,8 @@ pub fn parse_client_first(data: &[u8]) -> Result<ClientFirst, SaslError> {
         attr(authzid, 'a').ok_or(SaslError::Malformed)?;
     }
     let mut fields = bare.split(',');
-    let user = fields
-        .next()
-        .and_then(|p| attr(p, 'n'))
-        .ok_or(SaslError::Malformed)?;
-    let nonce = fields
-        .next()
-        .and_then(|p| attr(p, 'r'))
+    let user = next_attr(&mut fields, 'n')?;
+    let nonce = Some(next_attr(&mut fields, 'r')?)
         .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
         .ok_or(SaslError::Malformed)?;
     let user = decode_name(user).ok_or(SaslError::Malformed)?;
@@ -176,14 +183,8 @@ pub fn verify_client_final(
     let s = std::str::from_utf8(data).map_err(|_| SaslError::Malformed)?;
     let (without_proof, proof) = s.rsplit_once(",p=").ok_or(SaslError::Malformed)?;
     let mut fields = without_proof.split(',');
-    let cbind = fields
-        .next()
-        .and_then(|p| attr(p, 'c'))
-        .ok_or(SaslError::Malformed)?;
-    let r = fields
-        .next()
-        .and_then(|p| attr(p, 'r'))
-        .ok_or(SaslError::Malformed)?;
+    let cbind = next_attr(&mut fields, 'c')?;
+    let r = next_attr(&mut fields, 'r')?;
     if B64.decode(cbind).ok().as_deref() != Some(first.gs2_header.as_bytes()) || r != nonce {
         return Err(SaslError::Malformed);
     }

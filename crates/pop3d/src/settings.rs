@@ -307,6 +307,12 @@ mod tests {
 
     use super::*;
 
+    /// The error, with its causes, that `resolve` gives for `pop3d ARGS`.
+    fn refused(args: &[&str]) -> String {
+        let args = Args::parse_from(std::iter::once(&"pop3d").chain(args));
+        format!("{:#}", resolve(&args).expect_err("refused"))
+    }
+
     #[test]
     fn idle_timeout_below_rfc_minimum_is_refused() {
         let args = Args::parse_from(["pop3d", "--idle-timeout", "30"]);
@@ -382,13 +388,8 @@ mod tests {
 
     #[test]
     fn proxied_listeners_need_trusted_proxies() {
-        let err = resolve(&Args::parse_from([
-            "pop3d",
-            "--listen-proxy",
-            "127.0.0.1:2110",
-        ]))
-        .expect_err("no trusted proxy");
-        assert!(format!("{err:#}").contains("--trusted-proxy"), "{err:#}");
+        let err = refused(&["--listen-proxy", "127.0.0.1:2110"]);
+        assert!(err.contains("--trusted-proxy"), "{err}");
         let s = resolve(&Args::parse_from([
             "pop3d",
             "--listen",
@@ -457,13 +458,11 @@ mod tests {
         }
         // A short secret is refused with its length.
         std::fs::write(dir.join("short.key"), "short").expect("key");
-        let err = resolve(&Args::parse_from([
-            "pop3d",
+        let err = refused(&[
             "--cluster-key-file",
             dir.join("short.key").to_str().expect("utf-8"),
-        ]))
-        .expect_err("short secret");
-        assert!(format!("{err:#}").contains("5 octets"), "{err:#}");
+        ]);
+        assert!(err.contains("5 octets"), "{err}");
         // The endpoint needs the secret.
         let err = resolve(&Args::parse_from([
             "pop3d",

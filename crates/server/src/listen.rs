@@ -138,48 +138,31 @@ mod tests {
             proxy: true,
             ..spec(ListenerKind::Plain)
         };
-        for (spec, without, error) in [
-            (
-                spec(ListenerKind::ImplicitTls),
-                Offers {
-                    certificate: Some(false),
-                    ..all
-                },
-                ListenerError::TlsWithoutCertificate(addr),
-            ),
-            (
-                spec(ListenerKind::Kpop),
-                Offers {
-                    gssapi: false,
-                    ..all
-                },
-                ListenerError::KpopWithoutGssapi(addr),
-            ),
-            (
-                proxied,
-                Offers {
-                    trusted_proxies: false,
-                    ..all
-                },
-                ListenerError::ProxyWithoutTrusted(addr),
-            ),
-            (
-                spec(ListenerKind::AuthHttp),
-                Offers {
-                    cluster: false,
-                    ..all
-                },
-                ListenerError::AuthHttpWithoutCluster(addr),
-            ),
-        ] {
+        // `all` but for the part `take` takes away.
+        let without = |take: fn(&mut Offers)| {
+            let mut offers = all;
+            take(&mut offers);
+            offers
+        };
+        let no_cert = without(|o| o.certificate = Some(false));
+        let no_gssapi = without(|o| o.gssapi = false);
+        let no_proxies = without(|o| o.trusted_proxies = false);
+        let no_cluster = without(|o| o.cluster = false);
+        use {ListenerError as E, ListenerKind as K};
+        // Each kind, the configuration without the part it needs, and the error that gives.
+        type Error = fn(SocketAddr) -> ListenerError;
+        let rules: [(ListenSpec, Offers, Error); 4] = [
+            (spec(K::ImplicitTls), no_cert, E::TlsWithoutCertificate),
+            (spec(K::Kpop), no_gssapi, E::KpopWithoutGssapi),
+            (proxied, no_proxies, E::ProxyWithoutTrusted),
+            (spec(K::AuthHttp), no_cluster, E::AuthHttpWithoutCluster),
+        ];
+        for (spec, without, error) in rules {
             assert_eq!(spec.check(&all), Ok(()));
-            assert_eq!(spec.check(&without), Err(error));
+            assert_eq!(spec.check(&without), Err(error(addr)));
         }
         // Not known yet: left to `run`.
-        let unknown = Offers {
-            certificate: None,
-            ..all
-        };
-        assert_eq!(spec(ListenerKind::ImplicitTls).check(&unknown), Ok(()));
+        let unknown = without(|o| o.certificate = None);
+        assert_eq!(spec(K::ImplicitTls).check(&unknown), Ok(()));
     }
 }

@@ -122,10 +122,7 @@ impl Penalties {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("ip")
-    }
+    use crate::proxy::tests::ip;
 
     #[test]
     fn curve_grows_to_the_cap_and_repeats_do_not_count() {
@@ -133,36 +130,22 @@ mod tests {
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         let fp = |s: &str| Some(p.fingerprint(s.as_bytes()));
-        assert_eq!(
-            p.failure(a, Some("alice"), fp("one"), t0),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            p.failure(a, Some("alice"), fp("two"), t0),
-            Duration::from_secs(4)
-        );
-        // The same wrong password again: no increase.
-        assert_eq!(
-            p.failure(a, Some("alice"), fp("two"), t0),
-            Duration::from_secs(4)
-        );
-        assert_eq!(
-            p.failure(a, Some("alice"), fp("three"), t0),
-            Duration::from_secs(8)
-        );
-        assert_eq!(
-            p.failure(a, Some("alice"), fp("four"), t0),
-            Duration::from_secs(15)
-        );
-        assert_eq!(
-            p.failure(a, Some("alice"), fp("five"), t0),
-            Duration::from_secs(15)
-        );
-        // Another client trying the same account is penalised through the account.
-        assert_eq!(
-            p.failure(ip("198.51.100.7"), Some("alice"), fp("six"), t0),
-            Duration::from_secs(15)
-        );
+        // (client, wrong password, delay in seconds) for the account alice.
+        let failures = [
+            (a, "one", 2),
+            (a, "two", 4),
+            // The same wrong password again: no increase.
+            (a, "two", 4),
+            (a, "three", 8),
+            (a, "four", 15),
+            (a, "five", 15),
+            // Another client trying the same account is penalised through the account.
+            (ip("198.51.100.7"), "six", 15),
+        ];
+        for (client, password, secs) in failures {
+            let delay = p.failure(client, Some("alice"), fp(password), t0);
+            assert_eq!(delay, Duration::from_secs(secs), "{client} {password}");
+        }
         // IPv6 neighbours in one /64 share a record.
         let v6a = ip("2001:db8::1");
         let v6b = ip("2001:db8::2");

@@ -183,13 +183,14 @@ pub(crate) async fn read_header(stream: &mut TcpStream) -> Result<ProxyHeader, H
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
-    fn ip(s: &str) -> IpAddr {
+    /// An address written in the test (for this module's tests and `penalty`'s).
+    pub(crate) fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
     }
 

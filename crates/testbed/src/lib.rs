@@ -24,6 +24,72 @@ pub use client::Client;
 pub use notify::{parse_status, NotifySocket, Ready};
 pub use pop3d::{signal, Log, Pop3d};
 
+/// The first lines of a private Dovecot's configuration: its run, state and log files under
+/// `dir`, the instance name `instance` (so that several can run side by side), POP3 only, on
+/// 127.0.0.1.
+pub fn dovecot_instance(dir: &Path, instance: &str) -> String {
+    let d = dir.display();
+    format!(
+        "base_dir = {d}/run\nstate_dir = {d}/state\ninstance_name = {instance}\n\
+         log_path = {d}/dovecot.log\nprotocols = pop3\nlisten = 127.0.0.1\n"
+    )
+}
+
+/// Runs `cmd` with stdin from /dev/null to its end; its output when it exits 0, otherwise an
+/// error naming `what` with the exit status and what the program said.
+pub fn run_checked(
+    cmd: &mut std::process::Command,
+    what: &str,
+) -> Result<std::process::Output, String> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if out.status.success() {
+        return Ok(out);
+    }
+    Err(format!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// mpop against `host:port` without a user configuration (`-C /dev/null`) and with a 20 s
+/// timeout, logging in with the method `auth` as `user`; the caller adds TLS, delivery and the
+/// rest.
+pub fn mpop(host: &str, port: u16, auth: &str, user: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("mpop");
+    cmd.args(["-C", "/dev/null", "--timeout=20"])
+        .arg(format!("--host={host}"))
+        .arg(format!("--port={port}"))
+        .arg(format!("--auth={auth}"))
+        .arg(format!("--user={user}"));
+    cmd
+}
+
+/// [`mpop`] with `--status-only` and without TLS: logs in (with `password`, when given), says
+/// how many messages there are and quits. Delivers nothing.
+pub fn mpop_status(
+    host: &str,
+    port: u16,
+    auth: &str,
+    user: &str,
+    password: Option<&str>,
+) -> std::process::Command {
+    let mut cmd = mpop(host, port, auth, user);
+    cmd.args([
+        "--tls=off",
+        "--status-only",
+        "--delivery=mda,cat >/dev/null",
+    ]);
+    if let Some(password) = password {
+        cmd.arg(format!("--passwordeval=echo '{password}'"));
+    }
+    cmd
+}
+
 /// Longest a single network read or write of the [`Client`] may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 

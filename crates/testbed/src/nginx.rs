@@ -46,19 +46,13 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let printed = Command::new(pop3d)
-        .args(flags)
-        .arg("--print-nginx-config")
-        .arg(listen.to_string())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("pop3d --print-nginx-config: {e}"))?;
-    if !printed.status.success() {
-        return Err(format!(
-            "pop3d --print-nginx-config: {}",
-            String::from_utf8_lossy(&printed.stderr)
-        ));
-    }
+    let printed = crate::run_checked(
+        Command::new(pop3d)
+            .args(flags)
+            .arg("--print-nginx-config")
+            .arg(listen.to_string()),
+        "pop3d --print-nginx-config",
+    )?;
     Ok(String::from_utf8_lossy(&printed.stdout).into_owned())
 }
 
@@ -89,19 +83,8 @@ impl Dist {
         }
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for deb in debs {
-            let out = Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(&deb)
-                .arg(dir)
-                .output()
-                .map_err(|e| format!("dpkg-deb: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "dpkg-deb -x {}: {}",
-                    deb.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
+            let what = format!("dpkg-deb -x {}", deb.display());
+            crate::run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir), &what)?;
         }
         let dist = Dist {
             binary: dir.join("usr/sbin/nginx"),

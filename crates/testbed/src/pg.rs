@@ -129,19 +129,7 @@ impl Cluster {
     }
 
     fn checked(&self, cmd: &mut Command, what: &str) -> Result<(), String> {
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{what}: cannot start: {e}"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        Err(format!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        crate::run_checked(cmd, what).map(drop)
     }
 
     /// Starts the server. `fsync=off` for speed: the page cache outlives the server, only a
@@ -213,19 +201,13 @@ rm -rf "$3""#
 
     /// Runs `sql` in database `db` with psql and returns its unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new(self.bindir.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", db, "-X", "-q", "-A", "-t"])
-            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("psql: cannot start: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "psql {sql:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        let out = crate::run_checked(
+            Command::new(self.bindir.join("psql"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-d", db, "-X", "-q", "-A", "-t"])
+                .args(["-v", "ON_ERROR_STOP=1", "-c", sql]),
+            &format!("psql {sql:?}"),
+        )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 

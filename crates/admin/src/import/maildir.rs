@@ -173,17 +173,28 @@ mod tests {
     use super::*;
     use testbed::TempDir;
 
-    fn names(entries: &[MaildirEntry]) -> Vec<String> {
-        entries
+    /// The messages of the maildir at `dir`, as `subdir/file name`, in import order.
+    fn listed(dir: &Path) -> Vec<String> {
+        list(dir)
+            .expect("list")
             .iter()
             .map(|e| format!("{}/{}", e.subdir, e.file_name.to_string_lossy()))
             .collect()
     }
 
+    /// The import order of a maildir holding `files` (and a subfolder, `cur/subfolder`).
+    fn import_order(files: &[&str]) -> Vec<String> {
+        let dir = TempDir::new("maildir");
+        for name in files {
+            dir.write(name, "Subject: x\n\nbody\n");
+        }
+        std::fs::create_dir_all(dir.path().join("cur/subfolder")).expect("mkdir");
+        listed(dir.path())
+    }
+
     #[test]
     fn ordered_by_delivery_time_then_name() {
-        let dir = TempDir::new("maildir");
-        for name in [
+        let files = [
             "cur/1700000300.M1P1.host:2,S",
             "new/1700000100.M9P9.host",
             "cur/1700000200.M2P2.host:2,",
@@ -194,42 +205,27 @@ mod tests {
             "new/.hidden",
             "cur/.dovecot-index",
             "tmp/1.M1P1.host",
-        ] {
-            dir.write(name, "Subject: x\n\nbody\n");
-        }
-        std::fs::create_dir_all(dir.path().join("cur/subfolder")).expect("mkdir");
-        let got = names(&list(dir.path()).expect("list"));
-        assert_eq!(
-            got,
-            [
-                "cur/99.M1P1.host:2,S",
-                "new/1700000100.M9P9.host",
-                "new/1700000200.M1P1.host",
-                "cur/1700000200.M2P2.host:2,",
-                "cur/1700000300.M1P1.host:2,S",
-                "cur/alpha:2,S",
-                "new/zebra",
-            ]
-            .map(str::to_owned)
-        );
+        ];
+        let want = [
+            "cur/99.M1P1.host:2,S",
+            "new/1700000100.M9P9.host",
+            "new/1700000200.M1P1.host",
+            "cur/1700000200.M2P2.host:2,",
+            "cur/1700000300.M1P1.host:2,S",
+            "cur/alpha:2,S",
+            "new/zebra",
+        ];
+        assert_eq!(import_order(&files), want);
     }
 
     #[test]
     fn same_time_ties_by_file_name() {
-        let dir = TempDir::new("maildir");
-        dir.write("new/1700000000.b.host", "S: b\n\n");
-        dir.write("cur/1700000000.a.host:2,S", "S: a\n\n");
-        dir.write("cur/1700000000.c.host:2,S", "S: c\n\n");
-        let got = names(&list(dir.path()).expect("list"));
-        assert_eq!(
-            got,
-            [
-                "cur/1700000000.a.host:2,S",
-                "new/1700000000.b.host",
-                "cur/1700000000.c.host:2,S",
-            ]
-            .map(str::to_owned)
+        let (a, b, c) = (
+            "cur/1700000000.a.host:2,S",
+            "new/1700000000.b.host",
+            "cur/1700000000.c.host:2,S",
         );
+        assert_eq!(import_order(&[b, a, c]), [a, b, c]);
     }
 
     #[test]

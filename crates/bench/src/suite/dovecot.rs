@@ -177,11 +177,7 @@ struct Conf<'a> {
 
 impl Conf<'_> {
     fn text(&self) -> String {
-        let (d, m, p) = (
-            self.dir.display(),
-            self.mail.display(),
-            self.passwd.display(),
-        );
+        let (m, p) = (self.mail.display(), self.passwd.display());
         let (uid, gid) = (&self.ids.uid, &self.ids.gid);
         let plain = self.plain;
         let tls = self.tls;
@@ -196,13 +192,7 @@ impl Conf<'_> {
 # idle-connection scenario.
 default_client_limit = 13000
 default_vsz_limit = 1G
-base_dir = {d}/run
-state_dir = {d}/state
-instance_name = pop3-bench-{plain}
-log_path = {d}/dovecot.log
-protocols = pop3
-listen = 127.0.0.1
-default_internal_user = {internal}
+{instance}default_internal_user = {internal}
 default_login_user = {login}
 first_valid_uid = {uid}
 first_valid_gid = {gid}
@@ -240,6 +230,7 @@ service pop3 {{
   process_limit = {pop3_processes}
 }}
 ",
+            instance = testbed::dovecot_instance(self.dir, &format!("pop3-bench-{plain}")),
             pop3_processes = self.idle_sessions + 200,
             internal = self.ids.internal_user,
             login = self.ids.login_user,

@@ -250,20 +250,7 @@ fn homes_until(
 
 /// mpop (GNU SASL) through nginx: log in with `auth`, STAT, QUIT.
 fn mpop(addr: SocketAddr, auth: &str, user: &str, pass: &str) -> Result<String, String> {
-    let out = Command::new("mpop")
-        .args([
-            "-C",
-            "/dev/null",
-            "--host=127.0.0.1",
-            "--tls=off",
-            "--timeout=20",
-        ])
-        .arg(format!("--port={}", addr.port()))
-        .arg(format!("--auth={auth}"))
-        .arg(format!("--user={user}"))
-        .arg(format!("--passwordeval=echo '{pass}'"))
-        .arg("--delivery=mda,cat >/dev/null")
-        .arg("--status-only")
+    let out = testbed::mpop_status("127.0.0.1", addr.port(), auth, user, Some(pass))
         .output()
         .map_err(|e| format!("running mpop: {e}"))?;
     let text = format!(
