@@ -13,13 +13,21 @@ use socket2::{Domain, Socket, Type};
 const PROXY_IP: &str = "127.0.0.2";
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The address of the proxied listener, as pop3d logged it.
+/// The address of the proxied listener, as pop3d logged it. pop3d is ready (its READY=1)
+/// once it logged its listeners, but the log is read by another thread: wait for the line.
 fn proxied_addr(server: &Server) -> SocketAddr {
-    let log = server.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("listening for proxied connections"))
-        .unwrap_or_else(|| panic!("no proxied listener logged: {log}"));
+    let line = e2e::eventually(
+        "no proxied listener logged",
+        READ_TIMEOUT,
+        Duration::from_millis(10),
+        || {
+            server
+                .log()
+                .lines()
+                .find(|l| l.contains("listening for proxied connections"))
+                .map(str::to_owned)
+        },
+    );
     let start = line.find("addr=").expect("addr field") + 5;
     let rest = &line[start..];
     let end = rest.find(char::is_whitespace).unwrap_or(rest.len());

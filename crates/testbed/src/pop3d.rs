@@ -127,6 +127,13 @@ impl Pop3d {
         server.addr = find(false).or(server.tls_addr).unwrap_or(server.addr);
         server.listeners = ready.listeners;
         server.ready = ready.message;
+        // pop3d logs "ready" just before it sends READY=1, but the log is read by another
+        // thread (or flushed to a file): give it a moment, so a test reading the startup lines
+        // finds them. Bounded; a log filter that hides the line only costs the wait.
+        let logged = Instant::now() + Duration::from_secs(2);
+        while !server.log().contains(" ready") && Instant::now() < logged {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Ok(server)
     }
 

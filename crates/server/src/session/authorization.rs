@@ -251,7 +251,7 @@ impl Session {
     ) -> Next {
         let offered = self.mechanisms();
         let Some(name) = mechanism else {
-            if let Some(close) = self.count_before_login() {
+            if let Some(close) = self.count_before_login(super::Listing::Mechanisms) {
                 return close;
             }
             self.ok(Text::MechanismsFollow);

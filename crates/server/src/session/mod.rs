@@ -115,6 +115,25 @@ struct Session {
     /// The greeting's timestamp, when APOP is offered (RFC 1939 section 7).
     apop_timestamp: Option<String>,
     tally: Tally,
+    /// Output-only listings already given before login on this connection (free once each,
+    /// and once more after STLS; a repeat counts towards [`MAX_BAD_COMMANDS`]).
+    listed: Listed,
+}
+
+/// Which output-only listings a client has had before login.
+#[derive(Debug, Default, Clone, Copy)]
+struct Listed {
+    capa: bool,
+    lang: bool,
+    mechanisms: bool,
+}
+
+/// An output-only command before login: which listing it is.
+#[derive(Debug, Clone, Copy)]
+enum Listing {
+    Capa,
+    Lang,
+    Mechanisms,
 }
 
 /// Serves one connection until QUIT, a drop, the idle timeout or shutdown.
@@ -142,6 +161,7 @@ pub(crate) async fn serve<S: Stream>(
         utf8: false,
         apop_timestamp: None,
         tally: Tally::default(),
+        listed: Listed::default(),
     };
     let mut driver = Driver {
         conn,
@@ -413,12 +433,15 @@ impl Session {
     /// One command line, in whatever state the session is.
     async fn handle(&mut self, cmd: Command) -> Next {
         debug!(command = %cmd.keyword(), "command");
-        // Valid in every state. Before login they only produce output, so they are counted
-        // like refused commands: a client may not loop on them to hold its slot.
-        if matches!(cmd, Command::Capa | Command::Lang(_)) {
-            if let Some(close) = self.count_before_login() {
-                return close;
-            }
+        // Valid in every state. Before login they only produce output, so a repeat is
+        // counted like a refused command: a client may not loop on them to hold its slot.
+        let listing = match cmd {
+            Command::Capa => Some(Listing::Capa),
+            Command::Lang(_) => Some(Listing::Lang),
+            _ => None,
+        };
+        if let Some(close) = listing.and_then(|l| self.count_before_login(l)) {
+            return close;
         }
         match cmd {
             Command::Capa => {
@@ -452,6 +475,7 @@ impl Session {
         self.state = State::Authorization(Auth::Idle);
         self.utf8 = false;
         self.lang = lang::default_language();
+        self.listed = Listed::default();
     }
 
     fn ok(&mut self, text: Text) {
@@ -502,12 +526,21 @@ impl Session {
     }
 
     /// [`Session::count_bad`] for a command that only produces output (CAPA, LANG, AUTH's
-    /// mechanism list, an unknown mechanism), counted only before login.
-    fn count_before_login(&mut self) -> Option<Next> {
-        match self.state {
-            State::Authorization(_) => self.count_bad(),
-            State::Transaction(_) => None,
+    /// mechanism list): before login, the first of each kind is free (a client asks CAPA once,
+    /// and again after STLS), a repeat counts; after login nothing counts.
+    fn count_before_login(&mut self, listing: Listing) -> Option<Next> {
+        if matches!(self.state, State::Transaction(_)) {
+            return None;
         }
+        let seen = match listing {
+            Listing::Capa => &mut self.listed.capa,
+            Listing::Lang => &mut self.listed.lang,
+            Listing::Mechanisms => &mut self.listed.mechanisms,
+        };
+        if !std::mem::replace(seen, true) {
+            return None;
+        }
+        self.count_bad()
     }
 
     fn wrong_state(&mut self, text: Text) -> Next {
