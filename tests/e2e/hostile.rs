@@ -43,6 +43,25 @@ fn served_promptly(f: &Fixture, user: &str) -> Duration {
     took
 }
 
+/// A real session of alice's as soon as a connection slot is free (within 10 s); how long
+/// the session itself took.
+fn served_when_a_slot_frees(f: &Fixture) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let start = Instant::now();
+        let mut c = Client::connect(f.server.addr);
+        if c.greeting.starts_with("+OK") {
+            c.ok("USER alice");
+            c.ok(&format!("PASS {PW}"));
+            c.ok("STAT");
+            c.ok("QUIT");
+            return start.elapsed();
+        }
+        assert!(Instant::now() < deadline, "no slot freed: {}", c.greeting);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Reads until EOF or a reset, giving up after `limit`; returns what was read and whether the
 /// connection ended.
 fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
@@ -467,20 +486,7 @@ fn a_connection_flood_meets_both_caps_and_memory_returns() {
     assert!(c.greeting.starts_with("-ERR [SYS/TEMP] "), "{}", c.greeting);
     // Freed slots serve real sessions again.
     assert_eq!(h.say("release 50"), "released");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let took = loop {
-        let start = Instant::now();
-        let mut c = Client::connect(f.server.addr);
-        if c.greeting.starts_with("+OK") {
-            c.ok("USER alice");
-            c.ok(&format!("PASS {PW}"));
-            c.ok("STAT");
-            c.ok("QUIT");
-            break start.elapsed();
-        }
-        assert!(Instant::now() < deadline, "no slot freed: {}", c.greeting);
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let took = served_when_a_slot_frees(&f);
     assert!(
         took < Duration::from_secs(10),
         "a real session took {took:?}"
@@ -506,6 +512,68 @@ fn a_connection_flood_meets_both_caps_and_memory_returns() {
         "RSS {after} KiB after the flood, {baseline} KiB before"
     );
     served_promptly(&f, "alice");
+}
+
+/// A TLS ClientHello as Python's ssl module sends it first.
+fn client_hello() -> Vec<u8> {
+    let script = "import ssl, sys\n\
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+        ctx.check_hostname = False\n\
+        ctx.verify_mode = ssl.CERT_NONE\n\
+        out = ssl.MemoryBIO()\n\
+        tls = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname='localhost')\n\
+        try:\n    tls.do_handshake()\nexcept ssl.SSLWantReadError:\n    pass\n\
+        sys.stdout.write(out.read().hex())\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3");
+    let hex = String::from_utf8(out.stdout).expect("hex");
+    assert!(hex.starts_with("16"), "not a TLS handshake record: {hex:?}");
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[test]
+fn a_flood_over_the_cap_on_pop3s_is_closed_without_handshakes() {
+    // Refusals cost no signature: on an implicit-TLS listener a connection over the cap is
+    // closed at once, before any TLS byte, however many come; the server stays responsive.
+    if !e2e::client_available("python3", "--version") {
+        return;
+    }
+    let f = fixture("tlsflood", &["--max-connections", "20"]);
+    let tls = f.server.tls_addr.expect("a POP3S listener");
+    let hello = client_hello();
+    let mut h = FloodHelper::start(f.server.addr.port());
+    assert_eq!(h.open("127.0.0.2", 20), (20, 0, 0), "the global cap filled");
+    let start = Instant::now();
+    let flood: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(tls).expect("connect");
+            // Closed at accept, the write may be refused: what comes back is what counts.
+            let _ = s.write_all(&hello);
+            s
+        })
+        .collect();
+    for mut s in flood {
+        let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5));
+        assert!(
+            got.is_empty(),
+            "{} TLS octets sent to a refused connection",
+            got.len()
+        );
+        assert!(closed, "a refused POP3S connection was left open");
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "300 refusals took {took:?}");
+    // Meanwhile the cleartext port still says why, at once.
+    let c = Client::connect(f.server.addr);
+    assert!(c.greeting.starts_with("-ERR [SYS/TEMP] "), "{}", c.greeting);
+    assert!(f.server.log().contains("closed unanswered"));
+    assert_eq!(h.say("quit"), "closed");
+    served_when_a_slot_frees(&f);
 }
 
 #[test]
@@ -538,17 +606,6 @@ fn ten_thousand_connections_are_capped_and_cost_little_each() {
         "{per_connection} bytes per idle connection"
     );
     assert_eq!(h.say("release 100"), "released");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut c = Client::connect(f.server.addr);
-        if c.greeting.starts_with("+OK") {
-            c.ok("USER alice");
-            c.ok(&format!("PASS {PW}"));
-            c.ok("QUIT");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no slot freed: {}", c.greeting);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    served_when_a_slot_frees(&f);
     assert_eq!(h.say("quit"), "closed");
 }

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 use crate::capa;
 use crate::conn::{Conn, Stream};
 use crate::lang::{self, Language, Text};
+use crate::limits::ClientSlot;
 use crate::reply::{self, ErrReply, SessionError};
 use crate::topcut::TopCut;
 use crate::{Cleartext, ListenerInfo, ListenerKind, Shared};
@@ -115,6 +116,10 @@ struct Session {
     /// The greeting's timestamp, when APOP is offered (RFC 1939 section 7).
     apop_timestamp: Option<String>,
     tally: Tally,
+    /// This connection's place under `max_connections_per_ip`, held until login: only
+    /// connections still logging in count there (a NAT's logged-in users, one per account
+    /// by the maildrop lock, count against the global cap alone).
+    client_slot: Option<ClientSlot>,
 }
 
 /// Serves one connection until QUIT, a drop, the idle timeout or shutdown.
@@ -125,6 +130,7 @@ pub(crate) async fn serve<S: Stream>(
     id: u64,
     listener: ListenerInfo,
     shared: Arc<Shared>,
+    client_slot: Option<ClientSlot>,
 ) {
     debug!("connected");
     let login_deadline = Instant::now() + shared.config.login_timeout;
@@ -142,6 +148,7 @@ pub(crate) async fn serve<S: Stream>(
         utf8: false,
         apop_timestamp: None,
         tally: Tally::default(),
+        client_slot,
     };
     let mut driver = Driver {
         conn,
