@@ -352,11 +352,17 @@ pub async fn run(
         let addr = l.check(&config, tls.is_some())?;
         let kind = l.kind.name(tls.is_some());
         listening.push_str(&format!(" {kind}={addr}"));
-        match &l.proxy {
-            Some(trusted) => {
+        match (&l.proxy, &config.cluster) {
+            // The endpoint's own policy, not the listener's (which it does not use).
+            (_, Some(c)) if l.kind == ListenerKind::AuthHttp => {
+                info!(%addr, kind, allow = %c.auth_http_allow, cleartext = ?c.auth_http_cleartext, "listening");
+            }
+            (Some(trusted), _) => {
                 info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, trusted = %trusted, "listening for proxied connections");
             }
-            None => info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, "listening"),
+            (None, _) => {
+                info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, "listening")
+            }
         }
     }
     let listener_count = listeners.len();
