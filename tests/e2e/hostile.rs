@@ -514,6 +514,36 @@ fn a_connection_flood_meets_both_caps_and_memory_returns() {
     served_promptly(&f, "alice");
 }
 
+#[test]
+fn users_behind_one_nat_stay_logged_in_past_the_per_address_cap() {
+    // max_connections_per_ip (default 20) counts connections that have not logged in: 21
+    // users behind one address stay logged in, and the next connection from there is still
+    // served; idle connections that never log in are capped as before.
+    let f = fixture("nat", &[]);
+    let users: Vec<String> = (0..21).map(|i| format!("nat{i}")).collect();
+    for u in &users {
+        f.add_user(u, PW);
+    }
+    let mut sessions: Vec<Client> = users.iter().map(|u| f.server.login(u, PW)).collect();
+    let mut c = Client::connect(f.server.addr);
+    assert!(c.greeting.starts_with("+OK"), "{}", c.greeting);
+    c.ok("USER alice");
+    c.ok(&format!("PASS {PW}"));
+    let idle: Vec<Client> = (0..20).map(|_| Client::connect(f.server.addr)).collect();
+    assert!(idle.iter().all(|c| c.greeting.starts_with("+OK")));
+    let over = Client::connect(f.server.addr);
+    assert!(
+        over.greeting.starts_with("-ERR [SYS/TEMP] "),
+        "{}",
+        over.greeting
+    );
+    for s in &mut sessions {
+        s.ok("STAT");
+        s.ok("QUIT");
+    }
+    c.ok("QUIT");
+}
+
 /// A TLS ClientHello as Python's ssl module sends it first.
 fn client_hello() -> Vec<u8> {
     let script = "import ssl, sys\n\
