@@ -169,7 +169,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Connections served at once per client address, IPv6 by /64 [default: 20].
+    /// Connections per client address (IPv6 by /64) that have not logged in yet; logged-in
+    /// sessions count against --max-connections only (users behind a NAT) [default: 20].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
 

@@ -78,7 +78,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Connections served at once; more are answered `-ERR [SYS/TEMP]` and closed.
     pub max_connections: usize,
-    /// Connections served at once per client address (IPv6 counted by /64).
+    /// Connections per client address (IPv6 counted by /64) that have not logged in yet; a
+    /// session leaves this count at its login (logged-in sessions, one per account by the
+    /// maildrop lock, count against `max_connections` only: users behind one NAT).
     pub max_connections_per_ip: usize,
     /// Time a client has from connecting to completing a login; then `-ERR` and close.
     /// This is a login deadline, not RFC 1939's inactivity autologout (which is
