@@ -15,6 +15,8 @@ struct Node {
     auth_http: SocketAddr,
     proxy: SocketAddr,
     key: String,
+    /// What `--print-nginx-config` prints for this node's flags.
+    printed: String,
 }
 
 fn write_secret(dir: &std::path::Path) -> std::path::PathBuf {
@@ -93,6 +95,7 @@ fn node(tag: &str, extra: &[&str]) -> Node {
         auth_http,
         proxy,
         key,
+        printed: text,
     }
 }
 
@@ -123,6 +126,7 @@ fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
+/// A password login as nginx asks about it, the client's link under TLS (`Auth-SSL: on`).
 fn plain<'a>(
     key: &'a str,
     user: &'a str,
@@ -137,6 +141,7 @@ fn plain<'a>(
         ("Auth-Login-Attempt", "1"),
         ("Client-IP", client),
         ("X-Pop3d-Key", key),
+        ("Auth-SSL", "on"),
     ]
 }
 
@@ -283,7 +288,7 @@ fn failures_get_the_penalty_as_auth_wait_and_requests_need_the_key() {
 
 #[test]
 fn cram_md5_through_auth_salt() {
-    let n = node("authhttp-cram", &[]);
+    let n = node("authhttp-cram", &["--legacy-auth"]);
     // nginx sends its own challenge as Auth-Salt and the client's hex digest as Auth-Pass
     // (RFC 2195 section 2). The RFC's own example: tim, tanstaaftanstaaf.
     popadm_ok(
@@ -317,4 +322,130 @@ fn cram_md5_through_auth_salt() {
         header(&h, "auth-status"),
         Some("[AUTH] Authentication failed")
     );
+}
+
+/// What the endpoint sends on a connection that sends `request` (nothing if empty) before
+/// the endpoint closes it, and how long that took.
+fn until_closed(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect auth_http");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    // A connection closed at accept may refuse the write: what counts is what comes back.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (out, start.elapsed())
+}
+
+/// Whether a non-comment line of the printed nginx block says `directive`.
+fn says(printed: &str, directive: &str) -> bool {
+    printed
+        .lines()
+        .map(str::trim)
+        .any(|l| !l.starts_with('#') && l.starts_with(directive))
+}
+
+/// RFC 8314 section 3 and RFC 2595 section 2.2 through nginx: by default a password crosses
+/// only a TLS link (nginx's `Auth-SSL: on`) or a loopback client's, the printed nginx block
+/// says `starttls only`, and APOP and CRAM-MD5 need `--legacy-auth`; the operator's explicit
+/// `--auth-http-cleartext always` lifts the TLS rule on both sides.
+#[test]
+fn rfc8314_passwords_through_nginx_need_tls_and_legacy_methods_need_legacy_auth() {
+    let n = node("authhttp-policy", &[]);
+    assert!(says(&n.printed, "starttls only;"), "{}", n.printed);
+    assert!(says(&n.printed, "ssl_certificate "), "{}", n.printed);
+    let tls = plain(&n.key, "ann@example.org", "tanstaaf", "192.0.2.42");
+    assert_eq!(
+        header(&ask_until_routed(&n, &tls), "auth-status"),
+        Some("OK")
+    );
+    // The same login from a client whose link to nginx is cleartext: refused for good.
+    let cleartext: Vec<_> = tls
+        .iter()
+        .filter(|(k, _)| *k != "Auth-SSL")
+        .copied()
+        .collect();
+    let h = ask(n.auth_http, &cleartext);
+    let status = header(&h, "auth-status").unwrap_or_default();
+    assert!(status.starts_with("[AUTH] Cleartext"), "{h:?}");
+    assert_eq!(header(&h, "auth-wait"), None, "{h:?}");
+    // A loopback client (the default policy, as on the POP3 listeners).
+    let mut local = cleartext.clone();
+    local[5] = ("Client-IP", "127.0.0.1");
+    assert_eq!(header(&ask(n.auth_http, &local), "auth-status"), Some("OK"));
+    // APOP and CRAM-MD5 are not offered without --legacy-auth, and not taken either.
+    for method in ["apop", "cram-md5"] {
+        let mut req = tls.clone();
+        req[0] = ("Auth-Method", method);
+        req.push(("Auth-Salt", "<1896.697170952@postoffice.reston.mci.net>"));
+        let h = ask(n.auth_http, &req);
+        assert_eq!(
+            header(&h, "auth-status"),
+            Some("[AUTH] Unsupported authentication method"),
+            "{method}: {h:?}"
+        );
+    }
+    assert!(!n.printed.contains("apop"), "{}", n.printed);
+
+    let open = node("authhttp-cleartext", &["--auth-http-cleartext", "always"]);
+    assert!(!says(&open.printed, "starttls only;"), "{}", open.printed);
+    let mut cleartext = plain(&open.key, "ann@example.org", "tanstaaf", "192.0.2.42");
+    cleartext.pop();
+    assert_eq!(
+        header(&ask_until_routed(&open, &cleartext), "auth-status"),
+        Some("OK")
+    );
+}
+
+/// The endpoint cannot be starved: a peer outside `--auth-http-allow` is closed at accept,
+/// unanswered; a connection that sends no request is closed after 2 seconds; and beyond
+/// the 256 requests in hand a connection is closed at once instead of waiting in accept.
+#[test]
+fn the_endpoint_serves_allowed_peers_only_and_sheds_load_at_once() {
+    let request = |key: &str| {
+        let mut r = String::from("GET /auth HTTP/1.0\r\nHost: localhost\r\n");
+        for (k, v) in plain(key, "ann@example.org", "tanstaaf", "192.0.2.42") {
+            r.push_str(&format!("{k}: {v}\r\n"));
+        }
+        r.push_str("\r\n");
+        r.into_bytes()
+    };
+    // Loopback is not in this node's allow-list.
+    let other = node("authhttp-allow", &["--auth-http-allow", "192.0.2.1/32"]);
+    let (out, took) = until_closed(other.auth_http, &request(&other.key));
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    assert!(other.server.log().contains("not in auth_http_allow"));
+
+    let n = node("authhttp-shed", &[]);
+    // Silence: closed after the request timeout, not 10 seconds.
+    let (out, took) = until_closed(n.auth_http, b"");
+    assert!(out.is_empty());
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    // 256 silent connections hold every slot: the next is closed at once, unanswered.
+    let held: Vec<TcpStream> = (0..256)
+        .map(|_| TcpStream::connect(n.auth_http).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, took) = until_closed(n.auth_http, &request(&n.key));
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    drop(held);
+    // Once they are gone, requests are answered again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (out, _) = until_closed(n.auth_http, &request(&n.key));
+        if out.starts_with(b"HTTP/1.0 200 OK") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

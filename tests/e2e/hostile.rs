@@ -493,6 +493,98 @@ fn a_connection_flood_meets_both_caps_and_memory_returns() {
 }
 
 #[test]
+fn users_behind_one_nat_stay_logged_in_past_the_per_address_cap() {
+    // max_connections_per_ip (default 20) counts connections that have not logged in: 21
+    // users behind one address stay logged in, and the next connection from there is still
+    // served; idle connections that never log in are capped as before.
+    let f = fixture("nat", &[]);
+    let users: Vec<String> = (0..21).map(|i| format!("nat{i}")).collect();
+    for u in &users {
+        f.add_user(u, PW);
+    }
+    let mut sessions: Vec<Client> = users.iter().map(|u| f.server.login(u, PW)).collect();
+    let mut c = Client::connect(f.server.addr);
+    assert!(c.greeting.starts_with("+OK"), "{}", c.greeting);
+    c.ok("USER alice");
+    c.ok(&format!("PASS {PW}"));
+    let idle: Vec<Client> = (0..20).map(|_| Client::connect(f.server.addr)).collect();
+    assert!(idle.iter().all(|c| c.greeting.starts_with("+OK")));
+    let over = Client::connect(f.server.addr);
+    assert!(
+        over.greeting.starts_with("-ERR [SYS/TEMP] "),
+        "{}",
+        over.greeting
+    );
+    for s in &mut sessions {
+        s.ok("STAT");
+        s.ok("QUIT");
+    }
+    c.ok("QUIT");
+}
+
+/// A TLS ClientHello as Python's ssl module sends it first.
+fn client_hello() -> Vec<u8> {
+    let script = "import ssl, sys\n\
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+        ctx.check_hostname = False\n\
+        ctx.verify_mode = ssl.CERT_NONE\n\
+        out = ssl.MemoryBIO()\n\
+        tls = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname='localhost')\n\
+        try:\n    tls.do_handshake()\nexcept ssl.SSLWantReadError:\n    pass\n\
+        sys.stdout.write(out.read().hex())\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3");
+    let hex = String::from_utf8(out.stdout).expect("hex");
+    assert!(hex.starts_with("16"), "not a TLS handshake record: {hex:?}");
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[test]
+fn a_flood_over_the_cap_on_pop3s_is_closed_without_handshakes() {
+    // Refusals cost no signature: on an implicit-TLS listener a connection over the cap is
+    // closed at once, before any TLS byte, however many come; the server stays responsive.
+    if !e2e::client_available("python3", "--version") {
+        return;
+    }
+    let f = fixture("tlsflood", &["--max-connections", "20"]);
+    let tls = f.server.tls_addr.expect("a POP3S listener");
+    let hello = client_hello();
+    let mut h = FloodHelper::start(f.server.addr.port());
+    assert_eq!(h.open("127.0.0.2", 20), (20, 0, 0), "the global cap filled");
+    let start = Instant::now();
+    let flood: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(tls).expect("connect");
+            // Closed at accept, the write may be refused: what comes back is what counts.
+            let _ = s.write_all(&hello);
+            s
+        })
+        .collect();
+    for mut s in flood {
+        let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5));
+        assert!(
+            got.is_empty(),
+            "{} TLS octets sent to a refused connection",
+            got.len()
+        );
+        assert!(closed, "a refused POP3S connection was left open");
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "300 refusals took {took:?}");
+    // Meanwhile the cleartext port still says why, at once.
+    let c = Client::connect(f.server.addr);
+    assert!(c.greeting.starts_with("-ERR [SYS/TEMP] "), "{}", c.greeting);
+    assert!(f.server.log().contains("closed unanswered"));
+    assert_eq!(h.say("quit"), "closed");
+    session_when_a_slot_is_free(&f);
+}
+
+#[test]
 fn ten_thousand_connections_are_capped_and_cost_little_each() {
     // Issue 6's flood size: 10,000 connections, 5,000 held at the caps. pop3d raises its own
     // descriptor limit; the memory per held connection stays small and a real session is

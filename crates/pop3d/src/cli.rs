@@ -82,6 +82,19 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub auth_http: Option<SocketAddr>,
 
+    /// Address or CIDR network allowed to connect to the auth_http endpoint (nginx's
+    /// addresses); others are closed unanswered. Repeatable; replaces the file's
+    /// auth_http_allow [default: 127.0.0.0/8 and ::1].
+    #[arg(long = "auth-http-allow", value_name = "CIDR")]
+    pub auth_http_allow: Vec<String>,
+
+    /// The auth_http endpoint's cleartext policy, judged on the client's link to nginx:
+    /// never, loopback or always. Unless always, a password login through nginx needs TLS
+    /// (nginx's Auth-SSL) and the printed nginx configuration has `starttls only`
+    /// [default: loopback].
+    #[arg(long, value_name = "POLICY")]
+    pub auth_http_cleartext: Option<String>,
+
     /// The cluster secret (at least 32 random octets, shared by every node and the auth_http
     /// endpoint): signs the login tickets and keys the requests of nginx.
     #[arg(long, value_name = "FILE")]
@@ -156,7 +169,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Connections served at once per client address, IPv6 by /64 [default: 20].
+    /// Connections per client address (IPv6 by /64) that have not logged in yet; logged-in
+    /// sessions count against --max-connections only (users behind a NAT) [default: 20].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use auth::ticket::ClusterKeys;
-use server::ListenerKind;
+use server::{CertFiles, Cleartext, ListenerKind};
 
 use crate::settings::Settings;
 
@@ -44,22 +44,57 @@ pub fn print_nginx_config(settings: &Settings, listen: SocketAddr) -> Result<()>
     else {
         bail!("--print-nginx-config needs the auth_http address (--auth-http)");
     };
+    let tls = settings.daemon.certificates.first();
     print!(
         "{}",
-        nginx_config(config, listen, auth_http.address, &cluster.keys)
+        nginx_config(config, listen, auth_http.address, cluster, tls)
     );
     Ok(())
 }
 
 /// nginx's `mail` block for a cluster: nginx listens on `listen`, asks `auth_http` about
 /// every login, and passes the client on to the node it names, with a PROXY protocol header
-/// and the node's ticket as the password.
+/// and the node's ticket as the password. Passwords need STLS first (`starttls only`, with
+/// `tls`'s certificate, else placeholder paths the operator must fill in) unless the
+/// endpoint's cleartext policy is `always`, as the endpoint itself refuses them.
 pub fn nginx_config(
     config: &server::Config,
     listen: SocketAddr,
     auth_http: SocketAddr,
-    keys: &ClusterKeys,
+    cluster: &server::Cluster,
+    tls: Option<&CertFiles>,
 ) -> String {
+    let keys = &cluster.keys;
+    let starttls = match cluster.auth_http_cleartext {
+        Cleartext::Always => {
+            "        # auth_http_cleartext = \"always\": passwords are taken without TLS.
+        # For STLS / POP3S (RFC 8314) add certificates here:
+        # starttls on;  ssl_certificate ...;  ssl_certificate_key ...;\n"
+                .to_owned()
+        }
+        Cleartext::Never | Cleartext::Loopback => {
+            let (cert, key, note) = match tls {
+                Some(t) => (
+                    t.cert.display().to_string(),
+                    t.key.display().to_string(),
+                    "",
+                ),
+                None => (
+                    "/etc/ssl/pop3d/fullchain.pem".to_owned(),
+                    "/etc/ssl/pop3d/privkey.pem".to_owned(),
+                    "\n        # (pop3d has no certificate configured: put this host's here)",
+                ),
+            };
+            format!(
+                "        # Passwords only under TLS (RFC 8314): STLS before USER/PASS and AUTH, as
+        # pop3d's auth_http_cleartext requires (auth_http_cleartext = \"always\" lifts it).
+        # For POP3S (port 995) add a server with `listen ... ssl;` and the same certificate.{note}
+        starttls only;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};\n"
+            )
+        }
+    };
     let caps: Vec<String> = server::nginx_capabilities(config)
         .iter()
         .map(|c| format!("\"{c}\""))
@@ -98,9 +133,7 @@ mail {{
     server {{
         listen {listen};
         protocol pop3;
-        # For STLS / POP3S (RFC 8314) add certificates here:
-        # starttls on;  ssl_certificate ...;  ssl_certificate_key ...;
-    }}
+{starttls}    }}
 }}\n",
         host = config.hostname,
         header = server::AUTH_HTTP_KEY_HEADER,
@@ -113,19 +146,37 @@ mail {{
 mod tests {
     use super::*;
 
+    fn cluster(cleartext: Cleartext) -> server::Cluster {
+        let keys = ClusterKeys::from_secret(&[7u8; 32]).expect("keys");
+        server::Cluster {
+            auth_http_cleartext: cleartext,
+            ..server::Cluster::new(keys)
+        }
+    }
+
+    fn print(
+        config: &server::Config,
+        cluster: &server::Cluster,
+        tls: Option<&CertFiles>,
+    ) -> String {
+        nginx_config(
+            config,
+            "0.0.0.0:110".parse().expect("address"),
+            "10.0.0.5:8025".parse().expect("address"),
+            cluster,
+            tls,
+        )
+    }
+
     #[test]
     fn the_config_names_the_endpoint_its_key_and_pop3d_capabilities() {
-        let keys = ClusterKeys::from_secret(&[7u8; 32]).expect("keys");
+        let cluster = cluster(Cleartext::Always);
+        let keys = &cluster.keys;
         let config = server::Config {
             hostname: "pop.example.org".into(),
             ..server::Config::default()
         };
-        let text = nginx_config(
-            &config,
-            "0.0.0.0:110".parse().expect("address"),
-            "10.0.0.5:8025".parse().expect("address"),
-            &keys,
-        );
+        let text = print(&config, &cluster, None);
         assert!(text.contains("auth_http 10.0.0.5:8025/auth;"), "{text}");
         assert!(text.contains(&format!("X-Pop3d-Key \"{}\";", keys.endpoint_key())));
         assert!(text.contains("listen 0.0.0.0:110;"));
@@ -137,12 +188,47 @@ mod tests {
             legacy_auth: true,
             ..config
         };
-        let text = nginx_config(
-            &legacy,
-            "0.0.0.0:110".parse().expect("address"),
-            "10.0.0.5:8025".parse().expect("address"),
-            &keys,
-        );
+        let text = print(&legacy, &cluster, None);
         assert!(text.contains("pop3_auth plain apop cram-md5;"));
+    }
+
+    /// RFC 8314 section 3, RFC 2595 section 2.2: unless the endpoint's policy is `always`,
+    /// nginx takes no password before STLS, with pop3d's certificate (or paths to fill in).
+    #[test]
+    fn the_config_requires_tls_before_passwords_unless_told_otherwise() {
+        let config = server::Config::default();
+        let starttls_only = |text: &str| {
+            text.lines()
+                .any(|l| !l.trim_start().starts_with('#') && l.contains("starttls only;"))
+        };
+        for policy in [Cleartext::Loopback, Cleartext::Never] {
+            let text = print(&config, &cluster(policy), None);
+            assert!(starttls_only(&text), "{text}");
+            assert!(
+                text.contains("ssl_certificate /etc/ssl/pop3d/fullchain.pem;"),
+                "{text}"
+            );
+            assert!(text.contains("ssl_certificate_key /etc/ssl/pop3d/privkey.pem;"));
+        }
+        let files = CertFiles {
+            cert: "/etc/pop3d/cert.pem".into(),
+            key: "/etc/pop3d/key.pem".into(),
+        };
+        let text = print(&config, &cluster(Cleartext::Loopback), Some(&files));
+        assert!(starttls_only(&text), "{text}");
+        assert!(
+            text.contains("ssl_certificate /etc/pop3d/cert.pem;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ssl_certificate_key /etc/pop3d/key.pem;"),
+            "{text}"
+        );
+        // The operator's explicit choice: no TLS required, no certificate needed.
+        let text = print(&config, &cluster(Cleartext::Always), Some(&files));
+        assert!(!starttls_only(&text), "{text}");
+        assert!(!text
+            .lines()
+            .any(|l| l.trim_start().starts_with("ssl_certificate")));
     }
 }

@@ -25,6 +25,10 @@ pub struct File {
     pub heartbeat: Option<u64>,
     /// nginx `auth_http` endpoint address.
     pub auth_http: Option<SocketAddr>,
+    /// Peers allowed to connect to the endpoint (addresses or CIDR networks).
+    pub auth_http_allow: Option<Vec<String>>,
+    /// The endpoint's cleartext policy: `"never"`, `"loopback"` or `"always"`.
+    pub auth_http_cleartext: Option<String>,
     /// The cluster secret shared by the nodes and the endpoint.
     pub cluster_key_file: Option<PathBuf>,
     pub gssapi_keytab: Option<PathBuf>,
@@ -142,6 +146,12 @@ impl File {
             e.resolve()?;
         }
         TrustedProxies::parse(&file.trusted_proxies)?;
+        if let Some(allow) = &file.auth_http_allow {
+            TrustedProxies::parse(allow).context("auth_http_allow")?;
+        }
+        if let Some(policy) = &file.auth_http_cleartext {
+            parse_cleartext(policy).context("auth_http_cleartext")?;
+        }
         Ok(file)
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use server::{CertFiles, Daemon, Gssapi, ListenSpec, ListenerKind, TrustedProxies};
 
 use crate::cli::Args;
@@ -87,6 +87,24 @@ fn layered(args: &Args) -> Result<Settings> {
         Some(path) => Some(server::Cluster::new(cluster::read_keys(&path)?)),
         None => None,
     };
+    let allow = |list: &[String]| {
+        TrustedProxies::parse(list).context("auth_http_allow (--auth-http-allow)")
+    };
+    let allow_flag = (!args.auth_http_allow.is_empty())
+        .then(|| allow(&args.auth_http_allow))
+        .transpose()?;
+    let allow_file = file.auth_http_allow.as_deref().map(allow).transpose()?;
+    let policy =
+        |p: &String| parse_cleartext(p).context("auth_http_cleartext (--auth-http-cleartext)");
+    let cleartext_flag = args.auth_http_cleartext.as_ref().map(policy).transpose()?;
+    let cleartext_file = file.auth_http_cleartext.as_ref().map(policy).transpose()?;
+    if let Some(cluster) = &mut cluster {
+        // The defaults are `Cluster::new`'s (loopback, both).
+        let default = cluster.auth_http_allow.clone();
+        cluster.auth_http_allow = layer(allow_flag, allow_file, default);
+        let default = cluster.auth_http_cleartext;
+        cluster.auth_http_cleartext = layer(cleartext_flag, cleartext_file, default);
+    }
     if let (Some(cluster), Some(node)) = (&mut cluster, &node) {
         // The endpoint judges a node dead after three missed heartbeats of this configuration.
         cluster.node_liveness = node.heartbeat * 3;
@@ -429,12 +447,18 @@ mod tests {
         assert!(resolve(&Args::parse_from(["pop3d", "--trusted-proxy", "10.0.0.1"])).is_ok());
     }
 
-    #[test]
-    fn a_cluster_node_must_advertise_an_ip_address_and_gets_three_heartbeats() {
-        let dir = std::env::temp_dir().join(format!("pop3d-cluster-key-{}", std::process::id()));
+    /// A directory of this test process, `tag`, with a cluster secret in `cluster.key`.
+    fn cluster_key(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pop3d-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let key = dir.join("cluster.key");
         std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("key");
+        (dir, key)
+    }
+
+    #[test]
+    fn a_cluster_node_must_advertise_an_ip_address_and_gets_three_heartbeats() {
+        let (dir, key) = cluster_key("cluster-key");
         let key = key.to_str().expect("utf-8");
         let args = |advertise: &str| {
             Args::parse_from([
@@ -471,6 +495,83 @@ mod tests {
         ]))
         .expect_err("no secret");
         assert!(err.to_string().contains("--cluster-key-file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The auth_http endpoint's allow-list and cleartext policy: loopback by default, the
+    /// file's, else the flags'; an empty list or a bad entry is refused.
+    #[test]
+    fn auth_http_allow_and_cleartext_are_layered_and_checked() {
+        let (dir, key) = cluster_key("authhttp");
+        let config = dir.join("pop3d.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "cluster_key_file = {:?}\nauth_http = \"127.0.0.1:8025\"\n\
+                 auth_http_allow = [\"10.0.0.5\"]\nauth_http_cleartext = \"never\"\n",
+                key.to_str().expect("utf-8")
+            ),
+        )
+        .expect("config");
+        let key = key.to_str().expect("utf-8");
+        let cluster = |extra: &[&str]| {
+            let mut args = vec![
+                "pop3d",
+                "--cluster-key-file",
+                key,
+                "--auth-http",
+                "127.0.0.1:8025",
+            ];
+            args.extend_from_slice(extra);
+            resolve(&Args::parse_from(args)).map(|s| s.daemon.config.cluster.expect("cluster"))
+        };
+        let d = cluster(&[]).expect("defaults");
+        assert_eq!(d.auth_http_allow, TrustedProxies::loopback());
+        assert_eq!(d.auth_http_cleartext, Cleartext::Loopback);
+        let c = cluster(&[
+            "--auth-http-allow",
+            "10.0.0.0/24",
+            "--auth-http-allow",
+            "fd00::1",
+        ])
+        .expect("flags");
+        assert_eq!(c.auth_http_allow.to_string(), "10.0.0.0/24 fd00::1/128");
+        let c = cluster(&["--auth-http-cleartext", "always"]).expect("flag");
+        assert_eq!(c.auth_http_cleartext, Cleartext::Always);
+        let file = resolve(&Args::parse_from([
+            "pop3d",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ]))
+        .expect("file")
+        .daemon
+        .config
+        .cluster
+        .expect("cluster");
+        assert_eq!(file.auth_http_allow.to_string(), "10.0.0.5/32");
+        assert_eq!(file.auth_http_cleartext, Cleartext::Never);
+        let err = cluster(&["--auth-http-allow", "nginx"]).expect_err("not an address");
+        assert!(format!("{err:#}").contains("auth_http_allow"), "{err:#}");
+        let err = cluster(&["--auth-http-cleartext", "sometimes"]).expect_err("no policy");
+        assert!(
+            format!("{err:#}").contains("auth_http_cleartext"),
+            "{err:#}"
+        );
+        std::fs::write(
+            &config,
+            format!("cluster_key_file = {key:?}\nauth_http = \"127.0.0.1:8025\"\nauth_http_allow = []\n"),
+        )
+        .expect("config");
+        let err = resolve(&Args::parse_from([
+            "pop3d",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ]))
+        .expect_err("empty allow-list");
+        assert!(
+            err.to_string().contains("auth_http_allow is empty"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -49,6 +49,18 @@ pub fn validate(settings: &Settings, allow_short_idle_timeout: bool) -> Result<(
     for listener in &daemon.listeners {
         listener.check(&offers)?;
     }
+    let endpoint = daemon
+        .listeners
+        .iter()
+        .any(|l| l.kind == server::ListenerKind::AuthHttp);
+    if let (true, Some(cluster)) = (endpoint, &config.cluster) {
+        if cluster.auth_http_allow.is_empty() {
+            bail!(
+                "auth_http_allow is empty: no peer could use the auth_http endpoint \
+                 (give nginx's addresses, e.g. --auth-http-allow 10.0.0.5)"
+            );
+        }
+    }
     if let Some(node) = &config.node {
         check_node(node, daemon.advertise_given, config.cluster.is_some())?;
     }

@@ -19,7 +19,16 @@
 //! before it answers the client), and none after `max_auth_failures` attempts, so nginx
 //! closes the connection.
 //!
-//! Requests without the endpoint key (derived from the cluster secret) are refused with 403.
+//! The server's own login policy holds here too: a password login (`Auth-Method: plain`) is
+//! refused unless nginx says the client's link is TLS (`Auth-SSL: on`) or the endpoint's
+//! cleartext policy (`Cluster::auth_http_cleartext`, judged on `Client-IP`) allows it, and
+//! `apop` and `cram-md5` are refused unless `legacy_auth` is on ([`policy`]).
+//!
+//! Only peers in `Cluster::auth_http_allow` (default loopback) are served: others are closed
+//! at accept, unread. Requests without the endpoint key (derived from the cluster secret) are
+//! refused with 403. At most [`MAX_CONCURRENT`] requests are served at once, and a connection
+//! beyond them is closed at once (accept never waits); each has [`REQUEST_TIMEOUT`] to send
+//! its request.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -33,15 +42,15 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::verify;
-use crate::Shared;
+use crate::{Cleartext, Shared};
 
 /// The header nginx must send the endpoint key in (`auth_http_header X-Pop3d-Key ...`).
 pub const KEY_HEADER: &str = "X-Pop3d-Key";
 /// Longest request accepted (nginx's are a few hundred octets).
 const MAX_REQUEST: usize = 8 * 1024;
-/// Time nginx has to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests served at once; more wait for a slot.
+/// Time nginx has to send its request (a few hundred octets, written at once).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests served at once; a connection beyond them is closed at once.
 const MAX_CONCURRENT: usize = 256;
 /// How long a read of the node table is reused.
 const NODE_TABLE_TTL: Duration = Duration::from_secs(1);
@@ -254,8 +263,15 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        if !allowed(&shared, peer.ip()) {
+            warn!(%peer, "auth_http: peer not in auth_http_allow; connection closed");
+            drop(stream);
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, "auth_http: {MAX_CONCURRENT} requests in hand; connection closed");
+            drop(stream);
+            continue;
         };
         let (shared, nodes) = (shared.clone(), nodes.clone());
         let span = tracing::info_span!("auth_http", peer = %peer, client = tracing::field::Empty);
@@ -267,6 +283,15 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             .instrument(span),
         );
     }
+}
+
+/// Whether `peer` may use the endpoint (`Cluster::auth_http_allow`).
+fn allowed(shared: &Shared, peer: IpAddr) -> bool {
+    shared
+        .config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.auth_http_allow.contains(peer))
 }
 
 async fn serve(mut stream: TcpStream, shared: &Arc<Shared>, nodes: &NodeTable) {
@@ -311,10 +336,44 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, BadRequest> {
 }
 
 /// The methods nginx may ask about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
     Plain,
     Apop,
     CramMd5,
+}
+
+/// The server's own policy for a login through nginx, as for a direct one: a password
+/// (`plain`) crosses a cleartext link only where `auth_http_cleartext` allows it (RFC 2595
+/// section 2.2, RFC 8314; `tls` is nginx's `Auth-SSL: on`, and `Loopback` is judged on the
+/// client's address), and APOP and CRAM-MD5 need `legacy_auth`. A refusal ends the login
+/// (no `Auth-Wait`: trying again cannot help).
+fn policy(
+    method: Method,
+    tls: bool,
+    client: IpAddr,
+    config: &crate::Config,
+    cluster: &crate::Cluster,
+) -> Result<(), Answer> {
+    let refused = |status: &str| {
+        Err(Answer::Refused {
+            status: status.to_owned(),
+            wait: None,
+        })
+    };
+    match method {
+        Method::Apop | Method::CramMd5 if !config.legacy_auth => {
+            refused("[AUTH] Unsupported authentication method")
+        }
+        Method::Plain if !tls => match cluster.auth_http_cleartext {
+            Cleartext::Always => Ok(()),
+            Cleartext::Loopback if client.to_canonical().is_loopback() => Ok(()),
+            Cleartext::Loopback | Cleartext::Never => {
+                refused("[AUTH] Cleartext login refused; use TLS (STLS or POP3S)")
+            }
+        },
+        _ => Ok(()),
+    }
 }
 
 async fn answer(request: &Request, shared: &Arc<Shared>, nodes: &NodeTable) -> Answer {
@@ -355,6 +414,13 @@ async fn answer(request: &Request, shared: &Arc<Shared>, nodes: &NodeTable) -> A
             return refused("[AUTH] Unsupported authentication method", None);
         }
     };
+    let tls = request
+        .header("Auth-SSL")
+        .is_some_and(|v| v.eq_ignore_ascii_case("on"));
+    if let Err(refusal) = policy(method, tls, client, &shared.config, cluster) {
+        info!(?method, tls, "auth_http: login refused by policy");
+        return refusal;
+    }
     let attempt: u32 = request
         .header("Auth-Login-Attempt")
         .and_then(|a| a.parse().ok())
@@ -495,6 +561,66 @@ mod tests {
             Request::parse(b"GET / HTTP/1.0\r\nno colon\r\n\r\n"),
             Err(BadRequest::Header)
         );
+    }
+
+    /// The endpoint keeps the server's policy: a password only under TLS (nginx's
+    /// `Auth-SSL: on`) unless `auth_http_cleartext` allows it for this client (RFC 2595
+    /// section 2.2, RFC 8314 section 3), APOP and CRAM-MD5 only with `legacy_auth`.
+    #[test]
+    fn the_endpoint_applies_the_cleartext_policy_and_legacy_auth() {
+        let keys = auth::ticket::ClusterKeys::from_secret(&[7u8; 32]).expect("keys");
+        let mut cluster = crate::Cluster::new(keys);
+        let mut config = crate::Config::default();
+        let remote: IpAddr = "192.0.2.42".parse().expect("ip");
+        let local: IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        let ok = |m, tls, ip, config: &crate::Config, cluster: &crate::Cluster| {
+            policy(m, tls, ip, config, cluster).is_ok()
+        };
+        // The default: loopback clients only, without legacy methods.
+        assert_eq!(cluster.auth_http_cleartext, Cleartext::Loopback);
+        assert!(ok(Method::Plain, true, remote, &config, &cluster));
+        assert!(!ok(Method::Plain, false, remote, &config, &cluster));
+        assert!(ok(Method::Plain, false, local, &config, &cluster));
+        for m in [Method::Apop, Method::CramMd5] {
+            assert!(!ok(m, true, remote, &config, &cluster));
+            assert!(!ok(m, false, local, &config, &cluster));
+        }
+        let Err(Answer::Refused { status, wait }) =
+            policy(Method::Plain, false, remote, &config, &cluster)
+        else {
+            panic!("a cleartext password from afar is refused");
+        };
+        assert!(status.starts_with("[AUTH] "), "{status}");
+        assert_eq!(wait, None, "nginx ends the login: a retry cannot help");
+        // never: not even loopback; always: anyone.
+        cluster.auth_http_cleartext = Cleartext::Never;
+        assert!(!ok(Method::Plain, false, local, &config, &cluster));
+        assert!(ok(Method::Plain, true, local, &config, &cluster));
+        cluster.auth_http_cleartext = Cleartext::Always;
+        assert!(ok(Method::Plain, false, remote, &config, &cluster));
+        // legacy_auth on: APOP and CRAM-MD5 (their digests are no cleartext password).
+        config.legacy_auth = true;
+        cluster.auth_http_cleartext = Cleartext::Never;
+        for m in [Method::Apop, Method::CramMd5] {
+            assert!(ok(m, false, remote, &config, &cluster));
+        }
+    }
+
+    /// The default allow-list of the endpoint is loopback, as `auth_http_allow` would parse it.
+    #[test]
+    fn the_endpoint_serves_loopback_by_default() {
+        let keys = auth::ticket::ClusterKeys::from_secret(&[7u8; 32]).expect("keys");
+        let allow = crate::Cluster::new(keys).auth_http_allow;
+        assert_eq!(
+            allow,
+            crate::TrustedProxies::parse(&["127.0.0.0/8", "::1"]).expect("parse")
+        );
+        for ip in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
+            assert!(allow.contains(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["192.0.2.1", "::2", "10.0.0.1"] {
+            assert!(!allow.contains(ip.parse().expect("ip")), "{ip}");
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::time::Duration;
 use store::{Expire, Store};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 pub use activation::{ActivationError, UnknownName};
@@ -59,6 +59,14 @@ pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// RFC 1939 section 3: an inactivity autologout timer, if any, is at least 10 minutes.
 pub const RFC_MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Connections over a cap that are answered `-ERR [SYS/TEMP]` at once, each by a short task
+/// of its own; while this many are being answered, more are closed unanswered, so a flood
+/// of refusals costs a bounded number of tasks.
+pub const MAX_REFUSALS: usize = 64;
+
+/// Longest a refusal waits for the peer to take its `-ERR`.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Server settings. Every default is documented on [`Config::default`].
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -70,7 +78,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Connections served at once; more are answered `-ERR [SYS/TEMP]` and closed.
     pub max_connections: usize,
-    /// Connections served at once per client address (IPv6 counted by /64).
+    /// Connections per client address (IPv6 counted by /64) that have not logged in yet; a
+    /// session leaves this count at its login (logged-in sessions, one per account by the
+    /// maildrop lock, count against `max_connections` only: users behind one NAT).
     pub max_connections_per_ip: usize,
     /// Time a client has from connecting to completing a login; then `-ERR` and close.
     /// This is a login deadline, not RFC 1939's inactivity autologout (which is
@@ -139,16 +149,26 @@ pub struct Cluster {
     pub ticket_ttl: Duration,
     /// A node whose last heartbeat is older than this gets no logins from the endpoint.
     pub node_liveness: Duration,
+    /// Peers that may connect to the `auth_http` endpoint (nginx's addresses); others are
+    /// closed at accept, unanswered.
+    pub auth_http_allow: TrustedProxies,
+    /// The endpoint's cleartext policy, judged on the client's link to nginx: a password
+    /// login (`Auth-Method: plain`) without `Auth-SSL: on` is refused unless it allows it
+    /// (`Loopback`: a client whose `Client-IP` is loopback).
+    pub auth_http_cleartext: Cleartext,
 }
 
 impl Cluster {
     /// Tickets good for 30 seconds; a node is live while its heartbeat is under 15 seconds
-    /// old (three of the default 5-second heartbeats).
+    /// old (three of the default 5-second heartbeats); the endpoint serves loopback peers
+    /// only, and takes passwords without TLS from loopback clients only.
     pub fn new(keys: auth::ticket::ClusterKeys) -> Cluster {
         Cluster {
             keys,
             ticket_ttl: Duration::from_secs(30),
             node_liveness: Duration::from_secs(15),
+            auth_http_allow: TrustedProxies::loopback(),
+            auth_http_cleartext: Cleartext::default(),
         }
     }
 }
@@ -334,17 +354,24 @@ pub async fn run(
         let addr = l.check(&config, tls.is_some())?;
         let kind = l.kind.name(tls.is_some());
         listening.push_str(&format!(" {kind}={addr}"));
-        match &l.proxy {
-            Some(trusted) => {
+        match (&l.proxy, &config.cluster) {
+            // The endpoint's own policy, not the listener's (which it does not use).
+            (_, Some(c)) if l.kind == ListenerKind::AuthHttp => {
+                info!(%addr, kind, allow = %c.auth_http_allow, cleartext = ?c.auth_http_cleartext, "listening");
+            }
+            (Some(trusted), _) => {
                 info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, trusted = %trusted, "listening for proxied connections");
             }
-            None => info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, "listening"),
+            (None, _) => {
+                info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, "listening")
+            }
         }
     }
     let listener_count = listeners.len();
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let max = config.max_connections;
     let max_per_ip = config.max_connections_per_ip;
     let failure_delay = config.auth_failure_delay;
@@ -396,7 +423,12 @@ pub async fn run(
         .into_iter()
         .map(|l| match l.kind {
             ListenerKind::AuthHttp => tokio::spawn(authhttp::accept_loop(l.socket, shared.clone())),
-            _ => tokio::spawn(accept_loop(l, shared.clone(), slots.clone())),
+            _ => tokio::spawn(accept_loop(
+                l,
+                shared.clone(),
+                slots.clone(),
+                refusals.clone(),
+            )),
         })
         .collect();
 
@@ -427,7 +459,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semaphore>) {
+async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+) {
     let info = ListenerInfo {
         kind: listener.kind,
         min_tls: listener.min_tls,
@@ -456,7 +493,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
         let _ = stream.set_nodelay(true);
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse_busy(stream, peer, info, shared.clone()));
+            refuse(stream, peer, info.kind, &refusals);
             continue;
         };
         let tls = info.kind == ListenerKind::ImplicitTls;
@@ -482,7 +519,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
             continue;
         }
         let Some(client_slot) = shared.per_client.try_acquire(peer.ip()) else {
-            tokio::spawn(refuse_busy(stream, peer, info, shared));
+            refuse(stream, peer, info.kind, &refusals);
             continue;
         };
         let span = tracing::info_span!(
@@ -496,9 +533,9 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, slots: Arc<Semapho
         tokio::spawn(
             async move {
                 if let Some(conn) = open(stream, info, &shared).await {
-                    session::serve(conn, peer, peer, id, info, shared).await;
+                    // The session gives the per-client slot back once it logs in.
+                    session::serve(conn, peer, peer, id, info, shared, Some(client_slot)).await;
                 }
-                drop(client_slot);
                 drop(permit);
             }
             .instrument(span),
@@ -545,13 +582,13 @@ async fn serve_proxied(
         "PROXY header"
     );
     let Some(client_slot) = shared.per_client.try_acquire(client.ip()) else {
-        refuse_busy(stream, client, info, shared).await;
+        // Already inside this connection's own task, which holds a global slot.
+        refuse_busy(stream, client, info.kind).await;
         return;
     };
     if let Some(conn) = open(stream, info, &shared).await {
-        session::serve(conn, peer, client, id, info, shared).await;
+        session::serve(conn, peer, client, id, info, shared, Some(client_slot)).await;
     }
-    drop(client_slot);
 }
 
 /// The connection as the session starts it: as it is, or after the TLS handshake of an
@@ -577,9 +614,41 @@ async fn open(stream: TcpStream, info: ListenerInfo, shared: &Shared) -> Option<
     }
 }
 
-/// Answers a connection over the cap and closes it (over TLS on a TLS listener, so the
-/// client can read why).
-async fn refuse_busy(stream: TcpStream, peer: SocketAddr, info: ListenerInfo, shared: Arc<Shared>) {
+/// What becomes of a connection over a cap, decided at accept: answered `-ERR [SYS/TEMP]`
+/// by a short task while fewer than [`MAX_REFUSALS`] are being answered (the permit),
+/// else closed at once unanswered. On an implicit-TLS listener always closed at once: a
+/// handshake costs the server a signature, and a TLS client could not read a cleartext
+/// `-ERR` anyway.
+fn refusal(kind: ListenerKind, refusals: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    if kind == ListenerKind::ImplicitTls {
+        return None;
+    }
+    refusals.clone().try_acquire_owned().ok()
+}
+
+/// Refuses a connection over a cap at accept, as [`refusal`] decides.
+fn refuse(stream: TcpStream, peer: SocketAddr, kind: ListenerKind, refusals: &Arc<Semaphore>) {
+    match refusal(kind, refusals) {
+        Some(permit) => {
+            tokio::spawn(async move {
+                refuse_busy(stream, peer, kind).await;
+                drop(permit);
+            });
+        }
+        None => {
+            warn!(%peer, "connection limit reached; closed unanswered");
+            drop(stream);
+        }
+    }
+}
+
+/// Answers a connection over a cap `-ERR [SYS/TEMP]` and closes it (bounded by
+/// [`REFUSAL_TIMEOUT`]); on an implicit-TLS listener it is closed at once, with no handshake.
+async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind) {
+    if kind == ListenerKind::ImplicitTls {
+        warn!(%peer, "connection limit reached; closed unanswered");
+        return;
+    }
     warn!(%peer, "connection limit reached; refusing");
     let mut out = Vec::new();
     proto::response::write_err(
@@ -588,10 +657,29 @@ async fn refuse_busy(stream: TcpStream, peer: SocketAddr, info: ListenerInfo, sh
         lang::default_language().text(lang::Text::TooManyConnections),
     );
     let refuse = async {
-        if let Some(mut conn) = open(stream, info, &shared).await {
-            let _ = conn.write_all(&out).await;
-            let _ = conn.shutdown().await;
-        }
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), refuse).await;
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Refusals are bounded: at most [`MAX_REFUSALS`] are answered at once, and none on an
+    /// implicit-TLS listener, where a refusal is a close without a handshake.
+    #[test]
+    fn refusals_are_bounded_and_tls_ones_get_no_handshake() {
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+        assert!(refusal(ListenerKind::ImplicitTls, &refusals).is_none());
+        let answered: Vec<_> = (0..MAX_REFUSALS)
+            .map(|_| refusal(ListenerKind::Plain, &refusals).expect("within the budget"))
+            .collect();
+        assert!(refusal(ListenerKind::Plain, &refusals).is_none());
+        assert!(refusal(ListenerKind::Kpop, &refusals).is_none());
+        drop(answered);
+        assert!(refusal(ListenerKind::Kpop, &refusals).is_some());
+        assert!(refusal(ListenerKind::ImplicitTls, &refusals).is_none());
+    }
 }

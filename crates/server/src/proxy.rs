@@ -7,7 +7,7 @@
 //! should be safe"); a listener that expects it never guesses whether it is there (section 2).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use proto::proxy::{self, ProxyError, ProxyHeader, MAX_HEADER};
@@ -47,6 +47,22 @@ impl TrustedProxies {
             .map(|e| e.as_ref().parse::<Net>())
             .collect::<Result<_, _>>()?;
         Ok(TrustedProxies { nets })
+    }
+
+    /// Loopback only: `127.0.0.0/8` and `::1`.
+    pub fn loopback() -> TrustedProxies {
+        TrustedProxies {
+            nets: vec![
+                Net {
+                    addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+                    prefix: 8,
+                },
+                Net {
+                    addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    prefix: 128,
+                },
+            ],
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -21,7 +21,9 @@ const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// The flags of a pop3d node behind nginx: its proxied listener `proxied` (the PROXY header
 /// first, trusting loopback: nginx's address here), which it advertises in the node table,
-/// the cluster secret in `key_file`, and a heartbeat every `heartbeat` seconds.
+/// the cluster secret in `key_file`, and a heartbeat every `heartbeat` seconds. The test
+/// bed's clients log in without TLS through nginx, so the endpoint's cleartext policy is
+/// `always` (an explicit opt-out: the printed nginx block then has no `starttls only`).
 pub fn node_flags(proxied: SocketAddr, key_file: &Path, heartbeat: u64) -> Vec<String> {
     [
         "--listen-proxy",
@@ -34,6 +36,8 @@ pub fn node_flags(proxied: SocketAddr, key_file: &Path, heartbeat: u64) -> Vec<S
         &key_file.display().to_string(),
         "--heartbeat",
         &heartbeat.to_string(),
+        "--auth-http-cleartext",
+        "always",
     ]
     .map(str::to_owned)
     .to_vec()

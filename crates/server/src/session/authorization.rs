@@ -457,6 +457,8 @@ impl Session {
                 info!(messages = count, octets, "logged in");
                 self.ok_with(Text::LoggedIn, &[&count, &octets]);
                 self.state = State::Transaction(t);
+                // Logged in: no longer counted under max_connections_per_ip.
+                self.client_slot = None;
             }
             Opened::TooSoon { retry_after } => {
                 info!(reason = ?Text::LoginDelay, "login refused");

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 use crate::capa;
 use crate::conn::{Conn, Stream};
 use crate::lang::{self, Language, Text};
+use crate::limits::ClientSlot;
 use crate::reply::{self, ErrReply, SessionError};
 use crate::topcut::TopCut;
 use crate::{Cleartext, ListenerInfo, ListenerKind, Shared};
@@ -115,6 +116,10 @@ struct Session {
     /// The greeting's timestamp, when APOP is offered (RFC 1939 section 7).
     apop_timestamp: Option<String>,
     tally: Tally,
+    /// This connection's place under `max_connections_per_ip`, held until login: only
+    /// connections still logging in count there (a NAT's logged-in users, one per account
+    /// by the maildrop lock, count against the global cap alone).
+    client_slot: Option<ClientSlot>,
     /// Output-only listings already given before login on this connection (free once each,
     /// and once more after STLS; a repeat counts towards [`MAX_BAD_COMMANDS`]).
     listed: Listed,
@@ -144,6 +149,7 @@ pub(crate) async fn serve<S: Stream>(
     id: u64,
     listener: ListenerInfo,
     shared: Arc<Shared>,
+    client_slot: Option<ClientSlot>,
 ) {
     debug!("connected");
     let login_deadline = Instant::now() + shared.config.login_timeout;
@@ -162,6 +168,7 @@ pub(crate) async fn serve<S: Stream>(
         apop_timestamp: None,
         tally: Tally::default(),
         listed: Listed::default(),
+        client_slot,
     };
     let mut driver = Driver {
         conn,

@@ -151,7 +151,9 @@ fn password(i: usize) -> String {
     format!("password of user {i}")
 }
 
-/// A node's cluster flags ([`testbed::nginx::node_flags`]), APOP and CRAM-MD5 on.
+/// A node's cluster flags ([`testbed::nginx::node_flags`], whose `--auth-http-cleartext
+/// always` lets this test's clients log in through nginx without STLS), APOP and CRAM-MD5
+/// on (`--legacy-auth`: the endpoint refuses them otherwise).
 fn cluster_flags(secret: &std::path::Path, proxied: SocketAddr) -> Vec<String> {
     let mut flags = testbed::nginx::node_flags(proxied, secret, HEARTBEAT);
     flags.push("--legacy-auth".into());

@@ -276,3 +276,40 @@ async fn rfc1939_s4_quit_after_user_closes() {
     c.closed().await;
     f.untouched();
 }
+
+/// `max_connections_per_ip` counts only connections that have not logged in: 21 users behind
+/// one address (a NAT) stay logged in at once, and a new connection from that address still
+/// gets its slot; connections still logging in are capped as before.
+#[tokio::test]
+async fn logged_in_sessions_leave_the_per_address_cap() {
+    let f = Fixture::new();
+    let cap = f.shared.config.max_connections_per_ip;
+    assert_eq!(cap, 20, "the default");
+    let ip = LOOPBACK.parse::<SocketAddr>().expect("address").ip();
+    let hash = auth::hash_password_with(PASSWORD.as_bytes(), CHEAP).expect("hash");
+    let mut sessions = Vec::new();
+    for i in 0..=cap {
+        let user = format!("nat{i}");
+        f.store
+            .create_account(&name(&user), &hash)
+            .expect("account");
+        let mut c = f.connect().await;
+        assert_eq!(c.cmd(&format!("USER {user}")).await, ok(Text::SendPass));
+        assert_eq!(c.cmd("PASS right").await, logged_in(0, 0));
+        sessions.push(c);
+    }
+    // Every one of them logged in: the address has its whole allowance free.
+    let waiting: Vec<_> = (0..cap)
+        .map(|_| f.shared.per_client.try_acquire(ip).expect("a free slot"))
+        .collect();
+    assert!(
+        f.shared.per_client.try_acquire(ip).is_none(),
+        "still capped"
+    );
+    drop(waiting);
+    let mut c = f.connect().await;
+    c.login().await;
+    for mut s in sessions {
+        assert!(s.cmd("QUIT").await.starts_with("+OK"));
+    }
+}

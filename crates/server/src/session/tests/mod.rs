@@ -167,7 +167,16 @@ impl Fixture {
         let peer: SocketAddr = peer.parse().expect("address");
         let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
-        let session = tokio::spawn(serve(Conn::Plain(far), peer, peer, id, listener, shared));
+        let slot = self.shared.per_client.try_acquire(peer.ip());
+        let session = tokio::spawn(serve(
+            Conn::Plain(far),
+            peer,
+            peer,
+            id,
+            listener,
+            shared,
+            slot,
+        ));
         let mut c = Client {
             io: BufReader::new(Box::new(near)),
             session,
@@ -191,7 +200,7 @@ impl Fixture {
         let session = tokio::spawn(async move {
             let stream = tls.acceptor(TlsVersion::Tls12).accept(far).await;
             let conn = Conn::Tls(Box::new(stream.expect("server handshake")));
-            serve(conn, peer, peer, 1, listener, shared).await;
+            serve(conn, peer, peer, 1, listener, shared, None).await;
         });
         let mut c = Client {
             io: BufReader::new(Box::new(tokio::io::duplex(1).0)),
