@@ -57,7 +57,8 @@ impl MaildirUids {
             UidlPolicy::Xuidl | UidlPolicy::None => None,
             UidlPolicy::Auto if !uidlist.exists() => None,
             UidlPolicy::Auto | UidlPolicy::Dovecot => {
-                let text = std::fs::read_to_string(&uidlist)
+                // Owned by the mailbox owner like the messages: not followed if a link.
+                let text = super::maildir::read_regular(&uidlist)
                     .with_context(|| format!("reading {}", uidlist.display()))?;
                 let list = UidList::parse(&text)
                     .with_context(|| format!("reading {}", uidlist.display()))?;
