@@ -245,13 +245,27 @@ fn imports_are_byte_exact_and_all_or_nothing() {
     assert_eq!(c.ok("UIDL 1"), "+OK 1 legacy-uid-1");
     c.ok("QUIT");
 
-    // A failing import stores nothing: the second message repeats an existing UID.
-    let bad = b"From x Thu Nov 26 10:00:00 2026\nSubject: fine\n\nok\n\nFrom y Thu Nov 26 10:00:00 2026\nX-UIDL: legacy-uid-1\n\ndup\n";
+    // A failing import stores nothing: the second message is empty.
+    let bad = b"From x Thu Nov 26 10:00:00 2026\nSubject: fine\n\nok\n\nFrom y Thu Nov 26 10:00:00 2026\n\n";
     std::fs::write(&path, bad).expect("write");
     let out = popadm(f.data(), &["import", "mbox", p, "hank"], b"");
     assert!(!out.status.success());
     let stat = popadm_ok(f.data(), &["stat", "hank"], b"");
     assert!(stat.contains("messages: 4"), "{stat}");
+    // An X-UIDL: header is the sender's to write (issue 15 item 12): one repeating an existing
+    // UID does not fail the import (as it did), the message gets a new UID, and the summary
+    // says so.
+    let dup = b"From x Thu Nov 26 10:00:00 2026\nSubject: fine\n\nok\n\nFrom y Thu Nov 26 10:00:00 2026\nX-UIDL: legacy-uid-1\n\ndup\n";
+    std::fs::write(&path, dup).expect("write");
+    let said = popadm_ok(f.data(), &["import", "mbox", p, "hank"], b"");
+    assert!(
+        said.contains("imported 2 messages into hank; 1 of them got a new UID"),
+        "{said}"
+    );
+    let mut c = f.server.login("hank", "pw");
+    assert_eq!(c.ok("UIDL 1"), "+OK 1 legacy-uid-1");
+    assert_ne!(c.ok("UIDL 6"), "+OK 6 legacy-uid-1");
+    c.ok("QUIT");
     // Not an mbox at all.
     std::fs::write(&path, b"hello\n").expect("write");
     assert!(!popadm(f.data(), &["import", "mbox", p, "hank"], b"")

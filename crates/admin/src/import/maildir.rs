@@ -71,7 +71,31 @@ impl MaildirEntry {
 /// [`MaildirEntry::base_name`].
 pub trait UidSource {
     /// The UID to keep for this message, or `None` to let the store assign a fresh one.
-    fn uid(&self, entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<String>>;
+    fn uid(&self, entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<FoundUid>>;
+}
+
+/// A UID a [`UidSource`] found, and how far it is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundUid {
+    pub uid: String,
+    /// The message's own claim (an `X-UIDL:` header, which any sender can write): the store
+    /// replaces it with a generated UID when it is invalid or taken
+    /// ([`ImportMessage::uid_claimed`]). Otherwise the old server's record (a UID list, a
+    /// map file), which must be kept or the import fails.
+    pub claimed: bool,
+}
+
+impl FoundUid {
+    pub fn recorded(uid: String) -> FoundUid {
+        FoundUid {
+            uid,
+            claimed: false,
+        }
+    }
+
+    pub fn claimed(uid: String) -> FoundUid {
+        FoundUid { uid, claimed: true }
+    }
 }
 
 /// UIDs from qpopper's `X-UIDL:` header.
@@ -79,8 +103,8 @@ pub trait UidSource {
 pub struct XUidlHeader;
 
 impl UidSource for XUidlHeader {
-    fn uid(&self, _entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<String>> {
-        Ok(x_uidl(message))
+    fn uid(&self, _entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<FoundUid>> {
+        Ok(x_uidl(message).map(FoundUid::claimed))
     }
 }
 
@@ -151,10 +175,15 @@ pub fn read_message(
     if size > max_size {
         return Err(too_large(&which, size, max_size));
     }
-    let uid = uids
+    let found = uids
         .uid(entry, &bytes)
         .with_context(|| format!("finding the UID of {which}"))?;
-    Ok(ImportMessage { bytes, uid })
+    let uid_claimed = found.as_ref().is_some_and(|f| f.claimed);
+    Ok(ImportMessage {
+        bytes,
+        uid: found.map(|f| f.uid),
+        uid_claimed,
+    })
 }
 
 /// Fails for anything but a regular file, saying what it is.
@@ -332,8 +361,11 @@ mod tests {
     fn a_pluggable_uid_source_keys_on_the_base_name() {
         struct ByName;
         impl UidSource for ByName {
-            fn uid(&self, entry: &MaildirEntry, _: &[u8]) -> anyhow::Result<Option<String>> {
-                Ok(Some(format!("uid-{}", entry.base_name())))
+            fn uid(&self, entry: &MaildirEntry, _: &[u8]) -> anyhow::Result<Option<FoundUid>> {
+                Ok(Some(FoundUid::recorded(format!(
+                    "uid-{}",
+                    entry.base_name()
+                ))))
             }
         }
         let dir = TempDir::new("maildir");
