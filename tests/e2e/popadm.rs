@@ -1,5 +1,8 @@
 //! The real popadm binary: account management, delivery exit codes, imports, stat.
 
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
 use e2e::{crlf, popadm, popadm_ok, Fixture, Server, TempDir};
 
 #[test]
@@ -112,6 +115,52 @@ fn deliver_uses_sysexits() {
         "{stat}"
     );
     assert!(stat.contains("lock: none"), "{stat}");
+}
+
+/// Issue 15 item 13: `deliver` reads (spools) the whole message before its write transaction,
+/// so a slow pipe holds no database lock: another account's login (which takes its maildrop
+/// lock, a write) and QUIT go through while `deliver`'s stdin is still open, well inside the
+/// store's 5 s busy timeout.
+#[test]
+fn a_slow_deliver_does_not_block_other_logins() {
+    let f = Fixture::new("slow-deliver");
+    f.add_user("olga", "pw");
+    f.add_user("pete", "pw");
+    let mut child = e2e::popadm_spawn(f.data(), &["deliver", "olga"]);
+    let mut pipe = child.stdin.take().expect("stdin");
+    pipe.write_all(b"Subject: slow\r\n\r\nfirst part\r\n")
+        .expect("write");
+    pipe.flush().expect("flush");
+    // deliver has its first line and waits for the rest.
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    let mut c = f.server.login("pete", "pw");
+    c.ok("STAT");
+    c.ok("QUIT");
+    let took = started.elapsed();
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "deliver did not wait for its stdin"
+    );
+    pipe.write_all(b"last part\r\n").expect("write");
+    drop(pipe);
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "login and QUIT took {took:?}"
+    );
+    let mut c = f.server.login("olga", "pw");
+    let (_, body) = c.multi("RETR 1");
+    assert_eq!(
+        body,
+        b"Delivered-To: olga\r\nSubject: slow\r\n\r\nfirst part\r\nlast part\r\n"
+    );
+    c.ok("QUIT");
 }
 
 /// `deliver` as a local delivery agent: `Return-Path:` and `Delivered-To:` on top (RFC 5321
