@@ -322,6 +322,30 @@ fn imports_are_byte_exact_and_all_or_nothing() {
         .success());
 }
 
+/// Issue 15 item 11: the maildir belongs to its owner, who can plant `cur/x -> /etc/shadow`;
+/// an import (often run as root) follows no link: it fails naming the file, importing nothing.
+#[test]
+fn import_maildir_refuses_a_planted_symbolic_link() {
+    let f = Fixture::new("symlink");
+    f.add_user("ivy", "pw");
+    let md = f.data().join("ivy-maildir");
+    std::fs::create_dir_all(md.join("cur")).expect("mkdir");
+    std::fs::write(md.join("cur/1.a.host:2,S"), b"Subject: a\n\na\n").expect("w");
+    std::fs::write(f.data().join("not-hers"), b"root:secret-hash:19000::::::\n").expect("w");
+    std::os::unix::fs::symlink(f.data().join("not-hers"), md.join("cur/2.b.host:2,S"))
+        .expect("symlink");
+    let m = md.to_str().expect("utf8");
+    let out = popadm(f.data(), &["import", "maildir", m, "ivy"], b"");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2.b.host:2,S is a symbolic link"),
+        "{stderr}"
+    );
+    let stat = popadm_ok(f.data(), &["stat", "ivy"], b"");
+    assert!(stat.contains("messages: 0"), "{stat}");
+}
+
 #[test]
 fn passwords_are_never_taken_from_argv() {
     let dir = TempDir::new("argv");
