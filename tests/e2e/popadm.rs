@@ -1,6 +1,7 @@
 //! The real popadm binary: account management, delivery exit codes, imports, stat.
 
-use std::time::Duration;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
 
 use e2e::{crlf, popadm, popadm_ok, Fixture, Server, TempDir};
 
@@ -105,6 +106,52 @@ fn deliver_uses_sysexits() {
         "{stat}"
     );
     assert!(stat.contains("lock: none"), "{stat}");
+}
+
+/// Issue 15 item 13: `deliver` reads (spools) the whole message before its write transaction,
+/// so a slow pipe holds no database lock: another account's login (which takes its maildrop
+/// lock, a write) and QUIT go through while `deliver`'s stdin is still open, well inside the
+/// store's 5 s busy timeout.
+#[test]
+fn a_slow_deliver_does_not_block_other_logins() {
+    let f = Fixture::new("slow-deliver");
+    f.add_user("olga", "pw");
+    f.add_user("pete", "pw");
+    let mut child = e2e::popadm_spawn(f.data(), &["deliver", "olga"]);
+    let mut pipe = child.stdin.take().expect("stdin");
+    pipe.write_all(b"Subject: slow\r\n\r\nfirst part\r\n")
+        .expect("write");
+    pipe.flush().expect("flush");
+    // deliver has its first line and waits for the rest.
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    let mut c = f.server.login("pete", "pw");
+    c.ok("STAT");
+    c.ok("QUIT");
+    let took = started.elapsed();
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "deliver did not wait for its stdin"
+    );
+    pipe.write_all(b"last part\r\n").expect("write");
+    drop(pipe);
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "login and QUIT took {took:?}"
+    );
+    let mut c = f.server.login("olga", "pw");
+    let (_, body) = c.multi("RETR 1");
+    assert_eq!(
+        body,
+        b"Delivered-To: olga\r\nSubject: slow\r\n\r\nfirst part\r\nlast part\r\n"
+    );
+    c.ok("QUIT");
 }
 
 /// `deliver` as a local delivery agent: `Return-Path:` and `Delivered-To:` on top (RFC 5321
@@ -232,13 +279,27 @@ fn imports_are_byte_exact_and_all_or_nothing() {
     assert_eq!(c.ok("UIDL 1"), "+OK 1 legacy-uid-1");
     c.ok("QUIT");
 
-    // A failing import stores nothing: the second message repeats an existing UID.
-    let bad = b"From x Thu Nov 26 10:00:00 2026\nSubject: fine\n\nok\n\nFrom y Thu Nov 26 10:00:00 2026\nX-UIDL: legacy-uid-1\n\ndup\n";
+    // A failing import stores nothing: the second message is empty.
+    let bad = b"From x Thu Nov 26 10:00:00 2026\nSubject: fine\n\nok\n\nFrom y Thu Nov 26 10:00:00 2026\n\n";
     std::fs::write(&path, bad).expect("write");
     let out = popadm(f.data(), &["import", "mbox", p, "hank"], b"");
     assert!(!out.status.success());
     let stat = popadm_ok(f.data(), &["stat", "hank"], b"");
     assert!(stat.contains("messages: 4"), "{stat}");
+    // An X-UIDL: header is the sender's to write (issue 15 item 12): one repeating an existing
+    // UID does not fail the import (as it did), the message gets a new UID, and the summary
+    // says so.
+    let dup = b"From x Thu Nov 26 10:00:00 2026\nSubject: fine\n\nok\n\nFrom y Thu Nov 26 10:00:00 2026\nX-UIDL: legacy-uid-1\n\ndup\n";
+    std::fs::write(&path, dup).expect("write");
+    let said = popadm_ok(f.data(), &["import", "mbox", p, "hank"], b"");
+    assert!(
+        said.contains("imported 2 messages into hank; 1 of them got a new UID"),
+        "{said}"
+    );
+    let mut c = f.server.login("hank", "pw");
+    assert_eq!(c.ok("UIDL 1"), "+OK 1 legacy-uid-1");
+    assert_ne!(c.ok("UIDL 6"), "+OK 6 legacy-uid-1");
+    c.ok("QUIT");
     // Not an mbox at all.
     std::fs::write(&path, b"hello\n").expect("write");
     assert!(!popadm(f.data(), &["import", "mbox", p, "hank"], b"")
@@ -254,6 +315,30 @@ fn maildir(md: &std::path::Path, files: &[(&str, &str)]) {
     for (path, contents) in files {
         std::fs::write(md.join(path), contents).expect("write");
     }
+}
+
+/// Issue 15 item 11: the maildir belongs to its owner, who can plant `cur/x -> /etc/shadow`;
+/// an import (often run as root) follows no link: it fails naming the file, importing nothing.
+#[test]
+fn import_maildir_refuses_a_planted_symbolic_link() {
+    let f = Fixture::new("symlink");
+    f.add_user("ivy", "pw");
+    let md = f.data().join("ivy-maildir");
+    std::fs::create_dir_all(md.join("cur")).expect("mkdir");
+    std::fs::write(md.join("cur/1.a.host:2,S"), b"Subject: a\n\na\n").expect("w");
+    std::fs::write(f.data().join("not-hers"), b"root:secret-hash:19000::::::\n").expect("w");
+    std::os::unix::fs::symlink(f.data().join("not-hers"), md.join("cur/2.b.host:2,S"))
+        .expect("symlink");
+    let m = md.to_str().expect("utf8");
+    let out = popadm(f.data(), &["import", "maildir", m, "ivy"], b"");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2.b.host:2,S is a symbolic link"),
+        "{stderr}"
+    );
+    let stat = popadm_ok(f.data(), &["stat", "ivy"], b"");
+    assert!(stat.contains("messages: 0"), "{stat}");
 }
 
 #[test]

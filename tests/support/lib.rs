@@ -145,9 +145,9 @@ pub fn free_port() -> u16 {
     testbed::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Runs `popadm --data-dir DIR ARGS` with `stdin` as its standard input.
-pub fn popadm(data_dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(bin("popadm"))
+/// Starts `popadm --data-dir DIR ARGS` with its standard streams piped.
+pub fn popadm_spawn(data_dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(bin("popadm"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
@@ -155,7 +155,12 @@ pub fn popadm(data_dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn popadm");
+        .expect("spawn popadm")
+}
+
+/// Runs `popadm --data-dir DIR ARGS` with `stdin` as its standard input.
+pub fn popadm(data_dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = popadm_spawn(data_dir, args);
     let mut input = child.stdin.take().expect("stdin");
     let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {

@@ -9,15 +9,25 @@
 //! LDA is handed one by Postfix's local(8) and by procmail-style callers); with none of them, no
 //! `Return-Path:` is added. An empty sender (a bounce) gives `Return-Path: <>`.
 //!
-//! The message is streamed into the store: only its first line is read here (to find a `From `
-//! line), the rest goes from stdin to the store in chunks, never held whole.
+//! The message is read whole before the store is written ([`spool`]): a slow pipe or a large
+//! message must not hold the database's write lock (logins, UPDATE and lease renewals wait for
+//! it), so the transaction only copies a spool that is already complete. Up to
+//! [`SPOOL_IN_MEMORY`] octets stay in memory; a larger message goes on to an unlinked temporary
+//! file in the data directory (the system's temporary directory with PostgreSQL), never more
+//! than the size limit plus one octet, so a message over it is refused as before.
 
-use std::io::{BufRead, Cursor, Read};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
 
 use anyhow::Context as _;
 use store::{AccountName, StoreError};
 
 use crate::{account_name, open_existing, require_account, Location};
+
+/// Messages up to this size are spooled in memory.
+pub const SPOOL_IN_MEMORY: usize = 1 << 20;
 
 /// Environment variable with the envelope sender (set by Postfix for `mailbox_command`).
 pub const SENDER_ENV: &str = "SENDER";
@@ -75,7 +85,17 @@ pub fn run(
     // The limit is the message's: the headers added here do not count against it.
     let added = prefix.added as u64;
     let limit = max_size.saturating_add(added);
-    let mut message = Cursor::new(prefix.bytes).chain(stdin);
+    let spool_dir = match location {
+        Location::Dir(dir, _) => dir.clone(),
+        Location::Postgres(_) => std::env::temp_dir(),
+    };
+    let mut message = spool(
+        &mut Cursor::new(prefix.bytes).chain(stdin),
+        limit,
+        &spool_dir,
+    )
+    .map_err(StoreError::Input)
+    .context("reading the message from stdin")?;
     store
         .deliver(&name, &mut message, limit)
         .map_err(|e| match e {
@@ -88,6 +108,64 @@ pub fn run(
         })
         .with_context(|| format!("delivering to {name}"))?;
     Ok(())
+}
+
+/// Reads all of `input` (at most `limit` + 1 octets: normalising only adds octets, so more is
+/// over the limit anyway and the store refuses it) before anything is stored: into memory up to
+/// [`SPOOL_IN_MEMORY`] octets, else into an unlinked temporary file in `dir`.
+fn spool(input: &mut dyn Read, limit: u64, dir: &Path) -> std::io::Result<Box<dyn Read>> {
+    let mut input = input.take(limit.saturating_add(1));
+    let mut head = Vec::new();
+    (&mut input)
+        .take(SPOOL_IN_MEMORY as u64)
+        .read_to_end(&mut head)?;
+    if head.len() < SPOOL_IN_MEMORY {
+        return Ok(Box::new(Cursor::new(head)));
+    }
+    let mut file = unlinked_file(dir)?;
+    file.write_all(&head)?;
+    drop(head);
+    std::io::copy(&mut input, &mut file)?;
+    file.flush()?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(Box::new(BufReader::new(file)))
+}
+
+/// A new file in `dir` that only this process can reach: created exclusively with mode 0600
+/// and removed at once, so nothing is left behind whatever happens to the process.
+fn unlinked_file(dir: &Path) -> std::io::Result<File> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let mut attempt = 0u32;
+    loop {
+        let path = dir.join(format!(
+            ".popadm-deliver-{}-{nanos}-{attempt}.spool",
+            std::process::id()
+        ));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => {
+                std::fs::remove_file(&path)?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("creating a spool file in {}: {e}", dir.display()),
+                ))
+            }
+        }
+    }
 }
 
 /// What goes before the rest of stdin: the added header lines and the first line of the
@@ -355,6 +433,33 @@ mod tests {
                 "{err:#}"
             );
         }
+    }
+
+    fn spooled(input: &[u8], limit: u64, dir: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        spool(&mut &input[..], limit, dir)
+            .expect("spool")
+            .read_to_end(&mut out)
+            .expect("read");
+        out
+    }
+
+    #[test]
+    fn the_spool_holds_the_whole_message_in_memory_or_an_unlinked_file() {
+        let dir = testbed::TempDir::new("spool");
+        let small = b"Subject: s\r\n\r\nbody\r\n".to_vec();
+        assert_eq!(spooled(&small, 1 << 30, dir.path()), small);
+        let big: Vec<u8> = (0..SPOOL_IN_MEMORY * 3 + 7)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        assert_eq!(spooled(&big, 1 << 30, dir.path()), big);
+        // Never more than the limit and one octet, in memory or on disk.
+        assert_eq!(spooled(&small, 4, dir.path()), &small[..5]);
+        let limit = SPOOL_IN_MEMORY as u64 + 10;
+        assert_eq!(spooled(&big, limit, dir.path()).len() as u64, limit + 1);
+        // Nothing is left in the directory.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! UIDs given by the old server are kept, so clients do not download everything again after the
 //! migration: qpopper's `X-UIDL:` header for both formats, and for maildirs Dovecot's
 //! `dovecot-uidlist` ([`dovecot`]) or a map file, through the pluggable
-//! [`maildir::UidSource`] ([`uidl::MaildirUids`]).
+//! [`maildir::UidSource`] ([`uidl::MaildirUids`]). Any sender can write an `X-UIDL:` header, so
+//! one that is invalid, too long or already taken does not fail the import: that message gets a
+//! generated UID ([`ImportMessage::uid_claimed`]), and the summary says how many did.
 
 pub mod dovecot;
 pub mod maildir;
@@ -53,7 +55,8 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
             let input = File::open(&file).with_context(|| format!("opening {what}"))?;
             let mut source = mbox::Mbox::open(BufReader::new(input), DEFAULT_MAX_MESSAGE_SIZE)
                 .with_context(|| format!("reading {what}"))?;
-            import_all(location, &name, &mut source, &what)
+            let delivered = import_all(location, &name, &mut source, &what)?;
+            print(&summary(&name, &delivered, 0))
         }
         ImportCommand::Maildir {
             dir,
@@ -72,7 +75,8 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
                 uidl_map.as_deref(),
             )?;
             let mut source = maildir::Messages::new(entries, &uids, DEFAULT_MAX_MESSAGE_SIZE);
-            import_all(location, &name, &mut source, &what)?;
+            let delivered = import_all(location, &name, &mut source, &what)?;
+            print(&summary(&name, &delivered, uids.claims_refused.get()))?;
             let unnamed = uids.unnamed.get();
             if unnamed > 0 && uidl_format != uidl::UidlPolicy::None {
                 eprintln!(
@@ -85,19 +89,30 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Imports everything `source` yields into `name` in one call, or nothing, and says so.
+/// Imports everything `source` yields into `name` in one call, or nothing.
 fn import_all(
     location: &Location,
     name: &AccountName,
     source: &mut dyn Iterator<Item = anyhow::Result<ImportMessage>>,
     what: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Delivered>> {
     let store = open_existing(location)?;
-    let delivered = import_into(&*store, name, source, what)?;
-    print(&format!(
-        "imported {} messages into {name}\n",
-        delivered.len()
-    ))
+    import_into(&*store, name, source, what)
+}
+
+/// What an import did: how many messages, and how many `X-UIDL:` headers were not kept (the
+/// store's refusals plus `refused_before`, those the UID source turned down).
+fn summary(name: &AccountName, delivered: &[Delivered], refused_before: u64) -> String {
+    let mut out = format!("imported {} messages into {name}", delivered.len());
+    let refused = delivered.iter().filter(|d| d.claim_refused).count() as u64 + refused_before;
+    if refused > 0 {
+        out.push_str(&format!(
+            "; {refused} of them got a new UID because their X-UIDL: header was invalid, too \
+             long or already taken"
+        ));
+    }
+    out.push('\n');
+    out
 }
 
 /// One [`Store::import`] call with everything `source` yields; on any error nothing is stored.
@@ -181,6 +196,8 @@ fn poison() -> ImportMessage {
         uid: Some(
             "popadm aborted this import because its source failed: store nothing of it".into(),
         ),
+        // A record, so its invalid UID fails the import instead of being replaced.
+        uid_claimed: false,
     }
 }
 
@@ -297,11 +314,13 @@ mod tests {
             Ok(ImportMessage {
                 bytes: b"a\r\n".to_vec(),
                 uid: None,
+                uid_claimed: false,
             }),
             Err(anyhow!("broken")),
             Ok(ImportMessage {
                 bytes: b"b\r\n".to_vec(),
                 uid: None,
+                uid_claimed: false,
             }),
         ]
         .into_iter();
@@ -378,16 +397,65 @@ mod tests {
             assert_eq!(stored(&store, &bob), 0);
         }
 
+        /// Messages with UIDs the old server recorded (not claimed by the messages).
+        fn recorded(uids: &[&str]) -> Vec<anyhow::Result<ImportMessage>> {
+            uids.iter()
+                .map(|uid| {
+                    Ok(ImportMessage {
+                        bytes: b"S: x\n\nx\n".to_vec(),
+                        uid: Some((*uid).to_owned()),
+                        uid_claimed: false,
+                    })
+                })
+                .collect()
+        }
+
         #[test]
         fn a_store_error_stores_nothing() {
+            // Recorded UIDs (a UID list, a map, a remote server's UIDL) must be kept: a
+            // duplicate or invalid one fails the import. (An `X-UIDL:` header no longer does:
+            // see `a_bad_x_uidl_gets_a_new_uid_and_is_counted`.)
             let (_dir, store, bob) = store_with_bob();
-            let mbox = "From a\nX-UIDL: same\n\none\n\nFrom b\nX-UIDL: same\n\ntwo\n";
-            let err = mbox_import(&store, &bob, mbox, 1 << 20).expect_err("duplicate");
+            let mut source = recorded(&["same", "same"]).into_iter();
+            let err = import_into(&store, &bob, &mut source, "t").expect_err("duplicate");
             assert!(format!("{err:#}").contains("already in use"), "{err:#}");
-            let mbox = "From a\nSubject: 1\n\none\n\nFrom b\nX-UIDL: has space\n\ntwo\n";
-            let err = mbox_import(&store, &bob, mbox, 1 << 20).expect_err("invalid uid");
+            let mut source = recorded(&["ok", "has space"]).into_iter();
+            let err = import_into(&store, &bob, &mut source, "t").expect_err("invalid uid");
             assert!(format!("{err:#}").contains("invalid UID"), "{err:#}");
             assert_eq!(stored(&store, &bob), 0);
+        }
+
+        #[test]
+        fn a_bad_x_uidl_gets_a_new_uid_and_is_counted() {
+            // Issue 15 item 12: any sender can write an X-UIDL: header; a duplicate, invalid
+            // (RFC 1939 section 7: 0x21..0x7E) or over-long one must not fail the import.
+            let (_dir, store, bob) = store_with_bob();
+            let long = "u".repeat(71);
+            let mbox = format!(
+                "From a\nX-UIDL: same\n\none\n\nFrom b\nX-UIDL: same\n\ntwo\n\n\
+                 From c\nX-UIDL: has space\n\nthree\n\nFrom d\nX-UIDL: {long}\n\nfour\n\n\
+                 From e\nX-UIDL: caf\u{e9}\n\nfive\n"
+            );
+            let delivered = mbox_import(&store, &bob, &mbox, 1 << 20).expect("import");
+            assert_eq!(delivered.len(), 5);
+            assert_eq!(delivered[0].uid, "same");
+            let refused: Vec<bool> = delivered.iter().map(|d| d.claim_refused).collect();
+            assert_eq!(refused, [false, true, true, true, true]);
+            assert_eq!(
+                summary(&bob, &delivered, 0),
+                "imported 5 messages into bob; 4 of them got a new UID because their X-UIDL: \
+                 header was invalid, too long or already taken\n"
+            );
+            // One already in the maildrop is taken too.
+            let again = mbox_import(&store, &bob, "From a\nX-UIDL: same\n\nsix\n", 1 << 20)
+                .expect("import");
+            assert!(again[0].claim_refused && again[0].uid != "same");
+            assert_eq!(stored(&store, &bob), 6);
+            assert_eq!(
+                summary(&bob, &[], 0),
+                "imported 0 messages into bob\n",
+                "nothing said when nothing was refused"
+            );
         }
 
         #[test]

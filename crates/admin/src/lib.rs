@@ -28,7 +28,7 @@ use clap::{ArgGroup, Parser, Subcommand};
 use store::{AccountName, Expire, SqliteStore, Store, DB_FILE, DEFAULT_MAX_MESSAGE_SIZE};
 
 pub use exit::{EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE};
-pub use import::maildir::{MaildirEntry, UidSource, XUidlHeader};
+pub use import::maildir::{FoundUid, MaildirEntry, UidSource, XUidlHeader};
 // The importers' parsers, for the fuzz targets (fuzz/targets/bodies.rs).
 pub use import::mbox::Mbox;
 pub use import::uidl::UidlPolicy;

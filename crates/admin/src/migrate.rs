@@ -80,6 +80,7 @@ fn pull(
         Ok(ImportMessage {
             bytes,
             uid: Some(uid.clone()),
+            uid_claimed: false,
         })
     });
     let stored = import_into(store, name, &mut fetch, what)?.len();
@@ -253,6 +254,7 @@ mod tests {
                 &mut std::iter::once(ImportMessage {
                     bytes: b"S: old\r\n\r\n".to_vec(),
                     uid: Some("uid-1".into()),
+                    uid_claimed: false,
                 }),
             )
             .expect("seed");

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::gss::GssAcceptor;
 use crate::legacy::{verify_cram_md5, CramKey};
@@ -95,7 +96,10 @@ pub enum Step {
     NeedCredentials { authcid: String },
     /// Check this password against the account's argon2 hash; the exchange is over and the
     /// outcome of that check is the outcome of the login.
-    CheckPassword { authcid: String, password: Vec<u8> },
+    CheckPassword {
+        authcid: String,
+        password: Zeroizing<Vec<u8>>,
+    },
     /// Authenticated as `authcid`.
     Success { authcid: String },
     /// The exchange failed.
@@ -205,12 +209,14 @@ fn field(bytes: &[u8]) -> Result<String, SaslError> {
 }
 
 impl Exchange {
-    /// Starts `mechanism`, with the client's initial response if it sent one.
+    /// Starts `mechanism`, with the client's initial response if it sent one (overwritten
+    /// here once used: it may hold a password).
     pub fn start(
         mechanism: Mechanism,
         initial: Option<Vec<u8>>,
         ctx: &Context,
     ) -> (Exchange, Step) {
+        let initial = initial.map(Zeroizing::new);
         let state = match mechanism {
             Mechanism::Plain => State::Plain,
             Mechanism::Login => State::LoginUser,
@@ -305,7 +311,7 @@ impl Exchange {
                 }
                 Ok(Step::CheckPassword {
                     authcid,
-                    password: password.to_vec(),
+                    password: Zeroizing::new(password.to_vec()),
                 })
             }
             State::LoginUser => {
@@ -325,7 +331,7 @@ impl Exchange {
                 }
                 Ok(Step::CheckPassword {
                     authcid: user,
-                    password: data.to_vec(),
+                    password: Zeroizing::new(data.to_vec()),
                 })
             }
             State::Cram { challenge } => {
@@ -516,7 +522,7 @@ mod tests {
         match plain(b"\0tim\0tanstaaftanstaaf") {
             Step::CheckPassword { authcid, password } => {
                 assert_eq!(authcid, "tim");
-                assert_eq!(password, b"tanstaaftanstaaf");
+                assert_eq!(*password, b"tanstaaftanstaaf");
             }
             other => panic!("{other:?}"),
         }

@@ -5,6 +5,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::legacy::constant_time_eq;
 use crate::SaslError;
@@ -188,18 +189,18 @@ pub fn verify_client_final(
     if B64.decode(cbind).ok().as_deref() != Some(first.gs2_header.as_bytes()) || r != nonce {
         return Err(SaslError::Malformed);
     }
-    let proof: [u8; 32] = B64
-        .decode(proof)
-        .ok()
-        .and_then(|p| p.try_into().ok())
-        .ok_or(SaslError::Malformed)?;
+    // The proof and the client key are password equivalents: overwritten once used.
+    let proof: Zeroizing<Vec<u8>> = Zeroizing::new(B64.decode(proof).unwrap_or_default());
+    if proof.len() != 32 {
+        return Err(SaslError::Malformed);
+    }
     let auth_message = format!("{},{},{}", first.bare, server_first, without_proof);
     let client_signature = hmac(&record.stored_key, auth_message.as_bytes());
-    let mut client_key = [0u8; 32];
+    let mut client_key = Zeroizing::new([0u8; 32]);
     for i in 0..32 {
         client_key[i] = proof[i] ^ client_signature[i];
     }
-    let computed: [u8; 32] = Sha256::digest(client_key).into();
+    let computed: [u8; 32] = Sha256::digest(&client_key[..]).into();
     if !constant_time_eq(&computed, &record.stored_key) {
         return Err(SaslError::BadCredentials);
     }

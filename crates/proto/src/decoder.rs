@@ -1,5 +1,9 @@
 //! The incremental line and command decoder.
 
+use core::fmt;
+
+use zeroize::Zeroize;
+
 use crate::{Command, CommandError, MAX_COMMAND_LINE};
 
 /// A line longer than the decoder's cap. The rest of that line, up to its line end, is
@@ -14,19 +18,42 @@ pub struct LineTooLong;
 /// longer than the cap (CRLF included) yields one error as soon as the cap is passed; the
 /// decoder then drops bytes until the next line end and carries on with the line after it,
 /// so its buffer never holds more than the cap plus what one `feed` gave it.
-#[derive(Debug)]
+///
+/// Lines may carry secrets (PASS, AUTH's initial response, SASL response lines), so no octet
+/// of a line outlives its use in the buffer: a command's line is overwritten as soon as the
+/// command is parsed, a line taken by [`Decoder::next_line`] (borrowed by the caller) at the
+/// next call, and the buffer is wiped before it is cleared, compacted, grown or dropped.
 pub struct Decoder {
     buf: Vec<u8>,
     /// Start of the unread part of `buf`.
     start: usize,
+    /// `buf[..wiped]` is already overwritten; `buf[wiped..start]` was taken but not yet.
+    wiped: usize,
     /// Inside an over-long line whose error was already reported.
     discarding: bool,
     max_line: usize,
 }
 
+/// Never the buffered octets: they may be a password.
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("buffered", &self.buffered())
+            .field("discarding", &self.discarding)
+            .field("max_line", &self.max_line)
+            .finish()
+    }
+}
+
 impl Default for Decoder {
     fn default() -> Self {
         Decoder::new()
+    }
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        self.buf.zeroize();
     }
 }
 
@@ -41,6 +68,7 @@ impl Decoder {
         Decoder {
             buf: Vec::new(),
             start: 0,
+            wiped: 0,
             discarding: false,
             max_line: max_line.max(3),
         }
@@ -53,19 +81,34 @@ impl Decoder {
 
     /// Adds received bytes.
     pub fn feed(&mut self, data: &[u8]) {
+        self.wipe_taken();
         if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+            self.reset();
         }
-        if self.discarding {
+        let data = if self.discarding {
             // Keep nothing of the over-long line but what follows its end.
-            if let Some(i) = data.iter().position(|&b| b == b'\n') {
-                self.discarding = false;
-                self.buf.extend_from_slice(&data[i + 1..]);
+            match data.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.discarding = false;
+                    &data[i + 1..]
+                }
+                None => return,
             }
         } else {
-            self.buf.extend_from_slice(data);
+            data
+        };
+        if self.buf.len() + data.len() > self.buf.capacity() {
+            // Grow by hand: `Vec`'s own growth would free the old allocation unwiped.
+            let unread = self.buf.len() - self.start;
+            let capacity = (unread + data.len()).max(2 * self.buf.capacity()).max(64);
+            let mut grown = Vec::with_capacity(capacity);
+            grown.extend_from_slice(&self.buf[self.start..]);
+            let mut old = core::mem::replace(&mut self.buf, grown);
+            old.zeroize();
+            self.start = 0;
+            self.wiped = 0;
         }
+        self.buf.extend_from_slice(data);
     }
 
     /// Octets received but not yet taken out as lines.
@@ -77,14 +120,40 @@ impl Decoder {
     /// (RFC 2595 section 4: nothing sent before the TLS handshake may be acted on after it).
     pub fn clear(&mut self) -> usize {
         let n = self.buffered();
-        self.buf.clear();
-        self.start = 0;
+        self.reset();
         self.discarding = false;
         n
     }
 
-    /// The next complete line without its line end, `Ok(None)` if more bytes are needed.
+    /// Overwrites the lines already taken out.
+    fn wipe_taken(&mut self) {
+        self.buf[self.wiped..self.start].zeroize();
+        self.wiped = self.start;
+    }
+
+    /// Overwrites and empties the buffer (its capacity stays, all zeros).
+    fn reset(&mut self) {
+        self.buf.as_mut_slice().zeroize();
+        self.buf.clear();
+        self.start = 0;
+        self.wiped = 0;
+    }
+
+    /// Moves the unread part to the front and overwrites what it leaves behind.
+    fn compact(&mut self) {
+        let len = self.buf.len();
+        let unread = len - self.start;
+        self.buf.copy_within(self.start.., 0);
+        self.buf[unread..].zeroize();
+        self.buf.truncate(unread);
+        self.start = 0;
+        self.wiped = 0;
+    }
+
+    /// The next complete line without its line end, `Ok(None)` if more bytes are needed. The
+    /// line's octets are overwritten at the next call on the decoder.
     pub fn next_line(&mut self) -> Result<Option<&[u8]>, LineTooLong> {
+        self.wipe_taken();
         let window = &self.buf[self.start..];
         match window.iter().position(|&b| b == b'\n') {
             Some(i) => {
@@ -96,6 +165,7 @@ impl Decoder {
                 }
                 // Counted as if it ended in CRLF, whatever it ended in.
                 if end - begin + 2 > self.max_line {
+                    self.wipe_taken();
                     return Err(LineTooLong);
                 }
                 Ok(Some(&self.buf[begin..end]))
@@ -103,14 +173,12 @@ impl Decoder {
             None => {
                 // Even if the line ended right now it would not fit.
                 if window.len() >= self.max_line {
-                    self.buf.clear();
-                    self.start = 0;
+                    self.reset();
                     self.discarding = true;
                     return Err(LineTooLong);
                 }
                 if self.start > 0 {
-                    self.buf.drain(..self.start);
-                    self.start = 0;
+                    self.compact();
                 }
                 Ok(None)
             }
@@ -120,7 +188,12 @@ impl Decoder {
     /// The next complete command, `Ok(None)` if more bytes are needed.
     pub fn next_command(&mut self) -> Result<Option<Command>, CommandError> {
         match self.next_line() {
-            Ok(Some(line)) => Command::parse(line).map(Some),
+            Ok(Some(line)) => {
+                let command = Command::parse(line).map(Some);
+                // The command owns what it needs; a PASS line must not stay behind.
+                self.wipe_taken();
+                command
+            }
             Ok(None) => Ok(None),
             Err(LineTooLong) => Err(CommandError::LineTooLong),
         }
@@ -262,5 +335,60 @@ mod tests {
         d.feed(&line);
         d.feed(b"\r\n");
         assert_eq!(d.next_line(), Ok(Some(&line[..])));
+    }
+
+    fn holds(d: &Decoder, needle: &[u8]) -> bool {
+        d.buf.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn no_password_octet_stays_in_the_buffer_after_pass_is_taken() {
+        let input = b"USER a\r\nPASS s3cr3t pw\r\nSTAT\r\nNOOP";
+        for chunk in 1..=input.len() {
+            let mut d = Decoder::new();
+            let mut passes = 0;
+            for piece in input.chunks(chunk) {
+                d.feed(piece);
+                while let Ok(Some(c)) = d.next_command() {
+                    if matches!(c, Command::Pass(_)) {
+                        passes += 1;
+                        assert!(!holds(&d, b"s3cr3t"), "chunk size {chunk}");
+                    }
+                }
+                if passes > 0 {
+                    assert!(!holds(&d, b"s3cr3t"), "chunk size {chunk}");
+                }
+            }
+            assert_eq!(passes, 1);
+            // The rest is still there to be read.
+            d.feed(b"\r\n");
+            assert_eq!(d.next_command(), Ok(Some(Command::Noop)));
+        }
+    }
+
+    #[test]
+    fn a_sasl_line_is_wiped_at_the_next_call() {
+        // RFC 5034 section 4: a base64 response line (here "\0alice\0s3cr3t").
+        let mut d = Decoder::with_max_line(12_288);
+        d.feed(b"AGFsaWNlAHMzY3IzdA==\r\nQUIT\r\n");
+        assert_eq!(d.next_line(), Ok(Some(&b"AGFsaWNlAHMzY3IzdA=="[..])));
+        d.feed(b"");
+        assert!(!holds(&d, b"AGFsaWNl"));
+        assert_eq!(d.next_command(), Ok(Some(Command::Quit)));
+        // A line over the cap is wiped as well, and so is all of it at `clear`.
+        let mut d = Decoder::with_max_line(8);
+        d.feed(b"s3cr3t-too-long\r\nPASS s3cr3t");
+        assert_eq!(d.next_line(), Err(LineTooLong));
+        assert!(!holds(&d, b"s3cr3t-"));
+        d.clear();
+        assert!(!holds(&d, b"s3cr3t"));
+    }
+
+    #[test]
+    fn debug_shows_no_buffered_octets() {
+        let mut d = Decoder::new();
+        d.feed(b"PASS s3cr3t");
+        assert!(!format!("{d:?}").contains("115"));
+        assert!(format!("{d:?}").contains("buffered: 11"));
     }
 }

@@ -10,6 +10,7 @@ use proto::Decoder;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use zeroize::Zeroize;
 
 /// Size of one read.
 const READ_BUF: usize = 8 * 1024;
@@ -33,6 +34,8 @@ impl Stream for TcpStream {
             match self.try_read(&mut buf) {
                 Ok(n) => {
                     decoder.feed(&buf[..n]);
+                    // A PASS line must not stay on the stack either.
+                    buf[..n].zeroize();
                     return Ok(n);
                 }
                 // The readiness was spurious.
@@ -55,6 +58,7 @@ async fn read_into<R: AsyncRead + Unpin + ?Sized>(
     let mut buf = vec![0u8; READ_BUF];
     let n = stream.read(&mut buf).await?;
     decoder.feed(&buf[..n]);
+    buf[..n].zeroize();
     Ok(n)
 }
 

@@ -44,27 +44,34 @@ pub(crate) fn validate_uid(uid: &str) -> Result<()> {
 }
 
 /// The UID of a new message: `uid` when given, valid and not `in_use` in the maildrop (else
-/// `InvalidUid` or `DuplicateUid`), or else a `generate`d one. `tx` goes to whichever is called.
-pub(crate) fn message_uid<T>(
-    tx: T,
+/// `InvalidUid` or `DuplicateUid`), or else a `generate`d one. A `claimed` UID that is invalid
+/// or in use is replaced by a generated one instead of failing; the flag returned says so.
+pub(crate) fn message_uid<T: ?Sized>(
+    tx: &mut T,
     uid: Option<String>,
-    in_use: impl FnOnce(T, &str) -> Result<bool>,
-    generate: impl FnOnce(T) -> Result<String>,
-) -> Result<String> {
-    match uid {
-        Some(uid) => {
-            validate_uid(&uid)?;
-            if in_use(tx, &uid)? {
-                return Err(StoreError::DuplicateUid(uid));
-            }
-            Ok(uid)
-        }
-        None => generate(tx),
+    claimed: bool,
+    in_use: impl FnOnce(&mut T, &str) -> Result<bool>,
+    generate: impl FnOnce(&mut T) -> Result<String>,
+) -> Result<(String, bool)> {
+    let Some(uid) = uid else {
+        return Ok((generate(tx)?, false));
+    };
+    let refusal = match validate_uid(&uid) {
+        Err(e) => Some(e),
+        Ok(()) if in_use(tx, &uid)? => Some(StoreError::DuplicateUid(uid.clone())),
+        Ok(()) => None,
+    };
+    match refusal {
+        None => Ok((uid, false)),
+        Some(_) if claimed => Ok((generate(tx)?, true)),
+        Some(e) => Err(e),
     }
 }
 
 /// A generated UID: `%08X%08X` of the per-account counter and the UID validity (Dovecot's
-/// default UIDL format).
+/// default UIDL format). An imported UID may take this form too (Dovecot's own UIDLs do, and a
+/// sender can write any `X-UIDL:`): generation skips every UID already in the maildrop, so a
+/// later delivery never collides with one.
 pub(crate) fn generated_uid(n: i64, uidvalidity: i64) -> String {
     format!("{n:08X}{uidvalidity:08X}")
 }
@@ -142,12 +149,17 @@ pub(crate) fn ingest_chunks(
 /// (the messages are already in memory, and a migration must not drop a large old message).
 pub(crate) fn import_each(
     messages: &mut dyn Iterator<Item = ImportMessage>,
-    mut store: impl FnMut(Option<String>, &mut dyn Read, u64) -> Result<Delivered>,
+    mut store: impl FnMut(Option<String>, bool, &mut dyn Read, u64) -> Result<Delivered>,
 ) -> Result<Vec<Delivered>> {
     let mut delivered = Vec::new();
     for message in messages {
         let mut bytes = message.bytes.as_slice();
-        delivered.push(store(message.uid, &mut bytes, u64::MAX)?);
+        delivered.push(store(
+            message.uid,
+            message.uid_claimed,
+            &mut bytes,
+            u64::MAX,
+        )?);
     }
     Ok(delivered)
 }

@@ -272,12 +272,20 @@ pub struct Delivered {
     pub id: MessageId,
     pub uid: String,
     pub size: u64,
+    /// The message claimed a UID ([`ImportMessage::uid_claimed`]) that was invalid or already
+    /// taken, and got a generated one instead.
+    pub claim_refused: bool,
 }
 
 /// A message for [`Store::import`], optionally with the UID another server gave it.
 pub struct ImportMessage {
     pub bytes: Vec<u8>,
     pub uid: Option<String>,
+    /// `uid` is the message's own claim (an `X-UIDL:` header, which any sender can write),
+    /// not the old server's record of it: when it is invalid or already taken in the maildrop,
+    /// the message gets a generated UID ([`Delivered::claim_refused`]) instead of failing the
+    /// import. A recorded UID (`false`) that is invalid or taken fails the import.
+    pub uid_claimed: bool,
 }
 
 /// Errors of the store. Transient ones ([`StoreError::is_transient`]) are worth a retry.
@@ -426,7 +434,9 @@ pub trait Store: Send + Sync + 'static {
         max_size: u64,
     ) -> Result<Delivered>;
     /// Stores several messages in one transaction, in order, keeping given UIDs (validated,
-    /// unique in the maildrop) and assigning fresh ones otherwise. All or nothing.
+    /// unique in the maildrop) and assigning fresh ones otherwise. All or nothing; only a
+    /// claimed UID ([`ImportMessage::uid_claimed`]) that is invalid or taken gives way to a
+    /// fresh one instead of failing the import.
     fn import(
         &self,
         name: &AccountName,

@@ -119,6 +119,7 @@ suite!(
     failed_deliveries_leave_nothing,
     generated_uids_are_never_reused,
     generated_uid_skips_imported_one,
+    claimed_uids_that_are_invalid_or_taken_give_way,
     locks_exclude_release_expire_and_fence,
     commit_update_deletions_are_exact_atomic_and_fenced,
     delivery_while_locked_shows_in_next_listing,
@@ -467,6 +468,7 @@ fn generated_uid_skips_imported_one(f: &dyn Fixture) {
             &mut [ImportMessage {
                 bytes: b"x\n".to_vec(),
                 uid: Some(taken.clone()),
+                uid_claimed: false,
             }]
             .into_iter(),
         )
@@ -474,6 +476,56 @@ fn generated_uid_skips_imported_one(f: &dyn Fixture) {
     let d = deliver(&*store, &to, b"y\n");
     assert_eq!(d.uid, format!("{:08X}{validity:08X}", 2));
     assert_eq!(uids(&*store, account), [taken, d.uid]);
+}
+
+/// An `X-UIDL:` header is the sender's claim (issue 15 item 12): an invalid, over-long or
+/// taken one gets a generated UID instead of failing the import, and is reported; a valid
+/// free one is kept, even in the generated form, which later deliveries then skip.
+fn claimed_uids_that_are_invalid_or_taken_give_way(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    let validity: i64 = count(&*store, "SELECT uidvalidity FROM accounts");
+    let delivered = deliver(&*store, &to, b"first\n");
+    let next = format!("{:08X}{validity:08X}", 2);
+    let msg = |uid: &str, claimed: bool| ImportMessage {
+        bytes: b"Subject: old\n\nkept\n".to_vec(),
+        uid: Some(uid.to_owned()),
+        uid_claimed: claimed,
+    };
+    let long = "x".repeat(71);
+    let batch = vec![
+        msg(&next, true),
+        msg("qpop-1", true),
+        msg("has space", true),
+        msg("qpop-1", true),
+        msg(&delivered.uid, true),
+        msg(&long, true),
+        msg("recorded", false),
+    ];
+    let done = store.import(&to, &mut batch.into_iter()).unwrap();
+    let refused: Vec<bool> = done.iter().map(|d| d.claim_refused).collect();
+    assert_eq!(refused, [false, false, true, true, true, true, false]);
+    assert_eq!(
+        (&*done[0].uid, &*done[1].uid, &*done[6].uid),
+        (&*next, "qpop-1", "recorded")
+    );
+    // The generated ones skip the claimed generated-form UID, as a later delivery does.
+    for d in &done[2..6] {
+        assert_eq!(d.uid.len(), 16, "{}", d.uid);
+    }
+    let later = deliver(&*store, &to, b"later\n");
+    let mut all = uids(&*store, account);
+    assert_eq!(all.len(), 9);
+    assert!(all.contains(&later.uid));
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 9, "UIDs are unique");
+    // A recorded UID still fails the import when taken.
+    assert!(matches!(
+        store.import(&to, &mut vec![msg("recorded", false)].into_iter()),
+        Err(StoreError::DuplicateUid(u)) if u == "recorded"
+    ));
 }
 
 fn locks_exclude_release_expire_and_fence(f: &dyn Fixture) {
@@ -607,6 +659,7 @@ fn import_keeps_uids_and_is_all_or_nothing(f: &dyn Fixture) {
     let msg = |uid: Option<&str>| ImportMessage {
         bytes: b"Subject: old\n\nkept\n".to_vec(),
         uid: uid.map(str::to_owned),
+        uid_claimed: false,
     };
     let long = "x".repeat(71);
     let bad: Vec<(Vec<ImportMessage>, &str)> = vec![
@@ -625,6 +678,7 @@ fn import_keeps_uids_and_is_all_or_nothing(f: &dyn Fixture) {
                 ImportMessage {
                     bytes: Vec::new(),
                     uid: None,
+                    uid_claimed: false,
                 },
             ],
             "empty",
@@ -1018,6 +1072,7 @@ fn utf8_headers_flag_is_stored(f: &dyn Fixture) {
         .map(|(input, _)| ImportMessage {
             bytes: input.to_vec(),
             uid: None,
+            uid_claimed: false,
         })
         .collect();
     store.import(&to, &mut imported.into_iter()).unwrap();

@@ -3,12 +3,19 @@
 //!
 //! Delivery order is the time at the start of a maildir file name (`1700000000.M1P2.host:2,S`:
 //! the decimal number before the first `.`); ties are broken by file name, and names without a
-//! time come last, ordered by file name. Dotfiles are skipped.
+//! time come last, ordered by file name. Dotfiles and subdirectories are skipped.
+//!
+//! Nothing is followed: the maildir belongs to its mailbox owner, and an import may run as
+//! root, so a planted `cur/1.x -> /etc/shadow` would copy that file into the owner's maildrop.
+//! `cur/` and `new/` must be real directories and every message a regular file; a symbolic link
+//! or a special file fails the import, naming it. The check is made again on the open file
+//! (the same device and inode as the name had), so swapping a link in between is caught too.
 
 use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -64,7 +71,31 @@ impl MaildirEntry {
 /// [`MaildirEntry::base_name`].
 pub trait UidSource {
     /// The UID to keep for this message, or `None` to let the store assign a fresh one.
-    fn uid(&self, entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<String>>;
+    fn uid(&self, entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<FoundUid>>;
+}
+
+/// A UID a [`UidSource`] found, and how far it is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundUid {
+    pub uid: String,
+    /// The message's own claim (an `X-UIDL:` header, which any sender can write): the store
+    /// replaces it with a generated UID when it is invalid or taken
+    /// ([`ImportMessage::uid_claimed`]). Otherwise the old server's record (a UID list, a
+    /// map file), which must be kept or the import fails.
+    pub claimed: bool,
+}
+
+impl FoundUid {
+    pub fn recorded(uid: String) -> FoundUid {
+        FoundUid {
+            uid,
+            claimed: false,
+        }
+    }
+
+    pub fn claimed(uid: String) -> FoundUid {
+        FoundUid { uid, claimed: true }
+    }
 }
 
 /// UIDs from qpopper's `X-UIDL:` header.
@@ -72,8 +103,8 @@ pub trait UidSource {
 pub struct XUidlHeader;
 
 impl UidSource for XUidlHeader {
-    fn uid(&self, _entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<String>> {
-        Ok(x_uidl(message))
+    fn uid(&self, _entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<FoundUid>> {
+        Ok(x_uidl(message).map(FoundUid::claimed))
     }
 }
 
@@ -84,11 +115,17 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<MaildirEntry>> {
     let mut found = false;
     for subdir in SUBDIRS {
         let path = dir.join(subdir);
-        let read = match std::fs::read_dir(&path) {
-            Ok(read) => read,
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => bail!(
+                "{} is a symbolic link: refusing to follow it (it could lead to any directory)",
+                path.display()
+            ),
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
+        }
+        let read =
+            std::fs::read_dir(&path).with_context(|| format!("reading {}", path.display()))?;
         found = true;
         for entry in read {
             let entry = entry.with_context(|| format!("reading {}", path.display()))?;
@@ -97,12 +134,14 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<MaildirEntry>> {
                 continue;
             }
             let path = entry.path();
-            // Follows symbolic links: a link to a message is a message.
-            let meta =
-                std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
-            if !meta.is_file() {
+            // The entry itself, never what a link points at.
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("reading {}", path.display()))?;
+            if kind.is_dir() {
                 continue;
             }
+            refuse_unless_regular(&path, kind)?;
             entries.push(MaildirEntry {
                 path,
                 subdir,
@@ -124,7 +163,7 @@ pub fn read_message(
     max_size: u64,
 ) -> anyhow::Result<ImportMessage> {
     let which = entry.path.display().to_string();
-    let file = File::open(&entry.path).with_context(|| format!("opening {which}"))?;
+    let file = open_regular(&entry.path).with_context(|| format!("opening {which}"))?;
     let mut bytes = Vec::new();
     file.take(max_size.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -136,10 +175,54 @@ pub fn read_message(
     if size > max_size {
         return Err(too_large(&which, size, max_size));
     }
-    let uid = uids
+    let found = uids
         .uid(entry, &bytes)
         .with_context(|| format!("finding the UID of {which}"))?;
-    Ok(ImportMessage { bytes, uid })
+    let uid_claimed = found.as_ref().is_some_and(|f| f.claimed);
+    Ok(ImportMessage {
+        bytes,
+        uid: found.map(|f| f.uid),
+        uid_claimed,
+    })
+}
+
+/// Fails for anything but a regular file, saying what it is.
+fn refuse_unless_regular(path: &Path, kind: std::fs::FileType) -> anyhow::Result<()> {
+    if kind.is_symlink() {
+        bail!(
+            "{} is a symbolic link: not imported (it could point at any file the importer may \
+             read)",
+            path.display()
+        );
+    }
+    if !kind.is_file() {
+        bail!("{} is not a regular file: not imported", path.display());
+    }
+    Ok(())
+}
+
+/// The text of a file of the maildir (`dovecot-uidlist`), opened as [`open_regular`] does.
+pub(super) fn read_regular(path: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    open_regular(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Opens `path` only if it is a regular file and not a symbolic link, and only if the file
+/// opened is the one that was checked (same device and inode), so a link swapped in between
+/// the check and the open is refused rather than followed.
+fn open_regular(path: &Path) -> anyhow::Result<File> {
+    let before = std::fs::symlink_metadata(path)?;
+    refuse_unless_regular(path, before.file_type())?;
+    let file = File::open(path)?;
+    let opened = file.metadata()?;
+    if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) || !opened.is_file() {
+        bail!(
+            "{} changed while it was opened (replaced, perhaps by a symbolic link): not imported",
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 /// The messages of listed maildir entries, read one at a time as they are consumed.
@@ -274,8 +357,11 @@ mod tests {
     fn a_pluggable_uid_source_keys_on_the_base_name() {
         struct ByName;
         impl UidSource for ByName {
-            fn uid(&self, entry: &MaildirEntry, _: &[u8]) -> anyhow::Result<Option<String>> {
-                Ok(Some(format!("uid-{}", entry.base_name())))
+            fn uid(&self, entry: &MaildirEntry, _: &[u8]) -> anyhow::Result<Option<FoundUid>> {
+                Ok(Some(FoundUid::recorded(format!(
+                    "uid-{}",
+                    entry.base_name()
+                ))))
             }
         }
         let dir = TempDir::new("maildir");
@@ -302,6 +388,51 @@ mod tests {
             "{}",
             errors[1]
         );
+    }
+
+    #[test]
+    fn a_planted_symbolic_link_fails_the_import_naming_it() {
+        let dir = TempDir::new("maildir");
+        dir.write("cur/1.a.host:2,S", "Subject: a\n\na\n");
+        dir.write("secret", "root:$6$hash:19000::::::\n");
+        let planted = dir.path().join("cur/2.b.host:2,S");
+        std::os::unix::fs::symlink(dir.path().join("secret"), &planted).expect("symlink");
+        let err = list(dir.path()).expect_err("a link is refused");
+        let text = format!("{err:#}");
+        assert!(text.contains("2.b.host:2,S is a symbolic link"), "{text}");
+        assert!(!text.contains("root:"), "{text}");
+        // A dangling link is no better.
+        std::fs::remove_file(dir.path().join("secret")).expect("rm");
+        assert!(list(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_link_swapped_in_after_listing_is_not_followed() {
+        let dir = TempDir::new("maildir");
+        dir.write("new/1.a.host", "Subject: a\n\na\n");
+        dir.write("secret", "root:$6$hash:19000::::::\n");
+        let entries = list(dir.path()).expect("list");
+        std::fs::remove_file(&entries[0].path).expect("rm");
+        std::os::unix::fs::symlink(dir.path().join("secret"), &entries[0].path).expect("ln");
+        let Err(err) = read_message(&entries[0], &XUidlHeader, 1 << 20) else {
+            panic!("a swapped-in link was followed");
+        };
+        assert!(
+            format!("{err:#}").contains("1.a.host is a symbolic link"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn cur_or_new_as_a_symbolic_link_is_not_followed() {
+        let dir = TempDir::new("maildir");
+        dir.write("elsewhere/1.a.host", "Subject: a\n\na\n");
+        std::fs::create_dir_all(dir.path().join("cur")).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("new"))
+            .expect("symlink");
+        let err = list(dir.path()).expect_err("refused");
+        let text = format!("{err:#}");
+        assert!(text.contains("new is a symbolic link"), "{text}");
     }
 
     #[test]

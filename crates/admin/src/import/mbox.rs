@@ -104,7 +104,12 @@ impl<R: BufRead> Mbox<R> {
         }
         self.count += 1;
         let uid = x_uidl(&bytes);
-        Ok(Some(ImportMessage { bytes, uid }))
+        // Only ever an `X-UIDL:` header: the sender's claim, not the old server's record.
+        Ok(Some(ImportMessage {
+            bytes,
+            uid,
+            uid_claimed: true,
+        }))
     }
 }
 

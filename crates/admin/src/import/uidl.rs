@@ -1,15 +1,20 @@
 //! Where `import maildir` takes each message's UIDL from: a `--uidl-map` file first, then (by
 //! `--uidl-format`) qpopper's `X-UIDL:` header and/or Dovecot's `dovecot-uidlist`; a message
 //! none of them names gets a fresh UID from the store, and is counted.
+//!
+//! The map and the list are the old server's records; an `X-UIDL:` header is only the message's
+//! claim, which any sender can write. A claim of a UID that a record gives another message is
+//! not kept (that message keeps it, and the claimant gets its own record or a fresh UID), and
+//! the store replaces a claim that is invalid or taken; both are counted.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
 
 use super::dovecot::{base_name, UidList, UidlFormat, UIDLIST_FILE};
-use super::maildir::{MaildirEntry, UidSource};
+use super::maildir::{FoundUid, MaildirEntry, UidSource};
 use super::x_uidl;
 
 /// `--uidl-format`: which UIDLs of the old server to keep.
@@ -31,8 +36,12 @@ pub struct MaildirUids {
     map: HashMap<String, String>,
     xuidl: bool,
     dovecot: Option<(UidList, UidlFormat)>,
+    /// Every UID the map and the list give (a claim of one of them is not kept).
+    recorded: HashSet<String>,
     /// Messages that none of the sources named (they get fresh UIDs).
     pub unnamed: Cell<u64>,
+    /// `X-UIDL:` headers not kept because a record gives their UID to another message.
+    pub claims_refused: Cell<u64>,
 }
 
 impl MaildirUids {
@@ -57,7 +66,8 @@ impl MaildirUids {
             UidlPolicy::Xuidl | UidlPolicy::None => None,
             UidlPolicy::Auto if !uidlist.exists() => None,
             UidlPolicy::Auto | UidlPolicy::Dovecot => {
-                let text = std::fs::read_to_string(&uidlist)
+                // Owned by the mailbox owner like the messages: not followed if a link.
+                let text = super::maildir::read_regular(&uidlist)
                     .with_context(|| format!("reading {}", uidlist.display()))?;
                 let list = UidList::parse(&text)
                     .with_context(|| format!("reading {}", uidlist.display()))?;
@@ -65,36 +75,59 @@ impl MaildirUids {
                 Some((list, format))
             }
         };
+        let mut recorded: HashSet<String> = map.values().cloned().collect();
+        if let Some((list, format)) = &dovecot {
+            for base in list.records.keys() {
+                // A record that cannot be rendered fails at its own message, if that exists.
+                if let Some(uid) = record_uid(list, format, base).ok().flatten() {
+                    recorded.insert(uid);
+                }
+            }
+        }
         Ok(MaildirUids {
             map,
             xuidl: matches!(policy, UidlPolicy::Auto | UidlPolicy::Xuidl),
             dovecot,
+            recorded,
             unnamed: Cell::new(0),
+            claims_refused: Cell::new(0),
         })
     }
 }
 
+/// The UIDL Dovecot gives the message `base` by its list: the kept one, else the format's.
+fn record_uid(list: &UidList, format: &UidlFormat, base: &str) -> anyhow::Result<Option<String>> {
+    let Some(record) = list.records.get(base) else {
+        return Ok(None);
+    };
+    match &record.pop3_uidl {
+        Some(uidl) => Ok(Some(uidl.clone())),
+        None => format.render(record, list.uid_validity, base).map(Some),
+    }
+}
+
 impl UidSource for MaildirUids {
-    fn uid(&self, entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<String>> {
+    fn uid(&self, entry: &MaildirEntry, message: &[u8]) -> anyhow::Result<Option<FoundUid>> {
         let base = entry.base_name();
         if let Some(uid) = self.map.get(base.as_ref()) {
-            return Ok(Some(uid.clone()));
+            return Ok(Some(FoundUid::recorded(uid.clone())));
         }
-        if self.xuidl {
-            if let Some(uid) = x_uidl(message) {
-                return Ok(Some(uid));
+        let claim = if self.xuidl { x_uidl(message) } else { None };
+        if let Some(uid) = &claim {
+            if !self.recorded.contains(uid) {
+                return Ok(Some(FoundUid::claimed(uid.clone())));
             }
         }
-        if let Some((list, format)) = &self.dovecot {
-            if let Some(record) = list.records.get(base.as_ref()) {
-                return match &record.pop3_uidl {
-                    Some(uidl) => Ok(Some(uidl.clone())),
-                    None => format.render(record, list.uid_validity, &base).map(Some),
-                };
-            }
+        let own = match &self.dovecot {
+            Some((list, format)) => record_uid(list, format, &base)?,
+            None => None,
+        };
+        if claim.is_some() && claim != own {
+            self.claims_refused.set(self.claims_refused.get() + 1);
+        } else if own.is_none() {
+            self.unnamed.set(self.unnamed.get() + 1);
         }
-        self.unnamed.set(self.unnamed.get() + 1);
-        Ok(None)
+        Ok(own.map(FoundUid::recorded))
     }
 }
 
@@ -226,6 +259,37 @@ mod tests {
             ])
         );
         assert_eq!(unnamed, 0);
+    }
+
+    #[test]
+    fn an_x_uidl_claiming_a_recorded_uidl_of_another_message_is_not_kept() {
+        // Issue 15 item 12: a sender who writes the Dovecot UIDL of another message into an
+        // X-UIDL: header (here one delivered before it) neither takes that UIDL nor fails the
+        // import: the recorded message keeps it, the claimant gets a fresh one, counted.
+        let dir = maildir();
+        dir.write(
+            "cur/1700000000.M0P0.host:2,S",
+            "X-UIDL: 000000016553f100\nSubject: 0\n\n0\n",
+        );
+        let source =
+            MaildirUids::new(dir.path(), UidlPolicy::Auto, "%08Xu%08Xv", None).expect("uids");
+        let got: Vec<(Option<String>, bool)> =
+            Messages::new(list(dir.path()).expect("list"), &source, 1 << 20)
+                .map(|m| m.map(|m| (m.uid, m.uid_claimed)))
+                .collect::<anyhow::Result<_>>()
+                .expect("read");
+        let owned = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            got,
+            [
+                (None, false),
+                (owned("000000016553f100"), false),
+                (owned("qpop-2"), true),
+                (owned("0000abcd-legacy"), false),
+                (None, false),
+            ]
+        );
+        assert_eq!((source.claims_refused.get(), source.unnamed.get()), (1, 1));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use proto::response::{write_continuation, write_end, write_err, write_listing_li
 use proto::{Command, CommandError, ResponseCode, Secret};
 use store::{Account, Expire, LoginDelay, MessageMeta};
 use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
 
 use super::{Next, Session, State, Transaction};
 use crate::lang::Text;
@@ -314,14 +315,16 @@ impl Session {
     /// One client line inside AUTH: `*` cancels (RFC 5034 section 4), anything else must be
     /// base64.
     pub(super) async fn sasl_line(&mut self, line: Vec<u8>) -> Next {
+        // The line and what it decodes to may be a password: both are overwritten once used.
+        let line = Zeroizing::new(line);
         let Some(mut sasl) = self.take_sasl() else {
             return Next::Continue;
         };
-        if line == b"*" {
+        if *line == b"*" {
             self.err(Text::AuthCancelled);
             return Next::Continue;
         }
-        let Ok(data) = B64.decode(line.trim_ascii()) else {
+        let Ok(data) = B64.decode(line.trim_ascii()).map(Zeroizing::new) else {
             self.err(Text::BadBase64);
             return Next::Continue;
         };
@@ -364,8 +367,13 @@ impl Session {
                     sasl.account = account;
                     next
                 }
-                Step::CheckPassword { authcid, password } => {
-                    return self.login(authcid, Secret::new(password)).await;
+                Step::CheckPassword {
+                    authcid,
+                    mut password,
+                } => {
+                    // Moved, not copied: the allocation is the one `Secret` wipes.
+                    let password = Secret::new(std::mem::take(&mut *password));
+                    return self.login(authcid, password).await;
                 }
                 Step::Success { authcid } => {
                     let account = match sasl.account.take() {

@@ -382,14 +382,21 @@ impl<S: Stream> Driver<S> {
         let mut stuffer = DotStuffer::new();
         let mut cut = lines.map(|n| TopCut::new(meta.header_octets, n));
         let mut sent = 0u64;
+        // Octets read from the store, whether sent or cut by TOP.
+        let mut read_so_far = 0u64;
         let mut index = 0u32;
         let mut next = Some(read(index));
         while let Some(pending) = next.take() {
             let chunk = match pending.await {
                 Ok(Some(chunk)) => chunk,
+                // The chunks end before the message does: one is missing.
+                Ok(None) if read_so_far < meta.size => {
+                    return Err(read_failed(id, &truncated(index, read_so_far, meta.size)))
+                }
                 Ok(None) => break,
                 Err(e) => return Err(read_failed(id, &e)),
             };
+            read_so_far += chunk.len() as u64;
             let (part, done) = match &mut cut {
                 Some(cut) => cut.take(&chunk),
                 None => (&chunk[..], false),
@@ -419,9 +426,14 @@ impl<S: Stream> Driver<S> {
 
 /// The +OK is out when a read fails: the only honest thing left is to drop the connection,
 /// so the client does not take a truncated message for a whole one.
-fn read_failed(message: i64, e: &SessionError) -> io::Error {
+fn read_failed(message: i64, e: &dyn std::fmt::Display) -> io::Error {
     warn!(error = %e, message, "reading a message failed mid-transfer");
     io::Error::other("message read failed")
+}
+
+/// What [`read_failed`] says when a message's chunks end before its size.
+fn truncated(missing: u32, read: u64, size: u64) -> String {
+    format!("chunk {missing} is missing: {read} of {size} octets stored")
 }
 
 impl Session {

@@ -46,12 +46,14 @@ fn store_message<S: Sql>(
     account: AccountId,
     uidvalidity: i64,
     uid: Option<String>,
+    uid_claimed: bool,
     source: &mut dyn Read,
     max_size: u64,
 ) -> Result<Delivered> {
-    let uid = message_uid(
-        &mut *tx,
+    let (uid, claim_refused) = message_uid(
+        tx,
         uid,
+        uid_claimed,
         |tx, uid| uid_in_use(tx, account, uid),
         |tx| generate_uid(tx, account, uidvalidity),
     )?;
@@ -89,6 +91,7 @@ fn store_message<S: Sql>(
         id,
         uid,
         size: summary.size,
+        claim_refused,
     })
 }
 
@@ -99,7 +102,7 @@ pub fn deliver<S: Sql>(
     max_size: u64,
 ) -> Result<Delivered> {
     let (account, uidvalidity) = accounts::id(tx, name, RowLock::Write)?;
-    let delivered = store_message(tx, account, uidvalidity, None, message, max_size)?;
+    let delivered = store_message(tx, account, uidvalidity, None, false, message, max_size)?;
     debug!(account, id = delivered.id, uid = %delivered.uid, size = delivered.size,
         "message delivered");
     Ok(delivered)
@@ -111,8 +114,8 @@ pub fn import<S: Sql>(
     messages: &mut dyn Iterator<Item = ImportMessage>,
 ) -> Result<Vec<Delivered>> {
     let (account, uidvalidity) = accounts::id(tx, name, RowLock::Write)?;
-    let delivered = import_each(messages, |uid, bytes, max_size| {
-        store_message(tx, account, uidvalidity, uid, bytes, max_size)
+    let delivered = import_each(messages, |uid, claimed, bytes, max_size| {
+        store_message(tx, account, uidvalidity, uid, claimed, bytes, max_size)
     })?;
     info!(account, count = delivered.len(), "messages imported");
     Ok(delivered)

@@ -224,3 +224,63 @@ async fn rfc3206_draining_node_refuses_logins_with_sys_temp() {
     c.cmd("USER alice").await;
     assert_eq!(c.cmd("PASS wrong").await, err(reply::BAD_CREDENTIALS));
 }
+
+/// RFC 1939 section 3: a multi-line reply ends with the line "." only when it is whole. A
+/// stored message that cannot be read to the end (here its middle chunk row is gone, removed
+/// behind the session's back) is not sent as if complete: after the +OK and what could be read,
+/// the connection is dropped without the terminating line, so the client cannot take a
+/// truncated message for a whole one (issue 15 item 14).
+#[tokio::test]
+async fn rfc1939_s3_a_message_that_cannot_be_read_whole_drops_the_connection() {
+    let f = Fixture::new();
+    let mut big = String::from("Subject: big\r\n\r\n");
+    while big.len() < 3 * store::CHUNK_SIZE {
+        big.push_str(&"x".repeat(78));
+        big.push_str("\r\n");
+    }
+    f.store
+        .deliver(&name("alice"), &mut big.as_bytes(), 1 << 20)
+        .expect("deliver");
+    remove_chunk(
+        &f,
+        "seq = 1 AND message_id = (SELECT max(id) FROM messages)",
+    );
+    let mut c = f.connect().await;
+    assert_eq!(c.cmd("USER alice").await, ok(Text::SendPass));
+    assert!(c.cmd("PASS right").await.starts_with("+OK"));
+    assert_eq!(c.cmd("RETR 4").await, ok_with(Text::Octets, &[&big.len()]));
+    let rest = c.last_bytes().await;
+    assert!(rest.len() >= store::CHUNK_SIZE, "{} octets", rest.len());
+    assert!(rest.len() < big.len(), "{} octets", rest.len());
+    assert!(!rest.ends_with(b"\r\n.\r\n"), "sent as if complete");
+    // Nothing was deleted: the session ended without UPDATE.
+    assert_eq!(f.stored(f.alice), MESSAGES.len() + 1);
+}
+
+/// The same when the only chunk of a message is gone: no empty message with its "." line (the
+/// +OK, still unflushed when the first read fails, is not sent either).
+#[tokio::test]
+async fn rfc1939_s3_a_message_with_no_chunk_left_drops_the_connection() {
+    let f = Fixture::new();
+    remove_chunk(&f, "message_id = (SELECT min(id) FROM messages)");
+    let mut c = f.connect().await;
+    c.login().await;
+    c.send("RETR 1\r\n").await;
+    let rest = c.last_bytes().await;
+    let status = format!("{}\r\n", ok_with(Text::Octets, &[&MESSAGES[0].len()]));
+    assert!(
+        rest.is_empty() || rest == status.as_bytes(),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    f.untouched();
+}
+
+/// Deletes the one chunk row `condition` selects, behind the store's back.
+fn remove_chunk(f: &Fixture, condition: &str) {
+    let db = rusqlite::Connection::open(f._dir.path().join(store::DB_FILE)).expect("open");
+    let removed = db
+        .execute(&format!("DELETE FROM chunks WHERE {condition}"), [])
+        .expect("delete");
+    assert_eq!(removed, 1);
+}
