@@ -105,12 +105,21 @@ pub struct Config {
     pub auth_failure_delay: Duration,
     /// Failed logins after which a connection is closed.
     pub max_auth_failures: u32,
+    /// Clients never delayed after a failed login and not counted in the penalties
+    /// (Dovecot's `login_trusted_networks`: webmail, a proxy that logs in for its users).
+    pub trusted_networks: TrustedProxies,
     /// argon2id cost of stored hashes; a login with a hash of other parameters re-hashes.
+    /// Unknown users are verified against a decoy of the same cost.
     pub argon2: auth::Argon2Params,
+    /// PBKDF2 iterations of the SCRAM-SHA-256 keys (RFC 7677 section 4: at least 4096); a
+    /// password login re-derives keys of another count.
+    pub scram_iterations: u32,
     /// How long a verified password is remembered, so a repeat login skips argon2 (0: off).
     pub credential_cache_ttl: Duration,
     /// Kerberos: SASL GSSAPI (RFC 4752) is offered when set, and KPOP listeners need it.
     pub gssapi: Option<Arc<dyn auth::GssAcceptorFactory>>,
+    /// Kerberos realms whose principals may log in besides the service principal's own.
+    pub gssapi_realms: Vec<String>,
     /// This server as a node of a cluster: heartbeats in the store's node table, and the
     /// drain an operator sets there (`popadm node drain`). `None`: no node table entry.
     pub node: Option<NodeConfig>,
@@ -164,7 +173,9 @@ impl Default for Config {
     /// address), 60 seconds to log in, a 2 minute lock
     /// lease, 30 seconds of shutdown grace, 30 seconds for a TLS handshake, greeting
     /// "POP3 server ready", IMPLEMENTATION "pop3d", no login delay, EXPIRE NEVER, no APOP or CRAM-MD5,
-    /// no default domain, failed logins delayed from 2 s and closed after 3, no node entry.
+    /// no default domain, failed logins delayed from 2 s and closed after 3, no trusted
+    /// networks, SCRAM keys of 100,000 iterations, only the service realm's Kerberos
+    /// principals, no node entry.
     fn default() -> Self {
         Config {
             hostname: local_hostname(),
@@ -184,9 +195,12 @@ impl Default for Config {
             default_domain: None,
             auth_failure_delay: Duration::from_secs(2),
             max_auth_failures: 3,
+            trusted_networks: TrustedProxies::default(),
             argon2: auth::Argon2Params::default(),
+            scram_iterations: auth::scram::DEFAULT_ITERATIONS,
             credential_cache_ttl: Duration::from_secs(300),
             gssapi: None,
+            gssapi_realms: Vec::new(),
             node: None,
             cluster: None,
         }
@@ -348,6 +362,7 @@ pub async fn run(
     let max = config.max_connections;
     let max_per_ip = config.max_connections_per_ip;
     let failure_delay = config.auth_failure_delay;
+    let trusted_networks = config.trusted_networks.clone();
     let cache_ttl = config.credential_cache_ttl;
     let lock_lease = config.lock_lease;
     let shared = Arc::new(Shared {
@@ -357,7 +372,7 @@ pub async fn run(
         shutdown: stop_rx,
         tls,
         per_client: limits::PerClient::new(max_per_ip),
-        penalties: penalty::Penalties::new(failure_delay, MAX_AUTH_FAILURE_DELAY),
+        penalties: penalty::Penalties::new(failure_delay, MAX_AUTH_FAILURE_DELAY, trusted_networks),
         hashing: hashpool::HashPool::new(
             std::thread::available_parallelism()
                 .map(|n| n.get())
