@@ -254,6 +254,12 @@ fn decoy_hash(params: Argon2Params) -> String {
     hash
 }
 
+/// Makes the decoy hash for `params` now (one argon2 run), so that the first unknown user's
+/// login costs what later ones cost instead of also paying for the decoy.
+pub fn prepare_decoy(params: Argon2Params) {
+    decoy_hash(params);
+}
+
 /// Outcome of a password check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

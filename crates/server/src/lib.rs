@@ -384,6 +384,12 @@ pub async fn run(
         draining: std::sync::atomic::AtomicBool::new(false),
         tickets: auth::ticket::Replay::new(),
     });
+    // The unknown-user decoy of the configured argon2 cost, made before the first login needs
+    // it (on a blocking thread, not holding up the start).
+    let argon2 = shared.config.argon2;
+    drop(tokio::task::spawn_blocking(move || {
+        auth::prepare_decoy(argon2)
+    }));
     // Aborted when `run` returns, however it does.
     let _renewer = AbortOnDrop(tokio::spawn(shared.locks.clone().renew_forever()));
     let _heartbeat = match shared.config.node.clone() {
