@@ -149,7 +149,8 @@ impl File {
         if let Some(e) = &file.expire {
             e.resolve()?;
         }
-        TrustedProxies::parse(&file.trusted_proxies)?;
+        TrustedProxies::parse(&file.trusted_proxies).context("trusted_proxies")?;
+        TrustedProxies::parse(&file.trusted_networks).context("trusted_networks")?;
         Ok(file)
     }
 }

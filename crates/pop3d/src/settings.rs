@@ -67,7 +67,8 @@ fn layered(args: &Args) -> Result<Settings> {
         &file.trusted_proxies
     } else {
         &args.trusted_proxy
-    })?;
+    })
+    .context("trusted_proxies")?;
     let trusted_networks = TrustedProxies::parse(if args.trusted_network.is_empty() {
         &file.trusted_networks
     } else {
