@@ -2,8 +2,8 @@
 //! failure from the same client (IPv6 by /64) or against the same account (its canonical
 //! name, `verify::penalty_key`), from `base` up to `max` (Dovecot's curve: 2 s doubling to
 //! 15 s). As in Dovecot, a penalty decays: the delay is reduced by the time since the key's
-//! last penalty ended, so a failure after a quiet minute is answered at once while a guesser
-//! who retries at once waits the whole curve. Repeating the same wrong password does not
+//! last penalty ended, so a failure after a quiet minute does not wait for failures long ago
+//! while a guesser who retries at once waits the whole curve. Repeating the same wrong password does not
 //! raise the penalty (a misconfigured client retrying is not an attack). Clients in the
 //! trusted networks (Dovecot's `login_trusted_networks`: webmail, a proxy) are exempt.
 //! Entries are kept in memory, bounded in number, and forgotten after a quiet spell. Time is
@@ -76,9 +76,9 @@ impl Penalties {
     }
 
     /// Records a failure from `ip` against `account` (its canonical name, when known) and
-    /// returns how long to wait before replying: the curve of the key with the most failures,
-    /// less the time since that key's last penalty ended. A trusted client is neither
-    /// recorded nor delayed.
+    /// returns how long to wait before replying: the longest of its keys' delays, each the
+    /// curve at that key's failures less the time since that key's last penalty ended. A
+    /// trusted client is neither recorded nor delayed.
     pub fn failure(
         &self,
         ip: IpAddr,
