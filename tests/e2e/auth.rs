@@ -212,13 +212,18 @@ fn cleartext_mechanisms_follow_the_cleartext_policy() {
     );
     let mut c = f.server.connect();
     let caps = c.listing("CAPA");
-    let sasl = caps.iter().find(|l| l.starts_with("SASL ")).expect("SASL");
-    assert!(!sasl.contains("PLAIN") && !sasl.contains("LOGIN"), "{sasl}");
+    // Issue 15: SCRAM-SHA-256 follows the policy too (before TLS its salt and proof let a
+    // passive listener guess offline), so here, with no TLS, no mechanism is left to offer.
+    let sasl = caps.iter().find(|l| l.starts_with("SASL "));
+    assert_eq!(sasl, None, "{caps:?}");
     assert!(c
         .err(&format!(
             "AUTH PLAIN {}",
             b64(format!("\0alice\0{PW}").as_bytes())
         ))
+        .starts_with("-ERR [AUTH] "));
+    assert!(c
+        .err(&format!("AUTH SCRAM-SHA-256 {}", b64(b"n,,n=alice,r=abc")))
         .starts_with("-ERR [AUTH] "));
 }
 
@@ -257,6 +262,31 @@ fn failed_logins_are_delayed_and_the_connection_closed_after_three() {
     c.ok("USER alice");
     let last = c.err("PASS wrong3");
     assert!(last.contains("too many"), "{last}");
+    assert!(c.closed());
+}
+
+/// Issue 15: a client in `--trusted-network` (Dovecot's `login_trusted_networks`: webmail, a
+/// proxy) is answered at once after a failed login; the connection still closes after three.
+#[test]
+fn a_trusted_network_is_not_delayed_after_a_failed_login() {
+    let f = fixture(
+        "trusted",
+        &[
+            "--auth-failure-delay",
+            "2",
+            "--trusted-network",
+            "127.0.0.0/8",
+        ],
+    );
+    let mut c = f.server.connect();
+    let start = Instant::now();
+    for i in 1..3 {
+        c.ok("USER alice");
+        assert!(c.err(&format!("PASS wrong{i}")).starts_with("-ERR [AUTH] "));
+    }
+    assert!(start.elapsed() < Duration::from_millis(1500), "delayed");
+    c.ok("USER alice");
+    assert!(c.err("PASS wrong3").contains("too many"));
     assert!(c.closed());
 }
 

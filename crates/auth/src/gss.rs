@@ -16,6 +16,9 @@ pub trait GssAcceptor: Send + Sync {
     fn unwrap(&mut self, message: &[u8]) -> Result<Vec<u8>, String>;
     /// The authenticated client's principal, e.g. `alice@EXAMPLE.ORG`.
     fn client_name(&mut self) -> Result<String, String>;
+    /// The realm of the service principal the client authenticated to (`EXAMPLE.ORG` of
+    /// `pop/mail.example.org@EXAMPLE.ORG`), once the context is established.
+    fn service_realm(&mut self) -> Result<String, String>;
 }
 
 /// Makes a fresh acceptor per AUTH GSSAPI exchange.
@@ -111,6 +114,18 @@ pub mod krb5 {
                 .source_name()
                 .map(|n| n.to_string())
                 .map_err(|e| e.to_string())
+        }
+
+        fn service_realm(&mut self) -> Result<String, String> {
+            let target = self
+                .ctx()
+                .target_name()
+                .map(|n| n.to_string())
+                .map_err(|e| e.to_string())?;
+            target
+                .rsplit_once('@')
+                .map(|(_, realm)| realm.to_string())
+                .ok_or_else(|| format!("service principal {target} names no realm"))
         }
     }
 }

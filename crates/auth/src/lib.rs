@@ -15,7 +15,7 @@ pub mod scram;
 pub mod ticket;
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 pub use gss::{GssAcceptor, GssAcceptorFactory};
 pub use legacy::{verify_apop, verify_cram_md5, CramKey, CramMd5States};
@@ -37,6 +37,8 @@ pub enum SaslError {
     ControlInField,
     #[error("invalid credentials")]
     BadCredentials,
+    #[error("the Kerberos principal's realm is not accepted here")]
+    ForeignRealm,
 }
 
 /// Everything stored for a password: the argon2id hash, the SCRAM-SHA-256 keys, and for
@@ -56,11 +58,12 @@ impl std::fmt::Debug for StoredSecrets {
     }
 }
 
-/// Derives what is stored for `password`. `legacy` keeps the password itself for APOP and
-/// CRAM-MD5, which need it (they then require the password to be UTF-8).
+/// Derives what is stored for `password` (SCRAM keys with
+/// [`scram::DEFAULT_ITERATIONS`]). `legacy` keeps the password itself for APOP and CRAM-MD5,
+/// which need it (they then require the password to be UTF-8).
 pub fn derive_secrets(password: &[u8], legacy: bool) -> Result<StoredSecrets, AuthError> {
     let password_hash = hash_password(password)?;
-    let scram_sha256 = derive_scram(password);
+    let scram_sha256 = derive_scram(password, scram::DEFAULT_ITERATIONS);
     let legacy_secret = if legacy {
         Some(
             String::from_utf8(prepare(password).into_owned())
@@ -76,12 +79,21 @@ pub fn derive_secrets(password: &[u8], legacy: bool) -> Result<StoredSecrets, Au
     })
 }
 
-/// The RFC 5803 SCRAM-SHA-256 record of `password` (fresh random salt, the crate's iteration
-/// count), as [`derive_secrets`] stores it.
-pub fn derive_scram(password: &[u8]) -> String {
+/// The RFC 5803 SCRAM-SHA-256 record of `password` (fresh random salt, `iterations` rounds
+/// of PBKDF2, never fewer than [`scram::MIN_ITERATIONS`]), as [`derive_secrets`] stores it.
+pub fn derive_scram(password: &[u8], iterations: u32) -> String {
     let mut salt = [0u8; 16];
     argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, &mut salt);
-    scram::Record::derive(&prepare(password), &salt, scram::ITERATIONS).encode()
+    let iterations = iterations.max(scram::MIN_ITERATIONS);
+    scram::Record::derive(&prepare(password), &salt, iterations).encode()
+}
+
+/// True when a stored SCRAM-SHA-256 record is missing, unreadable or derived with another
+/// iteration count than `iterations`, so a successful password login should derive it anew.
+pub fn scram_needs_rederive(record: Option<&str>, iterations: u32) -> bool {
+    record
+        .and_then(scram::Record::parse)
+        .is_none_or(|r| r.iterations != iterations.max(scram::MIN_ITERATIONS))
 }
 
 /// Errors of this crate. They never carry a password.
@@ -214,16 +226,38 @@ pub fn validate_phc(phc: &str) -> Result<(), AuthError> {
     }
 }
 
-/// A hash of a random password with the same parameters as real ones: verifying against it
-/// costs what a real verification costs, so an unknown user cannot be told from a wrong
-/// password by timing.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        // A fresh random salt string doubles as a random password nobody knows.
-        let random = SaltString::generate(&mut OsRng);
-        hash_password(random.as_str().as_bytes()).unwrap_or_default()
-    })
+/// A hash of a random password with `params`, the parameters real hashes are made with:
+/// verifying against it costs what a real verification costs, so an unknown user cannot be
+/// told from a wrong password by timing. Made once per parameter set and kept.
+fn decoy_hash(params: Argon2Params) -> String {
+    static DECOYS: Mutex<Vec<(Argon2Params, String)>> = Mutex::new(Vec::new());
+    let cached = |decoys: &Vec<(Argon2Params, String)>| {
+        decoys
+            .iter()
+            .find(|(p, _)| *p == params)
+            .map(|(_, h)| h.clone())
+    };
+    if let Some(h) = cached(&DECOYS.lock().unwrap_or_else(|e| e.into_inner())) {
+        return h;
+    }
+    // A fresh random salt string doubles as a random password nobody knows. Hashed outside
+    // the lock; a rare second hash for the same parameters is harmless.
+    let random = SaltString::generate(&mut OsRng);
+    let hash = hash_password_with(random.as_str().as_bytes(), params)
+        .or_else(|_| hash_password(random.as_str().as_bytes()))
+        .unwrap_or_default();
+    let mut decoys = DECOYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = cached(&decoys) {
+        return h;
+    }
+    decoys.push((params, hash.clone()));
+    hash
+}
+
+/// Makes the decoy hash for `params` now (one argon2 run), so that the first unknown user's
+/// login costs what later ones cost instead of also paying for the decoy.
+pub fn prepare_decoy(params: Argon2Params) {
+    decoy_hash(params);
 }
 
 /// Outcome of a password check.
@@ -235,14 +269,23 @@ pub enum Verdict {
     Rejected,
 }
 
-/// Verifies `password` against `stored` (a PHC string), or against a dummy hash of equal cost
-/// when the user is unknown (`stored` is `None`), so both cases take the same time.
+/// Verifies `password` against `stored` (a PHC string), or against a decoy hash of the
+/// default parameters when the user is unknown (`stored` is `None`); see
+/// [`verify_password_with`].
 pub fn verify_password(stored: Option<&str>, password: &[u8]) -> Verdict {
+    verify_password_with(stored, password, Argon2Params::default())
+}
+
+/// Verifies `password` against `stored` (a PHC string), or against a decoy hash made with
+/// `decoy` (the parameters accounts are hashed with) when the user is unknown (`stored` is
+/// `None`), so both cases take the same time.
+pub fn verify_password_with(stored: Option<&str>, password: &[u8], decoy: Argon2Params) -> Verdict {
     let known = stored.is_some();
+    let decoy = decoy_hash(decoy);
     let parsed = stored
         .and_then(|phc| PasswordHash::new(phc).ok())
         // An unknown user, or an unusable stored hash: the same work, then a refusal.
-        .or_else(|| PasswordHash::new(dummy_hash()).ok());
+        .or_else(|| PasswordHash::new(&decoy).ok());
     let Some(parsed) = parsed else {
         return Verdict::Rejected;
     };
@@ -310,6 +353,59 @@ fn verify_reusing_memory(password: &[u8], parsed: &PasswordHash<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15: the SCRAM record carries the configured PBKDF2 count (RFC 5803's
+    /// `iterations`), never under RFC 7677's 4096, and a record of another count is derived
+    /// anew at the next password login.
+    #[test]
+    fn scram_record_carries_the_count_and_is_rederived_when_it_changes() {
+        let record = derive_scram(b"pencil", 20_000);
+        let parsed = scram::Record::parse(&record).expect("record");
+        assert_eq!(parsed.iterations, 20_000);
+        assert!(!scram_needs_rederive(Some(&record), 20_000));
+        assert!(scram_needs_rederive(Some(&record), 100_000));
+        assert!(scram_needs_rederive(None, 20_000));
+        assert!(scram_needs_rederive(Some("garbage"), 20_000));
+        // RFC 7677 section 4: never fewer than 4096.
+        let low = derive_scram(b"pencil", 10);
+        assert_eq!(scram::Record::parse(&low).expect("record").iterations, 4096);
+        assert!(!scram_needs_rederive(Some(&low), 10));
+        // popadm's secrets get the default count.
+        let s = derive_secrets(b"pencil", false).expect("derive");
+        assert_eq!(
+            scram::Record::parse(&s.scram_sha256)
+                .expect("record")
+                .iterations,
+            scram::DEFAULT_ITERATIONS
+        );
+        assert_eq!(scram::DEFAULT_ITERATIONS, 100_000);
+    }
+
+    /// Issue 15: an unknown user's decoy costs what a configured account costs: its PHC
+    /// string carries the configured parameters (not the defaults), and it is made once.
+    #[test]
+    fn decoy_carries_the_configured_parameters() {
+        let configured = Argon2Params {
+            memory_kib: 64,
+            iterations: 3,
+            parallelism: 2,
+        };
+        let decoy = decoy_hash(configured);
+        let parsed = PasswordHash::new(&decoy).expect("phc");
+        let params = Params::try_from(&parsed).expect("params");
+        assert_eq!(parsed.algorithm.as_str(), "argon2id");
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (64, 3, 2)
+        );
+        assert!(!needs_rehash(&decoy, configured));
+        assert_eq!(decoy_hash(configured), decoy, "cached, not made per login");
+        assert_ne!(decoy_hash(Argon2Params::default()), decoy);
+        assert_eq!(
+            verify_password_with(None, b"anything", configured),
+            Verdict::Rejected
+        );
+    }
 
     #[test]
     fn hash_then_verify() {

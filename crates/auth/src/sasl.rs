@@ -61,6 +61,12 @@ impl Mechanism {
         matches!(self, Mechanism::Plain | Mechanism::Login)
     }
 
+    /// Offered before TLS only where the cleartext policy allows: the cleartext mechanisms,
+    /// and SCRAM, whose salt and proof let a passive listener guess the password offline.
+    pub fn needs_cleartext_policy(self) -> bool {
+        self.is_cleartext() || self == Mechanism::ScramSha256
+    }
+
     /// Needs the account's password-equivalent legacy secret.
     pub fn needs_legacy_secret(self) -> bool {
         matches!(self, Mechanism::CramMd5)
@@ -126,11 +132,15 @@ impl fmt::Debug for Step {
 pub struct Context {
     pub challenge: String,
     pub nonce: String,
+    /// The PBKDF2 count an unknown user's made-up SCRAM record shows, the one real records
+    /// are derived with, so the count does not tell the two apart.
+    pub scram_iterations: u32,
 }
 
 impl Context {
-    /// A fresh context for `hostname` with random values.
-    pub fn new(hostname: &str) -> Context {
+    /// A fresh context for `hostname` with random values, and SCRAM records derived with
+    /// `scram_iterations`.
+    pub fn new(hostname: &str, scram_iterations: u32) -> Context {
         let mut random = [0u8; 18];
         OsRng.fill_bytes(&mut random);
         let nonce: String = random.iter().map(|b| format!("{b:02x}")).collect();
@@ -141,6 +151,7 @@ impl Context {
         Context {
             challenge: format!("<{}.{now}@{hostname}>", &nonce[..16]),
             nonce,
+            scram_iterations,
         }
     }
 }
@@ -161,10 +172,12 @@ enum State {
     },
     ScramFirst {
         server_nonce: String,
+        iterations: u32,
     },
     ScramNeedRecord {
         first: ClientFirst,
         server_nonce: String,
+        iterations: u32,
     },
     ScramFinal {
         first: ClientFirst,
@@ -193,6 +206,8 @@ enum State {
 /// One SASL exchange on the server side.
 pub struct Exchange {
     state: State,
+    /// GSSAPI: realms accepted besides the service principal's own.
+    gss_realms: Vec<String>,
 }
 
 /// Longest field of PLAIN (RFC 4616 section 2: up to 255 octets each).
@@ -225,15 +240,22 @@ impl Exchange {
             },
             Mechanism::ScramSha256 => State::ScramFirst {
                 server_nonce: ctx.nonce.clone(),
+                iterations: ctx.scram_iterations,
             },
             Mechanism::Gssapi => {
                 return (
-                    Exchange { state: State::Done },
+                    Exchange {
+                        state: State::Done,
+                        gss_realms: Vec::new(),
+                    },
                     Step::Failure(SaslError::Unsupported),
                 );
             }
         };
-        let mut exchange = Exchange { state };
+        let mut exchange = Exchange {
+            state,
+            gss_realms: Vec::new(),
+        };
         let step = match (initial, mechanism) {
             (Some(data), Mechanism::Plain | Mechanism::Login | Mechanism::ScramSha256) => {
                 exchange.respond(&data)
@@ -251,19 +273,32 @@ impl Exchange {
         (exchange, step)
     }
 
-    /// Starts GSSAPI (RFC 4752) with a fresh acceptor context.
+    /// Starts GSSAPI (RFC 4752) with a fresh acceptor context. A client principal is accepted
+    /// from the service principal's realm and from `extra_realms` only: a cross-realm trust
+    /// must not make `alice@PARTNER.REALM` the local `alice`.
     pub fn start_gssapi(
         acceptor: Box<dyn GssAcceptor>,
         initial: Option<Vec<u8>>,
+        extra_realms: &[String],
     ) -> (Exchange, Step) {
         let mut exchange = Exchange {
             state: State::Gss { acceptor },
+            gss_realms: extra_realms.to_vec(),
         };
         let step = match initial {
             Some(token) => exchange.respond(&token),
             None => Step::Challenge(Vec::new()),
         };
         (exchange, step)
+    }
+
+    /// Whether the client `principal`'s realm is the service's own or a configured one.
+    fn realm_accepted(&self, acceptor: &mut dyn GssAcceptor, principal: &str) -> bool {
+        let Some((_, realm)) = principal.rsplit_once('@') else {
+            return false;
+        };
+        acceptor.service_realm().is_ok_and(|own| own == realm)
+            || self.gss_realms.iter().any(|r| r == realm)
     }
 
     /// RFC 4752 section 3.1: after the context, offer "no security layer" (bit 1) with a
@@ -353,12 +388,16 @@ impl Exchange {
                     authcid: user.to_string(),
                 })
             }
-            State::ScramFirst { server_nonce } => {
+            State::ScramFirst {
+                server_nonce,
+                iterations,
+            } => {
                 let first = scram::parse_client_first(data)?;
                 let authcid = first.user.clone();
                 self.state = State::ScramNeedRecord {
                     first,
                     server_nonce,
+                    iterations,
                 };
                 Ok(Step::NeedCredentials { authcid })
             }
@@ -415,6 +454,9 @@ impl Exchange {
                 let principal = acceptor
                     .client_name()
                     .map_err(|_| SaslError::BadCredentials)?;
+                if !self.realm_accepted(acceptor.as_mut(), &principal) {
+                    return Err(SaslError::ForeignRealm);
+                }
                 let authzid = field(&reply[4..])?;
                 let user = principal_user(&principal).to_string();
                 if !authzid.is_empty() && authzid != user && authzid != principal {
@@ -446,12 +488,13 @@ impl Exchange {
             State::ScramNeedRecord {
                 first,
                 server_nonce,
+                iterations,
             } => {
                 let stored = creds.and_then(|c| c.scram).and_then(Record::parse);
                 let known = stored.is_some();
                 // An unknown user (or one without SCRAM keys) gets a plausible, stable salt
                 // and fails only at the proof, as a wrong password would.
-                let record = stored.unwrap_or_else(|| fake_record(&first.user));
+                let record = stored.unwrap_or_else(|| fake_record(&first.user, iterations));
                 let nonce = format!("{}{}", first.nonce, server_nonce);
                 let server_first = scram::server_first(&nonce, &record);
                 self.state = State::ScramFinal {
@@ -477,7 +520,7 @@ pub fn principal_user(principal: &str) -> &str {
 }
 
 /// A record for a user the store does not know: same shape every time for that name.
-fn fake_record(user: &str) -> Record {
+fn fake_record(user: &str, iterations: u32) -> Record {
     static KEY: OnceLock<[u8; 32]> = OnceLock::new();
     let key = KEY.get_or_init(|| {
         let mut k = [0u8; 32];
@@ -491,7 +534,7 @@ fn fake_record(user: &str) -> Record {
     let mut random = [0u8; 64];
     OsRng.fill_bytes(&mut random);
     Record {
-        iterations: scram::ITERATIONS,
+        iterations: iterations.max(scram::MIN_ITERATIONS),
         salt: digest[..16].to_vec(),
         stored_key: random[..32].try_into().unwrap_or([0; 32]),
         server_key: random[32..].try_into().unwrap_or([0; 32]),
@@ -508,6 +551,7 @@ mod tests {
         Context {
             challenge: "<1896.697170952@postoffice.reston.mci.net>".into(),
             nonce: "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into(),
+            scram_iterations: scram::MIN_ITERATIONS,
         }
     }
 
@@ -673,13 +717,34 @@ mod tests {
         };
         let ((mut ex, a), (_, b)) = (ghost(), ghost());
         assert_eq!(a, b, "the fake salt must not give the unknown user away");
+        // Nor the count: it is the one real records are derived with.
+        let mut counted = ctx();
+        counted.scram_iterations = 100_000;
+        let (mut ex3, _) = Exchange::start(
+            Mechanism::ScramSha256,
+            Some(b"n,,n=ghost,r=abc".to_vec()),
+            &counted,
+        );
+        let Step::Challenge(c) = ex3.credentials(None) else {
+            panic!("server-first")
+        };
+        assert!(c.ends_with(b",i=100000"), "{}", String::from_utf8_lossy(&c));
         let step = ex.respond(b"c=biws,r=abc%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
         assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));
     }
 
-    /// An acceptor that takes "token-1" then "token-2" as a two-leg context for alice.
+    /// An acceptor that takes "token-1" then "token-2" as a two-leg context for `principal`
+    /// (alice of the service's realm unless set), for service `pop/host@EXAMPLE.TEST`.
     struct FakeGss {
         legs: u8,
+        principal: &'static str,
+    }
+
+    fn fake_gss() -> Box<FakeGss> {
+        Box::new(FakeGss {
+            legs: 0,
+            principal: "alice@EXAMPLE.TEST",
+        })
     }
 
     impl GssAcceptor for FakeGss {
@@ -700,14 +765,16 @@ mod tests {
                 .ok_or_else(|| "not wrapped".into())
         }
         fn client_name(&mut self) -> Result<String, String> {
-            Ok("alice@EXAMPLE.TEST".into())
+            Ok(self.principal.into())
+        }
+        fn service_realm(&mut self) -> Result<String, String> {
+            Ok("EXAMPLE.TEST".into())
         }
     }
 
     #[test]
     fn rfc4752_gssapi_exchange() {
-        let (mut ex, step) =
-            Exchange::start_gssapi(Box::new(FakeGss { legs: 0 }), Some(b"token-1".to_vec()));
+        let (mut ex, step) = Exchange::start_gssapi(fake_gss(), Some(b"token-1".to_vec()), &[]);
         assert!(matches!(step, Step::Challenge(c) if c == b"reply-1"));
         assert!(matches!(ex.respond(b"token-2"), Step::Challenge(c) if c == b"final"));
         // The client answers the last context token with an empty response; then the
@@ -719,8 +786,7 @@ mod tests {
 
         // A client that asks for a security layer we did not offer, or another identity.
         let run = |reply: &[u8]| {
-            let (mut ex, _) =
-                Exchange::start_gssapi(Box::new(FakeGss { legs: 0 }), Some(b"token-1".to_vec()));
+            let (mut ex, _) = Exchange::start_gssapi(fake_gss(), Some(b"token-1".to_vec()), &[]);
             ex.respond(b"token-2");
             ex.respond(b"");
             ex.respond(reply)
@@ -742,10 +808,42 @@ mod tests {
             Step::Failure(SaslError::BadCredentials)
         ));
         // A bad token fails the exchange.
-        let (_, step) =
-            Exchange::start_gssapi(Box::new(FakeGss { legs: 0 }), Some(b"junk".to_vec()));
+        let (_, step) = Exchange::start_gssapi(fake_gss(), Some(b"junk".to_vec()), &[]);
         assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));
         assert_eq!(principal_user("pop/host@REALM"), "pop/host");
+    }
+
+    /// Issue 15: a principal of another realm (a cross-realm trust) is not the local user of
+    /// that name; the service's own realm and configured extra realms are accepted.
+    #[test]
+    fn rfc4752_gssapi_accepts_only_the_service_realm_and_configured_ones() {
+        let run = |principal: &'static str, extra: &[String]| {
+            let acceptor = Box::new(FakeGss { legs: 0, principal });
+            let (mut ex, _) = Exchange::start_gssapi(acceptor, Some(b"token-1".to_vec()), extra);
+            ex.respond(b"token-2");
+            ex.respond(b"");
+            ex.respond(b"W:\x01\x00\x00\x00")
+        };
+        assert!(matches!(
+            run("alice@PARTNER.REALM", &[]),
+            Step::Failure(SaslError::ForeignRealm)
+        ));
+        assert!(matches!(
+            run("alice", &[]),
+            Step::Failure(SaslError::ForeignRealm)
+        ));
+        assert!(
+            matches!(run("alice@EXAMPLE.TEST", &[]), Step::Success { authcid } if authcid == "alice")
+        );
+        let partner = ["PARTNER.REALM".to_string()];
+        assert!(
+            matches!(run("alice@PARTNER.REALM", &partner), Step::Success { authcid } if authcid == "alice")
+        );
+        // Realms are compared as Kerberos does: exactly.
+        assert!(matches!(
+            run("alice@partner.realm", &partner),
+            Step::Failure(SaslError::ForeignRealm)
+        ));
     }
 
     #[test]

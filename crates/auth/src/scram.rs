@@ -10,8 +10,13 @@ use zeroize::Zeroizing;
 use crate::legacy::constant_time_eq;
 use crate::SaslError;
 
-/// PBKDF2 iterations for new records (RFC 7677 section 4: at least 4096).
-pub const ITERATIONS: u32 = 4096;
+/// PBKDF2 iterations for new records unless configured otherwise: the stored keys sit beside
+/// argon2id hashes, so they should not be the cheaper target (the client pays the count once
+/// per login; the server never does).
+pub const DEFAULT_ITERATIONS: u32 = 100_000;
+
+/// The least count accepted for new records (RFC 7677 section 4: at least 4096).
+pub const MIN_ITERATIONS: u32 = 4096;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -141,6 +141,11 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub gssapi_service: Option<String>,
 
+    /// Kerberos realm whose principals may log in besides the service principal's own;
+    /// repeatable. Replaces the file's gssapi_realms [default: none].
+    #[arg(long = "gssapi-realm", value_name = "REALM")]
+    pub gssapi_realm: Vec<String>,
+
     /// Cleartext login policy of the listeners given by flags: never, loopback or always.
     #[arg(long, value_name = "POLICY")]
     pub cleartext: Option<String>,
@@ -218,6 +223,17 @@ pub struct Args {
     /// Failed logins after which a connection is closed [default: 3].
     #[arg(long, value_name = "N")]
     pub max_auth_failures: Option<u32>,
+
+    /// Address or CIDR network whose clients are never delayed after a failed login (webmail,
+    /// a proxy logging in for its users); repeatable. Replaces the file's trusted_networks
+    /// [default: none].
+    #[arg(long = "trusted-network", value_name = "CIDR")]
+    pub trusted_network: Vec<String>,
+
+    /// PBKDF2 iterations of the SCRAM-SHA-256 keys, at least 4096 (RFC 7677); keys of another
+    /// count are derived anew at the next password login [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub scram_iterations: Option<u32>,
 
     /// Host name in the APOP timestamp, CRAM-MD5 challenges, the GSSAPI principal and the
     /// self-signed certificate [default: the machine's].

@@ -33,6 +33,9 @@ pub struct File {
     pub cluster_key_file: Option<PathBuf>,
     pub gssapi_keytab: Option<PathBuf>,
     pub gssapi_service: Option<String>,
+    /// Kerberos realms accepted besides the service principal's own.
+    #[serde(default)]
+    pub gssapi_realms: Vec<String>,
     pub user: Option<String>,
     pub hostname: Option<String>,
     pub log: Option<String>,
@@ -54,6 +57,11 @@ pub struct File {
     pub default_domain: Option<String>,
     pub auth_failure_delay: Option<u64>,
     pub max_auth_failures: Option<u32>,
+    /// Clients exempt from the failed-login penalty (addresses or CIDR networks).
+    #[serde(default)]
+    pub trusted_networks: Vec<String>,
+    /// PBKDF2 iterations of SCRAM-SHA-256 keys.
+    pub scram_iterations: Option<u32>,
     pub credential_cache_ttl: Option<u64>,
     /// Generate a self-signed certificate when none is configured (default true).
     pub self_signed: Option<bool>,
@@ -145,7 +153,8 @@ impl File {
         if let Some(e) = &file.expire {
             e.resolve()?;
         }
-        TrustedProxies::parse(&file.trusted_proxies)?;
+        TrustedProxies::parse(&file.trusted_proxies).context("trusted_proxies")?;
+        TrustedProxies::parse(&file.trusted_networks).context("trusted_networks")?;
         if let Some(allow) = &file.auth_http_allow {
             TrustedProxies::parse(allow).context("auth_http_allow")?;
         }

@@ -67,7 +67,19 @@ fn layered(args: &Args) -> Result<Settings> {
         &file.trusted_proxies
     } else {
         &args.trusted_proxy
-    })?;
+    })
+    .context("trusted_proxies")?;
+    let trusted_networks = TrustedProxies::parse(if args.trusted_network.is_empty() {
+        &file.trusted_networks
+    } else {
+        &args.trusted_network
+    })
+    .context("trusted_networks")?;
+    let gssapi_realms = if args.gssapi_realm.is_empty() {
+        file.gssapi_realms
+    } else {
+        args.gssapi_realm.clone()
+    };
     let node_id = args.node_id.clone().or(file.node_id);
     let advertise = args.advertise.clone().or(file.advertise);
     let advertise_given = advertise.is_some();
@@ -173,7 +185,13 @@ fn layered(args: &Args) -> Result<Settings> {
             d.max_auth_failures,
         )
         .max(1),
+        trusted_networks,
         argon2,
+        scram_iterations: layer(
+            args.scram_iterations,
+            file.scram_iterations,
+            d.scram_iterations,
+        ),
         credential_cache_ttl: layer_secs(
             args.credential_cache_ttl,
             file.credential_cache_ttl,
@@ -181,6 +199,7 @@ fn layered(args: &Args) -> Result<Settings> {
         ),
         // Set by `server::serve`, after privileges are dropped.
         gssapi: None,
+        gssapi_realms,
         node,
         cluster,
     };
@@ -752,6 +771,59 @@ mod tests {
         assert!(with("[argon2]\nparallelism = 4000000000\n").is_err());
         let s = with("[argon2]\nmemory_kib = 8192\niterations = 1\n").expect("cheap costs");
         assert_eq!(s.daemon.config.argon2.memory_kib, 8192);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 15: `trusted_networks`, `scram_iterations` and `gssapi_realms` from the file,
+    /// replaced by their flags; the SCRAM count is at least RFC 7677's 4096.
+    #[test]
+    fn penalty_scram_and_realm_settings() {
+        let d = resolve(&Args::parse_from(["pop3d"])).expect("defaults");
+        assert!(d.daemon.config.trusted_networks.is_empty());
+        assert_eq!(d.daemon.config.scram_iterations, 100_000);
+        assert!(d.daemon.config.gssapi_realms.is_empty());
+        let dir = std::env::temp_dir().join(format!("pop3d-authpol-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("pop3d.toml");
+        std::fs::write(
+            &path,
+            "trusted_networks = [\"10.0.0.0/8\"]\nscram_iterations = 20000\n\
+             gssapi_realms = [\"PARTNER.TEST\"]\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf8");
+        let ip = |s: &str| s.parse().expect("ip");
+        let s = resolve(&Args::parse_from(["pop3d", "--config", p])).expect("file");
+        let c = &s.daemon.config;
+        assert!(c.trusted_networks.contains(ip("10.1.2.3")));
+        assert_eq!(c.scram_iterations, 20_000);
+        assert_eq!(c.gssapi_realms, ["PARTNER.TEST"]);
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--config",
+            p,
+            "--trusted-network",
+            "192.0.2.0/24",
+            "--scram-iterations",
+            "4096",
+            "--gssapi-realm",
+            "OTHER.TEST",
+        ]))
+        .expect("flags");
+        let c = &s.daemon.config;
+        assert!(!c.trusted_networks.contains(ip("10.1.2.3")));
+        assert!(c.trusted_networks.contains(ip("192.0.2.9")));
+        assert_eq!(c.scram_iterations, 4096);
+        assert_eq!(c.gssapi_realms, ["OTHER.TEST"]);
+        let low = resolve(&Args::parse_from(["pop3d", "--scram-iterations", "4095"]));
+        assert!(format!("{:#}", low.expect_err("too few")).contains("4096"));
+        assert!(resolve(&Args::parse_from([
+            "pop3d",
+            "--trusted-network",
+            "nonsense"
+        ]))
+        .is_err());
+        assert!(resolve(&Args::parse_from(["pop3d", "--gssapi-realm", "a@b"])).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,6 @@
 //! Every rule the resolved settings must keep, checked once, before anything is bound: the
-//! limits, the argon2 costs (by the argon2 crate's bounds, without hashing), the store URL,
+//! limits, the argon2 costs (by the argon2 crate's bounds, without hashing), the SCRAM
+//! iteration count, the Kerberos realms, the store URL,
 //! what each listener needs ([`server::ListenSpec::check`], whose rules `server::run` applies
 //! again to the listeners it serves), and the node.
 
@@ -32,6 +33,17 @@ pub fn validate(settings: &Settings, allow_short_idle_timeout: bool) -> Result<(
     }
     if config.lock_lease.is_zero() {
         bail!("lock_lease must be at least 1 second");
+    }
+    if config.scram_iterations < auth::scram::MIN_ITERATIONS {
+        bail!(
+            "scram_iterations must be at least {} (RFC 7677 section 4)",
+            auth::scram::MIN_ITERATIONS
+        );
+    }
+    if let Some(realm) = config.gssapi_realms.iter().find(|r| {
+        r.is_empty() || r.contains('@') || r.chars().any(|c| c.is_whitespace() || c.is_control())
+    }) {
+        bail!("gssapi_realms: {realm:?} is not a Kerberos realm (such as EXAMPLE.ORG)");
     }
     config
         .argon2

@@ -449,7 +449,10 @@ async fn answer(request: &Request, shared: &Arc<Shared>, nodes: &NodeTable) -> A
         Ok(None) => {
             let delay = shared.penalties.failure(
                 client,
-                Some(&user.to_lowercase()),
+                Some(&verify::penalty_key(
+                    &user,
+                    shared.config.default_domain.as_deref(),
+                )),
                 Some(fingerprint),
                 Instant::now(),
             );
@@ -475,7 +478,10 @@ async fn answer(request: &Request, shared: &Arc<Shared>, nodes: &NodeTable) -> A
         }
     };
     let name = account.name.to_string();
-    shared.penalties.success(&name);
+    let domain = shared.config.default_domain.as_deref();
+    shared
+        .penalties
+        .success(&verify::penalty_key(&name, domain));
     let table = match nodes.read(shared).await {
         Ok(t) => t,
         Err(e) => {

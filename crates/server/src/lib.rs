@@ -115,12 +115,21 @@ pub struct Config {
     pub auth_failure_delay: Duration,
     /// Failed logins after which a connection is closed.
     pub max_auth_failures: u32,
+    /// Clients never delayed after a failed login and not counted in the penalties
+    /// (Dovecot's `login_trusted_networks`: webmail, a proxy that logs in for its users).
+    pub trusted_networks: TrustedProxies,
     /// argon2id cost of stored hashes; a login with a hash of other parameters re-hashes.
+    /// Unknown users are verified against a decoy of the same cost.
     pub argon2: auth::Argon2Params,
+    /// PBKDF2 iterations of the SCRAM-SHA-256 keys (RFC 7677 section 4: at least 4096); a
+    /// password login re-derives keys of another count.
+    pub scram_iterations: u32,
     /// How long a verified password is remembered, so a repeat login skips argon2 (0: off).
     pub credential_cache_ttl: Duration,
     /// Kerberos: SASL GSSAPI (RFC 4752) is offered when set, and KPOP listeners need it.
     pub gssapi: Option<Arc<dyn auth::GssAcceptorFactory>>,
+    /// Kerberos realms whose principals may log in besides the service principal's own.
+    pub gssapi_realms: Vec<String>,
     /// This server as a node of a cluster: heartbeats in the store's node table, and the
     /// drain an operator sets there (`popadm node drain`). `None`: no node table entry.
     pub node: Option<NodeConfig>,
@@ -184,7 +193,9 @@ impl Default for Config {
     /// address), 60 seconds to log in, a 2 minute lock
     /// lease, 30 seconds of shutdown grace, 30 seconds for a TLS handshake, greeting
     /// "POP3 server ready", IMPLEMENTATION "pop3d", no login delay, EXPIRE NEVER, no APOP or CRAM-MD5,
-    /// no default domain, failed logins delayed from 2 s and closed after 3, no node entry.
+    /// no default domain, failed logins delayed from 2 s and closed after 3, no trusted
+    /// networks, SCRAM keys of 100,000 iterations, only the service realm's Kerberos
+    /// principals, no node entry.
     fn default() -> Self {
         Config {
             hostname: local_hostname(),
@@ -204,9 +215,12 @@ impl Default for Config {
             default_domain: None,
             auth_failure_delay: Duration::from_secs(2),
             max_auth_failures: 3,
+            trusted_networks: TrustedProxies::default(),
             argon2: auth::Argon2Params::default(),
+            scram_iterations: auth::scram::DEFAULT_ITERATIONS,
             credential_cache_ttl: Duration::from_secs(300),
             gssapi: None,
+            gssapi_realms: Vec::new(),
             node: None,
             cluster: None,
         }
@@ -375,6 +389,7 @@ pub async fn run(
     let max = config.max_connections;
     let max_per_ip = config.max_connections_per_ip;
     let failure_delay = config.auth_failure_delay;
+    let trusted_networks = config.trusted_networks.clone();
     let cache_ttl = config.credential_cache_ttl;
     let lock_lease = config.lock_lease;
     let shared = Arc::new(Shared {
@@ -384,7 +399,7 @@ pub async fn run(
         shutdown: stop_rx,
         tls,
         per_client: limits::PerClient::new(max_per_ip),
-        penalties: penalty::Penalties::new(failure_delay, MAX_AUTH_FAILURE_DELAY),
+        penalties: penalty::Penalties::new(failure_delay, MAX_AUTH_FAILURE_DELAY, trusted_networks),
         hashing: hashpool::HashPool::new(
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -396,6 +411,12 @@ pub async fn run(
         draining: std::sync::atomic::AtomicBool::new(false),
         tickets: auth::ticket::Replay::new(),
     });
+    // The unknown-user decoy of the configured argon2 cost, made before the first login needs
+    // it (on a blocking thread, not holding up the start).
+    let argon2 = shared.config.argon2;
+    drop(tokio::task::spawn_blocking(move || {
+        auth::prepare_decoy(argon2)
+    }));
     // Aborted when `run` returns, however it does.
     let _renewer = AbortOnDrop(tokio::spawn(shared.locks.clone().renew_forever()));
     let _heartbeat = match shared.config.node.clone() {

@@ -29,11 +29,10 @@ struct Net {
     prefix: u8,
 }
 
-/// A trusted-proxy entry that is not an address or a network.
+/// An entry of `trusted_proxies` or `trusted_networks` that is not an address or a network
+/// (the caller names the setting).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "trusted proxy {entry:?}: {why} (want an address or a network such as 10.0.0.0/8 or fd00::/8)"
-)]
+#[error("{entry:?}: {why} (want an address or a network such as 10.0.0.0/8 or fd00::/8)")]
 pub struct TrustedProxyError {
     entry: String,
     why: &'static str,

@@ -24,6 +24,7 @@ pub(crate) async fn password(
 ) -> Result<Option<Account>, SessionError> {
     let store = shared.store.clone();
     let params = shared.config.argon2;
+    let scram_iterations = shared.config.scram_iterations;
     // A password verified recently for this account needs no argon2 run (see `credcache`);
     // the lookup is cheap and runs first.
     let found = lookup(shared, name, utf8).await?;
@@ -44,10 +45,10 @@ pub(crate) async fn password(
         .run(move || -> Result<_, StoreError> {
             let account = found;
             let stored = account.as_ref().map(|a| a.password_hash.as_str());
-            let verdict = auth::verify_password(stored, password.expose());
+            let verdict = auth::verify_password_with(stored, password.expose(), params);
             let account = account.filter(|_| verdict == auth::Verdict::Accepted);
             if let Some(a) = &account {
-                add_scram_keys_if_missing(&*store, a, password.expose());
+                derive_scram_keys_if_needed(&*store, a, password.expose(), scram_iterations);
                 rehash_if_needed(&*store, a, password.expose(), params);
                 cache
                     .credentials
@@ -137,21 +138,8 @@ fn resolve_account(
     utf8: bool,
     default_domain: Option<&str>,
 ) -> Result<Option<Account>, StoreError> {
-    let name = if utf8 {
-        auth::saslprep(raw).unwrap_or_else(|| raw.to_string())
-    } else {
-        raw.to_string()
-    };
-    let mut candidates = vec![name.clone()];
-    if !name.contains('@') {
-        if let Some((local, domain)) = name.rsplit_once('+') {
-            candidates.push(format!("{local}@{domain}"));
-        }
-        if let Some(d) = default_domain {
-            candidates.push(format!("{name}@{d}"));
-        }
-    }
-    for candidate in candidates {
+    let name = if utf8 { prepared(raw) } else { raw.to_string() };
+    for candidate in candidates(&name, default_domain) {
         if let Ok(n) = AccountName::parse(&candidate) {
             if let Some(account) = store.account(&n)? {
                 return Ok(Some(account));
@@ -161,16 +149,61 @@ fn resolve_account(
     Ok(None)
 }
 
+/// SASLprep of a name (NFKC, RFC 4013), or the name as given where SASLprep refuses it.
+fn prepared(raw: &str) -> String {
+    auth::saslprep(raw).unwrap_or_else(|| raw.to_string())
+}
+
+/// The names [`resolve_account`] tries for `name`, in order.
+fn candidates(name: &str, default_domain: Option<&str>) -> Vec<String> {
+    let mut candidates = vec![name.to_string()];
+    if !name.contains('@') {
+        if let Some((local, domain)) = name.rsplit_once('+') {
+            candidates.push(format!("{local}@{domain}"));
+        }
+        if let Some(d) = default_domain {
+            candidates.push(format!("{name}@{d}"));
+        }
+    }
+    candidates
+}
+
+/// The name the failed-login penalty counts a login name under, so that every spelling of an
+/// account shares one counter: SASLprep (NFKC, in any mode: merging look-alikes costs nothing),
+/// `user+domain` as `user@domain`, a bare name in the default domain, lowercased as
+/// [`AccountName::parse`] does. An account's own name gives the key its logins count under.
+pub(crate) fn penalty_key(raw: &str, default_domain: Option<&str>) -> String {
+    let name = prepared(raw);
+    // The first candidate with a domain (`+` or the default domain), else the name itself.
+    let full = candidates(&name, default_domain)
+        .into_iter()
+        .nth(1)
+        .unwrap_or(name);
+    AccountName::parse(&full).map_or_else(|_| full.to_lowercase(), |n| n.to_string())
+}
+
 /// Derives and stores SCRAM-SHA-256 keys for an account that has none (imported with a hash
-/// only, or from before schema v3): the password is at hand only now. Failure only costs
-/// SCRAM for this account until the next login.
-fn add_scram_keys_if_missing(store: &dyn store::Store, account: &Account, password: &[u8]) {
-    if account.secrets.scram_sha256.is_some() {
+/// only, or from before schema v3) or has keys of another iteration count than configured:
+/// the password is at hand only now. Failure only costs SCRAM (or its upgrade) for this
+/// account until the next login.
+fn derive_scram_keys_if_needed(
+    store: &dyn store::Store,
+    account: &Account,
+    password: &[u8],
+    iterations: u32,
+) {
+    let stored = account.secrets.scram_sha256.as_deref();
+    if !auth::scram_needs_rederive(stored, iterations) {
         return;
     }
-    let record = auth::derive_scram(password);
-    match store.add_scram_keys(account.id, &account.password_hash, &record) {
-        Ok(true) => info!("SCRAM-SHA-256 keys derived at login"),
+    let record = auth::derive_scram(password, iterations);
+    let hash = &account.password_hash;
+    let written = match stored {
+        None => store.add_scram_keys(account.id, hash, &record),
+        Some(old) => store.replace_scram_keys(account.id, hash, old, &record),
+    };
+    match written {
+        Ok(true) => info!(iterations, "SCRAM-SHA-256 keys derived at login"),
         Ok(false) => {}
         Err(e) => warn!(error = %e, "storing the SCRAM-SHA-256 keys failed"),
     }
@@ -194,5 +227,31 @@ fn rehash_if_needed(
             Err(e) => warn!(error = %e, "storing the re-hashed password failed"),
         },
         Err(e) => warn!(error = %e, "re-hashing the password failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::penalty_key;
+
+    /// Issue 15: every spelling that reaches an account counts under one penalty key.
+    #[test]
+    fn penalty_key_is_the_canonical_account_name() {
+        let dom = Some("dom");
+        for name in [
+            "alice",
+            "ALICE",
+            "alice@dom",
+            "Alice@DOM",
+            "alice+dom",
+            "\u{FF41}lice",
+        ] {
+            assert_eq!(penalty_key(name, dom), "alice@dom", "{name}");
+        }
+        assert_eq!(penalty_key("alice", None), "alice");
+        assert_eq!(penalty_key("alice+dom", None), "alice@dom");
+        assert_eq!(penalty_key("bob@other", dom), "bob@other");
+        // A name no account can have is still keyed, lowercased.
+        assert_eq!(penalty_key("A B", None), "a b");
     }
 }

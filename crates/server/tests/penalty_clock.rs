@@ -3,6 +3,8 @@
 //! it, so the delays are checked to the millisecond without waiting for them, and a second
 //! client is served while the first one's delay runs (the delay holds no thread).
 //!
+//! The penalty decays with quiet time (issue 15), checked the same way.
+//!
 //! The clock is paused with `start_paused`; a task that always yields keeps the runtime from
 //! ever being idle, so tokio never auto-advances it: only `tokio::time::advance` does.
 
@@ -112,6 +114,8 @@ async fn penalty_curve_on_a_paused_clock() {
         .expect("account");
     let config = server::Config {
         argon2: CHEAP,
+        // The cheapest SCRAM keys too: they are derived at the first right password.
+        scram_iterations: auth::scram::MIN_ITERATIONS,
         max_auth_failures: 100,
         login_timeout: Duration::from_secs(24 * 3600),
         credential_cache_ttl: Duration::ZERO,
@@ -175,6 +179,14 @@ async fn penalty_curve_on_a_paused_clock() {
         .await
         .expect("reply")
         .starts_with("-ERR [AUTH] "));
+
+    // Issue 15: the penalty decays as Dovecot's does. A quiet minute later a mistype waits
+    // only the base delay (the good login above cleared the account's count; the client's
+    // long-ago failures cost nothing now), not the 15 s of failures long ago ...
+    tokio::time::advance(secs(60)).await;
+    failed_login_is_delayed(&mut c, "seven", secs(2)).await;
+    // ... while a retry the moment the reply comes waits the client's whole curve again.
+    failed_login_is_delayed(&mut c, "eight", secs(15)).await;
 
     spinner.abort();
     let _ = stop.send(());

@@ -399,6 +399,10 @@ pub trait Store: Send + Sync + 'static {
     /// (imported with a hash only, or from before schema v3), only if its password hash is
     /// still `password_hash`. Returns whether they were stored.
     fn add_scram_keys(&self, account: AccountId, password_hash: &str, scram: &str) -> Result<bool>;
+    /// Replaces SCRAM-SHA-256 keys derived with another iteration count by `new`, keys derived
+    /// at a successful login, only if the password hash is still `hash` and the keys are still
+    /// `old`. Returns whether they were replaced.
+    fn replace_scram_keys(&self, id: AccountId, hash: &str, old: &str, new: &str) -> Result<bool>;
     /// Every domain with the number of its accounts, by name.
     fn list_domains(&self) -> Result<Vec<(String, u64)>>;
     /// Adds an empty domain (domains also appear when an account in them is created).

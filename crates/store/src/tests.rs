@@ -1192,6 +1192,21 @@ fn scram_keys_are_added_only_where_missing_and_for_the_same_hash(f: &dyn Fixture
         Some("SCRAM-SHA-256$a")
     );
     assert_eq!(acct.password_hash, "$h");
+    // Replaced (another iteration count) only from the keys and hash still stored.
+    assert!(!store
+        .replace_scram_keys(id, "$h", "SCRAM-SHA-256$x", "SCRAM-SHA-256$c")
+        .unwrap());
+    assert!(!store
+        .replace_scram_keys(id, "$other", "SCRAM-SHA-256$a", "SCRAM-SHA-256$c")
+        .unwrap());
+    assert!(store
+        .replace_scram_keys(id, "$h", "SCRAM-SHA-256$a", "SCRAM-SHA-256$c")
+        .unwrap());
+    let acct = store.account(&n).unwrap().unwrap();
+    assert_eq!(
+        acct.secrets.scram_sha256.as_deref(),
+        Some("SCRAM-SHA-256$c")
+    );
 }
 
 fn domains_list_add_and_delete_with_their_accounts(f: &dyn Fixture) {

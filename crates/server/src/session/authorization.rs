@@ -3,7 +3,7 @@
 //! login ends in: the maildrop taken (lock, LOGIN-DELAY, EXPIRE, listing) or the failed-login
 //! penalty.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auth::{Credentials, Exchange, Mechanism, Step};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -237,7 +237,8 @@ impl Session {
         let legacy = self.shared.config.legacy_auth;
         Mechanism::ALL
             .into_iter()
-            .filter(|m| cleartext || !m.is_cleartext())
+            // SCRAM too: before TLS its salt and proof let a listener guess offline.
+            .filter(|m| cleartext || !m.needs_cleartext_policy())
             .filter(|m| legacy || !m.needs_legacy_secret())
             .filter(|m| gssapi || *m != Mechanism::Gssapi)
             .collect()
@@ -264,7 +265,7 @@ impl Session {
         };
         let mech = match Mechanism::parse(&name) {
             Some(m) if offered.contains(&m) => m,
-            Some(m) if m.is_cleartext() => return self.refuse(reply::CLEARTEXT_REFUSED),
+            Some(m) if m.needs_cleartext_policy() => return self.refuse(reply::CLEARTEXT_REFUSED),
             _ => {
                 return self.refuse(ErrReply {
                     code: None,
@@ -299,9 +300,10 @@ impl Session {
                     return Next::Continue;
                 }
             };
-            Exchange::start_gssapi(acceptor, initial)
+            Exchange::start_gssapi(acceptor, initial, &self.shared.config.gssapi_realms)
         } else {
-            let ctx = auth::sasl::Context::new(&self.shared.config.hostname);
+            let config = &self.shared.config;
+            let ctx = auth::sasl::Context::new(&config.hostname, config.scram_iterations);
             Exchange::start(mech, initial, &ctx)
         };
         debug!(mechanism = mech.name(), "AUTH");
@@ -403,12 +405,14 @@ impl Session {
             user = ?attempted.unwrap_or_default(),
             "login failed"
         );
-        let account = attempted.map(str::to_lowercase);
+        let domain = self.shared.config.default_domain.as_deref();
+        let account = attempted.map(|name| verify::penalty_key(name, domain));
         let delay = self.shared.penalties.failure(
             self.client.ip(),
             account.as_deref(),
             password,
-            Instant::now(),
+            // tokio's clock, which the delay below sleeps on (and a paused test clock moves).
+            tokio::time::Instant::now().into_std(),
         );
         if !delay.is_zero() {
             // The penalty ends early at shutdown: a guesser's wait holds no drain.
@@ -445,7 +449,9 @@ impl Session {
                 return Next::Continue;
             }
         };
-        self.shared.penalties.success(&account.name.to_string());
+        let domain = self.shared.config.default_domain.as_deref();
+        let key = verify::penalty_key(&account.name.to_string(), domain);
+        self.shared.penalties.success(&key);
         // A draining node takes no new login, by any path (USER/PASS, APOP, AUTH): all end
         // here, after the credentials were checked, so a wrong password is still answered as
         // one (and penalised) and a right one learns to come back later or elsewhere.

@@ -215,6 +215,21 @@ pub fn add_scram_keys<S: Sql>(tx: &mut S, id: AccountId, hash: &str, scram: &str
     Ok(changed == 1)
 }
 
+pub fn replace_scram_keys<S: Sql>(
+    tx: &mut S,
+    id: AccountId,
+    hash: &str,
+    old: &str,
+    scram: &str,
+) -> Result<bool> {
+    let changed = tx.execute(
+        "UPDATE accounts SET scram_sha256 = $4
+         WHERE id = $1 AND password_hash = $2 AND scram_sha256 = $3",
+        &[&id, &hash, &old, &scram],
+    )?;
+    Ok(changed == 1)
+}
+
 pub fn set_policy<S: Sql>(tx: &mut S, name: &AccountName, policy: AccountPolicy) -> Result<()> {
     let (id, _) = self::id(tx, name, RowLock::None)?;
     tx.execute(

@@ -223,6 +223,10 @@ impl<B: Backend> Store for B {
         self.write(|tx| accounts::add_scram_keys(tx, account, password_hash, scram))
     }
 
+    fn replace_scram_keys(&self, id: AccountId, hash: &str, old: &str, new: &str) -> Result<bool> {
+        self.write(|tx| accounts::replace_scram_keys(tx, id, hash, old, new))
+    }
+
     fn list_domains(&self) -> Result<Vec<(String, u64)>> {
         self.read(|tx| accounts::domains(tx))
     }

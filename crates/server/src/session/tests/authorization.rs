@@ -313,3 +313,53 @@ async fn logged_in_sessions_leave_the_per_address_cap() {
         assert!(s.cmd("QUIT").await.starts_with("+OK"));
     }
 }
+
+/// Issue 15: every spelling of an account counts against one failed-login penalty: the name
+/// as the login resolves it (lowercased, `user+domain`, the default domain, NFKC of a UTF-8
+/// name, RFC 6856 section 3.2), not each spelling on its own; a login clears it.
+#[tokio::test]
+async fn failed_logins_count_under_the_canonical_account_name() {
+    let f = Fixture::tuned(|c| c.default_domain = Some("dom".into()));
+    let mut c = f.connect().await;
+    assert_eq!(c.cmd("UTF8").await, ok(Text::Utf8On));
+    let spellings = ["alice", "ALICE", "alice@dom", "Alice+Dom", "\u{FF41}lice"];
+    for (i, user) in spellings.iter().enumerate() {
+        assert_eq!(c.cmd(&format!("USER {user}")).await, ok(Text::SendPass));
+        assert_eq!(
+            c.cmd(&format!("PASS wrong{i}")).await,
+            err(reply::BAD_CREDENTIALS),
+            "{user}"
+        );
+    }
+    let penalties = &f.shared.penalties;
+    assert_eq!(penalties.account_failures("alice@dom"), 5);
+    c.login().await;
+    assert_eq!(
+        penalties.account_failures("alice@dom"),
+        0,
+        "cleared by the login"
+    );
+}
+
+/// Issue 15: a client in `trusted_networks` (Dovecot's `login_trusted_networks`) is not
+/// delayed after a failed login, and its failures are not counted against the account.
+#[tokio::test]
+async fn trusted_networks_are_exempt_from_the_failed_login_penalty() {
+    let f = Fixture::tuned(|c| {
+        c.auth_failure_delay = Duration::from_secs(2);
+        c.trusted_networks = crate::TrustedProxies::parse(&["192.0.2.0/24"]).expect("nets");
+    });
+    let open = ListenerInfo {
+        cleartext: Cleartext::Always,
+        ..plain()
+    };
+    let mut c = f.connect_as(open, REMOTE).await;
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(c.cmd("USER alice").await, ok(Text::SendPass));
+        assert_eq!(c.cmd("PASS wrong").await, err(reply::BAD_CREDENTIALS));
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "delayed");
+    assert_eq!(f.shared.penalties.account_failures("alice"), 0);
+    c.login().await;
+}

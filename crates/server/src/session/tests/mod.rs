@@ -66,6 +66,7 @@ fn config() -> Config {
     Config {
         hostname: "pop.test".into(),
         argon2: CHEAP,
+        scram_iterations: auth::scram::MIN_ITERATIONS,
         auth_failure_delay: Duration::ZERO,
         max_auth_failures: 100,
         ..Config::default()
@@ -132,7 +133,11 @@ impl Fixture {
             shutdown: stopped,
             tls,
             per_client: limits::PerClient::new(config.max_connections_per_ip),
-            penalties: penalty::Penalties::new(config.auth_failure_delay, MAX_AUTH_FAILURE_DELAY),
+            penalties: penalty::Penalties::new(
+                config.auth_failure_delay,
+                MAX_AUTH_FAILURE_DELAY,
+                config.trusted_networks.clone(),
+            ),
             hashing: hashpool::HashPool::new(1).expect("hash thread"),
             credentials: credcache::CredentialCache::new(config.credential_cache_ttl),
             locks: lock::Locks::new(dyn_store, config.lock_lease),

@@ -153,18 +153,21 @@ async fn rfc2195_cram_md5_fetches_the_secret_mid_exchange() {
 }
 
 /// A Kerberos stand-in: one context token `ticket`, then "no security layer" wrapped as
-/// `[...]`; the client is alice.
+/// `[...]`; the client is alice of realm POP.TEST, the service's realm is `realm`.
 #[derive(Debug)]
 struct FakeKerberos {
     available: bool,
+    realm: &'static str,
 }
 
-struct FakeContext;
+struct FakeContext {
+    realm: &'static str,
+}
 
 impl auth::GssAcceptorFactory for FakeKerberos {
     fn acceptor(&self) -> Result<Box<dyn auth::GssAcceptor>, String> {
         if self.available {
-            Ok(Box::new(FakeContext))
+            Ok(Box::new(FakeContext { realm: self.realm }))
         } else {
             Err("no keytab".into())
         }
@@ -191,6 +194,9 @@ impl auth::GssAcceptor for FakeContext {
     fn client_name(&mut self) -> Result<String, String> {
         Ok("alice@POP.TEST".into())
     }
+    fn service_realm(&mut self) -> Result<String, String> {
+        Ok(self.realm.into())
+    }
 }
 
 /// RFC 4752 through RFC 5034, on a KPOP listener (Kerberos only): AUTH GSSAPI names the user
@@ -200,7 +206,10 @@ impl auth::GssAcceptor for FakeContext {
 async fn rfc4752_gssapi_names_the_user_at_the_end() {
     let kerberos = |available| {
         Fixture::tuned(|c| {
-            c.gssapi = Some(Arc::new(FakeKerberos { available }));
+            c.gssapi = Some(Arc::new(FakeKerberos {
+                available,
+                realm: "POP.TEST",
+            }));
         })
     };
     let kpop = ListenerInfo {
@@ -230,4 +239,82 @@ async fn rfc4752_gssapi_names_the_user_at_the_end() {
         text: Text::TempFailure,
     });
     assert_eq!(c.cmd(&format!("AUTH GSSAPI {ticket}")).await, unavailable);
+}
+
+/// Issue 15: a principal of a realm other than the service's (a cross-realm trust) does not
+/// log in as the local user of that name, unless its realm is in `gssapi_realms`.
+#[tokio::test]
+async fn rfc4752_gssapi_principal_of_another_realm_is_refused() {
+    let kpop = ListenerInfo {
+        kind: ListenerKind::Kpop,
+        ..plain()
+    };
+    let ticket = b64("ticket");
+    let layer = b64("[\u{1}\0\0\0]");
+    for (realms, accepted) in [(vec![], false), (vec!["POP.TEST".to_string()], true)] {
+        let f = Fixture::tuned(|c| {
+            c.gssapi = Some(Arc::new(FakeKerberos {
+                available: true,
+                realm: "SERVICE.TEST",
+            }));
+            c.gssapi_realms = realms.clone();
+        });
+        let mut c = f.connect_as(kpop, LOOPBACK).await;
+        assert!(c
+            .cmd(&format!("AUTH GSSAPI {ticket}"))
+            .await
+            .starts_with("+ "));
+        let reply = c.cmd(&layer).await;
+        if accepted {
+            assert_eq!(reply, full_login(), "{realms:?}");
+        } else {
+            assert_eq!(reply, err(reply::BAD_CREDENTIALS), "{realms:?}");
+        }
+    }
+}
+
+/// Issue 15, RFC 2595 section 2.2: SCRAM falls under the cleartext policy like PLAIN: before
+/// TLS its salt and proof let a passive listener guess the password offline, so a remote
+/// peer without TLS is not offered it (CAPA, bare AUTH) and is refused it; loopback is.
+#[tokio::test]
+async fn scram_is_not_offered_before_tls_where_cleartext_is_refused() {
+    let f = Fixture::new();
+    let mut remote = f.connect_as(plain(), REMOTE).await;
+    let caps = remote.multi("CAPA", &ok(Text::CapaFollows)).await;
+    assert!(!caps.iter().any(|c| c.contains("SCRAM")), "{caps:?}");
+    let mechs = remote.multi("AUTH", &ok(Text::MechanismsFollow)).await;
+    assert!(!mechs.iter().any(|m| m.contains("SCRAM")), "{mechs:?}");
+    assert_eq!(
+        remote.cmd("AUTH SCRAM-SHA-256").await,
+        err(reply::CLEARTEXT_REFUSED)
+    );
+    let mut local = f.connect_as(plain(), LOOPBACK).await;
+    let caps = local.multi("CAPA", &ok(Text::CapaFollows)).await;
+    assert!(
+        caps.iter()
+            .any(|c| c.starts_with("SASL ") && c.contains("SCRAM-SHA-256")),
+        "{caps:?}"
+    );
+}
+
+/// Issue 15: SCRAM keys of another PBKDF2 count than `scram_iterations` are derived anew at
+/// the next password login (RFC 5803 records carry the count).
+#[tokio::test]
+async fn scram_keys_are_rederived_at_a_password_login_when_the_count_changes() {
+    let f = Fixture::tuned(|c| c.scram_iterations = 5000);
+    let account = |f: &Fixture| {
+        f.store
+            .account(&name("alice"))
+            .expect("read")
+            .expect("alice")
+    };
+    let hash = account(&f).password_hash;
+    let old = auth::derive_scram(PASSWORD.as_bytes(), 4096);
+    assert!(f.store.add_scram_keys(f.alice, &hash, &old).expect("store"));
+    let mut c = f.connect().await;
+    c.login().await;
+    let stored = account(&f).secrets.scram_sha256.expect("keys");
+    let record = auth::scram::Record::parse(&stored).expect("record");
+    assert_eq!(record.iterations, 5000);
+    assert_ne!(stored, old);
 }
