@@ -789,3 +789,36 @@ fn account_names_and_domains_are_created_on_purpose() {
         "{stderr}"
     );
 }
+
+/// Issue 19: imports are idempotent. The same mbox imported again (one message with an
+/// X-UIDL, one without) stores nothing new and says how many it skipped; a Maildir too.
+#[test]
+fn a_second_import_skips_what_is_there() {
+    let f = Fixture::new("reimport");
+    f.add_user("ida", "pw");
+    let mbox = f.data().join("box.mbox");
+    std::fs::write(
+        &mbox,
+        b"From a Thu Nov 26 10:00:00 2026\nX-UIDL: q-1\nSubject: one\n\n1\n\nFrom b Thu Nov 26 10:00:01 2026\nSubject: two\n\n2\n",
+    )
+    .expect("write");
+    let p = mbox.to_str().expect("utf8");
+    let first = popadm_ok(f.data(), &["import", "mbox", p, "ida"], b"");
+    assert!(first.contains("imported 2 messages"), "{first}");
+    let second = popadm_ok(f.data(), &["import", "mbox", p, "ida"], b"");
+    assert!(
+        second.contains("imported 0 messages into ida; skipped 2 already there"),
+        "{second}"
+    );
+    let md = f.data().join("Maildir");
+    maildir(
+        &md,
+        &[("new/1700000001.M1P1.host", "Subject: three\n\n3\n")],
+    );
+    let m = md.to_str().expect("utf8");
+    assert!(popadm_ok(f.data(), &["import", "maildir", m, "ida"], b"").contains("imported 1"));
+    let again = popadm_ok(f.data(), &["import", "maildir", m, "ida"], b"");
+    assert!(again.contains("skipped 1 already there"), "{again}");
+    let stat = popadm_ok(f.data(), &["stat", "ida"], b"");
+    assert!(stat.contains("messages: 3"), "{stat}");
+}

@@ -18,6 +18,7 @@ pub mod dovecot;
 pub mod maildir;
 pub mod mbox;
 pub mod passwd;
+pub mod present;
 pub mod uidl;
 
 use std::fs::File;
@@ -55,8 +56,8 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
             let input = File::open(&file).with_context(|| format!("opening {what}"))?;
             let mut source = mbox::Mbox::open(BufReader::new(input), DEFAULT_MAX_MESSAGE_SIZE)
                 .with_context(|| format!("reading {what}"))?;
-            let delivered = import_all(location, &name, &mut source, &what)?;
-            print(&summary(&name, &delivered, 0))
+            let (delivered, skipped) = import_all(location, &name, &mut source, &what)?;
+            print(&summary(&name, &delivered, 0, skipped))
         }
         ImportCommand::Maildir {
             dir,
@@ -75,8 +76,13 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
                 uidl_map.as_deref(),
             )?;
             let mut source = maildir::Messages::new(entries, &uids, DEFAULT_MAX_MESSAGE_SIZE);
-            let delivered = import_all(location, &name, &mut source, &what)?;
-            print(&summary(&name, &delivered, uids.claims_refused.get()))?;
+            let (delivered, skipped) = import_all(location, &name, &mut source, &what)?;
+            print(&summary(
+                &name,
+                &delivered,
+                uids.claims_refused.get(),
+                skipped,
+            ))?;
             let unnamed = uids.unnamed.get();
             if unnamed > 0 && uidl_format != uidl::UidlPolicy::None {
                 eprintln!(
@@ -89,21 +95,33 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Imports everything `source` yields into `name` in one call, or nothing.
+/// Imports everything `source` yields into `name` in one call, or nothing, skipping what the
+/// maildrop holds already ([`present`]): the delivered messages and how many were skipped.
 fn import_all(
     location: &Location,
     name: &AccountName,
     source: &mut dyn Iterator<Item = anyhow::Result<ImportMessage>>,
     what: &str,
-) -> anyhow::Result<Vec<Delivered>> {
+) -> anyhow::Result<(Vec<Delivered>, u64)> {
     let store = open_existing(location)?;
-    import_into(&*store, name, source, what)
+    let mut present = present::Present::of(&*store, name)?;
+    let delivered = import_into(&*store, name, &mut present.filter(source), what)?;
+    Ok((delivered, present.skipped))
 }
 
-/// What an import did: how many messages, and how many `X-UIDL:` headers were not kept (the
-/// store's refusals plus `refused_before`, those the UID source turned down).
-fn summary(name: &AccountName, delivered: &[Delivered], refused_before: u64) -> String {
+/// What an import did: how many messages, how many the maildrop held already (`skipped`),
+/// and how many `X-UIDL:` headers were not kept (the store's refusals plus `refused_before`,
+/// those the UID source turned down).
+fn summary(
+    name: &AccountName,
+    delivered: &[Delivered],
+    refused_before: u64,
+    skipped: u64,
+) -> String {
     let mut out = format!("imported {} messages into {name}", delivered.len());
+    if skipped > 0 {
+        out.push_str(&format!("; skipped {skipped} already there"));
+    }
     let refused = delivered.iter().filter(|d| d.claim_refused).count() as u64 + refused_before;
     if refused > 0 {
         out.push_str(&format!(
@@ -368,6 +386,32 @@ mod tests {
             store.account_summary(bob).expect("summary").messages
         }
 
+        /// An mbox import as `popadm import mbox` runs it: what the maildrop holds is skipped.
+        fn import_skipping(store: &SqliteStore, bob: &AccountName, mbox: &str) -> (usize, u64) {
+            let mut source = mbox::Mbox::open(mbox.as_bytes(), 1 << 20).expect("mbox");
+            let mut present = present::Present::of(store, bob).expect("present");
+            let delivered =
+                import_into(store, bob, &mut present.filter(&mut source), "t").expect("import");
+            (delivered.len(), present.skipped)
+        }
+
+        /// Issue 19: importing the same mailbox twice stores nothing twice, with or without
+        /// X-UIDL; a message the mailbox holds twice is kept twice, and a third copy added
+        /// later is imported once.
+        #[test]
+        fn a_second_import_of_the_same_mailbox_adds_nothing() {
+            let (_dir, store, bob) = store_with_bob();
+            let mbox = "From a\nX-UIDL: qpop-1\nSubject: 1\n\none\n\n\
+                        From b\nSubject: 2\n\ntwo\n\n\
+                        From b\nSubject: 2\n\ntwo\n\n";
+            assert_eq!(import_skipping(&store, &bob, mbox), (3, 0));
+            assert_eq!(import_skipping(&store, &bob, mbox), (0, 3));
+            assert_eq!(stored(&store, &bob), 3);
+            let more = format!("{mbox}From b\nSubject: 2\n\ntwo\n\nFrom c\nSubject: 3\n\nnew\n");
+            assert_eq!(import_skipping(&store, &bob, &more), (2, 3));
+            assert_eq!(stored(&store, &bob), 5);
+        }
+
         #[test]
         fn mbox_import_keeps_x_uidl_and_order() {
             let (_dir, store, bob) = store_with_bob();
@@ -442,7 +486,7 @@ mod tests {
             let refused: Vec<bool> = delivered.iter().map(|d| d.claim_refused).collect();
             assert_eq!(refused, [false, true, true, true, true]);
             assert_eq!(
-                summary(&bob, &delivered, 0),
+                summary(&bob, &delivered, 0, 0),
                 "imported 5 messages into bob; 4 of them got a new UID because their X-UIDL: \
                  header was invalid, too long or already taken\n"
             );
@@ -452,7 +496,7 @@ mod tests {
             assert!(again[0].claim_refused && again[0].uid != "same");
             assert_eq!(stored(&store, &bob), 6);
             assert_eq!(
-                summary(&bob, &[], 0),
+                summary(&bob, &[], 0, 0),
                 "imported 0 messages into bob\n",
                 "nothing said when nothing was refused"
             );
