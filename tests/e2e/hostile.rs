@@ -234,7 +234,7 @@ fn tls_handshake_garbage_is_dropped_and_other_clients_are_served() {
         .expect("write");
     served_promptly(&f, "alice");
     drop(stalled);
-    assert!(f.server.log().contains("listening"));
+    f.server.await_log("listening");
 }
 
 #[test]
@@ -579,7 +579,7 @@ fn a_flood_over_the_cap_on_pop3s_is_closed_without_handshakes() {
     // Meanwhile the cleartext port still says why, at once.
     let c = Client::connect(f.server.addr);
     assert!(c.greeting.starts_with("-ERR [SYS/TEMP] "), "{}", c.greeting);
-    assert!(f.server.log().contains("closed unanswered"));
+    f.server.await_log("closed unanswered");
     assert_eq!(h.say("quit"), "closed");
     session_when_a_slot_is_free(&f);
 }

@@ -445,17 +445,21 @@ fn neomutt_over_implicit_tls_and_stls() {
     );
     let shown = neomutt(&s, &stls);
     assert_neomutt_fetched(&s, "NeoMutt STLS", &shown);
-    // Both sessions ran under TLS and retrieved both messages.
-    let log = f.server.log();
-    assert_eq!(
+    // Both sessions ran under TLS and retrieved both messages (the last "session end" line
+    // may be logged just after the client is done: wait for both, bounded).
+    let ended = |log: &str| {
         log.lines()
-            .filter(|l| l.contains("session end")
-                && l.contains("tls=true")
-                && l.contains("retrieved=2"))
-            .count(),
-        2,
-        "{log}"
-    );
+            .filter(|l| {
+                l.contains("session end") && l.contains("tls=true") && l.contains("retrieved=2")
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + e2e::TIMEOUT;
+    while ended(&f.server.log()) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = f.server.log();
+    assert_eq!(ended(&log), 2, "{log}");
 }
 
 // ---------------------------------------------------------------------------------------------

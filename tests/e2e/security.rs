@@ -37,6 +37,9 @@ fn no_password_or_sasl_payload_reaches_a_trace_log() {
     let mut server = f.server;
     server.signal("TERM");
     server.wait();
+    // Trace level includes the debug lines; the whole log is read once one is there and the
+    // process is gone.
+    server.await_log(" DEBUG ");
     let log = server.log();
     assert!(
         log.contains("TRACE") || log.contains("DEBUG"),

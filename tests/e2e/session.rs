@@ -493,7 +493,7 @@ fn shutdown_answers_sessions_and_applies_no_half_update() {
     assert!(r.starts_with("-ERR [SYS/TEMP] "), "{r}");
     assert!(idle.line().starts_with("-ERR [SYS/TEMP] "));
     assert!(f.server.wait().success());
-    assert!(f.server.log().contains("shutting down"));
+    f.server.await_log("shutting down");
     f.restart(&[]);
     f.server.login("alice", PW).stat_and_quit(2);
 }

@@ -238,6 +238,21 @@ impl std::ops::Deref for Server {
 }
 
 impl Server {
+    /// Waits (up to [`TIMEOUT`]) until the log holds `needle`: pop3d's stderr is read by
+    /// another thread, so a line written just before an effect a test observed may not be in
+    /// [`log`](testbed::Pop3d::log) yet. Panics with the log when it never comes.
+    pub fn await_log(&self, needle: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never logged:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Starts pop3d on `data_dir` with extra flags, and waits until it is ready. Unless the
     /// flags name a `--config` or listeners of their own, it listens on an ephemeral POP3 and
     /// an ephemeral POP3S port.
