@@ -657,8 +657,44 @@ fn refuse(stream: TcpStream, peer: SocketAddr, kind: ListenerKind, refusals: &Ar
             });
         }
         None => {
-            warn!(%peer, "connection limit reached; closed unanswered");
+            UNANSWERED.note(peer, "connection limit reached; closed unanswered");
             drop(stream);
+        }
+    }
+}
+
+/// Refusals are logged at most once a second per kind, with how many were not logged since:
+/// a flood over the caps must not become a flood of log lines.
+struct RefusalLog {
+    /// The second (since the epoch) of the last logged line.
+    second: AtomicU64,
+    /// Refusals since then that were not logged.
+    quiet: AtomicU64,
+}
+
+static UNANSWERED: RefusalLog = RefusalLog::new();
+static ANSWERED: RefusalLog = RefusalLog::new();
+
+impl RefusalLog {
+    const fn new() -> RefusalLog {
+        RefusalLog {
+            second: AtomicU64::new(0),
+            quiet: AtomicU64::new(0),
+        }
+    }
+
+    /// Logs this refusal unless one was logged this second; true when it logged.
+    fn note(&self, peer: SocketAddr, what: &'static str) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second.swap(now, Ordering::Relaxed) == now {
+            self.quiet.fetch_add(1, Ordering::Relaxed);
+            false
+        } else {
+            let not_logged = self.quiet.swap(0, Ordering::Relaxed);
+            warn!(%peer, not_logged, "{what}");
+            true
         }
     }
 }
@@ -667,10 +703,10 @@ fn refuse(stream: TcpStream, peer: SocketAddr, kind: ListenerKind, refusals: &Ar
 /// [`REFUSAL_TIMEOUT`]); on an implicit-TLS listener it is closed at once, with no handshake.
 async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind) {
     if kind == ListenerKind::ImplicitTls {
-        warn!(%peer, "connection limit reached; closed unanswered");
+        UNANSWERED.note(peer, "connection limit reached; closed unanswered");
         return;
     }
-    warn!(%peer, "connection limit reached; refusing");
+    ANSWERED.note(peer, "connection limit reached; refusing");
     let mut out = Vec::new();
     proto::response::write_err(
         &mut out,
@@ -687,6 +723,20 @@ async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flood of refusals logs one line a second, which counts the ones it did not log.
+    #[test]
+    fn refusals_are_logged_once_a_second() {
+        let log = RefusalLog::new();
+        let peer: SocketAddr = "192.0.2.1:1".parse().expect("address");
+        assert!(log.note(peer, "refused"));
+        let logged = (0..100).filter(|_| log.note(peer, "refused")).count();
+        // The calls straddle at most one second boundary.
+        assert!(logged <= 1, "{logged}");
+        if logged == 0 {
+            assert_eq!(log.quiet.load(Ordering::Relaxed), 100);
+        }
+    }
 
     /// Refusals are bounded: at most [`MAX_REFUSALS`] are answered at once, and none on an
     /// implicit-TLS listener, where a refusal is a close without a handshake.
