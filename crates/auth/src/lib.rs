@@ -8,6 +8,7 @@
 //! Verification is deliberately slow (that is the point of argon2); callers on an async runtime
 //! run it on a blocking thread.
 
+pub mod bearer;
 pub mod gss;
 mod legacy;
 pub mod sasl;
@@ -17,6 +18,7 @@ pub mod ticket;
 use std::borrow::Cow;
 use std::sync::Mutex;
 
+pub use bearer::{BearerValidator, TokenError};
 pub use gss::{GssAcceptor, GssAcceptorFactory};
 pub use legacy::{verify_apop, verify_cram_md5, CramKey, CramMd5States};
 pub use sasl::{Credentials, Exchange, Mechanism, Step};

@@ -200,6 +200,7 @@ fn layered(args: &Args) -> Result<Settings> {
         // Set by `server::serve`, after privileges are dropped.
         gssapi: None,
         gssapi_realms,
+        oauth2: None,
         node,
         cluster,
     };

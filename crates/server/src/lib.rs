@@ -130,6 +130,8 @@ pub struct Config {
     pub gssapi: Option<Arc<dyn auth::GssAcceptorFactory>>,
     /// Kerberos realms whose principals may log in besides the service principal's own.
     pub gssapi_realms: Vec<String>,
+    /// OAuth 2.0: OAUTHBEARER (RFC 7628) and XOAUTH2 are offered when set.
+    pub oauth2: Option<Arc<dyn auth::BearerValidator>>,
     /// This server as a node of a cluster: heartbeats in the store's node table, and the
     /// drain an operator sets there (`popadm node drain`). `None`: no node table entry.
     pub node: Option<NodeConfig>,
@@ -221,6 +223,7 @@ impl Default for Config {
             credential_cache_ttl: Duration::from_secs(300),
             gssapi: None,
             gssapi_realms: Vec::new(),
+            oauth2: None,
             node: None,
             cluster: None,
         }

@@ -309,6 +309,9 @@ pub enum StoreError {
     LockLost,
     #[error("message of {size} octets exceeds the limit of {limit}")]
     TooLarge { size: u64, limit: u64 },
+    /// Storing the message would take the account over its quota (messages or octets).
+    #[error("{account} is over quota: {detail}")]
+    OverQuota { account: String, detail: String },
     #[error("invalid message: {0}")]
     InvalidMessage(&'static str),
     #[error("invalid UID {uid:?}: {reason}")]
