@@ -324,6 +324,9 @@ const KERBEROS: &[(&str, &str)] = &[
 const TOOLS: &[(&str, &str)] = &[
     // systemd's socket-activation tool, for the socket-activation test (tests/e2e/operators.rs).
     ("systemd-socket-activate", "systemd"),
+    // Prometheus' promtool, which checks the /metrics output (tests/e2e/metrics.rs). The
+    // package also ships the Prometheus server; the suite never starts or uses it.
+    ("promtool", "prometheus"),
 ];
 
 /// True when `program` is an executable in PATH, /usr/sbin or /sbin.

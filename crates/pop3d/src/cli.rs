@@ -100,6 +100,16 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (text format). The counters reveal
+    /// account activity: ADDR must be loopback unless --metrics-allow-remote is given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Allow --metrics on an address other than loopback (put a firewall or an
+    /// authenticating proxy in front of it).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+
     /// Print the nginx `mail` block for a cluster whose nginx listens on ADDR (with this
     /// configuration's auth_http address, key and pre-login capabilities) and exit.
     #[arg(long, value_name = "ADDR")]

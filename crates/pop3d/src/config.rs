@@ -29,6 +29,10 @@ pub struct File {
     pub auth_http_allow: Option<Vec<String>>,
     /// The endpoint's cleartext policy: `"never"`, `"loopback"` or `"always"`.
     pub auth_http_cleartext: Option<String>,
+    /// Prometheus `/metrics` endpoint address.
+    pub metrics: Option<SocketAddr>,
+    /// Allow a `metrics` address other than loopback.
+    pub metrics_allow_remote: Option<bool>,
     /// The cluster secret shared by the nodes and the endpoint.
     pub cluster_key_file: Option<PathBuf>,
     pub gssapi_keytab: Option<PathBuf>,

@@ -20,6 +20,8 @@ pub struct Settings {
     pub log: String,
     /// One JSON object per log line instead of text.
     pub json_logs: bool,
+    /// The metrics endpoint may listen on an address other than loopback.
+    pub metrics_allow_remote: bool,
     pub daemon: Daemon,
 }
 
@@ -263,12 +265,18 @@ fn layered(args: &Args) -> Result<Settings> {
     Ok(Settings {
         log: layer(args.log.clone(), file.log, "info".into()),
         json_logs,
+        metrics_allow_remote: layer(
+            args.metrics_allow_remote.then_some(true),
+            file.metrics_allow_remote,
+            false,
+        ),
         daemon,
     })
 }
 
 /// The listeners: the flags' replace the file's, and neither means the embedded defaults
-/// (POP3 on 127.0.0.1:1110, POP3S on 127.0.0.1:1995); the `auth_http` endpoint comes last.
+/// (POP3 on 127.0.0.1:1110, POP3S on 127.0.0.1:1995); the `auth_http` and metrics endpoints
+/// come last.
 fn listeners(args: &Args, file: &File) -> Result<Vec<ListenSpec>> {
     let flags = [
         &args.listen,
@@ -333,6 +341,8 @@ fn listeners(args: &Args, file: &File) -> Result<Vec<ListenSpec>> {
     }
     let auth_http = args.auth_http.or(file.auth_http);
     listeners.extend(auth_http.map(|a| ListenSpec::new(a, ListenerKind::AuthHttp)));
+    let metrics = args.metrics.or(file.metrics);
+    listeners.extend(metrics.map(|a| ListenSpec::new(a, ListenerKind::Metrics)));
     Ok(listeners)
 }
 
@@ -592,6 +602,56 @@ mod tests {
             err.to_string().contains("auth_http_allow is empty"),
             "{err}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The metrics endpoint: from the flag or the file, beside the POP3 listeners; anywhere
+    /// but loopback only when the operator allows it (the counters reveal account activity).
+    #[test]
+    fn metrics_endpoint_is_loopback_unless_allowed() {
+        let metrics = |s: Settings| {
+            s.daemon
+                .listeners
+                .iter()
+                .filter(|l| l.kind == ListenerKind::Metrics)
+                .map(|l| l.address.to_string())
+                .collect::<Vec<_>>()
+        };
+        let s = resolve(&Args::parse_from(["pop3d", "--metrics", "127.0.0.1:9110"])).expect("ok");
+        assert_eq!(
+            s.daemon.listeners.len(),
+            3,
+            "the embedded POP3 listeners stay"
+        );
+        assert_eq!(metrics(s), ["127.0.0.1:9110"]);
+        let s = resolve(&Args::parse_from(["pop3d", "--metrics", "[::1]:9110"])).expect("ok");
+        assert_eq!(metrics(s), ["[::1]:9110"]);
+        for addr in ["0.0.0.0:9110", "192.0.2.1:9110", "[::]:9110"] {
+            let err = refused(&["--metrics", addr]);
+            assert!(err.contains("metrics_allow_remote"), "{err}");
+        }
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--metrics",
+            "0.0.0.0:9110",
+            "--metrics-allow-remote",
+        ]))
+        .expect("allowed");
+        assert_eq!(metrics(s), ["0.0.0.0:9110"]);
+        let (dir, _) = cluster_key("metrics");
+        let path = dir.join("pop3d.toml");
+        let write = |text: &str| std::fs::write(&path, text).expect("config");
+        write("metrics = \"10.0.0.1:9110\"\nmetrics_allow_remote = true\n");
+        let config = path.to_str().expect("utf-8");
+        let s = resolve(&Args::parse_from(["pop3d", "--config", config])).expect("file");
+        assert!(s.metrics_allow_remote);
+        assert_eq!(metrics(s), ["10.0.0.1:9110"]);
+        write("metrics = \"10.0.0.1:9110\"\n");
+        let err = format!(
+            "{:#}",
+            resolve(&Args::parse_from(["pop3d", "--config", config])).expect_err("remote")
+        );
+        assert!(err.contains("metrics_allow_remote"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

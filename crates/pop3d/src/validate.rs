@@ -57,6 +57,17 @@ pub fn validate(settings: &Settings, allow_short_idle_timeout: bool) -> Result<(
             );
         }
     }
+    // The counters tell who is active and when: not for the world unless the operator says so.
+    let remote_metrics = daemon
+        .listeners
+        .iter()
+        .find(|l| l.kind == server::ListenerKind::Metrics && !l.address.ip().is_loopback());
+    if let (Some(l), false) = (remote_metrics, settings.metrics_allow_remote) {
+        bail!(
+            "the metrics endpoint {} is not a loopback address: the metrics reveal account              activity; set metrics_allow_remote = true (--metrics-allow-remote) to serve them              there, behind a firewall or an authenticating proxy",
+            l.address
+        );
+    }
     let offers = daemon.offers();
     for listener in &daemon.listeners {
         listener.check(&offers)?;

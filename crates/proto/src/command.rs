@@ -27,7 +27,7 @@ pub enum Keyword {
 }
 
 impl Keyword {
-    const ALL: [Keyword; 17] = [
+    pub const ALL: [Keyword; 17] = [
         Keyword::User,
         Keyword::Pass,
         Keyword::Apop,

@@ -15,7 +15,10 @@ use tracing::{info, warn};
 use crate::listen::{default_advertised, Offers};
 use crate::process::{drop_privileges, raise_fd_limit, PrivilegeError};
 use crate::{activation, run, signals, tls};
-use crate::{CertFiles, Config, ListenSpec, Listener, ServerError, Tls, TlsError, TrustedProxies};
+use crate::{
+    CertFiles, Config, ListenSpec, Listener, ListenerKind, ServerError, Tls, TlsError,
+    TrustedProxies,
+};
 
 /// Everything [`serve`] needs beyond [`Config`], as the binary resolved it.
 #[derive(Debug)]
@@ -277,17 +280,14 @@ pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
 }
 
 /// The sockets to serve: those systemd passed, each with the policy of the configured listener
-/// of its kind and port, else the configured listeners, bound here. Non-blocking, for tokio.
+/// of its kind and port, plus the metrics endpoint bound here; else the configured listeners,
+/// bound here. Non-blocking, for tokio.
 fn bind(specs: &[ListenSpec]) -> Result<Vec<(StdListener, ListenSpec)>, DaemonError> {
     let inherited = activation::inherited()?;
     let mut sockets = Vec::with_capacity(specs.len().max(inherited.len()));
     if inherited.is_empty() {
         for spec in specs {
-            let socket = StdListener::bind(spec.address).map_err(|source| DaemonError::Bind {
-                address: spec.address,
-                source,
-            })?;
-            sockets.push((socket, spec.clone()));
+            sockets.push((bind_one(spec)?, spec.clone()));
         }
     } else {
         for passed in inherited {
@@ -299,6 +299,10 @@ fn bind(specs: &[ListenSpec]) -> Result<Vec<(StdListener, ListenSpec)>, DaemonEr
             let spec = activation::spec_for(addr, passed.kind, specs);
             sockets.push((passed.socket, spec));
         }
+        // systemd passes the POP3 sockets; the metrics endpoint is pop3d's own to bind.
+        for spec in specs.iter().filter(|s| s.kind == ListenerKind::Metrics) {
+            sockets.push((bind_one(spec)?, spec.clone()));
+        }
     }
     for (socket, _) in &sockets {
         socket
@@ -306,6 +310,13 @@ fn bind(specs: &[ListenSpec]) -> Result<Vec<(StdListener, ListenSpec)>, DaemonEr
             .map_err(DaemonError::NonBlocking)?;
     }
     Ok(sockets)
+}
+
+fn bind_one(spec: &ListenSpec) -> Result<StdListener, DaemonError> {
+    StdListener::bind(spec.address).map_err(|source| DaemonError::Bind {
+        address: spec.address,
+        source,
+    })
 }
 
 /// The Kerberos acceptor credentials for `principal` (`service@host`) from `keytab`.

@@ -8,7 +8,9 @@
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -18,14 +20,25 @@ type Job = Box<dyn FnOnce() + Send>;
 #[error("the password hashing threads are gone")]
 pub struct PoolGone;
 
+/// Where the pool records its jobs' times (`pop3d_hash_queue_wait_seconds` and
+/// `pop3d_hash_duration_seconds`).
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// From submission to a thread taking the job.
+    pub wait: Histogram,
+    /// The job itself.
+    pub run: Histogram,
+}
+
 #[derive(Debug)]
 pub struct HashPool {
     jobs: mpsc::Sender<Job>,
+    timings: Timings,
 }
 
 impl HashPool {
     /// Starts `threads` hashing threads (at least one).
-    pub fn new(threads: usize) -> std::io::Result<HashPool> {
+    pub fn new(threads: usize, timings: Timings) -> std::io::Result<HashPool> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads.max(1) {
@@ -43,7 +56,7 @@ impl HashPool {
                     }
                 })?;
         }
-        Ok(HashPool { jobs })
+        Ok(HashPool { jobs, timings })
     }
 
     /// Runs `f` on a hashing thread and waits for its result without blocking the runtime.
@@ -52,9 +65,15 @@ impl HashPool {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PoolGone> {
         let (done, result) = oneshot::channel();
+        let Timings { wait, run } = self.timings.clone();
+        let queued = Instant::now();
         self.jobs
             .send(Box::new(move || {
-                let _ = done.send(f());
+                let started = Instant::now();
+                wait.observe((started - queued).as_secs_f64());
+                let value = f();
+                run.observe(started.elapsed().as_secs_f64());
+                let _ = done.send(value);
             }))
             .map_err(|_| PoolGone)?;
         result.await.map_err(|_| PoolGone)
@@ -64,12 +83,21 @@ impl HashPool {
 #[cfg(test)]
 mod tests {
     use super::HashPool;
+    use crate::metrics::Metrics;
 
     #[tokio::test]
-    async fn jobs_run_on_the_pool_threads() {
-        let pool = HashPool::new(2).expect("pool");
+    async fn jobs_run_on_the_pool_threads_and_are_timed() {
+        let metrics = Metrics::new();
+        let pool = HashPool::new(2, metrics.hash_timings()).expect("pool");
         let names: Vec<String> = futures_join(&pool).await;
         assert!(names.iter().all(|n| n.starts_with("argon2-")), "{names:?}");
+        let text = metrics.encode();
+        for count in [
+            "pop3d_hash_queue_wait_seconds_count 4\n",
+            "pop3d_hash_duration_seconds_count 4\n",
+        ] {
+            assert!(text.contains(count), "{count} in {text}");
+        }
     }
 
     async fn futures_join(pool: &HashPool) -> Vec<String> {

@@ -19,6 +19,7 @@ mod limits;
 mod listen;
 mod lock;
 mod maildrop;
+mod metrics;
 mod node;
 mod penalty;
 mod process;
@@ -45,12 +46,14 @@ use tracing::{debug, info, warn, Instrument};
 pub use activation::{ActivationError, UnknownName};
 pub use daemon::{serve, Daemon, DaemonError, Gssapi};
 pub use listen::{default_advertised, ListenSpec, ListenerError, Offers};
+pub use metrics::{LmtpDelivery, Metrics, TimedStore};
 pub use process::PrivilegeError;
 pub use proxy::{TrustedProxies, TrustedProxyError};
 pub use session::MAX_BAD_COMMANDS;
 pub use tls::{CertFiles, Tls, TlsError, TlsVersion};
 
 use crate::conn::Conn;
+use crate::metrics::{ListenerMetrics, Refusal};
 
 /// Longest wait for the PROXY header on a proxied listener (shorter when `login_timeout` is);
 /// haproxy's spec, section 2, wants "at least 3 seconds to cover a TCP retransmit".
@@ -264,14 +267,17 @@ pub enum ListenerKind {
     Kpop,
     /// Not POP3: the nginx mail proxy's `auth_http` endpoint (HTTP/1.0, see `authhttp`).
     AuthHttp,
+    /// Not POP3: the Prometheus `/metrics` endpoint (see `metrics::http`).
+    Metrics,
 }
 
 impl ListenerKind {
-    /// How logs and the readiness status name it: `pop3` (`pop3+stls` when STLS is
-    /// offered), `pop3s`, `kpop`, `auth_http`.
+    /// How logs, metrics and the readiness status name it: `pop3` (`pop3+stls` when STLS
+    /// is offered), `pop3s`, `kpop`, `auth_http`, `metrics`.
     pub fn name(self, stls: bool) -> &'static str {
         match self {
             ListenerKind::AuthHttp => "auth_http",
+            ListenerKind::Metrics => "metrics",
             ListenerKind::Plain if stls => "pop3+stls",
             ListenerKind::Plain => "pop3",
             ListenerKind::ImplicitTls => "pop3s",
@@ -351,6 +357,8 @@ pub(crate) struct Shared {
     pub draining: std::sync::atomic::AtomicBool,
     /// Nonces of the login tickets this node accepted (each logs in once).
     pub tickets: auth::ticket::Replay,
+    /// What `/metrics` exports; counted whether or not the endpoint is served.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
@@ -376,6 +384,7 @@ pub async fn run(
             (_, Some(c)) if l.kind == ListenerKind::AuthHttp => {
                 info!(%addr, kind, allow = %c.auth_http_allow, cleartext = ?c.auth_http_cleartext, "listening");
             }
+            _ if l.kind == ListenerKind::Metrics => info!(%addr, kind, "listening"),
             (Some(trusted), _) => {
                 info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, trusted = %trusted, "listening for proxied connections");
             }
@@ -395,6 +404,9 @@ pub async fn run(
     let trusted_networks = config.trusted_networks.clone();
     let cache_ttl = config.credential_cache_ttl;
     let lock_lease = config.lock_lease;
+    let metrics = Arc::new(metrics::Metrics::new());
+    // Every store call of the server is timed; the store itself knows nothing of it.
+    let store: Arc<dyn Store> = Arc::new(metrics::TimedStore::new(store, &metrics));
     let shared = Arc::new(Shared {
         store: store.clone(),
         config,
@@ -407,12 +419,14 @@ pub async fn run(
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            metrics.hash_timings(),
         )
         .map_err(ServerError::Threads)?,
         credentials: credcache::CredentialCache::new(cache_ttl),
         locks: lock::Locks::new(store.clone(), lock_lease),
         draining: std::sync::atomic::AtomicBool::new(false),
         tickets: auth::ticket::Replay::new(),
+        metrics,
     });
     // The unknown-user decoy of the configured argon2 cost, made before the first login needs
     // it (on a blocking thread, not holding up the start).
@@ -447,6 +461,9 @@ pub async fn run(
         .into_iter()
         .map(|l| match l.kind {
             ListenerKind::AuthHttp => tokio::spawn(authhttp::accept_loop(l.socket, shared.clone())),
+            ListenerKind::Metrics => {
+                tokio::spawn(metrics::http::accept_loop(l.socket, shared.metrics.clone()))
+            }
             _ => tokio::spawn(accept_loop(
                 l,
                 shared.clone(),
@@ -495,6 +512,9 @@ async fn accept_loop(
         cleartext: listener.cleartext,
         proxied: listener.proxy.is_some(),
     };
+    let counters = shared
+        .metrics
+        .listener(info.kind.name(shared.tls.is_some()));
     loop {
         let (stream, peer) = match listener.socket.accept().await {
             Ok(conn) => conn,
@@ -510,6 +530,7 @@ async fn accept_loop(
                 // haproxy's spec, section 5: the header is believed only from known sources;
                 // anyone else gets nothing, not even a greeting.
                 warn!(%peer, "not a trusted proxy; connection closed");
+                counters.refused(Refusal::UntrustedProxy);
                 drop(stream);
                 continue;
             }
@@ -517,6 +538,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            counters.refused(Refusal::MaxConnections);
             refuse(stream, peer, info.kind, &refusals);
             continue;
         };
@@ -533,9 +555,10 @@ async fn accept_loop(
                 user = tracing::field::Empty
             );
             record_tls(&span, tls);
+            let counters = counters.clone();
             tokio::spawn(
                 async move {
-                    serve_proxied(stream, peer, id, info, shared).await;
+                    serve_proxied(stream, peer, id, info, shared, &counters).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -543,9 +566,11 @@ async fn accept_loop(
             continue;
         }
         let Some(client_slot) = shared.per_client.try_acquire(peer.ip()) else {
+            counters.refused(Refusal::MaxConnectionsPerIp);
             refuse(stream, peer, info.kind, &refusals);
             continue;
         };
+        counters.accepted();
         let span = tracing::info_span!(
             "session",
             id,
@@ -585,16 +610,19 @@ async fn serve_proxied(
     id: u64,
     info: ListenerInfo,
     shared: Arc<Shared>,
+    counters: &ListenerMetrics,
 ) {
     let wait = PROXY_HEADER_TIMEOUT.min(shared.config.login_timeout);
     let header = match tokio::time::timeout(wait, proxy::read_header(&mut stream)).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             warn!(error = %e, "bad PROXY header; connection closed");
+            counters.refused(Refusal::ProxyHeader);
             return;
         }
         Err(_) => {
             warn!("no PROXY header in time; connection closed");
+            counters.refused(Refusal::ProxyHeader);
             return;
         }
     };
@@ -607,9 +635,11 @@ async fn serve_proxied(
     );
     let Some(client_slot) = shared.per_client.try_acquire(client.ip()) else {
         // Already inside this connection's own task, which holds a global slot.
+        counters.refused(Refusal::MaxConnectionsPerIp);
         refuse_busy(stream, client, info.kind).await;
         return;
     };
+    counters.accepted();
     if let Some(conn) = open(stream, info, &shared).await {
         session::serve(conn, peer, client, id, info, shared, Some(client_slot)).await;
     }
@@ -626,15 +656,19 @@ async fn open(stream: TcpStream, info: ListenerInfo, shared: &Shared) -> Option<
                 Ok(Ok(s)) => Some(Conn::Tls(Box::new(s))),
                 Ok(Err(e)) => {
                     debug!(error = %e, "TLS handshake failed");
+                    shared.metrics.tls_failure(info.kind.name(true));
                     None
                 }
                 Err(_) => {
                     debug!("TLS handshake timed out");
+                    shared.metrics.tls_failure(info.kind.name(true));
                     None
                 }
             }
         }
-        (ListenerKind::ImplicitTls, None) | (ListenerKind::AuthHttp, _) => None,
+        (ListenerKind::ImplicitTls, None) | (ListenerKind::AuthHttp | ListenerKind::Metrics, _) => {
+            None
+        }
     }
 }
 

@@ -29,10 +29,13 @@ pub(crate) async fn password(
     // the lookup is cheap and runs first.
     let found = lookup(shared, name, utf8).await?;
     if let Some(account) = &found {
-        if shared
+        let hit = shared
             .credentials
-            .check(account, password.expose(), Instant::now())
-        {
+            .check(account, password.expose(), Instant::now());
+        if !shared.config.credential_cache_ttl.is_zero() {
+            shared.metrics.credential_cache(hit);
+        }
+        if hit {
             debug!("password verified from the credential cache");
             return Ok(found);
         }

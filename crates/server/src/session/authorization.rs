@@ -14,10 +14,11 @@ use store::{Account, Expire, LoginDelay, MessageMeta};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use super::{Next, Session, State, Transaction};
+use super::{EndReason, Next, Session, State, Transaction};
 use crate::lang::Text;
 use crate::lock::HeldLock;
 use crate::maildrop::Maildrop;
+use crate::metrics::LoginResult;
 use crate::reply::{self, ErrReply, SessionError};
 use crate::verify;
 
@@ -93,11 +94,14 @@ impl Session {
             }
             Command::Pass(password) => match self.take_user() {
                 None => self.wrong_state(Text::UserFirst),
-                Some(name) => self.login(name, password).await,
+                Some(name) => {
+                    self.mechanism = "USER";
+                    self.login(name, password).await
+                }
             },
             Command::Quit => {
                 self.ok(Text::Bye);
-                Next::Close
+                Next::Close(EndReason::Quit)
             }
             Command::Stls => self.stls(),
             Command::Utf8 => {
@@ -107,6 +111,7 @@ impl Session {
             }
             Command::Apop { name, digest } => {
                 self.take_user();
+                self.mechanism = "APOP";
                 self.apop(name, digest).await
             }
             Command::Auth {
@@ -194,6 +199,7 @@ impl Session {
     /// and this client address, unexpired and unused. No argon2 runs: the endpoint checked
     /// the credentials.
     async fn ticket_login(&mut self, name: String, ticket: String) -> Next {
+        self.mechanism = "TICKET";
         let checked = match (&self.shared.config.cluster, &self.shared.config.node) {
             (Some(cluster), Some(node)) => cluster
                 .keys
@@ -307,6 +313,7 @@ impl Session {
             Exchange::start(mech, initial, &ctx)
         };
         debug!(mechanism = mech.name(), "AUTH");
+        self.mechanism = mech.name();
         let sasl = Box::new(Sasl {
             exchange,
             account: None,
@@ -356,6 +363,7 @@ impl Session {
                         Ok(a) => a,
                         Err(e) => {
                             warn!(error = %e, "AUTH could not be completed");
+                            self.count_login(LoginResult::Error);
                             self.send_err(reply::session_error(&e));
                             return Next::Continue;
                         }
@@ -398,6 +406,7 @@ impl Session {
     /// `max_auth_failures` on this connection it is closed.
     async fn auth_failure(&mut self, attempted: Option<&str>, password: Option<u64>) -> Next {
         self.tally.auth_failures += 1;
+        self.count_login(LoginResult::Failure);
         // The attempted name (never the password) for operators and fail2ban, quoted by `?`
         // so a name cannot pose as another field or line.
         info!(
@@ -415,6 +424,7 @@ impl Session {
             tokio::time::Instant::now().into_std(),
         );
         if !delay.is_zero() {
+            self.shared.metrics.penalty();
             // The penalty ends early at shutdown: a guesser's wait holds no drain.
             let mut shutdown = self.shared.shutdown.clone();
             if !*shutdown.borrow() {
@@ -426,7 +436,7 @@ impl Session {
         }
         if self.tally.auth_failures >= self.shared.config.max_auth_failures {
             self.send_err(reply::TOO_MANY_AUTH_FAILURES);
-            return Next::Close;
+            return Next::Close(EndReason::TooManyAuthFailures);
         }
         self.send_err(reply::BAD_CREDENTIALS);
         Next::Continue
@@ -445,6 +455,7 @@ impl Session {
             Ok(None) => return self.auth_failure(Some(attempted), password).await,
             Err(e) => {
                 warn!(error = %e, "login could not be completed");
+                self.count_login(LoginResult::Error);
                 self.send_err(reply::session_error(&e));
                 return Next::Continue;
             }
@@ -461,6 +472,7 @@ impl Session {
             .load(std::sync::atomic::Ordering::Relaxed)
         {
             info!(user = %account.name, "login refused: node draining");
+            self.count_login(LoginResult::Refused);
             self.send_err(reply::DRAINING);
             return Next::Continue;
         }
@@ -469,6 +481,9 @@ impl Session {
                 let (count, octets) = t.maildrop.stat();
                 tracing::Span::current().record("user", tracing::field::display(&t.account.name));
                 info!(messages = count, octets, "logged in");
+                self.count_login(LoginResult::Success);
+                self.tally.user = Some(t.account.name.to_string());
+                self.tally.mechanism = Some(self.mechanism);
                 self.ok_with(Text::LoggedIn, &[&count, &octets]);
                 self.state = State::Transaction(t);
                 // Logged in: no longer counted under max_connections_per_ip.
@@ -476,15 +491,27 @@ impl Session {
             }
             Opened::TooSoon { retry_after } => {
                 info!(reason = ?Text::LoginDelay, "login refused");
+                self.count_login(LoginResult::Refused);
                 let text = self.lang.fill(Text::LoginDelay, &[&retry_after]);
                 write_err(&mut self.out, Some(ResponseCode::LoginDelay), &text);
             }
             Opened::Failed(e) => {
                 warn!(error = %e, "login could not be completed");
+                if matches!(e, SessionError::Store(store::StoreError::Locked { .. })) {
+                    self.shared.metrics.in_use();
+                    self.count_login(LoginResult::InUse);
+                } else {
+                    self.count_login(LoginResult::Error);
+                }
                 self.send_err(reply::session_error(&e));
             }
         }
         Next::Continue
+    }
+
+    /// A login attempt ended with `result`, under the mechanism in hand.
+    fn count_login(&self, result: LoginResult) {
+        self.shared.metrics.login(self.mechanism, result);
     }
 
     /// Takes the maildrop of an authenticated account: the lock, LOGIN-DELAY, EXPIRE, the

@@ -64,7 +64,7 @@ enum Next {
     /// Go on with the next command.
     Continue,
     /// Write what is pending and close.
-    Close,
+    Close(EndReason),
     /// STLS was accepted: write the `+OK`, drop what was received after it, run the TLS
     /// handshake, then [`Session::tls_started`] (RFC 2595 section 4).
     StartTls,
@@ -83,12 +83,99 @@ enum State {
     Transaction(Box<Transaction>),
 }
 
+/// Why a session ended: the `reason` of its summary line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    /// The client said QUIT (in any state).
+    Quit,
+    /// RFC 1939 section 3's autologout: no command for `idle_timeout`.
+    IdleTimeout,
+    /// No login within `login_timeout`.
+    LoginTimeout,
+    /// The client closed the connection (or reset it) without QUIT.
+    ClientVanished,
+    /// The server is shutting down.
+    Shutdown,
+    /// [`MAX_BAD_COMMANDS`] refused command lines.
+    TooManyErrors,
+    /// `max_auth_failures` failed logins.
+    TooManyAuthFailures,
+    /// The maildrop lock was lost (another node took it after its lease ran out).
+    LockLost,
+    /// The TLS handshake after STLS failed or timed out.
+    TlsFailed,
+    /// The client stopped reading: a write waited out its deadline.
+    WriteTimeout,
+    /// Any other I/O error, a message that could not be read from the store included.
+    IoError,
+}
+
+impl EndReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Quit => "quit",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::LoginTimeout => "login_timeout",
+            EndReason::ClientVanished => "client_vanished",
+            EndReason::Shutdown => "shutdown",
+            EndReason::TooManyErrors => "too_many_errors",
+            EndReason::TooManyAuthFailures => "too_many_auth_failures",
+            EndReason::LockLost => "lock_lost",
+            EndReason::TlsFailed => "tls_failed",
+            EndReason::WriteTimeout => "write_timeout",
+            EndReason::IoError => "io_error",
+        }
+    }
+
+    /// The reason an I/O error ends a session with.
+    fn of(e: &io::Error) -> EndReason {
+        match e.kind() {
+            io::ErrorKind::TimedOut => EndReason::WriteTimeout,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => EndReason::ClientVanished,
+            _ => EndReason::IoError,
+        }
+    }
+}
+
+/// What became of UPDATE, for the summary line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Update {
+    /// No QUIT in TRANSACTION.
+    #[default]
+    None,
+    Committed,
+    /// The store refused or failed: nothing was deleted.
+    Failed,
+}
+
+impl Update {
+    fn as_str(self) -> &'static str {
+        match self {
+            Update::None => "none",
+            Update::Committed => "committed",
+            Update::Failed => "failed",
+        }
+    }
+}
+
 /// What the session did, for the summary line at its end.
 #[derive(Debug, Default)]
 struct Tally {
+    /// The account logged in, if one did.
+    user: Option<String>,
+    /// How it logged in: `USER`, `APOP`, `TICKET` or a SASL mechanism.
+    mechanism: Option<&'static str>,
+    /// Command lines received (SASL responses are not commands).
+    commands: u64,
     retrieved: u64,
     retrieved_octets: u64,
+    /// TOP commands answered.
+    top: u64,
     deleted: u64,
+    update: Update,
     /// Failed logins on this connection.
     auth_failures: u32,
 }
@@ -123,6 +210,9 @@ struct Session {
     /// Output-only listings already given before login on this connection (free once each,
     /// and once more after STLS; a repeat counts towards [`MAX_BAD_COMMANDS`]).
     listed: Listed,
+    /// The mechanism of the login attempt in hand (`USER`, `APOP`, `TICKET` or a SASL
+    /// mechanism's name), for the login metrics.
+    mechanism: &'static str,
 }
 
 /// Which output-only listings a client has had before login.
@@ -152,6 +242,7 @@ pub(crate) async fn serve<S: Stream>(
     client_slot: Option<ClientSlot>,
 ) {
     debug!("connected");
+    let _active = shared.metrics.session();
     let login_deadline = Instant::now() + shared.config.login_timeout;
     let session = Session {
         peer,
@@ -169,6 +260,7 @@ pub(crate) async fn serve<S: Stream>(
         tally: Tally::default(),
         listed: Listed::default(),
         client_slot,
+        mechanism: "USER",
     };
     let mut driver = Driver {
         conn,
@@ -177,20 +269,39 @@ pub(crate) async fn serve<S: Stream>(
         login_deadline,
     };
     let started = Instant::now();
-    if let Err(e) = driver.run().await {
-        debug!(error = %e, "connection ended");
-    }
+    let reason = match driver.run().await {
+        Ok(reason) => reason,
+        Err(e) => {
+            debug!(error = %e, "connection ended");
+            EndReason::of(&e)
+        }
+    };
     driver.session.abandon().await;
     // close_notify on TLS: bounded, a peer that stopped reading does not hold the slot.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, driver.conn.shutdown()).await;
-    // One stable line per session (fail2ban and log analysis read it; no secrets in it).
-    let tally = &driver.session.tally;
+    summary(&driver.session, reason, started.elapsed());
+}
+
+/// The one summary line of a session, as Dovecot writes one at logout, in the session's
+/// span (which names it by `id`): each item a field of its own, so `--log-format json` gives
+/// a log shipper fields to index, not a sentence to parse. No secrets in it; the account
+/// name is quoted (`?`-style) like every name a client could influence.
+fn summary(session: &Session, reason: EndReason, duration: Duration) {
+    let tally = &session.tally;
     info!(
+        user = tally.user.as_deref().unwrap_or_default(),
+        peer = %session.client,
+        mechanism = %tally.mechanism.unwrap_or_default(),
+        tls = session.tls,
+        duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        commands = tally.commands,
         retrieved = tally.retrieved,
         retrieved_octets = tally.retrieved_octets,
+        top = tally.top,
         deleted = tally.deleted,
+        update = %tally.update.as_str(),
         auth_failures = tally.auth_failures,
-        duration_ms = started.elapsed().as_millis() as u64,
+        reason = %reason.as_str(),
         "session end"
     );
 }
@@ -205,7 +316,8 @@ struct Driver<S> {
 }
 
 impl<S: Stream> Driver<S> {
-    async fn run(&mut self) -> io::Result<()> {
+    /// The session until it ends, and why it did (an I/O error is a reason too).
+    async fn run(&mut self) -> io::Result<EndReason> {
         self.session.greet();
         let mut shutdown = self.session.shared.shutdown.clone();
         loop {
@@ -213,7 +325,8 @@ impl<S: Stream> Driver<S> {
             loop {
                 if *shutdown.borrow() {
                     self.session.send_err(reply::SHUTTING_DOWN);
-                    return self.flush().await;
+                    self.flush().await?;
+                    return Ok(EndReason::Shutdown);
                 }
                 let next = if self.session.in_sasl() {
                     // RFC 5034 section 4: inside AUTH each line is a base64 response.
@@ -227,9 +340,15 @@ impl<S: Stream> Driver<S> {
                     }
                 } else {
                     match self.decoder.next_command() {
-                        Ok(Some(cmd)) => self.session.handle(cmd).await,
+                        Ok(Some(cmd)) => {
+                            self.session.counted(Some(cmd.keyword()));
+                            self.session.handle(cmd).await
+                        }
                         Ok(None) => break,
-                        Err(e) => self.session.bad_command(&e),
+                        Err(e) => {
+                            self.session.counted(e.keyword());
+                            self.session.bad_command(&e)
+                        }
                     }
                 };
                 let max_line = if self.session.in_sasl() {
@@ -240,10 +359,13 @@ impl<S: Stream> Driver<S> {
                 self.decoder.set_max_line(max_line);
                 match next {
                     Next::Continue => {}
-                    Next::Close => return self.flush().await,
+                    Next::Close(reason) => {
+                        self.flush().await?;
+                        return Ok(reason);
+                    }
                     Next::StartTls => {
                         if !self.starttls().await? {
-                            return Ok(());
+                            return Ok(EndReason::TlsFailed);
                         }
                     }
                     Next::Send { meta, lines } => self.send_message(meta, lines).await?,
@@ -271,14 +393,15 @@ impl<S: Stream> Driver<S> {
                     Err(_) if logging_in && Instant::now() >= self.login_deadline => {
                         info!("login timeout; closing");
                         self.session.err(Text::LoginTimeout);
-                        return self.flush().await;
+                        self.flush().await?;
+                        return Ok(EndReason::LoginTimeout);
                     }
                     // RFC 1939 section 3: autologout closes without a reply and without UPDATE.
                     Err(_) => {
                         info!("idle timeout; closing without UPDATE");
-                        return Ok(());
+                        return Ok(EndReason::IdleTimeout);
                     }
-                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(0)) => return Ok(EndReason::ClientVanished),
                     Ok(Ok(n)) => n,
                     Ok(Err(e)) => return Err(e),
                 },
@@ -304,6 +427,7 @@ impl<S: Stream> Driver<S> {
                 ))
             }
         }
+        self.session.shared.metrics.sent(self.session.out.len());
         self.session.out.clear();
         match tokio::time::timeout(limit, self.conn.flush()).await {
             Ok(result) => result,
@@ -357,13 +481,20 @@ impl<S: Stream> Driver<S> {
             }
             Ok(Err(e)) => {
                 debug!(error = %e, "TLS handshake after STLS failed");
+                self.tls_failed();
                 Ok(false)
             }
             Err(_) => {
                 debug!("TLS handshake after STLS timed out");
+                self.tls_failed();
                 Ok(false)
             }
         }
+    }
+
+    fn tls_failed(&self) {
+        let listener = self.session.listener.kind.name(true);
+        self.session.shared.metrics.tls_failure(listener);
     }
 
     /// Streams a message (RETR) or its headers and first `lines` body lines (TOP),
@@ -449,6 +580,13 @@ impl Session {
         write_ok(&mut self.out, &greeting);
     }
 
+    /// Counts a command line (by its keyword, `None`: none of POP3's) for the summary and
+    /// the metrics.
+    fn counted(&mut self, keyword: Option<proto::Keyword>) {
+        self.tally.commands += 1;
+        self.shared.metrics.command(keyword);
+    }
+
     /// One command line, in whatever state the session is.
     async fn handle(&mut self, cmd: Command) -> Next {
         debug!(command = %cmd.keyword(), "command");
@@ -480,7 +618,7 @@ impl Session {
                     self.send_err(reply::session_error(&SessionError::Store(
                         StoreError::LockLost,
                     )));
-                    return Next::Close;
+                    return Next::Close(EndReason::LockLost);
                 }
                 self.transaction(cmd).await
             }
@@ -539,7 +677,7 @@ impl Session {
         self.bad_commands += 1;
         if self.bad_commands >= MAX_BAD_COMMANDS {
             self.send_err(reply::TOO_MANY_BAD_COMMANDS);
-            return Some(Next::Close);
+            return Some(Next::Close(EndReason::TooManyErrors));
         }
         None
     }

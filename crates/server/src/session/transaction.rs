@@ -8,7 +8,7 @@ use proto::response::{write_end, write_listing_line, write_ok};
 use proto::Command;
 use store::{Account, Expire, MessageMeta};
 
-use super::{Next, Session, State};
+use super::{EndReason, Next, Session, State};
 use crate::lang::Text;
 use crate::lock::HeldLock;
 use crate::maildrop::Maildrop;
@@ -58,6 +58,7 @@ impl Session {
                     let meta = m.clone();
                     md.mark_retrieved(n);
                     self.tally.retrieved += 1;
+                    self.shared.metrics.retrieved();
                     self.tally.retrieved_octets += meta.size;
                     self.ok_with(Text::Octets, &[&meta.size]);
                     return Next::Send { meta, lines: None };
@@ -68,6 +69,7 @@ impl Session {
                 Ok(m) if m.utf8_headers && !self.utf8 => self.send_err(reply::UTF8_NEEDED),
                 Ok(m) => {
                     let meta = m.clone();
+                    self.tally.top += 1;
                     self.ok(Text::TopFollows);
                     return Next::Send {
                         meta,
@@ -88,7 +90,7 @@ impl Session {
             Command::Noop => write_ok(&mut self.out, ""),
             Command::Quit => {
                 self.update().await;
-                return Next::Close;
+                return Next::Close(EndReason::Quit);
             }
             Command::Utf8 => return self.wrong_state(Text::Utf8Refused),
             Command::User(_)

@@ -5,7 +5,7 @@ use proto::response::write_err;
 use store::Expire;
 use tracing::{info, warn};
 
-use super::{Auth, Session, State};
+use super::{Auth, Session, State, Update};
 use crate::lang::Text;
 use crate::reply;
 
@@ -40,12 +40,16 @@ impl Session {
             Ok(()) => {
                 let n = deleted.len();
                 self.tally.deleted = n as u64;
+                self.tally.update = Update::Committed;
+                self.shared.metrics.update(Some(n as u64));
                 let left = t.maildrop.len() - n;
                 info!(deleted = n, left, "update done");
                 self.ok_with(Text::SigningOff, &[&n, &left]);
             }
             Err(e) => {
                 warn!(error = %e, "update failed; nothing was deleted");
+                self.tally.update = Update::Failed;
+                self.shared.metrics.update(None);
                 let r = reply::session_error(&e);
                 let text = self
                     .lang

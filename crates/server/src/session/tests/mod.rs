@@ -32,6 +32,7 @@ mod update;
 use super::{serve, MAX_BAD_COMMANDS, SASL_MAX_LINE};
 use crate::conn::Conn;
 use crate::lang::{self, Text};
+use crate::metrics::Metrics;
 use crate::reply::{self, ErrReply};
 use crate::tls::{self, Tls, TlsVersion};
 use crate::{credcache, hashpool, limits, lock, penalty};
@@ -127,6 +128,7 @@ impl Fixture {
         };
         let (stop, stopped) = watch::channel(false);
         let dyn_store: Arc<dyn Store> = store.clone();
+        let metrics = Arc::new(Metrics::new());
         let shared = Arc::new(Shared {
             store: dyn_store.clone(),
             next_session: AtomicU64::new(1),
@@ -138,11 +140,12 @@ impl Fixture {
                 MAX_AUTH_FAILURE_DELAY,
                 config.trusted_networks.clone(),
             ),
-            hashing: hashpool::HashPool::new(1).expect("hash thread"),
+            hashing: hashpool::HashPool::new(1, metrics.hash_timings()).expect("hash thread"),
             credentials: credcache::CredentialCache::new(config.credential_cache_ttl),
             locks: lock::Locks::new(dyn_store, config.lock_lease),
             draining: AtomicBool::new(false),
             tickets: auth::ticket::Replay::new(),
+            metrics,
             config,
         });
         Fixture {
