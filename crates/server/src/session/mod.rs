@@ -231,7 +231,7 @@ enum Listing {
     Mechanisms,
 }
 
-/// Serves one connection until QUIT, a drop, the idle timeout or shutdown.
+/// Serves one connection until QUIT, a drop, the idle timeout or shutdown; says which.
 pub(crate) async fn serve<S: Stream>(
     conn: Conn<S>,
     peer: SocketAddr,
@@ -240,7 +240,7 @@ pub(crate) async fn serve<S: Stream>(
     listener: ListenerInfo,
     shared: Arc<Shared>,
     client_slot: Option<ClientSlot>,
-) {
+) -> EndReason {
     debug!("connected");
     let _active = shared.metrics.session();
     let login_deadline = Instant::now() + shared.config.login_timeout;
@@ -280,6 +280,7 @@ pub(crate) async fn serve<S: Stream>(
     // close_notify on TLS: bounded, a peer that stopped reading does not hold the slot.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, driver.conn.shutdown()).await;
     summary(&driver.session, reason, started.elapsed());
+    reason
 }
 
 /// The one summary line of a session, as Dovecot writes one at logout, in the session's

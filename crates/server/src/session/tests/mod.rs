@@ -26,10 +26,11 @@ mod authorization;
 mod deadlines;
 mod sasl;
 mod stls;
+mod summary;
 mod transaction;
 mod update;
 
-use super::{serve, MAX_BAD_COMMANDS, SASL_MAX_LINE};
+use super::{serve, EndReason, MAX_BAD_COMMANDS, SASL_MAX_LINE};
 use crate::conn::Conn;
 use crate::lang::{self, Text};
 use crate::metrics::Metrics;
@@ -208,7 +209,7 @@ impl Fixture {
         let session = tokio::spawn(async move {
             let stream = tls.acceptor(TlsVersion::Tls12).accept(far).await;
             let conn = Conn::Tls(Box::new(stream.expect("server handshake")));
-            serve(conn, peer, peer, 1, listener, shared, None).await;
+            serve(conn, peer, peer, 1, listener, shared, None).await
         });
         let mut c = Client {
             io: BufReader::new(Box::new(tokio::io::duplex(1).0)),
@@ -272,7 +273,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The test's end of the connection: writes lines, reads replies.
 struct Client {
     io: BufReader<Box<dyn Io>>,
-    session: JoinHandle<()>,
+    session: JoinHandle<EndReason>,
     greeting: String,
 }
 
@@ -327,17 +328,22 @@ impl Client {
     }
 
     /// What the session sends until it closes the connection; its task ends.
-    async fn last_bytes(mut self) -> Vec<u8> {
+    async fn last_bytes(self) -> Vec<u8> {
+        self.ended().await.0
+    }
+
+    /// What the session sends until it closes the connection, and why it ended.
+    async fn ended(mut self) -> (Vec<u8>, EndReason) {
         let mut rest = Vec::new();
         tokio::time::timeout(PATIENCE, self.io.read_to_end(&mut rest))
             .await
             .expect("closed in time")
             .expect("read");
-        tokio::time::timeout(PATIENCE, &mut self.session)
+        let reason = tokio::time::timeout(PATIENCE, &mut self.session)
             .await
             .expect("session ended")
             .expect("session task");
-        rest
+        (rest, reason)
     }
 
     /// USER and PASS for alice.
