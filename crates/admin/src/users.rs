@@ -12,6 +12,7 @@ use store::{AccountName, AccountSummary, LockInfo, StoreError};
 
 use crate::output::{print, rfc3339};
 use crate::policy::{self, expire_text, last_login_text, login_delay_text};
+use crate::quota::use_text;
 use crate::{
     account_name, existing_store, open_existing, open_or_create, require_account, Location,
     UserCommand,
@@ -31,7 +32,8 @@ pub fn run(location: &Location, cmd: UserCommand) -> anyhow::Result<()> {
             name,
             login_delay,
             expire,
-        } => policy::run(location, &name, login_delay, expire),
+            quota,
+        } => policy::run(location, &name, login_delay, expire, quota),
         UserCommand::Passwd {
             name,
             password_stdin,
@@ -181,7 +183,9 @@ pub fn stat(location: &Location, name: &str) -> anyhow::Result<()> {
 /// `user list`: a header line, then one tab-separated line per account. The lock column is `-`
 /// when the maildrop is not locked. The policy columns come last, so the older columns keep
 /// their places: LOGIN-DELAY (seconds or `default`), EXPIRE (days, `never` or `default`) and
-/// LAST-LOGIN (RFC 3339 or `never`).
+/// LAST-LOGIN (RFC 3339 or `never`), then LEGACY-AUTH, then use against the quota
+/// (QUOTA-MESSAGES and QUOTA-OCTETS: `USED/LIMIT`, `USED/-` for no limit) and where and how the
+/// last login came (LAST-LOGIN-FROM, LAST-LOGIN-MECHANISM: `-` when not recorded).
 /// The LEGACY-AUTH column: `yes` (APOP and CRAM-MD5), `cram-md5` (imported CRAM-MD5 states
 /// only) or `no`.
 fn legacy_auth_text(a: &AccountSummary) -> &'static str {
@@ -194,7 +198,8 @@ fn legacy_auth_text(a: &AccountSummary) -> &'static str {
 
 fn list_text(accounts: &[AccountSummary]) -> String {
     let mut out = String::from(
-        "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\n",
+        "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\t\
+         QUOTA-MESSAGES\tQUOTA-OCTETS\tLAST-LOGIN-FROM\tLAST-LOGIN-MECHANISM\n",
     );
     for a in accounts {
         let lock = match &a.lock {
@@ -205,17 +210,23 @@ fn list_text(accounts: &[AccountSummary]) -> String {
             ),
             None => "-".to_owned(),
         };
+        let (from, mechanism) = match &a.last_login_from {
+            Some(s) => (one_line(&s.peer), one_line(&s.mechanism)),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,
-            "{}\t{}\t{}\t{lock}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{lock}\t{}\t{}\t{}\t{}\t{}\t{}\t{from}\t{mechanism}",
             a.name,
             a.messages,
             a.octets,
             login_delay_text(a.policy.login_delay),
             expire_text(a.policy.expire),
             last_login_text(a.last_login),
-            legacy_auth_text(a)
+            legacy_auth_text(a),
+            use_text(a.messages, a.quota.messages),
+            use_text(a.octets, a.quota.octets),
         );
     }
     out
@@ -229,13 +240,24 @@ fn stat_text(s: &AccountSummary) -> String {
         }) => format!("{} (until {})", one_line(holder), rfc3339(*expires_at)),
         None => "none".to_owned(),
     };
+    let from = match &s.last_login_from {
+        Some(from) => format!(
+            " from {} ({})",
+            one_line(&from.peer),
+            one_line(&from.mechanism)
+        ),
+        None => String::new(),
+    };
     format!(
-        "messages: {}\noctets: {}\nlock: {lock}\nlogin-delay: {}\nexpire: {}\nlast login: {}\n",
+        "messages: {}\noctets: {}\nlock: {lock}\nlogin-delay: {}\nexpire: {}\n\
+         last login: {}{from}\nquota messages: {}\nquota octets: {}\n",
         s.messages,
         s.octets,
         login_delay_text(s.policy.login_delay),
         expire_text(s.policy.expire),
-        last_login_text(s.last_login)
+        last_login_text(s.last_login),
+        use_text(s.messages, s.quota.messages),
+        use_text(s.octets, s.quota.octets),
     )
 }
 
@@ -322,7 +344,7 @@ pub(crate) fn read_password_line(input: &mut dyn BufRead) -> std::io::Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use store::{AccountPolicy, Expire};
+    use store::{AccountPolicy, Expire, LoginSource, Quota};
 
     #[test]
     fn password_line_keeps_spaces_and_drops_the_line_end() {
@@ -355,8 +377,10 @@ mod tests {
             lock,
             policy: AccountPolicy::default(),
             last_login: None,
+            last_login_from: None,
             legacy: false,
             cram_md5: false,
+            quota: Quota::default(),
         }
     }
 
@@ -373,7 +397,15 @@ mod tests {
             expire: Some(Expire::Never),
         };
         carol.last_login = Some(1_709_251_199);
+        carol.last_login_from = Some(LoginSource {
+            peer: "192.0.2.7".into(),
+            mechanism: "SCRAM-SHA-256".into(),
+        });
         carol.legacy = true;
+        carol.quota = Quota {
+            messages: Some(10),
+            octets: Some(1 << 20),
+        };
         let mut dave = summary("dave", None);
         dave.policy.expire = Some(Expire::Days(0));
         dave.cram_md5 = true;
@@ -383,32 +415,39 @@ mod tests {
             carol,
             dave,
         ];
-        let want = "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\n\
-                    alice\t3\t1234\t-\tdefault\tdefault\tnever\tno\n\
+        let want = "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\t\
+                    QUOTA-MESSAGES\tQUOTA-OCTETS\tLAST-LOGIN-FROM\tLAST-LOGIN-MECHANISM\n\
+                    alice\t3\t1234\t-\tdefault\tdefault\tnever\tno\t3/-\t1234/-\t-\t-\n\
                     bob@example.org\t3\t1234\tlocked by pop3d[42]@host until 1970-01-01T00:01:00Z\t\
-                    default\tdefault\tnever\tno\n\
-                    carol\t3\t1234\t-\t300\tnever\t2024-02-29T23:59:59Z\tyes\n\
-                    dave\t3\t1234\t-\tdefault\t0\tnever\tcram-md5\n";
+                    default\tdefault\tnever\tno\t3/-\t1234/-\t-\t-\n\
+                    carol\t3\t1234\t-\t300\tnever\t2024-02-29T23:59:59Z\tyes\t3/10\t1234/1048576\t\
+                    192.0.2.7\tSCRAM-SHA-256\n\
+                    dave\t3\t1234\t-\tdefault\t0\tnever\tcram-md5\t3/-\t1234/-\t-\t-\n";
         assert_eq!(list_text(&accounts), want);
         assert_eq!(
             stat_text(&accounts[0]),
             "messages: 3\noctets: 1234\nlock: none\n\
-             login-delay: default\nexpire: default\nlast login: never\n"
+             login-delay: default\nexpire: default\nlast login: never\n\
+             quota messages: 3/-\nquota octets: 1234/-\n"
         );
         assert_eq!(
             stat_text(&accounts[1]),
             "messages: 3\noctets: 1234\nlock: pop3d[42]@host (until 1970-01-01T00:01:00Z)\n\
-             login-delay: default\nexpire: default\nlast login: never\n"
+             login-delay: default\nexpire: default\nlast login: never\n\
+             quota messages: 3/-\nquota octets: 1234/-\n"
         );
         assert_eq!(
             stat_text(&accounts[2]),
             "messages: 3\noctets: 1234\nlock: none\n\
-             login-delay: 300\nexpire: never\nlast login: 2024-02-29T23:59:59Z\n"
+             login-delay: 300\nexpire: never\n\
+             last login: 2024-02-29T23:59:59Z from 192.0.2.7 (SCRAM-SHA-256)\n\
+             quota messages: 3/10\nquota octets: 1234/1048576\n"
         );
         assert_eq!(
             stat_text(&accounts[3]),
             "messages: 3\noctets: 1234\nlock: none\n\
-             login-delay: default\nexpire: 0\nlast login: never\n"
+             login-delay: default\nexpire: 0\nlast login: never\n\
+             quota messages: 3/-\nquota octets: 1234/-\n"
         );
     }
 }

@@ -18,6 +18,7 @@ pub mod lang;
 mod limits;
 mod listen;
 mod lock;
+mod logins;
 mod maildrop;
 mod node;
 mod penalty;
@@ -351,6 +352,8 @@ pub(crate) struct Shared {
     pub draining: std::sync::atomic::AtomicBool,
     /// Nonces of the login tickets this node accepted (each logs in once).
     pub tickets: auth::ticket::Replay,
+    /// Successful logins, written to the store in batches (`popadm user list` shows them).
+    pub logins: Arc<logins::Logins>,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
@@ -413,6 +416,7 @@ pub async fn run(
         locks: lock::Locks::new(store.clone(), lock_lease),
         draining: std::sync::atomic::AtomicBool::new(false),
         tickets: auth::ticket::Replay::new(),
+        logins: logins::Logins::new(store.clone()),
     });
     // The unknown-user decoy of the configured argon2 cost, made before the first login needs
     // it (on a blocking thread, not holding up the start).
@@ -422,6 +426,9 @@ pub async fn run(
     }));
     // Aborted when `run` returns, however it does.
     let _renewer = AbortOnDrop(tokio::spawn(shared.locks.clone().renew_forever()));
+    let login_writer = AbortOnDrop(tokio::spawn(
+        shared.logins.clone().flush_forever(logins::FLUSH_EVERY),
+    ));
     let _heartbeat = match shared.config.node.clone() {
         Some(node) => {
             // The first heartbeat before the first connection: a node restarted while
@@ -471,6 +478,9 @@ pub async fn run(
             "shutdown grace over; closing remaining sessions"
         ),
     }
+    // The last batch of logins, once no session can add to it.
+    drop(login_writer);
+    shared.logins.flush().await;
     Ok(())
 }
 

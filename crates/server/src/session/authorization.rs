@@ -93,7 +93,10 @@ impl Session {
             }
             Command::Pass(password) => match self.take_user() {
                 None => self.wrong_state(Text::UserFirst),
-                Some(name) => self.login(name, password).await,
+                Some(name) => {
+                    self.mechanism = "USER";
+                    self.login(name, password).await
+                }
             },
             Command::Quit => {
                 self.ok(Text::Bye);
@@ -107,6 +110,7 @@ impl Session {
             }
             Command::Apop { name, digest } => {
                 self.take_user();
+                self.mechanism = "APOP";
                 self.apop(name, digest).await
             }
             Command::Auth {
@@ -307,6 +311,7 @@ impl Session {
             Exchange::start(mech, initial, &ctx)
         };
         debug!(mechanism = mech.name(), "AUTH");
+        self.mechanism = mech.name();
         let sasl = Box::new(Sasl {
             exchange,
             account: None,
@@ -469,6 +474,11 @@ impl Session {
                 let (count, octets) = t.maildrop.stat();
                 tracing::Span::current().record("user", tracing::field::display(&t.account.name));
                 info!(messages = count, octets, "logged in");
+                // Written with others every few seconds, not now (see `logins`).
+                let id = t.account.id;
+                self.shared
+                    .logins
+                    .record(id, self.client.ip(), self.mechanism);
                 self.ok_with(Text::LoggedIn, &[&count, &octets]);
                 self.state = State::Transaction(t);
                 // Logged in: no longer counted under max_connections_per_ip.

@@ -123,6 +123,9 @@ struct Session {
     /// Output-only listings already given before login on this connection (free once each,
     /// and once more after STLS; a repeat counts towards [`MAX_BAD_COMMANDS`]).
     listed: Listed,
+    /// How the login in hand is made (`USER`, `APOP` or the SASL mechanism), for the record
+    /// of the last login.
+    mechanism: &'static str,
 }
 
 /// Which output-only listings a client has had before login.
@@ -169,6 +172,7 @@ pub(crate) async fn serve<S: Stream>(
         tally: Tally::default(),
         listed: Listed::default(),
         client_slot,
+        mechanism: "USER",
     };
     let mut driver = Driver {
         conn,

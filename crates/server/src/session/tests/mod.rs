@@ -143,6 +143,7 @@ impl Fixture {
             locks: lock::Locks::new(dyn_store, config.lock_lease),
             draining: AtomicBool::new(false),
             tickets: auth::ticket::Replay::new(),
+            logins: crate::logins::Logins::new(store.clone()),
             config,
         });
         Fixture {
