@@ -184,3 +184,50 @@ fn user_list_shows_every_login_with_address_and_mechanism() {
     let stat = popadm_ok(d, &["stat", "lou"], b"");
     assert!(stat.contains(" from 127.0.0.1 (USER)\n"), "{stat}");
 }
+
+/// On a terminal (script(1) gives popadm a pseudo-terminal) a long import draws its bar
+/// (messages and octets) and clears it, leaving the summary; `backup` without one prints
+/// only its summary.
+#[test]
+fn a_long_import_draws_a_progress_bar_only_on_a_terminal() {
+    e2e::require!("script");
+    let f = Fixture::new("progress");
+    let d = f.data();
+    f.add_user("pat", "pw");
+    let mut mbox = Vec::new();
+    for i in 0..3000 {
+        mbox.extend_from_slice(
+            format!("From a@example.org Thu Nov 26 10:00:00 2026\nSubject: {i}\n\nbody {i}\n\n")
+                .as_bytes(),
+        );
+    }
+    let path = d.join("big.mbox");
+    std::fs::write(&path, &mbox).expect("write");
+    let command = format!(
+        "'{}' --data-dir '{}' import mbox '{}' pat",
+        e2e::bin("popadm").display(),
+        d.display(),
+        path.display()
+    );
+    let out = e2e::run(
+        std::process::Command::new("script")
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::null()),
+    );
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("imported 3000 messages into pat"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains(" eta ") && screen.contains(" KiB") && screen.contains('\u{1b}'),
+        "no progress bar drawn: {screen:?}"
+    );
+
+    let copy = d.join("copy.sqlite3");
+    let out = popadm(d, &["backup", copy.to_str().expect("utf8")], b"");
+    assert!(out.status.success());
+    assert_no_progress(&out.stderr);
+}

@@ -30,6 +30,7 @@ use store::{
 };
 
 use crate::output::print;
+use crate::progress::Progress;
 use crate::{account_name, open_existing, quota_check, ImportCommand, Location};
 
 pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
@@ -60,10 +61,16 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
             let name = account_name(&name)?;
             let what = file.display().to_string();
             let input = File::open(&file).with_context(|| format!("opening {what}"))?;
+            let octets = input.metadata().ok().map(|m| m.len());
             let mut source = mbox::Mbox::open(BufReader::new(input), DEFAULT_MAX_MESSAGE_SIZE)
                 .with_context(|| format!("reading {what}"))?;
             let check = quota_check(ignore_quota);
+            let mut progress = Progress::messages(&what, None, octets);
+            let mut source = progress.count(&mut source);
             let (delivered, skipped) = import_all(location, &name, &mut source, &what, check)?;
+            // The bar goes before the summary is printed.
+            drop(source);
+            drop(progress);
             print(&summary(&name, &delivered, 0, skipped))
         }
         ImportCommand::Maildir {
@@ -83,9 +90,19 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
                 &dovecot_uidl_format,
                 uidl_map.as_deref(),
             )?;
+            // Totals only for a bar: a stat per file is not free on a large maildir.
+            let octets = Progress::wanted().then(|| {
+                let size = |e: &maildir::MaildirEntry| std::fs::symlink_metadata(&e.path).ok();
+                entries.iter().filter_map(size).map(|m| m.len()).sum()
+            });
+            let mut progress = Progress::messages(&what, Some(entries.len() as u64), octets);
             let mut source = maildir::Messages::new(entries, &uids, DEFAULT_MAX_MESSAGE_SIZE);
             let check = quota_check(ignore_quota);
+            let mut source = progress.count(&mut source);
             let (delivered, skipped) = import_all(location, &name, &mut source, &what, check)?;
+            // The bar goes before the summary is printed.
+            drop(source);
+            drop(progress);
             print(&summary(
                 &name,
                 &delivered,

@@ -17,6 +17,7 @@ mod nodes;
 mod output;
 mod policy;
 mod pop3;
+mod progress;
 mod quota;
 mod users;
 
@@ -585,9 +586,11 @@ fn backup(location: &Location, file: &Path) -> anyhow::Result<()> {
         );
     };
     let store = open_existing_sqlite(data_dir)?;
+    let progress = progress::Progress::spinner("backup");
     store
         .backup_to(file)
         .with_context(|| format!("backing the database up to {}", file.display()))?;
+    drop(progress);
     let octets = std::fs::metadata(file)
         .with_context(|| format!("reading {}", file.display()))?
         .len();

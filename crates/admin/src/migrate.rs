@@ -18,6 +18,7 @@ use store::{AccountName, ImportMessage, QuotaCheck, Store, StoreError, DEFAULT_M
 use crate::import::import_into;
 use crate::output::print;
 use crate::pop3::{Remote, Security, Session};
+use crate::progress::Progress;
 use crate::users::read_password_line;
 use crate::{account_name, open_existing, Location, RemoteArgs};
 
@@ -73,6 +74,8 @@ fn pull(
     let todo: Vec<&(u32, String)> = uidl.iter().filter(|(_, u)| !local.contains(u)).collect();
     let present = uidl.len() - todo.len();
     let mut size_mismatches = 0u64;
+    let listed_octets = todo.iter().filter_map(|(n, _)| sizes.get(n)).sum();
+    let mut progress = Progress::messages(what, Some(todo.len() as u64), Some(listed_octets));
     let mut fetch = todo.iter().map(|(n, uid)| {
         let listed = sizes.get(n).copied();
         let limit = listed
@@ -89,7 +92,10 @@ fn pull(
             uid_claimed: false,
         })
     });
+    let mut fetch = progress.count(&mut fetch);
     let stored = import_into(store, name, &mut fetch, what, check)?.len();
+    drop(fetch);
+    drop(progress);
     Ok(Pulled {
         stored,
         present,
