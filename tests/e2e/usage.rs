@@ -91,6 +91,13 @@ fn deliver_refuses_a_full_mailbox_with_the_configured_exit_code() {
             && stat.contains("quota messages: 4/-\n"),
         "{stat}"
     );
+    let json = popadm_ok(d, &["stat", "ann@quota.example", "--json"], b"");
+    assert!(
+        json.contains(&format!("\"octets\":{octets},\"lock\":null"))
+            && json.contains("\"quota\":{\"messages\":null,\"octets\":1024}}"),
+        "{json}"
+    );
+    assert_valid_json(&popadm_ok(d, &["user", "list", "--json"], b""));
     // Back to the domain's default with `default`.
     popadm_ok(
         d,
@@ -151,6 +158,21 @@ fn import_refuses_to_go_over_quota_unless_told() {
     assert_eq!(user_list_column(d, "ivy", "QUOTA-MESSAGES"), "3/2");
 }
 
+/// `text` parses as JSON (checked by Python's json module, where installed).
+fn assert_valid_json(text: &str) {
+    if !e2e::client_available("python3", "--version") {
+        return;
+    }
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", "import json, sys; json.load(sys.stdin)"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("write");
+    assert!(child.wait().expect("wait").success(), "not JSON: {text}");
+}
+
 /// What a long command writes to stderr when it is not a terminal: nothing of a progress bar.
 fn assert_no_progress(stderr: &[u8]) {
     let text = String::from_utf8_lossy(stderr);
@@ -183,6 +205,12 @@ fn user_list_shows_every_login_with_address_and_mechanism() {
     assert_ne!(user_list_column(d, "lou", "LAST-LOGIN"), "never");
     let stat = popadm_ok(d, &["stat", "lou"], b"");
     assert!(stat.contains(" from 127.0.0.1 (USER)\n"), "{stat}");
+    let json = popadm_ok(d, &["user", "list", "--json"], b"");
+    assert!(
+        json.contains("\"last_login_from\":\"127.0.0.1\",\"last_login_mechanism\":\"USER\""),
+        "{json}"
+    );
+    assert_valid_json(&json);
 }
 
 /// On a terminal (script(1) gives popadm a pseudo-terminal) a long import draws its bar

@@ -174,6 +174,9 @@ pub enum Command {
     Stat {
         /// Account name (`local` or `local@domain`)
         name: String,
+        /// One JSON object instead (the fields of `user list --json`)
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script to stdout
     ///
@@ -320,7 +323,11 @@ pub enum UserCommand {
         yes: bool,
     },
     /// List accounts (tab-separated, with a header line)
-    List,
+    List {
+        /// One JSON array of objects instead (times RFC 3339, a missing value `null`)
+        #[arg(long)]
+        json: bool,
+    },
     /// Set an account's LOGIN-DELAY and EXPIRE overrides (RFC 2449) and its quota
     ///
     /// `default` clears one so that the server's setting (for a quota: the domain's, else the
@@ -525,7 +532,9 @@ pub fn run(cli: Cli) -> ExitCode {
             quota::default(&location, q.quota_messages, q.quota_octets),
             exit::admin_code as _,
         ),
-        Command::Stat { name } => (users::stat(&location, &name), exit::admin_code as _),
+        Command::Stat { name, json } => {
+            (users::stat(&location, &name, json), exit::admin_code as _)
+        }
         Command::Import(cmd) => (import::run(&location, cmd), exit::admin_code as _),
         Command::Backup { file } => (backup(&location, &file), exit::admin_code as _),
         Command::Completions { shell } => (

@@ -10,7 +10,7 @@ use std::io::{BufRead, IsTerminal as _, Write as _};
 use anyhow::{bail, Context as _};
 use store::{AccountName, AccountSummary, LockInfo, StoreError};
 
-use crate::output::{print, rfc3339};
+use crate::output::{json_or_null, json_string, print, rfc3339};
 use crate::policy::{self, expire_text, last_login_text, login_delay_text};
 use crate::quota::use_text;
 use crate::{
@@ -27,7 +27,7 @@ pub fn run(location: &Location, cmd: UserCommand) -> anyhow::Result<()> {
             new_domain,
         } => add(location, &name, password_stdin, legacy_auth, new_domain),
         UserCommand::Del { name, yes } => del(location, &name, yes),
-        UserCommand::List => list(location),
+        UserCommand::List { json } => list(location, json),
         UserCommand::Set {
             name,
             login_delay,
@@ -165,19 +165,63 @@ fn del(location: &Location, name: &str, yes: bool) -> anyhow::Result<()> {
     print(&format!("deleted {name}\n"))
 }
 
-fn list(location: &Location) -> anyhow::Result<()> {
+fn list(location: &Location, json: bool) -> anyhow::Result<()> {
     let store = open_existing(location)?;
     let accounts = store.list_accounts().context("listing accounts")?;
+    if json {
+        let all: Vec<String> = accounts.iter().map(summary_json).collect();
+        return print(&format!("[{}]\n", all.join(",\n")));
+    }
     print(&list_text(&accounts))
 }
 
-pub fn stat(location: &Location, name: &str) -> anyhow::Result<()> {
+pub fn stat(location: &Location, name: &str, json: bool) -> anyhow::Result<()> {
     let name = account_name(name)?;
     let store = open_existing(location)?;
     let summary = store
         .account_summary(&name)
         .with_context(|| format!("looking up {name}"))?;
+    if json {
+        return print(&format!("{}\n", summary_json(&summary)));
+    }
     print(&stat_text(&summary))
+}
+
+/// One account as a JSON object (`user list --json`, `stat --json`): what the text shows, as
+/// numbers where it is one, `null` where there is none (no lock, no override, no limit, no
+/// login yet).
+fn summary_json(a: &AccountSummary) -> String {
+    let number = |n: u64| n.to_string();
+    let text = |s: &str| json_string(s);
+    let lock = json_or_null(a.lock.as_ref(), |l| {
+        format!(
+            "{{\"holder\":{},\"acquired_at\":{},\"expires_at\":{}}}",
+            text(&l.holder),
+            text(&rfc3339(l.acquired_at)),
+            text(&rfc3339(l.expires_at))
+        )
+    });
+    let expire = json_or_null(a.policy.expire, |e| match e {
+        store::Expire::Never => text("never"),
+        store::Expire::Days(days) => days.to_string(),
+    });
+    let from = a.last_login_from.as_ref();
+    format!(
+        "{{\"name\":{},\"messages\":{},\"octets\":{},\"lock\":{lock},\"login_delay\":{},\
+         \"expire\":{expire},\"last_login\":{},\"last_login_from\":{},\
+         \"last_login_mechanism\":{},\"legacy_auth\":{},\
+         \"quota\":{{\"messages\":{},\"octets\":{}}}}}",
+        text(&a.name.to_string()),
+        a.messages,
+        a.octets,
+        json_or_null(a.policy.login_delay, |d| d.to_string()),
+        json_or_null(a.last_login, |t| text(&rfc3339(t))),
+        json_or_null(from, |f| text(&f.peer)),
+        json_or_null(from, |f| text(&f.mechanism)),
+        text(legacy_auth_text(a)),
+        json_or_null(a.quota.messages, number),
+        json_or_null(a.quota.octets, number),
+    )
 }
 
 /// `user list`: a header line, then one tab-separated line per account. The lock column is `-`
@@ -424,6 +468,21 @@ mod tests {
                     192.0.2.7\tSCRAM-SHA-256\n\
                     dave\t3\t1234\t-\tdefault\t0\tnever\tcram-md5\t3/-\t1234/-\t-\t-\n";
         assert_eq!(list_text(&accounts), want);
+        assert_eq!(
+            summary_json(&accounts[1]),
+            "{\"name\":\"bob@example.org\",\"messages\":3,\"octets\":1234,\
+             \"lock\":{\"holder\":\"pop3d[42]@host\",\"acquired_at\":\"1970-01-01T00:00:00Z\",\
+             \"expires_at\":\"1970-01-01T00:01:00Z\"},\"login_delay\":null,\"expire\":null,\
+             \"last_login\":null,\"last_login_from\":null,\"last_login_mechanism\":null,\
+             \"legacy_auth\":\"no\",\"quota\":{\"messages\":null,\"octets\":null}}"
+        );
+        assert_eq!(
+            summary_json(&accounts[2]),
+            "{\"name\":\"carol\",\"messages\":3,\"octets\":1234,\"lock\":null,\
+             \"login_delay\":300,\"expire\":\"never\",\"last_login\":\"2024-02-29T23:59:59Z\",\
+             \"last_login_from\":\"192.0.2.7\",\"last_login_mechanism\":\"SCRAM-SHA-256\",\
+             \"legacy_auth\":\"yes\",\"quota\":{\"messages\":10,\"octets\":1048576}}"
+        );
         assert_eq!(
             stat_text(&accounts[0]),
             "messages: 3\noctets: 1234\nlock: none\n\
