@@ -134,9 +134,9 @@ pub enum Command {
         /// Store the message exactly as read: no headers added, no `From ` line removed
         #[arg(long, conflicts_with = "from")]
         no_lda_headers: bool,
-        /// Refuse messages larger than this many octets
-        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_SIZE,
-              value_parser = clap::value_parser!(u64).range(1..))]
+        /// Refuse messages larger than this many octets (K, M, G suffixes: powers of 1024)
+        #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE,
+              value_parser = quota::parse_max_size)]
         max_size: u64,
         /// A full mailbox (over its quota) is a temporary failure (exit 75: the MTA keeps
         /// the message queued and retries) instead of a bounce (exit 77)

@@ -15,7 +15,12 @@ use crate::{open_existing, Location};
 /// Parses `--quota-octets`: a size in octets with an optional `K`, `M` or `G` suffix (powers of
 /// 1024, `KiB` and `KB` spelled out too), `none` (no limit) or `default` (the next level's).
 pub fn parse_octets(s: &str) -> Result<Limit, String> {
-    keyword(s).map_or_else(|| parse_size(s).map(Limit::At), Ok)
+    match keyword(s) {
+        Some(limit) => Ok(limit),
+        None => parse_size(s)
+            .map(Limit::At)
+            .map_err(|e| format!("{e}; or `none` or `default`")),
+    }
 }
 
 /// Parses `--quota-messages`: a count, `none` or `default`.
@@ -43,6 +48,14 @@ fn keyword(s: &str) -> Option<Limit> {
     }
 }
 
+/// Parses `deliver --max-size`: a size as [`parse_size`] takes it, at least 1.
+pub fn parse_max_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("0 is not a size limit: at least 1 octet".into()),
+        n => Ok(n),
+    }
+}
+
 /// A size: decimal digits and an optional suffix `K`, `M`, `G` (or `KiB`, `KB`, ...: powers of
 /// 1024), case-insensitive.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -55,8 +68,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 30,
         _ => {
             return Err(format!(
-                "expected a size (octets, or with a K, M or G suffix), `none` or `default`, \
-                 not {s:?}"
+                "expected a size (octets, or with a K, M or G suffix), not {s:?}"
             ))
         }
     };
@@ -167,6 +179,8 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_max_size("64M"), Ok(64 << 20));
+        assert!(parse_max_size("0").is_err());
         assert_eq!(parse_octets("none"), Ok(Limit::Unlimited));
         assert_eq!(parse_octets("DEFAULT"), Ok(Limit::Default));
         assert_eq!(parse_octets("1G"), Ok(Limit::At(1 << 30)));
