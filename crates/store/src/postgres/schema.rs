@@ -95,7 +95,8 @@ CREATE TABLE nodes (
 ";
 
 /// SQLite's v6: quotas (NULL = the next level's, -1 = unlimited; the global default in
-/// `meta`) and the last login as pop3d records it in batches.
+/// `meta`), the last login as pop3d records it in batches, and the covering index for a
+/// maildrop's count and octets that a delivery with a quota reads.
 const SCHEMA_V3: &str = "
 ALTER TABLE accounts ADD COLUMN quota_messages bigint NULL CHECK (quota_messages >= -1);
 ALTER TABLE accounts ADD COLUMN quota_octets bigint NULL CHECK (quota_octets >= -1);
@@ -105,6 +106,7 @@ INSERT INTO meta (key, value) VALUES ('quota_messages', -1), ('quota_octets', -1
 ALTER TABLE accounts ADD COLUMN login_at bigint NULL;
 ALTER TABLE accounts ADD COLUMN login_peer text NULL;
 ALTER TABLE accounts ADD COLUMN login_mechanism text NULL;
+CREATE INDEX messages_use ON messages (account_id, size);
 ";
 
 /// Applies the migrations past `schema_version`, all in one transaction, under an advisory
