@@ -211,6 +211,18 @@ fn user_list_shows_every_login_with_address_and_mechanism() {
         "{json}"
     );
     assert_valid_json(&json);
+
+    // A login just before shutdown is written by the last batch, at shutdown (RFC 5034: a
+    // SASL login records its mechanism).
+    let Fixture { dir, server } = f;
+    let mut c = server.connect();
+    c.ok("AUTH PLAIN AGxvdQBwdw==");
+    c.ok("QUIT");
+    assert!(server.stop().success());
+    assert_eq!(
+        user_list_column(dir.path(), "lou", "LAST-LOGIN-MECHANISM"),
+        "PLAIN"
+    );
 }
 
 /// On a terminal (script(1) gives popadm a pseudo-terminal) a long import draws its bar

@@ -2,7 +2,8 @@
 //! `main`.
 //!
 //! It manages accounts (`user add|del|list|passwd`) and their RFC 2449 LOGIN-DELAY and EXPIRE
-//! overrides (`user set`), shows a maildrop (`stat`), delivers one
+//! overrides and quotas (`user set`, `domain set`, `quota default`), shows a maildrop with its
+//! use and last login (`stat`), delivers one
 //! message for an MTA (`deliver`, exit codes after sysexits) and imports mailboxes from other
 //! servers (`import mbox|maildir`, all or nothing, keeping qpopper `X-UIDL:` UIDs). It works
 //! through the `store` crate's [`store::Store`] trait and hashes passwords with `auth`; it knows
@@ -68,6 +69,11 @@ Examples:
   # A rolling restart: drain a node, restart it once `node list` shows 0 sessions, bring it back
   popadm --store postgres://popadm@db/pop3d node drain pop1
   popadm --store postgres://popadm@db/pop3d node up pop1
+
+  # Quotas: 1 GiB for everyone, 5 GiB for one domain, no limit for one account
+  popadm quota default --quota-octets 1G
+  popadm domain set example.org --quota-octets 5G
+  popadm user set boss@example.org --quota-octets none
 
   # A consistent copy of the database while pop3d runs
   popadm backup /var/backups/pop3d-$(date +%F).sqlite3
@@ -819,6 +825,7 @@ mod tests {
             "import maildir",
             "migrate pop3",
             "popadm backup",
+            "quota default --quota-octets",
         ] {
             assert!(help.contains(example), "{example}: {help}");
         }
