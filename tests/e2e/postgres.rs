@@ -56,6 +56,24 @@ fn big_message() -> (Vec<u8>, Vec<u8>) {
     (input, stored)
 }
 
+/// `popadm --store URL user add NAME`, which must succeed; `false` (skipping, with a printed
+/// reason) when the binaries were built without the `postgres` feature.
+fn add_user_or_skip(data: &std::path::Path, url: &str, name: &str, password: &str) -> bool {
+    let add = popadm(
+        data,
+        &["--store", url, "user", "add", name, "--password-stdin"],
+        format!("{password}\n").as_bytes(),
+    );
+    let stderr = String::from_utf8_lossy(&add.stderr);
+    if stderr.contains("without PostgreSQL support") {
+        assert!(!required(), "popadm built without PostgreSQL: {stderr}");
+        eprintln!("SKIPPED: the binaries were built without the `postgres` feature");
+        return false;
+    }
+    assert!(add.status.success(), "user add: {stderr}");
+    true
+}
+
 #[test]
 fn pop3d_and_popadm_on_postgres_retrieve_and_delete() {
     let Some((cluster, url)) = cluster() else {
@@ -63,18 +81,9 @@ fn pop3d_and_popadm_on_postgres_retrieve_and_delete() {
     };
     let dir = TempDir::new("postgres");
     let data = dir.path();
-    let add = popadm(
-        data,
-        &["--store", &url, "user", "add", "alice", "--password-stdin"],
-        b"secret pw\n",
-    );
-    let stderr = String::from_utf8_lossy(&add.stderr);
-    if stderr.contains("without PostgreSQL support") {
-        assert!(!required(), "popadm built without PostgreSQL: {stderr}");
-        eprintln!("SKIPPED: the binaries were built without the `postgres` feature");
+    if !add_user_or_skip(data, &url, "alice", "secret pw") {
         return;
     }
-    assert!(add.status.success(), "user add: {stderr}");
     // The data directory holds no SQLite database: the account went to PostgreSQL.
     assert!(!data.join(store::DB_FILE).exists());
 
@@ -212,18 +221,9 @@ fn quotas_and_last_logins_on_postgres() {
     };
     let dir = TempDir::new("postgres-quota");
     let data = dir.path();
-    let add = popadm(
-        data,
-        &["--store", &url, "user", "add", "quinn", "--password-stdin"],
-        b"pw\n",
-    );
-    let stderr = String::from_utf8_lossy(&add.stderr);
-    if stderr.contains("without PostgreSQL support") {
-        assert!(!required(), "popadm built without PostgreSQL: {stderr}");
-        eprintln!("SKIPPED: the binaries were built without the `postgres` feature");
+    if !add_user_or_skip(data, &url, "quinn", "pw") {
         return;
     }
-    assert!(add.status.success(), "user add: {stderr}");
     let store = ["--store", url.as_str()];
     let with = |args: &[&'static str]| [&store[..], args].concat();
     popadm_ok(
