@@ -56,6 +56,24 @@ fn big_message() -> (Vec<u8>, Vec<u8>) {
     (input, stored)
 }
 
+/// `popadm --store URL user add NAME`, which must succeed; `false` (skipping, with a printed
+/// reason) when the binaries were built without the `postgres` feature.
+fn add_user_or_skip(data: &std::path::Path, url: &str, name: &str, password: &str) -> bool {
+    let add = popadm(
+        data,
+        &["--store", url, "user", "add", name, "--password-stdin"],
+        format!("{password}\n").as_bytes(),
+    );
+    let stderr = String::from_utf8_lossy(&add.stderr);
+    if stderr.contains("without PostgreSQL support") {
+        assert!(!required(), "popadm built without PostgreSQL: {stderr}");
+        eprintln!("SKIPPED: the binaries were built without the `postgres` feature");
+        return false;
+    }
+    assert!(add.status.success(), "user add: {stderr}");
+    true
+}
+
 #[test]
 fn pop3d_and_popadm_on_postgres_retrieve_and_delete() {
     let Some((cluster, url)) = cluster() else {
@@ -63,18 +81,9 @@ fn pop3d_and_popadm_on_postgres_retrieve_and_delete() {
     };
     let dir = TempDir::new("postgres");
     let data = dir.path();
-    let add = popadm(
-        data,
-        &["--store", &url, "user", "add", "alice", "--password-stdin"],
-        b"secret pw\n",
-    );
-    let stderr = String::from_utf8_lossy(&add.stderr);
-    if stderr.contains("without PostgreSQL support") {
-        assert!(!required(), "popadm built without PostgreSQL: {stderr}");
-        eprintln!("SKIPPED: the binaries were built without the `postgres` feature");
+    if !add_user_or_skip(data, &url, "alice", "secret pw") {
         return;
     }
-    assert!(add.status.success(), "user add: {stderr}");
     // The data directory holds no SQLite database: the account went to PostgreSQL.
     assert!(!data.join(store::DB_FILE).exists());
 
@@ -199,6 +208,51 @@ fn pop3d_and_popadm_on_postgres_retrieve_and_delete() {
         .psql("maildrops", "SELECT count(*) FROM messages")
         .expect("count");
     assert_eq!(left, "0");
+    drop(server);
+    drop(cluster);
+}
+
+/// Issue 17 on a shared store: the global default quota set with popadm applies to `popadm
+/// deliver` (exit 77 once full), and pop3d's batched record of logins reaches `user list`.
+#[test]
+fn quotas_and_last_logins_on_postgres() {
+    let Some((cluster, url)) = cluster() else {
+        return;
+    };
+    let dir = TempDir::new("postgres-quota");
+    let data = dir.path();
+    if !add_user_or_skip(data, &url, "quinn", "pw") {
+        return;
+    }
+    let store = ["--store", url.as_str()];
+    let with = |args: &[&'static str]| [&store[..], args].concat();
+    popadm_ok(
+        data,
+        &with(&["quota", "default", "--quota-messages", "1"]),
+        b"",
+    );
+    let deliver = with(&["deliver", "--no-lda-headers", "quinn"]);
+    let message = b"Subject: q\r\n\r\nq\r\n";
+    assert_eq!(popadm(data, &deliver, message).status.code(), Some(0));
+    assert_eq!(popadm(data, &deliver, message).status.code(), Some(77));
+
+    let server = Server::start(data, &["--store", &url]);
+    server.login("quinn", "pw").stat_and_quit(1);
+    let list = e2e::eventually(
+        "the login recorded",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let list = popadm_ok(data, &with(&["user", "list", "--json"]), b"");
+            list.contains("\"last_login_mechanism\":\"USER\"")
+                .then_some(list)
+        },
+    );
+    assert!(list.contains("\"last_login_from\":\"127.0.0.1\""), "{list}");
+    assert!(
+        list.contains("\"messages\":1,") && list.contains("\"quota\":{\"messages\":1,"),
+        "{list}"
+    );
     drop(server);
     drop(cluster);
 }

@@ -212,12 +212,23 @@ pub fn popadm_remote(
     popadm(data_dir, &args, format!("{password}\n").as_bytes())
 }
 
-/// The LEGACY-AUTH column (the last) of `popadm user list` for the account `name`, or `""`.
+/// The LEGACY-AUTH column of `popadm user list` for the account `name`, or `""`.
 pub fn legacy_auth_column(data_dir: &Path, name: &str) -> String {
-    popadm_ok(data_dir, &["user", "list"], b"")
-        .lines()
+    user_list_column(data_dir, name, "LEGACY-AUTH")
+}
+
+/// The column `column` (named by its header) of `popadm user list` for the account `name`,
+/// or `""`.
+pub fn user_list_column(data_dir: &Path, name: &str, column: &str) -> String {
+    let list = popadm_ok(data_dir, &["user", "list"], b"");
+    let mut lines = list.lines();
+    let header = lines.next().unwrap_or_default();
+    let Some(index) = header.split('\t').position(|h| h == column) else {
+        panic!("no column {column} in {header}");
+    };
+    lines
         .find(|l| l.split('\t').next() == Some(name))
-        .and_then(|l| l.rsplit('\t').next())
+        .and_then(|l| l.split('\t').nth(index))
         .map(str::to_owned)
         .unwrap_or_default()
 }

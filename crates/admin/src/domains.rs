@@ -24,6 +24,17 @@ pub fn run(location: &Location, cmd: DomainCommand) -> anyhow::Result<()> {
             }
             print(&out)
         }
+        DomainCommand::Set { domain, quota } => {
+            let domain = domain_name(&domain)?;
+            let store = open_existing(location)?;
+            print(&crate::quota::set(
+                &*store,
+                store::QuotaScope::Domain(&domain),
+                &domain,
+                quota.quota_messages,
+                quota.quota_octets,
+            )?)
+        }
         DomainCommand::Del { domain, yes } => {
             let domain = domain_name(&domain)?;
             let store = open_existing(location)?;

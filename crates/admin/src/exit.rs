@@ -1,5 +1,5 @@
 //! Exit codes. `deliver` follows sysexits(3) because MTAs read them (Postfix and Exim bounce on
-//! 65 and 67 and retry later on 75); the other commands exit 1 on error, 67 for an unknown
+//! 65, 67 and 77 and retry later on 75); the other commands exit 1 on error, 67 for an unknown
 //! account or node and 64 for usage errors.
 
 use store::StoreError;
@@ -14,6 +14,8 @@ pub const EX_DATAERR: u8 = 65;
 pub const EX_NOUSER: u8 = 67;
 /// EX_TEMPFAIL: try again later; the MTA keeps the message queued.
 pub const EX_TEMPFAIL: u8 = 75;
+/// EX_NOPERM: the mailbox is full (over its quota); the MTA bounces.
+pub const EX_NOPERM: u8 = 77;
 
 /// Generic failure of an administrative command.
 const FAILURE: u8 = 1;
@@ -40,12 +42,22 @@ pub fn deliver_code(e: &anyhow::Error) -> u8 {
     }
     match store_error(e) {
         Some(StoreError::NoSuchAccount(_)) => EX_NOUSER,
+        Some(StoreError::OverQuota { .. }) => EX_NOPERM,
         Some(
             StoreError::InvalidName { .. }
             | StoreError::TooLarge { .. }
             | StoreError::InvalidMessage(_),
         ) => EX_DATAERR,
         _ => EX_TEMPFAIL,
+    }
+}
+
+/// [`deliver_code`] with `--quota-full-temporary`: a full mailbox keeps the message queued
+/// (75), as the operator prefers a sender's retries to a bounce.
+pub fn deliver_code_quota_temporary(e: &anyhow::Error) -> u8 {
+    match store_error(e) {
+        Some(StoreError::OverQuota { .. }) => EX_TEMPFAIL,
+        _ => deliver_code(e),
     }
 }
 
@@ -87,8 +99,18 @@ mod tests {
         ];
         for (err, code) in cases {
             let msg = err.to_string();
-            assert_eq!(deliver_code(&wrapped(err)), code, "{msg}");
+            let err = wrapped(err);
+            assert_eq!(deliver_code(&err), code, "{msg}");
+            assert_eq!(deliver_code_quota_temporary(&err), code, "{msg}");
         }
+        let full = || {
+            wrapped(StoreError::OverQuota {
+                account: "bob".into(),
+                detail: "messages".into(),
+            })
+        };
+        assert_eq!(deliver_code(&full()), EX_NOPERM);
+        assert_eq!(deliver_code_quota_temporary(&full()), EX_TEMPFAIL);
         assert_eq!(deliver_code(&anyhow::anyhow!("stdin closed")), EX_TEMPFAIL);
         let bad = anyhow::Error::new(BadSender("a\nb".into())).context("delivering");
         assert_eq!(deliver_code(&bad), EX_DATAERR);

@@ -25,10 +25,13 @@ use std::fs::File;
 use std::io::BufReader;
 
 use anyhow::{anyhow, Context as _};
-use store::{AccountName, Delivered, ImportMessage, Store, StoreError, DEFAULT_MAX_MESSAGE_SIZE};
+use store::{
+    AccountName, Delivered, ImportMessage, QuotaCheck, Store, StoreError, DEFAULT_MAX_MESSAGE_SIZE,
+};
 
 use crate::output::print;
-use crate::{account_name, open_existing, ImportCommand, Location};
+use crate::progress::Progress;
+use crate::{account_name, open_existing, quota_check, ImportCommand, Location};
 
 pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
     match cmd {
@@ -50,13 +53,24 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
                 legacy_auth,
             },
         ),
-        ImportCommand::Mbox { file, name } => {
+        ImportCommand::Mbox {
+            file,
+            name,
+            ignore_quota,
+        } => {
             let name = account_name(&name)?;
             let what = file.display().to_string();
             let input = File::open(&file).with_context(|| format!("opening {what}"))?;
+            let octets = input.metadata().ok().map(|m| m.len());
             let mut source = mbox::Mbox::open(BufReader::new(input), DEFAULT_MAX_MESSAGE_SIZE)
                 .with_context(|| format!("reading {what}"))?;
-            let (delivered, skipped) = import_all(location, &name, &mut source, &what)?;
+            let check = quota_check(ignore_quota);
+            let mut progress = Progress::messages(&what, None, octets);
+            let mut source = progress.count(&mut source);
+            let (delivered, skipped) = import_all(location, &name, &mut source, &what, check)?;
+            // The bar goes before the summary is printed.
+            drop(source);
+            drop(progress);
             print(&summary(&name, &delivered, 0, skipped))
         }
         ImportCommand::Maildir {
@@ -65,6 +79,7 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
             uidl_format,
             dovecot_uidl_format,
             uidl_map,
+            ignore_quota,
         } => {
             let name = account_name(&name)?;
             let what = dir.display().to_string();
@@ -75,8 +90,19 @@ pub fn run(location: &Location, cmd: ImportCommand) -> anyhow::Result<()> {
                 &dovecot_uidl_format,
                 uidl_map.as_deref(),
             )?;
+            // Totals only for a bar: a stat per file is not free on a large maildir.
+            let octets = Progress::wanted().then(|| {
+                let size = |e: &maildir::MaildirEntry| std::fs::symlink_metadata(&e.path).ok();
+                entries.iter().filter_map(size).map(|m| m.len()).sum()
+            });
+            let mut progress = Progress::messages(&what, Some(entries.len() as u64), octets);
             let mut source = maildir::Messages::new(entries, &uids, DEFAULT_MAX_MESSAGE_SIZE);
-            let (delivered, skipped) = import_all(location, &name, &mut source, &what)?;
+            let check = quota_check(ignore_quota);
+            let mut source = progress.count(&mut source);
+            let (delivered, skipped) = import_all(location, &name, &mut source, &what, check)?;
+            // The bar goes before the summary is printed.
+            drop(source);
+            drop(progress);
             print(&summary(
                 &name,
                 &delivered,
@@ -102,10 +128,11 @@ fn import_all(
     name: &AccountName,
     source: &mut dyn Iterator<Item = anyhow::Result<ImportMessage>>,
     what: &str,
+    check: QuotaCheck,
 ) -> anyhow::Result<(Vec<Delivered>, u64)> {
     let store = open_existing(location)?;
     let mut present = present::Present::of(&*store, name)?;
-    let delivered = import_into(&*store, name, &mut present.filter(source), what)?;
+    let delivered = import_into(&*store, name, &mut present.filter(source), what, check)?;
     Ok((delivered, present.skipped))
 }
 
@@ -139,6 +166,7 @@ pub(crate) fn import_into(
     name: &AccountName,
     source: &mut dyn Iterator<Item = anyhow::Result<ImportMessage>>,
     what: &str,
+    check: QuotaCheck,
 ) -> anyhow::Result<Vec<Delivered>> {
     if store
         .account(name)
@@ -148,8 +176,14 @@ pub(crate) fn import_into(
         return Err(StoreError::NoSuchAccount(name.to_string()).into());
     }
     let mut guarded = AbortOnError::new(source);
-    let result = store.import(name, &mut guarded);
+    let result = store.import_with(name, &mut guarded, check);
     match (guarded.error.take(), result) {
+        (None, Err(e @ StoreError::OverQuota { .. })) => Err(e).with_context(|| {
+            format!(
+                "importing {what} into {name}; nothing was imported (--ignore-quota imports \
+                 anyway)"
+            )
+        }),
         (None, result) => {
             result.with_context(|| format!("importing {what} into {name}; nothing was imported"))
         }
@@ -379,7 +413,7 @@ mod tests {
             max: u64,
         ) -> anyhow::Result<Vec<Delivered>> {
             let mut source = mbox::Mbox::open(mbox.as_bytes(), max)?;
-            import_into(store, bob, &mut source, "test.mbox")
+            import_into(store, bob, &mut source, "test.mbox", QuotaCheck::Enforce)
         }
 
         fn stored(store: &SqliteStore, bob: &AccountName) -> u64 {
@@ -390,8 +424,14 @@ mod tests {
         fn import_skipping(store: &SqliteStore, bob: &AccountName, mbox: &str) -> (usize, u64) {
             let mut source = mbox::Mbox::open(mbox.as_bytes(), 1 << 20).expect("mbox");
             let mut present = present::Present::of(store, bob).expect("present");
-            let delivered =
-                import_into(store, bob, &mut present.filter(&mut source), "t").expect("import");
+            let delivered = import_into(
+                store,
+                bob,
+                &mut present.filter(&mut source),
+                "t",
+                QuotaCheck::Enforce,
+            )
+            .expect("import");
             (delivered.len(), present.skipped)
         }
 
@@ -461,10 +501,12 @@ mod tests {
             // see `a_bad_x_uidl_gets_a_new_uid_and_is_counted`.)
             let (_dir, store, bob) = store_with_bob();
             let mut source = recorded(&["same", "same"]).into_iter();
-            let err = import_into(&store, &bob, &mut source, "t").expect_err("duplicate");
+            let err = import_into(&store, &bob, &mut source, "t", QuotaCheck::Enforce)
+                .expect_err("duplicate");
             assert!(format!("{err:#}").contains("already in use"), "{err:#}");
             let mut source = recorded(&["ok", "has space"]).into_iter();
-            let err = import_into(&store, &bob, &mut source, "t").expect_err("invalid uid");
+            let err = import_into(&store, &bob, &mut source, "t", QuotaCheck::Enforce)
+                .expect_err("invalid uid");
             assert!(format!("{err:#}").contains("invalid UID"), "{err:#}");
             assert_eq!(stored(&store, &bob), 0);
         }
@@ -518,7 +560,8 @@ mod tests {
             dir.write("md/cur/200.b.host:2,S", "Subject: b\n\n");
             let entries = maildir::list(&dir.path().join("md")).expect("list");
             let mut source = maildir::Messages::new(entries, &maildir::XUidlHeader, 1 << 20);
-            let delivered = import_into(&store, &bob, &mut source, "md").expect("import");
+            let delivered =
+                import_into(&store, &bob, &mut source, "md", QuotaCheck::Enforce).expect("import");
             assert_eq!(delivered.len(), 3);
             assert_eq!(delivered[0].uid, "old-a");
             let sizes: Vec<u64> = delivered.iter().map(|d| d.size).collect();

@@ -2,7 +2,8 @@
 //! `main`.
 //!
 //! It manages accounts (`user add|del|list|passwd`) and their RFC 2449 LOGIN-DELAY and EXPIRE
-//! overrides (`user set`), shows a maildrop (`stat`), delivers one
+//! overrides and quotas (`user set`, `domain set`, `quota default`), shows a maildrop with its
+//! use and last login (`stat`), delivers one
 //! message for an MTA (`deliver`, exit codes after sysexits) and imports mailboxes from other
 //! servers (`import mbox|maildir`, all or nothing, keeping qpopper `X-UIDL:` UIDs). It works
 //! through the `store` crate's [`store::Store`] trait and hashes passwords with `auth`; it knows
@@ -17,6 +18,8 @@ mod nodes;
 mod output;
 mod policy;
 mod pop3;
+mod progress;
+mod quota;
 mod users;
 
 use std::ffi::OsString;
@@ -25,9 +28,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{ArgGroup, Parser, Subcommand};
-use store::{AccountName, Expire, SqliteStore, Store, DB_FILE, DEFAULT_MAX_MESSAGE_SIZE};
+use store::{
+    AccountName, Expire, Limit, QuotaCheck, SqliteStore, Store, DB_FILE, DEFAULT_MAX_MESSAGE_SIZE,
+};
 
-pub use exit::{EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE};
+pub use exit::{EX_DATAERR, EX_NOPERM, EX_NOUSER, EX_TEMPFAIL, EX_USAGE};
 pub use import::maildir::{FoundUid, MaildirEntry, UidSource, XUidlHeader};
 // The importers' parsers, for the fuzz targets (fuzz/targets/bodies.rs).
 pub use import::mbox::Mbox;
@@ -64,6 +69,11 @@ Examples:
   # A rolling restart: drain a node, restart it once `node list` shows 0 sessions, bring it back
   popadm --store postgres://popadm@db/pop3d node drain pop1
   popadm --store postgres://popadm@db/pop3d node up pop1
+
+  # Quotas: 1 GiB for everyone, 5 GiB for one domain, no limit for one account
+  popadm quota default --quota-octets 1G
+  popadm domain set example.org --quota-octets 5G
+  popadm user set boss@example.org --quota-octets none
 
   # A consistent copy of the database while pop3d runs
   popadm backup /var/backups/pop3d-$(date +%F).sqlite3
@@ -112,7 +122,7 @@ pub enum Command {
     ///
     /// Adds `Return-Path:` and `Delivered-To:` on top and removes a leading mbox `From ` line.
     /// Exit codes follow sysexits: 0 delivered, 65 bad message, name or sender, 67 no such
-    /// user, 75 try again later.
+    /// user, 75 try again later, 77 mailbox full (over its quota; the MTA bounces).
     Deliver {
         /// Account name (`local` or `local@domain`)
         name: String,
@@ -130,10 +140,14 @@ pub enum Command {
         /// Store the message exactly as read: no headers added, no `From ` line removed
         #[arg(long, conflicts_with = "from")]
         no_lda_headers: bool,
-        /// Refuse messages larger than this many octets
-        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_SIZE,
-              value_parser = clap::value_parser!(u64).range(1..))]
+        /// Refuse messages larger than this many octets (K, M, G suffixes: powers of 1024)
+        #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE,
+              value_parser = quota::parse_max_size)]
         max_size: u64,
+        /// A full mailbox (over its quota) is a temporary failure (exit 75: the MTA keeps
+        /// the message queued and retries) instead of a bounce (exit 77)
+        #[arg(long)]
+        quota_full_temporary: bool,
     },
     /// Import mail (mbox, maildir) keeping its UIDLs, or accounts from a Dovecot passwd-file
     #[command(subcommand)]
@@ -159,10 +173,16 @@ pub enum Command {
     /// and reads its state back from it, so a drain or up takes effect within one heartbeat.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Show an account's message count, size, lock, policy overrides and last login
+    /// Show or set the global default quota (accounts and domains without their own)
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Show an account's message count, size, quota, lock, policy overrides and last login
     Stat {
         /// Account name (`local` or `local@domain`)
         name: String,
+        /// One JSON object instead (the fields of `user list --json`)
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script to stdout
     ///
@@ -212,6 +232,41 @@ pub enum DomainCommand {
     },
     /// List domains with their account counts (tab-separated, with a header line)
     List,
+    /// Set the default quota of a domain's accounts (those whose own quota is `default`)
+    #[command(group(ArgGroup::new("limits").required(true).multiple(true)
+        .args(["quota_octets", "quota_messages"])))]
+    Set {
+        /// Domain name
+        domain: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+}
+
+/// `popadm quota ...`
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Show the global default quota, or set it with the options
+    ///
+    /// It applies to every account whose own quota and whose domain's are `default`. It is
+    /// kept in the store, so pop3d's LMTP on every node, `popadm deliver` and `popadm import`
+    /// all apply the same one.
+    Default {
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+}
+
+/// The two limits of a quota, each left as it is when not given.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct QuotaArgs {
+    /// Octets the maildrop may hold: a size (K, M, G suffixes: powers of 1024), `none` (no
+    /// limit) or `default` (the domain's, else the global default)
+    #[arg(long, value_name = "SIZE|none|default", value_parser = quota::parse_octets)]
+    pub quota_octets: Option<Limit>,
+    /// Messages the maildrop may hold: a count, `none` or `default`
+    #[arg(long, value_name = "N|none|default", value_parser = quota::parse_messages)]
+    pub quota_messages: Option<Limit>,
 }
 
 /// `popadm node ...`
@@ -274,24 +329,31 @@ pub enum UserCommand {
         yes: bool,
     },
     /// List accounts (tab-separated, with a header line)
-    List,
-    /// Set an account's LOGIN-DELAY and EXPIRE overrides (RFC 2449)
+    List {
+        /// One JSON array of objects instead (times RFC 3339, a missing value `null`)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set an account's LOGIN-DELAY and EXPIRE overrides (RFC 2449) and its quota
     ///
-    /// `default` clears one so that the server's setting applies. Options not given are left
-    /// as they are.
-    #[command(group(ArgGroup::new("policy").required(true).multiple(true)))]
+    /// `default` clears one so that the server's setting (for a quota: the domain's, else the
+    /// global default) applies. Options not given are left as they are.
+    #[command(group(ArgGroup::new("policy").required(true).multiple(true)
+        .args(["login_delay", "expire", "quota_octets", "quota_messages"])))]
     Set {
         /// Account name (`local` or `local@domain`)
         name: String,
         /// Minimum seconds between two logins, or `default`
-        #[arg(long, value_name = "SECS|default", group = "policy",
+        #[arg(long, value_name = "SECS|default",
               value_parser = policy::parse_login_delay, allow_hyphen_values = true)]
         login_delay: Option<Override<u32>>,
         /// Days a retrieved message is kept (0: removed at the end of the session that
         /// retrieved it), `never`, or `default`
-        #[arg(long, value_name = "DAYS|never|default", group = "policy",
+        #[arg(long, value_name = "DAYS|never|default",
               value_parser = policy::parse_expire, allow_hyphen_values = true)]
         expire: Option<Override<Expire>>,
+        #[command(flatten)]
+        quota: QuotaArgs,
     },
     /// Change an account's password (asks twice on the terminal)
     ///
@@ -343,6 +405,10 @@ pub enum ImportCommand {
         file: PathBuf,
         /// Account name (`local` or `local@domain`)
         name: String,
+        /// Import even if the account goes over its quota (without it, such an import is
+        /// refused whole)
+        #[arg(long)]
+        ignore_quota: bool,
     },
     /// Import a maildir (Dovecot, qpopper), keeping the UIDLs its clients know
     ///
@@ -363,6 +429,10 @@ pub enum ImportCommand {
         /// File of `file-name uidl` lines; its UIDLs come before every other source
         #[arg(long, value_name = "FILE")]
         uidl_map: Option<PathBuf>,
+        /// Import even if the account goes over its quota (without it, such an import is
+        /// refused whole)
+        #[arg(long)]
+        ignore_quota: bool,
     },
 }
 
@@ -379,6 +449,10 @@ pub enum MigrateCommand {
         remote: RemoteArgs,
         /// Local account name (`local` or `local@domain`)
         name: String,
+        /// Copy even if the account goes over its quota (without it, such a copy is refused
+        /// whole)
+        #[arg(long)]
+        ignore_quota: bool,
     },
 }
 
@@ -460,7 +534,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::User(cmd) => (users::run(&location, cmd), exit::admin_code as fn(_) -> u8),
         Command::Domain(cmd) => (domains::run(&location, cmd), exit::admin_code as _),
         Command::Node(cmd) => (nodes::run(&location, cmd), exit::admin_code as _),
-        Command::Stat { name } => (users::stat(&location, &name), exit::admin_code as _),
+        Command::Quota(QuotaCommand::Default { quota: q }) => (
+            quota::default(&location, q.quota_messages, q.quota_octets),
+            exit::admin_code as _,
+        ),
+        Command::Stat { name, json } => {
+            (users::stat(&location, &name, json), exit::admin_code as _)
+        }
         Command::Import(cmd) => (import::run(&location, cmd), exit::admin_code as _),
         Command::Backup { file } => (backup(&location, &file), exit::admin_code as _),
         Command::Completions { shell } => (
@@ -469,8 +549,12 @@ pub fn run(cli: Cli) -> ExitCode {
             exit::admin_code as _,
         ),
         Command::GenerateMan { dir } => (generate_man(&dir), exit::admin_code as _),
-        Command::Migrate(MigrateCommand::Pop3 { remote, name }) => (
-            migrate::migrate(&location, remote, &name),
+        Command::Migrate(MigrateCommand::Pop3 {
+            remote,
+            name,
+            ignore_quota,
+        }) => (
+            migrate::migrate(&location, remote, &name, quota_check(ignore_quota)),
             exit::admin_code as _,
         ),
         Command::Uidl(UidlCommand::Diff { remote, name }) => (
@@ -482,9 +566,13 @@ pub fn run(cli: Cli) -> ExitCode {
             max_size,
             from,
             no_lda_headers,
+            quota_full_temporary,
         } => (
             deliver::run(&location, &name, max_size, from, !no_lda_headers),
-            exit::deliver_code as _,
+            match quota_full_temporary {
+                true => exit::deliver_code_quota_temporary as _,
+                false => exit::deliver_code as _,
+            },
         ),
     };
     match result {
@@ -493,6 +581,14 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("popadm: {e:#}");
             ExitCode::from(code_for(&e))
         }
+    }
+}
+
+/// `--ignore-quota` as the store takes it.
+fn quota_check(ignore_quota: bool) -> QuotaCheck {
+    match ignore_quota {
+        true => QuotaCheck::Ignore,
+        false => QuotaCheck::Enforce,
     }
 }
 
@@ -505,9 +601,11 @@ fn backup(location: &Location, file: &Path) -> anyhow::Result<()> {
         );
     };
     let store = open_existing_sqlite(data_dir)?;
+    let progress = progress::Progress::spinner("backup");
     store
         .backup_to(file)
         .with_context(|| format!("backing the database up to {}", file.display()))?;
+    drop(progress);
     let octets = std::fs::metadata(file)
         .with_context(|| format!("reading {}", file.display()))?
         .len();
@@ -727,6 +825,7 @@ mod tests {
             "import maildir",
             "migrate pop3",
             "popadm backup",
+            "quota default --quota-octets",
         ] {
             assert!(help.contains(example), "{example}: {help}");
         }

@@ -13,15 +13,21 @@ use std::io::IsTerminal as _;
 
 use anyhow::{bail, Context as _};
 use proto::Secret;
-use store::{AccountName, ImportMessage, Store, StoreError, DEFAULT_MAX_MESSAGE_SIZE};
+use store::{AccountName, ImportMessage, QuotaCheck, Store, StoreError, DEFAULT_MAX_MESSAGE_SIZE};
 
 use crate::import::import_into;
 use crate::output::print;
 use crate::pop3::{Remote, Security, Session};
+use crate::progress::Progress;
 use crate::users::read_password_line;
 use crate::{account_name, open_existing, Location, RemoteArgs};
 
-pub fn migrate(location: &Location, args: RemoteArgs, name: &str) -> anyhow::Result<()> {
+pub fn migrate(
+    location: &Location,
+    args: RemoteArgs,
+    name: &str,
+    check: QuotaCheck,
+) -> anyhow::Result<()> {
     let name = account_name(name)?;
     let store = open_existing(location)?;
     // Fail on a missing account before asking for a password or connecting.
@@ -29,7 +35,7 @@ pub fn migrate(location: &Location, args: RemoteArgs, name: &str) -> anyhow::Res
     let remote = remote(args)?;
     let what = format!("{}:{}", remote.host, remote.port);
     let mut session = Session::login(&remote)?;
-    let pulled = pull(&*store, &name, &mut session, &what)?;
+    let pulled = pull(&*store, &name, &mut session, &what, check)?;
     // No QUIT: the old server stays out of UPDATE (see the module documentation).
     drop(session);
     if pulled.size_mismatches > 0 {
@@ -59,6 +65,7 @@ fn pull(
     name: &AccountName,
     session: &mut Session,
     what: &str,
+    check: QuotaCheck,
 ) -> anyhow::Result<Pulled> {
     let local: HashSet<String> = local_uids(store, name)?.into_iter().collect();
     let uidl = session.uidl()?;
@@ -67,6 +74,8 @@ fn pull(
     let todo: Vec<&(u32, String)> = uidl.iter().filter(|(_, u)| !local.contains(u)).collect();
     let present = uidl.len() - todo.len();
     let mut size_mismatches = 0u64;
+    let listed_octets = todo.iter().filter_map(|(n, _)| sizes.get(n)).sum();
+    let mut progress = Progress::messages(what, Some(todo.len() as u64), Some(listed_octets));
     let mut fetch = todo.iter().map(|(n, uid)| {
         let listed = sizes.get(n).copied();
         let limit = listed
@@ -83,7 +92,10 @@ fn pull(
             uid_claimed: false,
         })
     });
-    let stored = import_into(store, name, &mut fetch, what)?.len();
+    let mut fetch = progress.count(&mut fetch);
+    let stored = import_into(store, name, &mut fetch, what, check)?.len();
+    drop(fetch);
+    drop(progress);
     Ok(Pulled {
         stored,
         present,
@@ -263,7 +275,7 @@ mod tests {
             ("LIST", "+OK\r\n1 10\r\n2 13\r\n.\r\n".into()),
             ("RETR 2", "+OK\r\nS: 2\r\n\r\n..x\r\n.\r\n".into()),
         ]);
-        let pulled = pull(&store, &name, &mut session, "test").expect("pull");
+        let pulled = pull(&store, &name, &mut session, "test", QuotaCheck::Enforce).expect("pull");
         assert_eq!((pulled.stored, pulled.present), (1, 1));
         // LIST said 13 octets; RETR sent 10 after unstuffing.
         assert_eq!(pulled.size_mismatches, 1);

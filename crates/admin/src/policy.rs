@@ -5,10 +5,10 @@
 //! setting applies again. Options not given leave their override as it is.
 
 use anyhow::Context as _;
-use store::{AccountName, AccountPolicy, Expire, Store, StoreError};
+use store::{AccountName, AccountPolicy, Expire, QuotaScope, Store, StoreError};
 
 use crate::output::{print, rfc3339};
-use crate::{account_name, open_existing, Location};
+use crate::{account_name, open_existing, Location, QuotaArgs};
 
 /// A policy value given on the command line: a value, or `default` to clear the override.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,16 +80,31 @@ pub fn apply(
     }
 }
 
-/// `popadm user set NAME [--login-delay ...] [--expire ...]`.
+/// `popadm user set NAME [--login-delay ...] [--expire ...] [--quota-octets ...]
+/// [--quota-messages ...]`.
 pub fn run(
     location: &Location,
     name: &str,
     login_delay: Option<Override<u32>>,
     expire: Option<Override<Expire>>,
+    quota: QuotaArgs,
 ) -> anyhow::Result<()> {
     let name = account_name(name)?;
     let store = open_existing(location)?;
-    print(&set(&*store, &name, login_delay, expire)?)
+    let mut out = String::new();
+    if login_delay.is_some() || expire.is_some() {
+        out.push_str(&set(&*store, &name, login_delay, expire)?);
+    }
+    if quota.quota_messages.is_some() || quota.quota_octets.is_some() {
+        out.push_str(&crate::quota::set(
+            &*store,
+            QuotaScope::Account(&name),
+            &name.to_string(),
+            quota.quota_messages,
+            quota.quota_octets,
+        )?);
+    }
+    print(&out)
 }
 
 /// Reads the account's policy, changes the given fields, stores it; returns what to print.
@@ -214,6 +229,7 @@ mod tests {
                 name,
                 login_delay: Some(Override::Set(60)),
                 expire: Some(Override::Set(Expire::Never)),
+                ..
             }) if name == "bob"
         ));
         let cli = parse(["popadm", "user", "set", "bob", "--expire", "default"]).expect("parses");

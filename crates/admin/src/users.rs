@@ -10,8 +10,9 @@ use std::io::{BufRead, IsTerminal as _, Write as _};
 use anyhow::{bail, Context as _};
 use store::{AccountName, AccountSummary, LockInfo, StoreError};
 
-use crate::output::{print, rfc3339};
+use crate::output::{json_or_null, json_string, print, rfc3339};
 use crate::policy::{self, expire_text, last_login_text, login_delay_text};
+use crate::quota::use_text;
 use crate::{
     account_name, existing_store, open_existing, open_or_create, require_account, Location,
     UserCommand,
@@ -26,12 +27,13 @@ pub fn run(location: &Location, cmd: UserCommand) -> anyhow::Result<()> {
             new_domain,
         } => add(location, &name, password_stdin, legacy_auth, new_domain),
         UserCommand::Del { name, yes } => del(location, &name, yes),
-        UserCommand::List => list(location),
+        UserCommand::List { json } => list(location, json),
         UserCommand::Set {
             name,
             login_delay,
             expire,
-        } => policy::run(location, &name, login_delay, expire),
+            quota,
+        } => policy::run(location, &name, login_delay, expire, quota),
         UserCommand::Passwd {
             name,
             password_stdin,
@@ -163,25 +165,71 @@ fn del(location: &Location, name: &str, yes: bool) -> anyhow::Result<()> {
     print(&format!("deleted {name}\n"))
 }
 
-fn list(location: &Location) -> anyhow::Result<()> {
+fn list(location: &Location, json: bool) -> anyhow::Result<()> {
     let store = open_existing(location)?;
     let accounts = store.list_accounts().context("listing accounts")?;
+    if json {
+        let all: Vec<String> = accounts.iter().map(summary_json).collect();
+        return print(&format!("[{}]\n", all.join(",\n")));
+    }
     print(&list_text(&accounts))
 }
 
-pub fn stat(location: &Location, name: &str) -> anyhow::Result<()> {
+pub fn stat(location: &Location, name: &str, json: bool) -> anyhow::Result<()> {
     let name = account_name(name)?;
     let store = open_existing(location)?;
     let summary = store
         .account_summary(&name)
         .with_context(|| format!("looking up {name}"))?;
+    if json {
+        return print(&format!("{}\n", summary_json(&summary)));
+    }
     print(&stat_text(&summary))
+}
+
+/// One account as a JSON object (`user list --json`, `stat --json`): what the text shows, as
+/// numbers where it is one, `null` where there is none (no lock, no override, no limit, no
+/// login yet).
+fn summary_json(a: &AccountSummary) -> String {
+    let number = |n: u64| n.to_string();
+    let text = |s: &str| json_string(s);
+    let lock = json_or_null(a.lock.as_ref(), |l| {
+        format!(
+            "{{\"holder\":{},\"acquired_at\":{},\"expires_at\":{}}}",
+            text(&l.holder),
+            text(&rfc3339(l.acquired_at)),
+            text(&rfc3339(l.expires_at))
+        )
+    });
+    let expire = json_or_null(a.policy.expire, |e| match e {
+        store::Expire::Never => text("never"),
+        store::Expire::Days(days) => days.to_string(),
+    });
+    let from = a.last_login_from.as_ref();
+    format!(
+        "{{\"name\":{},\"messages\":{},\"octets\":{},\"lock\":{lock},\"login_delay\":{},\
+         \"expire\":{expire},\"last_login\":{},\"last_login_from\":{},\
+         \"last_login_mechanism\":{},\"legacy_auth\":{},\
+         \"quota\":{{\"messages\":{},\"octets\":{}}}}}",
+        text(&a.name.to_string()),
+        a.messages,
+        a.octets,
+        json_or_null(a.policy.login_delay, |d| d.to_string()),
+        json_or_null(a.last_login, |t| text(&rfc3339(t))),
+        json_or_null(from, |f| text(&f.peer)),
+        json_or_null(from, |f| text(&f.mechanism)),
+        text(legacy_auth_text(a)),
+        json_or_null(a.quota.messages, number),
+        json_or_null(a.quota.octets, number),
+    )
 }
 
 /// `user list`: a header line, then one tab-separated line per account. The lock column is `-`
 /// when the maildrop is not locked. The policy columns come last, so the older columns keep
 /// their places: LOGIN-DELAY (seconds or `default`), EXPIRE (days, `never` or `default`) and
-/// LAST-LOGIN (RFC 3339 or `never`).
+/// LAST-LOGIN (RFC 3339 or `never`), then LEGACY-AUTH, then use against the quota
+/// (QUOTA-MESSAGES and QUOTA-OCTETS: `USED/LIMIT`, `USED/-` for no limit) and where and how the
+/// last login came (LAST-LOGIN-FROM, LAST-LOGIN-MECHANISM: `-` when not recorded).
 /// The LEGACY-AUTH column: `yes` (APOP and CRAM-MD5), `cram-md5` (imported CRAM-MD5 states
 /// only) or `no`.
 fn legacy_auth_text(a: &AccountSummary) -> &'static str {
@@ -194,7 +242,8 @@ fn legacy_auth_text(a: &AccountSummary) -> &'static str {
 
 fn list_text(accounts: &[AccountSummary]) -> String {
     let mut out = String::from(
-        "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\n",
+        "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\t\
+         QUOTA-MESSAGES\tQUOTA-OCTETS\tLAST-LOGIN-FROM\tLAST-LOGIN-MECHANISM\n",
     );
     for a in accounts {
         let lock = match &a.lock {
@@ -205,17 +254,23 @@ fn list_text(accounts: &[AccountSummary]) -> String {
             ),
             None => "-".to_owned(),
         };
+        let (from, mechanism) = match &a.last_login_from {
+            Some(s) => (one_line(&s.peer), one_line(&s.mechanism)),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,
-            "{}\t{}\t{}\t{lock}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{lock}\t{}\t{}\t{}\t{}\t{}\t{}\t{from}\t{mechanism}",
             a.name,
             a.messages,
             a.octets,
             login_delay_text(a.policy.login_delay),
             expire_text(a.policy.expire),
             last_login_text(a.last_login),
-            legacy_auth_text(a)
+            legacy_auth_text(a),
+            use_text(a.messages, a.quota.messages),
+            use_text(a.octets, a.quota.octets),
         );
     }
     out
@@ -229,13 +284,24 @@ fn stat_text(s: &AccountSummary) -> String {
         }) => format!("{} (until {})", one_line(holder), rfc3339(*expires_at)),
         None => "none".to_owned(),
     };
+    let from = match &s.last_login_from {
+        Some(from) => format!(
+            " from {} ({})",
+            one_line(&from.peer),
+            one_line(&from.mechanism)
+        ),
+        None => String::new(),
+    };
     format!(
-        "messages: {}\noctets: {}\nlock: {lock}\nlogin-delay: {}\nexpire: {}\nlast login: {}\n",
+        "messages: {}\noctets: {}\nlock: {lock}\nlogin-delay: {}\nexpire: {}\n\
+         last login: {}{from}\nquota messages: {}\nquota octets: {}\n",
         s.messages,
         s.octets,
         login_delay_text(s.policy.login_delay),
         expire_text(s.policy.expire),
-        last_login_text(s.last_login)
+        last_login_text(s.last_login),
+        use_text(s.messages, s.quota.messages),
+        use_text(s.octets, s.quota.octets),
     )
 }
 
@@ -322,7 +388,7 @@ pub(crate) fn read_password_line(input: &mut dyn BufRead) -> std::io::Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use store::{AccountPolicy, Expire};
+    use store::{AccountPolicy, Expire, LoginSource, Quota};
 
     #[test]
     fn password_line_keeps_spaces_and_drops_the_line_end() {
@@ -355,8 +421,10 @@ mod tests {
             lock,
             policy: AccountPolicy::default(),
             last_login: None,
+            last_login_from: None,
             legacy: false,
             cram_md5: false,
+            quota: Quota::default(),
         }
     }
 
@@ -373,7 +441,15 @@ mod tests {
             expire: Some(Expire::Never),
         };
         carol.last_login = Some(1_709_251_199);
+        carol.last_login_from = Some(LoginSource {
+            peer: "192.0.2.7".into(),
+            mechanism: "SCRAM-SHA-256".into(),
+        });
         carol.legacy = true;
+        carol.quota = Quota {
+            messages: Some(10),
+            octets: Some(1 << 20),
+        };
         let mut dave = summary("dave", None);
         dave.policy.expire = Some(Expire::Days(0));
         dave.cram_md5 = true;
@@ -383,32 +459,54 @@ mod tests {
             carol,
             dave,
         ];
-        let want = "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\n\
-                    alice\t3\t1234\t-\tdefault\tdefault\tnever\tno\n\
+        let want = "NAME\tMESSAGES\tOCTETS\tLOCK\tLOGIN-DELAY\tEXPIRE\tLAST-LOGIN\tLEGACY-AUTH\t\
+                    QUOTA-MESSAGES\tQUOTA-OCTETS\tLAST-LOGIN-FROM\tLAST-LOGIN-MECHANISM\n\
+                    alice\t3\t1234\t-\tdefault\tdefault\tnever\tno\t3/-\t1234/-\t-\t-\n\
                     bob@example.org\t3\t1234\tlocked by pop3d[42]@host until 1970-01-01T00:01:00Z\t\
-                    default\tdefault\tnever\tno\n\
-                    carol\t3\t1234\t-\t300\tnever\t2024-02-29T23:59:59Z\tyes\n\
-                    dave\t3\t1234\t-\tdefault\t0\tnever\tcram-md5\n";
+                    default\tdefault\tnever\tno\t3/-\t1234/-\t-\t-\n\
+                    carol\t3\t1234\t-\t300\tnever\t2024-02-29T23:59:59Z\tyes\t3/10\t1234/1048576\t\
+                    192.0.2.7\tSCRAM-SHA-256\n\
+                    dave\t3\t1234\t-\tdefault\t0\tnever\tcram-md5\t3/-\t1234/-\t-\t-\n";
         assert_eq!(list_text(&accounts), want);
+        assert_eq!(
+            summary_json(&accounts[1]),
+            "{\"name\":\"bob@example.org\",\"messages\":3,\"octets\":1234,\
+             \"lock\":{\"holder\":\"pop3d[42]@host\",\"acquired_at\":\"1970-01-01T00:00:00Z\",\
+             \"expires_at\":\"1970-01-01T00:01:00Z\"},\"login_delay\":null,\"expire\":null,\
+             \"last_login\":null,\"last_login_from\":null,\"last_login_mechanism\":null,\
+             \"legacy_auth\":\"no\",\"quota\":{\"messages\":null,\"octets\":null}}"
+        );
+        assert_eq!(
+            summary_json(&accounts[2]),
+            "{\"name\":\"carol\",\"messages\":3,\"octets\":1234,\"lock\":null,\
+             \"login_delay\":300,\"expire\":\"never\",\"last_login\":\"2024-02-29T23:59:59Z\",\
+             \"last_login_from\":\"192.0.2.7\",\"last_login_mechanism\":\"SCRAM-SHA-256\",\
+             \"legacy_auth\":\"yes\",\"quota\":{\"messages\":10,\"octets\":1048576}}"
+        );
         assert_eq!(
             stat_text(&accounts[0]),
             "messages: 3\noctets: 1234\nlock: none\n\
-             login-delay: default\nexpire: default\nlast login: never\n"
+             login-delay: default\nexpire: default\nlast login: never\n\
+             quota messages: 3/-\nquota octets: 1234/-\n"
         );
         assert_eq!(
             stat_text(&accounts[1]),
             "messages: 3\noctets: 1234\nlock: pop3d[42]@host (until 1970-01-01T00:01:00Z)\n\
-             login-delay: default\nexpire: default\nlast login: never\n"
+             login-delay: default\nexpire: default\nlast login: never\n\
+             quota messages: 3/-\nquota octets: 1234/-\n"
         );
         assert_eq!(
             stat_text(&accounts[2]),
             "messages: 3\noctets: 1234\nlock: none\n\
-             login-delay: 300\nexpire: never\nlast login: 2024-02-29T23:59:59Z\n"
+             login-delay: 300\nexpire: never\n\
+             last login: 2024-02-29T23:59:59Z from 192.0.2.7 (SCRAM-SHA-256)\n\
+             quota messages: 3/10\nquota octets: 1234/1048576\n"
         );
         assert_eq!(
             stat_text(&accounts[3]),
             "messages: 3\noctets: 1234\nlock: none\n\
-             login-delay: default\nexpire: 0\nlast login: never\n"
+             login-delay: default\nexpire: 0\nlast login: never\n\
+             quota messages: 3/-\nquota octets: 1234/-\n"
         );
     }
 }

@@ -18,6 +18,7 @@ pub mod lang;
 mod limits;
 mod listen;
 mod lock;
+mod logins;
 mod maildrop;
 mod metrics;
 mod node;
@@ -359,6 +360,8 @@ pub(crate) struct Shared {
     pub tickets: auth::ticket::Replay,
     /// What `/metrics` exports; counted whether or not the endpoint is served.
     pub metrics: Arc<metrics::Metrics>,
+    /// Successful logins, written to the store in batches (`popadm user list` shows them).
+    pub logins: Arc<logins::Logins>,
 }
 
 /// Serves POP3 on `listeners` until `shutdown` completes, then stops accepting, lets every
@@ -427,6 +430,7 @@ pub async fn run(
         draining: std::sync::atomic::AtomicBool::new(false),
         tickets: auth::ticket::Replay::new(),
         metrics,
+        logins: logins::Logins::new(store.clone()),
     });
     // The unknown-user decoy of the configured argon2 cost, made before the first login needs
     // it (on a blocking thread, not holding up the start).
@@ -436,6 +440,9 @@ pub async fn run(
     }));
     // Aborted when `run` returns, however it does.
     let _renewer = AbortOnDrop(tokio::spawn(shared.locks.clone().renew_forever()));
+    let login_writer = AbortOnDrop(tokio::spawn(
+        shared.logins.clone().flush_forever(logins::FLUSH_EVERY),
+    ));
     let _heartbeat = match shared.config.node.clone() {
         Some(node) => {
             // The first heartbeat before the first connection: a node restarted while
@@ -488,6 +495,9 @@ pub async fn run(
             "shutdown grace over; closing remaining sessions"
         ),
     }
+    // The last batch of logins, once no session can add to it.
+    drop(login_writer);
+    shared.logins.flush().await;
     Ok(())
 }
 

@@ -23,6 +23,9 @@
 //! - [`Store::renew_locks`] renews a node's leases in one transaction and renews only those
 //!   still held (holder and token match, lease not over), so a lease it reports lost stays
 //!   lost;
+//! - a delivery or import never takes a maildrop over its quota ([`Quota`]): the check runs
+//!   in the transaction that stores, after the account row is locked, so concurrent
+//!   deliveries are ordered and the last one in sees the others;
 //! - [`Store::node_heartbeat`] never changes a node's state: only an operator does
 //!   ([`Store::set_node_state`]), and the state outlives the node's restarts.
 
@@ -167,13 +170,83 @@ pub struct AccountSummary {
     pub lock: Option<LockInfo>,
     /// The account's LOGIN-DELAY and EXPIRE overrides.
     pub policy: AccountPolicy,
-    /// Unix seconds of the last successful login, if any (recorded by
-    /// [`Store::check_login_delay`]).
+    /// Unix seconds of the last successful login, if any: the later of the one
+    /// [`Store::record_logins`] wrote (every login, batched) and the one
+    /// [`Store::check_login_delay`] recorded at once.
     pub last_login: Option<i64>,
+    /// Where the last login recorded by [`Store::record_logins`] came from, and how.
+    pub last_login_from: Option<LoginSource>,
+    /// The quota that applies (the account's, else its domain's, else the global default).
+    pub quota: Quota,
     /// The account has a legacy (APOP/CRAM-MD5) secret.
     pub legacy: bool,
     /// The account has imported CRAM-MD5 states (CRAM-MD5 works without a legacy secret).
     pub cram_md5: bool,
+}
+
+/// The client address and the mechanism of a login, as [`Store::record_logins`] keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginSource {
+    /// The client's address (for a proxied listener, the PROXY header's source).
+    pub peer: String,
+    /// `USER`, `APOP`, or the SASL mechanism's name.
+    pub mechanism: String,
+}
+
+/// One successful login, for [`Store::record_logins`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRecord {
+    pub account: AccountId,
+    /// Unix seconds.
+    pub at: i64,
+    pub source: LoginSource,
+}
+
+/// One limit of a quota as set at one level (an account, a domain, the global default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// Not set here: the next level's applies (an account's domain, then the global default).
+    /// For the global default, the same as `Unlimited`.
+    Default,
+    /// No limit, whatever the next level says.
+    Unlimited,
+    /// At most this many.
+    At(u64),
+}
+
+/// A quota as set at one level: [`Store::quota_setting`], [`Store::set_quota`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuotaSetting {
+    pub messages: Limit,
+    pub octets: Limit,
+}
+
+/// The quota that applies to an account: the account's limit, else its domain's, else the
+/// global default, else none. `None` = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Quota {
+    pub messages: Option<u64>,
+    pub octets: Option<u64>,
+}
+
+/// Where a quota is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaScope<'a> {
+    /// The default of every account whose domain and itself set none. Kept in the store, not
+    /// in pop3d's configuration, so that every way in (pop3d's LMTP on any node, `popadm
+    /// deliver`, `popadm import`) applies the same one.
+    Global,
+    Domain(&'a str),
+    Account(&'a AccountName),
+}
+
+/// Whether [`Store::import_with`] applies the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaCheck {
+    /// Refuse the whole import with [`StoreError::OverQuota`] if it goes over.
+    Enforce,
+    /// Import anyway (`popadm import --ignore-quota`).
+    Ignore,
 }
 
 /// One account for [`Store::import_accounts`].
@@ -434,6 +507,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores one message read from `message`, normalised to CRLF, whole or not at all.
     /// Allowed while a session holds the lock: the message appears in the next session.
+    /// Refused with [`StoreError::OverQuota`] when the maildrop would go over its quota,
+    /// checked inside the transaction, so concurrent deliveries cannot overshoot it.
     fn deliver(
         &self,
         name: &AccountName,
@@ -444,11 +519,40 @@ pub trait Store: Send + Sync + 'static {
     /// unique in the maildrop) and assigning fresh ones otherwise. All or nothing; only a
     /// claimed UID ([`ImportMessage::uid_claimed`]) that is invalid or taken gives way to a
     /// fresh one instead of failing the import.
+    ///
+    /// The account's quota applies to the maildrop with all the messages added, checked
+    /// inside the transaction: over it, nothing is stored and the error is
+    /// [`StoreError::OverQuota`].
     fn import(
         &self,
         name: &AccountName,
         messages: &mut dyn Iterator<Item = ImportMessage>,
+    ) -> Result<Vec<Delivered>> {
+        self.import_with(name, messages, QuotaCheck::Enforce)
+    }
+    /// [`Store::import`], with the quota applied or not.
+    fn import_with(
+        &self,
+        name: &AccountName,
+        messages: &mut dyn Iterator<Item = ImportMessage>,
+        quota: QuotaCheck,
     ) -> Result<Vec<Delivered>>;
+
+    /// The quota as set at `scope` (`NoSuchAccount`, `NoSuchDomain` if absent).
+    fn quota_setting(&self, scope: QuotaScope<'_>) -> Result<QuotaSetting>;
+    /// Changes the limits given (`None` leaves one as it is) at `scope`; returns the new
+    /// setting.
+    fn set_quota(
+        &self,
+        scope: QuotaScope<'_>,
+        messages: Option<Limit>,
+        octets: Option<Limit>,
+    ) -> Result<QuotaSetting>;
+
+    /// Records successful logins (the last one per account wins; an older record never
+    /// replaces a newer one), all in one transaction: the server batches them, so a login
+    /// costs no write of its own. Accounts deleted meanwhile are skipped.
+    fn record_logins(&self, logins: &[LoginRecord]) -> Result<()>;
 
     /// Takes the exclusive maildrop lock for `holder`, for `lease`.
     fn lock_maildrop(

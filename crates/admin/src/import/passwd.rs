@@ -27,6 +27,7 @@ use base64::Engine as _;
 use store::{AccountImport, AccountName, AccountSecrets, OnExisting};
 
 use crate::output::print;
+use crate::progress::Progress;
 use crate::{existing_store, open_or_create, Location};
 
 /// What `import passwd` was asked to do.
@@ -297,9 +298,12 @@ pub fn run(location: &Location, file: &Path, opts: &Options) -> anyhow::Result<(
         return dry_run(location, &parsed, opts, existing);
     }
     let mut accounts = Vec::with_capacity(parsed.users.len());
+    // Hashing {PLAIN} passwords with argon2 is where the time goes.
+    let progress = Progress::accounts(&what, parsed.users.len() as u64);
     for (line, name, credential) in &parsed.users {
         let (password_hash, secrets) = secrets(credential, opts.legacy_auth)
             .with_context(|| format!("{what}:{line}: {name}"))?;
+        progress.step();
         accounts.push(AccountImport {
             name: name.clone(),
             password_hash,
@@ -310,6 +314,7 @@ pub fn run(location: &Location, file: &Path, opts: &Options) -> anyhow::Result<(
     let created = store
         .import_accounts(&accounts, existing)
         .with_context(|| format!("importing the accounts of {what} (nothing imported)"))?;
+    drop(progress);
     let mut out = String::new();
     for ((_, name, credential), created) in parsed.users.iter().zip(&created) {
         let verb = if *created { "created" } else { "updated" };

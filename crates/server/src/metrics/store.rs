@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 use store::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, ImportMessage, LoginDelay, MaildropLock, MessageId, MessageMeta, NodeInfo,
-    NodeState, OnExisting, Result, Store,
+    Delivered, ImportMessage, Limit, LoginDelay, LoginRecord, MaildropLock, MessageId, MessageMeta,
+    NodeInfo, NodeState, OnExisting, QuotaCheck, QuotaScope, QuotaSetting, Result, Store,
 };
 
 use super::{seconds, HistogramFamily, Metrics};
@@ -93,6 +93,10 @@ timed_store! {
     fn check_login_delay(&self, account: AccountId, delay: Duration, burst: u32) -> Result<LoginDelay>;
     fn deliver(&self, name: &AccountName, message: &mut dyn Read, max_size: u64) -> Result<Delivered>;
     fn import(&self, name: &AccountName, messages: &mut dyn Iterator<Item = ImportMessage>) -> Result<Vec<Delivered>>;
+    fn import_with(&self, name: &AccountName, messages: &mut dyn Iterator<Item = ImportMessage>, quota: QuotaCheck) -> Result<Vec<Delivered>>;
+    fn quota_setting(&self, scope: QuotaScope<'_>) -> Result<QuotaSetting>;
+    fn set_quota(&self, scope: QuotaScope<'_>, messages: Option<Limit>, octets: Option<Limit>) -> Result<QuotaSetting>;
+    fn record_logins(&self, logins: &[LoginRecord]) -> Result<()>;
     fn lock_maildrop(&self, account: AccountId, holder: &str, lease: Duration) -> Result<MaildropLock>;
     fn renew_locks(&self, locks: &[MaildropLock], lease: Duration) -> Result<Vec<bool>>;
     fn release_lock(&self, lock: &MaildropLock) -> Result<()>;

@@ -484,6 +484,11 @@ impl Session {
                 self.count_login(LoginResult::Success);
                 self.tally.user = Some(t.account.name.to_string());
                 self.tally.mechanism = Some(self.mechanism);
+                // Written with others every few seconds, not now (see `logins`).
+                let id = t.account.id;
+                self.shared
+                    .logins
+                    .record(id, self.client.ip(), self.mechanism);
                 self.ok_with(Text::LoggedIn, &[&count, &octets]);
                 self.state = State::Transaction(t);
                 // Logged in: no longer counted under max_connections_per_ip.

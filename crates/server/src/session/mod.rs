@@ -211,7 +211,7 @@ struct Session {
     /// and once more after STLS; a repeat counts towards [`MAX_BAD_COMMANDS`]).
     listed: Listed,
     /// The mechanism of the login attempt in hand (`USER`, `APOP`, `TICKET` or a SASL
-    /// mechanism's name), for the login metrics.
+    /// mechanism's name), for the login metrics and the record of the last login.
     mechanism: &'static str,
 }
 

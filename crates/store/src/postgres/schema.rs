@@ -7,7 +7,7 @@ use super::pool::Tx;
 use crate::{Result, StoreError};
 
 /// Schema migrations; `schema_version.version` counts those applied. Append, never edit.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// The schema of SQLite's v4 in one step, with PostgreSQL's types: identity columns (never
 /// reused, like AUTOINCREMENT), `bytea` chunks stored uncompressed (mail is mostly compressed
@@ -92,6 +92,21 @@ CREATE TABLE nodes (
     sessions     bigint NOT NULL,
     heartbeat_at timestamptz NOT NULL
 );
+";
+
+/// SQLite's v6: quotas (NULL = the next level's, -1 = unlimited; the global default in
+/// `meta`), the last login as pop3d records it in batches, and the covering index for a
+/// maildrop's count and octets that a delivery with a quota reads.
+const SCHEMA_V3: &str = "
+ALTER TABLE accounts ADD COLUMN quota_messages bigint NULL CHECK (quota_messages >= -1);
+ALTER TABLE accounts ADD COLUMN quota_octets bigint NULL CHECK (quota_octets >= -1);
+ALTER TABLE domains ADD COLUMN quota_messages bigint NULL CHECK (quota_messages >= -1);
+ALTER TABLE domains ADD COLUMN quota_octets bigint NULL CHECK (quota_octets >= -1);
+INSERT INTO meta (key, value) VALUES ('quota_messages', -1), ('quota_octets', -1);
+ALTER TABLE accounts ADD COLUMN login_at bigint NULL;
+ALTER TABLE accounts ADD COLUMN login_peer text NULL;
+ALTER TABLE accounts ADD COLUMN login_mechanism text NULL;
+CREATE INDEX messages_use ON messages (account_id, size);
 ";
 
 /// Applies the migrations past `schema_version`, all in one transaction, under an advisory

@@ -1,4 +1,5 @@
-//! Accounts, their secrets and policy, domains and LOGIN-DELAY, for both backends.
+//! Accounts, their secrets and policy, domains, LOGIN-DELAY and the batched record of logins,
+//! for both backends.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use super::{RowLock, Sql};
 use crate::common::{expire_to_sql, login_verdict, to_u64};
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    LoginDelay, OnExisting, Result, StoreError,
+    LoginDelay, LoginRecord, OnExisting, Result, StoreError,
 };
 
 /// The named account's row, locked as `lock` says. `IS NOT DISTINCT FROM` matches a NULL
@@ -332,4 +333,30 @@ pub fn delete_domain<S: Sql>(tx: &mut S, domain: &str) -> Result<Vec<AccountName
     tx.execute("DELETE FROM domains WHERE name = $1", &[&domain])?;
     info!(domain, accounts = members.len(), "domain deleted");
     Ok(members)
+}
+
+/// Writes each account's latest login of `logins` where it is newer than the stored one.
+pub fn record_logins<S: Sql>(tx: &mut S, logins: &[LoginRecord]) -> Result<()> {
+    // The latest per account only: one statement per account however many logins it had.
+    let mut latest: Vec<&LoginRecord> = Vec::new();
+    for login in logins {
+        match latest.iter_mut().find(|l| l.account == login.account) {
+            Some(slot) if slot.at <= login.at => *slot = login,
+            Some(_) => {}
+            None => latest.push(login),
+        }
+    }
+    for login in latest {
+        tx.execute(
+            "UPDATE accounts SET login_at = $2, login_peer = $3, login_mechanism = $4
+             WHERE id = $1 AND (login_at IS NULL OR login_at <= $2)",
+            &[
+                &login.account,
+                &login.at,
+                &login.source.peer,
+                &login.source.mechanism,
+            ],
+        )?;
+    }
+    Ok(())
 }

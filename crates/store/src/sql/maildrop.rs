@@ -8,11 +8,11 @@ use tracing::{debug, info};
 
 use super::locks::fence;
 use super::rows::{message_meta, MESSAGE_COLUMNS};
-use super::{accounts, RowLock, Sql};
+use super::{accounts, quota, RowLock, Sql};
 use crate::common::{generated_uid, import_each, ingest_chunks, message_uid, to_i64};
 use crate::{
-    AccountId, AccountName, Delivered, ImportMessage, MaildropLock, MessageId, MessageMeta, Result,
-    StoreError,
+    AccountId, AccountName, Delivered, ImportMessage, MaildropLock, MessageId, MessageMeta,
+    QuotaCheck, Result, StoreError,
 };
 
 fn uid_in_use<S: Sql>(tx: &mut S, account: AccountId, uid: &str) -> Result<bool> {
@@ -102,7 +102,15 @@ pub fn deliver<S: Sql>(
     max_size: u64,
 ) -> Result<Delivered> {
     let (account, uidvalidity) = accounts::id(tx, name, RowLock::Write)?;
+    // The account row is locked from here: the use read now stays true until the commit.
+    let usage = quota::usage(tx, account)?;
+    if let Some(usage) = &usage {
+        usage.check_room(&name.to_string())?;
+    }
     let delivered = store_message(tx, account, uidvalidity, None, false, message, max_size)?;
+    if let Some(usage) = &usage {
+        usage.check_stored(&name.to_string(), std::slice::from_ref(&delivered))?;
+    }
     debug!(account, id = delivered.id, uid = %delivered.uid, size = delivered.size,
         "message delivered");
     Ok(delivered)
@@ -112,11 +120,19 @@ pub fn import<S: Sql>(
     tx: &mut S,
     name: &AccountName,
     messages: &mut dyn Iterator<Item = ImportMessage>,
+    check: QuotaCheck,
 ) -> Result<Vec<Delivered>> {
     let (account, uidvalidity) = accounts::id(tx, name, RowLock::Write)?;
+    let usage = match check {
+        QuotaCheck::Enforce => quota::usage(tx, account)?,
+        QuotaCheck::Ignore => None,
+    };
     let delivered = import_each(messages, |uid, claimed, bytes, max_size| {
         store_message(tx, account, uidvalidity, uid, claimed, bytes, max_size)
     })?;
+    if let Some(usage) = &usage {
+        usage.check_stored(&name.to_string(), &delivered)?;
+    }
     info!(account, count = delivered.len(), "messages imported");
     Ok(delivered)
 }

@@ -26,6 +26,7 @@ pub(crate) mod accounts;
 pub(crate) mod locks;
 pub(crate) mod maildrop;
 pub(crate) mod nodes;
+pub(crate) mod quota;
 pub(crate) mod rows;
 
 use std::io::Read;
@@ -33,8 +34,8 @@ use std::time::Duration;
 
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, ImportMessage, LoginDelay, MaildropLock, MessageId, MessageMeta, NodeInfo,
-    NodeState, OnExisting, Result, Store,
+    Delivered, ImportMessage, Limit, LoginDelay, LoginRecord, MaildropLock, MessageId, MessageMeta,
+    NodeInfo, NodeState, OnExisting, QuotaCheck, QuotaScope, QuotaSetting, Result, Store,
 };
 
 /// A value bound to a statement parameter: what `rusqlite` and (with the `postgres` feature)
@@ -255,12 +256,33 @@ impl<B: Backend> Store for B {
         self.write(|tx| maildrop::deliver(tx, to, message, max))
     }
 
-    fn import(
+    fn import_with(
         &self,
         name: &AccountName,
         messages: &mut dyn Iterator<Item = ImportMessage>,
+        check: QuotaCheck,
     ) -> Result<Vec<Delivered>> {
-        self.write(|tx| maildrop::import(tx, name, messages))
+        self.write(|tx| maildrop::import(tx, name, messages, check))
+    }
+
+    fn quota_setting(&self, scope: QuotaScope<'_>) -> Result<QuotaSetting> {
+        self.read(|tx| quota::setting(tx, scope))
+    }
+
+    fn set_quota(
+        &self,
+        scope: QuotaScope<'_>,
+        messages: Option<Limit>,
+        octets: Option<Limit>,
+    ) -> Result<QuotaSetting> {
+        self.write(|tx| quota::set(tx, scope, messages, octets))
+    }
+
+    fn record_logins(&self, logins: &[LoginRecord]) -> Result<()> {
+        if logins.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| accounts::record_logins(tx, logins))
     }
 
     fn lock_maildrop(&self, id: AccountId, holder: &str, lease: Duration) -> Result<MaildropLock> {

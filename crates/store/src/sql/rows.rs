@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use super::Sql;
+use super::{quota, Sql};
 use crate::common::{expire_from_sql, node_state, to_u64};
 use crate::{
     Account, AccountId, AccountName, AccountPolicy, AccountSecrets, AccountSummary, LockInfo,
-    MessageMeta, NodeInfo, Result, StoreError,
+    LoginSource, MessageMeta, NodeInfo, Quota, Result, StoreError,
 };
 
 /// A value both backends read from a result column: what `rusqlite` and (with the `postgres`
@@ -115,7 +115,8 @@ pub fn policy_from_row(row: &impl Columns, first: usize) -> Result<AccountPolicy
 }
 
 /// The statement [`summary_row`] maps: every account with its message count, octets, live
-/// lease (joined only while live), policy, last login and which legacy secrets it has. A
+/// lease (joined only while live), policy, last login (LOGIN-DELAY's), which legacy secrets it
+/// has, its effective quota and the last login [`Store::record_logins`](crate::Store) wrote. A
 /// `WHERE` clause may follow.
 pub fn summary_select<S: Sql>() -> String {
     format!(
@@ -125,13 +126,16 @@ pub fn summary_select<S: Sql>() -> String {
              WHERE m.account_id = a.id),
             l.holder, {acquired}, {expires},
             a.login_delay, a.expire_days, a.last_login, a.legacy_secret IS NOT NULL,
-            a.cram_md5_states IS NOT NULL
+            a.cram_md5_states IS NOT NULL, {messages}, {octets}, a.login_at, a.login_peer,
+            a.login_mechanism
          FROM accounts a
          LEFT JOIN domains d ON d.id = a.domain_id
          LEFT JOIN locks l ON l.account_id = a.id AND {live}",
         acquired = S::LEASE_ACQUIRED,
         expires = S::LEASE_EXPIRES,
         live = S::LEASE_LIVE,
+        messages = quota::effective("quota_messages"),
+        octets = quota::effective("quota_octets"),
     )
 }
 
@@ -152,10 +156,26 @@ pub fn summary_row(row: &impl Columns) -> Result<AccountSummary> {
         octets: to_u64(row.column(3)?),
         lock,
         policy: policy_from_row(row, 7)?,
-        last_login: row.column(9)?,
+        last_login: latest(row.column(9)?, row.column(14)?),
+        last_login_from: match (row.column(15)?, row.column(16)?) {
+            (Some(peer), Some(mechanism)) => Some(LoginSource { peer, mechanism }),
+            _ => None,
+        },
         legacy: row.column(10)?,
         cram_md5: row.column(11)?,
+        quota: Quota {
+            messages: quota::effective_from_sql(row.column(12)?),
+            octets: quota::effective_from_sql(row.column(13)?),
+        },
     })
+}
+
+/// The later of two optional times.
+fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The columns of [`message_meta`], from `messages`.

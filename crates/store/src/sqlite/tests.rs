@@ -78,8 +78,8 @@ fn newer_schema_is_refused() {
         SqliteStore::open(&dir.0),
         Err(StoreError::SchemaTooNew {
             found: 999,
-            supported: 5
-        })
+            supported
+        }) if supported == MIGRATIONS.len() as i64
     ));
 }
 

@@ -363,3 +363,43 @@ async fn trusted_networks_are_exempt_from_the_failed_login_penalty() {
     assert_eq!(f.shared.penalties.account_failures("alice"), 0);
     c.login().await;
 }
+
+/// Every successful login is recorded for `popadm user list` (not only with LOGIN-DELAY),
+/// with the client's address and the mechanism, but not written at once: it waits for the
+/// batch the server writes every few seconds. A failed login records nothing.
+#[tokio::test]
+async fn logins_are_recorded_in_the_batch_with_address_and_mechanism() {
+    let f = Fixture::tuned(|_| {});
+    let alice = name("alice");
+    let mut c = f.connect().await;
+    assert_eq!(c.cmd("USER alice").await, ok(Text::SendPass));
+    assert_eq!(c.cmd("PASS wrong").await, err(reply::BAD_CREDENTIALS));
+    assert_eq!(f.shared.logins.waiting(), 0);
+    c.login().await;
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    assert_eq!(f.shared.logins.waiting(), 1);
+    assert_eq!(
+        f.store.account_summary(&alice).expect("summary").last_login,
+        None
+    );
+    f.shared.logins.flush().await;
+    let summary = f.store.account_summary(&alice).expect("summary");
+    assert!(summary.last_login.is_some());
+    let from = summary.last_login_from.expect("recorded");
+    assert_eq!(
+        (from.peer.as_str(), from.mechanism.as_str()),
+        ("127.0.0.1", "USER")
+    );
+
+    // RFC 5034: a SASL login records its mechanism's name.
+    let mut c = f.connect().await;
+    assert_eq!(c.cmd("AUTH PLAIN AGFsaWNlAHJpZ2h0").await, full_login());
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    f.shared.logins.flush().await;
+    let from = f
+        .store
+        .account_summary(&alice)
+        .expect("summary")
+        .last_login_from;
+    assert_eq!(from.expect("recorded").mechanism, "PLAIN");
+}

@@ -147,6 +147,7 @@ impl Fixture {
             draining: AtomicBool::new(false),
             tickets: auth::ticket::Replay::new(),
             metrics,
+            logins: crate::logins::Logins::new(store.clone()),
             config,
         });
         Fixture {
