@@ -155,7 +155,7 @@ pub(crate) async fn serve<S: Stream>(
 ) {
     debug!("connected");
     let login_deadline = Instant::now() + shared.config.login_timeout;
-    let channel_binding = conn.channel_binding(shared.tls.as_deref());
+    let channel_binding = channel_binding(&conn, &shared);
     let session = Session {
         peer,
         client,
@@ -197,6 +197,14 @@ pub(crate) async fn serve<S: Stream>(
         duration_ms = started.elapsed().as_millis() as u64,
         "session end"
     );
+}
+
+/// The connection's channel binding where SCRAM-SHA-256-PLUS is offered (`scram_plus`).
+fn channel_binding<S: Stream>(conn: &Conn<S>, shared: &Shared) -> Option<auth::ChannelBinding> {
+    if !shared.config.scram_plus {
+        return None;
+    }
+    conn.channel_binding(shared.tls.as_deref())
 }
 
 /// The I/O around a [`Session`].
@@ -355,7 +363,7 @@ impl<S: Stream> Driver<S> {
                 self.conn = Conn::Tls(Box::new(stream));
                 tracing::Span::current().record("tls", true);
                 self.decoder = Decoder::new();
-                let binding = self.conn.channel_binding(Some(&*tls));
+                let binding = channel_binding(&self.conn, &self.session.shared);
                 self.session.tls_started(binding);
                 debug!("TLS active");
                 Ok(true)
