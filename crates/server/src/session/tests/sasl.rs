@@ -402,12 +402,13 @@ async fn rfc7628_oauthbearer_and_xoauth2_log_in_with_a_valid_token() {
 
 /// RFC 7628 section 3.2.2: a refused token, a token for an unknown account, and a token for
 /// another user than the authzid all fail the same way: the error document in a
-/// continuation, the client's `%x01`, `-ERR [AUTH]`. Each counts as a failed login.
+/// continuation, the client's `%x01`, `-ERR [AUTH]`. Each counts as a failed login, and so
+/// does cancelling (`*`, RFC 5034 section 4) after the error document.
 #[tokio::test]
 async fn rfc7628_s3_2_2_refused_tokens_get_the_error_document_then_auth() {
     let f = Fixture::tuned(|c| {
         with_idp(false)(c);
-        c.max_auth_failures = 6;
+        c.max_auth_failures = 7;
     });
     let mut c = f.connect().await;
     for first in [
@@ -422,10 +423,13 @@ async fn rfc7628_s3_2_2_refused_tokens_get_the_error_document_then_auth() {
     ] {
         refused_token(&mut c, &first).await;
     }
+    let first = format!("AUTH OAUTHBEARER {}", oauthbearer(None, "forged"));
+    assert_eq!(c.cmd(&first).await, format!("+ {}", b64(IDP_ERROR)));
+    assert_eq!(c.cmd("*").await, err(reply::BAD_CREDENTIALS));
     // XOAUTH2's user names the account as OAUTHBEARER's authzid does.
     let first = format!("AUTH XOAUTH2 {}", xoauth2("carol", "good-alice"));
     assert_eq!(c.cmd(&first).await, format!("+ {}", b64(IDP_ERROR)));
-    // The sixth failure on the connection closes it: the refusals were counted.
+    // The seventh failure on the connection closes it: the refusals were counted.
     assert_eq!(c.cmd("AQ==").await, err(reply::TOO_MANY_AUTH_FAILURES));
     c.closed().await;
 }
