@@ -31,6 +31,19 @@ pub struct File {
     pub auth_http_cleartext: Option<String>,
     /// The cluster secret shared by the nodes and the endpoint.
     pub cluster_key_file: Option<PathBuf>,
+    /// LMTP listeners on TCP (RFC 2033).
+    #[serde(default)]
+    pub listen_lmtp: Vec<SocketAddr>,
+    /// An LMTP listener on a Unix socket, its mode (octal, as a string) and group.
+    pub listen_lmtp_unix: Option<PathBuf>,
+    pub lmtp_unix_mode: Option<String>,
+    pub lmtp_unix_group: Option<String>,
+    /// Peers the TCP LMTP listeners serve (addresses or CIDR networks).
+    pub lmtp_trusted_networks: Option<Vec<String>>,
+    /// Largest message taken over LMTP, in octets.
+    pub lmtp_max_message_size: Option<u64>,
+    /// A full mailbox is a temporary failure (452 4.2.2) instead of a bounce (552 5.2.2).
+    pub quota_full_temporary: Option<bool>,
     pub gssapi_keytab: Option<PathBuf>,
     pub gssapi_service: Option<String>,
     /// Kerberos realms accepted besides the service principal's own.

@@ -63,6 +63,29 @@ fn layered(args: &Args) -> Result<Settings> {
     };
     let d = server::Config::default();
     let listeners = listeners(args, &file)?;
+    let lmtp = lmtp_config(args, &file)?;
+    let lmtp_unix = match args
+        .listen_lmtp_unix
+        .clone()
+        .or(file.listen_lmtp_unix.clone())
+    {
+        Some(path) => {
+            let mode = args.lmtp_unix_mode.clone().or(file.lmtp_unix_mode.clone());
+            Some(server::LmtpUnix {
+                path,
+                mode: mode
+                    .as_deref()
+                    .map(parse_mode)
+                    .transpose()?
+                    .unwrap_or(DEFAULT_LMTP_UNIX_MODE),
+                group: args
+                    .lmtp_unix_group
+                    .clone()
+                    .or(file.lmtp_unix_group.clone()),
+            })
+        }
+        None => None,
+    };
     let trusted_proxies = TrustedProxies::parse(if args.trusted_proxy.is_empty() {
         &file.trusted_proxies
     } else {
@@ -203,6 +226,7 @@ fn layered(args: &Args) -> Result<Settings> {
         oauth2: None,
         node,
         cluster,
+        lmtp,
     };
     let certificates = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => vec![CertFiles {
@@ -259,12 +283,55 @@ fn layered(args: &Args) -> Result<Settings> {
         certificates,
         self_signed: !args.no_self_signed && file.self_signed.unwrap_or(true),
         gssapi,
+        lmtp_unix,
     };
     Ok(Settings {
         log: layer(args.log.clone(), file.log, "info".into()),
         json_logs,
         daemon,
     })
+}
+
+/// Permission bits of the LMTP Unix socket unless configured: the owner and the group.
+const DEFAULT_LMTP_UNIX_MODE: u32 = 0o660;
+
+/// The LMTP settings, each the flag, else the file, else `server::LmtpConfig`'s default.
+fn lmtp_config(args: &Args, file: &File) -> Result<server::LmtpConfig> {
+    let d = server::LmtpConfig::default();
+    let parse = |list: &[String]| {
+        TrustedProxies::parse(list).context("lmtp_trusted_networks (--lmtp-trusted-network)")
+    };
+    let trusted_flag = (!args.lmtp_trusted_network.is_empty())
+        .then(|| parse(&args.lmtp_trusted_network))
+        .transpose()?;
+    let trusted_file = file
+        .lmtp_trusted_networks
+        .as_deref()
+        .map(parse)
+        .transpose()?;
+    Ok(server::LmtpConfig {
+        trusted_networks: layer(trusted_flag, trusted_file, d.trusted_networks),
+        max_message_size: layer(
+            args.lmtp_max_message_size,
+            file.lmtp_max_message_size,
+            d.max_message_size,
+        ),
+        quota_full_temporary: layer(
+            args.quota_full_temporary.then_some(true),
+            file.quota_full_temporary,
+            d.quota_full_temporary,
+        ),
+        timeout: d.timeout,
+    })
+}
+
+/// An octal mode such as `0660` or `660`, at most `0777`.
+fn parse_mode(mode: &str) -> Result<u32> {
+    let digits = mode.strip_prefix("0o").unwrap_or(mode);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => bail!("lmtp_unix_mode must be octal permission bits such as \"0660\", not {mode:?}"),
+    }
 }
 
 /// The listeners: the flags' replace the file's, and neither means the embedded defaults
@@ -331,6 +398,12 @@ fn listeners(args: &Args, file: &File) -> Result<Vec<ListenSpec>> {
         })
         .collect();
     }
+    let lmtp = if args.listen_lmtp.is_empty() {
+        &file.listen_lmtp
+    } else {
+        &args.listen_lmtp
+    };
+    listeners.extend(lmtp.iter().map(|&a| ListenSpec::new(a, ListenerKind::Lmtp)));
     let auth_http = args.auth_http.or(file.auth_http);
     listeners.extend(auth_http.map(|a| ListenSpec::new(a, ListenerKind::AuthHttp)));
     Ok(listeners)
