@@ -57,6 +57,23 @@ def reply(r):
     e2e::run_text(Command::new("python3").args(["-c", &format!("{prelude}{script}"), target]))
 }
 
+/// One message (a Python bytes literal) from `sender` to alice through smtplib, which must be
+/// delivered.
+fn deliver_to_alice(target: &str, sender: &str, message: &str) {
+    let out = smtplib(
+        target,
+        &format!(
+            "reply(c.mail({sender:?}))\nreply(c.rcpt(\"alice@example.org\"))\n\
+             reply(c.data({message}))\nc.quit()\n"
+        ),
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some("250 2.0.0 <alice@example.org> delivered"),
+        "{out}"
+    );
+}
+
 /// The messages of `user`, retrieved over POP3 (and left there).
 fn mailbox(server: &Server, user: &str) -> Vec<String> {
     let mut c = server.login_when_free(user, PW);
@@ -123,19 +140,10 @@ reply(c.quit())
 fn dot_stuffed_lines_are_stored_as_they_were_written() {
     e2e::require!("python3");
     let f = fixture("lmtp-dots", &[]);
-    let out = smtplib(
+    deliver_to_alice(
         &lmtp_addr(&f.server).to_string(),
-        r#"
-reply(c.mail("<>"))
-reply(c.rcpt("alice@example.org"))
-reply(c.data(b"Subject: dots\r\n\r\n.\r\n..two\r\n.three\r\nend .\r\n"))
-c.quit()
-"#,
-    );
-    assert_eq!(
-        out.lines().last(),
-        Some("250 2.0.0 <alice@example.org> delivered"),
-        "{out}"
+        "<>",
+        r#"b"Subject: dots\r\n\r\n.\r\n..two\r\n.three\r\nend .\r\n""#,
     );
     assert_eq!(
         mailbox(&f.server, "alice@example.org"),
@@ -347,19 +355,10 @@ fn the_unix_socket_listener_delivers() {
     let meta = std::fs::metadata(&path).expect("the socket exists");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    let out = smtplib(
+    deliver_to_alice(
         path_arg,
-        r#"
-reply(c.mail("u@example.net"))
-reply(c.rcpt("alice@example.org"))
-reply(c.data(b"Subject: unix\r\n\r\nvia the socket\r\n"))
-c.quit()
-"#,
-    );
-    assert_eq!(
-        out.lines().last(),
-        Some("250 2.0.0 <alice@example.org> delivered"),
-        "{out}"
+        "u@example.net",
+        r#"b"Subject: unix\r\n\r\nvia the socket\r\n""#,
     );
     let got = mailbox(&f.server, "alice@example.org");
     assert!(

@@ -32,7 +32,7 @@ Signals:
 
 systemd:
   dist/pop3d.service runs pop3d hardened; with dist/pop3d.socket systemd binds the ports and
-  passes them in (LISTEN_FDS; names pop3, pop3s, kpop); pop3d then binds nothing itself.
+  passes them in (LISTEN_FDS; names pop3, pop3s, kpop, lmtp); pop3d then binds nothing itself.
 
 See also:
   popadm(8); docs/admin-guide.md. Completion scripts: pop3d --completions bash|zsh|fish";

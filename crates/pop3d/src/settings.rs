@@ -594,6 +594,92 @@ mod tests {
     /// The auth_http endpoint's allow-list and cleartext policy: loopback by default, the
     /// file's, else the flags'; an empty list or a bad entry is refused.
     #[test]
+    fn lmtp_settings_are_layered_and_checked() {
+        let (dir, _) = cluster_key("lmtp-settings");
+        let config = dir.join("pop3d.toml");
+        std::fs::write(
+            &config,
+            "listen_lmtp = [\"127.0.0.1:2424\"]\nlisten_lmtp_unix = \"/run/pop3d/lmtp\"\n\
+             lmtp_unix_mode = \"0600\"\nlmtp_unix_group = \"postfix\"\n\
+             lmtp_trusted_networks = [\"10.0.0.0/8\"]\nlmtp_max_message_size = 1000\n\
+             quota_full_temporary = true\n",
+        )
+        .expect("config");
+        let config = config.to_str().expect("utf-8");
+        let resolved = |extra: &[&str]| {
+            let mut args = vec!["pop3d"];
+            args.extend_from_slice(extra);
+            resolve(&Args::parse_from(args)).map(|s| s.daemon)
+        };
+        let d = resolved(&[]).expect("defaults");
+        assert_eq!(d.config.lmtp.trusted_networks, TrustedProxies::loopback());
+        assert_eq!(
+            d.config.lmtp.max_message_size,
+            store::DEFAULT_MAX_MESSAGE_SIZE
+        );
+        assert!(!d.config.lmtp.quota_full_temporary);
+        assert!(d.lmtp_unix.is_none());
+        assert!(!d.listeners.iter().any(|l| l.kind == ListenerKind::Lmtp));
+        let file = resolved(&["--config", config]).expect("file");
+        let lmtp: Vec<_> = file
+            .listeners
+            .iter()
+            .filter(|l| l.kind == ListenerKind::Lmtp)
+            .collect();
+        assert_eq!(lmtp.len(), 1);
+        assert_eq!(lmtp[0].address.to_string(), "127.0.0.1:2424");
+        assert_eq!(
+            file.lmtp_unix,
+            Some(server::LmtpUnix {
+                path: "/run/pop3d/lmtp".into(),
+                mode: 0o600,
+                group: Some("postfix".into()),
+            })
+        );
+        assert_eq!(file.config.lmtp.trusted_networks.to_string(), "10.0.0.0/8");
+        assert_eq!(file.config.lmtp.max_message_size, 1000);
+        assert!(file.config.lmtp.quota_full_temporary);
+        let flags = resolved(&[
+            "--config",
+            config,
+            "--listen-lmtp",
+            "127.0.0.1:2525",
+            "--lmtp-unix-mode",
+            "666",
+            "--lmtp-trusted-network",
+            "192.0.2.1",
+            "--lmtp-max-message-size",
+            "2000",
+        ])
+        .expect("flags");
+        let lmtp: Vec<_> = flags
+            .listeners
+            .iter()
+            .filter(|l| l.kind == ListenerKind::Lmtp)
+            .collect();
+        assert_eq!(lmtp[0].address.to_string(), "127.0.0.1:2525");
+        assert_eq!(flags.lmtp_unix.expect("unix").mode, 0o666);
+        assert_eq!(
+            flags.config.lmtp.trusted_networks.to_string(),
+            "192.0.2.1/32"
+        );
+        assert_eq!(flags.config.lmtp.max_message_size, 2000);
+        let err = resolved(&["--listen-lmtp-unix", "/x", "--lmtp-unix-mode", "rw-rw----"])
+            .expect_err("not octal");
+        assert!(format!("{err:#}").contains("lmtp_unix_mode"), "{err:#}");
+        let err = resolved(&["--lmtp-trusted-network", "postfix"]).expect_err("no address");
+        assert!(
+            format!("{err:#}").contains("lmtp_trusted_networks"),
+            "{err:#}"
+        );
+        let err = resolved(&["--lmtp-max-message-size", "0"]).expect_err("zero");
+        assert!(
+            format!("{err:#}").contains("lmtp_max_message_size"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
     fn auth_http_allow_and_cleartext_are_layered_and_checked() {
         let (dir, key) = cluster_key("authhttp");
         let config = dir.join("pop3d.toml");
