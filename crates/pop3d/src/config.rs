@@ -281,6 +281,20 @@ mod tests {
         );
     }
 
+    /// The LMTP lines of the example, uncommented, parse.
+    #[test]
+    fn example_with_lmtp_parses() {
+        let text = include_str!("../../../docs/pop3d.example.toml")
+            .replace("# listen_lmtp", "listen_lmtp")
+            .replace("# lmtp_", "lmtp_")
+            .replace("# quota_full_temporary", "quota_full_temporary");
+        let f = File::parse(&text).expect("example with LMTP");
+        assert_eq!(f.listen_lmtp.len(), 1);
+        assert_eq!(f.lmtp_unix_group.as_deref(), Some("postfix"));
+        assert_eq!(f.lmtp_max_message_size, Some(64 << 20));
+        assert_eq!(f.quota_full_temporary, Some(false));
+    }
+
     /// The proxied listener of the example, uncommented with its trusted proxies.
     #[test]
     fn example_with_proxy_parses() {
