@@ -412,6 +412,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes never make the decoder panic or hold more than a line and a feed.
+        #[test]
+        fn arbitrary_bytes_keep_the_decoder_bounded(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            chunk in 1usize..700,
+        ) {
+            let mut d = Decoder::new();
+            for piece in input.chunks(chunk) {
+                d.feed(piece);
+                proptest::prop_assert!(d.buffered() <= MAX_COMMAND_LINE + piece.len());
+                for _ in 0..=input.len() {
+                    if let Ok(None) = d.next_command() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// RFC 2920 (PIPELINING): the message may follow DATA in the same read; what follows
     /// the final dot is the next command.
     #[test]

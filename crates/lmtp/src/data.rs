@@ -162,6 +162,37 @@ mod tests {
         assert!(unstuffed(b"a\n.\r\n", 1, 100).is_none());
     }
 
+    proptest::proptest! {
+        /// RFC 5321 section 4.5.2 as a round trip: any message of CRLF lines, stuffed by the
+        /// rule and ended with `.` CRLF, unstuffs to itself, and the octets after the end stay.
+        #[test]
+        fn stuffing_round_trips(
+            lines in proptest::collection::vec("[.a\r\n]{0,6}", 0..20),
+            chunk in 1usize..16,
+        ) {
+            let mut message = Vec::new();
+            let mut stuffed = Vec::new();
+            for line in &lines {
+                let line = line.replace(['\r', '\n'], "");
+                if line.starts_with('.') {
+                    stuffed.push(b'.');
+                }
+                for part in [&mut message, &mut stuffed] {
+                    part.extend_from_slice(line.as_bytes());
+                    part.extend_from_slice(b"\r\n");
+                }
+            }
+            stuffed.extend_from_slice(b".\r\nQUIT\r\n");
+            let (out, status, left) = unstuffed(&stuffed, chunk, 1 << 20).expect("complete");
+            proptest::prop_assert_eq!(out, message.clone());
+            proptest::prop_assert_eq!(
+                status,
+                DataStatus::Done { size: message.len() as u64, over_limit: false }
+            );
+            proptest::prop_assert_eq!(left, 6);
+        }
+    }
+
     /// A message over the limit is read to its end; only `limit` octets are handed out.
     #[test]
     fn octets_over_the_limit_are_dropped_and_counted() {
