@@ -366,3 +366,23 @@ fn the_unix_socket_listener_delivers() {
         "{got:?}"
     );
 }
+
+/// LMTP connections count against `max_connections` with POP3's: one over the cap is told
+/// `421 4.3.2` (RFC 5321 section 3.8) and closed.
+#[test]
+fn a_connection_over_the_cap_gets_421() {
+    let f = fixture("lmtp-cap", &["--max-connections", "1"]);
+    let (_held, _reader) = connect(lmtp_addr(&f.server));
+    let stream = TcpStream::connect(lmtp_addr(&f.server)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream);
+    let refusal = line(&mut reader);
+    assert!(
+        refusal.starts_with("421 4.3.2 ") && refusal.ends_with("too many connections"),
+        "{refusal}"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap_or(0), 0, "closed");
+}
