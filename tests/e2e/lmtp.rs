@@ -10,17 +10,18 @@ use std::time::Duration;
 use e2e::{Fixture, Server};
 
 const PW: &str = "lmtp-pass";
+/// An LMTP listener on a loopback port, and bare names in example.org.
+const LMTP_FLAGS: &[&str] = &[
+    "--listen-lmtp",
+    "127.0.0.1:0",
+    "--default-domain",
+    "example.org",
+];
 
 /// pop3d with an LMTP listener on a loopback port, alice and bob in example.org (also
 /// reachable as bare names through the default domain), and `extra` flags.
 fn fixture(tag: &str, extra: &[&str]) -> Fixture {
-    let mut flags = vec![
-        "--listen-lmtp",
-        "127.0.0.1:0",
-        "--default-domain",
-        "example.org",
-    ];
-    flags.extend_from_slice(extra);
+    let flags = [LMTP_FLAGS, extra].concat();
     let f = Fixture::with_flags(tag, &flags);
     f.add_user("alice@example.org", PW);
     f.add_user("bob@example.org", PW);
@@ -319,6 +320,36 @@ fn a_client_vanishing_mid_data_stores_nothing() {
     drop(reader);
     f.server
         .await_log("client went away inside a transaction; nothing stored");
+    assert!(mailbox(&f.server, "alice@example.org").is_empty());
+}
+
+/// pop3d killed (SIGKILL) while a message is arriving: after the restart nothing of it is
+/// stored, and the MTA, which saw no reply, delivers it again in full.
+#[test]
+fn pop3d_killed_mid_data_stores_nothing() {
+    let mut f = fixture("lmtp-killed", &[]);
+    let (mut stream, mut reader) = connect(lmtp_addr(&f.server));
+    stream
+        .write_all(
+            b"LHLO raw\r\nMAIL FROM:<k@example.net>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n",
+        )
+        .expect("write");
+    while !line(&mut reader).starts_with("354 ") {}
+    stream
+        .write_all(b"Subject: killed\r\n\r\nhalf a message\r\n")
+        .expect("write");
+    f.server.await_log("LMTP session started");
+    f.server.signal("KILL");
+    f.server.wait();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    f.restart(&[
+        "--listen-lmtp",
+        "127.0.0.1:0",
+        "--default-domain",
+        "example.org",
+    ]);
     assert!(mailbox(&f.server, "alice@example.org").is_empty());
 }
 
