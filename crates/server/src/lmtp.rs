@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::{Shared, TrustedProxies, REFUSAL_TIMEOUT, UNANSWERED};
+use crate::{RefusalLog, Shared, TrustedProxies, REFUSAL_TIMEOUT};
 
 /// A message up to this size is spooled in memory, a larger one in a temporary file.
 pub const SPOOL_IN_MEMORY: usize = 1 << 20;
@@ -70,6 +70,9 @@ impl Default for LmtpConfig {
     }
 }
 
+/// Untrusted peers closed at accept, logged at most once a second (with how many were not).
+static UNTRUSTED: RefusalLog = RefusalLog::new();
+
 /// An LMTP listener on a Unix socket its caller bound (and gave its mode and group).
 #[derive(Debug)]
 pub struct UnixListener {
@@ -94,7 +97,7 @@ pub(crate) async fn accept_tcp(
             }
         };
         if !shared.config.lmtp.trusted_networks.contains(peer.ip()) {
-            UNANSWERED.note(
+            UNTRUSTED.note(
                 peer,
                 "LMTP peer not in lmtp_trusted_networks; closed unanswered",
             );
