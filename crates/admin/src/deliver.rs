@@ -16,9 +16,7 @@
 //! file in the data directory (the system's temporary directory with PostgreSQL), never more
 //! than the size limit plus one octet, so a message over it is refused as before.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -104,50 +102,13 @@ fn spool(input: &mut dyn Read, limit: u64, dir: &Path) -> std::io::Result<Box<dy
     if head.len() < SPOOL_IN_MEMORY {
         return Ok(Box::new(Cursor::new(head)));
     }
-    let mut file = unlinked_file(dir)?;
+    let mut file = store::unlinked_file(dir, "popadm-deliver")?;
     file.write_all(&head)?;
     drop(head);
     std::io::copy(&mut input, &mut file)?;
     file.flush()?;
     file.seek(SeekFrom::Start(0))?;
     Ok(Box::new(BufReader::new(file)))
-}
-
-/// A new file in `dir` that only this process can reach: created exclusively with mode 0600
-/// and removed at once, so nothing is left behind whatever happens to the process.
-fn unlinked_file(dir: &Path) -> std::io::Result<File> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let mut attempt = 0u32;
-    loop {
-        let path = dir.join(format!(
-            ".popadm-deliver-{}-{nanos}-{attempt}.spool",
-            std::process::id()
-        ));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(file) => {
-                std::fs::remove_file(&path)?;
-                return Ok(file);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
-                attempt += 1;
-            }
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("creating a spool file in {}: {e}", dir.display()),
-                ))
-            }
-        }
-    }
 }
 
 /// What goes before the rest of stdin: the added header lines and the first line of the

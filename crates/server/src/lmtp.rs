@@ -385,7 +385,7 @@ impl Spool {
         let file = tokio::task::spawn_blocking(move || {
             let mut file = match file {
                 Some(f) => f,
-                None => tempfile::tempfile()?,
+                None => store::unlinked_file(&std::env::temp_dir(), "pop3d-lmtp")?,
             };
             file.write_all(&memory)?;
             Ok::<_, std::io::Error>(file)
