@@ -417,3 +417,31 @@ fn a_connection_over_the_cap_gets_421() {
     let mut rest = Vec::new();
     assert_eq!(reader.read_to_end(&mut rest).unwrap_or(0), 0, "closed");
 }
+
+/// With `--log-format json` a delivery is logged with its recipient and sender as fields, in
+/// the LMTP session's span, so a log shipper can index them.
+#[test]
+fn deliveries_are_logged_as_json_fields() {
+    let f = fixture("lmtp-json", &["--log-format", "json"]);
+    let (mut stream, mut reader) = connect(lmtp_addr(&f.server));
+    stream
+        .write_all(
+            b"LHLO raw\r\nMAIL FROM:<j@example.net>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n\
+              Subject: json\r\n\r\nx\r\n.\r\nQUIT\r\n",
+        )
+        .expect("write");
+    while !line(&mut reader).starts_with("221 ") {}
+    f.server.await_log("\"to\":\"alice@example.org\"");
+    let log = f.server.log();
+    let entry = log
+        .lines()
+        .find(|l| l.contains("\"to\":\"alice@example.org\""))
+        .expect("the delivery's line");
+    for field in [
+        "\"message\":\"delivered\"",
+        "\"from\":\"j@example.net\"",
+        "\"name\":\"lmtp\"",
+    ] {
+        assert!(entry.contains(field), "{field} not in {entry}");
+    }
+}

@@ -344,10 +344,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let spooled = spool.finish().await?;
         let store = self.shared.store.clone();
         let config = self.shared.config.lmtp.clone();
-        let replies =
-            tokio::task::spawn_blocking(move || deliver_all(&*store, &envelope, spooled, &config))
-                .await
-                .map_err(|e| End::Io(std::io::Error::other(e)))?;
+        // The deliveries are logged in the session's span, on the blocking thread too.
+        let span = tracing::Span::current();
+        let replies = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| deliver_all(&*store, &envelope, spooled, &config))
+        })
+        .await
+        .map_err(|e| End::Io(std::io::Error::other(e)))?;
         for reply in replies {
             reply.write(&mut self.out);
         }
