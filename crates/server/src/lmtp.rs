@@ -39,6 +39,9 @@ pub const SPOOL_IN_MEMORY: usize = 1 << 20;
 /// here, for each read inside DATA and each write of replies).
 pub const LMTP_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Longest the last words (a `421`) and the close wait for the client (at most the timeout).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Largest read from the client at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -199,6 +202,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: 
         shutdown: shared.shutdown.clone(),
         shared,
     };
+    let close = CLOSE_TIMEOUT.min(driver.shared.config.lmtp.timeout);
     debug!("LMTP session started");
     match driver.run().await {
         Ok(()) => debug!("LMTP session ended"),
@@ -208,14 +212,14 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: 
         Err(End::Gone) => debug!("client closed the connection"),
         Err(End::Timeout) => {
             info!("LMTP client timed out; closing");
-            let timeout = Reply::timeout(&driver.shared.config.hostname);
-            driver.out.clear();
-            timeout.write(&mut driver.out);
-            let _ = driver.flush().await;
+            // A client that stopped reading gets no second long wait for this one.
+            let mut out = Vec::new();
+            Reply::timeout(&driver.shared.config.hostname).write(&mut out);
+            let _ = tokio::time::timeout(close, driver.stream.write_all(&out)).await;
         }
         Err(End::Io(e)) => debug!(error = %e, "LMTP connection failed"),
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), driver.stream.shutdown()).await;
+    let _ = tokio::time::timeout(close, driver.stream.shutdown()).await;
 }
 
 struct Driver<S> {

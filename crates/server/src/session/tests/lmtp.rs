@@ -102,3 +102,20 @@ async fn a_message_larger_than_the_memory_spool_is_stored_whole() {
     assert_eq!(last.size, want.len() as u64);
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 pop.test closing");
 }
+
+/// A client that sends and never reads: the replies back up, the write waits at most the
+/// timeout, and the session ends (as hostile as one that stops writing).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_timeout() {
+    let f = Fixture::tuned(|c| c.lmtp.timeout = Duration::from_millis(300));
+    let (mut near, far) = tokio::io::duplex(1024);
+    let session = tokio::spawn(crate::lmtp::serve(far, f.shared.clone()));
+    // About 2.4 KiB of replies for 1 KiB of commands: more than the pipe holds.
+    near.write_all(&b"NOOP\r\n".repeat(170))
+        .await
+        .expect("write");
+    tokio::time::timeout(PATIENCE, session)
+        .await
+        .expect("the session ended")
+        .expect("session task");
+}
