@@ -6,7 +6,7 @@
 //! a panic is a finding. Chunk sizes are drawn from the input itself, so one input always
 //! replays the same way.
 //!
-//! Needs the crates `proto`, `store` and `admin` in scope.
+//! Needs the crates `proto`, `store`, `admin` and `lmtp` in scope.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt as _;
@@ -25,6 +25,7 @@ pub fn run(name: &str, data: &[u8]) {
         "mbox" => mbox(data),
         "maildir" => maildir(data),
         "proxy" => proxy(data),
+        "lmtp" => lmtp(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -254,4 +255,103 @@ pub fn proxy(data: &[u8]) {
         assert_eq!(parse(&input[..h.len]), Ok(Some(h)));
         assert_eq!(h.source.is_some(), h.destination.is_some());
     }
+}
+
+/// The LMTP codec (crates/lmtp) driven as the listener drives it, the input as the client's
+/// bytes in chunks: the command buffer stays within its cap, a message never yields more than
+/// the limit, every reply is well-formed (CRLF only at line ends, lines within 512 octets).
+/// Then the unstuffer against a reference stuffing of the input taken as a message
+/// (RFC 5321 section 4.5.2), at the same chunk size.
+pub fn lmtp(data: &[u8]) {
+    use lmtp::{DataStatus, Decoder, Limits, Next, Session, Unstuffer, MAX_COMMAND_LINE};
+    const LIMIT: u64 = 4096;
+    let (chunk, input) = chunks(data);
+    let mut decoder = Decoder::new();
+    let mut session = Session::new(Limits {
+        hostname: "fuzz.test".into(),
+        max_size: LIMIT,
+    });
+    let mut replies = Vec::new();
+    let mut message = Vec::new();
+    let mut closed = false;
+    for piece in input.chunks(chunk) {
+        if closed {
+            break;
+        }
+        decoder.feed(piece);
+        loop {
+            if decoder.in_data() {
+                match decoder.read_data(&mut message) {
+                    DataStatus::NeedMore => break,
+                    DataStatus::Done { size, over_limit } => {
+                        assert!(message.len() as u64 <= LIMIT);
+                        assert_eq!(over_limit, size > LIMIT);
+                        match session.message_read(over_limit) {
+                            Ok(envelope) => assert!(!envelope.recipients.is_empty()),
+                            Err(r) => replies.extend(r),
+                        }
+                        message.clear();
+                    }
+                }
+                continue;
+            }
+            assert!(decoder.buffered() <= MAX_COMMAND_LINE + piece.len());
+            let Some(command) = decoder.next_command().transpose() else {
+                break;
+            };
+            match session.command(command) {
+                Next::Reply(r) => replies.push(r),
+                Next::CheckRecipient(a) => replies.push(session.recipient_found(a.clone(), a)),
+                Next::ReadData { reply, limit } => {
+                    assert_eq!(limit, LIMIT);
+                    replies.push(reply);
+                    decoder.start_data(limit);
+                }
+                Next::Close(r) => {
+                    replies.push(r);
+                    closed = true;
+                    break;
+                }
+            }
+        }
+    }
+    for reply in &replies {
+        let wire = reply.to_wire();
+        for line in wire.split_terminator("\r\n") {
+            assert!(line.len() <= 510, "{line:?}");
+            assert!(!line.contains(['\r', '\n']), "{wire:?}");
+        }
+    }
+    // The input as a message: stuffed by the reference rule, unstuffed back.
+    let mut want = input.to_vec();
+    if !want.is_empty() && !want.ends_with(b"\r\n") {
+        want.extend_from_slice(b"\r\n");
+    }
+    let mut stuffed = Vec::with_capacity(want.len() + 8);
+    let mut at_line_start = true;
+    for (i, &b) in want.iter().enumerate() {
+        if at_line_start && b == b'.' {
+            stuffed.push(b'.');
+        }
+        stuffed.push(b);
+        at_line_start = b == b'\n' && i > 0 && want[i - 1] == b'\r';
+    }
+    stuffed.extend_from_slice(b".\r\nNEXT");
+    let mut u = Unstuffer::new(u64::MAX);
+    let mut out = Vec::new();
+    let mut used_total = 0;
+    let mut done = false;
+    for piece in stuffed.chunks(chunk) {
+        let (used, status) = u.unstuff(piece, &mut out);
+        used_total += used;
+        if let DataStatus::Done { size, over_limit } = status {
+            assert_eq!(size, out.len() as u64);
+            assert!(!over_limit);
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "the terminator was not found");
+    assert_eq!(out, want);
+    assert_eq!(&stuffed[used_total..], b"NEXT");
 }

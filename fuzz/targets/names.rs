@@ -8,4 +8,5 @@ pub const TARGETS: &[&str] = &[
     "mbox",
     "maildir",
     "proxy",
+    "lmtp",
 ];

@@ -81,6 +81,11 @@ fn input() -> impl Strategy<Value = Vec<u8>> {
         b"65535",
         b"\r\n\r\n\0\r\nQUIT\n",
         b"\x21\x11",
+        b"LHLO x\r\n",
+        b"MAIL FROM:<a@b> SIZE=10 ",
+        b"RCPT TO:<",
+        b"DATA\r\n",
+        b"\r\n.\r\n",
     ];
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..1024),

@@ -37,10 +37,20 @@ struct Postfix {
     port: u16,
 }
 
+/// main.cf's routing for the pipe transport: the wiring docs/admin-guide.md gives.
+const PIPE_ROUTING: &str = "virtual_mailbox_domains = example.org
+virtual_transport = pop3d
+pop3d_destination_recipient_limit = 1
+# A domain whose store cannot be opened: popadm exits 75 and the mail stays queued.
+transport_maps = inline:{ broken.example=pop3d-broken }
+pop3d-broken_destination_recipient_limit = 1
+";
+
 impl Postfix {
-    /// Writes main.cf and master.cf for an instance whose pipe transport `pop3d` delivers into
-    /// `store` with the popadm at `popadm`, and starts it.
-    fn start(store: &Path, popadm: &Path) -> Postfix {
+    /// Writes main.cf and master.cf for an instance routed by `routing` (main.cf lines), whose
+    /// pipe transport `pop3d` delivers into `store` with the popadm at `popadm` and whose `lmtp`
+    /// client is there for LMTP routes, and starts it.
+    fn start(store: &Path, popadm: &Path, routing: &str) -> Postfix {
         let dir = TempDir::new("postfix");
         let d = dir.path();
         let port = free_port();
@@ -70,14 +80,7 @@ notify_classes =
 biff = no
 # Nothing leaves this host: anything not routed below fails at once.
 default_transport = error:no outside delivery in the test
-# The wiring docs/admin-guide.md gives.
-virtual_mailbox_domains = example.org
-virtual_transport = pop3d
-pop3d_destination_recipient_limit = 1
-# A domain whose store cannot be opened: popadm exits 75 and the mail stays queued.
-transport_maps = inline:{{ broken.example=pop3d-broken }}
-pop3d-broken_destination_recipient_limit = 1
-",
+{routing}",
             d = d.display()
         );
         let popadm = popadm.display();
@@ -99,6 +102,7 @@ discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+lmtp      unix  -       -       n       -       -       lmtp
 pop3d     unix  -       n       n       -       -       pipe
   flags=q user={PIPE_USER} null_sender= argv={popadm} --data-dir {store} deliver -f ${{sender}} ${{recipient}}
 pop3d-broken unix -     n       n       -       -       pipe
@@ -168,9 +172,24 @@ pop3d-broken unix -     n       n       -       -       pipe
 
     /// Submits `message` from `from` to `rcpt` by SMTP; fails with the log tail.
     fn submit(&self, from: &str, rcpt: &str, message: &[u8]) {
-        if let Err(e) = smtp_send(self.port, from, rcpt, message) {
+        self.submit_to(from, &[rcpt], message)
+    }
+
+    /// [`Postfix::submit`] to several recipients in one transaction.
+    fn submit_to(&self, from: &str, rcpts: &[&str], message: &[u8]) {
+        if let Err(e) = smtp_send(self.port, from, rcpts, message) {
             panic!("SMTP: {e}\n{}", self.maillog());
         }
+    }
+
+    /// Waits until Postfix bounced the message to `rcpt` as an unknown user (DSN 5.1.1).
+    fn assert_bounced_unknown(&self, rcpt: &str) {
+        let bounced = self.outcome(rcpt);
+        assert!(
+            bounced.contains("dsn=5.1.1") && bounced.contains("status=bounced"),
+            "{bounced}\n{}",
+            self.maillog()
+        );
     }
 
     /// Waits until Postfix logs the fate of a message to `rcpt` (`status=sent`, `bounced` or
@@ -258,7 +277,7 @@ fn reply(r: &mut impl BufRead, want: &str, after: &str) -> Result<(), String> {
 }
 
 /// Submits `message` by SMTP (RFC 5321 section 3.3; dot-stuffing per section 4.5.2).
-fn smtp_send(port: u16, from: &str, rcpt: &str, message: &[u8]) -> Result<(), String> {
+fn smtp_send(port: u16, from: &str, rcpts: &[&str], message: &[u8]) -> Result<(), String> {
     let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(TIMEOUT))
@@ -278,7 +297,9 @@ fn smtp_send(port: u16, from: &str, rcpt: &str, message: &[u8]) -> Result<(), St
         format!("MAIL FROM:<{from}> BODY=8BITMIME").as_bytes(),
         "250",
     )?;
-    cmd(format!("RCPT TO:<{rcpt}>").as_bytes(), "250")?;
+    for rcpt in rcpts {
+        cmd(format!("RCPT TO:<{rcpt}>").as_bytes(), "250")?;
+    }
     cmd(b"DATA", "354")?;
     let mut data = Vec::new();
     for line in crlf(message).split_inclusive(|&b| b == b'\n') {
@@ -290,6 +311,22 @@ fn smtp_send(port: u16, from: &str, rcpt: &str, message: &[u8]) -> Result<(), St
     data.push(b'.');
     cmd(&data, "250")?;
     cmd(b"QUIT", "221")
+}
+
+/// Mia's one message over POP3, after the `Return-Path:` (Sam) and `Delivered-To:` lines that
+/// must open it, as popadm deliver and the LMTP listener write them.
+fn mias_message(pop3d: &Server) -> Vec<u8> {
+    let mut c = pop3d.login(USER, PW);
+    assert_eq!(c.listing("LIST").len(), 1, "one message for {USER}");
+    let (_, got) = c.multi("RETR 1");
+    c.ok("QUIT");
+    let lda = format!("Return-Path: <{SENDER}>\r\nDelivered-To: {USER}\r\n");
+    assert!(
+        got.starts_with(lda.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    got[lda.len()..].to_vec()
 }
 
 /// Runs as root (Postfix's master must), with Postfix installed; else says why not.
@@ -320,7 +357,7 @@ fn postfix_delivers_through_popadm_and_pop3_serves_it_byte_exact() {
     // The store belongs to the account popadm runs as (as /var/lib/pop3d belongs to pop3d).
     chown(PIPE_USER, &store);
 
-    let postfix = Postfix::start(&store, &popadm);
+    let postfix = Postfix::start(&store, &popadm, PIPE_ROUTING);
     let message = b"From: Sam <sam@example.org>\r\n\
 To: Mia <mia@example.org>\r\n\
 Subject: through Postfix\r\n\
@@ -358,12 +395,7 @@ last line\r\n"
         b"From: sam@example.org\r\nTo: ghost@example.org\r\nSubject: to nobody\r\n\
 Date: Thu, 01 Jan 2026 10:00:01 +0000\r\nMessage-ID: <postfix-e2e-2@example.org>\r\n\r\nlost?\r\n",
     );
-    let bounced = postfix.outcome("ghost@example.org");
-    assert!(
-        bounced.contains("dsn=5.1.1") && bounced.contains("status=bounced"),
-        "{bounced}\n{}",
-        postfix.maillog()
-    );
+    postfix.assert_bounced_unknown("ghost@example.org");
     let returned = postfix.outcome(SENDER);
     assert!(returned.contains("status=sent"), "{returned}");
 
@@ -387,17 +419,8 @@ Date: Thu, 01 Jan 2026 10:00:02 +0000\r\nMessage-ID: <postfix-e2e-3@example.org>
     );
 
     let pop3d = Server::start(&store, &[]);
-    let mut c = pop3d.login(USER, PW);
-    assert_eq!(c.listing("LIST").len(), 1, "one message for {USER}");
-    let (_, got) = c.multi("RETR 1");
-    c.ok("QUIT");
-    let lda = format!("Return-Path: <{SENDER}>\r\nDelivered-To: {USER}\r\n");
-    assert!(
-        got.starts_with(lda.as_bytes()),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
-    let after = &got[lda.len()..];
+    let after = mias_message(&pop3d);
+    let after = &after[..];
     let rest = strip_first_header(after, "Received");
     let received = String::from_utf8_lossy(&after[..after.len() - rest.len()]);
     assert!(
@@ -426,4 +449,122 @@ Date: Thu, 01 Jan 2026 10:00:02 +0000\r\nMessage-ID: <postfix-e2e-3@example.org>
             && bounce.contains("Message-ID: <postfix-e2e-2@example.org>"),
         "{bounce}"
     );
+}
+
+/// Postfix's `lmtp` client delivering into pop3d's LMTP listeners, as docs/admin-guide.md
+/// shows: `virtual_transport = lmtp:inet:127.0.0.1:PORT`, and a domain routed to
+/// `lmtp:unix:PATH` (a socket of group `postfix`, mode 0660). One message to two known
+/// recipients and an unknown one goes as one LMTP transaction (RFC 2033 section 4.2: a reply
+/// per recipient): the unknown one bounces with 5.1.1 (refused at RCPT), the others get their
+/// copy byte for byte under the same `Return-Path:` and `Delivered-To:` lines popadm writes.
+#[test]
+fn postfix_delivers_over_lmtp_inet_and_unix() {
+    use std::os::unix::fs::FileTypeExt as _;
+    e2e::require!(can_run());
+    let work = TempDir::new("postfix-lmtp");
+    let store = work.path().join("data");
+    const UNA: &str = "una@sock.example";
+    for domain in ["example.org", "sock.example"] {
+        e2e::popadm_ok(&store, &["domain", "add", domain], b"");
+    }
+    for user in [USER, SENDER, UNA] {
+        e2e::add_user(&store, user, PW);
+    }
+    // Postfix's lmtp client runs as `postfix`: it must reach the socket's directory.
+    let sockets = work.path().join("sockets");
+    std::fs::create_dir_all(&sockets).expect("mkdir");
+    for dir in [work.path(), sockets.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let socket = sockets.join("lmtp.sock");
+    let socket_arg = socket.to_str().expect("utf-8 path");
+    let pop3d = Server::start(
+        &store,
+        &[
+            "--listen-lmtp",
+            "127.0.0.1:0",
+            "--listen-lmtp-unix",
+            socket_arg,
+            "--lmtp-unix-group",
+            "postfix",
+        ],
+    );
+    let meta = std::fs::metadata(&socket).expect("socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let lmtp = pop3d
+        .listeners
+        .iter()
+        .find(|(kind, _)| kind == "lmtp")
+        .map(|(_, a)| *a)
+        .expect("lmtp listener");
+    let routing = format!(
+        "virtual_mailbox_domains = example.org, sock.example
+virtual_transport = lmtp:inet:{lmtp}
+transport_maps = inline:{{ sock.example=lmtp:unix:{socket_arg} }}
+"
+    );
+    let postfix = Postfix::start(&store, Path::new("/nonexistent"), &routing);
+    let message = b"From: Sam <sam@example.org>\r\n\
+To: Mia <mia@example.org>, ghost@example.org\r\n\
+Subject: over LMTP\r\n\
+Date: Thu, 01 Jan 2026 11:00:00 +0000\r\n\
+Message-ID: <postfix-lmtp-1@example.org>\r\n\
+\r\n\
+Hello over LMTP,\r\n\
+.a line with a leading dot\r\n\
+.\r\n\
+8-bit: caf\xc3\xa9\r\n"
+        .to_vec();
+    postfix.submit_to(SENDER, &[USER, "ghost@example.org", SENDER], &message);
+    for rcpt in [USER, SENDER] {
+        let sent = postfix.outcome(rcpt);
+        assert!(
+            sent.contains(&format!("relay={lmtp}")) || sent.contains("relay=127.0.0.1"),
+            "{sent}"
+        );
+        assert!(
+            sent.contains("status=sent") && sent.contains(&format!("<{rcpt}> delivered")),
+            "{sent}\n{}",
+            postfix.maillog()
+        );
+    }
+    postfix.assert_bounced_unknown("ghost@example.org");
+    postfix.submit(
+        SENDER,
+        UNA,
+        b"Subject: through the socket\r\nFrom: sam@example.org\r\n\
+To: una@sock.example\r\nDate: Thu, 01 Jan 2026 11:00:01 +0000\r\n\
+Message-ID: <postfix-lmtp-2@example.org>\r\n\r\nvia lmtp:unix\r\n",
+    );
+    let sent = postfix.outcome(UNA);
+    assert!(
+        sent.contains("status=sent") && sent.contains(socket_arg),
+        "{sent}\n{}",
+        postfix.maillog()
+    );
+
+    let after = mias_message(&pop3d);
+    let rest = strip_first_header(&after, "Received");
+    assert_eq!(rest, message, "bytes differ");
+    // The sender's maildrop: its own copy, then the bounce for ghost (null sender).
+    let mut c = pop3d.login(SENDER, PW);
+    assert_eq!(c.listing("LIST").len(), 2);
+    let both: Vec<String> = (1..=2)
+        .map(|i| String::from_utf8_lossy(&c.multi(&format!("RETR {i}")).1).into_owned())
+        .collect();
+    c.ok("QUIT");
+    let bounce = both
+        .iter()
+        .find(|m| m.starts_with(&format!("Return-Path: <>\r\nDelivered-To: {SENDER}\r\n")))
+        .expect("the bounce for ghost");
+    assert!(bounce.contains("<ghost@example.org>"), "{bounce}");
+    assert!(
+        both.iter().any(|m| m.ends_with("8-bit: caf\u{e9}\r\n")),
+        "the sender's own copy: {both:?}"
+    );
+    let mut c = pop3d.login(UNA, PW);
+    let (_, got) = c.multi("RETR 1");
+    c.ok("QUIT");
+    assert!(String::from_utf8_lossy(&got).ends_with("\r\n\r\nvia lmtp:unix\r\n"));
 }

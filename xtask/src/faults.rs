@@ -1,11 +1,13 @@
 //! `cargo xtask faults [--rounds N] [--seed S]`: crash safety under `kill -9`.
 //!
 //! Each round runs, at once: one POP3 session per account (survey, a RETR, DELE of a random
-//! subset, sometimes RSET, sometimes a drop, then QUIT) and a few `popadm deliver` processes
-//! (some of several MiB, so a delivery takes long enough to be interrupted). One fault is
-//! injected per round, chosen at random: `kill -9` of pop3d a few milliseconds after a QUIT
-//! was sent (inside UPDATE), `kill -9` of pop3d at a random moment, `kill -9` of a delivering
-//! popadm, or none. Then pop3d is restarted if it died, and the maildrops are checked against
+//! subset, sometimes RSET, sometimes a drop, then QUIT) and a few deliveries, each either a
+//! `popadm deliver` process or an LMTP transaction with pop3d (where the servers have an LMTP
+//! listener: the single pop3d does), some of several MiB, so a delivery takes long enough to be
+//! interrupted. One fault is injected per round, chosen at random: `kill -9` of pop3d a few
+//! milliseconds after a QUIT was sent (inside UPDATE), `kill -9` of pop3d at a random moment
+//! (LMTP deliveries in flight die with it), `kill -9` of a delivering popadm or an LMTP client
+//! that vanishes mid-DATA, or none. Then pop3d is restarted if it died, and the maildrops are checked against
 //! a ledger of everything sent:
 //!
 //! - a delivery whose popadm exited 0 is present exactly once, byte for byte, unless a session
@@ -46,6 +48,10 @@ pub trait Servers {
     /// The disruption of a [`Mix::Disruptions`] round aimed at server `i`, while sessions
     /// run; what it did, for the log. An error ends the run.
     fn disrupt(&mut self, i: usize, rng: &mut Rng) -> Result<String, String>;
+    /// The LMTP listener of server `i`, if it has one: deliveries then go there too.
+    fn lmtp(&mut self, _i: usize) -> Option<SocketAddr> {
+        None
+    }
     /// How server `i` fared (its starts, its exit status), for a violation's text.
     fn describe(&mut self, i: usize) -> String;
     /// The store's own consistency check after a round.
@@ -146,7 +152,8 @@ impl Servers for Single<'_> {
         self.server = None;
         self.starts += 1;
         let log = self.root.join(format!("pop3d-{}.log", self.starts));
-        let s = Pop3d::start(self.bins, &self.data, &log, SERVER_FLAGS)?;
+        let flags = [SERVER_FLAGS, &["--listen-lmtp", "127.0.0.1:0"]].concat();
+        let s = Pop3d::start(self.bins, &self.data, &log, &flags)?;
         let addr = s.addr;
         self.server = Some(s);
         Ok(vec![addr])
@@ -168,6 +175,12 @@ impl Servers for Single<'_> {
         if let Some(s) = self.server.as_mut() {
             s.wait_exit(limit);
         }
+    }
+
+    fn lmtp(&mut self, _: usize) -> Option<SocketAddr> {
+        let s = self.server.as_ref()?;
+        let lmtp = s.listeners.iter().find(|(kind, _)| kind == "lmtp");
+        lmtp.map(|(_, addr)| *addr)
     }
 
     fn disrupt(&mut self, _: usize, _: &mut Rng) -> Result<String, String> {
@@ -209,6 +222,9 @@ pub struct Stats {
     server_kills_at_quit: u32,
     server_kills_random: u32,
     delivery_kills: u32,
+    /// Deliveries over LMTP, and those cut mid-DATA on purpose.
+    lmtp_deliveries: u32,
+    lmtp_cut: u32,
     deliveries_acked: u32,
     deliveries_unacked: u32,
     /// Killed or refused deliveries found stored (whole) / not stored.
@@ -236,7 +252,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "{} rounds, {} violations; pop3d killed {} times inside/after QUIT and {} times at \
-             random; {} deliveries killed; deliveries acked {}, not acked {} (then found stored \
+             random; {} deliveries killed ({} of {} LMTP deliveries cut mid-DATA); deliveries \
+             acked {}, not acked {} (then found stored \
              {}, absent {}); QUIT +OK {}, QUIT unanswered {} (UPDATE applied {}, not applied \
              {}), sessions ended without QUIT {}; {} messages checked byte for byte; longest \
              [IN-USE] wait at check {:.2} s; {} disruptions, {} allowed session errors, {} \
@@ -246,6 +263,8 @@ impl fmt::Display for Stats {
             self.server_kills_at_quit,
             self.server_kills_random,
             self.delivery_kills,
+            self.lmtp_cut,
+            self.lmtp_deliveries,
             self.deliveries_acked,
             self.deliveries_unacked,
             self.unacked_stored,
@@ -413,7 +432,9 @@ impl<'a> Harness<'a> {
             Mix::Disruptions => (Fault::Disrupt, round as usize % addrs.len()),
         };
 
-        // Deliveries: a few, one of them large when it is to be killed.
+        // Deliveries: a few, one of them large when it is to be killed; half of them over
+        // LMTP where the servers listen for it.
+        let lmtp = self.servers.lmtp(victim);
         let count = 1 + self.rng.below(4) as usize;
         let mut deliveries = Vec::with_capacity(count);
         for i in 0..count {
@@ -426,8 +447,15 @@ impl<'a> Harness<'a> {
             } else {
                 200 + self.rng.below(20_000) as usize
             };
+            let via_lmtp = lmtp.filter(|_| self.rng.percent(50));
             let kill_after = victim.then(|| self.rng.millis(500));
             let bytes = harness::message(id, size);
+            // An LMTP client that vanishes does so inside the message.
+            let cut = (victim && via_lmtp.is_some()).then(|| self.rng.below(size as u64) as usize);
+            if via_lmtp.is_some() {
+                self.stats.lmtp_deliveries += 1;
+                self.stats.lmtp_cut += u32::from(cut.is_some());
+            }
             self.ledger.insert(
                 id,
                 Entry {
@@ -447,7 +475,10 @@ impl<'a> Harness<'a> {
                 id,
                 std::thread::spawn(move || {
                     std::thread::sleep(start_after);
-                    harness::deliver(&bins, &data, &user_name(user), bytes, kill_after)
+                    match via_lmtp {
+                        Some(addr) => harness::deliver_lmtp(addr, &user_name(user), &bytes, cut),
+                        None => harness::deliver(&bins, &data, &user_name(user), bytes, kill_after),
+                    }
                 }),
             ));
         }

@@ -220,6 +220,70 @@ pub fn deliver(
     })
 }
 
+/// Delivers `bytes` to `user` over LMTP at `addr` (RFC 2033: LHLO, MAIL, RCPT and DATA
+/// pipelined, the message dot-stuffed). With `cut`, the connection is dropped after that many
+/// octets of the message, mid-DATA: [`Delivery::Killed`], which must leave nothing stored. A
+/// `250` after the final dot is [`Delivery::Acked`], another reply [`Delivery::Refused`] with its
+/// code, a connection lost on the way (pop3d killed) [`Delivery::Killed`].
+pub fn deliver_lmtp(
+    addr: SocketAddr,
+    user: &str,
+    bytes: &[u8],
+    cut: Option<usize>,
+) -> Result<Delivery, String> {
+    use std::io::BufRead as _;
+    let lost = |_: io::Error| Delivery::Killed;
+    let attempt = || -> Result<Delivery, Delivery> {
+        let stream =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(lost)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(lost)?;
+        let mut writer = stream.try_clone().map_err(lost)?;
+        let mut reader = io::BufReader::new(stream);
+        // The code of the next reply (its last line, for a multi-line one).
+        let mut reply = || -> Result<u16, Delivery> {
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).map_err(lost)? == 0 {
+                    return Err(Delivery::Killed);
+                }
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return Ok(code);
+                }
+            }
+        };
+        let expect = |code: u16, want: u16| match code == want {
+            true => Ok(()),
+            false => Err(Delivery::Refused(i32::from(code))),
+        };
+        expect(reply()?, 220)?;
+        let envelope =
+            format!("LHLO xtask\r\nMAIL FROM:<xtask@localhost>\r\nRCPT TO:<{user}>\r\nDATA\r\n");
+        writer.write_all(envelope.as_bytes()).map_err(lost)?;
+        for want in [250, 250, 250, 354] {
+            expect(reply()?, want)?;
+        }
+        let mut stuffed = Vec::with_capacity(bytes.len() + bytes.len() / 32 + 8);
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'.' && (i == 0 || bytes[i - 1] == b'\n') {
+                stuffed.push(b'.');
+            }
+            stuffed.push(b);
+        }
+        if let Some(cut) = cut {
+            let _ = writer.write_all(&stuffed[..cut.min(stuffed.len())]);
+            return Err(Delivery::Killed);
+        }
+        stuffed.extend_from_slice(b".\r\nQUIT\r\n");
+        writer.write_all(&stuffed).map_err(lost)?;
+        expect(reply()?, 250)?;
+        Ok(Delivery::Acked)
+    };
+    Ok(attempt().unwrap_or_else(|d| d))
+}
+
 /// A temporary directory, removed on drop unless `keep` is set: [`testbed::TempDir`] with
 /// errors as strings.
 pub struct TempDir(testbed::TempDir);
@@ -539,6 +603,64 @@ mod tests {
         let mut junk = b"junk\r\n".to_vec();
         junk.extend_from_slice(&m);
         assert!(!stored_as_delivered(&junk, &m));
+    }
+
+    /// A scripted LMTP server on loopback: answers the pipelined envelope, then reads the
+    /// message to its final dot (or EOF) and answers `last`. What it read after 354.
+    fn fake_lmtp(last: &'static str) -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+        use std::io::BufRead as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut w = stream.try_clone().expect("clone");
+            let mut r = io::BufReader::new(stream);
+            w.write_all(b"220 fake\r\n").expect("greeting");
+            let mut line = String::new();
+            for reply in [
+                "250-fake\r\n250 SIZE 9\r\n",
+                "250 ok\r\n",
+                "250 ok\r\n",
+                "354 go\r\n",
+            ] {
+                line.clear();
+                r.read_line(&mut line).expect("command");
+                w.write_all(reply.as_bytes()).expect("reply");
+            }
+            let mut data = Vec::new();
+            loop {
+                let mut l = Vec::new();
+                if r.read_until(b'\n', &mut l).expect("data") == 0 {
+                    return data;
+                }
+                if l == b".\r\n" {
+                    let _ = w.write_all(last.as_bytes());
+                    return data;
+                }
+                data.extend_from_slice(&l);
+            }
+        });
+        (addr, server)
+    }
+
+    /// The faults' LMTP client: dot-stuffing, the outcome of each ending.
+    #[test]
+    fn lmtp_deliveries_stuff_and_report_their_outcome() {
+        let m = message(9, 400);
+        let (addr, server) = fake_lmtp("250 2.0.0 delivered\r\n");
+        assert_eq!(deliver_lmtp(addr, "u", &m, None), Ok(Delivery::Acked));
+        let got = server.join().expect("server");
+        let stuffed = String::from_utf8_lossy(&m).replace("\r\n.", "\r\n..");
+        assert_eq!(String::from_utf8_lossy(&got), stuffed);
+        let (addr, server) = fake_lmtp("452 4.2.2 full\r\n");
+        assert_eq!(
+            deliver_lmtp(addr, "u", &m, None),
+            Ok(Delivery::Refused(452))
+        );
+        server.join().expect("server");
+        let (addr, server) = fake_lmtp("250 2.0.0 delivered\r\n");
+        assert_eq!(deliver_lmtp(addr, "u", &m, Some(100)), Ok(Delivery::Killed));
+        assert_eq!(server.join().expect("server").len(), 100);
     }
 
     #[test]

@@ -330,6 +330,7 @@ const RULES: &[(&str, &[&str])] = &[
         &["store", "rusqlite", "postgres", "tokio", "server"],
     ),
     ("admin", &["server"]),
+    ("lmtp", &["store", "tokio", "proto", "auth", "server"]),
 ];
 
 fn broken_rules() -> Vec<String> {

@@ -16,15 +16,14 @@
 //! file in the data directory (the system's temporary directory with PostgreSQL), never more
 //! than the size limit plus one octet, so a message over it is refused as before.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
 use store::{AccountName, StoreError};
 
 use crate::{account_name, open_existing, require_account, Location};
+pub use lmtp::address::{clean_sender, BadSender};
 
 /// Messages up to this size are spooled in memory.
 pub const SPOOL_IN_MEMORY: usize = 1 << 20;
@@ -34,25 +33,6 @@ pub const SENDER_ENV: &str = "SENDER";
 
 /// Longest first line inspected for a `From ` envelope line (RFC 5322 section 2.1.1's limit).
 const MAX_FIRST_LINE: u64 = 1000;
-
-/// An envelope sender that is not an address (RFC 5321 section 4.1.2's `Mailbox`, or a bare
-/// local part as `sendmail -f root` gives, or empty), so it cannot go into a `Return-Path:`
-/// header. The MTA gets EX_DATAERR.
-#[derive(Debug)]
-pub struct BadSender(pub String);
-
-impl std::fmt::Display for BadSender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "invalid envelope sender {:?}: not an address (local@domain, a bare local part, \
-             or empty for a bounce; one pair of enclosing angle brackets is allowed)",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for BadSender {}
 
 pub fn run(
     location: &Location,
@@ -122,50 +102,13 @@ fn spool(input: &mut dyn Read, limit: u64, dir: &Path) -> std::io::Result<Box<dy
     if head.len() < SPOOL_IN_MEMORY {
         return Ok(Box::new(Cursor::new(head)));
     }
-    let mut file = unlinked_file(dir)?;
+    let mut file = store::unlinked_file(dir, "popadm-deliver")?;
     file.write_all(&head)?;
     drop(head);
     std::io::copy(&mut input, &mut file)?;
     file.flush()?;
     file.seek(SeekFrom::Start(0))?;
     Ok(Box::new(BufReader::new(file)))
-}
-
-/// A new file in `dir` that only this process can reach: created exclusively with mode 0600
-/// and removed at once, so nothing is left behind whatever happens to the process.
-fn unlinked_file(dir: &Path) -> std::io::Result<File> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let mut attempt = 0u32;
-    loop {
-        let path = dir.join(format!(
-            ".popadm-deliver-{}-{nanos}-{attempt}.spool",
-            std::process::id()
-        ));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(file) => {
-                std::fs::remove_file(&path)?;
-                return Ok(file);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
-                attempt += 1;
-            }
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("creating a spool file in {}: {e}", dir.display()),
-                ))
-            }
-        }
-    }
 }
 
 /// What goes before the rest of stdin: the added header lines and the first line of the
@@ -206,11 +149,8 @@ fn prefix(
         },
         (None, None) => None,
     };
-    let mut bytes = Vec::with_capacity(first.len() + 128);
-    if let Some(sender) = sender {
-        bytes.extend_from_slice(format!("Return-Path: <{sender}>\r\n").as_bytes());
-    }
-    bytes.extend_from_slice(format!("Delivered-To: {name}\r\n").as_bytes());
+    // The same lines as the LMTP listener writes.
+    let mut bytes = lmtp::lda_headers(sender.as_deref(), &name.to_string());
     let added = bytes.len();
     bytes.extend_from_slice(&first);
     Ok(Ok(Prefix { bytes, added }))
@@ -240,73 +180,6 @@ fn from_line_sender(line: &[u8]) -> String {
     } else {
         sender.to_owned()
     }
-}
-
-/// The sender without one pair of enclosing angle brackets, if it is an address: empty (the
-/// null sender), or a local part (RFC 5321 section 4.1.2: a dot-string or a quoted string)
-/// with an optional `@domain` (a domain name or an address literal in brackets). Anything else
-/// (spaces outside quotes, control characters, brackets inside) is refused.
-fn clean_sender(sender: &str) -> Result<String, BadSender> {
-    let inner = sender
-        .strip_prefix('<')
-        .and_then(|s| s.strip_suffix('>'))
-        .unwrap_or(sender);
-    if inner.is_empty() || is_address(inner) {
-        Ok(inner.to_owned())
-    } else {
-        Err(BadSender(sender.to_owned()))
-    }
-}
-
-/// `local` or `local@domain` as RFC 5321 section 4.1.2 writes them (a bare local part is what
-/// `sendmail -f root` and unqualified `From ` lines give).
-fn is_address(address: &str) -> bool {
-    // The domain cannot hold `@`; a quoted local part can.
-    let (local, domain) = match address.rsplit_once('@') {
-        Some((local, domain)) => (local, Some(domain)),
-        None => (address, None),
-    };
-    is_local_part(local) && domain.is_none_or(is_domain)
-}
-
-fn is_local_part(local: &str) -> bool {
-    // atext of RFC 5322 section 3.2.3, which RFC 5321's Atom uses.
-    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
-    if let Some(quoted) = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
-        // qtextSMTP (printable ASCII but `"` and `\`) or a quoted-pairSMTP.
-        let mut chars = quoted.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => {
-                    if !matches!(chars.next(), Some(' '..='~')) {
-                        return false;
-                    }
-                }
-                '"' => return false,
-                ' '..='~' => {}
-                _ => return false,
-            }
-        }
-        return true;
-    }
-    !local.is_empty()
-        && local
-            .split('.')
-            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
-}
-
-fn is_domain(domain: &str) -> bool {
-    if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-        // An address literal: dtext only (printable ASCII but `[`, `]` and `\`).
-        return !literal.is_empty() && literal.chars().all(|c| matches!(c, '!'..='Z' | '^'..='~'));
-    }
-    !domain.is_empty()
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
 }
 
 #[cfg(test)]
@@ -463,37 +336,8 @@ mod tests {
     }
 
     #[test]
-    fn senders_are_cleaned_or_refused() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("bob@example.net", Some("bob@example.net")),
-            ("<bob@example.net>", Some("bob@example.net")),
-            ("<>", Some("")),
-            ("", Some("")),
-            (
-                "\"odd local\"@example.net",
-                Some("\"odd local\"@example.net"),
-            ),
-            ("bob@example.net\r\nBcc: x", None),
-            ("a\0b", None),
-            ("<a<b>", None),
-            ("a>b", None),
-            // Issue 19: a space outside quotes is no address; one pair of brackets is fine.
-            ("bad sender", None),
-            ("<a@b>", Some("a@b")),
-            ("<<a@b>>", None),
-            ("root", Some("root")),
-            ("a@[192.0.2.1]", Some("a@[192.0.2.1]")),
-            ("a@", None),
-            ("@b", None),
-            ("a..b@c", None),
-            ("a@-b.c", None),
-            (r#""a\"b"@c"#, Some(r#""a\"b"@c"#)),
-            (r#""a"b"@c"#, None),
-            ("b\u{e9}b@example.net", None),
-        ];
-        for (input, want) in cases {
-            assert_eq!(clean_sender(input).ok().as_deref(), *want, "{input:?}");
-        }
+    fn a_from_line_with_a_bad_sender_is_refused() {
+        // The sender rules themselves are lmtp::address's (tested there).
         // A From_ line with a sender that would break the header is refused too.
         let err = delivered(b"From a>b@x date\nS: 1\n\n", None).expect_err("refused");
         assert!(err.downcast_ref::<BadSender>().is_some(), "{err:#}");

@@ -32,7 +32,7 @@ Signals:
 
 systemd:
   dist/pop3d.service runs pop3d hardened; with dist/pop3d.socket systemd binds the ports and
-  passes them in (LISTEN_FDS; names pop3, pop3s, kpop); pop3d then binds nothing itself.
+  passes them in (LISTEN_FDS; names pop3, pop3s, kpop, lmtp); pop3d then binds nothing itself.
 
 See also:
   popadm(8); docs/admin-guide.md. Completion scripts: pop3d --completions bash|zsh|fish";
@@ -114,6 +114,40 @@ pub struct Args {
     /// configuration's auth_http address, key and pre-login capabilities) and exit.
     #[arg(long, value_name = "ADDR")]
     pub print_nginx_config: Option<SocketAddr>,
+
+    /// LMTP listener (RFC 2033) on ADDR, for an MTA's deliveries (Postfix's
+    /// `lmtp:inet:ADDR`); only --lmtp-trusted-network peers are served, others are closed
+    /// unanswered. Repeatable; replaces the file's listen_lmtp.
+    #[arg(long = "listen-lmtp", value_name = "ADDR")]
+    pub listen_lmtp: Vec<SocketAddr>,
+
+    /// LMTP listener on a Unix socket at PATH (Postfix's `lmtp:unix:PATH`); an old socket
+    /// there is replaced.
+    #[arg(long = "listen-lmtp-unix", value_name = "PATH")]
+    pub listen_lmtp_unix: Option<PathBuf>,
+
+    /// Permission bits of the LMTP Unix socket, in octal [default: 0660].
+    #[arg(long, value_name = "MODE")]
+    pub lmtp_unix_mode: Option<String>,
+
+    /// Group of the LMTP Unix socket (the MTA's, such as postfix) [default: pop3d's].
+    #[arg(long, value_name = "GROUP")]
+    pub lmtp_unix_group: Option<String>,
+
+    /// Address or CIDR network allowed to connect to the TCP LMTP listeners; repeatable.
+    /// Replaces the file's lmtp_trusted_networks [default: 127.0.0.0/8 and ::1].
+    #[arg(long = "lmtp-trusted-network", value_name = "CIDR")]
+    pub lmtp_trusted_network: Vec<String>,
+
+    /// Largest message taken over LMTP, in octets (announced as SIZE; larger ones get
+    /// 552 5.3.4) [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub lmtp_max_message_size: Option<u64>,
+
+    /// Answer a delivery to a full mailbox 452 4.2.2 (the MTA keeps the message and retries)
+    /// instead of 552 5.2.2 (it bounces).
+    #[arg(long)]
+    pub quota_full_temporary: bool,
 
     /// Cleartext POP3 listener (STLS offered when a certificate exists); repeatable.
     #[arg(long = "listen", value_name = "ADDR")]

@@ -35,6 +35,19 @@ pub struct File {
     pub metrics_allow_remote: Option<bool>,
     /// The cluster secret shared by the nodes and the endpoint.
     pub cluster_key_file: Option<PathBuf>,
+    /// LMTP listeners on TCP (RFC 2033).
+    #[serde(default)]
+    pub listen_lmtp: Vec<SocketAddr>,
+    /// An LMTP listener on a Unix socket, its mode (octal, as a string) and group.
+    pub listen_lmtp_unix: Option<PathBuf>,
+    pub lmtp_unix_mode: Option<String>,
+    pub lmtp_unix_group: Option<String>,
+    /// Peers the TCP LMTP listeners serve (addresses or CIDR networks).
+    pub lmtp_trusted_networks: Option<Vec<String>>,
+    /// Largest message taken over LMTP, in octets.
+    pub lmtp_max_message_size: Option<u64>,
+    /// A full mailbox is a temporary failure (452 4.2.2) instead of a bounce (552 5.2.2).
+    pub quota_full_temporary: Option<bool>,
     pub gssapi_keytab: Option<PathBuf>,
     pub gssapi_service: Option<String>,
     /// Kerberos realms accepted besides the service principal's own.
@@ -272,6 +285,20 @@ mod tests {
                 (1109, ListenerKind::Kpop)
             ]
         );
+    }
+
+    /// The LMTP lines of the example, uncommented, parse.
+    #[test]
+    fn example_with_lmtp_parses() {
+        let text = include_str!("../../../docs/pop3d.example.toml")
+            .replace("# listen_lmtp", "listen_lmtp")
+            .replace("# lmtp_", "lmtp_")
+            .replace("# quota_full_temporary", "quota_full_temporary");
+        let f = File::parse(&text).expect("example with LMTP");
+        assert_eq!(f.listen_lmtp.len(), 1);
+        assert_eq!(f.lmtp_unix_group.as_deref(), Some("postfix"));
+        assert_eq!(f.lmtp_max_message_size, Some(64 << 20));
+        assert_eq!(f.quota_full_temporary, Some(false));
     }
 
     /// The proxied listener of the example, uncommented with its trusted proxies.

@@ -65,6 +65,29 @@ fn layered(args: &Args) -> Result<Settings> {
     };
     let d = server::Config::default();
     let listeners = listeners(args, &file)?;
+    let lmtp = lmtp_config(args, &file)?;
+    let lmtp_unix = match args
+        .listen_lmtp_unix
+        .clone()
+        .or(file.listen_lmtp_unix.clone())
+    {
+        Some(path) => {
+            let mode = args.lmtp_unix_mode.clone().or(file.lmtp_unix_mode.clone());
+            Some(server::LmtpUnix {
+                path,
+                mode: mode
+                    .as_deref()
+                    .map(parse_mode)
+                    .transpose()?
+                    .unwrap_or(DEFAULT_LMTP_UNIX_MODE),
+                group: args
+                    .lmtp_unix_group
+                    .clone()
+                    .or(file.lmtp_unix_group.clone()),
+            })
+        }
+        None => None,
+    };
     let trusted_proxies = TrustedProxies::parse(if args.trusted_proxy.is_empty() {
         &file.trusted_proxies
     } else {
@@ -210,6 +233,7 @@ fn layered(args: &Args) -> Result<Settings> {
         oauth2: None,
         node,
         cluster,
+        lmtp,
     };
     let certificates = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => vec![CertFiles {
@@ -266,6 +290,7 @@ fn layered(args: &Args) -> Result<Settings> {
         certificates,
         self_signed: !args.no_self_signed && file.self_signed.unwrap_or(true),
         gssapi,
+        lmtp_unix,
     };
     Ok(Settings {
         log: layer(args.log.clone(), file.log, "info".into()),
@@ -277,6 +302,48 @@ fn layered(args: &Args) -> Result<Settings> {
         ),
         daemon,
     })
+}
+
+/// Permission bits of the LMTP Unix socket unless configured: the owner and the group.
+const DEFAULT_LMTP_UNIX_MODE: u32 = 0o660;
+
+/// The LMTP settings, each the flag, else the file, else `server::LmtpConfig`'s default.
+fn lmtp_config(args: &Args, file: &File) -> Result<server::LmtpConfig> {
+    let d = server::LmtpConfig::default();
+    let parse = |list: &[String]| {
+        TrustedProxies::parse(list).context("lmtp_trusted_networks (--lmtp-trusted-network)")
+    };
+    let trusted_flag = (!args.lmtp_trusted_network.is_empty())
+        .then(|| parse(&args.lmtp_trusted_network))
+        .transpose()?;
+    let trusted_file = file
+        .lmtp_trusted_networks
+        .as_deref()
+        .map(parse)
+        .transpose()?;
+    Ok(server::LmtpConfig {
+        trusted_networks: layer(trusted_flag, trusted_file, d.trusted_networks),
+        max_message_size: layer(
+            args.lmtp_max_message_size,
+            file.lmtp_max_message_size,
+            d.max_message_size,
+        ),
+        quota_full_temporary: layer(
+            args.quota_full_temporary.then_some(true),
+            file.quota_full_temporary,
+            d.quota_full_temporary,
+        ),
+        timeout: d.timeout,
+    })
+}
+
+/// An octal mode such as `0660` or `660`, at most `0777`.
+fn parse_mode(mode: &str) -> Result<u32> {
+    let digits = mode.strip_prefix("0o").unwrap_or(mode);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => bail!("lmtp_unix_mode must be octal permission bits such as \"0660\", not {mode:?}"),
+    }
 }
 
 /// The listeners: the flags' replace the file's, and neither means the embedded defaults
@@ -344,6 +411,12 @@ fn listeners(args: &Args, file: &File) -> Result<Vec<ListenSpec>> {
         })
         .collect();
     }
+    let lmtp = if args.listen_lmtp.is_empty() {
+        &file.listen_lmtp
+    } else {
+        &args.listen_lmtp
+    };
+    listeners.extend(lmtp.iter().map(|&a| ListenSpec::new(a, ListenerKind::Lmtp)));
     let auth_http = args.auth_http.or(file.auth_http);
     listeners.extend(auth_http.map(|a| ListenSpec::new(a, ListenerKind::AuthHttp)));
     let metrics = args.metrics.or(file.metrics);
@@ -535,6 +608,92 @@ mod tests {
 
     /// The auth_http endpoint's allow-list and cleartext policy: loopback by default, the
     /// file's, else the flags'; an empty list or a bad entry is refused.
+    #[test]
+    fn lmtp_settings_are_layered_and_checked() {
+        let (dir, _) = cluster_key("lmtp-settings");
+        let config = dir.join("pop3d.toml");
+        std::fs::write(
+            &config,
+            "listen_lmtp = [\"127.0.0.1:2424\"]\nlisten_lmtp_unix = \"/run/pop3d/lmtp\"\n\
+             lmtp_unix_mode = \"0600\"\nlmtp_unix_group = \"postfix\"\n\
+             lmtp_trusted_networks = [\"10.0.0.0/8\"]\nlmtp_max_message_size = 1000\n\
+             quota_full_temporary = true\n",
+        )
+        .expect("config");
+        let config = config.to_str().expect("utf-8");
+        let resolved = |extra: &[&str]| {
+            let mut args = vec!["pop3d"];
+            args.extend_from_slice(extra);
+            resolve(&Args::parse_from(args)).map(|s| s.daemon)
+        };
+        let d = resolved(&[]).expect("defaults");
+        assert_eq!(d.config.lmtp.trusted_networks, TrustedProxies::loopback());
+        assert_eq!(
+            d.config.lmtp.max_message_size,
+            store::DEFAULT_MAX_MESSAGE_SIZE
+        );
+        assert!(!d.config.lmtp.quota_full_temporary);
+        assert!(d.lmtp_unix.is_none());
+        assert!(!d.listeners.iter().any(|l| l.kind == ListenerKind::Lmtp));
+        let file = resolved(&["--config", config]).expect("file");
+        let lmtp: Vec<_> = file
+            .listeners
+            .iter()
+            .filter(|l| l.kind == ListenerKind::Lmtp)
+            .collect();
+        assert_eq!(lmtp.len(), 1);
+        assert_eq!(lmtp[0].address.to_string(), "127.0.0.1:2424");
+        assert_eq!(
+            file.lmtp_unix,
+            Some(server::LmtpUnix {
+                path: "/run/pop3d/lmtp".into(),
+                mode: 0o600,
+                group: Some("postfix".into()),
+            })
+        );
+        assert_eq!(file.config.lmtp.trusted_networks.to_string(), "10.0.0.0/8");
+        assert_eq!(file.config.lmtp.max_message_size, 1000);
+        assert!(file.config.lmtp.quota_full_temporary);
+        let flags = resolved(&[
+            "--config",
+            config,
+            "--listen-lmtp",
+            "127.0.0.1:2525",
+            "--lmtp-unix-mode",
+            "666",
+            "--lmtp-trusted-network",
+            "192.0.2.1",
+            "--lmtp-max-message-size",
+            "2000",
+        ])
+        .expect("flags");
+        let lmtp: Vec<_> = flags
+            .listeners
+            .iter()
+            .filter(|l| l.kind == ListenerKind::Lmtp)
+            .collect();
+        assert_eq!(lmtp[0].address.to_string(), "127.0.0.1:2525");
+        assert_eq!(flags.lmtp_unix.expect("unix").mode, 0o666);
+        assert_eq!(
+            flags.config.lmtp.trusted_networks.to_string(),
+            "192.0.2.1/32"
+        );
+        assert_eq!(flags.config.lmtp.max_message_size, 2000);
+        let err = resolved(&["--listen-lmtp-unix", "/x", "--lmtp-unix-mode", "rw-rw----"])
+            .expect_err("not octal");
+        assert!(format!("{err:#}").contains("lmtp_unix_mode"), "{err:#}");
+        let err = resolved(&["--lmtp-trusted-network", "postfix"]).expect_err("no address");
+        assert!(
+            format!("{err:#}").contains("lmtp_trusted_networks"),
+            "{err:#}"
+        );
+        let err = resolved(&["--lmtp-max-message-size", "0"]).expect_err("zero");
+        assert!(
+            format!("{err:#}").contains("lmtp_max_message_size"),
+            "{err:#}"
+        );
+    }
+
     #[test]
     fn auth_http_allow_and_cleartext_are_layered_and_checked() {
         let (dir, key) = cluster_key("authhttp");

@@ -31,6 +31,9 @@ pub fn validate(settings: &Settings, allow_short_idle_timeout: bool) -> Result<(
     if config.login_timeout.is_zero() {
         bail!("login_timeout must be at least 1 second");
     }
+    if config.lmtp.max_message_size == 0 {
+        bail!("lmtp_max_message_size must be at least 1 octet");
+    }
     if config.lock_lease.is_zero() {
         bail!("lock_lease must be at least 1 second");
     }

@@ -98,6 +98,7 @@ fn kind_of(name: &str) -> Result<ListenerKind, UnknownName> {
         "pop3" | "" | "unknown" => Ok(ListenerKind::Plain),
         "pop3s" => Ok(ListenerKind::ImplicitTls),
         "kpop" => Ok(ListenerKind::Kpop),
+        "lmtp" => Ok(ListenerKind::Lmtp),
         unit if unit.ends_with(".socket") => Ok(ListenerKind::Plain),
         other => Err(UnknownName(other.to_owned())),
     }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::listen::{default_advertised, Offers};
 use crate::process::{drop_privileges, raise_fd_limit, PrivilegeError};
-use crate::{activation, run, signals, tls};
+use crate::{activation, run_with_unix, signals, tls, LmtpUnixListener};
 use crate::{
     CertFiles, Config, ListenSpec, Listener, ListenerKind, ServerError, Tls, TlsError,
     TrustedProxies,
@@ -45,6 +45,19 @@ pub struct Daemon {
     pub self_signed: bool,
     /// SASL GSSAPI (and KPOP listeners), when a keytab is configured.
     pub gssapi: Option<Gssapi>,
+    /// An LMTP listener on a Unix socket.
+    pub lmtp_unix: Option<LmtpUnix>,
+}
+
+/// An LMTP listener on a Unix socket, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LmtpUnix {
+    /// A socket left there by an earlier run is replaced; any other file is not.
+    pub path: PathBuf,
+    /// Permission bits of the socket (who may connect: writing to it is connecting).
+    pub mode: u32,
+    /// Group of the socket (the MTA's, e.g. `postfix`), when set.
+    pub group: Option<String>,
 }
 
 /// Where the Kerberos service key is, and the service name of the principal.
@@ -72,6 +85,14 @@ pub enum DaemonError {
     NonBlocking(#[source] std::io::Error),
     #[error("reading a listener's address")]
     Address(#[source] std::io::Error),
+    #[error("LMTP socket {}", path.display())]
+    LmtpSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no such group {0:?} (lmtp_unix_group)")]
+    NoSuchGroup(String),
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
     #[error("this pop3d was built without Kerberos support (cargo feature `gssapi`)")]
@@ -210,6 +231,7 @@ impl Daemon {
 pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     raise_fd_limit();
     let sockets = bind(&daemon.listeners)?;
+    let lmtp_socket = daemon.lmtp_unix.as_ref().map(bind_lmtp_unix).transpose()?;
     // Secret files are read before privileges go (bind first, read keys, then drop).
     let configured_tls = daemon.load_configured_tls()?;
     if let Some(user) = &daemon.user {
@@ -262,6 +284,14 @@ pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
                 proxy: spec.proxy.then(|| trusted_proxies.clone()),
             });
         }
+        let mut lmtp_unix = Vec::new();
+        if let Some((socket, path)) = lmtp_socket {
+            lmtp_unix.push(LmtpUnixListener {
+                socket: tokio::net::UnixListener::from_std(socket)
+                    .map_err(DaemonError::Register)?,
+                path,
+            });
+        }
         if let Some(tls) = &tls {
             tokio::spawn(signals::reload_on_sighup(tls.clone(), user));
         }
@@ -270,7 +300,7 @@ pub fn serve(daemon: Daemon) -> Result<(), DaemonError> {
             signals::shutdown().await;
             signals::notify_systemd(&[NotifyState::Stopping]);
         };
-        run(listeners, store, config, tls, shutdown).await?;
+        run_with_unix(listeners, lmtp_unix, store, config, tls, shutdown).await?;
         Ok(())
     });
     // Waits for the blocking tasks, which hold references to the store too.
@@ -317,6 +347,36 @@ fn bind_one(spec: &ListenSpec) -> Result<StdListener, DaemonError> {
         address: spec.address,
         source,
     })
+}
+
+/// Binds the LMTP Unix socket (before privileges are dropped, so it may live in a directory
+/// only root can write), replacing a socket an earlier run left, with its mode and group.
+fn bind_lmtp_unix(
+    spec: &LmtpUnix,
+) -> Result<(std::os::unix::net::UnixListener, PathBuf), DaemonError> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let path = spec.path.clone();
+    let failed = |source| DaemonError::LmtpSocket {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(&path).map_err(failed)?;
+        }
+    }
+    let socket = std::os::unix::net::UnixListener::bind(&path).map_err(failed)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(spec.mode)).map_err(failed)?;
+    if let Some(group) = &spec.group {
+        let gid = nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .ok_or_else(|| DaemonError::NoSuchGroup(group.clone()))?;
+        std::os::unix::fs::chown(&path, None, Some(gid.gid.as_raw())).map_err(failed)?;
+    }
+    socket.set_nonblocking(true).map_err(failed)?;
+    info!(path = %path.display(), mode = format!("{:o}", spec.mode), group = ?spec.group, "LMTP socket bound");
+    Ok((socket, path))
 }
 
 /// The Kerberos acceptor credentials for `principal` (`service@host`) from `keytab`.

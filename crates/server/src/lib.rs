@@ -17,6 +17,7 @@ mod hashpool;
 pub mod lang;
 mod limits;
 mod listen;
+mod lmtp;
 mod lock;
 mod logins;
 mod maildrop;
@@ -45,8 +46,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 pub use activation::{ActivationError, UnknownName};
-pub use daemon::{serve, Daemon, DaemonError, Gssapi};
+pub use daemon::{serve, Daemon, DaemonError, Gssapi, LmtpUnix};
 pub use listen::{default_advertised, ListenSpec, ListenerError, Offers};
+pub use lmtp::{LmtpConfig, UnixListener as LmtpUnixListener};
 pub use metrics::{LmtpDelivery, Metrics, TimedStore};
 pub use process::PrivilegeError;
 pub use proxy::{TrustedProxies, TrustedProxyError};
@@ -146,6 +148,8 @@ pub struct Config {
     /// Several nodes behind nginx: the keys of the cluster secret. Needed by the `auth_http`
     /// endpoint, and by proxied listeners to accept its login tickets.
     pub cluster: Option<Cluster>,
+    /// The LMTP listeners' settings (RFC 2033: who may connect, size limit, full mailboxes).
+    pub lmtp: LmtpConfig,
 }
 
 /// This server's entry in the store's node table.
@@ -235,6 +239,7 @@ impl Default for Config {
             oauth2: None,
             node: None,
             cluster: None,
+            lmtp: LmtpConfig::default(),
         }
     }
 }
@@ -275,6 +280,8 @@ pub enum ListenerKind {
     AuthHttp,
     /// Not POP3: the Prometheus `/metrics` endpoint (see `metrics::http`).
     Metrics,
+    /// Not POP3: mail delivery over LMTP (RFC 2033, see `lmtp`), for trusted peers only.
+    Lmtp,
 }
 
 impl ListenerKind {
@@ -284,6 +291,7 @@ impl ListenerKind {
         match self {
             ListenerKind::AuthHttp => "auth_http",
             ListenerKind::Metrics => "metrics",
+            ListenerKind::Lmtp => "lmtp",
             ListenerKind::Plain if stls => "pop3+stls",
             ListenerKind::Plain => "pop3",
             ListenerKind::ImplicitTls => "pop3s",
@@ -379,7 +387,19 @@ pub async fn run(
     tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    if listeners.is_empty() {
+    run_with_unix(listeners, Vec::new(), store, config, tls, shutdown).await
+}
+
+/// [`run`], with LMTP listeners on Unix sockets (bound by the caller) besides.
+pub async fn run_with_unix(
+    listeners: Vec<Listener>,
+    lmtp_unix: Vec<LmtpUnixListener>,
+    store: Arc<dyn Store>,
+    config: Config,
+    tls: Option<Arc<Tls>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    if listeners.is_empty() && lmtp_unix.is_empty() {
         return Err(ServerError::NoListener);
     }
     let mut listening = String::from("listening");
@@ -393,6 +413,9 @@ pub async fn run(
                 info!(%addr, kind, allow = %c.auth_http_allow, cleartext = ?c.auth_http_cleartext, "listening");
             }
             _ if l.kind == ListenerKind::Metrics => info!(%addr, kind, "listening"),
+            (_, _) if l.kind == ListenerKind::Lmtp => {
+                info!(%addr, kind, trusted = %config.lmtp.trusted_networks, max_size = config.lmtp.max_message_size, "listening");
+            }
             (Some(trusted), _) => {
                 info!(%addr, kind, cleartext = ?l.cleartext, min_tls = ?l.min_tls, trusted = %trusted, "listening for proxied connections");
             }
@@ -401,7 +424,11 @@ pub async fn run(
             }
         }
     }
-    let listener_count = listeners.len();
+    // Not in the readiness status, whose entries are `KIND=ADDR` with an IP address.
+    for l in &lmtp_unix {
+        info!(path = %l.path.display(), kind = "lmtp", max_size = config.lmtp.max_message_size, "listening");
+    }
+    let listener_count = listeners.len() + lmtp_unix.len();
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -469,13 +496,19 @@ pub async fn run(
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&listening),
     ]);
-    let acceptors: Vec<_> = listeners
+    let mut acceptors: Vec<_> = listeners
         .into_iter()
         .map(|l| match l.kind {
             ListenerKind::AuthHttp => tokio::spawn(authhttp::accept_loop(l.socket, shared.clone())),
             ListenerKind::Metrics => {
                 tokio::spawn(metrics::http::accept_loop(l.socket, shared.metrics.clone()))
             }
+            ListenerKind::Lmtp => tokio::spawn(lmtp::accept_tcp(
+                l.socket,
+                shared.clone(),
+                slots.clone(),
+                refusals.clone(),
+            )),
             _ => tokio::spawn(accept_loop(
                 l,
                 shared.clone(),
@@ -484,6 +517,14 @@ pub async fn run(
             )),
         })
         .collect();
+    for l in lmtp_unix {
+        acceptors.push(tokio::spawn(lmtp::accept_unix(
+            l,
+            shared.clone(),
+            slots.clone(),
+            refusals.clone(),
+        )));
+    }
 
     shutdown.await;
     info!("shutting down: no new connections; sessions finish the command in hand");
@@ -681,9 +722,8 @@ async fn open(stream: TcpStream, info: ListenerInfo, shared: &Shared) -> Option<
                 }
             }
         }
-        (ListenerKind::ImplicitTls, None) | (ListenerKind::AuthHttp | ListenerKind::Metrics, _) => {
-            None
-        }
+        (ListenerKind::ImplicitTls, None)
+        | (ListenerKind::AuthHttp | ListenerKind::Metrics | ListenerKind::Lmtp, _) => None,
     }
 }
 

@@ -35,6 +35,7 @@ mod ingest;
 mod name;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod spool;
 mod sql;
 mod sqlite;
 #[cfg(test)]
@@ -48,6 +49,7 @@ pub use ingest::{normalise, Ingest, IngestSummary};
 pub use name::AccountName;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+pub use spool::unlinked_file;
 pub use sqlite::{SqliteStore, DB_FILE};
 
 /// Whether `location` names a PostgreSQL database (`postgres://...` or `postgresql://...`).

@@ -5,6 +5,7 @@
 //!
 //! The parts: `provision` (corpus and accounts), `dovecot`, `servers` (every server held by
 //! name and role), `scenarios` (S1 .. S3 and how a scenario is measured), `s4`, `s5`, `s6`,
+//! `s7` (deliveries: `popadm deliver` and LMTP),
 //! and `report` (one metrics type per scenario, medians, JSON and markdown). This file runs
 //! them in order.
 
@@ -29,6 +30,7 @@ mod report;
 mod s4;
 mod s5;
 mod s6;
+mod s7;
 mod scenarios;
 mod servers;
 
@@ -59,9 +61,9 @@ pub struct SuiteArgs {
     /// Do not run `cargo build --release`; use the binaries next to this one
     #[arg(long)]
     pub no_build: bool,
-    /// Run only these scenarios (S1 .. S6; S1 takes in S1c, S1-TLS and S1-STLS, and so on);
+    /// Run only these scenarios (S1 .. S7; S1 takes in S1c, S1-TLS and S1-STLS, and so on);
     /// repeat or separate by commas. Default: all.
-    #[arg(long, value_name = "ID", value_delimiter = ',', value_parser = ["S1", "S2", "S3", "S4", "S5", "S6"])]
+    #[arg(long, value_name = "ID", value_delimiter = ',', value_parser = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"])]
     pub only: Vec<String>,
     /// S6: the nginx binary for the three-node shape (`cargo xtask bench` passes the one it
     /// unpacked from the Debian packages `cargo xtask deps` fetched); without it that shape is
@@ -294,6 +296,15 @@ fn run_in(suite: &Suite, dovecot: Option<String>, mut notes: Vec<String>) -> Res
             nginx: args.nginx.as_deref().zip(args.nginx_mail_module.as_deref()),
         };
         rows.extend(s6::rows(sizes, &setup, &corpus.expected, &mut notes)?);
+    }
+    if args.wants("S7") {
+        rows.extend(s7::rows(
+            sizes,
+            &suite.pop3d,
+            &suite.popadm,
+            tmp,
+            &mut notes,
+        )?);
     }
     notes.push(format!(
         "Load average (1, 5, 15 min) at the start: {load_start}; at the end: {}.",

@@ -25,11 +25,14 @@ pub enum Unit {
     /// Server memory per held connection; lower is better.
     #[serde(rename = "KiB/conn")]
     KibPerConn,
+    /// Deliveries (S7).
+    #[serde(rename = "messages/s")]
+    Messages,
 }
 
 impl Unit {
     fn higher_is_better(self) -> bool {
-        matches!(self, Unit::Sessions | Unit::Mib)
+        matches!(self, Unit::Sessions | Unit::Mib | Unit::Messages)
     }
 
     fn label(self) -> &'static str {
@@ -38,6 +41,7 @@ impl Unit {
             Unit::Mib => "MiB/s",
             Unit::Ms => "ms",
             Unit::KibPerConn => "KiB/conn",
+            Unit::Messages => "messages/s",
         }
     }
 }
@@ -260,6 +264,7 @@ pub fn cell(server: &str, reps: Vec<Rep>, unit: Unit, retr_only: bool) -> Cell {
         throughput: match unit {
             Unit::Sessions => sessions_per_s,
             Unit::Mib => mib_per_s,
+            Unit::Messages => m(&|r| r.run.messages as f64 / r.run.seconds),
             Unit::Ms | Unit::KibPerConn => m(&|r| r.metrics.figure().unwrap_or(f64::NAN)),
         },
         sessions_per_s,
@@ -304,8 +309,13 @@ fn maybe(x: Option<f64>) -> String {
 
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    // S6 compares pop3d with itself in other shapes: a table of its own.
-    let classic: Vec<&Row> = r.rows.iter().filter(|row| row.id != "S6").collect();
+    // S6 compares pop3d with itself in other shapes, S7 two ways of delivering: tables of
+    // their own.
+    let classic: Vec<&Row> = r
+        .rows
+        .iter()
+        .filter(|row| row.id != "S6" && row.id != "S7")
+        .collect();
     let side = classic.iter().any(|row| row.cells.len() > 1);
     let _ = writeln!(
         s,
@@ -475,11 +485,52 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     shapes_table(&mut s, r);
+    deliveries_table(&mut s, r);
     let _ = writeln!(s, "\nNotes:\n");
     for n in &r.notes {
         let _ = writeln!(s, "- {n}");
     }
     s
+}
+
+/// S7's row: each way of delivering, messages/s side by side, and LMTP's ratio to `popadm
+/// deliver`'s measured in the same run.
+fn deliveries_table(s: &mut String, r: &Report) {
+    let Some(row) = r.rows.iter().find(|row| row.id == "S7") else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "\nS7 {} (c={}, interleaved repetition by repetition; ratio over the first method's \
+         messages/s):\n",
+        row.title, row.concurrency
+    );
+    let _ = writeln!(
+        s,
+        "| method | messages/s | ratio | p50 ms | p99 ms | CPU ms/message |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let base = &row.cells[0];
+    for c in &row.cells {
+        let ratio = if c.valid && base.valid && base.throughput > 0.0 {
+            format!("**{:.2}x**", c.throughput / base.throughput)
+        } else {
+            "-".into()
+        };
+        let rate = if c.valid {
+            fmt_num(c.throughput)
+        } else {
+            format!("{} (INVALID: {} errors)", fmt_num(c.throughput), c.errors)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {rate} | {ratio} | {} | {} | {} |",
+            c.server,
+            maybe(c.p50_ms),
+            maybe(c.p99_ms),
+            fmt_num(c.server_cpu_ms_per_session),
+        );
+    }
 }
 
 /// S6's rows: each shape's sessions/s, MiB/s, latencies and CPU, and its ratio to the first

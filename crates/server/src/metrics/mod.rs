@@ -106,15 +106,18 @@ pub enum LmtpDelivery {
     TooLarge,
     /// The store failed; the sender tries again (`451 4.3.0`).
     TempFailure,
+    /// The store refused the message itself (`554 5.6.0`).
+    Invalid,
 }
 
 impl LmtpDelivery {
-    const ALL: [LmtpDelivery; 5] = [
+    const ALL: [LmtpDelivery; 6] = [
         LmtpDelivery::Delivered,
         LmtpDelivery::UnknownRecipient,
         LmtpDelivery::OverQuota,
         LmtpDelivery::TooLarge,
         LmtpDelivery::TempFailure,
+        LmtpDelivery::Invalid,
     ];
 
     fn label(self) -> &'static str {
@@ -124,6 +127,7 @@ impl LmtpDelivery {
             LmtpDelivery::OverQuota => "over_quota",
             LmtpDelivery::TooLarge => "too_large",
             LmtpDelivery::TempFailure => "temp_failure",
+            LmtpDelivery::Invalid => "invalid_message",
         }
     }
 }

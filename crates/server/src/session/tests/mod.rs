@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 mod authorization;
 mod deadlines;
+mod lmtp;
 mod sasl;
 mod stls;
 mod summary;

@@ -5,7 +5,7 @@ use super::*;
 
 /// The value of `series` (name and labels as exported) in the fixture's metrics, 0 when
 /// not exported.
-fn metric(f: &Fixture, series: &str) -> f64 {
+pub(super) fn metric(f: &Fixture, series: &str) -> f64 {
     let text = f.shared.metrics.encode();
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
