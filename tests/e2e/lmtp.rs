@@ -135,6 +135,52 @@ reply(c.quit())
     }
 }
 
+/// Issue 17 with RFC 2033 section 4.2 and RFC 3463: in one transaction an unknown recipient
+/// is refused at RCPT (550 5.1.1), a recipient over quota gets 552 5.2.2 after DATA (or
+/// 452 4.2.2 with `--quota-full-temporary`: the MTA keeps the message), and the third gets its
+/// copy; the full mailbox stays as it was.
+#[test]
+fn one_transaction_with_an_unknown_and_an_over_quota_recipient() {
+    e2e::require!("python3");
+    for (temporary, want) in [(false, "552 5.2.2"), (true, "452 4.2.2")] {
+        let extra: &[&str] = if temporary {
+            &["--quota-full-temporary"]
+        } else {
+            &[]
+        };
+        let f = fixture("lmtp-quota", extra);
+        e2e::popadm_ok(
+            f.data(),
+            &["user", "set", "bob@example.org", "--quota-messages", "0"],
+            b"",
+        );
+        let out = smtplib(
+            &lmtp_addr(&f.server).to_string(),
+            r#"
+reply(c.mail("sender@example.net"))
+reply(c.rcpt("ghost@example.org"))
+reply(c.rcpt("bob@example.org"))
+reply(c.rcpt("alice@example.org"))
+reply(c.data(b"Subject: quota\r\n\r\nbody\r\n"))
+reply(c.getreply())
+reply(c.quit())
+"#,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[1], "550 5.1.1 <ghost@example.org> no such user",
+            "{out}"
+        );
+        assert_eq!(lines[2], "250 2.1.5 <bob@example.org> OK", "{out}");
+        assert_eq!(lines[3], "250 2.1.5 <alice@example.org> OK", "{out}");
+        // smtplib's data() returns the first recipient's reply, getreply() the next.
+        assert!(lines[4].starts_with(want), "{out}");
+        assert_eq!(lines[5], "250 2.0.0 <alice@example.org> delivered", "{out}");
+        assert_eq!(mailbox(&f.server, "alice@example.org").len(), 1);
+        assert!(mailbox(&f.server, "bob@example.org").is_empty());
+    }
+}
+
 /// RFC 5321 section 4.5.2: smtplib stuffs lines that begin with a dot; the server takes the
 /// extra dot off again, and a lone `.` inside a line ends nothing.
 #[test]
