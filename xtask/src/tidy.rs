@@ -330,6 +330,7 @@ const RULES: &[(&str, &[&str])] = &[
         &["store", "rusqlite", "postgres", "tokio", "server"],
     ),
     ("admin", &["server"]),
+    ("oauth2", &["store", "server", "tokio", "proto"]),
 ];
 
 fn broken_rules() -> Vec<String> {
