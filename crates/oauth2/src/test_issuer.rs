@@ -20,7 +20,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
-use serde_json::{json, Value};
+// Re-exported for tests that build claims without a serde_json dependency of their own.
+pub use serde_json::{json, Value};
 
 use crate::Settings;
 
