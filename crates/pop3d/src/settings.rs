@@ -576,52 +576,28 @@ mod tests {
             .config
             .oauth2
             .is_none());
-        let issuer = "https://idp.example.org";
+        // Each case: flags after `--oauth2-issuer https://idp.example.org --oauth2-audience a`
+        // when it starts with "+", else as they are.
         for (args, needle) in [
-            (vec!["--oauth2-issuer", issuer], "audience"),
+            ("--oauth2-issuer https://idp.example.org", "audience"),
+            ("--oauth2-issuer http://idp --oauth2-audience a", "https://"),
+            ("--oauth2-audience a", "issuer is needed"),
+            ("+ --oauth2-introspection-url https://idp/i", "together"),
             (
-                vec!["--oauth2-issuer", "http://idp", "--oauth2-audience", "a"],
-                "https://",
-            ),
-            (vec!["--oauth2-audience", "a"], "issuer is needed"),
-            (
-                vec![
-                    "--oauth2-issuer",
-                    issuer,
-                    "--oauth2-audience",
-                    "a",
-                    "--oauth2-introspection-url",
-                    "https://idp/i",
-                ],
-                "together",
-            ),
-            (
-                vec![
-                    "--oauth2-issuer",
-                    issuer,
-                    "--oauth2-audience",
-                    "a",
-                    "--oauth2-ca-file",
-                    "/nonexistent/ca.pem",
-                ],
+                "+ --oauth2-ca-file /nonexistent/ca.pem",
                 "/nonexistent/ca.pem",
             ),
             (
-                vec![
-                    "--oauth2-issuer",
-                    issuer,
-                    "--oauth2-audience",
-                    "a",
-                    "--oauth2-introspection-url",
-                    "https://idp/i",
-                    "--oauth2-client-id",
-                    "pop3d",
-                    "--oauth2-client-secret-file",
-                    "/nonexistent/secret",
-                ],
+                "+ --oauth2-introspection-url https://idp/i --oauth2-client-id pop3d \
+                 --oauth2-client-secret-file /nonexistent/secret",
                 "/nonexistent/secret",
             ),
         ] {
+            let args = args.replace(
+                '+',
+                "--oauth2-issuer https://idp.example.org --oauth2-audience a",
+            );
+            let args: Vec<&str> = args.split_whitespace().collect();
             let err = refused(&args);
             assert!(err.contains(needle), "{args:?}: {err}");
         }
