@@ -11,8 +11,11 @@
 pub mod bearer;
 pub mod gss;
 mod legacy;
+mod provider;
 pub mod sasl;
 pub mod scram;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod ticket;
 
 use std::borrow::Cow;
@@ -21,7 +24,7 @@ use std::sync::Mutex;
 pub use bearer::{BearerValidator, TokenError};
 pub use gss::{GssAcceptor, GssAcceptorFactory};
 pub use legacy::{verify_apop, verify_cram_md5, CramKey, CramMd5States};
-pub use sasl::{Credentials, Exchange, Mechanism, Step};
+pub use sasl::{ChannelBinding, Credentials, Exchange, Mechanism, Step, TokenVerdict};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};

@@ -1,21 +1,30 @@
-//! SASL mechanisms (RFC 4422) as step machines: PLAIN (RFC 4616), LOGIN, CRAM-MD5 (RFC 2195)
-//! and SCRAM-SHA-256 (RFC 7677).
+//! SASL mechanisms (RFC 4422) as step machines: PLAIN (RFC 4616), LOGIN, SCRAM-SHA-256 and
+//! SCRAM-SHA-256-PLUS (RFC 5802, RFC 7677), OAUTHBEARER (RFC 7628) and XOAUTH2 on rsasl;
+//! CRAM-MD5 (RFC 2195) and GSSAPI (RFC 4752) of our own.
 //!
-//! An [`Exchange`] never reads the store and does no I/O: it returns a [`Step`] that tells the
-//! caller what to send, or what it needs (an account's stored secrets, or an argon2 check of a
-//! password), and the caller feeds the answer back. Framing (base64, `+ ` lines, `*`) is the
-//! caller's business too.
+//! An [`Exchange`] never reads the store, runs argon2 or validates a token, and does no I/O:
+//! it returns a [`Step`] that tells the caller what to send, or what it needs (an account's
+//! stored secrets, an argon2 check of a password, a token's verdict), and the caller feeds the
+//! answer back. rsasl's callbacks are synchronous and run inside its `step`, so the exchange
+//! steps rsasl only once the answer is at hand: SCRAM's client-first is parsed here for the
+//! name and stepped through rsasl after the record comes back; a bearer token is read out of
+//! a first rsasl pass and stepped again with the verdict (see `provider`). Framing (base64,
+//! `+ ` lines, `*`) is the caller's business.
 
 use std::fmt;
 use std::sync::OnceLock;
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
+use rsasl::prelude::Mechanism as RsaslMechanism;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::gss::GssAcceptor;
 use crate::legacy::{verify_cram_md5, CramKey};
-use crate::scram::{self, ClientFirst, Record};
+use crate::provider::{self, PasswordCallback, Presented, ScramCallback, Server, Stepped};
+pub use crate::provider::{ChannelBinding, TokenVerdict};
+use crate::provider::{TokenProbe, Validated, VerdictCallback};
+use crate::scram::{self, Record};
 use crate::{SaslError, Verdict};
 
 /// The mechanisms this crate implements.
@@ -25,14 +34,23 @@ pub enum Mechanism {
     Login,
     CramMd5,
     ScramSha256,
+    /// SCRAM-SHA-256 bound to the TLS channel (RFC 5802 section 6); only where there is one.
+    ScramSha256Plus,
+    /// RFC 7628; only where a [`crate::BearerValidator`] is configured.
+    OAuthBearer,
+    /// Google's XOAUTH2; as OAUTHBEARER.
+    XOAuth2,
     /// RFC 4752; needs a [`GssAcceptor`] ([`Exchange::start_gssapi`]).
     Gssapi,
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 5] = [
+    pub const ALL: [Mechanism; 8] = [
         Mechanism::Gssapi,
+        Mechanism::ScramSha256Plus,
         Mechanism::ScramSha256,
+        Mechanism::OAuthBearer,
+        Mechanism::XOAuth2,
         Mechanism::CramMd5,
         Mechanism::Plain,
         Mechanism::Login,
@@ -44,6 +62,9 @@ impl Mechanism {
             Mechanism::Login => "LOGIN",
             Mechanism::CramMd5 => "CRAM-MD5",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
+            Mechanism::OAuthBearer => "OAUTHBEARER",
+            Mechanism::XOAuth2 => "XOAUTH2",
             Mechanism::Gssapi => "GSSAPI",
         }
     }
@@ -61,15 +82,27 @@ impl Mechanism {
         matches!(self, Mechanism::Plain | Mechanism::Login)
     }
 
-    /// Offered before TLS only where the cleartext policy allows: the cleartext mechanisms,
-    /// and SCRAM, whose salt and proof let a passive listener guess the password offline.
+    /// Offered before TLS only where the cleartext policy allows: the cleartext mechanisms;
+    /// SCRAM, whose salt and proof let a passive listener guess the password offline; the
+    /// bearer tokens, which are credentials as they are (RFC 7628 section 5). The -PLUS
+    /// variant needs TLS anyway.
     pub fn needs_cleartext_policy(self) -> bool {
-        self.is_cleartext() || self == Mechanism::ScramSha256
+        !matches!(self, Mechanism::CramMd5 | Mechanism::Gssapi)
     }
 
     /// Needs the account's password-equivalent legacy secret.
     pub fn needs_legacy_secret(self) -> bool {
         matches!(self, Mechanism::CramMd5)
+    }
+
+    /// Needs a bearer-token validator.
+    pub fn needs_bearer_validator(self) -> bool {
+        matches!(self, Mechanism::OAuthBearer | Mechanism::XOAuth2)
+    }
+
+    /// Needs the connection's channel binding.
+    pub fn needs_channel_binding(self) -> bool {
+        self == Mechanism::ScramSha256Plus
     }
 }
 
@@ -106,6 +139,13 @@ pub enum Step {
         authcid: String,
         password: Zeroizing<Vec<u8>>,
     },
+    /// Validate this bearer token (off the async workers), check that the user it names is an
+    /// account (and the one `authzid` names, when the client gave one), and call
+    /// [`Exchange::token_verdict`].
+    CheckToken {
+        token: Zeroizing<String>,
+        authzid: Option<String>,
+    },
     /// Authenticated as `authcid`.
     Success { authcid: String },
     /// The exchange failed.
@@ -120,48 +160,48 @@ impl fmt::Debug for Step {
             Step::CheckPassword { authcid, .. } => {
                 write!(f, "CheckPassword({authcid:?}, <redacted>)")
             }
+            Step::CheckToken { authzid, .. } => write!(f, "CheckToken(<redacted>, {authzid:?})"),
             Step::Success { authcid } => write!(f, "Success({authcid:?})"),
             Step::Failure(e) => write!(f, "Failure({e})"),
         }
     }
 }
 
-/// Per-exchange values the caller makes: the CRAM-MD5 challenge (a msg-id) and the SCRAM
-/// server nonce.
+/// Per-exchange values the caller makes: the CRAM-MD5 challenge (a msg-id), SCRAM's count for
+/// unknown users, and the connection's channel binding.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub challenge: String,
-    pub nonce: String,
     /// The PBKDF2 count an unknown user's made-up SCRAM record shows, the one real records
     /// are derived with, so the count does not tell the two apart.
     pub scram_iterations: u32,
+    /// The TLS connection's channel binding, for SCRAM-SHA-256-PLUS; `None` without TLS.
+    pub channel_binding: Option<ChannelBinding>,
 }
 
 impl Context {
-    /// A fresh context for `hostname` with random values, and SCRAM records derived with
-    /// `scram_iterations`.
+    /// A fresh context for `hostname` with a random challenge, SCRAM records derived with
+    /// `scram_iterations`, and no channel binding.
     pub fn new(hostname: &str, scram_iterations: u32) -> Context {
-        let mut random = [0u8; 18];
+        let mut random = [0u8; 8];
         OsRng.fill_bytes(&mut random);
-        let nonce: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
         Context {
-            challenge: format!("<{}.{now}@{hostname}>", &nonce[..16]),
-            nonce,
+            challenge: format!("<{random}.{now}@{hostname}>"),
             scram_iterations,
+            channel_binding: None,
         }
     }
 }
 
 enum State {
-    Plain,
-    LoginUser,
-    LoginPassword {
-        user: String,
-    },
+    Plain(Box<Server>),
+    LoginUser(Box<Server>),
+    LoginPassword(Box<Server>),
     Cram {
         challenge: String,
     },
@@ -171,24 +211,35 @@ enum State {
         digest: String,
     },
     ScramFirst {
-        server_nonce: String,
+        plus: bool,
         iterations: u32,
     },
     ScramNeedRecord {
-        first: ClientFirst,
-        server_nonce: String,
+        /// The client-first message as sent, stepped through rsasl once the record is here.
+        client_first: Vec<u8>,
+        user: String,
+        plus: bool,
         iterations: u32,
     },
     ScramFinal {
-        first: ClientFirst,
-        server_first: String,
-        nonce: String,
-        record: Record,
-        known: bool,
+        server: Box<Server>,
+        user: String,
     },
     ScramOutcome {
         user: String,
     },
+    /// OAUTHBEARER or XOAUTH2 waits for the client's message.
+    TokenFirst {
+        mechanism: Mechanism,
+    },
+    /// The token went to the caller; the message is stepped again with the verdict.
+    TokenNeedVerdict {
+        mechanism: Mechanism,
+        message: Zeroizing<Vec<u8>>,
+    },
+    /// The error document is sent; the client answers (RFC 7628 section 3.2.3: `%x01`) and
+    /// the exchange fails.
+    TokenRefused(Box<Server>),
     Gss {
         acceptor: Box<dyn GssAcceptor>,
     },
@@ -208,6 +259,8 @@ pub struct Exchange {
     state: State,
     /// GSSAPI: realms accepted besides the service principal's own.
     gss_realms: Vec<String>,
+    /// The connection's channel binding (SCRAM).
+    channel_binding: Option<ChannelBinding>,
 }
 
 /// Longest field of PLAIN (RFC 4616 section 2: up to 255 octets each).
@@ -223,54 +276,143 @@ fn field(bytes: &[u8]) -> Result<String, SaslError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| SaslError::Malformed)
 }
 
+/// A password as PLAIN and LOGIN carry it: not empty, at most 255 octets, no CR or LF (and
+/// no NUL, which PLAIN's split already took).
+fn password_field(bytes: &[u8]) -> Result<(), SaslError> {
+    if bytes.is_empty() || bytes.len() > MAX_FIELD {
+        return Err(SaslError::Malformed);
+    }
+    if bytes.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(SaslError::ControlInField);
+    }
+    Ok(())
+}
+
+/// RFC 4616 section 2, `[authzid] NUL authcid NUL passwd`, checked before rsasl sees it:
+/// fields of at most 255 octets, no CR, LF or NUL inside one (they could smuggle a line into a
+/// log or a lookup).
+fn check_plain(data: &[u8]) -> Result<(), SaslError> {
+    let mut parts = data.split(|&b| b == 0);
+    let (Some(authzid), Some(authcid), Some(password), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(SaslError::Malformed);
+    };
+    field(authzid)?;
+    if field(authcid)?.is_empty() {
+        return Err(SaslError::Malformed);
+    }
+    password_field(password)
+}
+
+/// The rsasl mechanisms a SCRAM exchange offers: with a channel binding, the -PLUS variant
+/// too, so that a client flagging `y` (it could bind, but thinks we cannot) is refused as the
+/// downgrade it is (RFC 5802 section 6).
+fn scram_registry(plus: bool, bound: bool) -> &'static [RsaslMechanism] {
+    static PLAIN_SCRAM: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
+    static BOTH: OnceLock<[RsaslMechanism; 2]> = OnceLock::new();
+    static PLUS: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
+    match (plus, bound) {
+        (true, _) => PLUS.get_or_init(|| [provider::SCRAM_SHA256_PLUS]),
+        (false, true) => BOTH.get_or_init(|| [provider::SCRAM_SHA256, provider::SCRAM_SHA256_PLUS]),
+        (false, false) => PLAIN_SCRAM.get_or_init(|| [provider::SCRAM_SHA256]),
+    }
+}
+
+/// A one-mechanism registry for `m`.
+fn only(m: Mechanism) -> (&'static RsaslMechanism, &'static [RsaslMechanism]) {
+    static PLAIN: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
+    static LOGIN: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
+    static OAUTHBEARER: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
+    static XOAUTH2: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
+    let registry: &'static [RsaslMechanism; 1] = match m {
+        Mechanism::Login => LOGIN.get_or_init(|| [provider::LOGIN]),
+        Mechanism::OAuthBearer => OAUTHBEARER.get_or_init(|| [provider::OAUTHBEARER]),
+        Mechanism::XOAuth2 => XOAUTH2.get_or_init(|| [provider::XOAUTH2]),
+        _ => PLAIN.get_or_init(|| [provider::PLAIN]),
+    };
+    (&registry[0], registry)
+}
+
+/// rsasl's server for PLAIN or LOGIN.
+fn password_server(m: Mechanism) -> Result<Box<Server>, SaslError> {
+    let (mech, registry) = only(m);
+    provider::start(mech, registry, PasswordCallback, None).map(Box::new)
+}
+
 impl Exchange {
     /// Starts `mechanism`, with the client's initial response if it sent one (overwritten
-    /// here once used: it may hold a password).
+    /// here once used: it may hold a password or a token).
     pub fn start(
         mechanism: Mechanism,
         initial: Option<Vec<u8>>,
         ctx: &Context,
     ) -> (Exchange, Step) {
         let initial = initial.map(Zeroizing::new);
-        let state = match mechanism {
-            Mechanism::Plain => State::Plain,
-            Mechanism::Login => State::LoginUser,
-            Mechanism::CramMd5 => State::Cram {
-                challenge: ctx.challenge.clone(),
-            },
-            Mechanism::ScramSha256 => State::ScramFirst {
-                server_nonce: ctx.nonce.clone(),
-                iterations: ctx.scram_iterations,
-            },
-            Mechanism::Gssapi => {
-                return (
-                    Exchange {
-                        state: State::Done,
-                        gss_realms: Vec::new(),
-                    },
-                    Step::Failure(SaslError::Unsupported),
-                );
-            }
-        };
         let mut exchange = Exchange {
-            state,
+            state: State::Done,
             gss_realms: Vec::new(),
+            channel_binding: ctx.channel_binding.clone(),
         };
-        let step = match (initial, mechanism) {
-            (Some(data), Mechanism::Plain | Mechanism::Login | Mechanism::ScramSha256) => {
-                exchange.respond(&data)
-            }
-            // CRAM-MD5 starts with the server's challenge; an initial response is an error.
-            (Some(_), Mechanism::CramMd5) => {
+        match exchange.begin(mechanism, initial, ctx) {
+            Ok(step) => (exchange, step),
+            Err(e) => {
                 exchange.state = State::Done;
-                Step::Failure(SaslError::Malformed)
+                (exchange, Step::Failure(e))
             }
-            (None, Mechanism::Plain | Mechanism::ScramSha256) => Step::Challenge(Vec::new()),
-            (None, Mechanism::Login) => Step::Challenge(b"Username:".to_vec()),
-            (None, Mechanism::CramMd5) => Step::Challenge(ctx.challenge.as_bytes().to_vec()),
-            (_, Mechanism::Gssapi) => Step::Failure(SaslError::Unsupported),
+        }
+    }
+
+    fn begin(
+        &mut self,
+        mechanism: Mechanism,
+        initial: Option<Zeroizing<Vec<u8>>>,
+        ctx: &Context,
+    ) -> Result<Step, SaslError> {
+        let first_challenge = match mechanism {
+            Mechanism::Plain => {
+                self.state = State::Plain(password_server(mechanism)?);
+                Vec::new()
+            }
+            Mechanism::Login => {
+                let mut server = password_server(mechanism)?;
+                // rsasl's LOGIN opens with its own prompt; the one sent is the customary
+                // "Username:" that clients have matched on since the draft.
+                provider::step(&mut server, None)?;
+                self.state = State::LoginUser(server);
+                b"Username:".to_vec()
+            }
+            Mechanism::CramMd5 => {
+                // CRAM-MD5 starts with the server's challenge; an initial response is an error.
+                if initial.is_some() {
+                    return Err(SaslError::Malformed);
+                }
+                self.state = State::Cram {
+                    challenge: ctx.challenge.clone(),
+                };
+                ctx.challenge.as_bytes().to_vec()
+            }
+            Mechanism::ScramSha256 | Mechanism::ScramSha256Plus => {
+                let plus = mechanism == Mechanism::ScramSha256Plus;
+                if plus && self.channel_binding.is_none() {
+                    return Err(SaslError::Unsupported);
+                }
+                self.state = State::ScramFirst {
+                    plus,
+                    iterations: ctx.scram_iterations,
+                };
+                Vec::new()
+            }
+            Mechanism::OAuthBearer | Mechanism::XOAuth2 => {
+                self.state = State::TokenFirst { mechanism };
+                Vec::new()
+            }
+            Mechanism::Gssapi => return Err(SaslError::Unsupported),
         };
-        (exchange, step)
+        Ok(match initial {
+            Some(data) => self.respond(&data),
+            None => Step::Challenge(first_challenge),
+        })
     }
 
     /// Starts GSSAPI (RFC 4752) with a fresh acceptor context. A client principal is accepted
@@ -284,6 +426,7 @@ impl Exchange {
         let mut exchange = Exchange {
             state: State::Gss { acceptor },
             gss_realms: extra_realms.to_vec(),
+            channel_binding: None,
         };
         let step = match initial {
             Some(token) => exchange.respond(&token),
@@ -325,49 +468,51 @@ impl Exchange {
 
     fn advance(&mut self, state: State, data: &[u8]) -> Result<Step, SaslError> {
         match state {
-            State::Plain => {
-                // RFC 4616 section 2: [authzid] NUL authcid NUL passwd
-                let mut parts = data.split(|&b| b == 0);
-                let (Some(authzid), Some(authcid), Some(password), None) =
-                    (parts.next(), parts.next(), parts.next(), parts.next())
-                else {
-                    return Err(SaslError::Malformed);
-                };
-                let authzid = field(authzid)?;
-                let authcid = field(authcid)?;
-                if authcid.is_empty() || password.is_empty() || password.len() > MAX_FIELD {
-                    return Err(SaslError::Malformed);
+            State::Plain(mut server) => {
+                check_plain(data)?;
+                match provider::step(&mut server, Some(data))? {
+                    Stepped::Finished {
+                        validated:
+                            Some(Validated::Password {
+                                authzid,
+                                authcid,
+                                password,
+                            }),
+                        ..
+                    } => {
+                        // No proxy authorisation: an authzid must name the user itself.
+                        if !authzid.is_empty() && authzid != authcid {
+                            return Err(SaslError::AuthzidMismatch);
+                        }
+                        Ok(Step::CheckPassword { authcid, password })
+                    }
+                    _ => Err(SaslError::Malformed),
                 }
-                if password.iter().any(|&b| b == b'\r' || b == b'\n') {
-                    return Err(SaslError::ControlInField);
-                }
-                if !authzid.is_empty() && authzid != authcid {
-                    return Err(SaslError::AuthzidMismatch);
-                }
-                Ok(Step::CheckPassword {
-                    authcid,
-                    password: Zeroizing::new(password.to_vec()),
-                })
             }
-            State::LoginUser => {
-                let user = field(data)?;
-                if user.is_empty() {
+            State::LoginUser(mut server) => {
+                if field(data)?.is_empty() {
                     return Err(SaslError::Malformed);
                 }
-                self.state = State::LoginPassword { user };
-                Ok(Step::Challenge(b"Password:".to_vec()))
+                match provider::step(&mut server, Some(data))? {
+                    Stepped::Running(_) => {
+                        self.state = State::LoginPassword(server);
+                        Ok(Step::Challenge(b"Password:".to_vec()))
+                    }
+                    Stepped::Finished { .. } => Err(SaslError::Malformed),
+                }
             }
-            State::LoginPassword { user } => {
-                if data.is_empty() || data.len() > MAX_FIELD {
-                    return Err(SaslError::Malformed);
+            State::LoginPassword(mut server) => {
+                password_field(data)?;
+                match provider::step(&mut server, Some(data))? {
+                    Stepped::Finished {
+                        validated:
+                            Some(Validated::Password {
+                                authcid, password, ..
+                            }),
+                        ..
+                    } => Ok(Step::CheckPassword { authcid, password }),
+                    _ => Err(SaslError::Malformed),
                 }
-                if data.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-                    return Err(SaslError::ControlInField);
-                }
-                Ok(Step::CheckPassword {
-                    authcid: user,
-                    password: Zeroizing::new(data.to_vec()),
-                })
             }
             State::Cram { challenge } => {
                 // RFC 2195 section 2: "user SP digest", the digest 32 lower-case hex digits.
@@ -388,32 +533,32 @@ impl Exchange {
                     authcid: user.to_string(),
                 })
             }
-            State::ScramFirst {
-                server_nonce,
-                iterations,
-            } => {
-                let first = scram::parse_client_first(data)?;
+            State::ScramFirst { plus, iterations } => {
+                let binding = self.channel_binding.as_ref().map(|b| b.name);
+                let first = scram::parse_client_first(data, plus.then_some(binding).flatten())?;
                 let authcid = first.user.clone();
                 self.state = State::ScramNeedRecord {
-                    first,
-                    server_nonce,
+                    client_first: data.to_vec(),
+                    user: first.user,
+                    plus,
                     iterations,
                 };
                 Ok(Step::NeedCredentials { authcid })
             }
-            State::ScramFinal {
-                first,
-                server_first,
-                nonce,
-                record,
-                known,
-            } => {
-                let v = scram::verify_client_final(data, &first, &server_first, &nonce, &record)?;
-                if !known {
-                    return Err(SaslError::BadCredentials);
+            State::ScramFinal { mut server, user } => {
+                match provider::step(&mut server, Some(data))? {
+                    // The proof matched a stored record: send the server signature.
+                    Stepped::Finished {
+                        message: Some(verifier),
+                        validated: Some(Validated::Scram),
+                    } => {
+                        self.state = State::ScramOutcome { user };
+                        Ok(Step::Challenge(verifier))
+                    }
+                    // A wrong proof, an unknown user, a channel binding of another connection: rsasl
+                    // finishes without a validation value; the exchange fails as a wrong password.
+                    _ => Err(SaslError::BadCredentials),
                 }
-                self.state = State::ScramOutcome { user: first.user };
-                Ok(Step::Challenge(v.into_bytes()))
             }
             State::ScramOutcome { user } => {
                 // RFC 5034 section 4: the client answers the final challenge with an empty line.
@@ -421,6 +566,22 @@ impl Exchange {
                     return Err(SaslError::Malformed);
                 }
                 Ok(Step::Success { authcid: user })
+            }
+            State::TokenFirst { mechanism } => {
+                let Presented { token, user } = probe_token(mechanism, data)?;
+                self.state = State::TokenNeedVerdict {
+                    mechanism,
+                    message: Zeroizing::new(data.to_vec()),
+                };
+                Ok(Step::CheckToken {
+                    token,
+                    authzid: user,
+                })
+            }
+            State::TokenRefused(mut server) => {
+                // Whatever the client answers, rsasl ends the refused exchange unvalidated.
+                let _ = provider::step(&mut server, Some(data));
+                Err(SaslError::BadCredentials)
             }
             State::Gss { mut acceptor } => {
                 let (token, established) =
@@ -464,9 +625,10 @@ impl Exchange {
                 }
                 Ok(Step::Success { authcid: user })
             }
-            State::CramNeedSecret { .. } | State::ScramNeedRecord { .. } | State::Done => {
-                Err(SaslError::Malformed)
-            }
+            State::CramNeedSecret { .. }
+            | State::ScramNeedRecord { .. }
+            | State::TokenNeedVerdict { .. }
+            | State::Done => Err(SaslError::Malformed),
         }
     }
 
@@ -486,29 +648,115 @@ impl Exchange {
                 }
             }
             State::ScramNeedRecord {
-                first,
-                server_nonce,
+                client_first,
+                user,
+                plus,
                 iterations,
             } => {
                 let stored = creds.and_then(|c| c.scram).and_then(Record::parse);
                 let known = stored.is_some();
                 // An unknown user (or one without SCRAM keys) gets a plausible, stable salt
                 // and fails only at the proof, as a wrong password would.
-                let record = stored.unwrap_or_else(|| fake_record(&first.user, iterations));
-                let nonce = format!("{}{}", first.nonce, server_nonce);
-                let server_first = scram::server_first(&nonce, &record);
-                self.state = State::ScramFinal {
-                    first,
-                    server_first: server_first.clone(),
-                    nonce,
-                    record,
-                    known,
-                };
-                Step::Challenge(server_first.into_bytes())
+                let record = stored.unwrap_or_else(|| fake_record(&user, iterations));
+                let registry = scram_registry(plus, self.channel_binding.is_some());
+                // The mechanism the client chose comes first in its registry.
+                let mechanism = &registry[0];
+                let callback = ScramCallback { record, known };
+                let started =
+                    provider::start(mechanism, registry, callback, self.channel_binding.clone());
+                let server_first = started.and_then(|mut server| {
+                    match provider::step(&mut server, Some(&client_first))? {
+                        Stepped::Running(server_first) => Ok((server, server_first)),
+                        Stepped::Finished { .. } => Err(SaslError::Malformed),
+                    }
+                });
+                match server_first {
+                    Ok((server, server_first)) => {
+                        self.state = State::ScramFinal {
+                            server: Box::new(server),
+                            user,
+                        };
+                        Step::Challenge(server_first)
+                    }
+                    Err(e) => Step::Failure(e),
+                }
             }
             _ => Step::Failure(SaslError::Malformed),
         }
     }
+
+    /// Feeds the caller's verdict after [`Step::CheckToken`]. Accepted: the exchange succeeds.
+    /// Refused: the error document goes to the client as a challenge (RFC 7628 section
+    /// 3.2.2), and its answer ends the exchange in failure.
+    pub fn token_verdict(&mut self, verdict: TokenVerdict) -> Step {
+        let State::TokenNeedVerdict { mechanism, message } =
+            std::mem::replace(&mut self.state, State::Done)
+        else {
+            return Step::Failure(SaslError::Malformed);
+        };
+        let (mech, registry) = only(mechanism);
+        let stepped = provider::start(mech, registry, VerdictCallback(verdict), None)
+            .map(Box::new)
+            .and_then(|mut server| {
+                let stepped = provider::step(&mut server, Some(&message))?;
+                Ok((server, stepped))
+            });
+        match stepped {
+            Ok((
+                _,
+                Stepped::Finished {
+                    validated: Some(Validated::Bearer { user }),
+                    ..
+                },
+            )) => Step::Success { authcid: user },
+            Ok((server, Stepped::Running(error))) => {
+                self.state = State::TokenRefused(server);
+                Step::Challenge(error)
+            }
+            Ok(_) => Step::Failure(SaslError::BadCredentials),
+            Err(e) => Step::Failure(e),
+        }
+    }
+}
+
+/// The first rsasl pass over a bearer-token message: its token (the `Bearer` scheme taken
+/// off, RFC 6750 section 2.1) and the user it claims.
+fn probe_token(mechanism: Mechanism, data: &[u8]) -> Result<Presented, SaslError> {
+    let probe = TokenProbe::default();
+    let seen = probe.seen.clone();
+    let (mech, registry) = only(mechanism);
+    let mut server = provider::start(mech, registry, probe, None)?;
+    // The pass ends without a verdict (the probe gives none), which rsasl reports as an error.
+    let _ = provider::step(&mut server, Some(data));
+    let presented = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or(SaslError::Malformed)?;
+    let token = match mechanism {
+        // OAUTHBEARER's `auth=` holds the whole header value, "Bearer <token>".
+        Mechanism::OAuthBearer => {
+            let (scheme, token) = presented
+                .token
+                .split_once(' ')
+                .ok_or(SaslError::Malformed)?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(SaslError::Malformed);
+            }
+            Zeroizing::new(token.trim_start().to_string())
+        }
+        _ => presented.token.clone(),
+    };
+    if token.is_empty() {
+        return Err(SaslError::Malformed);
+    }
+    if let Some(user) = &presented.user {
+        field(user.as_bytes())?;
+    }
+    Ok(Presented {
+        token,
+        user: presented.user,
+    })
 }
 
 /// The user part of a Kerberos principal: `alice@EXAMPLE.ORG` names account `alice`.
@@ -550,8 +798,8 @@ mod tests {
     fn ctx() -> Context {
         Context {
             challenge: "<1896.697170952@postoffice.reston.mci.net>".into(),
-            nonce: "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into(),
             scram_iterations: scram::MIN_ITERATIONS,
+            channel_binding: None,
         }
     }
 
@@ -682,29 +930,57 @@ mod tests {
         }
     }
 
+    /// A SCRAM exchange between rsasl's client and the exchange, from the client-first
+    /// through the server's empty final answer; the server-first is returned for inspection.
+    fn scram_round_trip(
+        mechanism: Mechanism,
+        ctx: &Context,
+        client: &mut crate::testing::ScramClient,
+        record: Option<&str>,
+    ) -> (Vec<u8>, Step) {
+        let first = client.step(None).expect("client-first");
+        let (mut ex, step) = Exchange::start(mechanism, Some(first), ctx);
+        let Step::NeedCredentials { authcid } = step else {
+            return (Vec::new(), step);
+        };
+        assert_eq!(authcid, "user");
+        let creds = Credentials {
+            scram: record,
+            ..Credentials::default()
+        };
+        let Step::Challenge(server_first) = ex.credentials(Some(creds)) else {
+            panic!("server-first")
+        };
+        let client_final = client.step(Some(&server_first)).expect("client-final");
+        let step = match ex.respond(&client_final) {
+            Step::Challenge(v) => {
+                // The client checks the server's signature (RFC 5802 section 3).
+                client.step(Some(&v)).expect("server signature accepted");
+                ex.respond(b"")
+            }
+            other => other,
+        };
+        (server_first, step)
+    }
+
+    /// RFC 7677 section 3's user and password, as a round trip with rsasl's client (rsasl
+    /// picks its own nonce; the fixed messages of the RFC are checked in `scram`'s tests).
     #[test]
     fn rfc7677_scram_exchange() {
         let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").expect("salt");
         let record = Record::derive(b"pencil", &salt, 4096).encode();
-        let (mut ex, step) = Exchange::start(
-            Mechanism::ScramSha256,
-            Some(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO".to_vec()),
-            &ctx(),
-        );
-        assert!(matches!(step, Step::NeedCredentials { ref authcid } if authcid == "user"));
-        let creds = Credentials {
-            scram: Some(&record),
-            ..Credentials::default()
-        };
-        let Step::Challenge(sf) = ex.credentials(Some(creds)) else {
-            panic!("server-first")
-        };
-        assert_eq!(sf, b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096");
-        let step = ex.respond(b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
-        assert!(
-            matches!(step, Step::Challenge(v) if v == b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
-        );
-        assert!(matches!(ex.respond(b""), Step::Success { authcid } if authcid == "user"));
+        let mut client = crate::testing::ScramClient::new("user", "pencil", None);
+        let (sf, step) =
+            scram_round_trip(Mechanism::ScramSha256, &ctx(), &mut client, Some(&record));
+        let sf = String::from_utf8(sf).expect("UTF-8");
+        assert!(sf.starts_with("r="), "{sf}");
+        assert!(sf.ends_with(",s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"), "{sf}");
+        assert!(matches!(step, Step::Success { authcid } if authcid == "user"));
+        // The wrong password fails at the proof.
+        let mut client = crate::testing::ScramClient::new("user", "pencil2", None);
+        let (_, step) =
+            scram_round_trip(Mechanism::ScramSha256, &ctx(), &mut client, Some(&record));
+        assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));
 
         // An unknown user gets a server-first with a stable fake salt, then fails.
         let ghost = || {
@@ -713,7 +989,12 @@ mod tests {
             let Step::Challenge(server_first) = ex.credentials(None) else {
                 panic!("server-first")
             };
-            (ex, server_first)
+            let server_first = String::from_utf8(server_first).expect("UTF-8");
+            let salt = server_first
+                .split_once(",s=")
+                .map(|(_, rest)| rest.to_string())
+                .expect("salt");
+            (ex, salt)
         };
         let ((mut ex, a), (_, b)) = (ghost(), ghost());
         assert_eq!(a, b, "the fake salt must not give the unknown user away");
@@ -731,6 +1012,149 @@ mod tests {
         assert!(c.ends_with(b",i=100000"), "{}", String::from_utf8_lossy(&c));
         let step = ex.respond(b"c=biws,r=abc%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
         assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));
+        // The unknown user with a client that computes a real proof fails the same way.
+        let mut client = crate::testing::ScramClient::new("user", "pencil", None);
+        let (_, step) = scram_round_trip(Mechanism::ScramSha256, &ctx(), &mut client, None);
+        assert!(matches!(step, Step::Failure(SaslError::BadCredentials)));
+    }
+
+    fn bound(name: &'static str, data: &[u8]) -> Option<ChannelBinding> {
+        Some(ChannelBinding {
+            name,
+            data: data.to_vec(),
+        })
+    }
+
+    /// RFC 5802 section 6 and RFC 9266: SCRAM-SHA-256-PLUS binds the proof to the
+    /// connection's channel binding; a client holding another connection's data fails, as
+    /// does -PLUS where there is no binding, and SCRAM-SHA-256 with the `y` flag where the
+    /// server could have bound (a downgrade).
+    #[test]
+    fn rfc5802_scram_plus_binds_to_this_connection() {
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").expect("salt");
+        let record = Record::derive(b"pencil", &salt, 4096).encode();
+        let mut tls = ctx();
+        tls.channel_binding = bound(ChannelBinding::TLS_EXPORTER, b"this connection");
+        let mut client =
+            crate::testing::ScramClient::new("user", "pencil", tls.channel_binding.clone());
+        let (_, step) =
+            scram_round_trip(Mechanism::ScramSha256Plus, &tls, &mut client, Some(&record));
+        assert!(
+            matches!(step, Step::Success { ref authcid } if authcid == "user"),
+            "{step:?}"
+        );
+        // Another connection's data: the proof does not bind to this one.
+        let other = bound(ChannelBinding::TLS_EXPORTER, b"another connection");
+        let mut client = crate::testing::ScramClient::new("user", "pencil", other);
+        let (_, step) =
+            scram_round_trip(Mechanism::ScramSha256Plus, &tls, &mut client, Some(&record));
+        assert!(
+            matches!(step, Step::Failure(SaslError::BadCredentials)),
+            "{step:?}"
+        );
+        // Another binding type than the connection's.
+        let other = bound(ChannelBinding::TLS_SERVER_END_POINT, b"this connection");
+        let mut client = crate::testing::ScramClient::new("user", "pencil", other);
+        let (_, step) =
+            scram_round_trip(Mechanism::ScramSha256Plus, &tls, &mut client, Some(&record));
+        assert!(
+            matches!(step, Step::Failure(SaslError::Unsupported)),
+            "{step:?}"
+        );
+        // -PLUS without a channel binding (no TLS).
+        let (_, step) = Exchange::start(Mechanism::ScramSha256Plus, None, &ctx());
+        assert!(matches!(step, Step::Failure(SaslError::Unsupported)));
+        // `y` where the server offers -PLUS: rsasl refuses the downgrade.
+        let (mut ex, _) = Exchange::start(
+            Mechanism::ScramSha256,
+            Some(b"y,,n=user,r=abc".to_vec()),
+            &tls,
+        );
+        let creds = Credentials {
+            scram: Some(&record),
+            ..Credentials::default()
+        };
+        assert!(matches!(ex.credentials(Some(creds)), Step::Failure(_)));
+        // Without TLS, `y` is fine.
+        let (mut ex, _) = Exchange::start(
+            Mechanism::ScramSha256,
+            Some(b"y,,n=user,r=abc".to_vec()),
+            &ctx(),
+        );
+        assert!(matches!(ex.credentials(Some(creds)), Step::Challenge(_)));
+    }
+
+    /// RFC 7628 section 3.1 and XOAUTH2: the token (without its `Bearer` scheme) and the
+    /// claimed user go to the caller; an accepted verdict succeeds as the verdict's user, a
+    /// refused one sends the error document (section 3.2.2) and fails at the client's answer.
+    #[test]
+    fn rfc7628_bearer_tokens_go_to_the_caller_and_back() {
+        let oauthbearer = b"n,a=user@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01";
+        let xoauth2 = b"user=user@example.com\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01";
+        for (mechanism, message) in [
+            (Mechanism::OAuthBearer, &oauthbearer[..]),
+            (Mechanism::XOAuth2, &xoauth2[..]),
+        ] {
+            // With the initial response, and without (an empty challenge first).
+            let (mut ex, step) = Exchange::start(mechanism, Some(message.to_vec()), &ctx());
+            let Step::CheckToken { token, authzid } = step else {
+                panic!("{mechanism:?}: {step:?}")
+            };
+            assert_eq!(*token, "vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==");
+            assert_eq!(authzid.as_deref(), Some("user@example.com"));
+            let accepted = TokenVerdict::Accepted {
+                user: "user@example.com".into(),
+            };
+            assert!(
+                matches!(ex.token_verdict(accepted), Step::Success { authcid } if authcid == "user@example.com")
+            );
+
+            let (mut ex, step) = Exchange::start(mechanism, None, &ctx());
+            assert!(matches!(step, Step::Challenge(c) if c.is_empty()));
+            assert!(matches!(ex.respond(message), Step::CheckToken { .. }));
+            let json = r#"{"status":"invalid_token","scope":"mail","openid-configuration":"https://idp.example/.well-known/openid-configuration"}"#;
+            let refused = TokenVerdict::Refused {
+                error_json: json.into(),
+            };
+            let Step::Challenge(error) = ex.token_verdict(refused) else {
+                panic!("{mechanism:?}: an error challenge")
+            };
+            let error: serde_json::Value = serde_json::from_slice(&error).expect("JSON");
+            let expected: serde_json::Value = serde_json::from_str(json).expect("JSON");
+            assert_eq!(error, expected, "{mechanism:?}");
+            assert!(matches!(
+                ex.respond(b"\x01"),
+                Step::Failure(SaslError::BadCredentials)
+            ));
+        }
+        // Malformed: no auth=, another scheme, CR/LF in the claimed user.
+        for (mechanism, bad) in [
+            (Mechanism::OAuthBearer, &b"n,,\x01host=x\x01\x01"[..]),
+            (
+                Mechanism::OAuthBearer,
+                b"n,,\x01auth=Basic dXNlcjpwdw==\x01\x01",
+            ),
+            (Mechanism::XOAuth2, b"user=a\r\nb\x01auth=Bearer t\x01\x01"),
+            (Mechanism::XOAuth2, b"garbage"),
+        ] {
+            let (_, step) = Exchange::start(mechanism, Some(bad.to_vec()), &ctx());
+            assert!(
+                matches!(step, Step::Failure(_)),
+                "{mechanism:?} {bad:?}: {step:?}"
+            );
+        }
+        // The token never shows in a step's Debug.
+        let (_, step) = Exchange::start(Mechanism::XOAuth2, Some(xoauth2.to_vec()), &ctx());
+        assert!(!format!("{step:?}").contains("vF9dft"));
+    }
+
+    #[test]
+    fn login_takes_the_user_name_as_initial_response() {
+        let (mut ex, step) = Exchange::start(Mechanism::Login, Some(b"tim".to_vec()), &ctx());
+        assert!(matches!(step, Step::Challenge(c) if c == b"Password:"));
+        assert!(
+            matches!(ex.respond(b"pw"), Step::CheckPassword { authcid, password } if authcid == "tim" && *password == b"pw")
+        );
     }
 
     /// An acceptor that takes "token-1" then "token-2" as a two-leg context for `principal`
@@ -852,5 +1276,14 @@ mod tests {
         assert_eq!(Mechanism::parse("gssapi"), Some(Mechanism::Gssapi));
         assert_eq!(Mechanism::parse("NTLM"), None);
         assert!(Mechanism::Plain.is_cleartext() && !Mechanism::ScramSha256.is_cleartext());
+        assert_eq!(Mechanism::parse("xoauth2"), Some(Mechanism::XOAuth2));
+        assert_eq!(
+            Mechanism::parse("SCRAM-SHA-256-PLUS"),
+            Some(Mechanism::ScramSha256Plus)
+        );
+        // Bearer tokens are credentials: the cleartext policy covers them.
+        assert!(Mechanism::OAuthBearer.needs_cleartext_policy());
+        assert!(Mechanism::XOAuth2.needs_cleartext_policy());
+        assert!(!Mechanism::CramMd5.needs_cleartext_policy());
     }
 }

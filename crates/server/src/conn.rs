@@ -75,6 +75,14 @@ impl<S: Stream> Conn<S> {
         matches!(self, Conn::Tls(_))
     }
 
+    /// The TLS connection's channel binding (SCRAM-SHA-256-PLUS); `None` in cleartext.
+    pub fn channel_binding(&self, tls: Option<&crate::tls::Tls>) -> Option<auth::ChannelBinding> {
+        match self {
+            Conn::Tls(stream) => tls?.channel_binding(stream.get_ref().1),
+            Conn::Plain(_) | Conn::Gone => None,
+        }
+    }
+
     /// Reads what the client sent next into `decoder`; 0 at end of stream. A TLS stream keeps
     /// its own buffers anyway, so it reads the plain way.
     pub async fn receive(&mut self, decoder: &mut Decoder) -> io::Result<usize> {

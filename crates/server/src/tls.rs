@@ -104,18 +104,24 @@ struct SniResolver {
     loaded: RwLock<Arc<Vec<Loaded>>>,
 }
 
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+impl SniResolver {
+    /// The certificate for a client that sent `sni` (or none).
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let loaded = self
             .loaded
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let by_name = hello
-            .server_name()
+        let by_name = sni
             .and_then(|n| ServerName::try_from(n).ok())
             .and_then(|name| loaded.iter().find(|l| l.matches(&name)));
         by_name.or_else(|| loaded.first()).map(|l| l.key.clone())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
     }
 }
 
@@ -175,6 +181,38 @@ impl Tls {
         Ok(n)
     }
 
+    /// The channel binding of a server connection for SCRAM-SHA-256-PLUS: `tls-exporter`
+    /// (RFC 9266: 32 octets exported with the label `EXPORTER-Channel-Binding` and no context)
+    /// on TLS 1.3; `tls-server-end-point` (RFC 5929 section 4.1: the hash of the server's
+    /// certificate) on TLS 1.2, where the exporter is unsafe without the extended master
+    /// secret. The certificate is the one the resolver picks for the connection's SNI name
+    /// (a reload between handshake and AUTH would make a -PLUS login fail, nothing worse).
+    pub(crate) fn channel_binding(
+        &self,
+        conn: &rustls::ServerConnection,
+    ) -> Option<auth::ChannelBinding> {
+        match conn.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => {
+                let data = conn
+                    .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                    .ok()?;
+                Some(auth::ChannelBinding {
+                    name: auth::ChannelBinding::TLS_EXPORTER,
+                    data,
+                })
+            }
+            rustls::ProtocolVersion::TLSv1_2 => {
+                let key = self.resolver.pick(conn.server_name())?;
+                let cert = key.end_entity_cert().ok()?;
+                Some(auth::ChannelBinding {
+                    name: auth::ChannelBinding::TLS_SERVER_END_POINT,
+                    data: server_end_point(cert),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The acceptor for listeners whose minimum version is `min`.
     pub fn acceptor(&self, min: TlsVersion) -> &TlsAcceptor {
         match min {
@@ -182,6 +220,63 @@ impl Tls {
             TlsVersion::Tls13 => &self.tls13,
         }
     }
+}
+
+/// RFC 5929 section 4.1: the certificate's hash with its signature's hash function, SHA-256
+/// where that is MD5 or SHA-1 or there is none (Ed25519, which the RFC predates: SHA-256 is
+/// what other implementations use).
+fn server_end_point(cert: &[u8]) -> Vec<u8> {
+    // DER of sha384/sha512WithRSAEncryption and ecdsa-with-SHA384/SHA512.
+    const SHA384: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
+    ];
+    const SHA512: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
+    ];
+    let algorithm = match signature_algorithm(cert) {
+        Some(oid) if SHA384.contains(&oid) => &ring::digest::SHA384,
+        Some(oid) if SHA512.contains(&oid) => &ring::digest::SHA512,
+        _ => &ring::digest::SHA256,
+    };
+    ring::digest::digest(algorithm, cert).as_ref().to_vec()
+}
+
+/// The OID of a certificate's `signatureAlgorithm` (RFC 5280 section 4.1.1.2), from its DER.
+fn signature_algorithm(cert: &[u8]) -> Option<&[u8]> {
+    let (0x30, certificate, _) = der(cert)? else {
+        return None;
+    };
+    let (_, _tbs, rest) = der(certificate)?;
+    let (0x30, algorithm, _) = der(rest)? else {
+        return None;
+    };
+    match der(algorithm)? {
+        (0x06, oid, _) => Some(oid),
+        _ => None,
+    }
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (octets, rest) = rest.split_at_checked(n)?;
+        let len = octets
+            .iter()
+            .fold(0usize, |len, &b| (len << 8) | usize::from(b));
+        (len, rest)
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
 }
 
 fn load_all(files: &[CertFiles]) -> Result<Vec<Loaded>, TlsError> {
@@ -305,5 +400,26 @@ mod tests {
         assert_eq!(fingerprint(der), fpb);
         let _ = std::fs::remove_dir_all(&a);
         let _ = std::fs::remove_dir_all(&b);
+    }
+
+    /// RFC 5929 section 4.1: tls-server-end-point hashes the certificate with its signature's
+    /// hash: SHA-384 for ecdsa-with-SHA384, SHA-256 for ecdsa-with-SHA256.
+    #[test]
+    fn rfc5929_server_end_point_uses_the_signature_hash() {
+        for (alg, digest) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, &ring::digest::SHA256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, &ring::digest::SHA384),
+        ] {
+            let key = rcgen::KeyPair::generate_for(alg).expect("key");
+            let params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+            let cert = params.self_signed(&key).expect("certificate");
+            let der = cert.der().to_vec();
+            assert_eq!(
+                server_end_point(&der),
+                ring::digest::digest(digest, &der).as_ref(),
+                "{alg:?}"
+            );
+        }
+        assert!(signature_algorithm(b"\x30\x80").is_none());
     }
 }

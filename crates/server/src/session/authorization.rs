@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use auth::{Credentials, Exchange, Mechanism, Step};
+use auth::{Credentials, Exchange, Mechanism, Step, TokenError, TokenVerdict};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use proto::response::{write_continuation, write_end, write_err, write_listing_line};
@@ -39,7 +39,19 @@ pub(super) struct Sasl {
     exchange: Exchange,
     /// The account the exchange named, once looked up.
     account: Option<Account>,
+    /// The name a refused bearer token claimed, for the failed-login penalty.
+    claimed: Option<String>,
 }
+
+/// How long a bearer token's validation may take (a JWKS or introspection fetch) before the
+/// login fails as a temporary error.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `-ERR [SYS/TEMP]`: the exchange could not be judged (no keytab, no identity provider).
+const SASL_UNAVAILABLE: ErrReply = ErrReply {
+    code: Some(ResponseCode::SysTemp),
+    text: Text::TempFailure,
+};
 
 /// How taking the maildrop after a good login ended.
 enum Opened {
@@ -225,7 +237,13 @@ impl Session {
 
     /// SASL mechanisms offered on this connection now.
     pub(super) fn mechanisms(&self) -> Vec<Mechanism> {
-        let gssapi = self.shared.config.gssapi.is_some();
+        self.mechanisms_if(self.cleartext_ok())
+    }
+
+    /// SASL mechanisms offered on this connection if the cleartext policy said `cleartext`.
+    fn mechanisms_if(&self, cleartext: bool) -> Vec<Mechanism> {
+        let config = &self.shared.config;
+        let gssapi = config.gssapi.is_some();
         if self.kpop() {
             return if gssapi {
                 vec![Mechanism::Gssapi]
@@ -233,14 +251,16 @@ impl Session {
                 Vec::new()
             };
         }
-        let cleartext = self.cleartext_ok();
-        let legacy = self.shared.config.legacy_auth;
         Mechanism::ALL
             .into_iter()
-            // SCRAM too: before TLS its salt and proof let a listener guess offline.
+            // SCRAM and bearer tokens too: before TLS SCRAM's salt and proof let a listener
+            // guess offline, and a token is a credential as it is.
             .filter(|m| cleartext || !m.needs_cleartext_policy())
-            .filter(|m| legacy || !m.needs_legacy_secret())
+            .filter(|m| config.legacy_auth || !m.needs_legacy_secret())
             .filter(|m| gssapi || *m != Mechanism::Gssapi)
+            .filter(|m| config.oauth2.is_some() || !m.needs_bearer_validator())
+            // -PLUS only where TLS gives a channel binding.
+            .filter(|m| self.channel_binding.is_some() || !m.needs_channel_binding())
             .collect()
     }
 
@@ -265,7 +285,9 @@ impl Session {
         };
         let mech = match Mechanism::parse(&name) {
             Some(m) if offered.contains(&m) => m,
-            Some(m) if m.needs_cleartext_policy() => return self.refuse(reply::CLEARTEXT_REFUSED),
+            Some(m) if self.mechanisms_if(true).contains(&m) => {
+                return self.refuse(reply::CLEARTEXT_REFUSED)
+            }
             _ => {
                 return self.refuse(ErrReply {
                     code: None,
@@ -289,10 +311,7 @@ impl Session {
                 Some(Ok(a)) => a,
                 Some(Err(e)) => {
                     warn!(error = %e, "GSSAPI acceptor unavailable");
-                    self.send_err(ErrReply {
-                        code: Some(ResponseCode::SysTemp),
-                        text: Text::TempFailure,
-                    });
+                    self.send_err(SASL_UNAVAILABLE);
                     return Next::Continue;
                 }
                 None => {
@@ -303,13 +322,15 @@ impl Session {
             Exchange::start_gssapi(acceptor, initial, &self.shared.config.gssapi_realms)
         } else {
             let config = &self.shared.config;
-            let ctx = auth::sasl::Context::new(&config.hostname, config.scram_iterations);
+            let mut ctx = auth::sasl::Context::new(&config.hostname, config.scram_iterations);
+            ctx.channel_binding = self.channel_binding.clone();
             Exchange::start(mech, initial, &ctx)
         };
         debug!(mechanism = mech.name(), "AUTH");
         let sasl = Box::new(Sasl {
             exchange,
             account: None,
+            claimed: None,
         });
         self.sasl_step(sasl, step).await
     }
@@ -377,6 +398,18 @@ impl Session {
                     let password = Secret::new(std::mem::take(&mut *password));
                     return self.login(authcid, password).await;
                 }
+                Step::CheckToken { token, authzid } => {
+                    let Some((verdict, account)) = self.check_token(token, authzid.clone()).await
+                    else {
+                        // Not judged (the identity provider is unreachable): a temporary
+                        // failure, no penalty.
+                        self.send_err(SASL_UNAVAILABLE);
+                        return Next::Continue;
+                    };
+                    sasl.claimed = authzid;
+                    sasl.account = account;
+                    sasl.exchange.token_verdict(verdict)
+                }
                 Step::Success { authcid } => {
                     let account = match sasl.account.take() {
                         Some(a) => Ok(Some(a)),
@@ -387,10 +420,68 @@ impl Session {
                 }
                 Step::Failure(e) => {
                     debug!(error = %e, "SASL exchange failed");
-                    let attempted = sasl.account.take().map(|a| a.name.to_string());
+                    let attempted =
+                        (sasl.account.take().map(|a| a.name.to_string())).or(sasl.claimed.take());
                     return self.auth_failure(attempted.as_deref(), None).await;
                 }
             };
+        }
+    }
+
+    /// Judges a bearer token (OAUTHBEARER, XOAUTH2): the validator runs on a blocking
+    /// thread (it may fetch a JWKS), then the user it names must be an account, the one the
+    /// client's authzid names if it gave one. `None` when the token could not be judged.
+    async fn check_token(
+        &self,
+        token: Zeroizing<String>,
+        authzid: Option<String>,
+    ) -> Option<(TokenVerdict, Option<Account>)> {
+        let validator = self.shared.config.oauth2.clone()?;
+        let refused = TokenVerdict::Refused {
+            error_json: validator.error_json(),
+        };
+        let judge = validator.clone();
+        let judged = tokio::task::spawn_blocking(move || judge.validate(&token));
+        let user = match tokio::time::timeout(TOKEN_TIMEOUT, judged).await {
+            Ok(Ok(Ok(user))) => user,
+            Ok(Ok(Err(TokenError::Rejected(reason)))) => {
+                debug!(reason, "bearer token refused");
+                return Some((refused, None));
+            }
+            Ok(Ok(Err(TokenError::Unavailable(reason)))) => {
+                warn!(reason, "bearer token could not be validated");
+                return None;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "bearer token validation failed");
+                return None;
+            }
+            Err(_) => {
+                warn!("bearer token validation timed out");
+                return None;
+            }
+        };
+        let account = match verify::lookup(&self.shared, user, self.utf8).await {
+            Ok(account) => account,
+            Err(e) => {
+                warn!(error = %e, "AUTH could not be completed");
+                return None;
+            }
+        };
+        let domain = self.shared.config.default_domain.as_deref();
+        match account {
+            Some(a)
+                if authzid
+                    .as_deref()
+                    .is_none_or(|z| verify::penalty_key(z, domain) == a.name.to_string()) =>
+            {
+                let user = a.name.to_string();
+                Some((TokenVerdict::Accepted { user }, Some(a)))
+            }
+            _ => {
+                debug!("bearer token names no account, or another than the authzid");
+                Some((refused, None))
+            }
         }
     }
 

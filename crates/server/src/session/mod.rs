@@ -109,6 +109,8 @@ struct Session {
     state: State,
     /// The connection is under TLS (implicit TLS, or after STLS).
     tls: bool,
+    /// The TLS connection's channel binding, for SCRAM-SHA-256-PLUS.
+    channel_binding: Option<auth::ChannelBinding>,
     bad_commands: u32,
     lang: &'static Language,
     /// RFC 6856 UTF8 mode is on.
@@ -153,6 +155,7 @@ pub(crate) async fn serve<S: Stream>(
 ) {
     debug!("connected");
     let login_deadline = Instant::now() + shared.config.login_timeout;
+    let channel_binding = conn.channel_binding(shared.tls.as_deref());
     let session = Session {
         peer,
         client,
@@ -162,6 +165,7 @@ pub(crate) async fn serve<S: Stream>(
         out: Vec::new(),
         state: State::Authorization(Auth::Idle),
         tls: conn.is_tls(),
+        channel_binding,
         bad_commands: 0,
         lang: lang::default_language(),
         utf8: false,
@@ -351,7 +355,8 @@ impl<S: Stream> Driver<S> {
                 self.conn = Conn::Tls(Box::new(stream));
                 tracing::Span::current().record("tls", true);
                 self.decoder = Decoder::new();
-                self.session.tls_started();
+                let binding = self.conn.channel_binding(Some(&*tls));
+                self.session.tls_started(binding);
                 debug!("TLS active");
                 Ok(true)
             }
@@ -489,8 +494,9 @@ impl Session {
 
     /// The TLS handshake after STLS succeeded: back to the start of AUTHORIZATION, with no
     /// pending USER, UTF8 off and the default language (RFC 2595 section 4).
-    fn tls_started(&mut self) {
+    fn tls_started(&mut self, channel_binding: Option<auth::ChannelBinding>) {
         self.tls = true;
+        self.channel_binding = channel_binding;
         self.state = State::Authorization(Auth::Idle);
         self.utf8 = false;
         self.lang = lang::default_language();

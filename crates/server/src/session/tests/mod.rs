@@ -194,6 +194,16 @@ impl Fixture {
 
     /// A session on an implicit-TLS listener (RFC 8314), handshake done, greeting read.
     async fn connect_tls(&self) -> Client {
+        self.connect_tls_with(rustls::DEFAULT_VERSIONS).await.0
+    }
+
+    /// [`Fixture::connect_tls`] with a client that speaks `versions`, and the connection's
+    /// channel binding as the client computes it: RFC 9266's exporter on TLS 1.3, RFC 5929's
+    /// hash of the server certificate (ECDSA with SHA-256 here) on TLS 1.2.
+    async fn connect_tls_with(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Client, auth::ChannelBinding) {
         let (near, far) = tokio::io::duplex(64 * 1024);
         let peer: SocketAddr = REMOTE.parse().expect("address");
         let shared = self.shared.clone();
@@ -207,35 +217,43 @@ impl Fixture {
             let conn = Conn::Tls(Box::new(stream.expect("server handshake")));
             serve(conn, peer, peer, 1, listener, shared, None).await;
         });
+        let stream = self.client_tls_with(near, versions).await;
+        let binding = client_binding(stream.get_ref().1);
         let mut c = Client {
-            io: BufReader::new(Box::new(tokio::io::duplex(1).0)),
+            io: BufReader::new(Box::new(stream)),
             session,
             greeting: String::new(),
         };
-        c.io = BufReader::new(self.client_tls(Box::new(near)).await);
         c.greeting = c.line().await;
-        c
+        (c, binding)
     }
 
     /// The client side of a TLS handshake over `io`, trusting the fixture's certificate.
     async fn client_tls(&self, io: Box<dyn Io>) -> Box<dyn Io> {
+        Box::new(self.client_tls_with(io, rustls::DEFAULT_VERSIONS).await)
+    }
+
+    async fn client_tls_with<I: Io>(
+        &self,
+        io: I,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> tokio_rustls::client::TlsStream<I> {
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(self.cert.clone().expect("TLS configured"))
             .expect("root");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let name = ServerName::try_from("localhost").expect("name");
-        let stream = tokio::time::timeout(PATIENCE, connector.connect(name, io))
+        tokio::time::timeout(PATIENCE, connector.connect(name, io))
             .await
             .expect("handshake in time")
-            .expect("client handshake");
-        Box::new(stream)
+            .expect("client handshake")
     }
 
     /// alice's maildrop still holds every message: nothing was deleted.
@@ -246,6 +264,26 @@ impl Fixture {
     /// The number of messages in a maildrop, as the store has it.
     fn stored(&self, account: AccountId) -> usize {
         self.store.list_messages(account).expect("list").len()
+    }
+}
+
+/// The channel binding of a client's TLS connection (see [`Fixture::connect_tls_with`]).
+fn client_binding(conn: &rustls::ClientConnection) -> auth::ChannelBinding {
+    if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+        let data = conn
+            .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .expect("exporter");
+        auth::ChannelBinding {
+            name: auth::ChannelBinding::TLS_EXPORTER,
+            data,
+        }
+    } else {
+        let cert = &conn.peer_certificates().expect("certificate")[0];
+        let data = ring::digest::digest(&ring::digest::SHA256, cert);
+        auth::ChannelBinding {
+            name: auth::ChannelBinding::TLS_SERVER_END_POINT,
+            data: data.as_ref().to_vec(),
+        }
     }
 }
 

@@ -318,3 +318,243 @@ async fn scram_keys_are_rederived_at_a_password_login_when_the_count_changes() {
     assert_eq!(record.iterations, 5000);
     assert_ne!(stored, old);
 }
+
+/// A stand-in identity provider: `good-<user>` is a valid token for `<user>`, anything else
+/// is refused; `down` makes every validation unavailable.
+#[derive(Debug)]
+struct FakeIdp {
+    down: bool,
+}
+
+const IDP_ERROR: &str = r#"{"status":"invalid_token","scope":"pop"}"#;
+
+impl auth::BearerValidator for FakeIdp {
+    fn validate(&self, token: &str) -> Result<String, auth::TokenError> {
+        if self.down {
+            return Err(auth::TokenError::Unavailable("JWKS unreachable".into()));
+        }
+        token
+            .strip_prefix("good-")
+            .map(str::to_string)
+            .ok_or_else(|| auth::TokenError::Rejected("bad signature".into()))
+    }
+    fn error_json(&self) -> String {
+        IDP_ERROR.into()
+    }
+}
+
+fn with_idp(down: bool) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| c.oauth2 = Some(Arc::new(FakeIdp { down }))
+}
+
+/// RFC 7628 section 3.1: OAUTHBEARER's client response (with an optional `a=` authzid).
+fn oauthbearer(authzid: Option<&str>, token: &str) -> String {
+    let a = authzid.map(|u| format!("a={u}")).unwrap_or_default();
+    b64(&format!(
+        "n,{a},\u{1}host=pop.test\u{1}port=110\u{1}auth=Bearer {token}\u{1}\u{1}"
+    ))
+}
+
+/// XOAUTH2's client response.
+fn xoauth2(user: &str, token: &str) -> String {
+    b64(&format!("user={user}\u{1}auth=Bearer {token}\u{1}\u{1}"))
+}
+
+/// RFC 7628 section 3.2.2's failure: a continuation with the error document, the client's
+/// `%x01`, then `-ERR [AUTH]`.
+async fn refused_token(c: &mut Client, first: &str) {
+    assert_eq!(
+        c.cmd(first).await,
+        format!("+ {}", b64(IDP_ERROR)),
+        "{first}"
+    );
+    assert_eq!(c.cmd("AQ==").await, err(reply::BAD_CREDENTIALS));
+}
+
+/// RFC 7628 and XOAUTH2: a good token logs in, with the initial response or after the empty
+/// challenge, validated by the configured validator.
+#[tokio::test]
+async fn rfc7628_oauthbearer_and_xoauth2_log_in_with_a_valid_token() {
+    let f = Fixture::tuned(with_idp(false));
+    let runs = [
+        format!("AUTH OAUTHBEARER {}", oauthbearer(None, "good-alice")),
+        format!(
+            "AUTH OAUTHBEARER {}",
+            oauthbearer(Some("alice"), "good-alice")
+        ),
+        format!("AUTH XOAUTH2 {}", xoauth2("alice", "good-alice")),
+    ];
+    for first in runs {
+        let mut c = f.connect().await;
+        assert_eq!(c.cmd(&first).await, full_login(), "{first}");
+        c.cmd("QUIT").await;
+    }
+    for (mech, response) in [
+        ("OAUTHBEARER", oauthbearer(None, "good-alice")),
+        ("XOAUTH2", xoauth2("alice", "good-alice")),
+    ] {
+        let mut c = f.connect().await;
+        assert_eq!(c.cmd(&format!("AUTH {mech}")).await, "+ ");
+        assert_eq!(c.cmd(&response).await, full_login(), "{mech}");
+        c.cmd("QUIT").await;
+    }
+}
+
+/// RFC 7628 section 3.2.2: a refused token, a token for an unknown account, and a token for
+/// another user than the authzid all fail the same way: the error document in a
+/// continuation, the client's `%x01`, `-ERR [AUTH]`. Each counts as a failed login.
+#[tokio::test]
+async fn rfc7628_s3_2_2_refused_tokens_get_the_error_document_then_auth() {
+    let f = Fixture::tuned(|c| {
+        with_idp(false)(c);
+        c.max_auth_failures = 6;
+    });
+    let mut c = f.connect().await;
+    for first in [
+        format!("AUTH OAUTHBEARER {}", oauthbearer(None, "forged")),
+        format!("AUTH XOAUTH2 {}", xoauth2("alice", "forged")),
+        format!("AUTH OAUTHBEARER {}", oauthbearer(None, "good-ghost")),
+        format!("AUTH XOAUTH2 {}", xoauth2("ghost", "good-ghost")),
+        format!(
+            "AUTH OAUTHBEARER {}",
+            oauthbearer(Some("carol"), "good-alice")
+        ),
+    ] {
+        refused_token(&mut c, &first).await;
+    }
+    // XOAUTH2's user names the account as OAUTHBEARER's authzid does.
+    let first = format!("AUTH XOAUTH2 {}", xoauth2("carol", "good-alice"));
+    assert_eq!(c.cmd(&first).await, format!("+ {}", b64(IDP_ERROR)));
+    // The sixth failure on the connection closes it: the refusals were counted.
+    assert_eq!(c.cmd("AQ==").await, err(reply::TOO_MANY_AUTH_FAILURES));
+    c.closed().await;
+}
+
+/// An identity provider that cannot be reached gives `-ERR [SYS/TEMP]`, not `[AUTH]`, and
+/// is not a failed login.
+#[tokio::test]
+async fn an_unavailable_token_validator_is_a_temporary_failure() {
+    let f = Fixture::tuned(|c| {
+        with_idp(true)(c);
+        c.max_auth_failures = 1;
+    });
+    let mut c = f.connect().await;
+    for first in [
+        format!("AUTH OAUTHBEARER {}", oauthbearer(None, "good-alice")),
+        format!("AUTH XOAUTH2 {}", xoauth2("alice", "good-alice")),
+    ] {
+        assert_eq!(c.cmd(&first).await, err(SASL_UNAVAILABLE_REPLY), "{first}");
+    }
+    c.login().await;
+}
+
+const SASL_UNAVAILABLE_REPLY: ErrReply = ErrReply {
+    code: Some(ResponseCode::SysTemp),
+    text: Text::TempFailure,
+};
+
+/// OAUTHBEARER and XOAUTH2 are offered only with a token validator, and as credentials
+/// under the cleartext policy (RFC 7628 section 5): not to a remote peer before TLS, which
+/// is refused them; after STLS they are offered, with SCRAM-SHA-256-PLUS (there is a
+/// channel binding now).
+#[tokio::test]
+async fn bearer_mechanisms_need_a_validator_and_tls() {
+    let bearer = |m: &String| m.contains("OAUTHBEARER") || m.contains("XOAUTH2");
+    let mut c = Fixture::new().connect().await;
+    let caps = c.multi("CAPA", &ok(Text::CapaFollows)).await;
+    assert!(!caps.iter().any(bearer), "{caps:?}");
+    let first = format!("AUTH XOAUTH2 {}", xoauth2("alice", "good-alice"));
+    assert_eq!(c.cmd(&first).await, refused(Text::UnknownMechanism));
+
+    let mut config = config();
+    with_idp(false)(&mut config);
+    let f = Fixture::build(config, true);
+    let mut c = f.connect_as(plain(), REMOTE).await;
+    let caps = c.multi("CAPA", &ok(Text::CapaFollows)).await;
+    assert!(!caps.iter().any(bearer), "{caps:?}");
+    assert!(!caps.iter().any(|m| m.contains("PLUS")), "{caps:?}");
+    assert_eq!(c.cmd(&first).await, err(reply::CLEARTEXT_REFUSED));
+    assert_eq!(c.cmd("STLS").await, ok(Text::StlsGo));
+    c.starttls(&f).await;
+    let caps = c.multi("CAPA", &ok(Text::CapaFollows)).await;
+    let sasl = caps.iter().find(|c| c.starts_with("SASL ")).expect("SASL");
+    assert_eq!(
+        sasl, "SASL SCRAM-SHA-256-PLUS SCRAM-SHA-256 OAUTHBEARER XOAUTH2 PLAIN LOGIN",
+        "{caps:?}"
+    );
+    let mechs = c.multi("AUTH", &ok(Text::MechanismsFollow)).await;
+    assert!(mechs.iter().any(|m| m == "OAUTHBEARER"), "{mechs:?}");
+    assert_eq!(c.cmd(&first).await, full_login());
+}
+
+/// A TLS fixture where alice has SCRAM-SHA-256 keys.
+fn scram_tls_fixture() -> Fixture {
+    let f = Fixture::build(config(), true);
+    let hash = f
+        .store
+        .account(&name("alice"))
+        .expect("read")
+        .expect("alice")
+        .password_hash;
+    let keys = auth::derive_scram(PASSWORD.as_bytes(), auth::scram::MIN_ITERATIONS);
+    assert!(f
+        .store
+        .add_scram_keys(f.alice, &hash, &keys)
+        .expect("store"));
+    f
+}
+
+/// SCRAM-SHA-256-PLUS through the session with rsasl's client: `first` is the AUTH line's
+/// mechanism. Returns the reply to the client-final (or to the client-first, if that
+/// already failed).
+async fn scram_plus(c: &mut Client, mech: &str, binding: auth::ChannelBinding) -> String {
+    let mut client = auth::testing::ScramClient::new("alice", PASSWORD, Some(binding));
+    let first = client.step(None).expect("client-first");
+    let reply = c.cmd(&format!("AUTH {mech} {}", B64.encode(first))).await;
+    let Some(server_first) = reply.strip_prefix("+ ") else {
+        return reply;
+    };
+    let server_first = B64.decode(server_first).expect("base64");
+    let client_final = client.step(Some(&server_first)).expect("client-final");
+    let reply = c.cmd(&B64.encode(client_final)).await;
+    let Some(verifier) = reply.strip_prefix("+ ") else {
+        return reply;
+    };
+    client
+        .step(Some(&B64.decode(verifier).expect("base64")))
+        .expect("the server's signature");
+    c.cmd("").await
+}
+
+/// RFC 5802 section 6 over real TLS: SCRAM-SHA-256-PLUS with `tls-exporter` (RFC 9266) on
+/// TLS 1.3 and `tls-server-end-point` (RFC 5929) on TLS 1.2 logs in with rsasl's client; a
+/// binding taken from another TLS connection fails as a wrong password.
+#[tokio::test]
+async fn rfc5802_scram_sha_256_plus_binds_to_the_tls_connection() {
+    let f = scram_tls_fixture();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let (mut c, binding) = f.connect_tls_with(&[version]).await;
+        let caps = c.multi("CAPA", &ok(Text::CapaFollows)).await;
+        assert!(
+            caps.iter().any(|c| c.contains("SCRAM-SHA-256-PLUS")),
+            "{caps:?}"
+        );
+        assert_eq!(
+            scram_plus(&mut c, "SCRAM-SHA-256-PLUS", binding).await,
+            full_login(),
+            "{version:?}"
+        );
+        c.cmd("QUIT").await;
+    }
+    // The binding of one connection presented on another.
+    let (_other, foreign) = f.connect_tls_with(&[&rustls::version::TLS13]).await;
+    let (mut c, _) = f.connect_tls_with(&[&rustls::version::TLS13]).await;
+    assert_eq!(
+        scram_plus(&mut c, "SCRAM-SHA-256-PLUS", foreign).await,
+        err(reply::BAD_CREDENTIALS)
+    );
+    // Over cleartext there is no -PLUS at all.
+    let mut c = f.connect().await;
+    let mechs = c.multi("AUTH", &ok(Text::MechanismsFollow)).await;
+    assert!(!mechs.iter().any(|m| m.contains("PLUS")), "{mechs:?}");
+}
