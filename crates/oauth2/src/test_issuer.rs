@@ -212,6 +212,11 @@ pub fn unsigned(claims: &Value) -> String {
     )
 }
 
+/// JSON as a [`Value`] (`Null` when it is not JSON), for tests without serde_json.
+pub fn parse_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(Value::Null)
+}
+
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()

@@ -176,7 +176,7 @@ pub(crate) async fn serve<S: Stream>(
     };
     let mut driver = Driver {
         conn,
-        decoder: Decoder::new(),
+        decoder: command_decoder(),
         session,
         login_deadline,
     };
@@ -197,6 +197,15 @@ pub(crate) async fn serve<S: Stream>(
         duration_ms = started.elapsed().as_millis() as u64,
         "session end"
     );
+}
+
+/// The decoder of command lines: 255 octets (RFC 2449 section 4), except an AUTH line, which
+/// may carry an initial response as long as a SASL response line (mpop sends OAuth 2.0 bearer
+/// tokens inline, and no JWT fits in 255 octets).
+fn command_decoder() -> Decoder {
+    let mut decoder = Decoder::new();
+    decoder.set_auth_max_line(SASL_MAX_LINE);
+    decoder
 }
 
 /// The I/O around a [`Session`].
@@ -354,7 +363,7 @@ impl<S: Stream> Driver<S> {
             Ok(Ok(stream)) => {
                 self.conn = Conn::Tls(Box::new(stream));
                 tracing::Span::current().record("tls", true);
-                self.decoder = Decoder::new();
+                self.decoder = command_decoder();
                 let binding = self.conn.channel_binding(Some(&*tls));
                 self.session.tls_started(binding);
                 debug!("TLS active");
