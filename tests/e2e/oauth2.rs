@@ -21,7 +21,7 @@ const ALICE: &str = "alice@example.org";
 /// The issuer with its CA file written to a directory of its own.
 struct Idp {
     issuer: TestIssuer,
-    _dir: TempDir,
+    dir: TempDir,
     ca: PathBuf,
 }
 
@@ -29,11 +29,7 @@ fn idp(tag: &str) -> Idp {
     let issuer = TestIssuer::start();
     let dir = TempDir::new(tag);
     let ca = issuer.write_ca(dir.path());
-    Idp {
-        issuer,
-        _dir: dir,
-        ca,
-    }
+    Idp { issuer, dir, ca }
 }
 
 impl Idp {
@@ -269,6 +265,13 @@ fn curl_oauth2_bearer_over_stls_and_pop3s() {
     assert_fetched(&pop3s, MSG);
     for out in [&stls, &pop3s] {
         let said = String::from_utf8_lossy(&out.stderr);
+        // What curl sent, cut short (for the record in docs/authentication.md).
+        let sent: Vec<String> = said
+            .lines()
+            .filter(|l| l.starts_with("> "))
+            .map(|l| l.chars().take(24).collect())
+            .collect();
+        eprintln!("curl sent: {sent:?}");
         assert!(
             said.contains("> AUTH OAUTHBEARER"),
             "curl chose another mechanism: {said}"
@@ -352,4 +355,42 @@ fn fetchmail_oauth_where_supported() {
         &[],
     );
     assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// RFC 7662: an opaque token is introspected with pop3d's client credentials (read from the
+/// secret file at start); `active: true` logs in as its claim, `active: false` is `[AUTH]`.
+#[test]
+fn rfc7662_opaque_tokens_are_introspected() {
+    let idp = idp("oauth2-introspect-idp");
+    let secret = idp.issuer.write_client_secret(idp.dir.path());
+    let mut flags = idp.flags();
+    flags.extend([
+        "--oauth2-introspection-url".into(),
+        idp.issuer.introspection_url(),
+        "--oauth2-client-id".into(),
+        oauth2::test_issuer::CLIENT_ID.into(),
+        "--oauth2-client-secret-file".into(),
+        secret.display().to_string(),
+    ]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let f = Fixture::with_flags("oauth2-introspect", &flags);
+    f.add_user(ALICE, "a password nobody types");
+    idp.issuer.set_introspection(
+        "opaque-active",
+        json!({"active": true, "email": ALICE, "aud": AUDIENCE, "exp": now() + 300}),
+    );
+    idp.issuer
+        .set_introspection("opaque-revoked", json!({"active": false}));
+    let xoauth2 = |token: &str| {
+        e2e::base64(format!("user={ALICE}\x01auth=Bearer {token}\x01\x01").as_bytes())
+    };
+    let mut c = f.server.connect();
+    c.ok(&format!("AUTH XOAUTH2 {}", xoauth2("opaque-active")));
+    c.ok("QUIT");
+    let mut c = f.server.connect();
+    let challenge = c.cmd(&format!("AUTH XOAUTH2 {}", xoauth2("opaque-revoked")));
+    assert_eq!(b64_json(&challenge)["status"], "invalid_token");
+    // XOAUTH2's client answers the error with an empty line.
+    assert!(c.err("").starts_with("-ERR [AUTH]"));
+    assert_eq!(idp.issuer.requests(oauth2::test_issuer::INTROSPECT_PATH), 2);
 }
