@@ -372,6 +372,8 @@ fn rfc7662_opaque_tokens_are_introspected() {
         "--oauth2-client-secret-file".into(),
         secret.display().to_string(),
     ]);
+    // Trace level: not even there may a token or the client secret appear.
+    flags.extend(["--log".into(), "trace".into()]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let f = Fixture::with_flags("oauth2-introspect", &flags);
     f.add_user(ALICE, "a password nobody types");
@@ -393,4 +395,13 @@ fn rfc7662_opaque_tokens_are_introspected() {
     // XOAUTH2's client answers the error with an empty line.
     assert!(c.err("").starts_with("-ERR [AUTH]"));
     assert_eq!(idp.issuer.requests(oauth2::test_issuer::INTROSPECT_PATH), 2);
+    let log = f.server.log();
+    for secret in [
+        "opaque-active",
+        "opaque-revoked",
+        oauth2::test_issuer::CLIENT_SECRET,
+    ] {
+        assert!(!log.contains(secret), "{secret:?} logged");
+    }
+    f.server.await_log("bearer token refused");
 }

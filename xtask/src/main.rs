@@ -324,6 +324,8 @@ const KERBEROS: &[(&str, &str)] = &[
 const TOOLS: &[(&str, &str)] = &[
     // systemd's socket-activation tool, for the socket-activation test (tests/e2e/operators.rs).
     ("systemd-socket-activate", "systemd"),
+    // RSA keys of the OAuth 2.0 test issuer (`oauth2::test_issuer`: ring makes no RSA keys).
+    ("openssl", "openssl"),
 ];
 
 /// True when `program` is an executable in PATH, /usr/sbin or /sbin.
