@@ -224,6 +224,25 @@ fn rfc7628_oauthbearer_and_xoauth2_with_the_real_validator() {
     f.server.await_log("bearer token refused");
     assert!(!f.server.log().contains(&expired) && !f.server.log().contains(&token));
 
+    // RFC 8725 section 2.1: an unsigned token, and an HS256 one keyed with the issuer's RSA
+    // public key (algorithm confusion), are refused like any bad token.
+    let key = idp.issuer.current();
+    let mut forged = vec![oauth2::test_issuer::unsigned(&idp.issuer.claims(ALICE))];
+    for secret in key.rsa_public_forms() {
+        let header = json!({"alg": "HS256", "kid": key.kid, "typ": "JWT"});
+        forged.push(oauth2::test_issuer::sign_hs256(
+            &secret,
+            &header,
+            &idp.issuer.claims(ALICE),
+        ));
+    }
+    for token in &forged {
+        let mut c = f.server.connect();
+        let challenge = c.cmd(&format!("AUTH OAUTHBEARER {}", oauthbearer(ALICE, token)));
+        assert_eq!(b64_json(&challenge)["status"], "invalid_token");
+        assert!(c.err("AQ==").starts_with("-ERR [AUTH]"));
+    }
+
     // The issuer down, with no keys fetched yet by a fresh pop3d: [SYS/TEMP].
     let g = server("oauth2-wire-down", &idp);
     idp.issuer.stop();
