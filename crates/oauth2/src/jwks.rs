@@ -150,9 +150,10 @@ impl Cache {
                 }
             }
         }
+        // A key without a kid may have signed any token (some issuers publish none).
         let matching = |keys: &[Key]| -> Vec<Key> {
             keys.iter()
-                .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
+                .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
                 .cloned()
                 .collect()
         };

@@ -498,3 +498,19 @@ fn oversized_and_empty_tokens_are_refused_unread() {
     rejected(&v, &"a".repeat(crate::MAX_TOKEN_OCTETS + 1));
     assert_eq!(f.issuer.requests(test_issuer::DISCOVERY_PATH), 0);
 }
+
+/// A JWKS whose keys carry no `kid` still verifies tokens that name one (or none).
+#[test]
+fn keys_without_a_kid_verify_any_token() {
+    let f = Fixture::new();
+    let mut jwk = f.issuer.current().jwk();
+    jwk.as_object_mut().expect("object").remove("kid");
+    f.issuer
+        .set_jwks(Some(json!({ "keys": [jwk] }).to_string()));
+    let v = f.validator();
+    let claims = f.issuer.claims("alice@example.org");
+    assert!(v.validate(&f.issuer.token(&claims)).is_ok());
+    let no_kid = f.issuer.current().sign(&json!({"alg": "RS256"}), &claims);
+    assert!(v.validate(&no_kid).is_ok());
+    assert_eq!(v.jwks_fetches(), 1);
+}
