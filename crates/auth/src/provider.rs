@@ -89,15 +89,16 @@ impl Validation for Outcome {
 
 pub(crate) type Server = Session<Outcome, Binding>;
 
-/// Starts rsasl's server for `mechanism`, offering `registry` (what the connection offers
-/// matters to SCRAM: with the -PLUS variant in it, a client's `y` flag is a downgrade), with
-/// `callback` answering and `binding` the connection's channel binding.
+/// Starts rsasl's server for the first mechanism of `registry`, which lists what the
+/// connection offers (that matters to SCRAM: with the -PLUS variant in it, a client's `y`
+/// flag is a downgrade), with `callback` answering and `binding` the connection's channel
+/// binding.
 pub(crate) fn start(
-    mechanism: &'static RsaslMechanism,
     registry: &'static [RsaslMechanism],
     callback: impl SessionCallback + 'static,
     binding: Option<ChannelBinding>,
 ) -> Result<Server, SaslError> {
+    let mechanism = registry.first().ok_or(SaslError::Unsupported)?;
     let config: Arc<SASLConfig> = SASLConfig::builder()
         .with_registry(Registry::with_mechanisms(registry))
         .with_callback(callback)

@@ -307,37 +307,36 @@ fn check_plain(data: &[u8]) -> Result<(), SaslError> {
 
 /// The rsasl mechanisms a SCRAM exchange offers: with a channel binding, the -PLUS variant
 /// too, so that a client flagging `y` (it could bind, but thinks we cannot) is refused as the
-/// downgrade it is (RFC 5802 section 6).
+/// downgrade it is (RFC 5802 section 6). The chosen mechanism comes first.
 fn scram_registry(plus: bool, bound: bool) -> &'static [RsaslMechanism] {
-    static PLAIN_SCRAM: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
-    static BOTH: OnceLock<[RsaslMechanism; 2]> = OnceLock::new();
-    static PLUS: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
+    static SCRAM: [RsaslMechanism; 1] = [provider::SCRAM_SHA256];
+    static BOTH: [RsaslMechanism; 2] = [provider::SCRAM_SHA256, provider::SCRAM_SHA256_PLUS];
+    static PLUS: [RsaslMechanism; 1] = [provider::SCRAM_SHA256_PLUS];
     match (plus, bound) {
-        (true, _) => PLUS.get_or_init(|| [provider::SCRAM_SHA256_PLUS]),
-        (false, true) => BOTH.get_or_init(|| [provider::SCRAM_SHA256, provider::SCRAM_SHA256_PLUS]),
-        (false, false) => PLAIN_SCRAM.get_or_init(|| [provider::SCRAM_SHA256]),
+        (true, _) => &PLUS,
+        (false, true) => &BOTH,
+        (false, false) => &SCRAM,
     }
 }
 
-/// A one-mechanism registry for `m`.
-fn only(m: Mechanism) -> (&'static RsaslMechanism, &'static [RsaslMechanism]) {
-    static PLAIN: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
-    static LOGIN: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
-    static OAUTHBEARER: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
-    static XOAUTH2: OnceLock<[RsaslMechanism; 1]> = OnceLock::new();
-    let registry: &'static [RsaslMechanism; 1] = match m {
-        Mechanism::Login => LOGIN.get_or_init(|| [provider::LOGIN]),
-        Mechanism::OAuthBearer => OAUTHBEARER.get_or_init(|| [provider::OAUTHBEARER]),
-        Mechanism::XOAuth2 => XOAUTH2.get_or_init(|| [provider::XOAUTH2]),
-        _ => PLAIN.get_or_init(|| [provider::PLAIN]),
-    };
-    (&registry[0], registry)
+/// The one-mechanism registry of PLAIN, LOGIN, OAUTHBEARER or XOAUTH2.
+fn only(m: Mechanism) -> Result<&'static [RsaslMechanism], SaslError> {
+    static PLAIN: [RsaslMechanism; 1] = [provider::PLAIN];
+    static LOGIN: [RsaslMechanism; 1] = [provider::LOGIN];
+    static OAUTHBEARER: [RsaslMechanism; 1] = [provider::OAUTHBEARER];
+    static XOAUTH2: [RsaslMechanism; 1] = [provider::XOAUTH2];
+    match m {
+        Mechanism::Plain => Ok(&PLAIN),
+        Mechanism::Login => Ok(&LOGIN),
+        Mechanism::OAuthBearer => Ok(&OAUTHBEARER),
+        Mechanism::XOAuth2 => Ok(&XOAUTH2),
+        _ => Err(SaslError::Unsupported),
+    }
 }
 
 /// rsasl's server for PLAIN or LOGIN.
 fn password_server(m: Mechanism) -> Result<Box<Server>, SaslError> {
-    let (mech, registry) = only(m);
-    provider::start(mech, registry, PasswordCallback, None).map(Box::new)
+    provider::start(only(m)?, PasswordCallback, None).map(Box::new)
 }
 
 impl Exchange {
@@ -659,11 +658,8 @@ impl Exchange {
                 // and fails only at the proof, as a wrong password would.
                 let record = stored.unwrap_or_else(|| fake_record(&user, iterations));
                 let registry = scram_registry(plus, self.channel_binding.is_some());
-                // The mechanism the client chose comes first in its registry.
-                let mechanism = &registry[0];
                 let callback = ScramCallback { record, known };
-                let started =
-                    provider::start(mechanism, registry, callback, self.channel_binding.clone());
+                let started = provider::start(registry, callback, self.channel_binding.clone());
                 let server_first = started.and_then(|mut server| {
                     match provider::step(&mut server, Some(&client_first))? {
                         Stepped::Running(server_first) => Ok((server, server_first)),
@@ -694,8 +690,8 @@ impl Exchange {
         else {
             return Step::Failure(SaslError::Malformed);
         };
-        let (mech, registry) = only(mechanism);
-        let stepped = provider::start(mech, registry, VerdictCallback(verdict), None)
+        let stepped = only(mechanism)
+            .and_then(|registry| provider::start(registry, VerdictCallback(verdict), None))
             .map(Box::new)
             .and_then(|mut server| {
                 let stepped = provider::step(&mut server, Some(&message))?;
@@ -724,8 +720,7 @@ impl Exchange {
 fn probe_token(mechanism: Mechanism, data: &[u8]) -> Result<Presented, SaslError> {
     let probe = TokenProbe::default();
     let seen = probe.seen.clone();
-    let (mech, registry) = only(mechanism);
-    let mut server = provider::start(mech, registry, probe, None)?;
+    let mut server = provider::start(only(mechanism)?, probe, None)?;
     // The pass ends without a verdict (the probe gives none), which rsasl reports as an error.
     let _ = provider::step(&mut server, Some(data));
     let presented = seen

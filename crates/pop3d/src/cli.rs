@@ -235,6 +235,11 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub scram_iterations: Option<u32>,
 
+    /// Offer SCRAM-SHA-256-PLUS (channel binding: tls-exporter on TLS 1.3,
+    /// tls-server-end-point on TLS 1.2) on TLS connections [default: off].
+    #[arg(long)]
+    pub scram_plus: bool,
+
     /// Host name in the APOP timestamp, CRAM-MD5 challenges, the GSSAPI principal and the
     /// self-signed certificate [default: the machine's].
     #[arg(long, value_name = "NAME")]

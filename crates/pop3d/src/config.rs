@@ -62,6 +62,8 @@ pub struct File {
     pub trusted_networks: Vec<String>,
     /// PBKDF2 iterations of SCRAM-SHA-256 keys.
     pub scram_iterations: Option<u32>,
+    /// Offer SCRAM-SHA-256-PLUS on TLS connections.
+    pub scram_plus: Option<bool>,
     pub credential_cache_ttl: Option<u64>,
     /// Generate a self-signed certificate when none is configured (default true).
     pub self_signed: Option<bool>,

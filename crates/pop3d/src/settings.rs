@@ -201,6 +201,11 @@ fn layered(args: &Args) -> Result<Settings> {
             file.scram_iterations,
             d.scram_iterations,
         ),
+        scram_plus: layer(
+            args.scram_plus.then_some(true),
+            file.scram_plus,
+            d.scram_plus,
+        ),
         credential_cache_ttl: layer_secs(
             args.credential_cache_ttl,
             file.credential_cache_ttl,
@@ -875,13 +880,16 @@ mod tests {
         assert!(d.daemon.config.trusted_networks.is_empty());
         assert_eq!(d.daemon.config.scram_iterations, 100_000);
         assert!(d.daemon.config.gssapi_realms.is_empty());
+        assert!(!d.daemon.config.scram_plus, "SCRAM-SHA-256-PLUS is opt-in");
+        let plus = resolve(&Args::parse_from(["pop3d", "--scram-plus"])).expect("flag");
+        assert!(plus.daemon.config.scram_plus);
         let dir = std::env::temp_dir().join(format!("pop3d-authpol-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("pop3d.toml");
         std::fs::write(
             &path,
             "trusted_networks = [\"10.0.0.0/8\"]\nscram_iterations = 20000\n\
-             gssapi_realms = [\"PARTNER.TEST\"]\n",
+             gssapi_realms = [\"PARTNER.TEST\"]\nscram_plus = true\n",
         )
         .expect("write");
         let p = path.to_str().expect("utf8");
@@ -891,6 +899,7 @@ mod tests {
         assert!(c.trusted_networks.contains(ip("10.1.2.3")));
         assert_eq!(c.scram_iterations, 20_000);
         assert_eq!(c.gssapi_realms, ["PARTNER.TEST"]);
+        assert!(c.scram_plus);
         let s = resolve(&Args::parse_from([
             "pop3d",
             "--config",

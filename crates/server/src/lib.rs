@@ -124,6 +124,10 @@ pub struct Config {
     /// PBKDF2 iterations of the SCRAM-SHA-256 keys (RFC 7677 section 4: at least 4096); a
     /// password login re-derives keys of another count.
     pub scram_iterations: u32,
+    /// Offer SCRAM-SHA-256-PLUS on TLS connections (channel binding, RFC 5802 section 6).
+    /// Off by default: clients on GNU SASL that pick -PLUS whenever it is offered but give
+    /// the library no channel binding (NeoMutt 2022) then cannot log in at all.
+    pub scram_plus: bool,
     /// How long a verified password is remembered, so a repeat login skips argon2 (0: off).
     pub credential_cache_ttl: Duration,
     /// Kerberos: SASL GSSAPI (RFC 4752) is offered when set, and KPOP listeners need it.
@@ -220,6 +224,7 @@ impl Default for Config {
             trusted_networks: TrustedProxies::default(),
             argon2: auth::Argon2Params::default(),
             scram_iterations: auth::scram::DEFAULT_ITERATIONS,
+            scram_plus: false,
             credential_cache_ttl: Duration::from_secs(300),
             gssapi: None,
             gssapi_realms: Vec::new(),

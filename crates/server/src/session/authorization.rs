@@ -41,6 +41,9 @@ pub(super) struct Sasl {
     account: Option<Account>,
     /// The name a refused bearer token claimed, for the failed-login penalty.
     claimed: Option<String>,
+    /// A bearer token was refused: the exchange can only fail now, and a cancel (`*`) is
+    /// that failure too, so a client cannot test tokens without the penalty.
+    token_refused: bool,
 }
 
 /// How long a bearer token's validation may take (a JWKS or introspection fetch) before the
@@ -331,6 +334,7 @@ impl Session {
             exchange,
             account: None,
             claimed: None,
+            token_refused: false,
         });
         self.sasl_step(sasl, step).await
     }
@@ -344,6 +348,9 @@ impl Session {
             return Next::Continue;
         };
         if *line == b"*" {
+            if sasl.token_refused {
+                return self.auth_failure(sasl.claimed.as_deref(), None).await;
+            }
             self.err(Text::AuthCancelled);
             return Next::Continue;
         }
@@ -407,6 +414,7 @@ impl Session {
                         return Next::Continue;
                     };
                     sasl.claimed = authzid;
+                    sasl.token_refused = matches!(verdict, TokenVerdict::Refused { .. });
                     sasl.account = account;
                     sasl.exchange.token_verdict(verdict)
                 }

@@ -155,7 +155,7 @@ pub(crate) async fn serve<S: Stream>(
 ) {
     debug!("connected");
     let login_deadline = Instant::now() + shared.config.login_timeout;
-    let channel_binding = conn.channel_binding(shared.tls.as_deref());
+    let channel_binding = channel_binding(&conn, &shared);
     let session = Session {
         peer,
         client,
@@ -206,6 +206,14 @@ fn command_decoder() -> Decoder {
     let mut decoder = Decoder::new();
     decoder.set_auth_max_line(SASL_MAX_LINE);
     decoder
+}
+
+/// The connection's channel binding where SCRAM-SHA-256-PLUS is offered (`scram_plus`).
+fn channel_binding<S: Stream>(conn: &Conn<S>, shared: &Shared) -> Option<auth::ChannelBinding> {
+    if !shared.config.scram_plus {
+        return None;
+    }
+    conn.channel_binding(shared.tls.as_deref())
 }
 
 /// The I/O around a [`Session`].
@@ -364,7 +372,7 @@ impl<S: Stream> Driver<S> {
                 self.conn = Conn::Tls(Box::new(stream));
                 tracing::Span::current().record("tls", true);
                 self.decoder = command_decoder();
-                let binding = self.conn.channel_binding(Some(&*tls));
+                let binding = channel_binding(&self.conn, &self.session.shared);
                 self.session.tls_started(binding);
                 debug!("TLS active");
                 Ok(true)

@@ -402,12 +402,13 @@ async fn rfc7628_oauthbearer_and_xoauth2_log_in_with_a_valid_token() {
 
 /// RFC 7628 section 3.2.2: a refused token, a token for an unknown account, and a token for
 /// another user than the authzid all fail the same way: the error document in a
-/// continuation, the client's `%x01`, `-ERR [AUTH]`. Each counts as a failed login.
+/// continuation, the client's `%x01`, `-ERR [AUTH]`. Each counts as a failed login, and so
+/// does cancelling (`*`, RFC 5034 section 4) after the error document.
 #[tokio::test]
 async fn rfc7628_s3_2_2_refused_tokens_get_the_error_document_then_auth() {
     let f = Fixture::tuned(|c| {
         with_idp(false)(c);
-        c.max_auth_failures = 6;
+        c.max_auth_failures = 7;
     });
     let mut c = f.connect().await;
     for first in [
@@ -422,10 +423,13 @@ async fn rfc7628_s3_2_2_refused_tokens_get_the_error_document_then_auth() {
     ] {
         refused_token(&mut c, &first).await;
     }
+    let first = format!("AUTH OAUTHBEARER {}", oauthbearer(None, "forged"));
+    assert_eq!(c.cmd(&first).await, format!("+ {}", b64(IDP_ERROR)));
+    assert_eq!(c.cmd("*").await, err(reply::BAD_CREDENTIALS));
     // XOAUTH2's user names the account as OAUTHBEARER's authzid does.
     let first = format!("AUTH XOAUTH2 {}", xoauth2("carol", "good-alice"));
     assert_eq!(c.cmd(&first).await, format!("+ {}", b64(IDP_ERROR)));
-    // The sixth failure on the connection closes it: the refusals were counted.
+    // The seventh failure on the connection closes it: the refusals were counted.
     assert_eq!(c.cmd("AQ==").await, err(reply::TOO_MANY_AUTH_FAILURES));
     c.closed().await;
 }
@@ -455,8 +459,7 @@ const SASL_UNAVAILABLE_REPLY: ErrReply = ErrReply {
 
 /// OAUTHBEARER and XOAUTH2 are offered only with a token validator, and as credentials
 /// under the cleartext policy (RFC 7628 section 5): not to a remote peer before TLS, which
-/// is refused them; after STLS they are offered, with SCRAM-SHA-256-PLUS (there is a
-/// channel binding now).
+/// is refused them; after STLS they are offered.
 #[tokio::test]
 async fn bearer_mechanisms_need_a_validator_and_tls() {
     let bearer = |m: &String| m.contains("OAUTHBEARER") || m.contains("XOAUTH2");
@@ -479,7 +482,7 @@ async fn bearer_mechanisms_need_a_validator_and_tls() {
     let caps = c.multi("CAPA", &ok(Text::CapaFollows)).await;
     let sasl = caps.iter().find(|c| c.starts_with("SASL ")).expect("SASL");
     assert_eq!(
-        sasl, "SASL SCRAM-SHA-256-PLUS SCRAM-SHA-256 OAUTHBEARER XOAUTH2 PLAIN LOGIN",
+        sasl, "SASL SCRAM-SHA-256 OAUTHBEARER XOAUTH2 PLAIN LOGIN",
         "{caps:?}"
     );
     let mechs = c.multi("AUTH", &ok(Text::MechanismsFollow)).await;
@@ -487,9 +490,11 @@ async fn bearer_mechanisms_need_a_validator_and_tls() {
     assert_eq!(c.cmd(&first).await, full_login());
 }
 
-/// A TLS fixture where alice has SCRAM-SHA-256 keys.
-fn scram_tls_fixture() -> Fixture {
-    let f = Fixture::build(config(), true);
+/// A TLS fixture where alice has SCRAM-SHA-256 keys, with SCRAM-SHA-256-PLUS on or off.
+fn scram_tls_fixture(scram_plus: bool) -> Fixture {
+    let mut config = config();
+    config.scram_plus = scram_plus;
+    let f = Fixture::build(config, true);
     let hash = f
         .store
         .account(&name("alice"))
@@ -531,7 +536,7 @@ async fn scram_plus(c: &mut Client, mech: &str, binding: auth::ChannelBinding) -
 /// binding taken from another TLS connection fails as a wrong password.
 #[tokio::test]
 async fn rfc5802_scram_sha_256_plus_binds_to_the_tls_connection() {
-    let f = scram_tls_fixture();
+    let f = scram_tls_fixture(true);
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         let (mut c, binding) = f.connect_tls_with(&[version]).await;
         let caps = c.multi("CAPA", &ok(Text::CapaFollows)).await;
@@ -557,4 +562,29 @@ async fn rfc5802_scram_sha_256_plus_binds_to_the_tls_connection() {
     let mut c = f.connect().await;
     let mechs = c.multi("AUTH", &ok(Text::MechanismsFollow)).await;
     assert!(!mechs.iter().any(|m| m.contains("PLUS")), "{mechs:?}");
+}
+
+/// SCRAM-SHA-256-PLUS is opt-in (`scram_plus`): NeoMutt 2022 on GNU SASL picks -PLUS whenever
+/// offered and then fails its login (tests/e2e/mailclients.rs). Off, a TLS connection offers
+/// SCRAM-SHA-256 alone, refuses -PLUS as unknown, and takes a client's `y` flag (it could
+/// bind, the server offered no binding: RFC 5802 section 6).
+#[tokio::test]
+async fn scram_sha_256_plus_is_offered_only_when_configured() {
+    let f = scram_tls_fixture(false);
+    let (mut c, binding) = f.connect_tls_with(rustls::DEFAULT_VERSIONS).await;
+    let caps = c.multi("CAPA", &ok(Text::CapaFollows)).await;
+    let sasl = caps.iter().find(|c| c.starts_with("SASL ")).expect("SASL");
+    assert!(
+        sasl.contains("SCRAM-SHA-256") && !sasl.contains("PLUS"),
+        "{sasl}"
+    );
+    assert_eq!(
+        scram_plus(&mut c, "SCRAM-SHA-256-PLUS", binding).await,
+        refused(Text::UnknownMechanism)
+    );
+    let first = b64("y,,n=alice,r=abcdefgh");
+    assert!(c
+        .cmd(&format!("AUTH SCRAM-SHA-256 {first}"))
+        .await
+        .starts_with("+ "));
 }
