@@ -13,6 +13,7 @@ use crate::{Limits, Settings, Validator};
 struct Fixture {
     issuer: TestIssuer,
     dir: std::path::PathBuf,
+    _temp: testbed::TempDir,
 }
 
 impl Fixture {
@@ -21,14 +22,12 @@ impl Fixture {
     }
 
     fn with(issuer: TestIssuer) -> Fixture {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "oauth2-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Fixture { issuer, dir }
+        let temp = testbed::TempDir::new("oauth2");
+        Fixture {
+            issuer,
+            dir: temp.path().to_owned(),
+            _temp: temp,
+        }
     }
 
     fn settings(&self) -> Settings {
@@ -41,12 +40,6 @@ impl Fixture {
 
     fn validator_with(&self, settings: &Settings, limits: Limits) -> Validator {
         Validator::with_limits(settings, limits).expect("validator")
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
