@@ -182,6 +182,9 @@ fn pop3d_refuses_oauth2_settings_that_cannot_work() {
 fn rfc7628_oauthbearer_and_xoauth2_with_the_real_validator() {
     let mut idp = idp("oauth2-wire-idp");
     let f = server("oauth2-wire", &idp);
+    // pop3d fetched the keys at start, before any login.
+    f.server.await_log("OAuth 2.0: signing keys fetched");
+    assert_eq!(idp.issuer.requests(oauth2::test_issuer::JWKS_PATH), 1);
     let token = idp.token(ALICE);
     // Cleartext logins are allowed on loopback (the default policy), so CAPA offers them here.
     let mut c = f.server.connect();
@@ -243,9 +246,11 @@ fn rfc7628_oauthbearer_and_xoauth2_with_the_real_validator() {
         assert!(c.err("AQ==").starts_with("-ERR [AUTH]"));
     }
 
-    // The issuer down, with no keys fetched yet by a fresh pop3d: [SYS/TEMP].
-    let g = server("oauth2-wire-down", &idp);
+    // The issuer down when a pop3d starts: it says so in its log, and logins get [SYS/TEMP].
     idp.issuer.stop();
+    let g = server("oauth2-wire-down", &idp);
+    g.server
+        .await_log("OAuth 2.0: the signing keys could not be fetched");
     let mut c = g.server.connect();
     let reply = c.cmd(&format!("AUTH OAUTHBEARER {}", oauthbearer(ALICE, &token)));
     assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");

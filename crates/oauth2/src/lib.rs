@@ -185,6 +185,20 @@ impl Validator {
         })
     }
 
+    /// Fetches the issuer's signing keys now (pop3d does at start, so the first login does not
+    /// wait and a wrong URL or CA shows in the log at once): how many usable keys there are.
+    pub fn prefetch(&self) -> Result<usize, String> {
+        match self.cache().lookup(None, &self.http, &self.limits)? {
+            jwks::Lookup::Keys(keys) => Ok(keys.len()),
+            jwks::Lookup::UnknownKid => Ok(0),
+        }
+    }
+
+    /// The issuer URL.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     /// How many times the JWKS was fetched so far.
     pub fn jwks_fetches(&self) -> u64 {
         self.cache().fetches

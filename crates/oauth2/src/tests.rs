@@ -507,3 +507,18 @@ fn keys_without_a_kid_verify_any_token() {
     assert!(v.validate(&no_kid).is_ok());
     assert_eq!(v.jwks_fetches(), 1);
 }
+
+/// `prefetch` fetches the keys (once; tokens then need no fetch), or says why it cannot.
+#[test]
+fn prefetch_fetches_the_keys_or_says_why_not() {
+    let mut f = Fixture::new();
+    let v = f.validator();
+    assert_eq!(v.prefetch(), Ok(1));
+    assert!(v
+        .validate(&f.issuer.token(&f.issuer.claims("alice@example.org")))
+        .is_ok());
+    assert_eq!(v.jwks_fetches(), 1);
+    let fresh = f.validator();
+    f.issuer.stop();
+    assert!(fresh.prefetch().is_err());
+}

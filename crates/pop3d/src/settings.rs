@@ -21,6 +21,8 @@ pub struct Settings {
     /// One JSON object per log line instead of text.
     pub json_logs: bool,
     pub daemon: Daemon,
+    /// The OAuth 2.0 validator (also in `daemon.config.oauth2`), for [`crate::prefetch_oauth2_keys`].
+    pub oauth2: Option<Arc<oauth2::Validator>>,
 }
 
 /// The flag, else the file, else the default: how every setting is resolved.
@@ -127,13 +129,13 @@ fn layered(args: &Args) -> Result<Settings> {
     };
     // The CA file and the client secret are read here, before privileges are dropped, like
     // the cluster key; the settings' rules are `oauth2::Settings::check`, applied by `new`.
-    let oauth2 = match args.oauth2.over(file.oauth2) {
-        Some(settings) => {
-            let validator = oauth2::Validator::new(&settings)?;
-            Some(Arc::new(validator) as Arc<dyn auth::BearerValidator>)
-        }
+    let validator = match args.oauth2.over(file.oauth2) {
+        Some(settings) => Some(Arc::new(oauth2::Validator::new(&settings)?)),
         None => None,
     };
+    let oauth2 = validator
+        .clone()
+        .map(|v| v as Arc<dyn auth::BearerValidator>);
     let argon2 = file.argon2.map_or(d.argon2, |a| auth::Argon2Params {
         memory_kib: a.memory_kib.unwrap_or(d.argon2.memory_kib),
         iterations: a.iterations.unwrap_or(d.argon2.iterations),
@@ -278,6 +280,7 @@ fn layered(args: &Args) -> Result<Settings> {
         log: layer(args.log.clone(), file.log, "info".into()),
         json_logs,
         daemon,
+        oauth2: validator,
     })
 }
 
