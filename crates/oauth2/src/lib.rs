@@ -232,10 +232,9 @@ impl Validator {
             now,
         )?;
         // RFC 7662 section 2.2 names the owner `username`; the configured claim comes first.
-        let username = self
-            .username(&claims)
-            .or_else(|_| name_in(&claims, "username").ok_or(()))
-            .map_err(|_| {
+        let username = name_in(&claims, &self.claim)
+            .or_else(|| name_in(&claims, "username"))
+            .ok_or_else(|| {
                 TokenError::Rejected(format!(
                     "introspection: the answer has no {:?} or \"username\"",
                     self.claim
