@@ -327,6 +327,8 @@ const TOOLS: &[(&str, &str)] = &[
     // Prometheus' promtool, which checks the /metrics output (tests/e2e/metrics.rs). The
     // package also ships the Prometheus server; the suite never starts or uses it.
     ("promtool", "prometheus"),
+    // RSA keys of the OAuth 2.0 test issuer (`oauth2::test_issuer`: ring makes no RSA keys).
+    ("openssl", "openssl"),
 ];
 
 /// True when `program` is an executable in PATH, /usr/sbin or /sbin.

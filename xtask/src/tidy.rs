@@ -331,6 +331,7 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     ("admin", &["server"]),
     ("lmtp", &["store", "tokio", "proto", "auth", "server"]),
+    ("oauth2", &["store", "server", "tokio", "proto"]),
 ];
 
 fn broken_rules() -> Vec<String> {

@@ -4,6 +4,7 @@
 
 use store::StoreError;
 
+use crate::bearer::{Refused, Unavailable};
 use crate::deliver::BadSender;
 
 /// EX_USAGE: the command line was wrong.
@@ -14,7 +15,8 @@ pub const EX_DATAERR: u8 = 65;
 pub const EX_NOUSER: u8 = 67;
 /// EX_TEMPFAIL: try again later; the MTA keeps the message queued.
 pub const EX_TEMPFAIL: u8 = 75;
-/// EX_NOPERM: the mailbox is full (over its quota); the MTA bounces.
+/// EX_NOPERM: the mailbox is full (over its quota), which the MTA bounces; for `oauth2 check`,
+/// pop3d would refuse the token.
 pub const EX_NOPERM: u8 = 77;
 
 /// Generic failure of an administrative command.
@@ -25,8 +27,16 @@ fn store_error(e: &anyhow::Error) -> Option<&StoreError> {
     e.chain().find_map(|c| c.downcast_ref::<StoreError>())
 }
 
-/// Exit code of a failed administrative command: 67 for an unknown account or node, else 1.
+/// Exit code of a failed administrative command: 67 for an unknown account or node; for
+/// `oauth2 check` 77 for a refused token and 75 for an identity provider that cannot answer;
+/// else 1.
 pub fn admin_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<Refused>()) {
+        return EX_NOPERM;
+    }
+    if e.chain().any(|c| c.is::<Unavailable>()) {
+        return EX_TEMPFAIL;
+    }
     match store_error(e) {
         Some(StoreError::NoSuchAccount(_) | StoreError::NoSuchNode(_)) => EX_NOUSER,
         _ => FAILURE,

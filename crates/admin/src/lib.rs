@@ -9,6 +9,7 @@
 //! through the `store` crate's [`store::Store`] trait and hashes passwords with `auth`; it knows
 //! nothing of the POP3 wire, and it never takes a password from the command line.
 
+mod bearer;
 mod deliver;
 mod domains;
 mod exit;
@@ -74,6 +75,9 @@ Examples:
   popadm quota default --quota-octets 1G
   popadm domain set example.org --quota-octets 5G
   popadm user set boss@example.org --quota-octets none
+
+  # Single sign-on: which account does this OAuth 2.0 token log in as, or why not?
+  popadm oauth2 check --config /etc/pop3d/pop3d.toml --token-stdin < token.txt
 
   # A consistent copy of the database while pop3d runs
   popadm backup /var/backups/pop3d-$(date +%F).sqlite3
@@ -176,6 +180,9 @@ pub enum Command {
     /// Show or set the global default quota (accounts and domains without their own)
     #[command(subcommand)]
     Quota(QuotaCommand),
+    /// Check OAuth 2.0 bearer tokens as pop3d would (OAUTHBEARER, XOAUTH2)
+    #[command(subcommand)]
+    Oauth2(Oauth2Command),
     /// Show an account's message count, size, quota, lock, policy overrides and last login
     Stat {
         /// Account name (`local` or `local@domain`)
@@ -211,6 +218,28 @@ pub fn command() -> clap::Command {
 
 /// Manual section of the pages: system administration.
 pub const MAN_SECTION: &str = "8";
+
+/// `popadm oauth2 ...`
+#[derive(Debug, Subcommand)]
+pub enum Oauth2Command {
+    /// Validate a token from stdin: the account it logs in as, or why pop3d refuses it
+    ///
+    /// Uses pop3d's own validation (the issuer's JWKS, or RFC 7662 introspection for opaque
+    /// tokens) with the `[oauth2]` table of --config FILE, each --oauth2-* flag replacing its
+    /// key, then looks the account up in the store. Exit codes: 0 the token logs in, 77 the
+    /// token is refused, 67 it names no account, 75 the identity provider cannot be reached.
+    Check {
+        /// Read the token from stdin (one line; a leading `Bearer ` is dropped). Required:
+        /// tokens are credentials and never go in argv
+        #[arg(long, required = true)]
+        token_stdin: bool,
+        /// pop3d's configuration file, for its `[oauth2]` table and `default_domain`
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        oauth2: oauth2::Flags,
+    },
+}
 
 /// `popadm domain ...`
 #[derive(Debug, Subcommand)]
@@ -541,6 +570,22 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Stat { name, json } => {
             (users::stat(&location, &name, json), exit::admin_code as _)
         }
+        Command::Oauth2(Oauth2Command::Check {
+            token_stdin: _,
+            config,
+            oauth2,
+        }) => (
+            bearer::check(
+                &location,
+                bearer::Check {
+                    config,
+                    flags: oauth2,
+                },
+                std::io::stdin().lock(),
+            )
+            .map(|report| print!("{report}")),
+            exit::admin_code as _,
+        ),
         Command::Import(cmd) => (import::run(&location, cmd), exit::admin_code as _),
         Command::Backup { file } => (backup(&location, &file), exit::admin_code as _),
         Command::Completions { shell } => (
@@ -826,6 +871,7 @@ mod tests {
             "migrate pop3",
             "popadm backup",
             "quota default --quota-octets",
+            "oauth2 check",
         ] {
             assert!(help.contains(example), "{example}: {help}");
         }

@@ -298,6 +298,9 @@ pub struct Args {
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
 
+    #[command(flatten)]
+    pub oauth2: oauth2::Flags,
+
     /// After binding the listeners, run as this user (and its group); the data directory must
     /// be theirs.
     #[arg(long, value_name = "USER")]

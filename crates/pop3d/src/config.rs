@@ -92,6 +92,8 @@ pub struct File {
     #[serde(default)]
     pub certificate: Vec<CertFile>,
     pub argon2: Option<Argon2File>,
+    /// `[oauth2]`: OAuth 2.0 token validation for OAUTHBEARER and XOAUTH2.
+    pub oauth2: Option<oauth2::Settings>,
 }
 
 /// `[argon2]`: cost of stored password hashes (OWASP's defaults when absent).
@@ -320,6 +322,22 @@ mod tests {
             .collect();
         assert_eq!(proxied.len(), 1);
         assert_eq!(proxied[0].cleartext, Cleartext::Always);
+    }
+
+    /// The `[oauth2]` lines of the example, uncommented, give its settings.
+    #[test]
+    fn example_with_oauth2_parses() {
+        let text = include_str!("../../../docs/pop3d.example.toml")
+            .replace("# [oauth2]", "[oauth2]")
+            .replace("# issuer =", "issuer =")
+            .replace("# audience =", "audience =")
+            .replace("# username_claim =", "username_claim =")
+            .replace("# ca_file =", "ca_file =");
+        let f = File::parse(&text).expect("example with [oauth2]");
+        let o = f.oauth2.expect("[oauth2]");
+        assert_eq!(o.audience, ["pop3"]);
+        assert_eq!(o.username_claim(), "email");
+        o.check().expect("valid settings");
     }
 
     #[test]

@@ -15,6 +15,36 @@ use anyhow::{Context, Result};
 pub use cli::Args;
 pub use settings::{resolve, Settings};
 
+/// With OAuth 2.0 configured, fetches the issuer's signing keys on a thread of its own and logs
+/// the outcome: the first login then does not wait, and a wrong URL, CA file or network shows
+/// in the log at start rather than as `[SYS/TEMP]` at the first login. Call it once logging is
+/// up.
+pub fn prefetch_oauth2_keys(settings: &Settings) {
+    let Some(validator) = settings.oauth2.clone() else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("oauth2-prefetch".into())
+        .spawn(move || match validator.prefetch() {
+            Ok(keys) => {
+                tracing::info!(
+                    issuer = validator.issuer(),
+                    keys,
+                    "OAuth 2.0: signing keys fetched"
+                )
+            }
+            Err(error) => tracing::warn!(
+                issuer = validator.issuer(),
+                error,
+                "OAuth 2.0: the signing keys could not be fetched; bearer logins get [SYS/TEMP] \
+                 until they can"
+            ),
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "OAuth 2.0: no thread to fetch the signing keys at start");
+    }
+}
+
 /// Logs to stderr through `tracing`: `filter` in env-filter syntax, as text or JSON lines.
 pub fn init_logging(filter: &str, json: bool) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     if let Err(e) = pop3d::init_logging(&settings.log, settings.json_logs) {
         return exit(Err(e), ExitCode::from(EX_USAGE));
     }
+    pop3d::prefetch_oauth2_keys(&settings);
     // Once logging is up, the log is where a failure is said, once (in JSON too with
     // --log-format json); before that, stderr.
     match server::serve(settings.daemon) {

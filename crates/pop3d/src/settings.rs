@@ -23,6 +23,8 @@ pub struct Settings {
     /// The metrics endpoint may listen on an address other than loopback.
     pub metrics_allow_remote: bool,
     pub daemon: Daemon,
+    /// The OAuth 2.0 validator (also in `daemon.config.oauth2`), for [`crate::prefetch_oauth2_keys`].
+    pub oauth2: Option<Arc<oauth2::Validator>>,
 }
 
 /// The flag, else the file, else the default: how every setting is resolved.
@@ -150,6 +152,15 @@ fn layered(args: &Args) -> Result<Settings> {
         Some(setting) => setting.resolve()?,
         None => d.expire,
     };
+    // The CA file and the client secret are read here, before privileges are dropped, like
+    // the cluster key; the settings' rules are `oauth2::Settings::check`, applied by `new`.
+    let validator = match args.oauth2.over(file.oauth2) {
+        Some(settings) => Some(Arc::new(oauth2::Validator::new(&settings)?)),
+        None => None,
+    };
+    let oauth2 = validator
+        .clone()
+        .map(|v| v as Arc<dyn auth::BearerValidator>);
     let argon2 = file.argon2.map_or(d.argon2, |a| auth::Argon2Params {
         memory_kib: a.memory_kib.unwrap_or(d.argon2.memory_kib),
         iterations: a.iterations.unwrap_or(d.argon2.iterations),
@@ -230,7 +241,7 @@ fn layered(args: &Args) -> Result<Settings> {
         // Set by `server::serve`, after privileges are dropped.
         gssapi: None,
         gssapi_realms,
-        oauth2: None,
+        oauth2,
         node,
         cluster,
         lmtp,
@@ -301,6 +312,7 @@ fn layered(args: &Args) -> Result<Settings> {
             false,
         ),
         daemon,
+        oauth2: validator,
     })
 }
 
@@ -603,6 +615,89 @@ mod tests {
         ]))
         .expect_err("no secret");
         assert!(err.to_string().contains("--cluster-key-file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `[oauth2]` and the `--oauth2-*` flags: flags replace the file's keys (audiences as a
+    /// list), the rules (https, an audience, introspection's three keys) refuse with exit 64,
+    /// the files are read now, and nothing set means OAuth 2.0 off.
+    #[test]
+    fn oauth2_settings_are_layered_and_checked() {
+        let (dir, _) = cluster_key("oauth2");
+        let config = dir.join("pop3d.toml");
+        let secret = dir.join("client-secret");
+        std::fs::write(&secret, "s3cret\n").expect("secret");
+        std::fs::write(
+            &config,
+            format!(
+                "[oauth2]\nissuer = \"https://idp.example.org/realms/mail\"\n\
+                 audience = [\"pop3\", \"mail\"]\nusername_claim = \"preferred_username\"\n\
+                 introspection_url = \"https://idp.example.org/introspect\"\n\
+                 client_id = \"pop3d\"\nclient_secret_file = {:?}\n",
+                secret.display().to_string()
+            ),
+        )
+        .expect("config");
+        let config = config.to_str().expect("utf-8");
+        let s = resolve(&Args::parse_from(["pop3d", "--config", config])).expect("file");
+        let validator = s.daemon.config.oauth2.expect("oauth2 on");
+        let doc = validator.error_json();
+        assert!(
+            doc.contains("https://idp.example.org/realms/mail/.well-known/openid-configuration"),
+            "{doc}"
+        );
+        assert!(doc.contains("openid profile"), "{doc}");
+        // A flag replaces the file's key.
+        let s = resolve(&Args::parse_from([
+            "pop3d",
+            "--config",
+            config,
+            "--oauth2-issuer",
+            "https://login.example.com/tenant/v2.0",
+        ]))
+        .expect("flag over file");
+        let doc = s.daemon.config.oauth2.expect("on").error_json();
+        assert!(
+            doc.contains("https://login.example.com/tenant/v2.0/.well-known"),
+            "{doc}"
+        );
+        assert!(resolve(&Args::parse_from(["pop3d"]))
+            .expect("defaults")
+            .daemon
+            .config
+            .oauth2
+            .is_none());
+        // Each case: flags after `--oauth2-issuer https://idp.example.org --oauth2-audience a`
+        // when it starts with "+", else as they are.
+        for (args, needle) in [
+            ("--oauth2-issuer https://idp.example.org", "audience"),
+            ("--oauth2-issuer http://idp --oauth2-audience a", "https://"),
+            ("--oauth2-audience a", "issuer is needed"),
+            ("+ --oauth2-introspection-url https://idp/i", "together"),
+            (
+                "+ --oauth2-ca-file /nonexistent/ca.pem",
+                "/nonexistent/ca.pem",
+            ),
+            (
+                "+ --oauth2-introspection-url https://idp/i --oauth2-client-id pop3d \
+                 --oauth2-client-secret-file /nonexistent/secret",
+                "/nonexistent/secret",
+            ),
+        ] {
+            let args = args.replace(
+                '+',
+                "--oauth2-issuer https://idp.example.org --oauth2-audience a",
+            );
+            let args: Vec<&str> = args.split_whitespace().collect();
+            let err = refused(&args);
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            crate::config::File::parse("[oauth2]\nissuer = \"https://x\"\naudiences = []\n")
+                .expect_err("unknown key")
+        );
+        assert!(err.contains("audiences"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -2,7 +2,9 @@
 //! limits, the argon2 costs (by the argon2 crate's bounds, without hashing), the SCRAM
 //! iteration count, the Kerberos realms, the store URL,
 //! what each listener needs ([`server::ListenSpec::check`], whose rules `server::run` applies
-//! again to the listeners it serves), and the node.
+//! again to the listeners it serves), and the node. The `[oauth2]` rules are
+//! `oauth2::Settings::check`, applied while resolving (`settings.rs`), where the validator is
+//! built and its files are read.
 
 use std::net::SocketAddr;
 

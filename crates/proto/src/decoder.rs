@@ -32,6 +32,8 @@ pub struct Decoder {
     /// Inside an over-long line whose error was already reported.
     discarding: bool,
     max_line: usize,
+    /// The cap of a line that starts with `AUTH ` (see [`Decoder::set_auth_max_line`]).
+    auth_max_line: usize,
 }
 
 /// Never the buffered octets: they may be a password.
@@ -41,6 +43,7 @@ impl fmt::Debug for Decoder {
             .field("buffered", &self.buffered())
             .field("discarding", &self.discarding)
             .field("max_line", &self.max_line)
+            .field("auth_max_line", &self.auth_max_line)
             .finish()
     }
 }
@@ -71,6 +74,28 @@ impl Decoder {
             wiped: 0,
             discarding: false,
             max_line: max_line.max(3),
+            auth_max_line: 0,
+        }
+    }
+
+    /// Lets a line that starts with `AUTH ` (any case) be up to `max_line` octets, CRLF
+    /// included, when that is more than the cap. RFC 5034 section 4 has a client send an
+    /// initial response that would pass 255 octets after an empty challenge instead, but some
+    /// send it inline anyway (mpop 1.4 with an OAuth 2.0 bearer token, which never fits), and
+    /// the same octets are accepted as a SASL response line after the challenge.
+    pub fn set_auth_max_line(&mut self, max_line: usize) {
+        self.auth_max_line = max_line;
+    }
+
+    /// The cap of the line starting at `line`: the AUTH one when it begins with `AUTH `.
+    fn cap_for(&self, line: &[u8]) -> usize {
+        if self.auth_max_line > self.max_line
+            && line.len() >= 5
+            && line[..5].eq_ignore_ascii_case(b"AUTH ")
+        {
+            self.auth_max_line
+        } else {
+            self.max_line
         }
     }
 
@@ -164,7 +189,7 @@ impl Decoder {
                     end -= 1;
                 }
                 // Counted as if it ended in CRLF, whatever it ended in.
-                if end - begin + 2 > self.max_line {
+                if end - begin + 2 > self.cap_for(&self.buf[begin..end]) {
                     self.wipe_taken();
                     return Err(LineTooLong);
                 }
@@ -172,7 +197,7 @@ impl Decoder {
             }
             None => {
                 // Even if the line ended right now it would not fit.
-                if window.len() >= self.max_line {
+                if window.len() >= self.cap_for(window) {
                     self.reset();
                     self.discarding = true;
                     return Err(LineTooLong);
@@ -326,6 +351,53 @@ mod tests {
         assert_eq!(d.next_command(), Ok(Some(Command::Stls)));
         assert_eq!(d.clear(), b"USER injected\r\n".len());
         assert_eq!(d.next_command(), Ok(None));
+    }
+
+    /// RFC 5034 section 4 clients send a long initial response after an empty challenge, but
+    /// an AUTH line may carry one inline up to the AUTH cap; other commands keep 255 octets.
+    #[test]
+    fn auth_lines_may_have_the_sasl_cap() {
+        let response = "A".repeat(600);
+        let auth = format!("auth XOAUTH2 {response}\r\nNOOP\r\n");
+        let long_noop = format!("NOOP {response}\r\nNOOP\r\n");
+        let too_long = format!("AUTH XOAUTH2 {}\r\nNOOP\r\n", "A".repeat(1100));
+        for chunk in [1, 7, 64, 4096] {
+            let run = |input: &str| {
+                let mut d = Decoder::new();
+                d.set_auth_max_line(1024);
+                let mut out = Vec::new();
+                for piece in input.as_bytes().chunks(chunk) {
+                    d.feed(piece);
+                    loop {
+                        match d.next_command() {
+                            Ok(Some(c)) => out.push(Ok(c.keyword())),
+                            Ok(None) => break,
+                            Err(e) => out.push(Err(e)),
+                        }
+                    }
+                }
+                out
+            };
+            assert_eq!(
+                run(&auth),
+                [Ok(Keyword::Auth), Ok(Keyword::Noop)],
+                "{chunk}"
+            );
+            assert_eq!(
+                run(&long_noop),
+                [Err(CommandError::LineTooLong), Ok(Keyword::Noop)],
+                "{chunk}"
+            );
+            assert_eq!(
+                run(&too_long),
+                [Err(CommandError::LineTooLong), Ok(Keyword::Noop)],
+                "{chunk}"
+            );
+        }
+        // Without the setting, 255 octets for AUTH too.
+        let mut d = Decoder::new();
+        d.feed(auth.as_bytes());
+        assert_eq!(d.next_command(), Err(CommandError::LineTooLong));
     }
 
     #[test]

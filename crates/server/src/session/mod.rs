@@ -268,7 +268,7 @@ pub(crate) async fn serve<S: Stream>(
     };
     let mut driver = Driver {
         conn,
-        decoder: Decoder::new(),
+        decoder: command_decoder(),
         session,
         login_deadline,
     };
@@ -309,6 +309,15 @@ fn summary(session: &Session, reason: EndReason, duration: Duration) {
         reason = %reason.as_str(),
         "session end"
     );
+}
+
+/// The decoder of command lines: 255 octets (RFC 2449 section 4), except an AUTH line, which
+/// may carry an initial response as long as a SASL response line (mpop sends OAuth 2.0 bearer
+/// tokens inline, and no JWT fits in 255 octets).
+fn command_decoder() -> Decoder {
+    let mut decoder = Decoder::new();
+    decoder.set_auth_max_line(SASL_MAX_LINE);
+    decoder
 }
 
 /// The connection's channel binding where SCRAM-SHA-256-PLUS is offered (`scram_plus`).
@@ -487,7 +496,7 @@ impl<S: Stream> Driver<S> {
             Ok(Ok(stream)) => {
                 self.conn = Conn::Tls(Box::new(stream));
                 tracing::Span::current().record("tls", true);
-                self.decoder = Decoder::new();
+                self.decoder = command_decoder();
                 let binding = channel_binding(&self.conn, &self.session.shared);
                 self.session.tls_started(binding);
                 debug!("TLS active");
