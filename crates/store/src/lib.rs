@@ -29,6 +29,7 @@
 mod common;
 mod holder;
 mod ingest;
+mod listing;
 mod name;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -42,6 +43,7 @@ use std::time::Duration;
 
 pub use holder::{holder_string, hostname};
 pub use ingest::{normalise, Ingest, IngestSummary};
+pub use listing::{Listing, MaildropStat, UidsTooLong};
 pub use name::AccountName;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
@@ -465,6 +467,14 @@ pub trait Store: Send + Sync + 'static {
     fn release_lock(&self, lock: &MaildropLock) -> Result<()>;
     /// The messages of a maildrop in delivery order.
     fn list_messages(&self, account: AccountId) -> Result<Vec<MessageMeta>>;
+    /// Count, octets and highest id of a maildrop, read in one statement: what a login
+    /// answers with and the snapshot its session keeps (`NoSuchAccount` without the account).
+    fn maildrop_stat(&self, account: AccountId) -> Result<MaildropStat>;
+    /// The messages of the snapshot `stat` (ids up to `stat.last`), in delivery order, as a
+    /// compact [`Listing`]. Messages delivered after `stat` was read are not in it.
+    fn list_snapshot(&self, account: AccountId, stat: &MaildropStat) -> Result<Listing>;
+    /// The header octets of one message of `account` (for TOP), `None` if it is gone.
+    fn header_octets(&self, account: AccountId, message: MessageId) -> Result<Option<u64>>;
     /// Slice `index` (0-based, [`CHUNK_SIZE`] octets except the last) of a message's bytes,
     /// `None` past the end.
     fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>>;

@@ -139,6 +139,7 @@ suite!(
     domains_list_add_and_delete_with_their_accounts,
     nodes_heartbeat_keep_the_operators_state_age_and_go,
     renew_locks_renews_held_leases_and_reports_lost_ones,
+    stat_and_snapshot_listing_leave_out_later_deliveries,
 );
 
 #[test]
@@ -374,6 +375,69 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
     assert!(matches!(
         store.deliver(&name("nobody"), &mut &b"x\n"[..], 100),
         Err(StoreError::NoSuchAccount(n)) if n == "nobody"
+    ));
+}
+
+/// RFC 1939 section 5: a session's maildrop is what it was at login. `maildrop_stat` reads
+/// count, octets and highest id in one statement; `list_snapshot` lists exactly those
+/// messages, in delivery order, whatever was delivered in between.
+fn stat_and_snapshot_listing_leave_out_later_deliveries(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("snap");
+    let account = store.create_account(&to, "h").unwrap();
+    let empty = store.maildrop_stat(account).unwrap();
+    assert_eq!(empty, crate::MaildropStat::default());
+    assert!(store.list_snapshot(account, &empty).unwrap().is_empty());
+    let bodies = ["Subject: a\r\n\r\none\r\n", "Subject: b\r\n\r\ntwo two\r\n"];
+    let mut delivered = Vec::new();
+    for b in bodies {
+        delivered.push(store.deliver(&to, &mut b.as_bytes(), 1 << 20).unwrap());
+    }
+    let stat = store.maildrop_stat(account).unwrap();
+    let octets: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+    assert_eq!(stat.messages, 2);
+    assert_eq!(stat.octets, octets);
+    assert_eq!(stat.last, Some(delivered[1].id));
+    // Delivered after the snapshot: not in it.
+    store
+        .deliver(&to, &mut &b"Subject: later\r\n\r\nx\r\n"[..], 1 << 20)
+        .unwrap();
+    let listing = store.list_snapshot(account, &stat).unwrap();
+    assert_eq!(listing.len(), 2);
+    assert_eq!(listing.octets(), octets);
+    let full = store.list_messages(account).unwrap();
+    for (i, meta) in full.iter().take(2).enumerate() {
+        assert_eq!(listing.id(i), meta.id);
+        assert_eq!(listing.uid(i), meta.uid);
+        assert_eq!(listing.size(i), meta.size);
+        assert!(!listing.utf8_headers(i));
+        assert_eq!(
+            store.header_octets(account, meta.id).unwrap(),
+            Some(meta.header_octets)
+        );
+    }
+    assert_eq!(store.maildrop_stat(account).unwrap().messages, 3);
+    assert_eq!(
+        store.header_octets(account + 100, full[0].id).unwrap(),
+        None
+    );
+    // The kept count and octets follow deletions (UPDATE, EXPIRE) as they follow deliveries.
+    let lock = store.lock_maildrop(account, "t", HOUR).unwrap();
+    store
+        .commit_update(&lock, &[full[0].id], &[full[1].id])
+        .unwrap();
+    let after = store.maildrop_stat(account).unwrap();
+    assert_eq!(
+        (after.messages, after.octets),
+        (2, full[1].size + full[2].size)
+    );
+    store.expire_messages(&lock, Duration::ZERO).unwrap();
+    let after = store.maildrop_stat(account).unwrap();
+    assert_eq!((after.messages, after.octets), (1, full[2].size));
+    assert_eq!(after.last, Some(full[2].id));
+    assert!(matches!(
+        store.maildrop_stat(account + 100),
+        Err(StoreError::NoSuchAccount(_))
     ));
 }
 

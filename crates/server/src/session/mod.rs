@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use proto::response::{write_end, write_err, write_listing_line, write_ok};
 use proto::{Command, CommandError, Decoder, DotStuffer, MAX_COMMAND_LINE};
-use store::{MessageMeta, StoreError};
+use store::{MessageId, StoreError};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
@@ -71,9 +71,18 @@ enum Next {
     /// The `+OK` is written: stream this message, whole (RETR) or its headers and first
     /// `lines` body lines (TOP), dot-stuffed.
     Send {
-        meta: MessageMeta,
-        lines: Option<u32>,
+        id: MessageId,
+        size: u64,
+        top: Option<Top>,
     },
+}
+
+/// What TOP sends of a message: its header section (`header_octets`, as stored) and the
+/// first `lines` body lines.
+#[derive(Debug, Clone, Copy)]
+struct Top {
+    header_octets: u64,
+    lines: u32,
 }
 
 /// The session's state (RFC 1939 section 3). UPDATE is not a state a session rests in: QUIT
@@ -246,7 +255,7 @@ impl<S: Stream> Driver<S> {
                             return Ok(());
                         }
                     }
-                    Next::Send { meta, lines } => self.send_message(meta, lines).await?,
+                    Next::Send { id, size, top } => self.send_message(id, size, top).await?,
                 }
                 if self.session.out.len() >= FLUSH_AT {
                     self.flush().await?;
@@ -370,8 +379,7 @@ impl<S: Stream> Driver<S> {
     /// dot-stuffed. Each chunk is read on a blocking thread while the previous one is being
     /// written, and no thread waits on the network: a client that stops reading holds no
     /// thread and at most two chunks of memory.
-    async fn send_message(&mut self, meta: MessageMeta, lines: Option<u32>) -> io::Result<()> {
-        let id = meta.id;
+    async fn send_message(&mut self, id: MessageId, size: u64, top: Option<Top>) -> io::Result<()> {
         let store = self.session.shared.store.clone();
         // `reply::blocking` starts the read at once: the next chunk is read while this one is
         // written.
@@ -380,7 +388,7 @@ impl<S: Stream> Driver<S> {
             reply::blocking(move || store.read_chunk(id, index))
         };
         let mut stuffer = DotStuffer::new();
-        let mut cut = lines.map(|n| TopCut::new(meta.header_octets, n));
+        let mut cut = top.map(|t| TopCut::new(t.header_octets, t.lines));
         let mut sent = 0u64;
         // Octets read from the store, whether sent or cut by TOP.
         let mut read_so_far = 0u64;
@@ -390,8 +398,8 @@ impl<S: Stream> Driver<S> {
             let chunk = match pending.await {
                 Ok(Some(chunk)) => chunk,
                 // The chunks end before the message does: one is missing.
-                Ok(None) if read_so_far < meta.size => {
-                    return Err(read_failed(id, &truncated(index, read_so_far, meta.size)))
+                Ok(None) if read_so_far < size => {
+                    return Err(read_failed(id, &truncated(index, read_so_far, size)))
                 }
                 Ok(None) => break,
                 Err(e) => return Err(read_failed(id, &e)),
@@ -411,11 +419,11 @@ impl<S: Stream> Driver<S> {
                 self.flush().await?;
             }
         }
-        if lines.is_none() && sent != meta.size {
+        if top.is_none() && sent != size {
             warn!(
                 message = id,
                 sent,
-                size = meta.size,
+                size = size,
                 "stored size differs from content"
             );
         }

@@ -40,7 +40,7 @@ impl Session {
             Ok(()) => {
                 let n = deleted.len();
                 self.tally.deleted = n as u64;
-                let left = t.maildrop.len() - n;
+                let left = t.maildrop.len().saturating_sub(n as u64);
                 info!(deleted = n, left, "update done");
                 self.ok_with(Text::SigningOff, &[&n, &left]);
             }

@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, ImportMessage, LoginDelay, MaildropLock, MessageId, MessageMeta, NodeInfo,
-    NodeState, OnExisting, Result, Store,
+    Delivered, ImportMessage, Listing, LoginDelay, MaildropLock, MaildropStat, MessageId,
+    MessageMeta, NodeInfo, NodeState, OnExisting, Result, Store,
 };
 
 /// A value bound to a statement parameter: what `rusqlite` and (with the `postgres` feature)
@@ -280,6 +280,18 @@ impl<B: Backend> Store for B {
 
     fn list_messages(&self, account: AccountId) -> Result<Vec<MessageMeta>> {
         self.read(|tx| maildrop::list(tx, account))
+    }
+
+    fn maildrop_stat(&self, account: AccountId) -> Result<MaildropStat> {
+        self.single(|tx| maildrop::stat(tx, account))
+    }
+
+    fn list_snapshot(&self, account: AccountId, stat: &MaildropStat) -> Result<Listing> {
+        self.single(|tx| maildrop::list_snapshot(tx, account, stat))
+    }
+
+    fn header_octets(&self, account: AccountId, message: MessageId) -> Result<Option<u64>> {
+        self.single(|tx| maildrop::header_octets(tx, account, message))
     }
 
     fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>> {
