@@ -297,6 +297,53 @@ fn lat(x: Option<f64>) -> String {
     }
 }
 
+impl Row {
+    /// pop3d's advantage over the second server of the row (Dovecot): pop3d / Dovecot for
+    /// rates, Dovecot / pop3d for costs, so above 1 means pop3d is better. `None` without a
+    /// second server, with an invalid cell or a zero to divide by.
+    pub fn advantage(&self) -> Option<f64> {
+        let (ours, theirs) = (self.cells.first()?, self.cells.get(1)?);
+        if !(ours.valid && theirs.valid) {
+            return None;
+        }
+        let (a, b) = if self.unit.higher_is_better() {
+            (ours.throughput, theirs.throughput)
+        } else {
+            (theirs.throughput, ours.throughput)
+        };
+        (b > 0.0).then(|| a / b)
+    }
+
+    /// S6: cell `i`'s sessions/s over the first cell's (one node on SQLite), where both are
+    /// valid.
+    pub fn shape_ratio(&self, i: usize) -> Option<f64> {
+        let (base, c) = (self.cells.first()?, self.cells.get(i)?);
+        (c.valid && base.valid && base.sessions_per_s > 0.0)
+            .then(|| c.sessions_per_s / base.sessions_per_s)
+    }
+}
+
+/// A report of `rows` with placeholder facts, for tests.
+#[cfg(test)]
+pub fn report_of(rows: Vec<Row>) -> Report {
+    Report {
+        date: String::new(),
+        machine: String::new(),
+        cpus: 1,
+        kernel: String::new(),
+        pop3d_commit: String::new(),
+        dovecot: None,
+        quick: true,
+        users: 1,
+        messages_per_user: 1,
+        corpus_mib: 0.0,
+        reps: 1,
+        seed: 1,
+        notes: Vec::new(),
+        rows,
+    }
+}
+
 /// A figure that may be absent: `-` then.
 fn maybe(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), fmt_num)
@@ -392,11 +439,8 @@ pub fn markdown(r: &Report) -> String {
                     row.concurrency,
                     thr(ours),
                     thr(theirs),
-                    match (ours.valid && theirs.valid, row.unit.higher_is_better()) {
-                        (false, _) => "-".into(),
-                        (true, true) => ratio(ours.throughput, theirs.throughput),
-                        (true, false) => ratio(theirs.throughput, ours.throughput),
-                    },
+                    row.advantage()
+                        .map_or_else(|| "-".into(), |x| format!("{x:.2}x")),
                     lat(ours.p50_ms),
                     lat(theirs.p50_ms),
                     lat(ours.p99_ms),
@@ -501,13 +545,10 @@ fn shapes_table(s: &mut String, r: &Report) {
     );
     let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
-        let base = &row.cells[0];
-        for c in &row.cells {
-            let ratio = if c.valid && base.valid && base.sessions_per_s > 0.0 {
-                format!("**{:.2}x**", c.sessions_per_s / base.sessions_per_s)
-            } else {
-                "-".into()
-            };
+        for (i, c) in row.cells.iter().enumerate() {
+            let ratio = row
+                .shape_ratio(i)
+                .map_or_else(|| "-".into(), |x| format!("**{x:.2}x**"));
             let rate = if c.valid {
                 fmt_num(c.sessions_per_s)
             } else {
@@ -587,30 +628,15 @@ mod tests {
         assert_eq!(rep["figure"], 12.0);
         assert!(rep.get("rss_base_kib").is_none(), "{rep}");
 
-        let report = Report {
-            date: String::new(),
-            machine: String::new(),
-            cpus: 1,
-            kernel: String::new(),
-            pop3d_commit: String::new(),
-            dovecot: None,
-            quick: true,
-            users: 1,
-            messages_per_user: 1,
-            corpus_mib: 0.0,
-            reps: 1,
-            seed: 1,
-            notes: Vec::new(),
-            rows: vec![Row {
-                id: "S5",
-                title: "listing".into(),
-                transport: "plain",
-                concurrency: 1,
-                unit: Unit::Ms,
-                rss: false,
-                cells: vec![c],
-            }],
-        };
+        let report = report_of(vec![Row {
+            id: "S5",
+            title: "listing".into(),
+            transport: "plain",
+            concurrency: 1,
+            unit: Unit::Ms,
+            rss: false,
+            cells: vec![c],
+        }]);
         let md = markdown(&report);
         assert!(
             md.contains("| S5 listing (plain) | 1 | ms | 12.0 | - | - | "),
