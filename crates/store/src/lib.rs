@@ -478,6 +478,9 @@ pub trait Store: Send + Sync + 'static {
     /// Slice `index` (0-based, [`CHUNK_SIZE`] octets except the last) of a message's bytes,
     /// `None` past the end.
     fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>>;
+    /// Up to `count` slices of a message from slice `first` on, in one statement: fewer when
+    /// the message ends (or a slice is missing: the run returned is always contiguous).
+    fn read_chunks(&self, message: MessageId, first: u32, count: u32) -> Result<Vec<Vec<u8>>>;
     /// The UPDATE state (RFC 1939 section 6) in one transaction, after checking the lock's
     /// token (`LockLost`, and nothing changed, if the lock is no longer ours or has expired):
     /// records now as the first retrieval time of the `retrieved` messages that have none, then

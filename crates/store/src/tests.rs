@@ -356,6 +356,11 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
         assert!(!last.is_empty() && last.len() <= CHUNK_SIZE);
         assert_eq!(chunks.concat(), expected);
         assert!(store.read_chunk(delivered.id, 1000).unwrap().is_none());
+        // In runs: the same slices, fewer at the end, none past it.
+        let run = store.read_chunks(delivered.id, 1, 2).unwrap();
+        assert_eq!(run, chunks[1..3.min(chunks.len())]);
+        assert_eq!(store.read_chunks(delivered.id, 0, 100).unwrap(), chunks);
+        assert!(store.read_chunks(delivered.id, 1000, 4).unwrap().is_empty());
     }
 
     let list = store.list_messages(account).unwrap();
@@ -368,6 +373,12 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
     }
     assert_eq!(summary.header_octets, 11 + 14 + 2);
     assert_eq!(summary.body_lines, u64::from(line) + 1);
+    // A run stops at a missing slice: what it returns is always contiguous.
+    let id = list[0].id;
+    store.exec(&format!(
+        "DELETE FROM chunks WHERE message_id = {id} AND seq = 1"
+    ));
+    assert_eq!(store.read_chunks(id, 0, 10).unwrap().len(), 1);
     assert!(matches!(
         store.list_messages(account + 100),
         Err(StoreError::NoSuchAccount(_))

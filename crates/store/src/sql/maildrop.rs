@@ -194,6 +194,31 @@ pub fn read_chunk<S: Sql>(tx: &mut S, message: MessageId, index: u32) -> Result<
     )
 }
 
+/// Up to `count` chunks of a message from chunk `first` on, in order, in one statement; the
+/// run stops at the first missing chunk, so what is returned is always contiguous.
+pub fn read_chunks<S: Sql>(
+    tx: &mut S,
+    message: MessageId,
+    first: u32,
+    count: u32,
+) -> Result<Vec<Vec<u8>>> {
+    let (first, end) = (i64::from(first), i64::from(first) + i64::from(count));
+    let mut chunks = Vec::new();
+    tx.rows(
+        "SELECT seq, data FROM chunks WHERE message_id = $1 AND seq >= $2 AND seq < $3
+         ORDER BY seq",
+        &[&message, &first, &end],
+        |row| {
+            let seq: i64 = row.column(0)?;
+            if seq == first + chunks.len() as i64 {
+                chunks.push(row.column(1)?);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(chunks)
+}
+
 /// The UPDATE state, fenced by `lock`.
 pub fn commit_update<S: Sql>(
     tx: &mut S,

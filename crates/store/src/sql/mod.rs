@@ -298,6 +298,10 @@ impl<B: Backend> Store for B {
         self.single(|tx| maildrop::read_chunk(tx, message, index))
     }
 
+    fn read_chunks(&self, message: MessageId, first: u32, count: u32) -> Result<Vec<Vec<u8>>> {
+        self.single(|tx| maildrop::read_chunks(tx, message, first, count))
+    }
+
     fn commit_update(
         &self,
         lock: &MaildropLock,
