@@ -15,13 +15,13 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::corpus::Expected;
-use crate::unstuff::LineUnstuffer;
+use crate::corpus::{Expected, Streamed};
+use crate::unstuff::{LineUnstuffer, Sink};
 
 /// Longest reply line accepted (a listing line or a status line).
 const MAX_LINE: usize = 4096;
 /// Largest message accepted.
-const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+const MAX_MESSAGE: u64 = 512 * 1024 * 1024;
 
 /// Where to connect and how to log in.
 pub struct Target {
@@ -272,6 +272,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// ended with a bare LF.
     async fn body(&mut self, out: &mut Vec<u8>) -> Result<bool> {
         out.clear();
+        self.body_into(out).await
+    }
+
+    /// Hands a multi-line body (after its `+OK` line) to `out`, unstuffed, straight from the
+    /// read buffer; true when a line ended with a bare LF.
+    async fn body_into(&mut self, out: &mut impl Sink) -> Result<bool> {
         let mut unstuffer = LineUnstuffer::new();
         loop {
             let chunk = self.io.fill_buf().await.context("read")?;
@@ -321,7 +327,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     greeting: bool,
 ) -> Result<Outcome> {
     let mut w = Wire {
-        io: BufReader::with_capacity(64 * 1024, io),
+        io: BufReader::with_capacity(256 * 1024, io),
         line: Vec::with_capacity(256),
     };
     if greeting {
@@ -376,21 +382,25 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             for (i, size) in sizes.iter().enumerate() {
                 let t0 = std::time::Instant::now();
                 w.command(&format!("RETR {}", i + 1)).await?;
-                let bare_lf = w.body(buf).await?;
+                // Checked as it arrives: no copy of the message, no buffer of its size.
+                let mut body = Streamed::new(*size);
+                let bare_lf = w.body_into(&mut body).await?;
                 outcome.retr += t0.elapsed();
                 let n = i + 1;
-                if buf.len() as u64 != *size {
-                    bail!("RETR {n}: {} octets, LIST said {size}", buf.len());
+                if body.len() != *size {
+                    bail!("RETR {n}: {} octets, LIST said {size}", body.len());
                 }
-                if !buf.is_empty() && !buf.ends_with(b"\r\n") {
+                if body.len() > 0 && !body.ends_with_crlf() {
                     bail!("RETR {n}: message does not end with CRLF");
                 }
                 if bare_lf {
                     bail!("RETR {n}: bare LF in the message");
                 }
                 if let Some(e) = expected {
-                    let id = e.check(user, buf).map_err(|m| anyhow!("RETR {n}: {m}"))?;
-                    if !seen.insert(id.to_string()) {
+                    let id = e
+                        .verify(user, &body)
+                        .map_err(|m| anyhow!("RETR {n}: {m}"))?;
+                    if !seen.insert(id.clone()) {
                         bail!("RETR {n}: message {id} appears twice");
                     }
                 }

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::unstuff::Sink;
+
 pub use testbed::rng::Rng;
 
 fn mix(seed: u64, user: &str, index: u32) -> u64 {
@@ -134,18 +136,125 @@ pub fn to_crlf(lf: &[u8]) -> Vec<u8> {
 /// A fast 64-bit digest for comparing received bytes with the corpus (not cryptographic: it
 /// catches a wrong or damaged message, not an adversary).
 pub fn digest(bytes: &[u8]) -> u64 {
-    let mut h = 0x243F_6A88_85A3_08D3u64 ^ bytes.len() as u64;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        h ^= h >> 29;
+    let mut d = Digest::new(bytes.len() as u64);
+    d.update(bytes);
+    d.finish()
+}
+
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// [`digest`] over bytes that arrive in pieces: 8-octet words, the last one padded with zeros,
+/// seeded with the length (which the reader knows from LIST; a wrong length fails the size
+/// check anyway).
+#[derive(Debug, Clone)]
+pub struct Digest {
+    h: u64,
+    word: [u8; 8],
+    filled: usize,
+}
+
+impl Digest {
+    pub fn new(len: u64) -> Digest {
+        Digest {
+            h: 0x243F_6A88_85A3_08D3u64 ^ len,
+            word: [0; 8],
+            filled: 0,
+        }
     }
-    let mut w = [0u8; 8];
-    w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    h ^ (h >> 32)
+
+    fn mix(&mut self, w: [u8; 8]) {
+        self.h = (self.h ^ u64::from_le_bytes(w)).wrapping_mul(MIX);
+        self.h ^= self.h >> 29;
+    }
+
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        if self.filled > 0 {
+            let take = (8 - self.filled).min(bytes.len());
+            self.word[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+            self.filled += take;
+            bytes = &bytes[take..];
+            if self.filled < 8 {
+                return;
+            }
+            self.mix(self.word);
+            self.filled = 0;
+        }
+        let mut words = bytes.chunks_exact(8);
+        for c in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(w);
+        }
+        let rest = words.remainder();
+        self.word[..rest.len()].copy_from_slice(rest);
+        self.filled = rest.len();
+    }
+
+    pub fn finish(self) -> u64 {
+        let mut w = [0u8; 8];
+        w[..self.filled].copy_from_slice(&self.word[..self.filled]);
+        let h = (self.h ^ u64::from_le_bytes(w)).wrapping_mul(MIX);
+        h ^ (h >> 32)
+    }
+}
+
+/// A RETR body checked as it arrives ([`Sink`]): its size, last two octets, first line (the
+/// `X-Bench-Id` header, up to [`HEAD_MAX`] octets) and [`Digest`], with no copy of the
+/// message; [`Expected::verify`] judges it.
+#[derive(Debug)]
+pub struct Streamed {
+    len: u64,
+    digest: Digest,
+    head: Vec<u8>,
+    head_done: bool,
+    tail: [u8; 2],
+}
+
+/// The longest first line [`Streamed`] keeps.
+pub const HEAD_MAX: usize = 256;
+
+impl Streamed {
+    /// A body LIST says is `size` octets.
+    pub fn new(size: u64) -> Streamed {
+        Streamed {
+            len: 0,
+            digest: Digest::new(size),
+            head: Vec::with_capacity(64),
+            head_done: false,
+            tail: [0; 2],
+        }
+    }
+
+    /// Whether the body ends with CRLF.
+    pub fn ends_with_crlf(&self) -> bool {
+        self.len >= 2 && self.tail == *b"\r\n"
+    }
+}
+
+impl Sink for Streamed {
+    fn put(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if !self.head_done {
+            let line_end = memchr::memchr(b'\n', bytes);
+            let take = line_end.map_or(bytes.len(), |i| i + 1);
+            let room = HEAD_MAX.saturating_sub(self.head.len());
+            self.head.extend_from_slice(&bytes[..take.min(room)]);
+            self.head_done = line_end.is_some() || self.head.len() >= HEAD_MAX;
+        }
+        self.digest.update(bytes);
+        self.len += bytes.len() as u64;
+        match bytes {
+            [.., a, b] => self.tail = [*a, *b],
+            [b] => self.tail = [self.tail[1], *b],
+            [] => {}
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
 }
 
 /// What every message should look like on the wire: CRLF size and digest by `X-Bench-Id`, and
@@ -192,12 +301,19 @@ impl Expected {
 
     /// Checks one received message (unstuffed, CRLF): its id names `user`, and its size and
     /// digest are the corpus's. Returns the id.
-    pub fn check<'a>(&self, user: &str, body: &'a [u8]) -> Result<&'a str, String> {
+    #[cfg(test)]
+    pub fn check(&self, user: &str, body: &[u8]) -> Result<String, String> {
+        let mut streamed = Streamed::new(body.len() as u64);
+        streamed.put(body);
+        self.verify(user, &streamed)
+    }
+
+    /// [`Expected::check`] for a message checked as it arrived. Returns its id.
+    pub fn verify(&self, user: &str, body: &Streamed) -> Result<String, String> {
         let first = body
-            .split(|&b| b == b'\n')
-            .next()
-            .and_then(|l| l.strip_prefix(b"X-Bench-Id: "))
-            .and_then(|l| l.strip_suffix(b"\r"))
+            .head
+            .strip_prefix(b"X-Bench-Id: ")
+            .and_then(|l| l.strip_suffix(b"\r\n"))
             .and_then(|l| std::str::from_utf8(l).ok())
             .ok_or("message does not start with an X-Bench-Id header")?;
         let (size, hash) = self
@@ -208,18 +324,18 @@ impl Expected {
         if owner != user {
             return Err(format!("message {first} in the maildrop of {user}"));
         }
-        if body.len() as u64 != *size {
+        if body.len != *size {
             return Err(format!(
                 "message {first}: {} octets, delivered {size}",
-                body.len()
+                body.len
             ));
         }
-        if digest(body) != *hash {
+        if body.digest.clone().finish() != *hash {
             return Err(format!(
                 "message {first}: content differs from what was delivered"
             ));
         }
-        Ok(first)
+        Ok(first.to_string())
     }
 }
 
@@ -257,7 +373,7 @@ mod tests {
         let users = vec!["user0".to_string(), "user1".to_string()];
         let e = Expected::mixed(5, &users, 3);
         let good = to_crlf(&message(5, "user1", 2, mixed_size(5, "user1", 2)));
-        assert_eq!(e.check("user1", &good), Ok("5/user1/2"));
+        assert_eq!(e.check("user1", &good).as_deref(), Ok("5/user1/2"));
         assert!(e.check("user0", &good).is_err());
         let mut bad = good.clone();
         let n = bad.len();
@@ -265,5 +381,63 @@ mod tests {
         assert!(e.check("user1", &bad).is_err());
         assert!(e.check("user1", &good[..n - 2]).is_err());
         assert_eq!(e.messages_of("user0"), Some(3));
+    }
+
+    #[test]
+    fn the_streaming_digest_equals_the_whole_one_at_every_split() {
+        let bytes: Vec<u8> = (0..61u32).map(|i| (i * 37 % 251) as u8).collect();
+        for len in 0..bytes.len() {
+            let whole = digest(&bytes[..len]);
+            for piece in 1..=len.max(1) {
+                let mut d = Digest::new(len as u64);
+                for c in bytes[..len].chunks(piece) {
+                    d.update(c);
+                }
+                assert_eq!(d.finish(), whole, "{len} octets in pieces of {piece}");
+            }
+        }
+    }
+
+    /// The stuffed wire form of a corpus message, unstuffed into a [`Streamed`] in pieces of
+    /// every size a read might return: verified as the whole message is; one changed octet
+    /// is not.
+    #[test]
+    fn a_message_checked_as_it_arrives_is_judged_as_the_whole() {
+        let e = Expected::mixed(5, &["user1".to_string()], 1);
+        let good = to_crlf(&message(5, "user1", 0, mixed_size(5, "user1", 0)));
+        let mut wire = Vec::new();
+        let mut stuffer = proto::DotStuffer::new();
+        stuffer.push(&good, &mut wire);
+        stuffer.finish(&mut wire);
+        // A letter in the middle of the body: flipping its case changes content, not lines.
+        let middle = (wire.len() / 2..wire.len())
+            .find(|&i| wire[i].is_ascii_alphabetic())
+            .expect("a letter");
+        for piece in [1, 2, 3, 7, 64, 1000, 4096, wire.len()] {
+            for flip in [None, Some(middle)] {
+                let mut wire = wire.clone();
+                if let Some(at) = flip {
+                    wire[at] ^= 0x20;
+                }
+                let mut u = crate::unstuff::LineUnstuffer::new();
+                let mut body = Streamed::new(good.len() as u64);
+                let mut done = false;
+                for c in wire.chunks(piece) {
+                    if u.push(c, &mut body).is_some() {
+                        done = true;
+                        break;
+                    }
+                }
+                assert!(
+                    done && !u.bare_lf && body.ends_with_crlf(),
+                    "pieces of {piece}"
+                );
+                let verdict = e.verify("user1", &body);
+                match flip {
+                    None => assert_eq!(verdict.as_deref(), Ok("5/user1/0"), "pieces of {piece}"),
+                    Some(_) => assert!(verdict.is_err(), "pieces of {piece}"),
+                }
+            }
+        }
     }
 }

@@ -6,8 +6,30 @@
 //! does start with `.` to a fresh `proto::Unstuffer`, which is in its line-start state exactly
 //! there. So the rules (stuffed dots, the terminator, CRLF or bare LF) stay proto's; the tests
 //! check the output equals `proto::Unstuffer`'s at every chunk size.
+//!
+//! The output goes to a [`Sink`]: a `Vec` for listings, or a checker that digests a message as
+//! it arrives (`corpus::Streamed`), so a RETR body is never copied into a buffer of its own:
+//! plain lines are handed over as slices of the read buffer, and only lines that start with
+//! `.` pass through a small reused scratch buffer.
 
 use proto::Unstuffer;
+
+/// Where unstuffed body octets go, in order.
+pub trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    /// Octets put so far.
+    fn len(&self) -> u64;
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    fn len(&self) -> u64 {
+        Vec::len(self) as u64
+    }
+}
 
 #[derive(Debug)]
 enum State {
@@ -24,6 +46,8 @@ pub struct LineUnstuffer {
     /// A body line ended by LF without CR was seen.
     pub bare_lf: bool,
     last: u8,
+    /// The output of a line that starts with `.` (proto writes to a `Vec`).
+    scratch: Vec<u8>,
 }
 
 impl Default for LineUnstuffer {
@@ -38,12 +62,13 @@ impl LineUnstuffer {
             state: State::LineStart,
             bare_lf: false,
             last: b'\n',
+            scratch: Vec::new(),
         }
     }
 
-    /// As `proto::Unstuffer::push`: appends body octets to `out`; `Some(n)` when the
+    /// As `proto::Unstuffer::push`: hands body octets to `out`; `Some(n)` when the
     /// terminator ended within the first `n` octets of `input`.
-    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    pub fn push(&mut self, input: &[u8], out: &mut impl Sink) -> Option<usize> {
         let mut at = 0;
         while at < input.len() {
             let rest = &input[at..];
@@ -58,27 +83,36 @@ impl LineUnstuffer {
                 State::Plain => match memchr::memchr(b'\n', rest) {
                     Some(i) => {
                         self.note_lf(&rest[..=i]);
-                        out.extend_from_slice(&rest[..=i]);
+                        out.put(&rest[..=i]);
                         at += i + 1;
                         self.state = State::LineStart;
                     }
                     None => {
-                        out.extend_from_slice(rest);
+                        out.put(rest);
                         self.last = rest[rest.len() - 1];
                         at = input.len();
                     }
                 },
                 State::Dotted(u) => {
                     let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
-                    let before = out.len();
-                    if let Some(n) = u.push(&rest[..end], out) {
+                    let prev = self.last;
+                    self.scratch.clear();
+                    let done = u.push(&rest[..end], &mut self.scratch);
+                    out.put(&self.scratch);
+                    if let Some(n) = done {
                         return Some(at + n);
                     }
-                    if let Some(&b) = out[before..].last() {
+                    if let Some(&b) = self.scratch.last() {
                         self.last = b;
                     }
                     if rest[end - 1] == b'\n' {
-                        if out.len() >= 2 && out[out.len() - 2] != b'\r' {
+                        // The octet before the LF: in this piece's output, or the last one
+                        // before it.
+                        let before_lf = match self.scratch.len() {
+                            0 | 1 => prev,
+                            n => self.scratch[n - 2],
+                        };
+                        if out.len() >= 2 && before_lf != b'\r' {
                             self.bare_lf = true;
                         }
                         self.state = State::LineStart;

@@ -32,6 +32,7 @@
 mod common;
 mod holder;
 mod ingest;
+mod listing;
 mod name;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -46,6 +47,7 @@ use std::time::Duration;
 
 pub use holder::{holder_string, hostname};
 pub use ingest::{normalise, Ingest, IngestSummary};
+pub use listing::{Listing, MaildropStat, UidsTooLong};
 pub use name::AccountName;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
@@ -571,9 +573,20 @@ pub trait Store: Send + Sync + 'static {
     fn release_lock(&self, lock: &MaildropLock) -> Result<()>;
     /// The messages of a maildrop in delivery order.
     fn list_messages(&self, account: AccountId) -> Result<Vec<MessageMeta>>;
+    /// Count, octets and highest id of a maildrop, read in one statement: what a login
+    /// answers with and the snapshot its session keeps (`NoSuchAccount` without the account).
+    fn maildrop_stat(&self, account: AccountId) -> Result<MaildropStat>;
+    /// The messages of the snapshot `stat` (ids up to `stat.last`), in delivery order, as a
+    /// compact [`Listing`]. Messages delivered after `stat` was read are not in it.
+    fn list_snapshot(&self, account: AccountId, stat: &MaildropStat) -> Result<Listing>;
+    /// The header octets of one message of `account` (for TOP), `None` if it is gone.
+    fn header_octets(&self, account: AccountId, message: MessageId) -> Result<Option<u64>>;
     /// Slice `index` (0-based, [`CHUNK_SIZE`] octets except the last) of a message's bytes,
     /// `None` past the end.
     fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>>;
+    /// Up to `count` slices of a message from slice `first` on, in one statement: fewer when
+    /// the message ends (or a slice is missing: the run returned is always contiguous).
+    fn read_chunks(&self, message: MessageId, first: u32, count: u32) -> Result<Vec<Vec<u8>>>;
     /// The UPDATE state (RFC 1939 section 6) in one transaction, after checking the lock's
     /// token (`LockLost`, and nothing changed, if the lock is no longer ours or has expired):
     /// records now as the first retrieval time of the `retrieved` messages that have none, then

@@ -144,6 +144,7 @@ suite!(
     quota_refuses_deliveries_and_imports_whole,
     concurrent_deliveries_cannot_overshoot_the_quota,
     logins_are_recorded_in_one_batch_latest_wins,
+    stat_and_snapshot_listing_leave_out_later_deliveries,
 );
 
 #[test]
@@ -360,6 +361,11 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
         assert!(!last.is_empty() && last.len() <= CHUNK_SIZE);
         assert_eq!(chunks.concat(), expected);
         assert!(store.read_chunk(delivered.id, 1000).unwrap().is_none());
+        // In runs: the same slices, fewer at the end, none past it.
+        let run = store.read_chunks(delivered.id, 1, 2).unwrap();
+        assert_eq!(run, chunks[1..3.min(chunks.len())]);
+        assert_eq!(store.read_chunks(delivered.id, 0, 100).unwrap(), chunks);
+        assert!(store.read_chunks(delivered.id, 1000, 4).unwrap().is_empty());
     }
 
     let list = store.list_messages(account).unwrap();
@@ -372,6 +378,12 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
     }
     assert_eq!(summary.header_octets, 11 + 14 + 2);
     assert_eq!(summary.body_lines, u64::from(line) + 1);
+    // A run stops at a missing slice: what it returns is always contiguous.
+    let id = list[0].id;
+    store.exec(&format!(
+        "DELETE FROM chunks WHERE message_id = {id} AND seq = 1"
+    ));
+    assert_eq!(store.read_chunks(id, 0, 10).unwrap().len(), 1);
     assert!(matches!(
         store.list_messages(account + 100),
         Err(StoreError::NoSuchAccount(_))
@@ -379,6 +391,69 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
     assert!(matches!(
         store.deliver(&name("nobody"), &mut &b"x\n"[..], 100),
         Err(StoreError::NoSuchAccount(n)) if n == "nobody"
+    ));
+}
+
+/// RFC 1939 section 5: a session's maildrop is what it was at login. `maildrop_stat` reads
+/// count, octets and highest id in one statement; `list_snapshot` lists exactly those
+/// messages, in delivery order, whatever was delivered in between.
+fn stat_and_snapshot_listing_leave_out_later_deliveries(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("snap");
+    let account = store.create_account(&to, "h").unwrap();
+    let empty = store.maildrop_stat(account).unwrap();
+    assert_eq!(empty, crate::MaildropStat::default());
+    assert!(store.list_snapshot(account, &empty).unwrap().is_empty());
+    let bodies = ["Subject: a\r\n\r\none\r\n", "Subject: b\r\n\r\ntwo two\r\n"];
+    let mut delivered = Vec::new();
+    for b in bodies {
+        delivered.push(store.deliver(&to, &mut b.as_bytes(), 1 << 20).unwrap());
+    }
+    let stat = store.maildrop_stat(account).unwrap();
+    let octets: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+    assert_eq!(stat.messages, 2);
+    assert_eq!(stat.octets, octets);
+    assert_eq!(stat.last, Some(delivered[1].id));
+    // Delivered after the snapshot: not in it.
+    store
+        .deliver(&to, &mut &b"Subject: later\r\n\r\nx\r\n"[..], 1 << 20)
+        .unwrap();
+    let listing = store.list_snapshot(account, &stat).unwrap();
+    assert_eq!(listing.len(), 2);
+    assert_eq!(listing.octets(), octets);
+    let full = store.list_messages(account).unwrap();
+    for (i, meta) in full.iter().take(2).enumerate() {
+        assert_eq!(listing.id(i), meta.id);
+        assert_eq!(listing.uid(i), meta.uid);
+        assert_eq!(listing.size(i), meta.size);
+        assert!(!listing.utf8_headers(i));
+        assert_eq!(
+            store.header_octets(account, meta.id).unwrap(),
+            Some(meta.header_octets)
+        );
+    }
+    assert_eq!(store.maildrop_stat(account).unwrap().messages, 3);
+    assert_eq!(
+        store.header_octets(account + 100, full[0].id).unwrap(),
+        None
+    );
+    // The kept count and octets follow deletions (UPDATE, EXPIRE) as they follow deliveries.
+    let lock = store.lock_maildrop(account, "t", HOUR).unwrap();
+    store
+        .commit_update(&lock, &[full[0].id], &[full[1].id])
+        .unwrap();
+    let after = store.maildrop_stat(account).unwrap();
+    assert_eq!(
+        (after.messages, after.octets),
+        (2, full[1].size + full[2].size)
+    );
+    store.expire_messages(&lock, Duration::ZERO).unwrap();
+    let after = store.maildrop_stat(account).unwrap();
+    assert_eq!((after.messages, after.octets), (1, full[2].size));
+    assert_eq!(after.last, Some(full[2].id));
+    assert!(matches!(
+        store.maildrop_stat(account + 100),
+        Err(StoreError::NoSuchAccount(_))
     ));
 }
 

@@ -1,13 +1,13 @@
 //! The benchmark suite behind `cargo xtask bench`: builds the release binaries, provisions a
 //! temporary pop3d store (and, with `--against dovecot`, a private Dovecot with the same
 //! messages and the same argon2id hashes), runs every scenario against every server in one run,
-//! interleaved repetition by repetition, and writes `target/bench/latest.{json,md}`.
+//! interleaved repetition by repetition, and writes `target/bench/latest.{json,md,svg}`.
 //!
 //! The parts: `provision` (corpus and accounts), `dovecot`, `servers` (every server held by
 //! name and role), `scenarios` (S1 .. S3 and how a scenario is measured), `s4`, `s5`, `s6`,
-//! `s7` (deliveries: `popadm deliver` and LMTP),
-//! and `report` (one metrics type per scenario, medians, JSON and markdown). This file runs
-//! them in order.
+//! `s7` (deliveries: `popadm deliver` and LMTP), `report` (one metrics type per scenario,
+//! medians, JSON and markdown) and `chart` (the ratios as `latest.svg`). This file runs them in
+//! order.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,6 +24,7 @@ use provision::{idle_users, write_corpus, MANY_USER};
 use report::{markdown, Report, Row};
 use servers::{Lineup, Role, Server, Servers};
 
+mod chart;
 mod dovecot;
 mod provision;
 mod report;
@@ -352,11 +353,20 @@ fn run_in(suite: &Suite, dovecot: Option<String>, mut notes: Vec<String>) -> Res
         serde_json::to_string_pretty(&report)?,
     )?;
     std::fs::write(out_dir.join("latest.md"), &md)?;
+    let caption = format!(
+        "pop3d's ratios, {}{} (S6: each shape / one node on SQLite)",
+        report.date,
+        if report.quick { ", --quick" } else { "" }
+    );
+    let svg = chart::svg(&chart::bars(&report), &caption)
+        .map_err(|e| anyhow::anyhow!("drawing latest.svg: {e}"))?;
+    std::fs::write(out_dir.join("latest.svg"), svg)?;
     println!("{md}");
     eprintln!(
-        "pop3-bench: wrote {} and {}",
+        "pop3-bench: wrote {}, {} and {}",
         out_dir.join("latest.json").display(),
-        out_dir.join("latest.md").display()
+        out_dir.join("latest.md").display(),
+        out_dir.join("latest.svg").display()
     );
     let invalid: Vec<String> = report
         .rows

@@ -135,6 +135,10 @@ pub struct Cell {
     pub server_cpu_ms_per_mib: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cpu_ms_per_session: Option<f64>,
+    /// The load generator's CPU per MiB received (its unstuffing and checking, login
+    /// included), beside the server's; absent where not measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cpu_ms_per_mib: Option<f64>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferCell>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -278,6 +282,11 @@ pub fn cell(server: &str, reps: Vec<Rep>, unit: Unit, retr_only: bool) -> Cell {
             r.client_cpu_s
                 .map(|cpu| 1000.0 * cpu / r.run.sessions.max(1) as f64)
         })),
+        client_cpu_ms_per_mib: median_of_present(reps.iter().map(|r| {
+            r.client_cpu_s
+                .filter(|_| r.run.octets > 0)
+                .map(|cpu| 1000.0 * cpu / mib(r))
+        })),
         transfer,
         idle,
         reps,
@@ -299,6 +308,53 @@ fn lat(x: Option<f64>) -> String {
     match x {
         Some(x) if x > 0.0 => fmt_num(x),
         _ => "-".into(),
+    }
+}
+
+impl Row {
+    /// pop3d's advantage over the second server of the row (Dovecot): pop3d / Dovecot for
+    /// rates, Dovecot / pop3d for costs, so above 1 means pop3d is better. `None` without a
+    /// second server, with an invalid cell or a zero to divide by.
+    pub fn advantage(&self) -> Option<f64> {
+        let (ours, theirs) = (self.cells.first()?, self.cells.get(1)?);
+        if !(ours.valid && theirs.valid) {
+            return None;
+        }
+        let (a, b) = if self.unit.higher_is_better() {
+            (ours.throughput, theirs.throughput)
+        } else {
+            (theirs.throughput, ours.throughput)
+        };
+        (b > 0.0).then(|| a / b)
+    }
+
+    /// S6: cell `i`'s sessions/s over the first cell's (one node on SQLite), where both are
+    /// valid.
+    pub fn shape_ratio(&self, i: usize) -> Option<f64> {
+        let (base, c) = (self.cells.first()?, self.cells.get(i)?);
+        (c.valid && base.valid && base.sessions_per_s > 0.0)
+            .then(|| c.sessions_per_s / base.sessions_per_s)
+    }
+}
+
+/// A report of `rows` with placeholder facts, for tests.
+#[cfg(test)]
+pub fn report_of(rows: Vec<Row>) -> Report {
+    Report {
+        date: String::new(),
+        machine: String::new(),
+        cpus: 1,
+        kernel: String::new(),
+        pop3d_commit: String::new(),
+        dovecot: None,
+        quick: true,
+        users: 1,
+        messages_per_user: 1,
+        corpus_mib: 0.0,
+        reps: 1,
+        seed: 1,
+        notes: Vec::new(),
+        rows,
     }
 }
 
@@ -357,11 +413,12 @@ pub fn markdown(r: &Report) -> String {
             "ratio is pop3d's advantage: pop3d / Dovecot for rates (sessions/s, MiB/s), Dovecot \
              / pop3d for costs (ms, KiB/conn), so above 1 always means pop3d is better. CPU \
              ratio is pop3d / Dovecot: below 1 means pop3d uses less CPU. Client CPU is the \
-             load generator's, - where it was not measured.\n"
+             load generator's (per MiB in the MiB/s rows, as the server's), - where it was not \
+             measured.\n"
         );
         let _ = writeln!(
             s,
-            "| scenario | c | unit | pop3d | Dovecot | ratio | p50 ms pop3d / Dovecot | p99 ms pop3d / Dovecot | server CPU pop3d / Dovecot | CPU ratio | client CPU ms/session |"
+            "| scenario | c | unit | pop3d | Dovecot | ratio | p50 ms pop3d / Dovecot | p99 ms pop3d / Dovecot | server CPU pop3d / Dovecot | CPU ratio | client CPU ms/session (ms/MiB in MiB/s rows) |"
         );
         let _ = writeln!(
             s,
@@ -370,7 +427,7 @@ pub fn markdown(r: &Report) -> String {
     } else {
         let _ = writeln!(
             s,
-            "| scenario | c | unit | pop3d | p50 ms | p99 ms | server CPU | client CPU ms/session |"
+            "| scenario | c | unit | pop3d | p50 ms | p99 ms | server CPU | client CPU ms/session (ms/MiB in MiB/s rows) |"
         );
         let _ = writeln!(s, "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     }
@@ -382,6 +439,15 @@ pub fn markdown(r: &Report) -> String {
                 c.server_cpu_ms_per_mib
             } else {
                 c.server_cpu_ms_per_session
+            }
+        };
+        // The load generator's CPU on the same basis as the server's.
+        let client = |c: &Cell| {
+            if per_mib {
+                c.client_cpu_ms_per_mib
+                    .map_or_else(|| "-".into(), |x| format!("{} ms/MiB", fmt_num(x)))
+            } else {
+                maybe(c.client_cpu_ms_per_session)
             }
         };
         let thr = |c: &Cell| {
@@ -402,11 +468,8 @@ pub fn markdown(r: &Report) -> String {
                     row.concurrency,
                     thr(ours),
                     thr(theirs),
-                    match (ours.valid && theirs.valid, row.unit.higher_is_better()) {
-                        (false, _) => "-".into(),
-                        (true, true) => ratio(ours.throughput, theirs.throughput),
-                        (true, false) => ratio(theirs.throughput, ours.throughput),
-                    },
+                    row.advantage()
+                        .map_or_else(|| "-".into(), |x| format!("{x:.2}x")),
                     lat(ours.p50_ms),
                     lat(theirs.p50_ms),
                     lat(ours.p99_ms),
@@ -414,8 +477,8 @@ pub fn markdown(r: &Report) -> String {
                     fmt_num(cpu(ours)),
                     fmt_num(cpu(theirs)),
                     ratio(cpu(ours), cpu(theirs)),
-                    maybe(ours.client_cpu_ms_per_session),
-                    maybe(theirs.client_cpu_ms_per_session),
+                    client(ours),
+                    client(theirs),
                 );
             }
             None => {
@@ -427,7 +490,7 @@ pub fn markdown(r: &Report) -> String {
                     lat(ours.p50_ms),
                     lat(ours.p99_ms),
                     fmt_num(cpu(ours)),
-                    maybe(ours.client_cpu_ms_per_session),
+                    client(ours),
                 );
             }
         }
@@ -552,13 +615,10 @@ fn shapes_table(s: &mut String, r: &Report) {
     );
     let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
-        let base = &row.cells[0];
-        for c in &row.cells {
-            let ratio = if c.valid && base.valid && base.sessions_per_s > 0.0 {
-                format!("**{:.2}x**", c.sessions_per_s / base.sessions_per_s)
-            } else {
-                "-".into()
-            };
+        for (i, c) in row.cells.iter().enumerate() {
+            let ratio = row
+                .shape_ratio(i)
+                .map_or_else(|| "-".into(), |x| format!("**{x:.2}x**"));
             let rate = if c.valid {
                 fmt_num(c.sessions_per_s)
             } else {
@@ -638,30 +698,15 @@ mod tests {
         assert_eq!(rep["figure"], 12.0);
         assert!(rep.get("rss_base_kib").is_none(), "{rep}");
 
-        let report = Report {
-            date: String::new(),
-            machine: String::new(),
-            cpus: 1,
-            kernel: String::new(),
-            pop3d_commit: String::new(),
-            dovecot: None,
-            quick: true,
-            users: 1,
-            messages_per_user: 1,
-            corpus_mib: 0.0,
-            reps: 1,
-            seed: 1,
-            notes: Vec::new(),
-            rows: vec![Row {
-                id: "S5",
-                title: "listing".into(),
-                transport: "plain",
-                concurrency: 1,
-                unit: Unit::Ms,
-                rss: false,
-                cells: vec![c],
-            }],
-        };
+        let report = report_of(vec![Row {
+            id: "S5",
+            title: "listing".into(),
+            transport: "plain",
+            concurrency: 1,
+            unit: Unit::Ms,
+            rss: false,
+            cells: vec![c],
+        }]);
         let md = markdown(&report);
         assert!(
             md.contains("| S5 listing (plain) | 1 | ms | 12.0 | - | - | "),

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 use store::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, ImportMessage, Limit, LoginDelay, LoginRecord, MaildropLock, MessageId, MessageMeta,
-    NodeInfo, NodeState, OnExisting, QuotaCheck, QuotaScope, QuotaSetting, Result, Store,
+    Delivered, ImportMessage, Limit, Listing, LoginDelay, LoginRecord, MaildropLock, MaildropStat,
+    MessageId, MessageMeta, NodeInfo, NodeState, OnExisting, QuotaCheck, QuotaScope, QuotaSetting,
+    Result, Store,
 };
 
 use super::{seconds, HistogramFamily, Metrics};
@@ -101,7 +102,11 @@ timed_store! {
     fn renew_locks(&self, locks: &[MaildropLock], lease: Duration) -> Result<Vec<bool>>;
     fn release_lock(&self, lock: &MaildropLock) -> Result<()>;
     fn list_messages(&self, account: AccountId) -> Result<Vec<MessageMeta>>;
+    fn maildrop_stat(&self, account: AccountId) -> Result<MaildropStat>;
+    fn list_snapshot(&self, account: AccountId, stat: &MaildropStat) -> Result<Listing>;
+    fn header_octets(&self, account: AccountId, message: MessageId) -> Result<Option<u64>>;
     fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>>;
+    fn read_chunks(&self, message: MessageId, first: u32, count: u32) -> Result<Vec<Vec<u8>>>;
     fn commit_update(&self, lock: &MaildropLock, deleted: &[MessageId], retrieved: &[MessageId]) -> Result<()>;
     fn expire_messages(&self, lock: &MaildropLock, retention: Duration) -> Result<u64>;
     fn node_heartbeat(&self, id: &str, address: &str, sessions: u64) -> Result<NodeState>;

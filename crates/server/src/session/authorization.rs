@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use proto::response::{write_continuation, write_end, write_err, write_listing_line};
 use proto::{Command, CommandError, ResponseCode, Secret};
-use store::{Account, Expire, LoginDelay, MessageMeta};
+use store::{Account, Expire, LoginDelay, MaildropStat};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
@@ -71,7 +71,7 @@ enum Opened {
 /// What the store says about a maildrop once it is locked.
 enum Prepared {
     TooSoon(Duration),
-    Listing(Vec<MessageMeta>),
+    Snapshot(MaildropStat),
 }
 
 impl Session {
@@ -619,7 +619,7 @@ impl Session {
     }
 
     /// Takes the maildrop of an authenticated account: the lock, LOGIN-DELAY, EXPIRE, the
-    /// listing.
+    /// snapshot (count, octets, highest id).
     async fn open_maildrop(&self, account: Account) -> Opened {
         let config = &self.shared.config;
         let store = self.shared.store.clone();
@@ -659,13 +659,15 @@ impl Session {
                     info!(expired = n, days, "expired retrieved messages");
                 }
             }
-            Ok(Prepared::Listing(store.list_messages(account_id)?))
+            // The snapshot only (count, octets, highest id): the listing is loaded by the
+            // first command that needs it.
+            Ok(Prepared::Snapshot(store.maildrop_stat(account_id)?))
         })
         .await;
         match prepared {
-            Ok(Prepared::Listing(messages)) => Opened::Ready(Box::new(Transaction {
+            Ok(Prepared::Snapshot(stat)) => Opened::Ready(Box::new(Transaction {
                 account,
-                maildrop: Maildrop::new(messages),
+                maildrop: Maildrop::new(stat),
                 lock,
                 login_delay,
                 expire,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use proto::response::{write_end, write_err, write_listing_line, write_ok};
 use proto::{Command, CommandError, Decoder, DotStuffer, MAX_COMMAND_LINE};
-use store::{MessageMeta, StoreError};
+use store::{MessageId, StoreError};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
@@ -57,6 +57,8 @@ const FLUSH_AT: usize = 64 * 1024;
 /// An idle session keeps at most this much reply buffer; a larger one (a RETR's) is freed
 /// before waiting for the next command, so thousands of idle sessions cost little.
 const OUT_KEEP: usize = 1024;
+/// Chunks a RETR or TOP reads with one store statement (128 KiB each).
+const READ_RUN: u32 = 4;
 
 /// What the driver must do after the session took a command.
 #[derive(Debug)]
@@ -71,9 +73,18 @@ enum Next {
     /// The `+OK` is written: stream this message, whole (RETR) or its headers and first
     /// `lines` body lines (TOP), dot-stuffed.
     Send {
-        meta: MessageMeta,
-        lines: Option<u32>,
+        id: MessageId,
+        size: u64,
+        top: Option<Top>,
     },
+}
+
+/// What TOP sends of a message: its header section (`header_octets`, as stored) and the
+/// first `lines` body lines.
+#[derive(Debug, Clone, Copy)]
+struct Top {
+    header_octets: u64,
+    lines: u32,
 }
 
 /// The session's state (RFC 1939 section 3). UPDATE is not a state a session rests in: QUIT
@@ -102,6 +113,9 @@ pub(crate) enum EndReason {
     TooManyAuthFailures,
     /// The maildrop lock was lost (another node took it after its lease ran out).
     LockLost,
+    /// Messages of the session's snapshot were gone when its listing was loaded (removed
+    /// behind the maildrop lock's back).
+    SnapshotLost,
     /// The TLS handshake after STLS failed or timed out.
     TlsFailed,
     /// The client stopped reading: a write waited out its deadline.
@@ -121,6 +135,7 @@ impl EndReason {
             EndReason::TooManyErrors => "too_many_errors",
             EndReason::TooManyAuthFailures => "too_many_auth_failures",
             EndReason::LockLost => "lock_lost",
+            EndReason::SnapshotLost => "snapshot_lost",
             EndReason::TlsFailed => "tls_failed",
             EndReason::WriteTimeout => "write_timeout",
             EndReason::IoError => "io_error",
@@ -390,7 +405,7 @@ impl<S: Stream> Driver<S> {
                             return Ok(EndReason::TlsFailed);
                         }
                     }
-                    Next::Send { meta, lines } => self.send_message(meta, lines).await?,
+                    Next::Send { id, size, top } => self.send_message(id, size, top).await?,
                 }
                 if self.session.out.len() >= FLUSH_AT {
                     self.flush().await?;
@@ -521,55 +536,59 @@ impl<S: Stream> Driver<S> {
     }
 
     /// Streams a message (RETR) or its headers and first `lines` body lines (TOP),
-    /// dot-stuffed. Each chunk is read on a blocking thread while the previous one is being
-    /// written, and no thread waits on the network: a client that stops reading holds no
-    /// thread and at most two chunks of memory.
-    async fn send_message(&mut self, meta: MessageMeta, lines: Option<u32>) -> io::Result<()> {
-        let id = meta.id;
+    /// dot-stuffed. Chunks are read in runs of [`READ_RUN`] (one store statement each, so a
+    /// message of one chunk, most mail, takes one), each on a blocking thread while the
+    /// previous run is being written, and no thread waits on the network: a client that stops
+    /// reading holds no thread and at most two runs of memory.
+    async fn send_message(&mut self, id: MessageId, size: u64, top: Option<Top>) -> io::Result<()> {
         let store = self.session.shared.store.clone();
-        // `reply::blocking` starts the read at once: the next chunk is read while this one is
+        // `reply::blocking` starts the read at once: the next run is read while this one is
         // written.
-        let read = |index: u32| {
+        let read = |first: u32| {
             let store = store.clone();
-            reply::blocking(move || store.read_chunk(id, index))
+            reply::blocking(move || store.read_chunks(id, first, READ_RUN))
         };
         let mut stuffer = DotStuffer::new();
-        let mut cut = lines.map(|n| TopCut::new(meta.header_octets, n));
+        let mut cut = top.map(|t| TopCut::new(t.header_octets, t.lines));
         let mut sent = 0u64;
         // Octets read from the store, whether sent or cut by TOP.
         let mut read_so_far = 0u64;
+        // The first chunk not yet read.
         let mut index = 0u32;
         let mut next = Some(read(index));
-        while let Some(pending) = next.take() {
-            let chunk = match pending.await {
-                Ok(Some(chunk)) => chunk,
-                // The chunks end before the message does: one is missing.
-                Ok(None) if read_so_far < meta.size => {
-                    return Err(read_failed(id, &truncated(index, read_so_far, meta.size)))
-                }
-                Ok(None) => break,
-                Err(e) => return Err(read_failed(id, &e)),
-            };
-            read_so_far += chunk.len() as u64;
-            let (part, done) = match &mut cut {
-                Some(cut) => cut.take(&chunk),
-                None => (&chunk[..], false),
-            };
-            if !done {
-                index += 1;
+        'runs: while let Some(pending) = next.take() {
+            let run = pending.await.map_err(|e| read_failed(id, &e))?;
+            // A short run is the last: the message ends there (or a chunk is missing).
+            let full = run.len() == READ_RUN as usize;
+            index += run.len() as u32;
+            if full {
                 next = Some(read(index));
             }
-            sent += part.len() as u64;
-            stuffer.push(part, &mut self.session.out);
-            if self.session.out.len() >= FLUSH_AT {
-                self.flush().await?;
+            for chunk in run {
+                read_so_far += chunk.len() as u64;
+                let (part, done) = match &mut cut {
+                    Some(cut) => cut.take(&chunk),
+                    None => (&chunk[..], false),
+                };
+                sent += part.len() as u64;
+                stuffer.push(part, &mut self.session.out);
+                if self.session.out.len() >= FLUSH_AT {
+                    self.flush().await?;
+                }
+                if done {
+                    break 'runs;
+                }
+            }
+            // The chunks end before the message does: one is missing.
+            if !full && read_so_far < size {
+                return Err(read_failed(id, &truncated(index, read_so_far, size)));
             }
         }
-        if lines.is_none() && sent != meta.size {
+        if top.is_none() && sent != size {
             warn!(
                 message = id,
                 sent,
-                size = meta.size,
+                size = size,
                 "stored size differs from content"
             );
         }

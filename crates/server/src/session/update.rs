@@ -42,7 +42,7 @@ impl Session {
                 self.tally.deleted = n as u64;
                 self.tally.update = Update::Committed;
                 self.shared.metrics.update(Some(n as u64));
-                let left = t.maildrop.len() - n;
+                let left = t.maildrop.len().saturating_sub(n as u64);
                 info!(deleted = n, left, "update done");
                 self.ok_with(Text::SigningOff, &[&n, &left]);
             }

@@ -7,7 +7,7 @@ use super::pool::Tx;
 use crate::{Result, StoreError};
 
 /// Schema migrations; `schema_version.version` counts those applied. Append, never edit.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// The schema of SQLite's v4 in one step, with PostgreSQL's types: identity columns (never
 /// reused, like AUTOINCREMENT), `bytea` chunks stored uncompressed (mail is mostly compressed
@@ -107,6 +107,34 @@ ALTER TABLE accounts ADD COLUMN login_at bigint NULL;
 ALTER TABLE accounts ADD COLUMN login_peer text NULL;
 ALTER TABLE accounts ADD COLUMN login_mechanism text NULL;
 CREATE INDEX messages_use ON messages (account_id, size);
+";
+
+/// SQLite's v7: each account's message count and octets, kept by a trigger on `messages`
+/// (in the transaction that inserts, resizes or deletes the row, so a statement reading them
+/// sees them agree with the rows), counted once here for the messages from before.
+const SCHEMA_V4: &str = "
+ALTER TABLE accounts ADD COLUMN message_count bigint NOT NULL DEFAULT 0,
+                     ADD COLUMN message_octets bigint NOT NULL DEFAULT 0;
+UPDATE accounts a SET message_count = s.n, message_octets = s.o
+FROM (SELECT account_id, count(*) AS n, sum(size) AS o FROM messages GROUP BY account_id) s
+WHERE s.account_id = a.id;
+CREATE FUNCTION messages_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        UPDATE accounts SET message_count = message_count - 1,
+                            message_octets = message_octets - OLD.size
+        WHERE id = OLD.account_id;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        UPDATE accounts SET message_count = message_count + 1,
+                            message_octets = message_octets + NEW.size
+        WHERE id = NEW.account_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER messages_counted AFTER INSERT OR DELETE OR UPDATE OF size, account_id
+ON messages FOR EACH ROW EXECUTE FUNCTION messages_counted();
 ";
 
 /// Applies the migrations past `schema_version`, all in one transaction, under an advisory

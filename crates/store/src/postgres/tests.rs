@@ -303,3 +303,34 @@ fn lease_times_are_the_databases() {
         .lock_maildrop(account, "pop3d@elsewhere:2#1", HOUR)
         .unwrap();
 }
+
+#[test]
+fn v4_counts_the_messages_from_before() {
+    let Some(f) = fixture("v4_counts_the_messages_from_before") else {
+        return;
+    };
+    let store = f.open();
+    let account = store.create_account(&name("old"), "h").unwrap();
+    let sizes: u64 = ["Subject: a\r\n\r\nx\r\n", "Subject: bb\r\n\r\nyy\r\n"]
+        .iter()
+        .map(|m| {
+            store
+                .deliver(&name("old"), &mut m.as_bytes(), 1 << 20)
+                .unwrap();
+            m.len() as u64
+        })
+        .sum();
+    drop(store);
+    // Back to v3: no kept counts, no trigger.
+    f.cluster
+        .psql(
+            &f.database,
+            "DROP TRIGGER messages_counted ON messages; DROP FUNCTION messages_counted();
+             ALTER TABLE accounts DROP COLUMN message_count, DROP COLUMN message_octets;
+             UPDATE schema_version SET version = 3",
+        )
+        .unwrap();
+    let store = f.open();
+    let stat = store.maildrop_stat(account).unwrap();
+    assert_eq!((stat.messages, stat.octets), (2, sizes));
+}

@@ -7,12 +7,12 @@ use std::time::Duration;
 use tracing::{debug, info};
 
 use super::locks::fence;
-use super::rows::{message_meta, MESSAGE_COLUMNS};
+use super::rows::{message_meta, Columns, MESSAGE_COLUMNS};
 use super::{accounts, quota, RowLock, Sql};
-use crate::common::{generated_uid, import_each, ingest_chunks, message_uid, to_i64};
+use crate::common::{generated_uid, import_each, ingest_chunks, message_uid, to_i64, to_u64};
 use crate::{
-    AccountId, AccountName, Delivered, ImportMessage, MaildropLock, MessageId, MessageMeta,
-    QuotaCheck, Result, StoreError,
+    AccountId, AccountName, Delivered, ImportMessage, Listing, MaildropLock, MaildropStat,
+    MessageId, MessageMeta, QuotaCheck, Result, StoreError,
 };
 
 fn uid_in_use<S: Sql>(tx: &mut S, account: AccountId, uid: &str) -> Result<bool> {
@@ -144,11 +144,95 @@ pub fn list<S: Sql>(tx: &mut S, account: AccountId) -> Result<Vec<MessageMeta>> 
     tx.rows(&sql, &[&account], |row| message_meta(row))
 }
 
+/// Count, octets and highest id of a maildrop's messages in one statement: the count and
+/// octets the schema's triggers keep on the account row, and the highest id from the
+/// `messages_account` index, so it reads no message rows. `NoSuchAccount` without the account.
+pub fn stat<S: Sql>(tx: &mut S, account: AccountId) -> Result<MaildropStat> {
+    let found = tx.row(
+        "SELECT a.message_count, a.message_octets,
+                (SELECT max(m.id) FROM messages m WHERE m.account_id = a.id)
+         FROM accounts a WHERE a.id = $1",
+        &[&account],
+        |row| {
+            Ok(MaildropStat {
+                messages: to_u64(row.column(0)?),
+                octets: to_u64(row.column(1)?),
+                last: row.column(2)?,
+            })
+        },
+    )?;
+    found.ok_or_else(|| StoreError::NoSuchAccount(format!("#{account}")))
+}
+
+/// The messages of `stat`'s snapshot (ids up to `stat.last`) in delivery order, compactly:
+/// UIDs are copied from the row straight into the listing's one string.
+pub fn list_snapshot<S: Sql>(
+    tx: &mut S,
+    account: AccountId,
+    stat: &MaildropStat,
+) -> Result<Listing> {
+    let capacity = usize::try_from(stat.messages).unwrap_or(0);
+    let mut listing = Listing::with_capacity(capacity);
+    let Some(last) = stat.last else {
+        return Ok(listing);
+    };
+    tx.rows(
+        "SELECT id, size, utf8_headers, uid FROM messages
+         WHERE account_id = $1 AND id <= $2 ORDER BY id",
+        &[&account, &last],
+        |row| {
+            let (id, size, utf8) = (row.column(0)?, to_u64(row.column(1)?), row.column(2)?);
+            row.with_str(3, |uid| listing.push(id, size, uid, utf8))?
+                .map_err(|_| StoreError::Backend("a maildrop's UIDs pass 4 GiB".into()))
+        },
+    )?;
+    listing.shrink_to_fit();
+    Ok(listing)
+}
+
+/// The header octets of one message of `account` (TOP), `None` when it is gone.
+pub fn header_octets<S: Sql>(
+    tx: &mut S,
+    account: AccountId,
+    message: MessageId,
+) -> Result<Option<u64>> {
+    let octets: Option<i64> = tx.value(
+        "SELECT header_octets FROM messages WHERE id = $1 AND account_id = $2",
+        &[&message, &account],
+    )?;
+    Ok(octets.map(to_u64))
+}
+
 pub fn read_chunk<S: Sql>(tx: &mut S, message: MessageId, index: u32) -> Result<Option<Vec<u8>>> {
     tx.value(
         "SELECT data FROM chunks WHERE message_id = $1 AND seq = $2",
         &[&message, &i64::from(index)],
     )
+}
+
+/// Up to `count` chunks of a message from chunk `first` on, in order, in one statement; the
+/// run stops at the first missing chunk, so what is returned is always contiguous.
+pub fn read_chunks<S: Sql>(
+    tx: &mut S,
+    message: MessageId,
+    first: u32,
+    count: u32,
+) -> Result<Vec<Vec<u8>>> {
+    let (first, end) = (i64::from(first), i64::from(first) + i64::from(count));
+    let mut chunks = Vec::new();
+    tx.rows(
+        "SELECT seq, data FROM chunks WHERE message_id = $1 AND seq >= $2 AND seq < $3
+         ORDER BY seq",
+        &[&message, &first, &end],
+        |row| {
+            let seq: i64 = row.column(0)?;
+            if seq == first + chunks.len() as i64 {
+                chunks.push(row.column(1)?);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(chunks)
 }
 
 /// The UPDATE state, fenced by `lock`.

@@ -34,8 +34,9 @@ use std::time::Duration;
 
 use crate::{
     Account, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets, AccountSummary,
-    Delivered, ImportMessage, Limit, LoginDelay, LoginRecord, MaildropLock, MessageId, MessageMeta,
-    NodeInfo, NodeState, OnExisting, QuotaCheck, QuotaScope, QuotaSetting, Result, Store,
+    Delivered, ImportMessage, Limit, Listing, LoginDelay, LoginRecord, MaildropLock, MaildropStat,
+    MessageId, MessageMeta, NodeInfo, NodeState, OnExisting, QuotaCheck, QuotaScope, QuotaSetting,
+    Result, Store,
 };
 
 /// A value bound to a statement parameter: what `rusqlite` and (with the `postgres` feature)
@@ -304,8 +305,24 @@ impl<B: Backend> Store for B {
         self.read(|tx| maildrop::list(tx, account))
     }
 
+    fn maildrop_stat(&self, account: AccountId) -> Result<MaildropStat> {
+        self.single(|tx| maildrop::stat(tx, account))
+    }
+
+    fn list_snapshot(&self, account: AccountId, stat: &MaildropStat) -> Result<Listing> {
+        self.single(|tx| maildrop::list_snapshot(tx, account, stat))
+    }
+
+    fn header_octets(&self, account: AccountId, message: MessageId) -> Result<Option<u64>> {
+        self.single(|tx| maildrop::header_octets(tx, account, message))
+    }
+
     fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>> {
         self.single(|tx| maildrop::read_chunk(tx, message, index))
+    }
+
+    fn read_chunks(&self, message: MessageId, first: u32, count: u32) -> Result<Vec<Vec<u8>>> {
+        self.single(|tx| maildrop::read_chunks(tx, message, first, count))
     }
 
     fn commit_update(

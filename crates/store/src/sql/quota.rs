@@ -139,37 +139,34 @@ pub struct Usage {
 }
 
 /// The quota and use of `account` (whose row the caller locked), or `None` when it has no
-/// limit (so an unlimited maildrop pays no count of its messages).
+/// limit. The use is the count and octets kept on the account row by the `messages` triggers
+/// (schema v7), so the check reads one row however large the maildrop is.
 pub fn usage<S: Sql>(tx: &mut S, account: AccountId) -> Result<Option<Usage>> {
     let sql = format!(
-        "SELECT {}, {} FROM accounts a LEFT JOIN domains d ON d.id = a.domain_id WHERE a.id = $1",
+        "SELECT {}, {}, a.message_count, a.message_octets
+         FROM accounts a LEFT JOIN domains d ON d.id = a.domain_id WHERE a.id = $1",
         effective(MESSAGES),
         effective(OCTETS)
     );
-    let limits: Option<(i64, i64)> = tx.row(&sql, &[&account], |row| {
+    let row: Option<(i64, i64, i64, i64)> = tx.row(&sql, &[&account], |row| {
         use super::rows::Columns as _;
-        Ok((row.column(0)?, row.column(1)?))
+        Ok((
+            row.column(0)?,
+            row.column(1)?,
+            row.column(2)?,
+            row.column(3)?,
+        ))
     })?;
-    let Some((messages, octets)) = limits else {
+    let Some((messages_limit, octets_limit, messages, octets)) = row else {
         return Err(StoreError::NoSuchAccount(format!("#{account}")));
     };
     let quota = Quota {
-        messages: effective_from_sql(messages),
-        octets: effective_from_sql(octets),
+        messages: effective_from_sql(messages_limit),
+        octets: effective_from_sql(octets_limit),
     };
     if quota == Quota::default() {
         return Ok(None);
     }
-    let used: Option<(i64, i64)> = tx.row(
-        "SELECT count(*), CAST(coalesce(sum(size), 0) AS bigint) FROM messages
-         WHERE account_id = $1",
-        &[&account],
-        |row| {
-            use super::rows::Columns as _;
-            Ok((row.column(0)?, row.column(1)?))
-        },
-    )?;
-    let (messages, octets) = used.unwrap_or((0, 0));
     Ok(Some(Usage {
         quota,
         messages: to_u64(messages),

@@ -31,6 +31,8 @@ impl<T: rusqlite::types::FromSql> ColumnValue for T {}
 pub trait Columns {
     /// The value of column `idx`.
     fn column<T: ColumnValue>(&self, idx: usize) -> Result<T>;
+    /// The text of column `idx`, lent to `f` without a copy of its own.
+    fn with_str<R>(&self, idx: usize, f: impl FnOnce(&str) -> R) -> Result<R>;
     /// The error for the integer `value` of column `idx` (named `name`) that is out of range.
     fn out_of_range(&self, idx: usize, name: &str, value: i64) -> StoreError;
 }
@@ -38,6 +40,14 @@ pub trait Columns {
 impl Columns for rusqlite::Row<'_> {
     fn column<T: ColumnValue>(&self, idx: usize) -> Result<T> {
         Ok(self.get(idx)?)
+    }
+
+    fn with_str<R>(&self, idx: usize, f: impl FnOnce(&str) -> R) -> Result<R> {
+        let value = self.get_ref(idx)?;
+        let text = value.as_str().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(idx, value.data_type(), Box::new(e))
+        })?;
+        Ok(f(text))
     }
 
     fn out_of_range(&self, idx: usize, _name: &str, value: i64) -> StoreError {
@@ -49,6 +59,11 @@ impl Columns for rusqlite::Row<'_> {
 impl Columns for postgres::Row {
     fn column<T: ColumnValue>(&self, idx: usize) -> Result<T> {
         Ok(self.try_get(idx)?)
+    }
+
+    fn with_str<R>(&self, idx: usize, f: impl FnOnce(&str) -> R) -> Result<R> {
+        let text: &str = self.try_get(idx)?;
+        Ok(f(text))
     }
 
     fn out_of_range(&self, _idx: usize, name: &str, value: i64) -> StoreError {

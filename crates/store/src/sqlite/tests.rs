@@ -147,6 +147,9 @@ fn migrates_a_v1_database() {
     assert_eq!(account.policy, AccountPolicy::default());
     let summary_row = store.account_summary(&old).unwrap();
     assert_eq!((summary_row.messages, summary_row.last_login), (1, None));
+    // v6 counted the messages from before.
+    let stat = store.maildrop_stat(account.id).unwrap();
+    assert_eq!((stat.messages, stat.octets), (1, summary.size));
     // Existing messages are not re-read: their UTF-8 flag stays false.
     let listed = store.list_messages(account.id).unwrap();
     assert_eq!(listed.len(), 1);

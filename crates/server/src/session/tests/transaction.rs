@@ -284,3 +284,78 @@ fn remove_chunk(f: &Fixture, condition: &str) {
         .expect("delete");
     assert_eq!(removed, 1);
 }
+
+/// RFC 1939 section 5: the maildrop is fixed at login (issue 18: login reads a snapshot,
+/// the first LIST, UIDL, RETR, TOP or DELE loads its listing). STAT right after PASS says
+/// what PASS said; mail delivered after login stays out of the session, before and after the
+/// listing is loaded, and message numbers never move; the next session sees it.
+#[tokio::test]
+async fn rfc1939_s5_mail_delivered_after_login_is_not_in_the_session() {
+    let (f, mut c) = started().await;
+    c.login().await;
+    let total = octets(&MESSAGES);
+    assert_eq!(c.cmd("STAT").await, ok_bare(&format!("3 {total}")));
+    let late = [
+        "Subject: late\r\n\r\none\r\n",
+        "Subject: later\r\n\r\ntwo\r\n",
+    ];
+    let deliver = |body: &str| {
+        f.store
+            .deliver(&name("alice"), &mut body.as_bytes(), 1 << 20)
+            .expect("deliver");
+    };
+    deliver(late[0]);
+    assert_eq!(c.cmd("STAT").await, ok_bare(&format!("3 {total}")));
+    let uidl = c.multi("UIDL", &ok(Text::UidlFollows)).await;
+    assert_eq!(uidl.len(), 3, "{uidl:?}");
+    deliver(late[1]);
+    let list = c
+        .multi("LIST", &ok_with(Text::ListFollows, &[&3, &total]))
+        .await;
+    let want: Vec<String> = (1..=3)
+        .map(|n| format!("{n} {}", MESSAGES[n - 1].len()))
+        .collect();
+    assert_eq!(list, want);
+    for line in ["RETR 4", "TOP 4 0", "LIST 4", "UIDL 4", "DELE 4"] {
+        assert_eq!(c.cmd(line).await, refused(Text::NoSuchMessage), "{line}");
+    }
+    assert_eq!(c.cmd("UIDL 2").await, ok_bare(&uidl[1]));
+    assert_eq!(c.cmd("DELE 1").await, ok_with(Text::Deleted, &[&1]));
+    let left = total - MESSAGES[0].len() as u64;
+    assert_eq!(c.cmd("STAT").await, ok_bare(&format!("2 {left}")));
+    assert_eq!(c.cmd("QUIT").await, ok_with(Text::SigningOff, &[&1, &2]));
+    c.closed().await;
+    let mut c = f.connect().await;
+    c.cmd("USER alice").await;
+    assert_eq!(
+        c.cmd("PASS right").await,
+        logged_in(4, left + octets(&late))
+    );
+}
+
+/// RFC 1939 section 5: numbers are fixed at login. When messages of the login snapshot are
+/// gone before its listing is loaded (the lease ran out, another holder took the lock and
+/// deleted one), the numbers cannot be kept: the first command that needs the listing gets
+/// `-ERR [SYS/TEMP]` and the session ends without UPDATE.
+#[tokio::test]
+async fn rfc1939_s5_a_snapshot_whose_messages_are_gone_ends_the_session() {
+    let f = Fixture::tuned(|c| c.lock_lease = Duration::ZERO);
+    let mut c = f.connect().await;
+    c.login().await;
+    let intruder = f
+        .store
+        .lock_maildrop(f.alice, "intruder", Duration::from_secs(60))
+        .expect("the expired lock is taken over");
+    let first = f.store.list_messages(f.alice).expect("list")[0].id;
+    f.store
+        .commit_update(&intruder, &[first], &[])
+        .expect("delete");
+    f.store.release_lock(&intruder).expect("release");
+    let lost = err(ErrReply {
+        code: Some(ResponseCode::SysTemp),
+        text: Text::LockLost,
+    });
+    assert_eq!(c.cmd("LIST").await, lost);
+    c.closed().await;
+    assert_eq!(f.stored(f.alice), 2);
+}
