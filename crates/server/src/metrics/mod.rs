@@ -317,7 +317,7 @@ impl Metrics {
         let lmtp: Family<Label1, Counter> = add(
             r,
             "lmtp_deliveries",
-            "LMTP recipients after DATA, by result",
+            "LMTP recipients by result (unknown ones at RCPT, the others after DATA)",
             Family::default(),
         );
         for d in LmtpDelivery::ALL {
