@@ -462,8 +462,8 @@ fn deliver_all(
                 },
             };
             match result {
-                Ok(_) => {
-                    info!(to = %name, from = %envelope.from, "delivered");
+                Ok(d) => {
+                    info!(to = %name, from = %envelope.from, size = d.size, uid = %d.uid, "delivered");
                     (Reply::delivered(&rcpt.address), LmtpDelivery::Delivered)
                 }
                 Err(e) => {
