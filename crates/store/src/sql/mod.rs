@@ -347,11 +347,12 @@ impl<B: Backend> Store for B {
     }
 
     fn node_heartbeat(&self, id: &str, address: &str, sessions: u64) -> Result<NodeState> {
-        self.write(|tx| nodes::heartbeat(tx, id, address, sessions))
+        // One statement; a second run records the same heartbeat.
+        self.write_single(|tx| nodes::heartbeat(tx, id, address, sessions))
     }
 
     fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
-        self.read(|tx| nodes::list(tx))
+        self.single(|tx| nodes::list(tx))
     }
 
     fn set_node_state(&self, id: &str, state: NodeState) -> Result<()> {
