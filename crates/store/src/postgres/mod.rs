@@ -6,7 +6,8 @@
 //!
 //! Synchronous, like the [`Store`](crate::Store) trait: the `postgres` crate over a small bounded pool of
 //! connections of our own ([`pool`]), one short transaction per operation (READ COMMITTED,
-//! with explicit row locks where a decision depends on what was read).
+//! with explicit row locks where a decision depends on what was read); an operation of one
+//! statement runs without `BEGIN` and `COMMIT`, atomic by itself, in one round trip.
 //!
 //! Time is the database's: lock leases, first retrieval times, LOGIN-DELAY and EXPIRE all read
 //! `clock_timestamp()` of PostgreSQL, never the node's clock, so nodes whose clocks disagree
