@@ -4,6 +4,7 @@
 //! with `proto::response::parse_status` and multi-line bodies read back with `proto::Unstuffer`.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -52,9 +53,28 @@ pub struct Outcome {
     pub retr: std::time::Duration,
 }
 
-/// A TLS client configuration (ring provider; no session resumption, so every session pays a
-/// full handshake, the same against every server).
+/// TLS handshakes that resumed a session, over this process's life (the suite reads it before
+/// and after a run).
+pub static TLS_RESUMED: AtomicU64 = AtomicU64::new(0);
+
+/// A TLS client (ring provider; no session resumption, so every session pays a full
+/// handshake, the same against every server).
 pub fn tls_connector(ca: Option<&std::path::Path>) -> Result<TlsConnector> {
+    Ok(TlsConnector::from(Arc::new(tls_config(ca)?)))
+}
+
+/// A client of its own, `config` with session resumption on (TLS 1.3 tickets, TLS 1.2 ids
+/// and tickets, kept in memory for each server name): one per server, so that no server is
+/// offered another's tickets.
+pub fn resuming(config: &rustls::ClientConfig) -> TlsConnector {
+    let mut config = config.clone();
+    config.resumption = rustls::client::Resumption::in_memory_sessions(256);
+    TlsConnector::from(Arc::new(config))
+}
+
+/// [`tls_connector`]'s configuration: trusting `ca` (any certificate without one, handshake
+/// signatures still checked), resumption off.
+pub fn tls_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -77,7 +97,7 @@ pub fn tls_connector(ca: Option<&std::path::Path>) -> Result<TlsConnector> {
             .with_no_client_auth(),
     };
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(config)
 }
 
 mod insecure {
@@ -162,6 +182,9 @@ pub async fn session(
                 .connect(name.clone(), tcp)
                 .await
                 .context("TLS handshake")?;
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                TLS_RESUMED.fetch_add(1, Ordering::Relaxed);
+            }
             run(tls, target, user, work, expected, buf, !target.stls).await
         }
     }

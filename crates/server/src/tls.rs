@@ -143,10 +143,17 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// Loads every certificate; the first one is the default for clients without SNI.
+    ///
+    /// Both acceptors share one ticketer (RFC 8446 section 4.6.1; RFC 5077 for TLS 1.2): a
+    /// client resumes with a ticket, sealed under a key of this process that rotates every six
+    /// hours, on any listener, at the cost of a ticket's decryption instead of a key exchange
+    /// and a signature, and the server keeps nothing per client.
     pub fn load(files: Vec<CertFiles>) -> Result<Tls, TlsError> {
         let resolver = Arc::new(SniResolver {
             loaded: RwLock::new(Arc::new(load_all(&files)?)),
         });
+        let ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Generate(e.to_string()))?;
         let acceptor = |versions: &[&'static rustls::SupportedProtocolVersion]| {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             ServerConfig::builder_with_provider(provider)
@@ -156,6 +163,7 @@ impl Tls {
                         .with_no_client_auth()
                         .with_cert_resolver(resolver.clone() as Arc<dyn ResolvesServerCert>);
                     config.ignore_client_order = true;
+                    config.ticketer = ticketer.clone();
                     TlsAcceptor::from(Arc::new(config))
                 })
                 .map_err(|e| TlsError::Generate(e.to_string()))
@@ -421,5 +429,66 @@ mod tests {
             );
         }
         assert!(signature_algorithm(b"\x30\x80").is_none());
+    }
+
+    /// One handshake through `acceptor`; the server then sends a line (which carries the TLS
+    /// 1.3 tickets to the client, RFC 8446 section 4.6.1) and the client reads it.
+    async fn handshake(
+        acceptor: &TlsAcceptor,
+        client: &tokio_rustls::TlsConnector,
+    ) -> rustls::HandshakeKind {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = async {
+            let mut tls = acceptor.accept(a).await.expect("server handshake");
+            tls.write_all(b"+OK\r\n").await.expect("write");
+            tls.flush().await.expect("flush");
+            tls
+        };
+        let name = ServerName::try_from("localhost").expect("name");
+        let client = async {
+            let mut tls = client.connect(name, b).await.expect("client handshake");
+            let mut line = [0u8; 5];
+            tls.read_exact(&mut line).await.expect("read");
+            tls
+        };
+        let (_server, client) = tokio::join!(server, client);
+        client.get_ref().1.handshake_kind().expect("handshake done")
+    }
+
+    /// RFC 8446 section 2.2: a client that kept a ticket resumes, on the listener it got it
+    /// from and on the other one (STLS and implicit TLS listeners may have different minimum
+    /// versions, so different acceptors).
+    #[tokio::test]
+    async fn rfc8446_s2_2_a_ticket_resumes_on_any_listener() {
+        let dir = temp_dir("resume");
+        let (files, _) = self_signed(&dir, "localhost").expect("generate");
+        let tls = Tls::load(vec![files]).expect("load");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(dir.join("cert.pem")).unwrap_or_default();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.expect("certificate")).expect("root");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let (tls12, tls13) = (
+            tls.acceptor(TlsVersion::Tls12),
+            tls.acceptor(TlsVersion::Tls13),
+        );
+        assert_eq!(handshake(tls12, &client).await, rustls::HandshakeKind::Full);
+        assert_eq!(
+            handshake(tls12, &client).await,
+            rustls::HandshakeKind::Resumed
+        );
+        assert_eq!(
+            handshake(tls13, &client).await,
+            rustls::HandshakeKind::Resumed
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

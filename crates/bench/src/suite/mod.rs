@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::client::tls_connector;
+use crate::client::tls_config;
 use crate::corpus::Expected;
 use crate::procs::{self, ServerProcess};
 use crate::shapes;
@@ -62,9 +62,10 @@ pub struct SuiteArgs {
     /// Do not run `cargo build --release`; use the binaries next to this one
     #[arg(long)]
     pub no_build: bool,
-    /// Run only these scenarios (S1 .. S7; S1 takes in S1c, S1-TLS and S1-STLS, and so on);
-    /// repeat or separate by commas. Default: all.
-    #[arg(long, value_name = "ID", value_delimiter = ',', value_parser = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"])]
+    /// Run only these scenarios: S1 .. S7 (S1 takes in S1c, S1-TLS, S1-TLS-resume and
+    /// S1-STLS, and so on) or single rows (S1c, S2c, S1-TLS, S1-TLS-resume, S2-TLS, S1-STLS,
+    /// S2-STLS); repeat or separate by commas. Default: all.
+    #[arg(long, value_name = "ID", value_delimiter = ',', value_parser = only_id)]
     pub only: Vec<String>,
     /// S6: the nginx binary for the three-node shape (`cargo xtask bench` passes the one it
     /// unpacked from the Debian packages `cargo xtask deps` fetched); without it that shape is
@@ -76,20 +77,51 @@ pub struct SuiteArgs {
     pub nginx_mail_module: Option<PathBuf>,
 }
 
+/// What `--only` takes: a family (`S1`) or one of the rows named after it.
+const ONLY: [&str; 14] = [
+    "S1",
+    "S2",
+    "S3",
+    "S4",
+    "S5",
+    "S6",
+    "S7",
+    "S1c",
+    "S2c",
+    "S1-TLS",
+    "S1-TLS-resume",
+    "S2-TLS",
+    "S1-STLS",
+    "S2-STLS",
+];
+
+fn only_id(id: &str) -> Result<String, String> {
+    match ONLY.iter().find(|o| o.eq_ignore_ascii_case(id)) {
+        Some(o) => Ok((*o).to_string()),
+        None => Err(format!("one of {}", ONLY.join(", "))),
+    }
+}
+
+/// A scenario's family: `S1` for `S1`, `S1c` and `S1-TLS`.
+fn family(id: &str) -> &str {
+    id.split(|c: char| c == '-' || c.is_ascii_lowercase())
+        .next()
+        .unwrap_or(id)
+}
+
 impl SuiteArgs {
-    /// Whether scenario `id` (or one of its variants, `S1c` for `S1`) is to run.
+    /// Whether scenario `id` is to run: `--only` names it or its family (`S1` for `S1c`).
     pub fn wants(&self, id: &str) -> bool {
-        let family = id
-            .split(|c: char| c == '-' || c.is_ascii_lowercase())
-            .next();
-        self.only.is_empty() || self.only.iter().any(|o| Some(o.as_str()) == family)
+        self.only.is_empty() || self.only.iter().any(|o| o == id || o == family(id))
     }
 
     /// Whether any of S1 .. S5 (the scenarios on pop3d's own store, and Dovecot's) runs.
     fn classic(&self) -> bool {
-        ["S1", "S2", "S3", "S4", "S5"]
-            .iter()
-            .any(|id| self.wants(id))
+        self.only.is_empty()
+            || self
+                .only
+                .iter()
+                .any(|o| ["S1", "S2", "S3", "S4", "S5"].contains(&family(o)))
     }
 }
 
@@ -220,8 +252,12 @@ pub fn run(args: SuiteArgs) -> Result<()> {
          QUIT), so the password hash weighs on both. S3's MiB/s is over the RETR alone (command \
          sent to terminating dot); its CPU per MiB includes the login."
             .to_string(),
-        "TLS: implicit TLS (pop3s), full handshake every session (client resumption off), same \
-         self-signed ECDSA certificate on both servers."
+        "TLS: the same self-signed ECDSA certificate on both servers; the TLS rows run on the \
+         instances with the credential caches on (pop3d's default, --credential-cache-ttl 300; \
+         Dovecot's auth cache, which still runs argon2id), so they show what TLS costs. S1-TLS, \
+         S2-TLS, S1-STLS and S2-STLS make a full handshake every session (client resumption \
+         off); S1-TLS-resume gives each server a client of its own that resumes sessions \
+         (tickets), kept across repetitions."
             .to_string(),
     ];
     let dovecot = match args.against.as_deref() {
@@ -431,7 +467,7 @@ fn classic_rows(
             idle_sessions: sizes.idle_sessions,
         })?);
     }
-    let bench = scenarios::Bench::new(corpus.expected.clone(), Some(tls_connector(Some(&cert))?))?;
+    let bench = scenarios::Bench::new(corpus.expected.clone(), Some(tls_config(Some(&cert))?))?;
     scenarios::warm_up(&bench, args, sizes, &servers, &corpus.users)?;
     let mut rows = Vec::new();
     for (sc, role) in scenarios::rates(sizes, &corpus.users) {
@@ -445,6 +481,12 @@ fn classic_rows(
     if args.wants("S5") {
         rows.extend(s5::rows(&bench, sizes, &servers));
     }
+    notes.append(
+        &mut bench
+            .notes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     let peak_hwm = procs::hwm_kib(servers.pop3d.plain.pid());
     servers.stop();
 
@@ -528,4 +570,38 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|t| t.split(' ').take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::SuiteArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        suite: SuiteArgs,
+    }
+
+    fn only(arg: &str) -> SuiteArgs {
+        Cli::try_parse_from(["suite", "--only", arg])
+            .expect("parses")
+            .suite
+    }
+
+    #[test]
+    fn only_takes_families_and_single_rows() {
+        let family = only("S1");
+        assert!(["S1", "S1c", "S1-TLS", "S1-TLS-resume", "S1-STLS"]
+            .iter()
+            .all(|id| family.wants(id)));
+        assert!(!family.wants("S2-TLS") && family.classic());
+        let rows = only("S1-TLS,s2-stls,S1-TLS-resume");
+        assert!(rows.wants("S1-TLS") && rows.wants("S2-STLS") && rows.wants("S1-TLS-resume"));
+        assert!(!rows.wants("S1") && !rows.wants("S1c") && !rows.wants("S2-TLS"));
+        assert!(!rows.wants("S3") && !rows.wants("S5") && rows.classic());
+        assert!(!only("S6").classic());
+        assert!(Cli::try_parse_from(["suite", "--only", "S1-TLSX"]).is_err());
+    }
 }

@@ -2,7 +2,9 @@
 //! large RETR) and their TLS and credential-cache variants, each run on every server of its
 //! [`Role`], interleaved repetition by repetition; and the warm-up before them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{bail, Context, Result};
 use tokio_rustls::TlsConnector;
@@ -11,7 +13,7 @@ use super::provision::{BIG, MANY_USER, PASSWORD};
 use super::report::{cell, Metrics, Rep, Row, Unit, MIB};
 use super::servers::{Endpoint, Role, Servers};
 use super::{s5, Sizes, SuiteArgs};
-use crate::client::{Target, Work};
+use crate::client::{self, Target, Work, TLS_RESUMED};
 use crate::corpus::Expected;
 use crate::load::{self, Mode, RunResult};
 use crate::procs::{self, RssSampler};
@@ -22,6 +24,9 @@ pub enum Transport {
     Plain,
     /// POP3S (RFC 8314).
     Implicit,
+    /// POP3S with session resumption: each server has a client of its own that keeps the
+    /// tickets (or session ids) it was given, kept across repetitions.
+    Resumed,
     /// Cleartext port, STLS (RFC 2595), then the session.
     Stls,
 }
@@ -31,6 +36,7 @@ impl Transport {
         match self {
             Transport::Plain => "plain",
             Transport::Implicit => "implicit TLS",
+            Transport::Resumed => "implicit TLS, resumed",
             Transport::Stls => "STLS",
         }
     }
@@ -58,11 +64,18 @@ pub struct Bench {
     pub expected: Arc<Expected>,
     /// For the TLS scenarios (trusting the servers' certificate).
     pub tls: Option<TlsConnector>,
+    /// Its configuration, from which each server's resuming client is made.
+    tls_config: Option<rustls::ClientConfig>,
+    /// The resuming clients, by server name.
+    resuming: Mutex<HashMap<String, TlsConnector>>,
+    /// What the report should say about the runs (how many handshakes resumed).
+    pub notes: Mutex<Vec<String>>,
     pub ticks: f64,
 }
 
 impl Bench {
-    pub fn new(expected: Arc<Expected>, tls: Option<TlsConnector>) -> Result<Bench> {
+    /// `tls`: the client configuration of the TLS scenarios.
+    pub fn new(expected: Arc<Expected>, tls: Option<rustls::ClientConfig>) -> Result<Bench> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -70,30 +83,41 @@ impl Bench {
         Ok(Bench {
             rt,
             expected,
-            tls,
+            tls: tls.clone().map(|c| TlsConnector::from(Arc::new(c))),
+            tls_config: tls,
+            resuming: Mutex::new(HashMap::new()),
+            notes: Mutex::new(Vec::new()),
             ticks: procs::clock_ticks(),
         })
     }
 
     /// `ep` reached over `transport`, logging in with the suite's password.
     pub fn target(&self, ep: &Endpoint, transport: Transport) -> Arc<Target> {
+        let connector = match transport {
+            Transport::Plain => None,
+            Transport::Implicit | Transport::Stls => self.tls.clone(),
+            Transport::Resumed => self.tls_config.as_ref().map(|config| {
+                self.resuming
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(ep.name.clone())
+                    .or_insert_with(|| client::resuming(config))
+                    .clone()
+            }),
+        };
         Arc::new(Target {
             host: "127.0.0.1".into(),
-            port: if transport == Transport::Implicit {
+            port: if matches!(transport, Transport::Implicit | Transport::Resumed) {
                 ep.tls
             } else {
                 ep.plain
             },
-            tls: self
-                .tls
-                .clone()
-                .filter(|_| transport != Transport::Plain)
-                .map(|c| {
-                    (
-                        c,
-                        rustls_pki_types::ServerName::try_from("localhost").expect("valid name"),
-                    )
-                }),
+            tls: connector.map(|c| {
+                (
+                    c,
+                    rustls_pki_types::ServerName::try_from("localhost").expect("valid name"),
+                )
+            }),
             stls: transport == Transport::Stls,
             password: PASSWORD.into(),
         })
@@ -122,12 +146,14 @@ impl Bench {
     /// makes its row.
     pub fn measure(&self, sc: &Scenario, servers: &[&Endpoint]) -> Result<Row> {
         let mut reps: Vec<Vec<Rep>> = servers.iter().map(|_| Vec::new()).collect();
+        let mut resumed_counts: Vec<Vec<(u64, u64)>> = servers.iter().map(|_| Vec::new()).collect();
         for rep in 0..sc.reps {
             for (k, ep) in servers.iter().enumerate() {
                 let pid = ep.pid();
                 let base = if sc.rss { procs::rss_kib(pid) } else { 0 };
                 let sampler = sc.rss.then(|| RssSampler::start(pid));
                 let (cpu0, me0) = (ep.cpu_seconds(self.ticks), own_cpu_seconds(self.ticks));
+                let resumed0 = TLS_RESUMED.load(Ordering::Relaxed);
                 let run = self.rt.block_on(load::run(
                     self.target(ep, sc.transport),
                     sc.users.clone(),
@@ -145,6 +171,17 @@ impl Bench {
                     None => Metrics::Rates {},
                 };
                 log_rep(sc.id, sc.concurrency, &ep.name, rep, &run, cpu1 - cpu0);
+                if sc.transport == Transport::Resumed {
+                    let resumed = TLS_RESUMED.load(Ordering::Relaxed) - resumed0;
+                    eprintln!(
+                        "pop3-bench: {} {} rep {}: {resumed} of {} handshakes resumed",
+                        sc.id,
+                        ep.name,
+                        rep + 1,
+                        run.sessions
+                    );
+                    resumed_counts[k].push((resumed, run.sessions));
+                }
                 reps[k].push(Rep {
                     run,
                     server_cpu_s: cpu1 - cpu0,
@@ -152,6 +189,27 @@ impl Bench {
                     metrics,
                 });
             }
+        }
+        if sc.transport == Transport::Resumed {
+            let each: Vec<String> = servers
+                .iter()
+                .zip(&resumed_counts)
+                .map(|(ep, counts)| {
+                    let (resumed, all) = counts
+                        .iter()
+                        .fold((0, 0), |(r, a), (r1, a1)| (r + r1, a + a1));
+                    format!("{} {resumed} of {all}", ep.name)
+                })
+                .collect();
+            self.notes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(format!(
+                    "{} c={}: TLS handshakes that resumed a session, over all repetitions: {}.",
+                    sc.id,
+                    sc.concurrency,
+                    each.join(", ")
+                ));
         }
         Ok(Row {
             id: sc.id,
@@ -341,6 +399,9 @@ pub fn rates(sizes: &Sizes, users: &Arc<Vec<String>>) -> Vec<(Scenario, Role)> {
         };
         scenarios.push((sc, Role::Plain));
     }
+    // The TLS rows run with pop3d's default settings, its credential cache on (against
+    // Dovecot with its auth cache on): what TLS itself costs, not argon2id again. S1-TLS-resume
+    // is S1-TLS with each server's own resuming client, next to it.
     for (transport, ids, how) in [
         (
             Transport::Implicit,
@@ -351,22 +412,33 @@ pub fn rates(sizes: &Sizes, users: &Arc<Vec<String>>) -> Vec<(Scenario, Role)> {
     ] {
         let login = scenario(
             ids.0,
-            format!("login+STAT+QUIT {how}"),
+            format!("login+STAT+QUIT {how}, credential caches on"),
             Work::Login,
             transport,
             16,
             users,
         );
-        scenarios.push((login, Role::Plain));
+        scenarios.push((login, Role::Cached));
+        if transport == Transport::Implicit {
+            let resumed = scenario(
+                "S1-TLS-resume",
+                format!("login+STAT+QUIT {how}, sessions resumed, credential caches on"),
+                Work::Login,
+                Transport::Resumed,
+                16,
+                users,
+            );
+            scenarios.push((resumed, Role::Cached));
+        }
         let download = scenario(
             ids.1,
-            format!("download {how}"),
+            format!("download {how}, credential caches on"),
             Work::Download,
             transport,
             16,
             users,
         );
-        scenarios.push((download, Role::Plain));
+        scenarios.push((download, Role::Cached));
     }
     scenarios
 }

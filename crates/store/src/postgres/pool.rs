@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,18 @@ struct Conn {
     statements: HashMap<String, Statement>,
 }
 
+impl Conn {
+    /// This connection's statements, counting round trips in `round_trips`.
+    fn tx<'a>(&'a mut self, round_trips: &'a AtomicU64) -> Tx<'a> {
+        Tx {
+            client: &mut self.client,
+            statements: &mut self.statements,
+            lost: false,
+            round_trips,
+        }
+    }
+}
+
 struct State {
     idle: Vec<Conn>,
     /// Connections open, idle or lent out.
@@ -42,6 +55,9 @@ pub(super) struct Pool {
     config: postgres::Config,
     state: Mutex<State>,
     freed: Condvar,
+    /// Messages sent and answered on pooled connections (statements, `BEGIN`, `COMMIT`), so
+    /// that tests can hold an operation to its number of round trips.
+    round_trips: AtomicU64,
 }
 
 impl fmt::Debug for Pool {
@@ -75,6 +91,7 @@ impl Pool {
                 open: 0,
             }),
             freed: Condvar::new(),
+            round_trips: AtomicU64::new(0),
         };
         let first = pool.connect()?;
         let mut state = pool.lock();
@@ -154,6 +171,7 @@ impl Pool {
         let mut attempt = 0;
         loop {
             let conn = lent.conn.as_mut().ok_or(StoreError::Busy)?;
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
             match conn.client.batch_execute("BEGIN") {
                 Ok(()) => break,
                 Err(e) if connection_lost(&e) && attempt < MAX_CONNECTIONS => {
@@ -165,12 +183,10 @@ impl Pool {
             }
         }
         let conn = lent.conn.as_mut().ok_or(StoreError::Busy)?;
-        let mut tx = Tx {
-            client: &mut conn.client,
-            statements: &mut conn.statements,
-        };
+        let mut tx = conn.tx(&self.round_trips);
         match f(&mut tx) {
             Ok(value) => {
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
                 tx.client.batch_execute("COMMIT")?;
                 Ok(value)
             }
@@ -180,6 +196,34 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+
+    /// Runs `f`, one statement, without a transaction of its own: PostgreSQL runs a lone
+    /// statement atomically in an implicit transaction, so `BEGIN` and `COMMIT` would only add
+    /// two round trips. `f` must be safe to run again: when the connection turns out to be
+    /// lost (PostgreSQL restarted, or dropped it), it runs again on the next one, as
+    /// [`Pool::tx`] does after a failed `BEGIN`.
+    pub(super) fn autocommit<T>(&self, mut f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        let mut lent = self.get()?;
+        let mut attempt = 0;
+        loop {
+            let conn = lent.conn.as_mut().ok_or(StoreError::Busy)?;
+            let mut tx = conn.tx(&self.round_trips);
+            match f(&mut tx) {
+                Err(_) if tx.lost && attempt < MAX_CONNECTIONS => {
+                    lent.discard();
+                    lent = self.get()?;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Round trips so far on pooled connections.
+    #[cfg(test)]
+    pub(super) fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// Connections open now (idle or lent out).
@@ -239,6 +283,9 @@ impl Drop for Lent<'_> {
 pub struct Tx<'a> {
     client: &'a mut Client,
     statements: &'a mut HashMap<String, Statement>,
+    /// A statement failed because the connection was lost.
+    lost: bool,
+    round_trips: &'a AtomicU64,
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
@@ -250,19 +297,32 @@ impl Tx<'_> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.client.prepare(sql)?;
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let statement = self.client.prepare(sql).map_err(|e| self.failed(e))?;
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
 
+    /// `e` as a store error, noting whether it means the connection is lost.
+    fn failed(&mut self, e: postgres::Error) -> StoreError {
+        self.lost |= connection_lost(&e);
+        e.into()
+    }
+
     pub(super) fn query(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>> {
         let statement = self.statement(sql)?;
-        Ok(self.client.query(&statement, params)?)
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .query(&statement, params)
+            .map_err(|e| self.failed(e))
     }
 
     pub(super) fn execute(&mut self, sql: &str, params: &Params<'_>) -> Result<u64> {
         let statement = self.statement(sql)?;
-        Ok(self.client.execute(&statement, params)?)
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .execute(&statement, params)
+            .map_err(|e| self.failed(e))
     }
 
     /// One statement given at run time (tests), not cached.

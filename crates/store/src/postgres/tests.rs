@@ -334,3 +334,87 @@ fn v4_counts_the_messages_from_before() {
     let stat = store.maildrop_stat(account).unwrap();
     assert_eq!((stat.messages, stat.octets), (2, sizes));
 }
+
+/// A session's reads of one statement each (the login's lookups, the listing, each RETR's
+/// chunks) and the release of its lease are one round trip each: no `BEGIN` and `COMMIT`
+/// around a lone statement, which PostgreSQL runs atomically by itself.
+#[test]
+fn single_statements_take_one_round_trip() {
+    let Some(f) = fixture("single_statements_take_one_round_trip") else {
+        return;
+    };
+    let store = f.open_node(Some("n1"));
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    let message = deliver(&store, &to, b"Subject: x\r\n\r\nbody\r\n").id;
+    let lock = store.lock_maildrop(account, "pop3d@n1:1#1", HOUR).unwrap();
+    // Every statement prepared once on the one pooled connection.
+    let each = |store: &PostgresStore| {
+        let stat = store.maildrop_stat(account).unwrap();
+        [
+            store.account(&to).unwrap().is_some(),
+            stat.messages == 1,
+            store.list_snapshot(account, &stat).unwrap().len() == 1,
+            store.read_chunks(message, 0, 4).unwrap().len() == 1,
+            store
+                .renew_locks(std::slice::from_ref(&lock), HOUR)
+                .unwrap()
+                == [true],
+        ]
+    };
+    assert_eq!(each(&store), [true; 5]);
+    let before = store.pool.round_trips();
+    assert_eq!(each(&store), [true; 5]);
+    assert_eq!(store.pool.round_trips() - before, 5);
+    let before = store.pool.round_trips();
+    store.release_lock(&lock).unwrap();
+    assert!(
+        store.pool.round_trips() - before <= 2,
+        "release: one, or two if prepared"
+    );
+    assert!(store.lock_maildrop(account, "pop3d@n1:1#2", HOUR).is_ok());
+}
+
+/// A statement run without a transaction of its own on a connection the restart cut runs
+/// again on a fresh one, as a transaction's failed `BEGIN` does.
+#[test]
+fn a_database_restart_costs_no_later_single_statement() {
+    let Some(mut cluster) = testbed::pg::own("a_database_restart_costs_no_later_single_statement")
+    else {
+        return;
+    };
+    cluster.create_database("restart").unwrap();
+    let store = Arc::new(PostgresStore::open(&cluster.url("restart"), None).unwrap());
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    let message = deliver(&*store, &to, b"one\n").id;
+    // Several connections in the pool, all of them cut by the restart.
+    let barrier = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                store
+                    .pool
+                    .tx(|tx| {
+                        barrier.wait();
+                        tx.execute("SELECT 1", &[])
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(store.pool.open_connections() >= 4);
+    cluster.restart().unwrap();
+    for _ in 0..8 {
+        assert_eq!(store.maildrop_stat(account).unwrap().messages, 1);
+        assert_eq!(
+            store.read_chunks(message, 0, 4).unwrap(),
+            [b"one\r\n".to_vec()]
+        );
+    }
+    assert!(store.pool.open_connections() <= MAX_CONNECTIONS);
+}

@@ -51,8 +51,11 @@ impl Sql for Tx<'_> {
         Tx::execute(self, sql, &pg(params))
     }
 
-    /// All ids as one array (`= ANY($1)`): one round trip however many.
+    /// All ids as one array (`= ANY($1)`): one round trip however many, none for none.
     fn execute_for_ids(&mut self, sql: &str, ids: &[i64], account: AccountId) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
         Tx::execute(self, sql, &[&ids, &account])
     }
 

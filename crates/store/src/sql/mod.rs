@@ -175,9 +175,15 @@ pub trait Backend: Send + Sync + 'static {
     /// statements; on PostgreSQL, READ COMMITTED like every transaction).
     fn read<T>(&self, f: impl FnOnce(&mut Self::Tx<'_>) -> Result<T>) -> Result<T>;
     /// Runs `f`, which reads with one statement, where the backend finds it cheapest: by
-    /// default in a [`Backend::read`] transaction.
-    fn single<T>(&self, f: impl FnOnce(&mut Self::Tx<'_>) -> Result<T>) -> Result<T> {
+    /// default in a [`Backend::read`] transaction. `f` may run more than once (a backend
+    /// retries it on a fresh connection when the first was lost).
+    fn single<T>(&self, f: impl FnMut(&mut Self::Tx<'_>) -> Result<T>) -> Result<T> {
         self.read(f)
+    }
+    /// Runs `f`, which writes with one statement that may safely run twice, where the backend
+    /// finds it cheapest: by default in a [`Backend::write`] transaction.
+    fn write_single<T>(&self, f: impl FnMut(&mut Self::Tx<'_>) -> Result<T>) -> Result<T> {
+        self.write(f)
     }
     /// The node whose leases this store takes, where the backend records it.
     fn node(&self) -> Option<&str>;
@@ -294,11 +300,13 @@ impl<B: Backend> Store for B {
         if locks.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|tx| tx.renew_leases(locks, lease))
+        // One statement, and renewing twice is renewing once.
+        self.write_single(|tx| tx.renew_leases(locks, lease))
     }
 
     fn release_lock(&self, lock: &MaildropLock) -> Result<()> {
-        self.write(|tx| locks::release(tx, lock))
+        // One statement, by token: a second run deletes nothing more.
+        self.write_single(|tx| locks::release(tx, lock))
     }
 
     fn list_messages(&self, account: AccountId) -> Result<Vec<MessageMeta>> {
@@ -339,11 +347,12 @@ impl<B: Backend> Store for B {
     }
 
     fn node_heartbeat(&self, id: &str, address: &str, sessions: u64) -> Result<NodeState> {
-        self.write(|tx| nodes::heartbeat(tx, id, address, sessions))
+        // One statement; a second run records the same heartbeat.
+        self.write_single(|tx| nodes::heartbeat(tx, id, address, sessions))
     }
 
     fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
-        self.read(|tx| nodes::list(tx))
+        self.single(|tx| nodes::list(tx))
     }
 
     fn set_node_state(&self, id: &str, state: NodeState) -> Result<()> {

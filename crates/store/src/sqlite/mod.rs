@@ -142,7 +142,7 @@ impl Backend for SqliteStore {
     }
 
     /// No transaction: one statement is atomic by itself (autocommit).
-    fn single<T>(&self, f: impl FnOnce(&mut &Connection) -> Result<T>) -> Result<T> {
+    fn single<T>(&self, mut f: impl FnMut(&mut &Connection) -> Result<T>) -> Result<T> {
         self.with_conn(|conn| f(&mut &*conn))
     }
 
