@@ -77,6 +77,28 @@ impl DotStuffer {
         self.last_cr = last == b'\r';
     }
 
+    /// Stuffing without a copy: when `input` has no bare LF, its stuffed form is `input` with
+    /// a `.` inserted before each offset this puts in `dots` (cleared first, ascending; 0 when
+    /// a line starts at `input[0]`), and the stuffer moves on as [`DotStuffer::push`] would;
+    /// the caller writes the pieces as they are (a vectored write). False, with nothing
+    /// changed, when `input` has a bare LF: [`DotStuffer::push`] must normalise it.
+    pub fn dots(&mut self, input: &[u8], dots: &mut Vec<usize>) -> bool {
+        dots.clear();
+        let Some(&last) = input.last() else {
+            return true;
+        };
+        if has_bare_lf(self.last_cr, input) {
+            return false;
+        }
+        if self.at_line_start && input[0] == b'.' {
+            dots.push(0);
+        }
+        dots.extend(memchr::memmem::find_iter(input, b"\n.").map(|i| i + 1));
+        self.at_line_start = last == b'\n';
+        self.last_cr = last == b'\r';
+        true
+    }
+
     /// Ends the body: the missing line end if any, then the `.` line.
     pub fn finish(self, out: &mut Vec<u8>) {
         if !self.at_line_start {
@@ -354,6 +376,29 @@ mod tests {
         #[test]
         fn stuffer_on_crlf_bodies_equals_the_octet_at_a_time_rules(input in crlf_body(), a in 1usize..40) {
             prop_assert_eq!(stuff(&input, a), reference_stuff(&input));
+        }
+
+        /// [`DotStuffer::dots`] gives what [`DotStuffer::push`] writes, piece by piece, and
+        /// declines exactly the chunks with a bare LF (which `push` then takes).
+        #[test]
+        fn dots_give_what_push_writes(input in prop_oneof![crlf_body(), body()], a in 1usize..40) {
+            let (mut by_dots, mut offsets) = (DotStuffer::new(), Vec::new());
+            let mut out = Vec::new();
+            for piece in input.chunks(a) {
+                if by_dots.dots(piece, &mut offsets) {
+                    let mut from = 0;
+                    for &at in &offsets {
+                        out.extend_from_slice(&piece[from..at]);
+                        out.push(b'.');
+                        from = at;
+                    }
+                    out.extend_from_slice(&piece[from..]);
+                } else {
+                    by_dots.push(piece, &mut out);
+                }
+            }
+            by_dots.finish(&mut out);
+            prop_assert_eq!(out, reference_stuff(&input));
         }
 
         #[test]
