@@ -81,8 +81,9 @@ impl DotStuffer {
     /// a `.` inserted before each offset this puts in `dots` (cleared first, ascending; 0 when
     /// a line starts at `input[0]`), and the stuffer moves on as [`DotStuffer::push`] would;
     /// the caller writes the pieces as they are (a vectored write). False, with nothing
-    /// changed, when `input` has a bare LF: [`DotStuffer::push`] must normalise it.
-    pub fn dots(&mut self, input: &[u8], dots: &mut Vec<usize>) -> bool {
+    /// changed, when `input` has a bare LF ([`DotStuffer::push`] must normalise it) or needs
+    /// more than `max` dots (so many pieces that copying them is cheaper).
+    pub fn dots(&mut self, input: &[u8], dots: &mut Vec<usize>, max: usize) -> bool {
         dots.clear();
         let Some(&last) = input.last() else {
             return true;
@@ -93,7 +94,15 @@ impl DotStuffer {
         if self.at_line_start && input[0] == b'.' {
             dots.push(0);
         }
-        dots.extend(memchr::memmem::find_iter(input, b"\n.").map(|i| i + 1));
+        dots.extend(
+            memchr::memmem::find_iter(input, b"\n.")
+                .map(|i| i + 1)
+                .take(max.saturating_add(1)),
+        );
+        if dots.len() > max {
+            dots.clear();
+            return false;
+        }
         self.at_line_start = last == b'\n';
         self.last_cr = last == b'\r';
         true
@@ -381,11 +390,16 @@ mod tests {
         /// [`DotStuffer::dots`] gives what [`DotStuffer::push`] writes, piece by piece, and
         /// declines exactly the chunks with a bare LF (which `push` then takes).
         #[test]
-        fn dots_give_what_push_writes(input in prop_oneof![crlf_body(), body()], a in 1usize..40) {
+        fn dots_give_what_push_writes(
+            input in prop_oneof![crlf_body(), body()],
+            a in 1usize..40,
+            max in prop_oneof![0usize..4, Just(usize::MAX)],
+        ) {
             let (mut by_dots, mut offsets) = (DotStuffer::new(), Vec::new());
             let mut out = Vec::new();
             for piece in input.chunks(a) {
-                if by_dots.dots(piece, &mut offsets) {
+                if by_dots.dots(piece, &mut offsets, max) {
+                    prop_assert!(offsets.len() <= max);
                     let mut from = 0;
                     for &at in &offsets {
                         out.extend_from_slice(&piece[from..at]);
