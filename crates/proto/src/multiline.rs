@@ -77,35 +77,51 @@ impl DotStuffer {
         self.last_cr = last == b'\r';
     }
 
-    /// Stuffing without a copy: when `input` has no bare LF, its stuffed form is `input` with
-    /// a `.` inserted before each offset this puts in `dots` (cleared first, ascending; 0 when
-    /// a line starts at `input[0]`), and the stuffer moves on as [`DotStuffer::push`] would;
-    /// the caller writes the pieces as they are (a vectored write). False, with nothing
-    /// changed, when `input` has a bare LF ([`DotStuffer::push`] must normalise it) or needs
-    /// more than `max` dots (so many pieces that copying them is cheaper).
-    pub fn dots(&mut self, input: &[u8], dots: &mut Vec<usize>, max: usize) -> bool {
+    /// Stuffing without a copy where it pays: when `input` has no bare LF and needs at most
+    /// `max` dots, its stuffed form is `input` with a `.` inserted before each offset this
+    /// puts in `dots` (cleared first, ascending; 0 when a line starts at `input[0]`), and the
+    /// caller writes the pieces as they are (a vectored write): true. Otherwise `input` is
+    /// stuffed onto `out` as [`DotStuffer::push`] would (the dots found so far are not looked
+    /// for again) and `dots` is left empty: false. Either way the stuffer moves on.
+    pub fn dots(
+        &mut self,
+        input: &[u8],
+        dots: &mut Vec<usize>,
+        max: usize,
+        out: &mut Vec<u8>,
+    ) -> bool {
         dots.clear();
         let Some(&last) = input.last() else {
             return true;
         };
         if has_bare_lf(self.last_cr, input) {
+            self.push(input, out);
             return false;
         }
         if self.at_line_start && input[0] == b'.' {
             dots.push(0);
         }
-        dots.extend(
-            memchr::memmem::find_iter(input, b"\n.")
-                .map(|i| i + 1)
-                .take(max.saturating_add(1)),
-        );
-        if dots.len() > max {
-            dots.clear();
-            return false;
+        let mut found = memchr::memmem::find_iter(input, b"\n.");
+        while dots.len() <= max {
+            match found.next() {
+                Some(i) => dots.push(i + 1),
+                None => break,
+            }
         }
         self.at_line_start = last == b'\n';
         self.last_cr = last == b'\r';
-        true
+        if dots.len() <= max {
+            return true;
+        }
+        out.reserve(input.len() + input.len() / 64 + 4);
+        let mut from = 0;
+        for at in dots.drain(..).chain(found.map(|i| i + 1)) {
+            out.extend_from_slice(&input[from..at]);
+            out.push(b'.');
+            from = at;
+        }
+        out.extend_from_slice(&input[from..]);
+        false
     }
 
     /// Ends the body: the missing line end if any, then the `.` line.
@@ -387,8 +403,9 @@ mod tests {
             prop_assert_eq!(stuff(&input, a), reference_stuff(&input));
         }
 
-        /// [`DotStuffer::dots`] gives what [`DotStuffer::push`] writes, piece by piece, and
-        /// declines exactly the chunks with a bare LF (which `push` then takes).
+        /// [`DotStuffer::dots`] gives what [`DotStuffer::push`] writes: piece by piece where
+        /// it places the dots, onto the buffer where it stuffs (a bare LF, or more than `max`
+        /// dots).
         #[test]
         fn dots_give_what_push_writes(
             input in prop_oneof![crlf_body(), body()],
@@ -398,7 +415,7 @@ mod tests {
             let (mut by_dots, mut offsets) = (DotStuffer::new(), Vec::new());
             let mut out = Vec::new();
             for piece in input.chunks(a) {
-                if by_dots.dots(piece, &mut offsets, max) {
+                if by_dots.dots(piece, &mut offsets, max, &mut out) {
                     prop_assert!(offsets.len() <= max);
                     let mut from = 0;
                     for &at in &offsets {
@@ -408,7 +425,7 @@ mod tests {
                     }
                     out.extend_from_slice(&piece[from..]);
                 } else {
-                    by_dots.push(piece, &mut out);
+                    prop_assert!(offsets.is_empty());
                 }
             }
             by_dots.finish(&mut out);

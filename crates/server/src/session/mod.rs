@@ -581,11 +581,12 @@ impl<S: Stream> Driver<S> {
                     None => (&chunk[..], false),
                 };
                 sent += part.len() as u64;
-                if part.len() >= VECTORED_AT
-                    && self.conn.is_write_vectored()
-                    && stuffer.dots(part, &mut dots, VECTORED_DOTS)
-                {
-                    self.write_stuffed(part, &dots).await?;
+                if part.len() >= VECTORED_AT && self.conn.is_write_vectored() {
+                    if stuffer.dots(part, &mut dots, VECTORED_DOTS, &mut self.session.out) {
+                        self.write_stuffed(part, &dots).await?;
+                    } else if self.session.out.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
                 } else {
                     stuffer.push(part, &mut self.session.out);
                     if self.session.out.len() >= FLUSH_AT {
