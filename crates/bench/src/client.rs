@@ -196,6 +196,7 @@ async fn stls(tcp: &mut TcpStream) -> Result<()> {
     let mut w = Wire {
         io: BufReader::with_capacity(1024, &mut *tcp),
         line: Vec::with_capacity(256),
+        unstuffer: LineUnstuffer::new(),
     };
     w.expect_ok("greeting").await?;
     w.command("STLS").await?;
@@ -214,6 +215,7 @@ pub async fn open_greeted(target: &Target) -> Result<TcpStream> {
     let mut w = Wire {
         io: BufReader::with_capacity(512, &mut tcp),
         line: Vec::with_capacity(128),
+        unstuffer: LineUnstuffer::new(),
     };
     w.expect_ok("greeting").await?;
     Ok(tcp)
@@ -226,6 +228,7 @@ pub async fn open_logged_in(target: &Target, user: &str) -> Result<TcpStream> {
     let mut w = Wire {
         io: BufReader::with_capacity(512, &mut tcp),
         line: Vec::with_capacity(128),
+        unstuffer: LineUnstuffer::new(),
     };
     w.command(&format!("USER {user}")).await?;
     w.command(&format!("PASS {}", target.password)).await?;
@@ -235,6 +238,8 @@ pub async fn open_logged_in(target: &Target, user: &str) -> Result<TcpStream> {
 struct Wire<S> {
     io: BufReader<S>,
     line: Vec<u8>,
+    /// Reused for every multi-line body (its scratch buffer too).
+    unstuffer: LineUnstuffer,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
@@ -301,16 +306,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Hands a multi-line body (after its `+OK` line) to `out`, unstuffed, straight from the
     /// read buffer; true when a line ended with a bare LF.
     async fn body_into(&mut self, out: &mut impl Sink) -> Result<bool> {
-        let mut unstuffer = LineUnstuffer::new();
+        self.unstuffer.reset();
         loop {
             let chunk = self.io.fill_buf().await.context("read")?;
             if chunk.is_empty() {
                 bail!("connection closed inside a multi-line reply");
             }
-            match unstuffer.push(chunk, out) {
+            match self.unstuffer.push(chunk, out) {
                 Some(n) => {
                     self.io.consume(n);
-                    return Ok(unstuffer.bare_lf);
+                    return Ok(self.unstuffer.bare_lf);
                 }
                 None => {
                     let n = chunk.len();
@@ -352,6 +357,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut w = Wire {
         io: BufReader::with_capacity(256 * 1024, io),
         line: Vec::with_capacity(256),
+        unstuffer: LineUnstuffer::new(),
     };
     if greeting {
         w.expect_ok("greeting").await?;
@@ -457,6 +463,7 @@ pub async fn listing_times(target: &Target, user: &str, count: u64) -> Result<Li
     let mut w = Wire {
         io: BufReader::with_capacity(64 * 1024, tcp),
         line: Vec::with_capacity(256),
+        unstuffer: LineUnstuffer::new(),
     };
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
     let mut buf = Vec::new();

@@ -142,58 +142,81 @@ pub fn digest(bytes: &[u8]) -> u64 {
 }
 
 const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Octets one step of [`Digest`] takes: four independent 8-octet lanes, so the multiplies
+/// overlap and the digest runs at several GB/s.
+const BLOCK: usize = 32;
 
-/// [`digest`] over bytes that arrive in pieces: 8-octet words, the last one padded with zeros,
-/// seeded with the length (which the reader knows from LIST; a wrong length fails the size
-/// check anyway).
+/// [`digest`] over bytes that arrive in pieces: 32-octet blocks in four lanes of 8-octet
+/// words, the last block padded with zeros, seeded with the length (which the reader knows
+/// from LIST; a wrong length fails the size check anyway). Equal for every way of cutting
+/// the same bytes into pieces.
 #[derive(Debug, Clone)]
 pub struct Digest {
-    h: u64,
-    word: [u8; 8],
+    lanes: [u64; 4],
+    block: [u8; BLOCK],
     filled: usize,
+}
+
+fn mix_word(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(MIX);
+    h ^ (h >> 29)
 }
 
 impl Digest {
     pub fn new(len: u64) -> Digest {
+        let seed = 0x243F_6A88_85A3_08D3u64 ^ len;
         Digest {
-            h: 0x243F_6A88_85A3_08D3u64 ^ len,
-            word: [0; 8],
+            lanes: [
+                seed,
+                seed.rotate_left(16) ^ 1,
+                seed.rotate_left(32) ^ 2,
+                seed.rotate_left(48) ^ 3,
+            ],
+            block: [0; BLOCK],
             filled: 0,
         }
     }
 
-    fn mix(&mut self, w: [u8; 8]) {
-        self.h = (self.h ^ u64::from_le_bytes(w)).wrapping_mul(MIX);
-        self.h ^= self.h >> 29;
+    fn mix_block(&mut self, block: &[u8]) {
+        for (lane, word) in self.lanes.iter_mut().zip(block.chunks_exact(8)) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            *lane = mix_word(*lane, u64::from_le_bytes(w));
+        }
     }
 
     pub fn update(&mut self, mut bytes: &[u8]) {
         if self.filled > 0 {
-            let take = (8 - self.filled).min(bytes.len());
-            self.word[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+            let take = (BLOCK - self.filled).min(bytes.len());
+            self.block[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
             self.filled += take;
             bytes = &bytes[take..];
-            if self.filled < 8 {
+            if self.filled < BLOCK {
                 return;
             }
-            self.mix(self.word);
+            let block = self.block;
+            self.mix_block(&block);
             self.filled = 0;
         }
-        let mut words = bytes.chunks_exact(8);
-        for c in &mut words {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.mix(w);
+        let mut blocks = bytes.chunks_exact(BLOCK);
+        for block in &mut blocks {
+            self.mix_block(block);
         }
-        let rest = words.remainder();
-        self.word[..rest.len()].copy_from_slice(rest);
+        let rest = blocks.remainder();
+        self.block[..rest.len()].copy_from_slice(rest);
         self.filled = rest.len();
     }
 
-    pub fn finish(self) -> u64 {
-        let mut w = [0u8; 8];
-        w[..self.filled].copy_from_slice(&self.word[..self.filled]);
-        let h = (self.h ^ u64::from_le_bytes(w)).wrapping_mul(MIX);
+    pub fn finish(mut self) -> u64 {
+        let filled = self.filled;
+        self.block[filled..].fill(0);
+        let block = self.block;
+        self.mix_block(&block);
+        let h = self
+            .lanes
+            .iter()
+            .fold(filled as u64, |h, &lane| mix_word(h, lane))
+            .wrapping_mul(MIX);
         h ^ (h >> 32)
     }
 }
@@ -205,7 +228,9 @@ impl Digest {
 pub struct Streamed {
     len: u64,
     digest: Digest,
-    head: Vec<u8>,
+    /// The first line, kept in place: no allocation per message.
+    head: [u8; HEAD_MAX],
+    head_len: usize,
     head_done: bool,
     tail: [u8; 2],
 }
@@ -219,7 +244,8 @@ impl Streamed {
         Streamed {
             len: 0,
             digest: Digest::new(size),
-            head: Vec::with_capacity(64),
+            head: [0; HEAD_MAX],
+            head_len: 0,
             head_done: false,
             tail: [0; 2],
         }
@@ -239,9 +265,10 @@ impl Sink for Streamed {
         if !self.head_done {
             let line_end = memchr::memchr(b'\n', bytes);
             let take = line_end.map_or(bytes.len(), |i| i + 1);
-            let room = HEAD_MAX.saturating_sub(self.head.len());
-            self.head.extend_from_slice(&bytes[..take.min(room)]);
-            self.head_done = line_end.is_some() || self.head.len() >= HEAD_MAX;
+            let n = take.min(HEAD_MAX - self.head_len);
+            self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
+            self.head_len += n;
+            self.head_done = line_end.is_some() || self.head_len >= HEAD_MAX;
         }
         self.digest.update(bytes);
         self.len += bytes.len() as u64;
@@ -310,8 +337,7 @@ impl Expected {
 
     /// [`Expected::check`] for a message checked as it arrived. Returns its id.
     pub fn verify(&self, user: &str, body: &Streamed) -> Result<String, String> {
-        let first = body
-            .head
+        let first = body.head[..body.head_len]
             .strip_prefix(b"X-Bench-Id: ")
             .and_then(|l| l.strip_suffix(b"\r\n"))
             .and_then(|l| std::str::from_utf8(l).ok())
@@ -385,7 +411,7 @@ mod tests {
 
     #[test]
     fn the_streaming_digest_equals_the_whole_one_at_every_split() {
-        let bytes: Vec<u8> = (0..61u32).map(|i| (i * 37 % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..101u32).map(|i| (i * 37 % 251) as u8).collect();
         for len in 0..bytes.len() {
             let whole = digest(&bytes[..len]);
             for piece in 1..=len.max(1) {
@@ -396,6 +422,22 @@ mod tests {
                 assert_eq!(d.finish(), whole, "{len} octets in pieces of {piece}");
             }
         }
+    }
+
+    /// Any one octet changed, in any lane of any block or in the padded tail, changes the
+    /// digest; so does a length that differs by zero octets of padding.
+    #[test]
+    fn the_digest_sees_every_octet() {
+        let bytes: Vec<u8> = (0..77u32).map(|i| (i * 13 % 256) as u8).collect();
+        let whole = digest(&bytes);
+        for i in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[i] ^= 0x01;
+            assert_ne!(digest(&changed), whole, "octet {i}");
+        }
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert_ne!(digest(&padded), whole);
     }
 
     /// The stuffed wire form of a corpus message, unstuffed into a [`Streamed`] in pieces of

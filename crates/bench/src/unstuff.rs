@@ -34,11 +34,15 @@ impl Sink for Vec<u8> {
 #[derive(Debug)]
 enum State {
     LineStart,
-    /// Inside a line that did not start with `.`: copied as is.
+    /// Inside a run of lines that do not start with `.`: handed on as is.
     Plain,
     /// Inside a line that started with `.`: proto decides.
     Dotted(Unstuffer),
 }
+
+/// Where the next line starting with `.` begins: the LF before it.
+static DOT_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n."));
 
 #[derive(Debug)]
 pub struct LineUnstuffer {
@@ -66,8 +70,17 @@ impl LineUnstuffer {
         }
     }
 
+    /// Ready for the next body, keeping the scratch buffer.
+    pub fn reset(&mut self) {
+        self.state = State::LineStart;
+        self.bare_lf = false;
+        self.last = b'\n';
+    }
+
     /// As `proto::Unstuffer::push`: hands body octets to `out`; `Some(n)` when the
-    /// terminator ended within the first `n` octets of `input`.
+    /// terminator ended within the first `n` octets of `input`. Lines that do not start with
+    /// `.` go to `out` in runs, up to the next line that does (found with `memmem`), so
+    /// `out` sees a few large slices, not one per line.
     pub fn push(&mut self, input: &[u8], out: &mut impl Sink) -> Option<usize> {
         let mut at = 0;
         while at < input.len() {
@@ -80,19 +93,19 @@ impl LineUnstuffer {
                         State::Plain
                     };
                 }
-                State::Plain => match memchr::memchr(b'\n', rest) {
-                    Some(i) => {
-                        self.note_lf(&rest[..=i]);
-                        out.put(&rest[..=i]);
-                        at += i + 1;
-                        self.state = State::LineStart;
-                    }
-                    None => {
-                        out.put(rest);
-                        self.last = rest[rest.len() - 1];
-                        at = input.len();
-                    }
-                },
+                State::Plain => {
+                    // Up to and including the LF before the next dot-led line, or all of it.
+                    let (run, next) = match DOT_LINE.find(rest) {
+                        Some(i) => (&rest[..=i], State::LineStart),
+                        None if rest[rest.len() - 1] == b'\n' => (rest, State::LineStart),
+                        None => (rest, State::Plain),
+                    };
+                    self.bare_lf |= proto::has_bare_lf(self.last == b'\r', run);
+                    out.put(run);
+                    self.last = run[run.len() - 1];
+                    at += run.len();
+                    self.state = next;
+                }
                 State::Dotted(u) => {
                     let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
                     let prev = self.last;
@@ -122,18 +135,6 @@ impl LineUnstuffer {
             }
         }
         None
-    }
-
-    /// `line` ends with LF: was it preceded by CR (in this slice, or at the end of the last)?
-    fn note_lf(&mut self, line: &[u8]) {
-        let cr = match line.len() {
-            1 => self.last == b'\r',
-            n => line[n - 2] == b'\r',
-        };
-        if !cr {
-            self.bare_lf = true;
-        }
-        self.last = b'\n';
     }
 }
 
@@ -192,6 +193,52 @@ mod tests {
                 assert_eq!((&got, n), (&want, want_n), "{input:?} in chunks of {chunk}");
             }
         }
+    }
+
+    /// Counts the slices handed over.
+    struct Counting(Vec<u8>, usize);
+
+    impl Sink for Counting {
+        fn put(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+            self.1 += 1;
+        }
+
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+    }
+
+    /// A body of 1,000 lines, one in a hundred dot-led, goes out in a few dozen slices (one
+    /// per run between dot-led lines), not a thousand; and a reset unstuffer reads the next
+    /// body as a fresh one would.
+    #[test]
+    fn plain_lines_go_out_in_runs() {
+        let mut body = Vec::new();
+        for i in 0..1000 {
+            if i % 100 == 50 {
+                body.extend_from_slice(b"..dot-led\r\n");
+            } else {
+                body.extend_from_slice(b"a plain line of text\r\n");
+            }
+        }
+        body.extend_from_slice(b".\r\n");
+        let (want, want_n) = proto_unstuff(&body);
+        let mut u = LineUnstuffer::new();
+        for _ in 0..2 {
+            let mut out = Counting(Vec::new(), 0);
+            assert_eq!(u.push(&body, &mut out), want_n);
+            assert_eq!(out.0, want);
+            assert!(out.1 <= 40, "{} slices", out.1);
+            assert!(!u.bare_lf);
+            u.reset();
+        }
+        let mut bare = body.clone();
+        bare[500] = b'\n';
+        bare[499] = b'x';
+        let mut out = Counting(Vec::new(), 0);
+        u.push(&bare, &mut out);
+        assert!(u.bare_lf, "a bare LF inside a run");
     }
 
     #[test]

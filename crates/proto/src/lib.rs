@@ -20,7 +20,7 @@ mod secret;
 
 pub use command::{Command, CommandError, Keyword};
 pub use decoder::{Decoder, LineTooLong};
-pub use multiline::{DotStuffer, Unstuffer};
+pub use multiline::{has_bare_lf, DotStuffer, Unstuffer};
 pub use response::{ResponseCode, Status};
 pub use secret::Secret;
 

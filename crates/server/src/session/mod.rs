@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use proto::response::{write_end, write_err, write_listing_line, write_ok};
 use proto::{Command, CommandError, Decoder, DotStuffer, MAX_COMMAND_LINE};
 use store::{MessageId, StoreError};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::capa;
@@ -57,6 +57,14 @@ const FLUSH_AT: usize = 64 * 1024;
 /// An idle session keeps at most this much reply buffer; a larger one (a RETR's) is freed
 /// before waiting for the next command, so thousands of idle sessions cost little.
 const OUT_KEEP: usize = 1024;
+/// A part of a message at least this long goes out as a vectored write from the store's
+/// buffer ([`Driver::write_stuffed`]); shorter ones are copied into the reply buffer, so a
+/// small message leaves in one write with its `+OK` and terminator.
+const VECTORED_AT: usize = 16 * 1024;
+/// At most this many stuffing dots in a vectored write: each one costs two more pieces for
+/// the kernel to gather, and past a few dozen copying the chunk (as [`DotStuffer::push`]
+/// does) is cheaper (`perf`: `_copy_from_iter` doubled on a chunk of 200 dots).
+const VECTORED_DOTS: usize = 32;
 /// Chunks a RETR or TOP reads with one store statement (128 KiB each).
 const READ_RUN: u32 = 4;
 
@@ -549,6 +557,8 @@ impl<S: Stream> Driver<S> {
             reply::blocking(move || store.read_chunks(id, first, READ_RUN))
         };
         let mut stuffer = DotStuffer::new();
+        // Where the stuffing dots go in the chunk being written (reused).
+        let mut dots = Vec::new();
         let mut cut = top.map(|t| TopCut::new(t.header_octets, t.lines));
         let mut sent = 0u64;
         // Octets read from the store, whether sent or cut by TOP.
@@ -571,9 +581,17 @@ impl<S: Stream> Driver<S> {
                     None => (&chunk[..], false),
                 };
                 sent += part.len() as u64;
-                stuffer.push(part, &mut self.session.out);
-                if self.session.out.len() >= FLUSH_AT {
-                    self.flush().await?;
+                if part.len() >= VECTORED_AT && self.conn.is_write_vectored() {
+                    if stuffer.dots(part, &mut dots, VECTORED_DOTS, &mut self.session.out) {
+                        self.write_stuffed(part, &dots).await?;
+                    } else if self.session.out.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                } else {
+                    stuffer.push(part, &mut self.session.out);
+                    if self.session.out.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
                 }
                 if done {
                     break 'runs;
@@ -593,6 +611,48 @@ impl<S: Stream> Driver<S> {
             );
         }
         stuffer.finish(&mut self.session.out);
+        Ok(())
+    }
+
+    /// Writes what is pending, then `part` with a `.` before each offset in `dots` (RFC 1939
+    /// section 3's byte-stuffing, placed by [`DotStuffer::dots`]), as vectored writes: the
+    /// chunk goes from the store's buffer to the socket with no copy in between. Bounded by
+    /// the same deadline as [`Driver::flush`].
+    async fn write_stuffed(&mut self, part: &[u8], dots: &[usize]) -> io::Result<()> {
+        let limit = self.write_limit();
+        let mut slices = Vec::with_capacity(2 * dots.len() + 2);
+        slices.push(io::IoSlice::new(&self.session.out));
+        let mut from = 0;
+        for &at in dots {
+            slices.push(io::IoSlice::new(&part[from..at]));
+            slices.push(io::IoSlice::new(b"."));
+            from = at;
+        }
+        slices.push(io::IoSlice::new(&part[from..]));
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let conn = &mut self.conn;
+        let write = async {
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = conn.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                io::IoSlice::advance_slices(&mut rest, n);
+            }
+            conn.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client stopped reading",
+                ))
+            }
+        }
+        self.session.shared.metrics.sent(total);
+        self.session.out.clear();
         Ok(())
     }
 }

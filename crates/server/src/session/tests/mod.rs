@@ -175,6 +175,24 @@ impl Fixture {
     /// client that does not read blocks the session's writes.
     async fn connect_buffered(&self, listener: ListenerInfo, peer: &str, buffer: usize) -> Client {
         let (near, far) = tokio::io::duplex(buffer);
+        self.connect_over(listener, peer, near, far).await
+    }
+
+    /// A cleartext session whose stream takes vectored writes, as TCP does ([`Vectored`]).
+    async fn connect_vectored(&self) -> Client {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        self.connect_over(plain(), LOOPBACK, near, Vectored(far))
+            .await
+    }
+
+    /// A session serving `far`, the client on `near`, greeting read.
+    async fn connect_over<S: crate::conn::Stream + 'static>(
+        &self,
+        listener: ListenerInfo,
+        peer: &str,
+        near: tokio::io::DuplexStream,
+        far: S,
+    ) -> Client {
         let peer: SocketAddr = peer.parse().expect("address");
         let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
@@ -315,6 +333,64 @@ struct Client {
     io: BufReader<Box<dyn Io>>,
     session: JoinHandle<EndReason>,
     greeting: String,
+}
+
+/// A pipe that takes vectored writes as TCP's `writev` does, but a few hundred octets at a
+/// time, cut anywhere across the slices, so a RETR's vectored path and its partial writes run
+/// in the unit tests (a plain `DuplexStream` writes one slice per call).
+pub(super) struct Vectored(tokio::io::DuplexStream);
+
+impl crate::conn::Stream for Vectored {}
+
+impl AsyncRead for Vectored {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Vectored {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let gathered: Vec<u8> = bufs
+            .iter()
+            .flat_map(|b| b.iter().copied())
+            .take(777)
+            .collect();
+        std::pin::Pin::new(&mut self.0).poll_write(cx, &gathered)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 impl Client {

@@ -225,6 +225,62 @@ async fn rfc3206_draining_node_refuses_logins_with_sys_temp() {
     assert_eq!(c.cmd("PASS wrong").await, err(reply::BAD_CREDENTIALS));
 }
 
+/// RFC 1939 section 3 on the vectored path (TCP's, where a chunk goes to the socket with the
+/// stuffing dots between its pieces, not copied): a message of several chunks whose lines
+/// start with `.`, are a lone `.`, and cross chunk boundaries (one chunk starts with a dot-led
+/// line) comes out stuffed exactly as the octet-at-a-time rules say, over partial writes; TOP
+/// on the same message (header and 3 body lines) too; and a message with a bare LF, which
+/// takes the copying path, still leaves with CRLF. (Dot-led lines are one in 211 here, so
+/// each chunk stays under `VECTORED_DOTS`.)
+#[tokio::test]
+async fn rfc1939_s3_retr_and_top_over_vectored_writes_are_stuffed() {
+    let f = Fixture::new();
+    let mut big = String::from("Subject: vectored\r\n\r\n.first body line\r\n");
+    let mut i = 0;
+    while big.len() < 3 * store::CHUNK_SIZE {
+        // A dot-led line exactly at the start of the second chunk.
+        if big.len() + 80 > store::CHUNK_SIZE && big.len() < store::CHUNK_SIZE {
+            big.push_str(&"y".repeat(store::CHUNK_SIZE - big.len() - 2));
+            big.push_str("\r\n");
+            big.push_str(".at the boundary\r\n");
+        }
+        match i % 211 {
+            0 => big.push_str(".\r\n"),
+            1 => big.push_str("..two dots\r\n"),
+            _ => big.push_str(&format!("line {i} {}\r\n", "x".repeat(i % 90))),
+        }
+        i += 1;
+    }
+    assert_eq!(&big.as_bytes()[store::CHUNK_SIZE..][..3], b".at");
+    f.store
+        .deliver(&name("alice"), &mut big.as_bytes(), 1 << 20)
+        .expect("deliver");
+    let mut bare = big.clone().into_bytes();
+    bare.extend_from_slice(b"a bare\nline\r\n");
+    f.store
+        .deliver(&name("alice"), &mut &bare[..], 1 << 20)
+        .expect("deliver");
+    let want: Vec<String> = big
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .map(|l| match l.starts_with('.') {
+            true => format!(".{l}"),
+            false => l.to_string(),
+        })
+        .collect();
+    let mut c = f.connect_vectored().await;
+    assert_eq!(c.cmd("USER alice").await, ok(Text::SendPass));
+    assert!(c.cmd("PASS right").await.starts_with("+OK"));
+    let status = ok_with(Text::Octets, &[&big.len()]);
+    assert!(c.multi("RETR 4", &status).await == want, "RETR 4 differs");
+    let top = c.multi("TOP 4 3", &ok(Text::TopFollows)).await;
+    assert_eq!(top, want[..5], "header, blank line, 3 body lines");
+    assert!(c.cmd("RETR 5").await.starts_with("+OK"));
+    let mut want_bare = want.clone();
+    want_bare.extend(["a bare".to_string(), "line".to_string()]);
+    assert!(c.body().await == want_bare, "RETR 5 differs");
+}
+
 /// RFC 1939 section 3: a multi-line reply ends with the line "." only when it is whole. A
 /// stored message that cannot be read to the end (here its middle chunk row is gone, removed
 /// behind the session's back) is not sent as if complete: after the +OK and what could be read,
