@@ -1,7 +1,5 @@
 //! Printing: whole outputs written at once (a closed pipe, as in `popadm user list | head -1`,
-//! is not an error), times as RFC 3339 UTC, computed here to spare a date dependency, and the
-//! JSON values of `--json` outputs (a string escaper: the few objects popadm prints do not
-//! need serde).
+//! is not an error), and times as RFC 3339 UTC, computed here to spare a date dependency.
 
 use std::io::Write as _;
 
@@ -15,30 +13,6 @@ pub fn print(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(e).context("writing to stdout"),
     }
-}
-
-/// `s` as a JSON string, quoted and escaped (RFC 8259 section 7).
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// An optional JSON value: `null`, or what `some` makes of it.
-pub fn json_or_null<T>(value: Option<T>, some: impl FnOnce(T) -> String) -> String {
-    value.map_or_else(|| "null".to_owned(), some)
 }
 
 /// Unix seconds as RFC 3339 UTC, e.g. `2024-02-29T23:59:59Z`.
@@ -72,17 +46,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("plain"), "\"plain\"");
-        assert_eq!(
-            json_string("a\"b\\c\nd\u{1}é"),
-            "\"a\\\"b\\\\c\\nd\\u0001é\""
-        );
-        assert_eq!(json_or_null(None::<u64>, |n| n.to_string()), "null");
-        assert_eq!(json_or_null(Some(3), |n| n.to_string()), "3");
-    }
 
     #[test]
     fn rfc3339_table() {

@@ -10,7 +10,7 @@ use std::io::{BufRead, IsTerminal as _, Write as _};
 use anyhow::{bail, Context as _};
 use store::{AccountName, AccountSummary, LockInfo, StoreError};
 
-use crate::output::{json_or_null, json_string, print, rfc3339};
+use crate::output::{print, rfc3339};
 use crate::policy::{self, expire_text, last_login_text, login_delay_text};
 use crate::quota::use_text;
 use crate::{
@@ -189,39 +189,65 @@ pub fn stat(location: &Location, name: &str, json: bool) -> anyhow::Result<()> {
 
 /// One account as a JSON object (`user list --json`, `stat --json`): what the text shows, as
 /// numbers where it is one, `null` where there is none (no lock, no override, no limit, no
-/// login yet).
+/// login yet). Fields in this order.
 fn summary_json(a: &AccountSummary) -> String {
-    let number = |n: u64| n.to_string();
-    let text = |s: &str| json_string(s);
-    let lock = json_or_null(a.lock.as_ref(), |l| {
-        format!(
-            "{{\"holder\":{},\"acquired_at\":{},\"expires_at\":{}}}",
-            text(&l.holder),
-            text(&rfc3339(l.acquired_at)),
-            text(&rfc3339(l.expires_at))
-        )
-    });
-    let expire = json_or_null(a.policy.expire, |e| match e {
-        store::Expire::Never => text("never"),
-        store::Expire::Days(days) => days.to_string(),
-    });
+    #[derive(serde::Serialize)]
+    struct Lock {
+        holder: String,
+        acquired_at: String,
+        expires_at: String,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Expire {
+        Never(&'static str),
+        Days(u32),
+    }
+    #[derive(serde::Serialize)]
+    struct Quota {
+        messages: Option<u64>,
+        octets: Option<u64>,
+    }
+    #[derive(serde::Serialize)]
+    struct Summary<'a> {
+        name: String,
+        messages: u64,
+        octets: u64,
+        lock: Option<Lock>,
+        login_delay: Option<u32>,
+        expire: Option<Expire>,
+        last_login: Option<String>,
+        last_login_from: Option<&'a str>,
+        last_login_mechanism: Option<&'a str>,
+        legacy_auth: &'static str,
+        quota: Quota,
+    }
     let from = a.last_login_from.as_ref();
-    format!(
-        "{{\"name\":{},\"messages\":{},\"octets\":{},\"lock\":{lock},\"login_delay\":{},\
-         \"expire\":{expire},\"last_login\":{},\"last_login_from\":{},\
-         \"last_login_mechanism\":{},\"legacy_auth\":{},\
-         \"quota\":{{\"messages\":{},\"octets\":{}}}}}",
-        text(&a.name.to_string()),
-        a.messages,
-        a.octets,
-        json_or_null(a.policy.login_delay, |d| d.to_string()),
-        json_or_null(a.last_login, |t| text(&rfc3339(t))),
-        json_or_null(from, |f| text(&f.peer)),
-        json_or_null(from, |f| text(&f.mechanism)),
-        text(legacy_auth_text(a)),
-        json_or_null(a.quota.messages, number),
-        json_or_null(a.quota.octets, number),
-    )
+    let summary = Summary {
+        name: a.name.to_string(),
+        messages: a.messages,
+        octets: a.octets,
+        lock: a.lock.as_ref().map(|l| Lock {
+            holder: l.holder.clone(),
+            acquired_at: rfc3339(l.acquired_at),
+            expires_at: rfc3339(l.expires_at),
+        }),
+        login_delay: a.policy.login_delay,
+        expire: a.policy.expire.map(|e| match e {
+            store::Expire::Never => Expire::Never("never"),
+            store::Expire::Days(days) => Expire::Days(days),
+        }),
+        last_login: a.last_login.map(rfc3339),
+        last_login_from: from.map(|f| f.peer.as_str()),
+        last_login_mechanism: from.map(|f| f.mechanism.as_str()),
+        legacy_auth: legacy_auth_text(a),
+        quota: Quota {
+            messages: a.quota.messages,
+            octets: a.quota.octets,
+        },
+    };
+    // Strings, numbers and options only: serialising cannot fail.
+    serde_json::to_string(&summary).unwrap_or_default()
 }
 
 /// `user list`: a header line, then one tab-separated line per account. The lock column is `-`
@@ -483,6 +509,12 @@ mod tests {
              \"last_login_from\":\"192.0.2.7\",\"last_login_mechanism\":\"SCRAM-SHA-256\",\
              \"legacy_auth\":\"yes\",\"quota\":{\"messages\":10,\"octets\":1048576}}"
         );
+        // RFC 8259 section 7: what a lock holder may carry is escaped.
+        let mut odd = accounts[1].clone();
+        if let Some(lock) = odd.lock.as_mut() {
+            lock.holder = "a\"b\\c\nd\u{1}é".into();
+        }
+        assert!(summary_json(&odd).contains(r#""holder":"a\"b\\c\nd\u0001é""#));
         assert_eq!(
             stat_text(&accounts[0]),
             "messages: 3\noctets: 1234\nlock: none\n\
