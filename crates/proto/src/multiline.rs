@@ -126,11 +126,18 @@ impl DotStuffer {
 
     /// Ends the body: the missing line end if any, then the `.` line.
     pub fn finish(self, out: &mut Vec<u8>) {
-        if !self.at_line_start {
-            // A CR that ended the body is already out: it only needs its LF.
-            out.extend_from_slice(if self.last_cr { b"\n" } else { b"\r\n" });
+        out.extend_from_slice(self.terminator());
+    }
+
+    /// What [`DotStuffer::finish`] writes: the missing line end if any (a CR that ended the
+    /// body is already out: it only needs its LF), then the `.` line. For a caller that
+    /// sends it in the same write as the body's last part.
+    pub fn terminator(&self) -> &'static [u8] {
+        match (self.at_line_start, self.last_cr) {
+            (true, _) => b".\r\n",
+            (false, true) => b"\n.\r\n",
+            (false, false) => b"\r\n.\r\n",
         }
-        out.extend_from_slice(b".\r\n");
     }
 }
 

@@ -566,6 +566,8 @@ impl<S: Stream> Driver<S> {
         // The first chunk not yet read.
         let mut index = 0u32;
         let mut next = Some(read(index));
+        // The terminator went out with the last part.
+        let mut terminated = false;
         'runs: while let Some(pending) = next.take() {
             let run = pending.await.map_err(|e| read_failed(id, &e))?;
             // A short run is the last: the message ends there (or a chunk is missing).
@@ -574,22 +576,35 @@ impl<S: Stream> Driver<S> {
             if full {
                 next = Some(read(index));
             }
-            for chunk in run {
+            let count = run.len();
+            for (at, chunk) in run.into_iter().enumerate() {
                 read_so_far += chunk.len() as u64;
                 let (part, done) = match &mut cut {
                     Some(cut) => cut.take(&chunk),
                     None => (&chunk[..], false),
                 };
                 sent += part.len() as u64;
+                // The reply's last part: the terminator leaves in the same write, so the
+                // reply is one write unless it passes FLUSH_AT. Written apart, the few octets
+                // of `.` CRLF wait behind the body in a relay without TCP_NODELAY (nginx's mail
+                // proxy) until the client's delayed ACK: about 40 ms per message.
+                let end = done || (!full && at + 1 == count);
+                // The chunks end before the message does: one is missing. What was read goes
+                // out, the terminator does not, and the connection is dropped below, so a
+                // truncated message never looks whole.
+                let short = end && !done && read_so_far < size;
+                let last = end && !short;
                 if part.len() >= VECTORED_AT && self.conn.is_write_vectored() {
                     if stuffer.dots(part, &mut dots, VECTORED_DOTS, &mut self.session.out) {
-                        self.write_stuffed(part, &dots).await?;
-                    } else if self.session.out.len() >= FLUSH_AT {
+                        let tail = if last { stuffer.terminator() } else { b"" };
+                        self.write_stuffed(part, &dots, tail).await?;
+                        terminated = last;
+                    } else if !last && self.session.out.len() >= FLUSH_AT {
                         self.flush().await?;
                     }
                 } else {
                     stuffer.push(part, &mut self.session.out);
-                    if self.session.out.len() >= FLUSH_AT {
+                    if !last && self.session.out.len() >= FLUSH_AT {
                         self.flush().await?;
                     }
                 }
@@ -597,7 +612,7 @@ impl<S: Stream> Driver<S> {
                     break 'runs;
                 }
             }
-            // The chunks end before the message does: one is missing.
+            // A short run or an empty one after a full one: the chunks end here.
             if !full && read_so_far < size {
                 return Err(read_failed(id, &truncated(index, read_so_far, size)));
             }
@@ -610,7 +625,9 @@ impl<S: Stream> Driver<S> {
                 "stored size differs from content"
             );
         }
-        stuffer.finish(&mut self.session.out);
+        if !terminated {
+            stuffer.finish(&mut self.session.out);
+        }
         Ok(())
     }
 
@@ -618,9 +635,9 @@ impl<S: Stream> Driver<S> {
     /// section 3's byte-stuffing, placed by [`DotStuffer::dots`]), as vectored writes: the
     /// chunk goes from the store's buffer to the socket with no copy in between. Bounded by
     /// the same deadline as [`Driver::flush`].
-    async fn write_stuffed(&mut self, part: &[u8], dots: &[usize]) -> io::Result<()> {
+    async fn write_stuffed(&mut self, part: &[u8], dots: &[usize], tail: &[u8]) -> io::Result<()> {
         let limit = self.write_limit();
-        let mut slices = Vec::with_capacity(2 * dots.len() + 2);
+        let mut slices = Vec::with_capacity(2 * dots.len() + 3);
         slices.push(io::IoSlice::new(&self.session.out));
         let mut from = 0;
         for &at in dots {
@@ -629,6 +646,9 @@ impl<S: Stream> Driver<S> {
             from = at;
         }
         slices.push(io::IoSlice::new(&part[from..]));
+        if !tail.is_empty() {
+            slices.push(io::IoSlice::new(tail));
+        }
         let total: usize = slices.iter().map(|s| s.len()).sum();
         let conn = &mut self.conn;
         let write = async {

@@ -5,7 +5,7 @@
 //! session uses, so a test states which reply, not how it is spelled.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,8 +181,28 @@ impl Fixture {
     /// A cleartext session whose stream takes vectored writes, as TCP does ([`Vectored`]).
     async fn connect_vectored(&self) -> Client {
         let (near, far) = tokio::io::duplex(64 * 1024);
-        self.connect_over(plain(), LOOPBACK, near, Vectored(far))
-            .await
+        let far = Vectored {
+            io: far,
+            cap: 777,
+            writes: Arc::default(),
+        };
+        self.connect_over(plain(), LOOPBACK, near, far).await
+    }
+
+    /// A cleartext session on a roomy pipe whose every write or vectored write is taken
+    /// whole and counted in the returned counter (a write of TCP within its send buffer).
+    async fn connect_counted(&self) -> (Client, Arc<AtomicUsize>) {
+        let (near, far) = tokio::io::duplex(4 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let far = Vectored {
+            io: far,
+            cap: usize::MAX,
+            writes: writes.clone(),
+        };
+        (
+            self.connect_over(plain(), LOOPBACK, near, far).await,
+            writes,
+        )
     }
 
     /// A session serving `far`, the client on `near`, greeting read.
@@ -335,12 +355,25 @@ struct Client {
     greeting: String,
 }
 
-/// A pipe that takes vectored writes as TCP's `writev` does, but a few hundred octets at a
+/// A pipe that takes vectored writes as TCP's `writev` does, but at most `cap` octets at a
 /// time, cut anywhere across the slices, so a RETR's vectored path and its partial writes run
-/// in the unit tests (a plain `DuplexStream` writes one slice per call).
-pub(super) struct Vectored(tokio::io::DuplexStream);
+/// in the unit tests (a plain `DuplexStream` writes one slice per call). Every write call
+/// that takes octets is counted in `writes`.
+pub(super) struct Vectored {
+    io: tokio::io::DuplexStream,
+    cap: usize,
+    writes: Arc<AtomicUsize>,
+}
 
 impl crate::conn::Stream for Vectored {}
+
+impl Vectored {
+    fn count(&self, written: &std::task::Poll<std::io::Result<usize>>) {
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if *n > 0) {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl AsyncRead for Vectored {
     fn poll_read(
@@ -348,7 +381,7 @@ impl AsyncRead for Vectored {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -358,7 +391,9 @@ impl AsyncWrite for Vectored {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.count(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -369,9 +404,11 @@ impl AsyncWrite for Vectored {
         let gathered: Vec<u8> = bufs
             .iter()
             .flat_map(|b| b.iter().copied())
-            .take(777)
+            .take(self.cap)
             .collect();
-        std::pin::Pin::new(&mut self.0).poll_write(cx, &gathered)
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, &gathered);
+        self.count(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -382,14 +419,14 @@ impl AsyncWrite for Vectored {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
