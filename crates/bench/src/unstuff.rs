@@ -87,10 +87,16 @@ impl LineUnstuffer {
             let rest = &input[at..];
             match &mut self.state {
                 State::LineStart => {
-                    self.state = if rest[0] == b'.' {
-                        State::Dotted(Unstuffer::new())
-                    } else {
-                        State::Plain
+                    self.state = match rest {
+                        // A stuffed line (or any dot-led line but the terminator): its first
+                        // dot is dropped and the rest is an ordinary run, as
+                        // `proto::Unstuffer` would do octet by octet.
+                        [b'.', next, ..] if !matches!(next, b'\r' | b'\n') => {
+                            at += 1;
+                            State::Plain
+                        }
+                        [b'.', ..] => State::Dotted(Unstuffer::new()),
+                        _ => State::Plain,
                     };
                 }
                 State::Plain => {
