@@ -164,3 +164,105 @@ fn len(md: &Maildrop) -> u32 {
         .unwrap_or(u32::MAX)
         .saturating_add(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use store::{Listing, MaildropStat};
+
+    use super::*;
+
+    /// A loaded maildrop of messages of these sizes, ids 100, 101, ...
+    fn maildrop(sizes: &[u64]) -> Maildrop {
+        let mut listing = Listing::with_capacity(sizes.len());
+        for (i, &size) in sizes.iter().enumerate() {
+            listing
+                .push(100 + i as i64, size, &format!("u{i}"), false)
+                .expect("push");
+        }
+        let mut md = Maildrop::new(MaildropStat {
+            messages: sizes.len() as u64,
+            octets: sizes.iter().sum(),
+            last: Some(99 + sizes.len() as i64),
+        });
+        md.load(listing).expect("load");
+        md
+    }
+
+    fn numbers(step: &Retr) -> Vec<u32> {
+        match step {
+            Retr::Read(plan) => plan.iter().map(|p| p.0).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    const BIG: u64 = CHUNK_SIZE as u64 + 1;
+
+    /// The second RETR in order reads ahead from itself on, passing over large and deleted
+    /// messages, at most 16 messages; the first, and one out of order, read nothing ahead.
+    #[test]
+    fn a_run_in_order_reads_ahead_within_sixteen_messages() {
+        let mut sizes = vec![100; 40];
+        sizes[3] = BIG;
+        let mut md = maildrop(&sizes);
+        md.delete(5).expect("delete");
+        let mut ahead = ReadAhead::default();
+        assert!(matches!(ahead.retr(&md, 1), Retr::Store));
+        let step = ahead.retr(&md, 2);
+        let want: Vec<u32> = [2, 3].into_iter().chain(6..20).collect();
+        assert_eq!(numbers(&step), want);
+        assert!(matches!(ahead.retr(&md, 1), Retr::Store), "out of order");
+        assert!(
+            matches!(ahead.retr(&md, 3), Retr::Store),
+            "2 not retrieved since"
+        );
+    }
+
+    /// At most 256 KiB: a third message of 100 KiB does not fit; one larger than a chunk
+    /// starts none.
+    #[test]
+    fn a_read_ahead_stays_within_its_octets() {
+        let md = maildrop(&[100 << 10, 100 << 10, 100 << 10, 100 << 10, BIG, 10]);
+        let mut ahead = ReadAhead::default();
+        ahead.retr(&md, 1);
+        assert_eq!(numbers(&ahead.retr(&md, 2)), [2, 3]);
+        let mut ahead = ReadAhead::default();
+        ahead.retr(&md, 4);
+        assert!(matches!(ahead.retr(&md, 5), Retr::Store));
+    }
+
+    /// Only a chunk that is the whole message is held; held messages are taken by RETR (those
+    /// before it dropped), by TOP (alone), dropped by DELE and by `clear`.
+    #[test]
+    fn what_is_held_and_how_it_goes() {
+        let md = maildrop(&[5; 8]);
+        let mut ahead = ReadAhead::default();
+        ahead.retr(&md, 1);
+        let Retr::Read(plan) = ahead.retr(&md, 2) else {
+            panic!("no read-ahead");
+        };
+        let read: Vec<(MessageId, Vec<u8>)> = plan
+            .iter()
+            .filter(|p| p.0 != 4)
+            .map(|&(n, id, _)| {
+                (
+                    id,
+                    if n == 3 {
+                        b"abc".to_vec()
+                    } else {
+                        b"12345".to_vec()
+                    },
+                )
+            })
+            .collect();
+        ahead.fill(&plan, read);
+        assert_eq!(ahead.retr_held(2).as_deref(), Some(&b"12345"[..]));
+        assert!(matches!(ahead.retr(&md, 3), Retr::Store), "short: not held");
+        assert_eq!(ahead.top(6).as_deref(), Some(&b"12345"[..]));
+        assert!(ahead.top(6).is_none());
+        ahead.deleted(7);
+        assert!(matches!(ahead.retr(&md, 5), Retr::Held(_)));
+        assert!(ahead.holds(), "8 is held");
+        ahead.clear();
+        assert!(!ahead.holds());
+    }
+}

@@ -111,7 +111,8 @@ async fn a_lone_retr_retrs_out_of_order_and_top_read_nothing_ahead() {
 
 /// RFC 1939 section 5: a message marked deleted may not be referred to. A read-ahead passes
 /// over one deleted before it; one deleted after it was read ahead is refused all the same
-/// and never sent, and the run goes on from the held messages.
+/// and never sent, and the run goes on from the held messages (RFC 1939 section 7: TOP may
+/// use one of them).
 #[tokio::test]
 async fn rfc1939_s5_a_read_ahead_skips_messages_deleted_before_or_after_it() {
     let f = Fixture::new();
@@ -126,10 +127,14 @@ async fn rfc1939_s5_a_read_ahead_skips_messages_deleted_before_or_after_it() {
     retr(&mut c, 4, &all[3]).await;
     assert_eq!(c.cmd("DELE 5").await, ok_with(Text::Deleted, &[&5]));
     assert_eq!(c.cmd("RETR 5").await, refused(Text::AlreadyDeleted));
+    // TOP takes a held message (no read); RETR 7 then reads it as usual.
+    let top = c.multi("TOP 7 0", &ok(Text::TopFollows)).await;
+    assert_eq!(top, stuffed(&all[6])[..2]);
+    assert_eq!(f.store_calls("read_chunks"), 1);
     for n in 6..=18 {
         retr(&mut c, n, &all[n - 1]).await;
     }
-    assert_eq!(f.store_calls("read_chunks"), 1);
+    assert_eq!(f.store_calls("read_chunks"), 2);
     assert_eq!(f.store_calls("read_first_chunks"), 1);
     assert!(c.cmd("QUIT").await.starts_with("+OK"));
     c.closed().await;
