@@ -71,7 +71,7 @@ const READ_RUN: u32 = 4;
 /// Longest a session keeps messages read ahead ([`readahead`]) while it waits for its next
 /// command: a client fetching in a loop asks for the next message within a round trip; one
 /// that pauses longer reads it again, and meanwhile costs no more than an idle session.
-pub(crate) const AHEAD_KEEP: Duration = Duration::from_secs(1);
+const AHEAD_KEEP: Duration = Duration::from_secs(1);
 
 /// What the driver must do after the session took a command.
 #[derive(Debug)]
