@@ -13,12 +13,7 @@ const MESSAGE: &[u8] = b"Subject: metrics\r\n\r\nline one\r\nline two\r\n";
 
 /// The metrics endpoint's address, as pop3d's readiness status names it.
 fn metrics_addr(server: &Server) -> SocketAddr {
-    server
-        .listeners
-        .iter()
-        .find(|(kind, _)| kind == "metrics")
-        .map(|(_, a)| *a)
-        .unwrap_or_else(|| panic!("no metrics listener in {:?}", server.listeners))
+    server.listener("metrics")
 }
 
 /// `GET /metrics` with curl: every sample, by its series (name and labels as exported).

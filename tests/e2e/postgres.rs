@@ -2,7 +2,8 @@
 //! an account and mail added with popadm, a POP3 session that retrieves byte for byte and
 //! deletes at QUIT (RFC 1939 section 6), `[IN-USE]` for a second session (RFC 2449 section 8.1.1),
 //! and a session whose lease was taken over ending `-ERR [SYS/TEMP]` without UPDATE (at QUIT,
-//! and by the node's batch renewer before any QUIT); the node in `popadm node list`.
+//! and by the node's batch renewer before any QUIT); the node in `popadm node list`; a
+//! download whose small messages are read ahead.
 //!
 //! Skips with a printed reason where PostgreSQL is not installed or the binaries were built
 //! without the `postgres` feature (`cargo xtask test` builds them with it), unless
@@ -214,6 +215,56 @@ fn pop3d_and_popadm_on_postgres_retrieve_and_delete() {
 
 /// Issue 17 on a shared store: the global default quota set with popadm applies to `popadm
 /// deliver` (exit 77 once full), and pop3d's batched record of logins reaches `user list`.
+/// A download (RETR of every message in order) on PostgreSQL: each message byte for byte
+/// (RFC 1939 section 3), and the small ones read ahead, 16 in one statement: 20 messages take
+/// one `read_chunks` (RETR 1) and two `read_first_chunks` (2 to 17, 18 to 20), counted by the
+/// node's store metrics.
+#[test]
+fn a_download_on_postgres_reads_small_messages_ahead() {
+    let Some((_cluster, url)) = cluster() else {
+        return;
+    };
+    let dir = TempDir::new("postgres-ahead");
+    let data = dir.path();
+    if !add_user_or_skip(data, &url, "dora", "pw") {
+        return;
+    }
+    let messages: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "Subject: m{i}\r\n\r\n.dot-led {i}\r\n{}\r\n",
+                "q".repeat(i * 61)
+            )
+        })
+        .collect();
+    for m in &messages {
+        popadm_ok(
+            data,
+            &["--store", &url, "deliver", "--no-lda-headers", "dora"],
+            m.as_bytes(),
+        );
+    }
+    let server = Server::start(data, &["--store", &url, "--metrics", "127.0.0.1:0"]);
+    let mut client = server.login("dora", "pw");
+    assert_eq!(client.listing("UIDL").len(), 20);
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(client.multi(&format!("RETR {}", i + 1)).1, m.as_bytes());
+    }
+    client.ok("QUIT");
+    assert!(client.closed());
+    let metrics = server.listener("metrics");
+    let out = e2e::run_ok(e2e::curl().arg(format!("http://{metrics}/metrics")));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let calls = |op: &str| {
+        let series = format!("pop3d_store_call_duration_seconds_count{{operation=\"{op}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map(|n| n.trim().to_owned())
+    };
+    assert_eq!(calls("read_chunks").as_deref(), Some("1"), "{text}");
+    assert_eq!(calls("read_first_chunks").as_deref(), Some("2"), "{text}");
+}
+
 #[test]
 fn quotas_and_last_logins_on_postgres() {
     let Some((cluster, url)) = cluster() else {

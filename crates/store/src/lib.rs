@@ -587,6 +587,14 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `count` slices of a message from slice `first` on, in one statement: fewer when
     /// the message ends (or a slice is missing: the run returned is always contiguous).
     fn read_chunks(&self, message: MessageId, first: u32, count: u32) -> Result<Vec<Vec<u8>>>;
+    /// Slice 0 of each of `messages` (ids of `account`; others are left out), in one
+    /// statement however many: `(id, slice)` for each that has one, in no particular order. A
+    /// session's read-ahead: a message of at most [`CHUNK_SIZE`] octets is its slice 0.
+    fn read_first_chunks(
+        &self,
+        account: AccountId,
+        messages: &[MessageId],
+    ) -> Result<Vec<(MessageId, Vec<u8>)>>;
     /// The UPDATE state (RFC 1939 section 6) in one transaction, after checking the lock's
     /// token (`LockLost`, and nothing changed, if the lock is no longer ours or has expired):
     /// records now as the first retrieval time of the `retrieved` messages that have none, then

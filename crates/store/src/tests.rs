@@ -145,6 +145,7 @@ suite!(
     concurrent_deliveries_cannot_overshoot_the_quota,
     logins_are_recorded_in_one_batch_latest_wins,
     stat_and_snapshot_listing_leave_out_later_deliveries,
+    first_chunks_of_many_messages_in_one_call,
 );
 
 #[test]
@@ -392,6 +393,33 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
         store.deliver(&name("nobody"), &mut &b"x\n"[..], 100),
         Err(StoreError::NoSuchAccount(n)) if n == "nobody"
     ));
+}
+
+/// A session's read-ahead: slice 0 of each message asked for, small messages whole and a
+/// large one's first [`CHUNK_SIZE`] octets; ids of another account, unknown ones and messages
+/// with no slice 0 left are left out; no ids, no rows.
+fn first_chunks_of_many_messages_in_one_call(f: &dyn Fixture) {
+    let store = f.open();
+    let (to, other) = (name("ahead"), name("other"));
+    let account = store.create_account(&to, "h").unwrap();
+    store.create_account(&other, "h").unwrap();
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    big.resize(CHUNK_SIZE + 1000, b'x');
+    let bodies: [&[u8]; 4] = [b"Subject: a\r\n\r\none\r\n", &big, b"two\r\n", b"three\r\n"];
+    let ids: Vec<MessageId> = bodies.iter().map(|b| deliver(&*store, &to, b).id).collect();
+    let theirs = deliver(&*store, &other, b"not yours\r\n").id;
+    store.exec(&format!("DELETE FROM chunks WHERE message_id = {}", ids[3]));
+    let mut asked = ids.clone();
+    asked.extend([theirs, ids[3] + 1000]);
+    let mut got = store.read_first_chunks(account, &asked).unwrap();
+    got.sort();
+    let want = vec![
+        (ids[0], bodies[0].to_vec()),
+        (ids[1], big[..CHUNK_SIZE].to_vec()),
+        (ids[2], bodies[2].to_vec()),
+    ];
+    assert_eq!(got, want);
+    assert!(store.read_first_chunks(account, &[]).unwrap().is_empty());
 }
 
 /// RFC 1939 section 5: a session's maildrop is what it was at login. `maildrop_stat` reads

@@ -151,6 +151,15 @@ impl Pop3d {
         self.notify.recv(timeout).ok().flatten()
     }
 
+    /// The address of the first listener of `kind` (`pop3`, `metrics`, `lmtp`, ...).
+    pub fn listener(&self, kind: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no {kind} listener in {:?}", self.listeners))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -107,6 +107,7 @@ timed_store! {
     fn header_octets(&self, account: AccountId, message: MessageId) -> Result<Option<u64>>;
     fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>>;
     fn read_chunks(&self, message: MessageId, first: u32, count: u32) -> Result<Vec<Vec<u8>>>;
+    fn read_first_chunks(&self, account: AccountId, messages: &[MessageId]) -> Result<Vec<(MessageId, Vec<u8>)>>;
     fn commit_update(&self, lock: &MaildropLock, deleted: &[MessageId], retrieved: &[MessageId]) -> Result<()>;
     fn expire_messages(&self, lock: &MaildropLock, retention: Duration) -> Result<u64>;
     fn node_heartbeat(&self, id: &str, address: &str, sessions: u64) -> Result<NodeState>;

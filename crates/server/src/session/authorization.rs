@@ -14,6 +14,7 @@ use store::{Account, Expire, LoginDelay, MaildropStat};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
+use super::readahead::ReadAhead;
 use super::{EndReason, Next, Session, State, Transaction};
 use crate::lang::Text;
 use crate::lock::HeldLock;
@@ -671,6 +672,7 @@ impl Session {
                 lock,
                 login_delay,
                 expire,
+                ahead: ReadAhead::default(),
             })),
             Ok(Prepared::TooSoon(retry_after)) => {
                 lock.release().await;

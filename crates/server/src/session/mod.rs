@@ -13,6 +13,7 @@
 //! (the maildrop commands) and `update` (QUIT after login, and the way out without it).
 
 mod authorization;
+mod readahead;
 #[cfg(test)]
 mod tests;
 mod transaction;
@@ -67,6 +68,10 @@ const VECTORED_AT: usize = 16 * 1024;
 const VECTORED_DOTS: usize = 32;
 /// Chunks a RETR or TOP reads with one store statement (128 KiB each).
 const READ_RUN: u32 = 4;
+/// Longest a session keeps messages read ahead ([`readahead`]) while it waits for its next
+/// command: a client fetching in a loop asks for the next message within a round trip; one
+/// that pauses longer reads it again, and meanwhile costs no more than an idle session.
+const AHEAD_KEEP: Duration = Duration::from_secs(1);
 
 /// What the driver must do after the session took a command.
 #[derive(Debug)]
@@ -79,11 +84,12 @@ enum Next {
     /// handshake, then [`Session::tls_started`] (RFC 2595 section 4).
     StartTls,
     /// The `+OK` is written: stream this message, whole (RETR) or its headers and first
-    /// `lines` body lines (TOP), dot-stuffed.
+    /// `lines` body lines (TOP), dot-stuffed; `held` is all of it when it was read ahead.
     Send {
         id: MessageId,
         size: u64,
         top: Option<Top>,
+        held: Option<Vec<u8>>,
     },
 }
 
@@ -365,7 +371,7 @@ impl<S: Stream> Driver<S> {
     async fn run(&mut self) -> io::Result<EndReason> {
         self.session.greet();
         let mut shutdown = self.session.shared.shutdown.clone();
-        loop {
+        'session: loop {
             // Answer every complete command already received, in order (RFC 2449 PIPELINING).
             loop {
                 if *shutdown.borrow() {
@@ -413,7 +419,12 @@ impl<S: Stream> Driver<S> {
                             return Ok(EndReason::TlsFailed);
                         }
                     }
-                    Next::Send { id, size, top } => self.send_message(id, size, top).await?,
+                    Next::Send {
+                        id,
+                        size,
+                        top,
+                        held,
+                    } => self.send_message(id, size, top, held).await?,
                 }
                 if self.session.out.len() >= FLUSH_AT {
                     self.flush().await?;
@@ -433,24 +444,35 @@ impl<S: Stream> Driver<S> {
             } else {
                 idle
             };
-            let n = tokio::select! {
-                read = tokio::time::timeout(wait, self.conn.receive(&mut self.decoder)) => match read {
-                    Err(_) if logging_in && Instant::now() >= self.login_deadline => {
-                        info!("login timeout; closing");
-                        self.session.err(Text::LoginTimeout);
-                        self.flush().await?;
-                        return Ok(EndReason::LoginTimeout);
+            let waiting = Instant::now();
+            // Messages read ahead wait for the next RETR only AHEAD_KEEP; then they are
+            // dropped and the wait goes on, so an idle session holds none.
+            let n = loop {
+                let holding = self.session.holds_read_ahead();
+                let left = wait.saturating_sub(waiting.elapsed());
+                let receive = tokio::time::timeout(left, self.conn.receive(&mut self.decoder));
+                tokio::select! {
+                    read = receive => match read {
+                        Err(_) if logging_in && Instant::now() >= self.login_deadline => {
+                            info!("login timeout; closing");
+                            self.session.err(Text::LoginTimeout);
+                            self.flush().await?;
+                            return Ok(EndReason::LoginTimeout);
+                        }
+                        // RFC 1939 section 3: autologout closes without a reply and without UPDATE.
+                        Err(_) => {
+                            info!("idle timeout; closing without UPDATE");
+                            return Ok(EndReason::IdleTimeout);
+                        }
+                        Ok(Ok(0)) => return Ok(EndReason::ClientVanished),
+                        Ok(Ok(n)) => break n,
+                        Ok(Err(e)) => return Err(e),
+                    },
+                    () = tokio::time::sleep(AHEAD_KEEP), if holding => {
+                        self.session.drop_read_ahead();
                     }
-                    // RFC 1939 section 3: autologout closes without a reply and without UPDATE.
-                    Err(_) => {
-                        info!("idle timeout; closing without UPDATE");
-                        return Ok(EndReason::IdleTimeout);
-                    }
-                    Ok(Ok(0)) => return Ok(EndReason::ClientVanished),
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => return Err(e),
-                },
-                _ = shutdown.changed() => continue,
+                    _ = shutdown.changed() => continue 'session,
+                }
             };
             debug_assert!(n > 0);
         }
@@ -547,8 +569,15 @@ impl<S: Stream> Driver<S> {
     /// dot-stuffed. Chunks are read in runs of [`READ_RUN`] (one store statement each, so a
     /// message of one chunk, most mail, takes one), each on a blocking thread while the
     /// previous run is being written, and no thread waits on the network: a client that stops
-    /// reading holds no thread and at most two runs of memory.
-    async fn send_message(&mut self, id: MessageId, size: u64, top: Option<Top>) -> io::Result<()> {
+    /// reading holds no thread and at most two runs of memory. A message read ahead (`held`)
+    /// is one run, already read.
+    async fn send_message(
+        &mut self,
+        id: MessageId,
+        size: u64,
+        top: Option<Top>,
+        held: Option<Vec<u8>>,
+    ) -> io::Result<()> {
         let store = self.session.shared.store.clone();
         // `reply::blocking` starts the read at once: the next run is read while this one is
         // written.
@@ -565,11 +594,16 @@ impl<S: Stream> Driver<S> {
         let mut read_so_far = 0u64;
         // The first chunk not yet read.
         let mut index = 0u32;
-        let mut next = Some(read(index));
+        let mut ready = held.map(|chunk| vec![chunk]);
+        let mut next = ready.is_none().then(|| read(index));
         // The terminator went out with the last part.
         let mut terminated = false;
-        'runs: while let Some(pending) = next.take() {
-            let run = pending.await.map_err(|e| read_failed(id, &e))?;
+        'runs: loop {
+            let run = match (ready.take(), next.take()) {
+                (Some(run), _) => run,
+                (None, Some(pending)) => pending.await.map_err(|e| read_failed(id, &e))?,
+                (None, None) => break,
+            };
             // A short run is the last: the message ends there (or a chunk is missing).
             let full = run.len() == READ_RUN as usize;
             index += run.len() as u32;
@@ -690,6 +724,17 @@ fn truncated(missing: u32, read: u64, size: u64) -> String {
 }
 
 impl Session {
+    /// Whether the session holds messages read ahead.
+    fn holds_read_ahead(&self) -> bool {
+        matches!(&self.state, State::Transaction(t) if t.ahead.holds())
+    }
+
+    fn drop_read_ahead(&mut self) {
+        if let State::Transaction(t) = &mut self.state {
+            t.ahead.clear();
+        }
+    }
+
     /// The greeting; with APOP offered it carries the timestamp (RFC 1939 section 7: a
     /// msg-id that differs for every greeting).
     fn greet(&mut self) {

@@ -11,6 +11,7 @@ use proto::Command;
 use store::{Account, Expire, StoreError};
 use tracing::{debug, warn};
 
+use super::readahead::{ReadAhead, Retr};
 use super::{EndReason, Next, Session, State, Top};
 use crate::lang::Text;
 use crate::lock::HeldLock;
@@ -25,6 +26,8 @@ pub(super) struct Transaction {
     /// The LOGIN-DELAY and EXPIRE in force for this account (announced by CAPA).
     pub login_delay: Duration,
     pub expire: Expire,
+    /// Small messages read ahead for a sequential run of RETRs.
+    pub ahead: ReadAhead,
 }
 
 impl Session {
@@ -79,6 +82,22 @@ impl Session {
                 Ok(m) => {
                     let (id, size) = (m.id, m.size);
                     md.mark_retrieved(n);
+                    let held = match t.ahead.retr(md, n) {
+                        Retr::Held(bytes) => Some(bytes),
+                        Retr::Store => None,
+                        Retr::Read(plan) => {
+                            let store = self.shared.store.clone();
+                            let ids: Vec<_> = plan.iter().map(|&(_, id, _)| id).collect();
+                            let read =
+                                reply::blocking(move || store.read_first_chunks(account, &ids));
+                            match read.await {
+                                Ok(read) => t.ahead.fill(&plan, read),
+                                // Only an optimisation: the message is read as usual.
+                                Err(e) => debug!(error = %e, "read-ahead failed"),
+                            }
+                            t.ahead.retr_held(n)
+                        }
+                    };
                     self.tally.retrieved += 1;
                     self.shared.metrics.retrieved();
                     self.tally.retrieved_octets += size;
@@ -87,6 +106,7 @@ impl Session {
                         id,
                         size,
                         top: None,
+                        held,
                     };
                 }
                 Err(e) => self.send_err(reply::number_error(e)),
@@ -108,6 +128,10 @@ impl Session {
                             return Next::Continue;
                         }
                     };
+                    let held = match &mut self.state {
+                        State::Transaction(t) => t.ahead.top(msg),
+                        State::Authorization(_) => None,
+                    };
                     self.tally.top += 1;
                     self.ok(Text::TopFollows);
                     return Next::Send {
@@ -117,12 +141,16 @@ impl Session {
                             header_octets,
                             lines,
                         }),
+                        held,
                     };
                 }
                 Err(e) => self.send_err(reply::number_error(e)),
             },
             Command::Dele(n) => match md.delete(n) {
-                Ok(()) => self.ok_with(Text::Deleted, &[&n]),
+                Ok(()) => {
+                    t.ahead.deleted(n);
+                    self.ok_with(Text::Deleted, &[&n]);
+                }
                 Err(e) => self.send_err(reply::number_error(e)),
             },
             Command::Rset => {

@@ -375,6 +375,43 @@ fn single_statements_take_one_round_trip() {
     assert!(store.lock_maildrop(account, "pop3d@n1:1#2", HOUR).is_ok());
 }
 
+/// A session's read-ahead of many messages' first chunks is one statement, one round trip
+/// (its ids bound as one array), however many messages it asks for.
+#[test]
+fn a_read_ahead_of_many_messages_takes_one_round_trip() {
+    let Some(f) = fixture("a_read_ahead_of_many_messages_takes_one_round_trip") else {
+        return;
+    };
+    let store = f.open_node(Some("n1"));
+    let to = name("user");
+    let account = store.create_account(&to, "h").unwrap();
+    let messages: Vec<MessageId> = (0..16)
+        .map(|i| {
+            deliver(
+                &store,
+                &to,
+                format!("Subject: {i}\r\n\r\nbody\r\n").as_bytes(),
+            )
+            .id
+        })
+        .collect();
+    // Prepared once on the one pooled connection.
+    assert_eq!(
+        store.read_first_chunks(account, &messages).unwrap().len(),
+        16
+    );
+    let before = store.pool.round_trips();
+    let chunks = store.read_first_chunks(account, &messages).unwrap();
+    assert_eq!(store.pool.round_trips() - before, 1);
+    assert_eq!(chunks.len(), 16);
+    assert!(chunks
+        .iter()
+        .all(|(id, c)| messages.contains(id) && c.ends_with(b"body\r\n")));
+    let before = store.pool.round_trips();
+    assert!(store.read_first_chunks(account, &[]).unwrap().is_empty());
+    assert_eq!(store.pool.round_trips(), before, "none for no ids");
+}
+
 /// A statement run without a transaction of its own on a connection the restart cut runs
 /// again on a fresh one, as a transaction's failed `BEGIN` does.
 #[test]

@@ -59,6 +59,23 @@ impl Sql for Tx<'_> {
         Tx::execute(self, sql, &[&ids, &account])
     }
 
+    /// All ids as one array, as [`Sql::execute_for_ids`].
+    fn rows_for_ids<T>(
+        &mut self,
+        sql: &str,
+        ids: &[i64],
+        account: AccountId,
+        map: impl FnMut(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Tx::query(self, sql, &[&ids, &account])?
+            .iter()
+            .map(map)
+            .collect()
+    }
+
     fn rows<T>(
         &mut self,
         sql: &str,

@@ -235,6 +235,23 @@ pub fn read_chunks<S: Sql>(
     Ok(chunks)
 }
 
+/// Chunk 0 of each of `messages` that belongs to `account`, in one statement on PostgreSQL
+/// (an array of ids); `(id, chunk)` pairs in no particular order.
+pub fn read_first_chunks<S: Sql>(
+    tx: &mut S,
+    account: AccountId,
+    messages: &[MessageId],
+) -> Result<Vec<(MessageId, Vec<u8>)>> {
+    let sql = format!(
+        "SELECT c.message_id, c.data FROM chunks c JOIN messages m ON m.id = c.message_id
+         WHERE m.{} AND m.account_id = $2 AND c.seq = 0",
+        S::IS_ID
+    );
+    tx.rows_for_ids(&sql, messages, account, |row| {
+        Ok((row.column(0)?, row.column(1)?))
+    })
+}
+
 /// The UPDATE state, fenced by `lock`.
 pub fn commit_update<S: Sql>(
     tx: &mut S,

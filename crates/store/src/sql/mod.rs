@@ -9,8 +9,8 @@
 //!   SQLite a named parameter, which its implementation binds by that name;
 //! - SQL fragments where the two differ: now in the backend's own clock ([`Sql::NOW`]), the
 //!   lease-liveness predicate ([`Sql::LEASE_LIVE`]), row locks ([`Sql::row_lock`]);
-//! - one statement over a list of ids ([`Sql::execute_for_ids`]: an array on PostgreSQL,
-//!   a loop on SQLite);
+//! - one statement over a list of ids ([`Sql::execute_for_ids`], [`Sql::rows_for_ids`]: an
+//!   array on PostgreSQL, a loop on SQLite);
 //! - the two operations whose SQL differs as a whole, each with its reason at the
 //!   implementation: taking and renewing a lease.
 //!
@@ -131,6 +131,16 @@ pub trait Sql {
     /// Runs `sql` for every id of `ids`, bound as `$1` and compared with [`Sql::IS_ID`];
     /// `$2` is `account`. The rows changed in all.
     fn execute_for_ids(&mut self, sql: &str, ids: &[i64], account: AccountId) -> Result<u64>;
+    /// Every row of `sql` run for the ids of `ids` (bound and compared as in
+    /// [`Sql::execute_for_ids`], `$2` is `account`) through `map`: one statement on
+    /// PostgreSQL, none for no ids.
+    fn rows_for_ids<T>(
+        &mut self,
+        sql: &str,
+        ids: &[i64],
+        account: AccountId,
+        map: impl FnMut(&Self::Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>>;
 
     /// Takes a lease as `new` says, replacing the account's lease row only if `replace` (the
     /// caller saw one, not live). The new fencing token, or `None` when another transaction
@@ -331,6 +341,17 @@ impl<B: Backend> Store for B {
 
     fn read_chunks(&self, message: MessageId, first: u32, count: u32) -> Result<Vec<Vec<u8>>> {
         self.single(|tx| maildrop::read_chunks(tx, message, first, count))
+    }
+
+    fn read_first_chunks(
+        &self,
+        account: AccountId,
+        messages: &[MessageId],
+    ) -> Result<Vec<(MessageId, Vec<u8>)>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.single(|tx| maildrop::read_first_chunks(tx, account, messages))
     }
 
     fn commit_update(

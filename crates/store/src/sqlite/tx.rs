@@ -100,6 +100,21 @@ impl Sql for &Connection {
         Ok(changed)
     }
 
+    /// One prepared statement per id, as [`Sql::execute_for_ids`].
+    fn rows_for_ids<T>(
+        &mut self,
+        sql: &str,
+        ids: &[i64],
+        account: AccountId,
+        mut map: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut all = Vec::new();
+        for id in ids {
+            all.extend(self.rows(sql, &[id, &account], &mut map)?);
+        }
+        Ok(all)
+    }
+
     /// The token counts up in `meta` (AUTOINCREMENT-like: never handed out twice). The node
     /// is not recorded (one host), and `replace` is not needed: under the write lock no other
     /// transaction can have inserted a lease since the caller looked.

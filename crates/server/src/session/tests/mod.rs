@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 mod authorization;
 mod deadlines;
 mod lmtp;
+mod readahead;
 mod sasl;
 mod stls;
 mod summary;
@@ -34,7 +35,7 @@ mod update;
 use super::{serve, EndReason, MAX_BAD_COMMANDS, SASL_MAX_LINE};
 use crate::conn::Conn;
 use crate::lang::{self, Text};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TimedStore};
 use crate::reply::{self, ErrReply};
 use crate::tls::{self, Tls, TlsVersion};
 use crate::{credcache, hashpool, limits, lock, penalty};
@@ -129,8 +130,9 @@ impl Fixture {
             (None, None)
         };
         let (stop, stopped) = watch::channel(false);
-        let dyn_store: Arc<dyn Store> = store.clone();
         let metrics = Arc::new(Metrics::new());
+        // Timed as the server times it, so a test can count the session's store calls.
+        let dyn_store: Arc<dyn Store> = Arc::new(TimedStore::new(store.clone(), &metrics));
         let shared = Arc::new(Shared {
             store: dyn_store.clone(),
             next_session: AtomicU64::new(1),
@@ -303,6 +305,18 @@ impl Fixture {
     /// alice's maildrop still holds every message: nothing was deleted.
     fn untouched(&self) {
         assert_eq!(self.stored(self.alice), MESSAGES.len(), "nothing deleted");
+    }
+
+    /// How many times the sessions called the store's `operation` (its metrics' count).
+    fn store_calls(&self, operation: &str) -> u64 {
+        let series =
+            format!(r#"pop3d_store_call_duration_seconds_count{{operation="{operation}"}} "#);
+        self.shared
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
     }
 
     /// The number of messages in a maildrop, as the store has it.

@@ -371,18 +371,23 @@ async fn rfc1939_s3_a_message_with_no_chunk_left_drops_the_connection() {
     let mut c = f.connect().await;
     c.login().await;
     c.send("RETR 1\r\n").await;
-    let rest = c.last_bytes().await;
-    let status = format!("{}\r\n", ok_with(Text::Octets, &[&MESSAGES[0].len()]));
-    assert!(
-        rest.is_empty() || rest == status.as_bytes(),
-        "{:?}",
-        String::from_utf8_lossy(&rest)
-    );
+    nothing_but_the_status(&c.last_bytes().await, MESSAGES[0].len());
     f.untouched();
 }
 
+/// What a session sent before dropping the connection on a message it could not read at all:
+/// nothing, or only the `+OK` of a RETR of `octets` (unflushed when the read failed).
+pub(super) fn nothing_but_the_status(rest: &[u8], octets: usize) {
+    let status = format!("{}\r\n", ok_with(Text::Octets, &[&octets]));
+    assert!(
+        rest.is_empty() || rest == status.as_bytes(),
+        "{:?}",
+        String::from_utf8_lossy(rest)
+    );
+}
+
 /// Deletes the one chunk row `condition` selects, behind the store's back.
-fn remove_chunk(f: &Fixture, condition: &str) {
+pub(super) fn remove_chunk(f: &Fixture, condition: &str) {
     let db = rusqlite::Connection::open(f._dir.path().join(store::DB_FILE)).expect("open");
     let removed = db
         .execute(&format!("DELETE FROM chunks WHERE {condition}"), [])
