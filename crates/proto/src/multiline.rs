@@ -124,6 +124,15 @@ impl DotStuffer {
         false
     }
 
+    /// Takes note of `input` that is stuffed already (a message stored in wire form), so that
+    /// [`DotStuffer::terminator`] knows where the body's last line ends; nothing is written.
+    pub fn pass(&mut self, input: &[u8]) {
+        if let Some(&last) = input.last() {
+            self.at_line_start = last == b'\n';
+            self.last_cr = last == b'\r';
+        }
+    }
+
     /// Ends the body: the missing line end if any, then the `.` line.
     pub fn finish(self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.terminator());

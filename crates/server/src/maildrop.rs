@@ -32,6 +32,8 @@ pub struct Message<'a> {
     pub size: u64,
     pub uid: &'a str,
     pub utf8_headers: bool,
+    /// Stored in wire form: sent as stored, with no stuffing pass.
+    pub wire: bool,
 }
 
 /// Bits of [`Maildrop::marks`].
@@ -191,6 +193,7 @@ fn message(listing: &Listing, i: usize) -> Message<'_> {
         size: listing.size(i),
         uid: listing.uid(i),
         utf8_headers: listing.utf8_headers(i),
+        wire: listing.wire(i),
     }
 }
 
@@ -201,7 +204,8 @@ mod tests {
     fn listing(messages: &[(i64, u64)]) -> Listing {
         let mut l = Listing::with_capacity(messages.len());
         for &(id, size) in messages {
-            l.push(id, size, &format!("u{id}"), false).expect("push");
+            l.push(id, size, &format!("u{id}"), false, true)
+                .expect("push");
         }
         l
     }
@@ -277,8 +281,14 @@ mod tests {
         let n = 100_000i64;
         let mut l = Listing::with_capacity(n as usize);
         for id in 1..=n {
-            l.push(id, 600, &format!("{id:08X}{:08X}", 1_700_000_000), false)
-                .expect("push");
+            l.push(
+                id,
+                600,
+                &format!("{id:08X}{:08X}", 1_700_000_000),
+                false,
+                true,
+            )
+            .expect("push");
         }
         let mut m = Maildrop::new(MaildropStat {
             messages: n as u64,

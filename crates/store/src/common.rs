@@ -95,9 +95,11 @@ pub(crate) fn expire_from_sql(value: Option<i64>) -> Result<Option<Expire>, i64>
     }
 }
 
-/// Reads a message from `source`, normalises it through [`Ingest`] and hands it to `put` in
-/// [`CHUNK_SIZE`] slices (the last one shorter) with their sequence numbers from 0, never
-/// holding more than about one slice. Returns the summary and the number of slices. Fails with
+/// Reads a message from `source`, normalises it into wire form through [`Ingest::wire`] and
+/// hands it to `put` in [`CHUNK_SIZE`] slices with their sequence numbers from 0, never
+/// holding more than about one slice. The last slice is always shorter than [`CHUNK_SIZE`],
+/// empty when the stored octets fill the slices before it exactly: so a reader knows the
+/// message ended, and a full slice followed by none means one is missing. Returns the summary and the number of slices. Fails with
 /// `TooLarge` as soon as the normalised size passes `max_size`, `InvalidMessage` when it is
 /// empty, `Input` when `source` fails; the caller rolls back what `put` stored.
 pub(crate) fn ingest_chunks(
@@ -109,7 +111,7 @@ pub(crate) fn ingest_chunks(
         size,
         limit: max_size,
     };
-    let mut ingest = Ingest::new();
+    let mut ingest = Ingest::wire();
     let mut buf = vec![0; READ_BUF];
     let mut pending = Vec::with_capacity(CHUNK_SIZE + 2 * READ_BUF + 2);
     let mut seq: i64 = 0;
@@ -139,6 +141,10 @@ pub(crate) fn ingest_chunks(
     }
     for piece in pending.chunks(CHUNK_SIZE) {
         put(seq, piece)?;
+        seq += 1;
+    }
+    if pending.len() % CHUNK_SIZE == 0 {
+        put(seq, &[])?;
         seq += 1;
     }
     Ok((summary, seq))

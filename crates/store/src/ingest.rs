@@ -8,6 +8,12 @@
 //! not end with a line end, so the stored size is exactly what RETR sends (before
 //! dot-stuffing and the terminating `.` line, RFC 1939 section 3).
 //!
+//! In wire form ([`Ingest::wire`], how the store keeps every message delivered since schema
+//! v8) the output is also byte-stuffed as RFC 1939 section 3 sends it: a line that starts
+//! with `.` gets one more `.` in front, so RETR sends the stored octets as they are. The
+//! summary's `size` and `header_octets` still count the message itself (what LIST reports);
+//! `stored_octets` and `stored_header_octets` count what is stored. [`from_wire`] undoes it.
+//!
 //! While normalising, the header section is checked for UTF-8 headers (RFC 6856 section 3,
 //! RFC 6532): it holds at least one octet >= 0x80 and is valid UTF-8 as a whole. The check is
 //! incremental, with constant memory, so a multi-octet sequence may span `push` slices.
@@ -25,6 +31,11 @@ pub struct IngestSummary {
     /// The header section (as `header_octets` counts it) holds at least one octet >= 0x80 and
     /// is valid UTF-8 as a whole (RFC 6856 section 3).
     pub utf8_headers: bool,
+    /// Octets of the output: `size` plus, in wire form, one per stuffed line.
+    pub stored_octets: u64,
+    /// Octets of the header section in the output: `header_octets` plus, in wire form, one
+    /// per stuffed header line (where TOP cuts the stored octets).
+    pub stored_header_octets: u64,
 }
 
 /// An incremental UTF-8 validator (RFC 3629 section 4: no overlong forms, no surrogates,
@@ -113,6 +124,11 @@ pub struct Ingest {
     body_lines: u64,
     /// UTF-8 check of the header section, fed while `in_header`.
     header_utf8: Utf8Check,
+    /// Byte-stuff the output (wire form).
+    wire: bool,
+    /// Dots added by stuffing, in all and in the header section.
+    stuffed: u64,
+    header_stuffed: u64,
 }
 
 impl Default for Ingest {
@@ -132,6 +148,17 @@ impl Ingest {
             header_octets: 0,
             body_lines: 0,
             header_utf8: Utf8Check::new(),
+            wire: false,
+            stuffed: 0,
+            header_stuffed: 0,
+        }
+    }
+
+    /// A normaliser whose output is also in wire form (byte-stuffed, RFC 1939 section 3).
+    pub fn wire() -> Ingest {
+        Ingest {
+            wire: true,
+            ..Ingest::new()
         }
     }
 
@@ -189,10 +216,12 @@ impl Ingest {
             header_octets: self.header_octets,
             body_lines: self.body_lines,
             utf8_headers: self.header_utf8.is_utf8(),
+            stored_octets: self.size + self.stuffed,
+            stored_header_octets: self.header_octets + self.header_stuffed,
         }
     }
 
-    /// Octets written to the output so far.
+    /// Octets of the normalised message so far (without stuffing).
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -200,6 +229,13 @@ impl Ingest {
     fn content(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         if self.in_header {
             self.header_utf8.feed(bytes);
+        }
+        if self.wire && self.line_len == 0 && bytes.first() == Some(&b'.') {
+            out.push(b'.');
+            self.stuffed += 1;
+            if self.in_header {
+                self.header_stuffed += 1;
+            }
         }
         out.extend_from_slice(bytes);
         let n = bytes.len() as u64;
@@ -226,11 +262,35 @@ impl Ingest {
 
 /// Normalises a whole message held in memory.
 pub fn normalise(input: &[u8]) -> (Vec<u8>, IngestSummary) {
+    whole(Ingest::new(), input)
+}
+
+/// Normalises a whole message held in memory into wire form.
+pub fn to_wire(input: &[u8]) -> (Vec<u8>, IngestSummary) {
+    whole(Ingest::wire(), input)
+}
+
+fn whole(mut ingest: Ingest, input: &[u8]) -> (Vec<u8>, IngestSummary) {
     let mut out = Vec::with_capacity(input.len() + 2);
-    let mut ingest = Ingest::new();
     ingest.push(input, &mut out);
     let summary = ingest.finish(&mut out);
     (out, summary)
+}
+
+/// A message stored in wire form as it was normalised: the stuffing dot of every line that
+/// starts with `.` taken off. Lines end with CRLF in both, so a line starts at the beginning
+/// and after each LF.
+pub fn from_wire(stored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored.len());
+    let mut from = usize::from(stored.first() == Some(&b'.'));
+    for at in memchr::memmem::find_iter(stored, b"\n.") {
+        out.extend_from_slice(&stored[from..=at]);
+        from = at + 2;
+    }
+    if from <= stored.len() {
+        out.extend_from_slice(&stored[from..]);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -293,6 +353,8 @@ mod tests {
                 header_octets,
                 body_lines,
                 utf8_headers: false,
+                stored_octets: expected.len() as u64,
+                stored_header_octets: header_octets,
             };
             let (out, summary) = normalise(input);
             assert_eq!(out, expected, "{:?}", input.escape_ascii().to_string());
@@ -303,6 +365,45 @@ mod tests {
                 assert_eq!(out, expected, "{shown:?} split {split}");
                 assert_eq!(summary, want, "{shown:?} split {split}");
             }
+        }
+    }
+
+    /// Wire form (RFC 1939 section 3): the normalised message with one more `.` before every
+    /// line that starts with `.`, header lines included, at every split of the input; sizes
+    /// count the message, stored octets what is stored; `from_wire` gives the normalised
+    /// message back.
+    #[test]
+    fn rfc1939_s3_wire_form_is_the_normalised_message_byte_stuffed() {
+        let cases: &[(&[u8], &[u8], u64)] = &[
+            (b".\n", b"..\r\n", 4),
+            (
+                b"A: 1\n.B\n\n.\n..\nx.\n.",
+                b"A: 1\r\n..B\r\n\r\n..\r\n...\r\nx.\r\n..\r\n",
+                13,
+            ),
+            (b"H: v\r\n\r\n.\r\n", b"H: v\r\n\r\n..\r\n", 8),
+            (b"a\r.b\n", b"a\r.b\r\n", 6),
+            (b"no dots\r\n", b"no dots\r\n", 9),
+        ];
+        for &(input, stored, stored_header_octets) in cases {
+            let shown = input.escape_ascii().to_string();
+            let (plain, want) = normalise(input);
+            let want = IngestSummary {
+                stored_octets: stored.len() as u64,
+                stored_header_octets,
+                ..want
+            };
+            for split in 1..=input.len() {
+                let mut out = Vec::new();
+                let mut ingest = Ingest::wire();
+                for piece in input.chunks(split) {
+                    ingest.push(piece, &mut out);
+                }
+                assert_eq!(ingest.finish(&mut out), want, "{shown:?} split {split}");
+                assert_eq!(out, stored, "{shown:?} split {split}");
+            }
+            assert_eq!(to_wire(input), (stored.to_vec(), want), "{shown:?}");
+            assert_eq!(from_wire(stored), plain, "{shown:?}");
         }
     }
 

@@ -2,13 +2,20 @@
 //! [`Store`] trait so a second backend (PostgreSQL) can sit beside the embedded SQLite one.
 //!
 //! The store deals in stable message ids, sizes, UIDs and byte chunks. It knows nothing of the
-//! POP3 wire: message *numbers* (1..n of a session), dot-stuffing and `+OK` belong to the
-//! `server` and `proto` crates. It is synchronous; async callers run it on blocking threads.
+//! POP3 session: message *numbers* (1..n of a session), replies and `+OK` belong to the
+//! `server` and `proto` crates. Of the wire it knows one rule, RFC 1939 section 3's
+//! byte-stuffing: it stores messages in wire form ([`Ingest::wire`]), so RETR sends stored
+//! octets as they are, with no pass over them. It is synchronous; async callers run it on
+//! blocking threads.
 //!
 //! Invariants every backend keeps:
 //! - a message is stored whole or not at all (one transaction per delivery or import);
 //! - message bytes are normalised to CRLF line ends at delivery and end with CRLF; `size` is the
 //!   exact octet count of those bytes, `header_octets` and `body_lines` are computed at delivery;
+//! - a message delivered since schema v8 (`MessageMeta::wire`) is stored byte-stuffed, its
+//!   `header_octets` counting the stored header section, and its last chunk is shorter than
+//!   [`CHUNK_SIZE`] (empty if need be), so a reader knows where it ends; older messages keep
+//!   their plain form and are stuffed as they are sent;
 //! - a UID is assigned at delivery, is 1 to 70 octets in 0x21..=0x7E (RFC 1939 section 7), and
 //!   is never given to another message of the same maildrop, even after deletion or restart;
 //! - at most one live [`MaildropLock`] exists per account; an expired lease, or a holder
@@ -46,7 +53,7 @@ use std::io::Read;
 use std::time::Duration;
 
 pub use holder::{holder_string, hostname};
-pub use ingest::{normalise, Ingest, IngestSummary};
+pub use ingest::{from_wire, normalise, to_wire, Ingest, IngestSummary};
 pub use listing::{Listing, MaildropStat, UidsTooLong};
 pub use name::AccountName;
 #[cfg(feature = "postgres")]
@@ -279,12 +286,15 @@ pub struct MessageMeta {
     /// Exact octets sent by RETR before dot-stuffing (CRLF line ends).
     pub size: u64,
     /// Octets of the header section including the empty line that ends it (or the whole
-    /// message when it has no empty line).
+    /// message when it has no empty line), as stored: in wire form when `wire`.
     pub header_octets: u64,
     /// Number of lines after the header section.
     pub body_lines: u64,
     /// The header section holds non-ASCII octets and is valid UTF-8 (RFC 6856 section 3).
     pub utf8_headers: bool,
+    /// Stored in wire form (byte-stuffed, RFC 1939 section 3; [`from_wire`] undoes it), as
+    /// every message delivered since schema v8; else as normalised.
+    pub wire: bool,
 }
 
 /// A held maildrop lock. `token` is a fencing token: it changes every time the lock is taken.
@@ -581,8 +591,8 @@ pub trait Store: Send + Sync + 'static {
     fn list_snapshot(&self, account: AccountId, stat: &MaildropStat) -> Result<Listing>;
     /// The header octets of one message of `account` (for TOP), `None` if it is gone.
     fn header_octets(&self, account: AccountId, message: MessageId) -> Result<Option<u64>>;
-    /// Slice `index` (0-based, [`CHUNK_SIZE`] octets except the last) of a message's bytes,
-    /// `None` past the end.
+    /// Slice `index` (0-based, [`CHUNK_SIZE`] octets except the last) of a message's stored
+    /// bytes (in wire form when [`MessageMeta::wire`]), `None` past the end.
     fn read_chunk(&self, message: MessageId, index: u32) -> Result<Option<Vec<u8>>>;
     /// Up to `count` slices of a message from slice `first` on, in one statement: fewer when
     /// the message ends (or a slice is missing: the run returned is always contiguous).

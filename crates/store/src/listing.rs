@@ -1,7 +1,7 @@
 //! What a session needs to answer STAT at login ([`MaildropStat`]) and the compact listing it
 //! loads when a command first needs the messages themselves ([`Listing`]).
 //!
-//! A listing holds flat arrays (ids, sizes, UTF-8 flags) and every UID in one string, so a
+//! A listing holds flat arrays (ids, sizes, flags) and every UID in one string, so a
 //! maildrop of 100,000 messages costs 37 octets per message (with pop3d's 16-octet UIDs) and one allocation per
 //! array, where a `Vec<MessageMeta>` costs a 64-octet struct and a UID allocation each.
 
@@ -23,11 +23,17 @@ pub struct MaildropStat {
 pub struct Listing {
     ids: Vec<MessageId>,
     sizes: Vec<u64>,
-    utf8: Vec<bool>,
+    /// [`UTF8_HEADERS`] and [`WIRE`] of each message.
+    flags: Vec<u8>,
     /// End of each UID in `uids`; UID `i` starts where UID `i - 1` ends.
     uid_ends: Vec<u32>,
     uids: String,
 }
+
+/// A message's flag in [`Listing`]: its header section is UTF-8 (RFC 6856 section 3).
+const UTF8_HEADERS: u8 = 1;
+/// A message's flag in [`Listing`]: stored in wire form.
+const WIRE: u8 = 2;
 
 /// Why [`Listing::push`] refused a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,28 +45,31 @@ impl Listing {
         Listing {
             ids: Vec::with_capacity(messages),
             sizes: Vec::with_capacity(messages),
-            utf8: Vec::with_capacity(messages),
+            flags: Vec::with_capacity(messages),
             uid_ends: Vec::with_capacity(messages),
             // UIDs are 16 octets when pop3d made them (RFC 1939 allows up to 70).
             uids: String::with_capacity(messages.saturating_mul(16)),
         }
     }
 
-    /// Appends one message (the next number). Refused only when the UIDs together would pass
-    /// 4 GiB.
+    /// Appends one message (the next number): `utf8_headers` and `wire` as
+    /// [`MessageMeta`](crate::MessageMeta) has them. Refused only when the UIDs together would
+    /// pass 4 GiB.
     pub fn push(
         &mut self,
         id: MessageId,
         size: u64,
         uid: &str,
         utf8_headers: bool,
+        wire: bool,
     ) -> Result<(), UidsTooLong> {
         let end = u32::try_from(self.uids.len() + uid.len()).map_err(|_| UidsTooLong)?;
         self.uids.push_str(uid);
         self.uid_ends.push(end);
         self.ids.push(id);
         self.sizes.push(size);
-        self.utf8.push(utf8_headers);
+        self.flags
+            .push((u8::from(utf8_headers) * UTF8_HEADERS) | (u8::from(wire) * WIRE));
         Ok(())
     }
 
@@ -68,7 +77,7 @@ impl Listing {
     pub fn shrink_to_fit(&mut self) {
         self.ids.shrink_to_fit();
         self.sizes.shrink_to_fit();
-        self.utf8.shrink_to_fit();
+        self.flags.shrink_to_fit();
         self.uid_ends.shrink_to_fit();
         self.uids.shrink_to_fit();
     }
@@ -99,7 +108,12 @@ impl Listing {
 
     /// Whether the message at `index` has UTF-8 headers (RFC 6856 section 3).
     pub fn utf8_headers(&self, index: usize) -> bool {
-        self.utf8[index]
+        self.flags[index] & UTF8_HEADERS != 0
+    }
+
+    /// Whether the message at `index` is stored in wire form (byte-stuffed).
+    pub fn wire(&self, index: usize) -> bool {
+        self.flags[index] & WIRE != 0
     }
 
     /// The UID of the message at `index`.
@@ -120,7 +134,7 @@ impl Listing {
     pub fn heap_bytes(&self) -> usize {
         self.ids.capacity() * std::mem::size_of::<MessageId>()
             + self.sizes.capacity() * std::mem::size_of::<u64>()
-            + self.utf8.capacity()
+            + self.flags.capacity()
             + self.uid_ends.capacity() * std::mem::size_of::<u32>()
             + self.uids.capacity()
     }
@@ -134,15 +148,17 @@ mod tests {
     fn messages_read_back_by_index() {
         let mut l = Listing::with_capacity(1);
         assert!(l.is_empty());
-        l.push(7, 100, "0000000100000001", false).expect("push");
-        l.push(9, 250, "x", true).expect("push");
-        l.push(12, 1, "", false).expect("push");
+        l.push(7, 100, "0000000100000001", false, true)
+            .expect("push");
+        l.push(9, 250, "x", true, false).expect("push");
+        l.push(12, 1, "", false, false).expect("push");
         assert_eq!(l.len(), 3);
         assert_eq!(l.ids(), [7, 9, 12]);
         assert_eq!(
-            (l.id(1), l.size(1), l.uid(1), l.utf8_headers(1)),
-            (9, 250, "x", true)
+            (l.id(1), l.size(1), l.uid(1), l.utf8_headers(1), l.wire(1)),
+            (9, 250, "x", true, false)
         );
+        assert!(l.wire(0) && !l.utf8_headers(0));
         assert_eq!(l.uid(0), "0000000100000001");
         assert_eq!(l.uid(2), "");
         assert_eq!(l.octets(), 351);
@@ -157,7 +173,7 @@ mod tests {
         let mut l = Listing::with_capacity(n);
         for i in 0..n {
             let uid = format!("{i:08X}{:08X}", 1_700_000_000);
-            l.push(i as i64 + 1, 600, &uid, false).expect("push");
+            l.push(i as i64 + 1, 600, &uid, false, true).expect("push");
         }
         // 8 (id) + 8 (size) + 1 (flag) + 4 (UID end) + 16 (UID) octets per message.
         assert_eq!(l.heap_bytes(), n * 37);

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
-    holder, normalise, AccountId, AccountImport, AccountName, AccountPolicy, AccountSecrets,
-    Delivered, Expire, ImportMessage, Limit, LoginDelay, LoginRecord, LoginSource, MaildropLock,
-    MessageId, NodeInfo, NodeState, OnExisting, Quota, QuotaCheck, QuotaScope, QuotaSetting,
-    SqliteStore, Store, StoreError, CHUNK_SIZE,
+    from_wire, holder, normalise, to_wire, AccountId, AccountImport, AccountName, AccountPolicy,
+    AccountSecrets, Delivered, Expire, ImportMessage, Limit, LoginDelay, LoginRecord, LoginSource,
+    MaildropLock, MessageId, NodeInfo, NodeState, OnExisting, Quota, QuotaCheck, QuotaScope,
+    QuotaSetting, SqliteStore, Store, StoreError, CHUNK_SIZE,
 };
 
 /// What the suite needs of a store beyond [`Store`]: raw SQL on its database (statements the
@@ -117,6 +117,7 @@ macro_rules! suite {
 suite!(
     accounts_create_lookup_duplicate,
     deliver_multi_chunk_round_trip,
+    wire_form_ends_with_a_short_slice,
     failed_deliveries_leave_nothing,
     generated_uids_are_never_reused,
     generated_uid_skips_imported_one,
@@ -331,15 +332,18 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
     let store = f.open();
     let to = name("user");
     let account = store.create_account(&to, "h").unwrap();
-    // ~300 KiB with bare LFs, one CRLF, a bare CR, and no final newline.
+    // ~300 KiB with bare LFs, one CRLF, a bare CR, dot-led lines, and no final newline.
     let mut input = b"From: a@b\nSubject: big\r\n\n".to_vec();
     let mut line = 0u32;
     while input.len() < 300 * 1024 {
-        input.extend_from_slice(format!("line {line} of the body\r..\n").as_bytes());
+        let dot = if line.is_multiple_of(7) { "." } else { "" };
+        input.extend_from_slice(format!("{dot}line {line} of the body\r..\n").as_bytes());
         line += 1;
     }
     input.extend_from_slice(b"no newline at the end");
-    let (expected, summary) = normalise(&input);
+    // Stored in wire form: byte-stuffed (RFC 1939 section 3), sizes of the message itself.
+    let (expected, summary) = to_wire(&input);
+    assert_eq!(from_wire(&expected), normalise(&input).0);
 
     for source in [0, 1] {
         let delivered = match source {
@@ -353,13 +357,14 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
                 store.deliver(&to, &mut trickle, u64::MAX).unwrap()
             }
         };
-        assert_eq!(delivered.size, expected.len() as u64);
+        assert_eq!(delivered.size, normalise(&input).0.len() as u64);
         assert_eq!(delivered.uid.len(), 16);
+        assert_eq!(delivered.size, summary.size);
         let chunks = read_all(&*store, delivered.id);
         assert_eq!(chunks.len(), expected.len().div_ceil(CHUNK_SIZE));
         let (last, full) = chunks.split_last().unwrap();
         assert!(full.iter().all(|c| c.len() == CHUNK_SIZE));
-        assert!(!last.is_empty() && last.len() <= CHUNK_SIZE);
+        assert!(!last.is_empty() && last.len() < CHUNK_SIZE);
         assert_eq!(chunks.concat(), expected);
         assert!(store.read_chunk(delivered.id, 1000).unwrap().is_none());
         // In runs: the same slices, fewer at the end, none past it.
@@ -374,8 +379,9 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
     assert!(list[0].id < list[1].id);
     for meta in &list {
         assert_eq!(meta.size, summary.size);
-        assert_eq!(meta.header_octets, summary.header_octets);
+        assert_eq!(meta.header_octets, summary.stored_header_octets);
         assert_eq!(meta.body_lines, summary.body_lines);
+        assert!(meta.wire);
     }
     assert_eq!(summary.header_octets, 11 + 14 + 2);
     assert_eq!(summary.body_lines, u64::from(line) + 1);
@@ -393,6 +399,33 @@ fn deliver_multi_chunk_round_trip(f: &dyn Fixture) {
         store.deliver(&name("nobody"), &mut &b"x\n"[..], 100),
         Err(StoreError::NoSuchAccount(n)) if n == "nobody"
     ));
+}
+
+/// A message in wire form ends with a slice shorter than [`CHUNK_SIZE`]: one whose stored
+/// octets fill its slices exactly gets an empty last slice, so a reader that gets a full slice
+/// and then none knows one is missing. Stuffing dots count toward the slices, not the size.
+fn wire_form_ends_with_a_short_slice(f: &dyn Fixture) {
+    let store = f.open();
+    let to = name("exact");
+    store.create_account(&to, "h").unwrap();
+    let mut one_chunk = vec![b'x'; CHUNK_SIZE - 2];
+    one_chunk.extend_from_slice(b"\r\n");
+    // 999 dot-led lines (their LFs normalised to CRLF) and 999 stuffing dots: 2 * CHUNK_SIZE
+    // stored.
+    let mut dots = b".ab\n".repeat(999);
+    dots.resize(2 * CHUNK_SIZE - 2 * 999 - 2, b'y');
+    dots.extend_from_slice(b"\r\n");
+    for (input, size, slices) in [
+        (&one_chunk, CHUNK_SIZE, [CHUNK_SIZE, 0].as_slice()),
+        (&dots, 2 * CHUNK_SIZE - 999, &[CHUNK_SIZE, CHUNK_SIZE, 0]),
+    ] {
+        let delivered = deliver(&*store, &to, input);
+        assert_eq!(delivered.size, size as u64);
+        let chunks = read_all(&*store, delivered.id);
+        let lengths: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(lengths, slices);
+        assert_eq!(from_wire(&chunks.concat()), normalise(input).0);
+    }
 }
 
 /// A session's read-ahead: slice 0 of each message asked for, small messages whole and a

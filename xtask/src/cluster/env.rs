@@ -279,7 +279,9 @@ impl ClusterEnv {
 
 /// What is wrong with the messages of database `db` (at most 20 of each kind): a message
 /// whose chunks are not numbered 0, 1, ... without a gap, as many as its row says, or whose
-/// octets do not sum to its size (never 0); an account with a UID twice.
+/// octets do not sum to its size (never 0; in wire form, byte-stuffed, at least its size and
+/// at most twice it, its last chunk shorter than a full one, 128 KiB: `store::CHUNK_SIZE`); an
+/// account with a UID twice.
 fn message_problems(pg: &testbed::pg::Cluster, db: &str) -> Result<Vec<String>, String> {
     let chunks = pg.psql(
         db,
@@ -287,10 +289,14 @@ fn message_problems(pg: &testbed::pg::Cluster, db: &str) -> Result<Vec<String>, 
          %s octets', m.id, m.size, m.chunks, count(c.seq), min(c.seq), max(c.seq), \
          coalesce(sum(octet_length(c.data)), 0)) \
          FROM messages m LEFT JOIN chunks c ON c.message_id = m.id \
-         GROUP BY m.id, m.size, m.chunks \
+         GROUP BY m.id, m.size, m.chunks, m.wire \
          HAVING m.size <= 0 OR count(c.seq) <> m.chunks \
              OR coalesce(min(c.seq), 0) <> 0 OR coalesce(max(c.seq), -1) <> m.chunks - 1 \
-             OR coalesce(sum(octet_length(c.data)), 0) <> m.size \
+             OR (NOT m.wire AND coalesce(sum(octet_length(c.data)), 0) <> m.size) \
+             OR (m.wire AND (coalesce(sum(octet_length(c.data)), 0) NOT BETWEEN m.size \
+                             AND 2 * m.size \
+                 OR coalesce(max(octet_length(c.data)) FILTER (WHERE c.seq = m.chunks - 1), \
+                             0) >= 131072)) \
          ORDER BY m.id LIMIT 20",
     )?;
     let uids = pg.psql(

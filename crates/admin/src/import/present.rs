@@ -53,7 +53,7 @@ impl<'s> Present<'s> {
         Ok(present)
     }
 
-    /// The stored bytes of one message.
+    /// The bytes of one stored message, as normalised (out of wire form).
     fn stored(&self, meta: &MessageMeta) -> anyhow::Result<Vec<u8>> {
         let mut bytes = Vec::with_capacity(meta.size as usize);
         for index in 0.. {
@@ -66,7 +66,10 @@ impl<'s> Present<'s> {
                 None => break,
             }
         }
-        Ok(bytes)
+        Ok(match meta.wire {
+            true => store::from_wire(&bytes),
+            false => bytes,
+        })
     }
 
     /// True when the maildrop holds `message` already (its stored form); that stored message

@@ -83,14 +83,22 @@ enum Next {
     /// STLS was accepted: write the `+OK`, drop what was received after it, run the TLS
     /// handshake, then [`Session::tls_started`] (RFC 2595 section 4).
     StartTls,
-    /// The `+OK` is written: stream this message, whole (RETR) or its headers and first
-    /// `lines` body lines (TOP), dot-stuffed; `held` is all of it when it was read ahead.
-    Send {
-        id: MessageId,
-        size: u64,
-        top: Option<Top>,
-        held: Option<Vec<u8>>,
-    },
+    /// The `+OK` is written: stream this message.
+    Send(Outgoing),
+}
+
+/// A message to stream after its `+OK`: whole (RETR) or its headers and first `lines` body
+/// lines (TOP), dot-stuffed.
+#[derive(Debug)]
+struct Outgoing {
+    id: MessageId,
+    /// Octets of the message (what LIST says).
+    size: u64,
+    /// Stored in wire form: sent as stored.
+    wire: bool,
+    top: Option<Top>,
+    /// All of it when it was read ahead.
+    held: Option<Vec<u8>>,
 }
 
 /// What TOP sends of a message: its header section (`header_octets`, as stored) and the
@@ -419,12 +427,7 @@ impl<S: Stream> Driver<S> {
                             return Ok(EndReason::TlsFailed);
                         }
                     }
-                    Next::Send {
-                        id,
-                        size,
-                        top,
-                        held,
-                    } => self.send_message(id, size, top, held).await?,
+                    Next::Send(message) => self.send_message(message).await?,
                 }
                 if self.session.out.len() >= FLUSH_AT {
                     self.flush().await?;
@@ -571,13 +574,21 @@ impl<S: Stream> Driver<S> {
     /// previous run is being written, and no thread waits on the network: a client that stops
     /// reading holds no thread and at most two runs of memory. A message read ahead (`held`)
     /// is one run, already read.
-    async fn send_message(
-        &mut self,
-        id: MessageId,
-        size: u64,
-        top: Option<Top>,
-        held: Option<Vec<u8>>,
-    ) -> io::Result<()> {
+    async fn send_message(&mut self, message: Outgoing) -> io::Result<()> {
+        let Outgoing {
+            id,
+            size,
+            wire,
+            top,
+            held,
+        } = message;
+        // Whether the chunks read so far are the whole message: one in wire form ends with a
+        // chunk shorter than a full one (the store keeps it so); one in plain form when its
+        // size is read.
+        let whole = |read: u64, last: Option<usize>| match wire {
+            true => last.is_some_and(|len| len < store::CHUNK_SIZE),
+            false => read >= size,
+        };
         let store = self.session.shared.store.clone();
         // `reply::blocking` starts the read at once: the next run is read while this one is
         // written.
@@ -598,6 +609,8 @@ impl<S: Stream> Driver<S> {
         let mut next = ready.is_none().then(|| read(index));
         // The terminator went out with the last part.
         let mut terminated = false;
+        // The length of the last chunk read.
+        let mut last_len = None;
         'runs: loop {
             let run = match (ready.take(), next.take()) {
                 (Some(run), _) => run,
@@ -613,6 +626,7 @@ impl<S: Stream> Driver<S> {
             let count = run.len();
             for (at, chunk) in run.into_iter().enumerate() {
                 read_so_far += chunk.len() as u64;
+                last_len = Some(chunk.len());
                 let (part, done) = match &mut cut {
                     Some(cut) => cut.take(&chunk),
                     None => (&chunk[..], false),
@@ -626,10 +640,15 @@ impl<S: Stream> Driver<S> {
                 // The chunks end before the message does: one is missing. What was read goes
                 // out, the terminator does not, and the connection is dropped below, so a
                 // truncated message never looks whole.
-                let short = end && !done && read_so_far < size;
+                let short = end && !done && !whole(read_so_far, last_len);
                 let last = end && !short;
+                if wire {
+                    // Stuffed already: no pass over it, no dots to place.
+                    stuffer.pass(part);
+                    dots.clear();
+                }
                 if part.len() >= VECTORED_AT && self.conn.is_write_vectored() {
-                    if stuffer.dots(part, &mut dots, VECTORED_DOTS, &mut self.session.out) {
+                    if wire || stuffer.dots(part, &mut dots, VECTORED_DOTS, &mut self.session.out) {
                         let tail = if last { stuffer.terminator() } else { b"" };
                         self.write_stuffed(part, &dots, tail).await?;
                         terminated = last;
@@ -637,7 +656,10 @@ impl<S: Stream> Driver<S> {
                         self.flush().await?;
                     }
                 } else {
-                    stuffer.push(part, &mut self.session.out);
+                    match wire {
+                        true => self.session.out.extend_from_slice(part),
+                        false => stuffer.push(part, &mut self.session.out),
+                    }
                     if !last && self.session.out.len() >= FLUSH_AT {
                         self.flush().await?;
                     }
@@ -647,11 +669,12 @@ impl<S: Stream> Driver<S> {
                 }
             }
             // A short run or an empty one after a full one: the chunks end here.
-            if !full && read_so_far < size {
+            if !full && !whole(read_so_far, last_len) {
                 return Err(read_failed(id, &truncated(index, read_so_far, size)));
             }
         }
-        if top.is_none() && sent != size {
+        // In wire form the octets sent count the stuffing dots too.
+        if top.is_none() && !wire && sent != size {
             warn!(
                 message = id,
                 sent,

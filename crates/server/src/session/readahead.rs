@@ -31,13 +31,23 @@ struct Held {
     bytes: Vec<u8>,
 }
 
+/// A message to read ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Planned {
+    pub number: u32,
+    pub id: MessageId,
+    pub size: u64,
+    /// Stored in wire form (its stored octets may pass `size`).
+    pub wire: bool,
+}
+
 /// What a RETR gets from the read-ahead.
 pub(super) enum Retr {
     /// The message, held: sent with no store call.
     Held(Vec<u8>),
-    /// Read these messages' first chunks (number, id, size) in one statement, then
-    /// [`ReadAhead::fill`] and [`ReadAhead::retr_held`].
-    Read(Vec<(u32, MessageId, u64)>),
+    /// Read these messages' first chunks in one statement, then [`ReadAhead::fill`] and
+    /// [`ReadAhead::retr_held`].
+    Read(Vec<Planned>),
     /// Read the message as usual.
     Store,
 }
@@ -93,12 +103,21 @@ impl ReadAhead {
 
     /// What a read of `plan` returned: each message whose chunk is all of it is held. One
     /// whose chunk is missing or short is not, and is read as usual when asked for.
-    pub fn fill(&mut self, plan: &[(u32, MessageId, u64)], mut read: Vec<(MessageId, Vec<u8>)>) {
+    pub fn fill(&mut self, plan: &[Planned], mut read: Vec<(MessageId, Vec<u8>)>) {
         self.held.clear();
-        for &(number, id, size) in plan {
+        for &Planned {
+            number,
+            id,
+            size,
+            wire,
+        } in plan
+        {
             if let Some(at) = read.iter().position(|(got, _)| *got == id) {
                 let (_, bytes) = read.swap_remove(at);
-                if bytes.len() as u64 == size {
+                // Whole when shorter than a chunk: the store writes full chunks but the
+                // last (which in wire form is always short). A message whose size is exactly
+                // one chunk is read as usual.
+                if bytes.len() < CHUNK_SIZE && (bytes.len() as u64 == size || wire) {
                     self.held.push(Held { number, bytes });
                 }
             }
@@ -135,7 +154,7 @@ impl ReadAhead {
 
 /// The messages to read ahead from `n` on: `n` itself if small, then the next small ones not
 /// marked deleted, within the budget.
-fn plan(md: &Maildrop, n: u32) -> Vec<(u32, MessageId, u64)> {
+fn plan(md: &Maildrop, n: u32) -> Vec<Planned> {
     let small = |size: u64| size <= CHUNK_SIZE as u64;
     match md.get(n) {
         Ok(m) if small(m.size) => {}
@@ -153,7 +172,12 @@ fn plan(md: &Maildrop, n: u32) -> Vec<(u32, MessageId, u64)> {
             break;
         }
         octets += m.size;
-        plan.push((k, m.id, m.size));
+        plan.push(Planned {
+            number: k,
+            id: m.id,
+            size: m.size,
+            wire: m.wire,
+        });
     }
     plan
 }
@@ -173,10 +197,15 @@ mod tests {
 
     /// A loaded maildrop of messages of these sizes, ids 100, 101, ...
     fn maildrop(sizes: &[u64]) -> Maildrop {
+        stored(sizes, false)
+    }
+
+    /// The same, stored in wire form or not.
+    fn stored(sizes: &[u64], wire: bool) -> Maildrop {
         let mut listing = Listing::with_capacity(sizes.len());
         for (i, &size) in sizes.iter().enumerate() {
             listing
-                .push(100 + i as i64, size, &format!("u{i}"), false)
+                .push(100 + i as i64, size, &format!("u{i}"), false, wire)
                 .expect("push");
         }
         let mut md = Maildrop::new(MaildropStat {
@@ -190,7 +219,7 @@ mod tests {
 
     fn numbers(step: &Retr) -> Vec<u32> {
         match step {
-            Retr::Read(plan) => plan.iter().map(|p| p.0).collect(),
+            Retr::Read(plan) => plan.iter().map(|p| p.number).collect(),
             _ => Vec::new(),
         }
     }
@@ -230,6 +259,29 @@ mod tests {
         assert!(matches!(ahead.retr(&md, 5), Retr::Store));
     }
 
+    /// A message in wire form is held whole when its chunk is shorter than a full one,
+    /// stuffing dots making it longer than its size; one whose chunk is full (the store
+    /// follows it with an empty last chunk) is read as usual.
+    #[test]
+    fn a_message_in_wire_form_is_held_by_its_short_chunk() {
+        let md = stored(&[5, 5, CHUNK_SIZE as u64], true);
+        let mut ahead = ReadAhead::default();
+        ahead.retr(&md, 1);
+        let Retr::Read(plan) = ahead.retr(&md, 2) else {
+            panic!("no read-ahead");
+        };
+        assert!(plan.iter().all(|p| p.wire));
+        let stuffed = b"..5\r\n".to_vec();
+        let read = vec![
+            (plan[0].id, stuffed.clone()),
+            (plan[1].id, vec![b'x'; CHUNK_SIZE]),
+        ];
+        ahead.fill(&plan, read);
+        assert_eq!(ahead.retr_held(2), Some(stuffed));
+        assert!(!ahead.holds(), "a full chunk: not held");
+        assert!(!matches!(ahead.retr(&md, 3), Retr::Held(_)));
+    }
+
     /// Only a chunk that is the whole message is held; held messages are taken by RETR (those
     /// before it dropped), by TOP (alone), dropped by DELE and by `clear`.
     #[test]
@@ -242,11 +294,11 @@ mod tests {
         };
         let read: Vec<(MessageId, Vec<u8>)> = plan
             .iter()
-            .filter(|p| p.0 != 4)
-            .map(|&(n, id, _)| {
+            .filter(|p| p.number != 4)
+            .map(|p| {
                 (
-                    id,
-                    if n == 3 {
+                    p.id,
+                    if p.number == 3 {
                         b"abc".to_vec()
                     } else {
                         b"12345".to_vec()

@@ -12,7 +12,7 @@ use store::{Account, Expire, StoreError};
 use tracing::{debug, warn};
 
 use super::readahead::{ReadAhead, Retr};
-use super::{EndReason, Next, Session, State, Top};
+use super::{EndReason, Next, Outgoing, Session, State, Top};
 use crate::lang::Text;
 use crate::lock::HeldLock;
 use crate::maildrop::{Maildrop, Message};
@@ -80,14 +80,14 @@ impl Session {
             Command::Retr(n) => match md.get(n) {
                 Ok(m) if m.utf8_headers && !self.utf8 => self.send_err(reply::UTF8_NEEDED),
                 Ok(m) => {
-                    let (id, size) = (m.id, m.size);
+                    let (id, size, wire) = (m.id, m.size, m.wire);
                     md.mark_retrieved(n);
                     let held = match t.ahead.retr(md, n) {
                         Retr::Held(bytes) => Some(bytes),
                         Retr::Store => None,
                         Retr::Read(plan) => {
                             let store = self.shared.store.clone();
-                            let ids: Vec<_> = plan.iter().map(|&(_, id, _)| id).collect();
+                            let ids: Vec<_> = plan.iter().map(|p| p.id).collect();
                             let read =
                                 reply::blocking(move || store.read_first_chunks(account, &ids));
                             match read.await {
@@ -102,19 +102,20 @@ impl Session {
                     self.shared.metrics.retrieved();
                     self.tally.retrieved_octets += size;
                     self.ok_with(Text::Octets, &[&size]);
-                    return Next::Send {
+                    return Next::Send(Outgoing {
                         id,
                         size,
+                        wire,
                         top: None,
                         held,
-                    };
+                    });
                 }
                 Err(e) => self.send_err(reply::number_error(e)),
             },
             Command::Top { msg, lines } => match md.get(msg) {
                 Ok(m) if m.utf8_headers && !self.utf8 => self.send_err(reply::UTF8_NEEDED),
                 Ok(m) => {
-                    let (id, size) = (m.id, m.size);
+                    let (id, size, wire) = (m.id, m.size, m.wire);
                     // The header octets are read here, before the +OK, so a failure is still
                     // a -ERR (the listing leaves them out to stay small).
                     let store = self.shared.store.clone();
@@ -134,15 +135,16 @@ impl Session {
                     };
                     self.tally.top += 1;
                     self.ok(Text::TopFollows);
-                    return Next::Send {
+                    return Next::Send(Outgoing {
                         id,
                         size,
+                        wire,
                         top: Some(Top {
                             header_octets,
                             lines,
                         }),
                         held,
-                    };
+                    });
                 }
                 Err(e) => self.send_err(reply::number_error(e)),
             },

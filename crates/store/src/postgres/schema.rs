@@ -7,7 +7,7 @@ use super::pool::Tx;
 use crate::{Result, StoreError};
 
 /// Schema migrations; `schema_version.version` counts those applied. Append, never edit.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// The schema of SQLite's v4 in one step, with PostgreSQL's types: identity columns (never
 /// reused, like AUTOINCREMENT), `bytea` chunks stored uncompressed (mail is mostly compressed
@@ -135,6 +135,15 @@ END
 $$;
 CREATE TRIGGER messages_counted AFTER INSERT OR DELETE OR UPDATE OF size, account_id
 ON messages FOR EACH ROW EXECUTE FUNCTION messages_counted();
+";
+
+/// Schema v5: messages stored in wire form (issue 18). `messages.wire` is true for a message
+/// whose chunks hold it byte-stuffed as RETR sends it (RFC 1939 section 3), with its
+/// `header_octets` counting the stored header section and a last chunk always shorter than a
+/// full one (empty if need be); every message delivered from now on. Messages from before keep
+/// false and their plain form, stuffed as they are sent: nothing is rewritten.
+const SCHEMA_V5: &str = "
+ALTER TABLE messages ADD COLUMN wire boolean NOT NULL DEFAULT false;
 ";
 
 /// Applies the migrations past `schema_version`, all in one transaction, under an advisory

@@ -321,12 +321,13 @@ fn v4_counts_the_messages_from_before() {
         })
         .sum();
     drop(store);
-    // Back to v3: no kept counts, no trigger.
+    // Back to v3: no kept counts, no trigger (and no v5 wire column).
     f.cluster
         .psql(
             &f.database,
             "DROP TRIGGER messages_counted ON messages; DROP FUNCTION messages_counted();
              ALTER TABLE accounts DROP COLUMN message_count, DROP COLUMN message_octets;
+             ALTER TABLE messages DROP COLUMN wire;
              UPDATE schema_version SET version = 3",
         )
         .unwrap();

@@ -76,12 +76,12 @@ fn store_message<S: Sql>(
     })?;
     tx.execute(
         "UPDATE messages SET size = $2, header_octets = $3, body_lines = $4, chunks = $5,
-                             utf8_headers = $6
+                             utf8_headers = $6, wire = true
          WHERE id = $1",
         &[
             &id,
             &to_i64(summary.size),
-            &to_i64(summary.header_octets),
+            &to_i64(summary.stored_header_octets),
             &to_i64(summary.body_lines),
             &chunks,
             &summary.utf8_headers,
@@ -177,12 +177,13 @@ pub fn list_snapshot<S: Sql>(
         return Ok(listing);
     };
     tx.rows(
-        "SELECT id, size, utf8_headers, uid FROM messages
+        "SELECT id, size, utf8_headers, wire, uid FROM messages
          WHERE account_id = $1 AND id <= $2 ORDER BY id",
         &[&account, &last],
         |row| {
-            let (id, size, utf8) = (row.column(0)?, to_u64(row.column(1)?), row.column(2)?);
-            row.with_str(3, |uid| listing.push(id, size, uid, utf8))?
+            let (id, size) = (row.column(0)?, to_u64(row.column(1)?));
+            let (utf8, wire) = (row.column(2)?, row.column(3)?);
+            row.with_str(4, |uid| listing.push(id, size, uid, utf8, wire))?
                 .map_err(|_| StoreError::Backend("a maildrop's UIDs pass 4 GiB".into()))
         },
     )?;

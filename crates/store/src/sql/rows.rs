@@ -194,7 +194,7 @@ fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 }
 
 /// The columns of [`message_meta`], from `messages`.
-pub const MESSAGE_COLUMNS: &str = "id, uid, size, header_octets, body_lines, utf8_headers";
+pub const MESSAGE_COLUMNS: &str = "id, uid, size, header_octets, body_lines, utf8_headers, wire";
 
 /// Maps a row of [`MESSAGE_COLUMNS`].
 pub fn message_meta(row: &impl Columns) -> Result<MessageMeta> {
@@ -205,6 +205,7 @@ pub fn message_meta(row: &impl Columns) -> Result<MessageMeta> {
         header_octets: to_u64(row.column(3)?),
         body_lines: to_u64(row.column(4)?),
         utf8_headers: row.column(5)?,
+        wire: row.column(6)?,
     })
 }
 

@@ -7,7 +7,7 @@ use crate::{Result, StoreError};
 
 /// Schema migrations; `PRAGMA user_version` counts those applied. Append, never edit.
 pub(super) const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
 ];
 
 /// Accounts and messages use AUTOINCREMENT so that a row id is never handed out twice: a
@@ -168,6 +168,15 @@ CREATE TRIGGER messages_counted_update AFTER UPDATE OF size, account_id ON messa
                         message_octets = message_octets + NEW.size
     WHERE id = NEW.account_id;
 END;
+";
+
+/// Schema v8: messages stored in wire form (issue 18). `messages.wire` is 1 for a message
+/// whose chunks hold it byte-stuffed as RETR sends it (RFC 1939 section 3), with its
+/// `header_octets` counting the stored header section and a last chunk always shorter than a
+/// full one (empty if need be); every message delivered from now on. Messages from before keep
+/// 0 and their plain form, stuffed as they are sent: nothing is rewritten.
+const SCHEMA_V8: &str = "
+ALTER TABLE messages ADD COLUMN wire INTEGER NOT NULL DEFAULT 0 CHECK (wire IN (0, 1));
 ";
 
 /// Applies the migrations past `PRAGMA user_version`, all in one transaction.

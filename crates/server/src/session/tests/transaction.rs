@@ -232,8 +232,16 @@ async fn rfc3206_draining_node_refuses_logins_with_sys_temp() {
 /// on the same message (header and 3 body lines) too; and a message with a bare LF, which
 /// takes the copying path, still leaves with CRLF. (Dot-led lines are one in 211 here, so
 /// each chunk stays under `VECTORED_DOTS`.)
+/// Both ways a message may be stored: in wire form, sent as stored, and in the plain form of
+/// messages delivered before schema v8, stuffed as it is sent.
 #[tokio::test]
 async fn rfc1939_s3_retr_and_top_over_vectored_writes_are_stuffed() {
+    for wire in [true, false] {
+        retr_and_top_over_vectored_writes(wire).await;
+    }
+}
+
+async fn retr_and_top_over_vectored_writes(wire: bool) {
     let f = Fixture::new();
     let mut big = String::from("Subject: vectored\r\n\r\n.first body line\r\n");
     let mut i = 0;
@@ -260,6 +268,9 @@ async fn rfc1939_s3_retr_and_top_over_vectored_writes_are_stuffed() {
     f.store
         .deliver(&name("alice"), &mut &bare[..], 1 << 20)
         .expect("deliver");
+    if !wire {
+        to_plain_form(&f);
+    }
     let want: Vec<String> = big
         .trim_end_matches("\r\n")
         .split("\r\n")
@@ -387,6 +398,45 @@ pub(super) fn nothing_but_the_status(rest: &[u8], octets: usize) {
 }
 
 /// Deletes the one chunk row `condition` selects, behind the store's back.
+/// Rewrites every message stored in wire form as a message from before schema v8 is stored:
+/// plain, in full chunks but the last, its header octets those of the plain form.
+fn to_plain_form(f: &Fixture) {
+    let mut db = rusqlite::Connection::open(f._dir.path().join(store::DB_FILE)).expect("open");
+    let tx = db.transaction().expect("begin");
+    let ids: Vec<i64> = tx
+        .prepare("SELECT id FROM messages WHERE wire")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("ids");
+    assert!(!ids.is_empty(), "no message in wire form");
+    for id in ids {
+        let stored: Vec<Vec<u8>> = tx
+            .prepare("SELECT data FROM chunks WHERE message_id = ?1 ORDER BY seq")
+            .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
+            .expect("chunks");
+        let plain = store::from_wire(&stored.concat());
+        let (_, summary) = store::normalise(&plain);
+        tx.execute("DELETE FROM chunks WHERE message_id = ?1", [id])
+            .expect("delete");
+        for (seq, piece) in plain.chunks(store::CHUNK_SIZE).enumerate() {
+            tx.execute(
+                "INSERT INTO chunks (message_id, seq, data) VALUES (?1, ?2, ?3)",
+                rusqlite::params![id, seq as i64, piece],
+            )
+            .expect("insert");
+        }
+        tx.execute(
+            "UPDATE messages SET wire = 0, header_octets = ?2, chunks = ?3 WHERE id = ?1",
+            rusqlite::params![
+                id,
+                summary.header_octets as i64,
+                plain.len().div_ceil(store::CHUNK_SIZE) as i64
+            ],
+        )
+        .expect("update");
+    }
+    tx.commit().expect("commit");
+}
+
 pub(super) fn remove_chunk(f: &Fixture, condition: &str) {
     let db = rusqlite::Connection::open(f._dir.path().join(store::DB_FILE)).expect("open");
     let removed = db
