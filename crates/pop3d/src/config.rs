@@ -17,6 +17,8 @@ pub struct File {
     pub data_dir: Option<PathBuf>,
     /// A PostgreSQL URL for the maildrops instead of SQLite in `data_dir`.
     pub store: Option<String>,
+    /// The SQLite database's memory map, in octets (0: none).
+    pub sqlite_mmap_size: Option<u64>,
     /// This node's id in a shared PostgreSQL store; given, the node table entry is kept too.
     pub node_id: Option<String>,
     /// `HOST:PORT` this node advertises in the node table.

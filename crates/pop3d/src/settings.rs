@@ -293,6 +293,7 @@ fn layered(args: &Args) -> Result<Settings> {
             env_var("POP3D_STORE").map(Some),
             None,
         ),
+        sqlite_mmap_size: layer(args.sqlite_mmap_size, file.sqlite_mmap_size, 0),
         node_id: node_id
             .or_else(|| store::hostname().map(str::to_owned))
             .unwrap_or_else(|| "pop3d".into()),

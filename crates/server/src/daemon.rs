@@ -33,6 +33,9 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     /// A PostgreSQL URL, instead of the SQLite database in `data_dir`.
     pub store: Option<String>,
+    /// The SQLite database's memory map in octets (`store::SqliteStore::set_mmap_size`;
+    /// 0: reads with `pread`).
+    pub sqlite_mmap_size: u64,
     /// Owner of this process's leases in a shared store.
     pub node_id: String,
     /// `advertise` was configured; otherwise the node advertises a bound listener's address
@@ -187,6 +190,12 @@ impl Daemon {
                         source,
                     }
                 })?;
+                store
+                    .set_mmap_size(self.sqlite_mmap_size)
+                    .map_err(|source| DaemonError::Sqlite {
+                        dir: self.data_dir.clone(),
+                        source,
+                    })?;
                 info!(data_dir = %self.data_dir.display(), "maildrop store open");
                 Ok(Arc::new(store))
             }

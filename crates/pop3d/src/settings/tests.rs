@@ -84,6 +84,29 @@ fn store_url_and_node_id() {
     assert!(resolve(&Args::parse_from(["pop3d", "--store", "/var/lib/pop3d"])).is_err());
 }
 
+/// The SQLite memory map is off unless set; the flag wins over the file.
+#[test]
+fn sqlite_mmap_size_is_layered() {
+    let (dir, _) = cluster_key("sqlite-mmap");
+    let config = dir.join("pop3d.toml");
+    std::fs::write(&config, "sqlite_mmap_size = 268435456\n").expect("config");
+    let config = config.to_str().expect("utf-8");
+    let mmap = |args: &[&str]| {
+        let mut all = vec!["pop3d"];
+        all.extend_from_slice(args);
+        resolve(&Args::parse_from(all))
+            .expect("settings")
+            .daemon
+            .sqlite_mmap_size
+    };
+    assert_eq!(mmap(&[]), 0);
+    assert_eq!(mmap(&["--config", config]), 256 << 20);
+    assert_eq!(
+        mmap(&["--config", config, "--sqlite-mmap-size", "1024"]),
+        1024
+    );
+}
+
 #[test]
 fn proxied_listeners_need_trusted_proxies() {
     let err = refused(&["--listen-proxy", "127.0.0.1:2110"]);

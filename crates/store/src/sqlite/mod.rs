@@ -23,6 +23,7 @@ mod tx;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// `PRAGMA mmap_size` of every connection ([`SqliteStore::set_mmap_size`]).
+    mmap_size: AtomicU64,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -95,7 +98,23 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_owned(),
             idle: Mutex::new(vec![conn]),
+            mmap_size: AtomicU64::new(0),
         })
+    }
+
+    /// Reads the database through a memory map of up to `bytes` octets (`PRAGMA mmap_size`;
+    /// 0, the default, reads with `pread`), on every connection from now on. A large RETR
+    /// then costs no system call per 4 KiB page (about a third less CPU, docs/performance.md),
+    /// but a read error of the disk under the map arrives as SIGBUS, which ends the process
+    /// instead of one session, and the pages read count in the process's RSS (as file pages,
+    /// shared with the page cache). SQLite caps the map at its compile-time maximum (2 GiB).
+    pub fn set_mmap_size(&self, bytes: u64) -> Result<()> {
+        self.mmap_size.store(bytes, Ordering::Relaxed);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        for conn in idle.iter_mut() {
+            set_mmap(conn, bytes)?;
+        }
+        Ok(())
     }
 
     /// Runs `f` on a pooled connection (or a new one), and gives the connection back unless
@@ -108,7 +127,11 @@ impl SqliteStore {
             .pop();
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => connect(&self.path)?,
+            None => {
+                let conn = connect(&self.path)?;
+                set_mmap(&conn, self.mmap_size.load(Ordering::Relaxed))?;
+                conn
+            }
         };
         let result = f(&mut conn);
         if conn.is_autocommit() {
@@ -181,6 +204,12 @@ impl From<rusqlite::Error> for StoreError {
             _ => StoreError::Backend(Box::new(e)),
         }
     }
+}
+
+fn set_mmap(conn: &Connection, bytes: u64) -> Result<()> {
+    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+    conn.pragma_update(None, "mmap_size", bytes)?;
+    Ok(())
 }
 
 fn connect(path: &Path) -> Result<Connection> {

@@ -220,3 +220,27 @@ fn database_files_are_private() {
     let mode = std::fs::metadata(&dir.0).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+/// `set_mmap_size` reaches the pooled connection and every one opened after it, and reads go
+/// on as before through the map (a message of several chunks, read back whole).
+#[test]
+fn a_memory_map_is_set_on_every_connection() {
+    let (_dir, store) = setup();
+    let mmap = |store: &SqliteStore| {
+        store
+            .with_conn(|c| Ok(c.pragma_query_value(None, "mmap_size", |r| r.get::<_, i64>(0))?))
+            .unwrap()
+    };
+    assert_eq!(mmap(&store), 0);
+    store.set_mmap_size(64 << 20).unwrap();
+    assert_eq!(mmap(&store), 64 << 20);
+    // Two at once: the second is a new connection.
+    let nested = store.with_conn(|_| Ok(mmap(&store))).unwrap();
+    assert_eq!(nested, 64 << 20);
+    let to = name("mapped");
+    store.create_account(&to, "h").unwrap();
+    let body = b".dot\nline\n".repeat(40_000);
+    let delivered = deliver(&store, &to, &body);
+    let stored = read_all(&store, delivered.id).concat();
+    assert_eq!(crate::from_wire(&stored), normalise(&body).0);
+}
