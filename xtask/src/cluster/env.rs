@@ -399,7 +399,9 @@ mod tests {
 
     /// The check finds a missing chunk, a size that is not the chunks' sum, an empty message
     /// and a UID twice (the store's own constraint on UIDs dropped here, to plant one), and
-    /// nothing in whole messages. Skipped, with a reason, without PostgreSQL.
+    /// nothing in whole messages; in wire form, stored octets under the size or a last chunk
+    /// that is a full one, and nothing in a whole one longer than its size by its dots.
+    /// Skipped, with a reason, without PostgreSQL.
     #[test]
     fn message_check_finds_broken_messages() {
         let pg = match testbed::pg::Cluster::start() {
@@ -414,7 +416,8 @@ mod tests {
         let sql = |q: &str| pg.psql("check", q).expect(q);
         sql(
             "CREATE TABLE messages (id bigint PRIMARY KEY, account_id bigint NOT NULL, \
-             uid text NOT NULL, size bigint NOT NULL, chunks bigint NOT NULL)",
+             uid text NOT NULL, size bigint NOT NULL, chunks bigint NOT NULL, \
+             wire boolean NOT NULL DEFAULT false)",
         );
         sql(
             "CREATE TABLE chunks (message_id bigint NOT NULL, seq bigint NOT NULL, \
@@ -429,6 +432,13 @@ mod tests {
             "INSERT INTO chunks VALUES (1, 0, 'abc'), (1, 1, 'de'), (2, 0, 'abcde'), \
              (3, 0, 'abc'), (5, 0, 'x')",
         );
+        // In wire form: 6 whole (a stuffed dot), 7 short of its size, 8 ending in a full chunk.
+        sql(
+            "INSERT INTO messages VALUES (6, 8, 'f', 3, 1, true), (7, 8, 'g', 9, 1, true), \
+             (8, 8, 'h', 131072, 1, true)",
+        );
+        sql("INSERT INTO chunks VALUES (6, 0, '..ab'), (7, 0, 'abc'), \
+             (8, 0, decode(repeat('78', 131072), 'hex'))");
         let found = message_problems(&pg, "check").expect("check");
         let has = |what: &str| found.iter().any(|f| f.starts_with(what));
         assert!(has("message 2:"), "{found:?}");
@@ -436,7 +446,11 @@ mod tests {
         assert!(has("message 4:"), "{found:?}");
         assert!(has("account 7 has UID a 2 times"), "{found:?}");
         assert!(!has("message 1:") && !has("message 5:"), "{found:?}");
-        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(
+            has("message 7:") && has("message 8:") && !has("message 6:"),
+            "{found:?}"
+        );
+        assert_eq!(found.len(), 6, "{found:?}");
     }
 
     #[test]
