@@ -292,6 +292,33 @@ async fn retr_and_top_over_vectored_writes(wire: bool) {
     assert!(c.body().await == want_bare, "RETR 5 differs");
 }
 
+/// RFC 1939 section 7: TOP cuts after the header section and n body lines of the message as
+/// sent, also where a header line starts with `.` (so a message in wire form has one more
+/// octet of header stored than its plain form); the same for a message in either form.
+#[tokio::test]
+async fn rfc1939_s7_top_of_a_message_with_dot_led_header_and_body_lines() {
+    let message = "Subject: x\r\n.odd: header\r\n\r\n.body\r\nline2\r\n.\r\n";
+    let want = ["Subject: x", "..odd: header", "", "..body"];
+    for wire in [true, false] {
+        let f = Fixture::new();
+        f.store
+            .deliver(&name("alice"), &mut message.as_bytes(), 1 << 20)
+            .expect("deliver");
+        if !wire {
+            to_plain_form(&f);
+        }
+        let mut c = f.connect().await;
+        assert_eq!(c.cmd("USER alice").await, ok(Text::SendPass));
+        assert!(c.cmd("PASS right").await.starts_with("+OK"));
+        let top = c.multi("TOP 4 1", &ok(Text::TopFollows)).await;
+        assert_eq!(top, want, "wire: {wire}");
+        let all = c.multi("TOP 4 9", &ok(Text::TopFollows)).await;
+        assert_eq!(all[4..], ["line2", ".."], "wire: {wire}");
+        let status = ok_with(Text::Octets, &[&message.len()]);
+        assert_eq!(c.multi("RETR 4", &status).await, all, "wire: {wire}");
+    }
+}
+
 /// RFC 1939 section 3: a RETR or TOP reply of a message that fits one write leaves in one
 /// write, its `+OK`, body and terminating "." line together, also when the body goes out as a
 /// vectored write: a terminator written apart waits in a relay without TCP_NODELAY (nginx's
