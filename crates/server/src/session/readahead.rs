@@ -101,10 +101,13 @@ impl ReadAhead {
         Some(self.held.remove(at).bytes)
     }
 
-    /// What a read of `plan` returned: each message whose chunk is all of it is held. One
-    /// whose chunk is missing or short is not, and is read as usual when asked for.
+    /// What a read of `plan` returned: each message whose chunk is all of it is held, in plan
+    /// order while the octets held stay within [`AHEAD_OCTETS`] (the plan counts sizes; in
+    /// wire form the stored octets are more by the stuffing dots). One whose chunk is missing
+    /// or short, or past the budget, is not held, and is read as usual when asked for.
     pub fn fill(&mut self, plan: &[Planned], mut read: Vec<(MessageId, Vec<u8>)>) {
         self.held.clear();
+        let mut octets = 0u64;
         for &Planned {
             number,
             id,
@@ -118,6 +121,10 @@ impl ReadAhead {
                 // last (which in wire form is always short). A message whose size is exactly
                 // one chunk is read as usual.
                 if bytes.len() < CHUNK_SIZE && (bytes.len() as u64 == size || wire) {
+                    octets += bytes.len() as u64;
+                    if octets > AHEAD_OCTETS {
+                        break;
+                    }
                     self.held.push(Held { number, bytes });
                 }
             }
@@ -280,6 +287,24 @@ mod tests {
         assert_eq!(ahead.retr_held(2), Some(stuffed));
         assert!(!ahead.holds(), "a full chunk: not held");
         assert!(!matches!(ahead.retr(&md, 3), Retr::Held(_)));
+    }
+
+    /// What is held stays within the octet budget when stuffing makes the stored octets
+    /// more than the sizes the plan counted: three messages of 80 KiB stored as 120 KiB each
+    /// are planned together, and the third is not held.
+    #[test]
+    fn what_is_held_stays_within_its_octets_in_wire_form() {
+        let md = stored(&[80 << 10; 4], true);
+        let mut ahead = ReadAhead::default();
+        ahead.retr(&md, 1);
+        let Retr::Read(plan) = ahead.retr(&md, 2) else {
+            panic!("no read-ahead");
+        };
+        assert_eq!(plan.len(), 3);
+        let read = plan.iter().map(|p| (p.id, vec![b'.'; 120 << 10])).collect();
+        ahead.fill(&plan, read);
+        assert!(ahead.retr_held(2).is_some() && ahead.retr_held(3).is_some());
+        assert!(!ahead.holds(), "the third is past the budget");
     }
 
     /// Only a chunk that is the whole message is held; held messages are taken by RETR (those

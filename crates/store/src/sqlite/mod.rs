@@ -110,8 +110,8 @@ impl SqliteStore {
     /// shared with the page cache). SQLite caps the map at its compile-time maximum (2 GiB).
     pub fn set_mmap_size(&self, bytes: u64) -> Result<()> {
         self.mmap_size.store(bytes, Ordering::Relaxed);
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        for conn in idle.iter_mut() {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        for conn in idle.iter() {
             set_mmap(conn, bytes)?;
         }
         Ok(())
